@@ -1,0 +1,5 @@
+import sys
+
+from deepedge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,320 @@
+"""Every payload of the design as a frozen, tagged msgspec struct.
+
+Each message carries a ``kind`` tag and a schema version ``v``. New fields always get defaults so
+older and newer builds interoperate; ``v`` only changes for an incompatible change.
+Nested parts (``Accelerator``, ``AppLatency``, ...) are plain frozen structs without a tag.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "SCHEMA_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Accelerator",
+    "AppLatency",
+    "ArgValue",
+    "Assignment",
+    "Cleared",
+    "CommandReply",
+    "CommandRequest",
+    "CoordinatorStatus",
+    "ErrorCode",
+    "ErrorInfo",
+    "Event",
+    "GpuStats",
+    "Heartbeat",
+    "Id",
+    "JobSpec",
+    "LatencyReport",
+    "Message",
+    "NodeBirth",
+    "NodeDeath",
+    "Plan",
+    "Progress",
+    "Telemetry",
+]
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1})
+
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+NonNeg = Annotated[float, msgspec.Meta(ge=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+ShortStr = Annotated[str, msgspec.Meta(max_length=256)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+ArgValue = str | int | float | bool | None
+ErrorCode = Literal[
+    "bad_request",  # the payload did not decode to a command
+    "unknown_verb",
+    "bad_args",  # the verb exists, its arguments are wrong
+    "not_found",  # the node/job/app named does not exist
+    "conflict",  # not allowed in the current state
+    "unavailable",  # the target cannot do it now (e.g. not built yet)
+    "internal",  # a bug; the daemon logged it and carries on
+    "timeout",  # set by the requester when no reply came in time
+]
+
+
+class _Part(msgspec.Struct, frozen=True, kw_only=True):
+    """A nested part of a message (no tag, no version)."""
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    v: int = SCHEMA_VERSION
+
+
+# ---- node/<node>/status ------------------------------------------------------------------------
+
+
+class Accelerator(_Part):
+    kind: Literal["cuda", "jetson", "other"]
+    index: NonNegInt = 0
+    name: ShortStr = ""
+    memory_bytes: NonNegInt = 0
+
+
+class NodeBirth(_Msg, tag="birth"):
+    """Retained on ``node/<node>/status`` while the node is up."""
+
+    node: Id
+    session: Id  # changes on every start: a node that returns with a new session is a new member
+    ts: NonNeg
+    hostname: ShortStr = ""
+    device_model: ShortStr = ""
+    cpu_model: ShortStr = ""
+    cpu_cores: NonNegInt = 0
+    memory_bytes: NonNegInt = 0
+    accelerators: tuple[Accelerator, ...] = ()
+    os: ShortStr = ""
+    jetpack: ShortStr | None = None
+    software: dict[ShortStr, ShortStr] = {}
+    drained: bool = False
+
+
+class NodeDeath(_Msg, tag="death"):
+    """Retained on ``node/<node>/status`` when the node is gone: its last will
+    (``reason='lost'``) or its own clean shutdown (``reason='shutdown'``)."""
+
+    node: Id
+    session: Id
+    reason: Literal["lost", "shutdown"] = "lost"
+    ts: NonNeg = 0.0
+
+
+# ---- node/<node>/telemetry ---------------------------------------------------------------------
+
+
+class GpuStats(_Part):
+    index: NonNegInt = 0
+    name: ShortStr = ""
+    util_percent: Percent | None = None
+    mem_used_bytes: NonNegInt | None = None
+    mem_total_bytes: NonNegInt | None = None
+    power_w: NonNeg | None = None
+    temp_c: float | None = None
+
+
+class Telemetry(_Msg, tag="telemetry"):
+    node: Id
+    ts: NonNeg
+    cpu_percent: Percent = 0.0
+    cpu_per_core: tuple[Percent, ...] = ()
+    load_avg: tuple[NonNeg, ...] = ()
+    mem_total_bytes: NonNegInt = 0
+    mem_used_bytes: NonNegInt = 0
+    mem_percent: Percent = 0.0
+    swap_percent: Percent = 0.0
+    net_rx_bps: NonNeg = 0.0
+    net_tx_bps: NonNeg = 0.0
+    disk_read_bps: NonNeg = 0.0
+    disk_write_bps: NonNeg = 0.0
+    temperatures_c: dict[ShortStr, float] = {}
+    gpus: tuple[GpuStats, ...] = ()
+
+
+# ---- node/<node>/latency -----------------------------------------------------------------------
+
+
+class AppLatency(_Part):
+    app: Id
+    count: NonNegInt
+    p50_ms: NonNeg
+    p95_ms: NonNeg
+    p99_ms: NonNeg
+    deadline_ms: NonNeg | None = None
+    violations: NonNegInt = 0  # requests over the deadline in this window
+
+
+class LatencyReport(_Msg, tag="latency"):
+    node: Id
+    ts: NonNeg
+    window_s: NonNeg
+    apps: tuple[AppLatency, ...] = ()
+
+
+# ---- node/<node>/heartbeat ---------------------------------------------------------------------
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    node: Id
+    ts: NonNeg
+    job: Id
+    generation: NonNegInt
+    rank: NonNegInt
+    world_size: NonNegInt = 0
+    step: NonNegInt = 0
+    samples_per_s: NonNeg = 0.0
+    loss: float | None = None
+    intensity: Fraction = 0.0  # achieved compute duty cycle
+    state: Literal["starting", "training", "waiting", "recovering", "done", "failed"] = "training"
+
+
+# ---- coordinator/status ------------------------------------------------------------------------
+
+
+class CoordinatorStatus(_Msg, tag="coordinator_status"):
+    state: Literal["online", "offline"]
+    session: Id
+    version: ShortStr = ""
+    ts: NonNeg = 0.0
+
+
+# ---- job/<job>/plan and job/<job>/progress -----------------------------------------------------
+
+
+class JobSpec(_Part):
+    model: ShortStr
+    dataset: Text
+    output: Text
+    epochs: Annotated[int, msgspec.Meta(ge=1)]
+    global_batch: Annotated[int, msgspec.Meta(ge=1)]
+    learning_rate: Annotated[float, msgspec.Meta(gt=0)]
+    base_checkpoint: Text | None = None
+    seed: int = 0
+
+
+class Assignment(_Part):
+    node: Id
+    rank: NonNegInt
+    share: NonNegInt  # samples of every global batch
+    batch_offset: NonNegInt  # this node takes [batch_offset, batch_offset + share) of each batch
+    intensity_cap: Fraction
+
+
+class Plan(_Msg, tag="plan"):
+    job: Id
+    generation: NonNegInt
+    ts: NonNeg
+    spec: JobSpec
+    rendezvous_host: ShortStr
+    rendezvous_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    backend: Literal["gloo", "nccl"]
+    assignments: tuple[Assignment, ...]
+    total_steps: NonNegInt
+    resume_step: NonNegInt = 0
+    predicted_step_s: NonNeg = 0.0
+    predicted_makespan_s: NonNeg = 0.0
+    ideal_makespan_s: NonNeg = 0.0
+
+
+JobState = Literal["queued", "planning", "running", "recovering", "completed", "failed", "cancelled"]
+
+
+class Progress(_Msg, tag="progress"):
+    job: Id
+    state: JobState
+    ts: NonNeg
+    generation: NonNegInt = 0
+    step: NonNegInt = 0
+    total_steps: NonNegInt = 0
+    samples_done: NonNegInt = 0
+    samples_per_s: NonNeg = 0.0
+    eta_s: NonNeg | None = None
+    loss: float | None = None
+    deadline_violations: NonNegInt = 0
+    message: Text = ""
+
+
+# ---- cmd/... and reply/... ---------------------------------------------------------------------
+
+
+class CommandRequest(_Msg, tag="command"):
+    """A command; the verb is in the topic. The reply goes to ``reply/<reply_to>/<request_id>``:
+    ``reply_to`` is the requester's client id, never a free topic, so a command cannot make a
+    daemon publish anywhere else."""
+
+    request_id: Id
+    reply_to: Id
+    args: dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue] = {}
+    sender: ShortStr = ""
+    ts: NonNeg = 0.0
+
+
+class ErrorInfo(_Part):
+    code: ErrorCode
+    message: Text
+
+
+class CommandReply(_Msg, tag="reply"):
+    request_id: Id
+    ok: bool
+    result: dict[str, Any] = {}
+    error: ErrorInfo | None = None
+    ts: NonNeg = 0.0
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+class Event(_Msg, tag="event"):
+    """One line of ``deepedge logs -f``."""
+
+    ts: NonNeg
+    source: ShortStr
+    event: ShortStr  # dotted name, e.g. "plan.published"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    node: Id | None = None
+    job: Id | None = None
+    message: Text = ""
+    fields: dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue] = {}
+
+
+class Cleared(msgspec.Struct, frozen=True):
+    """Not on the wire: what an empty payload means on a retained topic (the retained message
+    was cleared)."""
+
+
+Message = (
+    NodeBirth
+    | NodeDeath
+    | Telemetry
+    | LatencyReport
+    | Heartbeat
+    | CoordinatorStatus
+    | Plan
+    | Progress
+    | CommandRequest
+    | CommandReply
+    | Event
+)
+
+MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    NodeBirth,
+    NodeDeath,
+    Telemetry,
+    LatencyReport,
+    Heartbeat,
+    CoordinatorStatus,
+    Plan,
+    Progress,
+    CommandRequest,
+    CommandReply,
+    Event,
+)

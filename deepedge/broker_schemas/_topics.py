@@ -1,0 +1,195 @@
+"""Topic names of the design: one builder, one parser that refuses anything else.
+
+Every topic lives under ``deepedge/<cluster>/``::
+
+    node/<node>/status|telemetry|latency|heartbeat
+    coordinator/status
+    job/<job>/plan|progress
+    cmd/node/<node>/<verb>     cmd/coordinator/<verb>
+    reply/<client>/<request_id>
+    events
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from deepedge.broker_schemas._errors import SchemaError, SchemaErrorReason
+
+__all__ = [
+    "ID_PATTERN",
+    "ROOT",
+    "VERB_PATTERN",
+    "ParsedTopic",
+    "TopicKind",
+    "Topics",
+    "parse_topic",
+    "validate_id",
+]
+
+ROOT = "deepedge"
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+VERB_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+class TopicKind(str, Enum):
+    NODE_STATUS = "node_status"
+    NODE_TELEMETRY = "node_telemetry"
+    NODE_LATENCY = "node_latency"
+    NODE_HEARTBEAT = "node_heartbeat"
+    COORDINATOR_STATUS = "coordinator_status"
+    JOB_PLAN = "job_plan"
+    JOB_PROGRESS = "job_progress"
+    NODE_COMMAND = "node_command"
+    COORDINATOR_COMMAND = "coordinator_command"
+    REPLY = "reply"
+    EVENTS = "events"
+
+
+_NODE_LEAVES = {
+    "status": TopicKind.NODE_STATUS,
+    "telemetry": TopicKind.NODE_TELEMETRY,
+    "latency": TopicKind.NODE_LATENCY,
+    "heartbeat": TopicKind.NODE_HEARTBEAT,
+}
+_JOB_LEAVES = {"plan": TopicKind.JOB_PLAN, "progress": TopicKind.JOB_PROGRESS}
+
+
+def validate_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a valid node/job/client/request id, else raise SchemaError."""
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        raise SchemaError(
+            SchemaErrorReason.BAD_TOPIC, f"{what} {value!r} does not match [A-Za-z0-9_.-]{{1,64}}"
+        )
+    return value
+
+
+def _validate_verb(verb: str) -> str:
+    if VERB_PATTERN.fullmatch(verb) is None:
+        raise SchemaError(SchemaErrorReason.BAD_TOPIC, f"verb {verb!r} does not match [a-z][a-z0-9-]{{0,31}}")
+    return verb
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    """What a topic says: its cluster, kind and the ids in it (``None`` where the kind has none)."""
+
+    cluster: str
+    kind: TopicKind
+    node: str | None = None
+    job: str | None = None
+    verb: str | None = None
+    client: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Builds every topic of one cluster. Ids are validated; a bad one raises SchemaError."""
+
+    cluster: str
+
+    def __post_init__(self) -> None:
+        validate_id(self.cluster, "cluster")
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.cluster}"
+
+    def node_status(self, node: str) -> str:
+        return f"{self.prefix}/node/{validate_id(node, 'node')}/status"
+
+    def node_telemetry(self, node: str) -> str:
+        return f"{self.prefix}/node/{validate_id(node, 'node')}/telemetry"
+
+    def node_latency(self, node: str) -> str:
+        return f"{self.prefix}/node/{validate_id(node, 'node')}/latency"
+
+    def node_heartbeat(self, node: str) -> str:
+        return f"{self.prefix}/node/{validate_id(node, 'node')}/heartbeat"
+
+    def coordinator_status(self) -> str:
+        return f"{self.prefix}/coordinator/status"
+
+    def job_plan(self, job: str) -> str:
+        return f"{self.prefix}/job/{validate_id(job, 'job')}/plan"
+
+    def job_progress(self, job: str) -> str:
+        return f"{self.prefix}/job/{validate_id(job, 'job')}/progress"
+
+    def node_command(self, node: str, verb: str) -> str:
+        return f"{self.prefix}/cmd/node/{validate_id(node, 'node')}/{_validate_verb(verb)}"
+
+    def coordinator_command(self, verb: str) -> str:
+        return f"{self.prefix}/cmd/coordinator/{_validate_verb(verb)}"
+
+    def reply(self, client: str, request_id: str) -> str:
+        return f"{self.prefix}/reply/{validate_id(client, 'client')}/{validate_id(request_id, 'request id')}"
+
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    # Subscription filters (MQTT wildcards), for the subscribers of the design.
+    def all_nodes(self, leaf: str = "+") -> str:
+        """``node/+/<leaf>``; ``leaf='+'`` for every node topic."""
+        if leaf != "+" and leaf not in _NODE_LEAVES:
+            raise ValueError(f"unknown node topic {leaf!r}")
+        return f"{self.prefix}/node/+/{leaf}"
+
+    def all_jobs(self, leaf: str = "+") -> str:
+        if leaf != "+" and leaf not in _JOB_LEAVES:
+            raise ValueError(f"unknown job topic {leaf!r}")
+        return f"{self.prefix}/job/+/{leaf}"
+
+    def node_commands(self, node: str) -> str:
+        return f"{self.prefix}/cmd/node/{validate_id(node, 'node')}/+"
+
+    def coordinator_commands(self) -> str:
+        return f"{self.prefix}/cmd/coordinator/+"
+
+    def replies(self, client: str) -> str:
+        return f"{self.prefix}/reply/{validate_id(client, 'client')}/+"
+
+
+def _bad(topic: str, why: str) -> SchemaError:
+    return SchemaError(SchemaErrorReason.BAD_TOPIC, why, topic)
+
+
+def parse_topic(topic: str) -> ParsedTopic:
+    """Parse a concrete topic of the design (no wildcards); raise SchemaError for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != ROOT:
+        raise _bad(topic, f"not under {ROOT}/<cluster>/")
+    try:
+        cluster = validate_id(parts[1], "cluster")
+        rest = parts[2:]
+        match rest:
+            case ["node", node, leaf] if leaf in _NODE_LEAVES:
+                return ParsedTopic(cluster, _NODE_LEAVES[leaf], node=validate_id(node, "node"))
+            case ["coordinator", "status"]:
+                return ParsedTopic(cluster, TopicKind.COORDINATOR_STATUS)
+            case ["job", job, leaf] if leaf in _JOB_LEAVES:
+                return ParsedTopic(cluster, _JOB_LEAVES[leaf], job=validate_id(job, "job"))
+            case ["cmd", "node", node, verb]:
+                return ParsedTopic(
+                    cluster, TopicKind.NODE_COMMAND, node=validate_id(node, "node"), verb=_validate_verb(verb)
+                )
+            case ["cmd", "coordinator", verb]:
+                return ParsedTopic(cluster, TopicKind.COORDINATOR_COMMAND, verb=_validate_verb(verb))
+            case ["reply", client, request_id]:
+                return ParsedTopic(
+                    cluster,
+                    TopicKind.REPLY,
+                    client=validate_id(client, "client"),
+                    request_id=validate_id(request_id, "request id"),
+                )
+            case ["events"]:
+                return ParsedTopic(cluster, TopicKind.EVENTS)
+            case _:
+                raise _bad(topic, "not a topic of the design")
+    except SchemaError as exc:
+        if exc.topic is None:
+            raise _bad(topic, exc.detail) from None
+        raise

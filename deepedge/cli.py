@@ -1,0 +1,131 @@
+"""The ``deepedge`` command line. Only argument handling lives here; the work is in packages."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from deepedge import __version__
+from deepedge.config import LoadedConfig, load_config, render_json, render_toml
+from deepedge.errors import DeepEdgeError, ExitCode, NotBuiltError
+from deepedge.log_setup import configure_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="deepedge",
+    help="Retrain DL models on a cluster of edge boards without missing LC deadlines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@dataclass
+class CliState:
+    config_path: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, **more: Any) -> LoadedConfig:
+        loaded = load_config(self.config_path, overrides={**self.overrides, **more})
+        configure_logging(loaded.config.log.level, loaded.config.log.format)
+        return loaded
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML config file (default: $DEEPEDGE_CONFIG, then /etc/deepedge/deepedge.toml).")
+    ] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Cluster name (topic prefix deepedge/<cluster>/).")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", help="auto, json or console.")] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = CliState(
+        config,
+        {"broker.url": broker, "cluster.name": cluster, "log.level": log_level, "log.format": log_format},
+    )
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="JSON instead of TOML.")] = False
+) -> None:
+    """Print the effective configuration (secrets masked) and where each value came from."""
+    loaded = ctx.obj.load()
+    typer.echo(render_json(loaded) if as_json else render_toml(loaded), nl=False)
+    if as_json:
+        typer.echo()
+
+
+_PENDING = {
+    "node": ("Run the node daemon on this board.", 4),
+    "coordinator": ("Run the coordinator.", 5),
+    "submit": ("Submit a retraining job.", 5),
+    "status": ("Show nodes and jobs.", 5),
+    "cancel": ("Cancel a job.", 5),
+    "drain": ("Stop giving a node training work.", 5),
+    "logs": ("Tail the cluster's events (-f to follow).", 5),
+    "demo": ("Run the whole loop on an emulated cluster on this machine.", 7),
+    "bench": ("Run a benchmark (daemon, planner, ingest, failover, makespan).", 5),
+    "profile": ("Profile LC interference on this board (FECBench-style).", 0),
+}
+
+
+def _register_pending(name: str, help_text: str, issue: int) -> None:
+    where = f" (issue #{issue})" if issue else ""
+
+    def command(ctx: typer.Context) -> None:
+        raise NotBuiltError(f"'deepedge {name}' is not built yet{where}")
+
+    command.__doc__ = f"{help_text} (not built yet)"
+    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
+
+
+for _name, (_help, _issue) in _PENDING.items():
+    _register_pending(_name, _help, _issue)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: runs the app and maps deepedge errors to exit codes."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except DeepEdgeError as exc:
+        typer.echo(f"deepedge: error: {exc}", err=True)
+        return int(exc.exit_code)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return result if isinstance(result, int) else int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

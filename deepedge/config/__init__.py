@@ -1,0 +1,30 @@
+"""Configuration: a TOML file, ``DEEPEDGE_*`` environment variables and CLI flags, in that
+order of precedence."""
+
+from deepedge.config._load import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config
+from deepedge.config._model import (
+    BrokerConfig,
+    ClusterConfig,
+    Config,
+    CoordinatorConfig,
+    LcApp,
+    LogConfig,
+    NodeConfig,
+)
+from deepedge.config._show import render_json, render_toml
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "BrokerConfig",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "CoordinatorConfig",
+    "LcApp",
+    "LoadedConfig",
+    "LogConfig",
+    "NodeConfig",
+    "load_config",
+    "render_json",
+    "render_toml",
+]

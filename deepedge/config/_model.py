@@ -1,0 +1,86 @@
+"""The configuration's shape, defaults and validation (msgspec structs, unknown keys refused)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = ["BrokerConfig", "ClusterConfig", "Config", "CoordinatorConfig", "LcApp", "LogConfig", "NodeConfig"]
+
+_Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ClusterConfig(_Section):
+    name: _Id = "default"
+
+
+class BrokerConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"  # mqtts:// for TLS
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""  # CA bundle for mqtts://; empty means the system's
+    cert_file: str = ""  # client certificate (mutual TLS)
+    key_file: str = ""
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 15
+    connect_timeout_s: _Positive = 10.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker.url {self.url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise ValueError(f"broker.url {self.url!r} has a bad port") from None
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.url).hostname
+        assert host is not None
+        return host
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class LcApp(_Section):
+    name: _Id
+    deadline_ms: _Positive
+
+
+class NodeConfig(_Section):
+    id: str = ""  # empty: derived from the host name
+    telemetry_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
+    latency_window_s: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 10.0
+    latency_socket: str = "/run/deepedge/latency.sock"
+    lc_apps: tuple[LcApp, ...] = ()
+
+
+class CoordinatorConfig(_Section):
+    db: str = "/var/lib/deepedge/coordinator.db"
+    missed_heartbeats: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+
+
+class Config(_Section):
+    cluster: ClusterConfig = ClusterConfig()
+    broker: BrokerConfig = BrokerConfig()
+    log: LogConfig = LogConfig()
+    node: NodeConfig = NodeConfig()
+    coordinator: CoordinatorConfig = CoordinatorConfig()

@@ -1,0 +1,1 @@
+"""Node daemon (issue #4)."""

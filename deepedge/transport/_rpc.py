@@ -1,0 +1,170 @@
+"""Request/response over ``cmd/...`` and ``reply/<client>/<request_id>``.
+
+The requester keeps a table of pending futures keyed by request id, cleaned up in ``finally``;
+every wait has a timeout. The server answers every command, including malformed ones whose
+reply address can still be read, with a typed reply; a handler's bug becomes an ``internal``
+error reply, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+import structlog
+
+from deepedge.broker_schemas import (
+    ArgValue,
+    CommandReply,
+    CommandRequest,
+    ErrorCode,
+    ErrorInfo,
+    Id,
+    SchemaErrorReason,
+    Topics,
+)
+from deepedge.errors import DeepEdgeError
+from deepedge.transport._api import Received, Refused, Transport, TransportError
+
+__all__ = ["CommandFailed", "Handler", "Requester", "error_reply", "ok_reply", "serve_commands"]
+
+log = structlog.get_logger("deepedge.transport")
+
+
+class CommandFailed(DeepEdgeError):
+    """Raised by a command handler to answer with a typed error."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code: ErrorCode = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+def ok_reply(request: CommandRequest, **result: Any) -> CommandReply:
+    return CommandReply(request_id=request.request_id, ok=True, result=result, ts=time.time())
+
+
+def error_reply(request_id: str, code: ErrorCode, message: str) -> CommandReply:
+    return CommandReply(
+        request_id=request_id, ok=False, error=ErrorInfo(code=code, message=message[:4000]), ts=time.time()
+    )
+
+
+class Requester:
+    """``async with Requester(transport, topics) as rpc: reply = await rpc.request(topic, args)``."""
+
+    def __init__(self, transport: Transport, topics: Topics, *, timeout_s: float = 5.0, sender: str = "") -> None:
+        self._transport = transport
+        self._topics = topics
+        self._timeout = timeout_s
+        self._sender = sender or transport.client_id
+        self._pending: dict[str, asyncio.Future[CommandReply]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        sub = await self._transport.subscribe(self._topics.replies(self._transport.client_id), qos=1)
+        self._task = asyncio.create_task(self._read(sub), name="rpc-replies")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _read(self, sub: Any) -> None:
+        async with sub:
+            async for item in sub:
+                if isinstance(item, Received) and isinstance(item.message, CommandReply):
+                    fut = self._pending.get(item.message.request_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(item.message)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self, topic: str, args: Mapping[str, ArgValue] | None = None, *, timeout_s: float | None = None
+    ) -> CommandReply:
+        """Send a command and wait for its reply; TransportError if none comes in time."""
+        timeout = self._timeout if timeout_s is None else timeout_s
+        request_id = uuid.uuid4().hex[:16]
+        fut: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            request = CommandRequest(
+                request_id=request_id,
+                reply_to=self._transport.client_id,
+                args=dict(args or {}),
+                sender=self._sender,
+                ts=time.time(),
+            )
+            await self._transport.publish(topic, request, qos=1)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TransportError(f"no reply to {topic} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+
+Handler = Callable[[str, CommandRequest], Awaitable[CommandReply]]
+
+
+class _ReplyAddress(msgspec.Struct):
+    request_id: Id
+    reply_to: Id
+
+
+_ADDRESS_MSGPACK = msgspec.msgpack.Decoder(_ReplyAddress)
+_ADDRESS_JSON = msgspec.json.Decoder(_ReplyAddress)
+
+
+def _reply_address(payload: bytes) -> _ReplyAddress | None:
+    for decoder in (_ADDRESS_MSGPACK, _ADDRESS_JSON):
+        try:
+            return decoder.decode(payload)
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            continue
+    return None
+
+
+async def serve_commands(transport: Transport, topics: Topics, topic_filter: str, handler: Handler) -> None:
+    """Answer commands on ``topic_filter`` until cancelled."""
+    async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
+        async for item in sub:
+            reply: CommandReply | None = None
+            address: _ReplyAddress | None = None
+            match item:
+                case Received(topic=parsed, message=CommandRequest() as req):
+                    address = _ReplyAddress(req.request_id, req.reply_to)
+                    reply = await _call(handler, parsed.verb or "", req)
+                case Refused(payload=payload, error=error):
+                    address = _reply_address(payload) if error.reason != SchemaErrorReason.TOO_LARGE else None
+                    if address is not None:
+                        code: ErrorCode = "unknown_verb" if error.reason == SchemaErrorReason.BAD_TOPIC else "bad_request"
+                        reply = error_reply(address.request_id, code, str(error))
+            if reply is None or address is None:
+                continue
+            try:
+                await transport.publish(topics.reply(address.reply_to, address.request_id), reply, qos=1)
+            except DeepEdgeError as exc:
+                log.warning("command.reply_failed", request_id=address.request_id, error=str(exc))
+
+
+async def _call(handler: Handler, verb: str, req: CommandRequest) -> CommandReply:
+    try:
+        return await handler(verb, req)
+    except CommandFailed as exc:
+        return error_reply(req.request_id, exc.code, exc.message)
+    except Exception as exc:
+        log.exception("command.handler_failed", verb=verb, request_id=req.request_id)
+        return error_reply(req.request_id, "internal", f"{type(exc).__name__}: {exc}")
