@@ -48,7 +48,10 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML config file (default: $DEEPEDGE_CONFIG, then /etc/deepedge/deepedge.toml).")
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="TOML config file (default: $DEEPEDGE_CONFIG, then /etc/deepedge/deepedge.toml)."
+        ),
     ] = None,
     broker: Annotated[str | None, typer.Option(help="Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT.")] = None,
     cluster: Annotated[str | None, typer.Option(help="Cluster name (topic prefix deepedge/<cluster>/).")] = None,
@@ -117,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"deepedge: {exc}", err=True)
+        return int(getattr(exc, "exit_code", ExitCode.USAGE))
     return result if isinstance(result, int) else int(ExitCode.OK)
 
 

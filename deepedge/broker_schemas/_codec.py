@@ -77,7 +77,10 @@ class Decoded:
 
 def encode(message: Message) -> bytes:
     """MessagePack bytes of ``message``; refuses to produce a payload over the size limit."""
-    data = _ENCODER.encode(message)
+    try:
+        data = _ENCODER.encode(message)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond 64 bits in a free-form result
+        raise SchemaError(SchemaErrorReason.WRONG_TYPE, f"{type(message).__name__}: {exc}") from None
     if len(data) > MAX_PAYLOAD_BYTES:
         raise SchemaError(
             SchemaErrorReason.TOO_LARGE,
@@ -111,9 +114,7 @@ def _version_of(payload: bytes, as_json: bool) -> int | None:
 def decode_payload(parsed: ParsedTopic, payload: bytes, topic: str | None = None) -> Message | Cleared:
     """Decode ``payload`` as the message ``parsed`` carries; raise SchemaError otherwise."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise SchemaError(
-            SchemaErrorReason.TOO_LARGE, f"{len(payload)} bytes, over {MAX_PAYLOAD_BYTES}", topic
-        )
+        raise SchemaError(SchemaErrorReason.TOO_LARGE, f"{len(payload)} bytes, over {MAX_PAYLOAD_BYTES}", topic)
     if not payload:
         if parsed.kind in _RETAINED_KINDS:
             return Cleared()
@@ -144,9 +145,7 @@ def decode(topic: str, payload: bytes) -> Decoded:
 def _check_ids(parsed: ParsedTopic, message: Message, topic: str | None) -> None:
     claimed: tuple[str, str | None, str | None] | None = None
     match message:
-        case NodeBirth(node=n) | NodeDeath(node=n) | Telemetry(node=n) | LatencyReport(node=n) | Heartbeat(
-            node=n
-        ):
+        case NodeBirth(node=n) | NodeDeath(node=n) | Telemetry(node=n) | LatencyReport(node=n) | Heartbeat(node=n):
             claimed = ("node", parsed.node, n)
         case Plan(job=j) | Progress(job=j):
             claimed = ("job", parsed.job, j)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from deepedge.errors import DeepEdgeError
 
 __all__ = ["SchemaError", "SchemaErrorReason"]
 
 
-class SchemaErrorReason(str, Enum):
+class SchemaErrorReason(StrEnum):
     BAD_TOPIC = "bad_topic"  # not a topic of the design, or an id outside [A-Za-z0-9_.-]{1,64}
     TOO_LARGE = "too_large"  # payload over MAX_PAYLOAD_BYTES
     MALFORMED = "malformed"  # not MessagePack (or JSON for commands) at all

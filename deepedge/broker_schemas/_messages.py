@@ -73,14 +73,14 @@ class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 # ---- node/<node>/status ------------------------------------------------------------------------
 
 
-class Accelerator(_Part):
+class Accelerator(_Part, frozen=True):
     kind: Literal["cuda", "jetson", "other"]
     index: NonNegInt = 0
     name: ShortStr = ""
     memory_bytes: NonNegInt = 0
 
 
-class NodeBirth(_Msg, tag="birth"):
+class NodeBirth(_Msg, tag="birth", frozen=True):
     """Retained on ``node/<node>/status`` while the node is up."""
 
     node: Id
@@ -98,7 +98,7 @@ class NodeBirth(_Msg, tag="birth"):
     drained: bool = False
 
 
-class NodeDeath(_Msg, tag="death"):
+class NodeDeath(_Msg, tag="death", frozen=True):
     """Retained on ``node/<node>/status`` when the node is gone: its last will
     (``reason='lost'``) or its own clean shutdown (``reason='shutdown'``)."""
 
@@ -111,7 +111,7 @@ class NodeDeath(_Msg, tag="death"):
 # ---- node/<node>/telemetry ---------------------------------------------------------------------
 
 
-class GpuStats(_Part):
+class GpuStats(_Part, frozen=True):
     index: NonNegInt = 0
     name: ShortStr = ""
     util_percent: Percent | None = None
@@ -121,7 +121,7 @@ class GpuStats(_Part):
     temp_c: float | None = None
 
 
-class Telemetry(_Msg, tag="telemetry"):
+class Telemetry(_Msg, tag="telemetry", frozen=True):
     node: Id
     ts: NonNeg
     cpu_percent: Percent = 0.0
@@ -142,7 +142,7 @@ class Telemetry(_Msg, tag="telemetry"):
 # ---- node/<node>/latency -----------------------------------------------------------------------
 
 
-class AppLatency(_Part):
+class AppLatency(_Part, frozen=True):
     app: Id
     count: NonNegInt
     p50_ms: NonNeg
@@ -152,7 +152,7 @@ class AppLatency(_Part):
     violations: NonNegInt = 0  # requests over the deadline in this window
 
 
-class LatencyReport(_Msg, tag="latency"):
+class LatencyReport(_Msg, tag="latency", frozen=True):
     node: Id
     ts: NonNeg
     window_s: NonNeg
@@ -162,7 +162,7 @@ class LatencyReport(_Msg, tag="latency"):
 # ---- node/<node>/heartbeat ---------------------------------------------------------------------
 
 
-class Heartbeat(_Msg, tag="heartbeat"):
+class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     node: Id
     ts: NonNeg
     job: Id
@@ -179,7 +179,7 @@ class Heartbeat(_Msg, tag="heartbeat"):
 # ---- coordinator/status ------------------------------------------------------------------------
 
 
-class CoordinatorStatus(_Msg, tag="coordinator_status"):
+class CoordinatorStatus(_Msg, tag="coordinator_status", frozen=True):
     state: Literal["online", "offline"]
     session: Id
     version: ShortStr = ""
@@ -189,7 +189,7 @@ class CoordinatorStatus(_Msg, tag="coordinator_status"):
 # ---- job/<job>/plan and job/<job>/progress -----------------------------------------------------
 
 
-class JobSpec(_Part):
+class JobSpec(_Part, frozen=True):
     model: ShortStr
     dataset: Text
     output: Text
@@ -200,7 +200,7 @@ class JobSpec(_Part):
     seed: int = 0
 
 
-class Assignment(_Part):
+class Assignment(_Part, frozen=True):
     node: Id
     rank: NonNegInt
     share: NonNegInt  # samples of every global batch
@@ -208,7 +208,7 @@ class Assignment(_Part):
     intensity_cap: Fraction
 
 
-class Plan(_Msg, tag="plan"):
+class Plan(_Msg, tag="plan", frozen=True):
     job: Id
     generation: NonNegInt
     ts: NonNeg
@@ -227,7 +227,7 @@ class Plan(_Msg, tag="plan"):
 JobState = Literal["queued", "planning", "running", "recovering", "completed", "failed", "cancelled"]
 
 
-class Progress(_Msg, tag="progress"):
+class Progress(_Msg, tag="progress", frozen=True):
     job: Id
     state: JobState
     ts: NonNeg
@@ -245,7 +245,7 @@ class Progress(_Msg, tag="progress"):
 # ---- cmd/... and reply/... ---------------------------------------------------------------------
 
 
-class CommandRequest(_Msg, tag="command"):
+class CommandRequest(_Msg, tag="command", frozen=True):
     """A command; the verb is in the topic. The reply goes to ``reply/<reply_to>/<request_id>``:
     ``reply_to`` is the requester's client id, never a free topic, so a command cannot make a
     daemon publish anywhere else."""
@@ -257,12 +257,12 @@ class CommandRequest(_Msg, tag="command"):
     ts: NonNeg = 0.0
 
 
-class ErrorInfo(_Part):
+class ErrorInfo(_Part, frozen=True):
     code: ErrorCode
     message: Text
 
 
-class CommandReply(_Msg, tag="reply"):
+class CommandReply(_Msg, tag="reply", frozen=True):
     request_id: Id
     ok: bool
     result: dict[str, Any] = {}
@@ -273,7 +273,7 @@ class CommandReply(_Msg, tag="reply"):
 # ---- events ------------------------------------------------------------------------------------
 
 
-class Event(_Msg, tag="event"):
+class Event(_Msg, tag="event", frozen=True):
     """One line of ``deepedge logs -f``."""
 
     ts: NonNeg

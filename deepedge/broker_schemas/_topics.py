@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from deepedge.broker_schemas._errors import SchemaError, SchemaErrorReason
 
@@ -34,7 +34,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 VERB_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
-class TopicKind(str, Enum):
+class TopicKind(StrEnum):
     NODE_STATUS = "node_status"
     NODE_TELEMETRY = "node_telemetry"
     NODE_LATENCY = "node_latency"
@@ -60,9 +60,7 @@ _JOB_LEAVES = {"plan": TopicKind.JOB_PLAN, "progress": TopicKind.JOB_PROGRESS}
 def validate_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid node/job/client/request id, else raise SchemaError."""
     if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
-        raise SchemaError(
-            SchemaErrorReason.BAD_TOPIC, f"{what} {value!r} does not match [A-Za-z0-9_.-]{{1,64}}"
-        )
+        raise SchemaError(SchemaErrorReason.BAD_TOPIC, f"{what} {value!r} does not match [A-Za-z0-9_.-]{{1,64}}")
     return value
 
 

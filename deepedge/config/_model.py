@@ -17,11 +17,11 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(_Section, frozen=True):
     name: _Id = "default"
 
 
-class BrokerConfig(_Section):
+class BrokerConfig(_Section, frozen=True):
     url: str = "mqtt://127.0.0.1:1883"  # mqtts:// for TLS
     username: str = ""
     password: str = ""
@@ -55,17 +55,17 @@ class BrokerConfig(_Section):
         return urlsplit(self.url).port or (8883 if self.tls else 1883)
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class LcApp(_Section):
+class LcApp(_Section, frozen=True):
     name: _Id
     deadline_ms: _Positive
 
 
-class NodeConfig(_Section):
+class NodeConfig(_Section, frozen=True):
     id: str = ""  # empty: derived from the host name
     telemetry_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
     latency_window_s: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 10.0
@@ -73,12 +73,12 @@ class NodeConfig(_Section):
     lc_apps: tuple[LcApp, ...] = ()
 
 
-class CoordinatorConfig(_Section):
+class CoordinatorConfig(_Section, frozen=True):
     db: str = "/var/lib/deepedge/coordinator.db"
     missed_heartbeats: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     cluster: ClusterConfig = ClusterConfig()
     broker: BrokerConfig = BrokerConfig()
     log: LogConfig = LogConfig()

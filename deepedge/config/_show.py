@@ -42,7 +42,7 @@ def render_toml(loaded: LoadedConfig) -> str:
     if loaded.file is not None:
         lines.append(f"# config file: {loaded.file}")
     for section, body in _masked(loaded).items():
-        tables = {k: v for k, v in body.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        tables = {k: v for k, v in body.items() if isinstance(v, list | tuple) and v and isinstance(v[0], dict)}
         lines.append(f"\n[{section}]")
         for key, value in body.items():
             if key in tables:

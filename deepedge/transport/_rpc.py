@@ -150,7 +150,9 @@ async def serve_commands(transport: Transport, topics: Topics, topic_filter: str
                 case Refused(payload=payload, error=error):
                     address = _reply_address(payload) if error.reason != SchemaErrorReason.TOO_LARGE else None
                     if address is not None:
-                        code: ErrorCode = "unknown_verb" if error.reason == SchemaErrorReason.BAD_TOPIC else "bad_request"
+                        code: ErrorCode = (
+                            "unknown_verb" if error.reason == SchemaErrorReason.BAD_TOPIC else "bad_request"
+                        )
                         reply = error_reply(address.request_id, code, str(error))
             if reply is None or address is None:
                 continue

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command: set up, then lint, type-check and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check deepedge tests
+.venv/bin/ruff format --check deepedge tests
+.venv/bin/mypy deepedge
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepedge.config import ConfigError, LcApp, load_config, render_json, render_toml
+from deepedge.errors import ExitCode
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "deepedge.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_without_any_file(tmp_path: Path) -> None:
+    loaded = load_config(environ={}, overrides={})
+    assert loaded.config.broker.url == "mqtt://127.0.0.1:1883"
+    assert loaded.config.node.telemetry_interval_s == 1.0
+    assert loaded.source_of("broker.url") == "default"
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    f = write(
+        tmp_path,
+        '[broker]\nurl = "mqtt://file:1"\nkeepalive_s = 20\n[cluster]\nname = "from-file"\n'
+        '[node]\ntelemetry_interval_s = 0.5\n[[node.lc_apps]]\nname = "det"\ndeadline_ms = 50\n',
+    )
+    env = {"DEEPEDGE_BROKER_URL": "mqtt://env:2", "DEEPEDGE_CLUSTER_NAME": "from-env"}
+    loaded = load_config(f, environ=env, overrides={"cluster.name": "from-flag", "log.level": None})
+    c = loaded.config
+    assert c.broker.url == "mqtt://env:2" and c.broker.port == 2
+    assert c.broker.keepalive_s == 20
+    assert c.cluster.name == "from-flag"
+    assert c.node.telemetry_interval_s == 0.5
+    assert c.node.lc_apps == (LcApp(name="det", deadline_ms=50.0),)
+    assert loaded.source_of("broker.url") == "env DEEPEDGE_BROKER_URL"
+    assert loaded.source_of("cluster.name") == "flag"
+    assert loaded.source_of("broker.keepalive_s") == f"file {f}"
+
+
+def test_config_file_from_environment_variable(tmp_path: Path) -> None:
+    f = write(tmp_path, '[cluster]\nname = "viaenv"\n')
+    assert load_config(environ={"DEEPEDGE_CONFIG": str(f)}).config.cluster.name == "viaenv"
+
+
+def test_env_strings_are_converted() -> None:
+    c = load_config(environ={"DEEPEDGE_BROKER_KEEPALIVE_S": "30", "DEEPEDGE_NODE_TELEMETRY_INTERVAL_S": "2.5"}).config
+    assert c.broker.keepalive_s == 30 and c.node.telemetry_interval_s == 2.5
+
+
+def test_tls_url() -> None:
+    b = load_config(environ={"DEEPEDGE_BROKER_URL": "mqtts://broker.lan"}).config.broker
+    assert b.tls and b.port == 8883 and b.host == "broker.lan"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "needle"),
+    [
+        ("[broker]\nkeepalive_s = 'often'\n", {}, "broker.keepalive_s"),
+        ("[broker]\nurl = 'http://x'\n", {}, "mqtt://HOST"),
+        ("[broker]\nurll = 'mqtt://x'\n", {}, "urll"),
+        ("[nodes]\nid = 'x'\n", {}, "unknown section [nodes]"),
+        ("this is not toml", {}, "not valid TOML"),
+        ("", {"DEEPEDGE_BROKER_KEEPALIVE_S": "abc"}, "env DEEPEDGE_BROKER_KEEPALIVE_S"),
+        ("", {"DEEPEDGE_BROKR_URL": "mqtt://x"}, "unknown environment variable DEEPEDGE_BROKR_URL"),
+        ("[cluster]\nname = 'bad/name'\n", {}, "cluster.name"),
+        ("[node]\ntelemetry_interval_s = 0\n", {}, "node.telemetry_interval_s"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, env: dict[str, str], needle: str) -> None:
+    f = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(f, environ=env)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message
+    assert err.value.exit_code is ExitCode.CONFIG
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_show_masks_secrets_and_round_trips(tmp_path: Path) -> None:
+    f = write(
+        tmp_path, '[broker]\npassword = "hunter2"\nusername = "edge"\n[[node.lc_apps]]\nname = "a"\ndeadline_ms = 9\n'
+    )
+    loaded = load_config(f, environ={})
+    toml_text = render_toml(loaded)
+    assert "hunter2" not in toml_text and "hunter2" not in render_json(loaded)
+    assert "********" in toml_text
+    again = load_config(write(tmp_path, toml_text), environ={}).config
+    assert again.node.lc_apps == loaded.config.node.lc_apps
+    assert again.broker.username == "edge"

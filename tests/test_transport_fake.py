@@ -1,0 +1,123 @@
+"""The in-memory transport and the request/response layer on it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deepedge.broker_schemas import (
+    Cleared,
+    CommandReply,
+    CommandRequest,
+    NodeBirth,
+    NodeDeath,
+    Telemetry,
+    Topics,
+    encode,
+)
+from deepedge.transport import (
+    CommandFailed,
+    FakeBroker,
+    FakeTransport,
+    Received,
+    Requester,
+    TransportError,
+    Will,
+    ok_reply,
+    serve_commands,
+)
+
+T = Topics("lab")
+
+
+async def test_retained_goes_to_late_subscribers_and_clearing_works() -> None:
+    broker = FakeBroker()
+    async with FakeTransport(broker) as pub:
+        await pub.publish(T.node_status("n1"), NodeBirth(node="n1", session="s1", ts=1.0), qos=1, retain=True)
+    async with FakeTransport(broker) as sub_client:
+        sub = await sub_client.subscribe(T.all_nodes("status"))
+        got = await sub.get(1)
+        assert isinstance(got, Received) and got.retain and isinstance(got.message, NodeBirth)
+        async with FakeTransport(broker) as pub:
+            await pub.publish(T.node_status("n1"), None, qos=1, retain=True)
+        got = await sub.get(1)
+        assert isinstance(got, Received) and isinstance(got.message, Cleared)
+    assert T.node_status("n1") not in broker.retained
+
+
+async def test_will_published_when_client_killed() -> None:
+    broker = FakeBroker()
+    will = Will(T.node_status("n1"), NodeDeath(node="n1", session="s1"))
+    async with FakeTransport(broker) as watcher:
+        sub = await watcher.subscribe(T.all_nodes("status"))
+        node = FakeTransport(broker, client_id="node-n1", will=will)
+        await node.__aenter__()
+        broker.kill("node-n1")
+        got = await sub.get(1)
+        assert isinstance(got, Received) and got.message == NodeDeath(node="n1", session="s1")
+        with pytest.raises(TransportError):
+            await node.publish(T.node_telemetry("n1"), Telemetry(node="n1", ts=1.0))
+
+
+async def test_garbage_and_forgeries_are_dropped_not_delivered() -> None:
+    broker = FakeBroker()
+    async with FakeTransport(broker) as client:
+        sub = await client.subscribe(T.all_nodes())
+        await client.publish_raw(T.node_telemetry("n1"), b"\xc1garbage")
+        await client.publish_raw(T.node_telemetry("n2"), encode(Telemetry(node="n1", ts=1.0)))  # forged
+        await client.publish(T.node_telemetry("n1"), Telemetry(node="n1", ts=2.0))
+        got = await sub.get(1)
+        assert isinstance(got, Received) and got.message == Telemetry(node="n1", ts=2.0)
+        assert client.dispatcher.drops.total == 2
+
+
+async def test_subscription_queue_is_bounded() -> None:
+    broker = FakeBroker()
+    async with FakeTransport(broker) as client:
+        sub = await client.subscribe(T.all_nodes(), maxsize=5)
+        for i in range(20):
+            await client.publish(T.node_telemetry("n1"), Telemetry(node="n1", ts=float(i)))
+        assert sub.overflowed == 15
+
+
+async def _handler(verb: str, req: CommandRequest) -> CommandReply:
+    if verb == "status":
+        return ok_reply(req, state="idle", echo=req.args.get("x"))
+    if verb == "boom":
+        raise RuntimeError("handler bug")
+    raise CommandFailed("unknown_verb", f"no verb {verb!r}")
+
+
+async def test_request_reply_and_typed_errors() -> None:
+    broker = FakeBroker()
+    async with FakeTransport(broker, client_id="node-n1") as node, FakeTransport(broker, client_id="cli-1") as cli:
+        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler))
+        await asyncio.sleep(0)
+        async with Requester(cli, T, timeout_s=1) as rpc:
+            reply = await rpc.request(T.node_command("n1", "status"), {"x": 3})
+            assert reply.ok and reply.result == {"state": "idle", "echo": 3}
+            reply = await rpc.request(T.node_command("n1", "fly"))
+            assert not reply.ok and reply.error is not None and reply.error.code == "unknown_verb"
+            reply = await rpc.request(T.node_command("n1", "boom"))
+            assert not reply.ok and reply.error is not None and reply.error.code == "internal"
+            assert "handler bug" in reply.error.message
+            assert rpc.pending == 0
+            # a malformed command whose reply address can be read gets a typed error
+            sub = await cli.subscribe(T.replies("cli-1"))
+            await cli.publish_raw(
+                T.node_command("n1", "status"), b'{"kind":"command","request_id":"r9","reply_to":"cli-1","args":7}'
+            )
+            got = await sub.get(1)
+            assert isinstance(got, Received) and isinstance(got.message, CommandReply)
+            assert got.message.request_id == "r9" and got.message.error is not None
+            assert got.message.error.code == "bad_request"
+        server.cancel()
+
+
+async def test_request_times_out_and_cleans_up() -> None:
+    broker = FakeBroker()
+    async with FakeTransport(broker) as cli, Requester(cli, T) as rpc:
+        with pytest.raises(TransportError, match="no reply"):
+            await rpc.request(T.node_command("nobody", "status"), timeout_s=0.05)
+        assert rpc.pending == 0

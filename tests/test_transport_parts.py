@@ -1,0 +1,78 @@
+"""Backoff, topic matching and rate-limited drop logging."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from structlog.testing import capture_logs
+
+from deepedge.broker_schemas import SchemaError, SchemaErrorReason
+from deepedge.clock import FakeClock
+from deepedge.transport import Backoff, DropLog, topic_matches, validate_filter
+
+
+def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
+    b = Backoff(base=0.1, cap=2.0, factor=2.0, floor=0.01, rng=random.Random(1))
+    ceilings, delays = [], []
+    for _ in range(10):
+        ceilings.append(b.ceiling())
+        delays.append(b.next_delay())
+    assert ceilings[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])
+    assert ceilings[5:] == [2.0] * 5
+    assert all(0.01 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len(set(delays)) == len(delays)  # jittered, not lock-step
+    b.reset()
+    assert b.ceiling() == 0.1
+
+
+def test_backoff_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        Backoff(base=5, cap=1)
+
+
+@pytest.mark.parametrize(
+    ("flt", "topic", "ok"),
+    [
+        ("a/+/c", "a/b/c", True),
+        ("a/+/c", "a/b/d", False),
+        ("a/#", "a/b/c", True),
+        ("a/#", "a", True),
+        ("a/+", "a/b/c", False),
+        ("a/b", "a/b", True),
+        ("+/+", "a/b", True),
+        ("a/b/c", "a/b", False),
+    ],
+)
+def test_topic_matches(flt: str, topic: str, ok: bool) -> None:
+    assert topic_matches(flt, topic) is ok
+
+
+@pytest.mark.parametrize("bad", ["a/#/b", "a/b#", "a/+b"])
+def test_bad_filters_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        validate_filter(bad)
+
+
+def test_drops_are_logged_once_per_sender_per_minute() -> None:
+    clock = FakeClock()
+    drops = DropLog(clock, interval_s=60)
+    err = SchemaError(SchemaErrorReason.MALFORMED, "junk")
+    with capture_logs() as logs:
+        for _ in range(1000):
+            drops.drop("node/evil", err, "deepedge/c/node/evil/telemetry")
+        drops.drop("node/other", err, "deepedge/c/node/other/telemetry")
+        clock.advance(61)
+        drops.drop("node/evil", err, "deepedge/c/node/evil/telemetry")
+    events = [e for e in logs if e["event"] == "message.dropped"]
+    assert [e["sender"] for e in events] == ["node/evil", "node/other", "node/evil"]
+    assert events[2]["suppressed_since_last"] == 999
+    assert drops.total == 1002
+
+
+def test_drop_log_memory_is_bounded() -> None:
+    drops = DropLog(FakeClock(), max_senders=10)
+    for i in range(100):
+        drops.drop(f"node/n{i}", "x", "t")
+    assert drops.total == 100
+    assert len(drops._last) <= 10
