@@ -78,8 +78,25 @@ def config_show(
         typer.echo()
 
 
+@app.command("node")
+def node_cmd(
+    ctx: typer.Context,
+    node_id: Annotated[
+        str | None, typer.Option("--node-id", help="This board's id (default: node.id, else the host name).")
+    ] = None,
+    cluster: Annotated[str | None, typer.Option(help="Cluster name.")] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL.")] = None,
+) -> None:
+    """Run the node daemon on this board (a systemd service): telemetry, LC latency, commands, workers."""
+    import asyncio
+
+    from deepedge.node import run_node
+
+    loaded = ctx.obj.load(**{"node.id": node_id, "cluster.name": cluster, "broker.url": broker})
+    raise typer.Exit(asyncio.run(run_node(loaded.config)))
+
+
 _PENDING = {
-    "node": ("Run the node daemon on this board.", 4),
     "coordinator": ("Run the coordinator.", 5),
     "submit": ("Submit a retraining job.", 5),
     "status": ("Show nodes and jobs.", 5),

@@ -71,6 +71,11 @@ class NodeConfig(_Section, frozen=True):
     latency_window_s: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 10.0
     latency_socket: str = "/run/deepedge/latency.sock"
     lc_apps: tuple[LcApp, ...] = ()
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
+    # The training worker; empty means ``python -m deepedge.training.worker`` (issue #6).
+    worker_command: tuple[str, ...] = ()
+    # Collectors to skip even when available, e.g. ["nvml"].
+    disabled_collectors: tuple[str, ...] = ()
 
 
 class CoordinatorConfig(_Section, frozen=True):

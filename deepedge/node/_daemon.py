@@ -1,0 +1,352 @@
+"""The node daemon: birth/death, telemetry, LC latency, heartbeats, commands, plans → workers,
+systemd readiness and watchdog. It never imports torch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from deepedge import __version__
+from deepedge.broker_schemas import (
+    ArgValue,
+    Cleared,
+    Event,
+    Heartbeat,
+    LatencyReport,
+    NodeBirth,
+    NodeDeath,
+    Plan,
+    Topics,
+)
+from deepedge.clock import Clock, RealClock
+from deepedge.config import Config
+from deepedge.node._commands import handle_command
+from deepedge.node._identity import default_node_id, make_birth, new_session
+from deepedge.node._latency import LatencyIntake, LatencyWindows
+from deepedge.node._sdnotify import SystemdNotifier
+from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
+from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
+from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
+from deepedge.worker_protocol import PlanForWorker, WorkerReport
+
+__all__ = ["NodeDaemon", "run_node"]
+
+log = structlog.get_logger("deepedge.node")
+
+
+class NodeDaemon:
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        *,
+        node: str,
+        session: str,
+        collectors: list[Collector],
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.session = session
+        self.topics = Topics(config.cluster.name)
+        self.transport = transport
+        self.collectors = collectors
+        self.clock = clock or RealClock()
+        self.notifier = notifier or SystemdNotifier({})
+        self.drained = False
+        self.started = self.clock.time()
+        cfg = config.node
+        self.windows = LatencyWindows(cfg.latency_window_s, self.clock, {a.name: a.deadline_ms for a in cfg.lc_apps})
+        self.intake = LatencyIntake(cfg.latency_socket, self.windows, DropLog(self.clock))
+        self.workers: dict[str, WorkerSupervisor] = {}
+        self._worker_tasks: dict[str, asyncio.Task[None]] = {}
+        self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
+        self.telemetry_sent = 0
+        self._stop = asyncio.Event()
+
+    # ---- messages -----------------------------------------------------------------------------
+
+    def birth(self) -> NodeBirth:
+        return make_birth(self.node, self.session, self._accelerators, self.drained)
+
+    async def publish_birth(self) -> None:
+        await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
+
+    async def emit(self, event: str, message: str = "", level: str = "info", **fields: ArgValue) -> None:
+        ev = Event(
+            ts=self.clock.time(),
+            source=f"node/{self.node}",
+            event=event,
+            level=level,  # type: ignore[arg-type]
+            node=self.node,
+            job=fields.pop("job", None),  # type: ignore[arg-type]
+            message=message,
+            fields=fields,
+        )
+        try:
+            await self.transport.publish(self.topics.events(), ev)
+        except TransportError as exc:
+            log.debug("event.unsent", event_name=event, error=str(exc))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "session": self.session,
+            "version": __version__,
+            "drained": self.drained,
+            "uptime_s": round(self.clock.time() - self.started, 1),
+            "collectors": [c.name for c in self.collectors],
+            "lc_apps": {
+                a.app: {"deadline_ms": a.deadline_ms, "p95_ms": a.p95_ms, "count": a.count}
+                for a in self.windows.summary()
+            },
+            "workers": {
+                job: {
+                    "state": sup.state.value,
+                    "pid": sup.pid,
+                    "generation": sup.generation,
+                    "restarts": sup.restarts,
+                    "step": sup.last_report.step if sup.last_report else None,
+                }
+                for job, sup in self.workers.items()
+            },
+            "telemetry_sent": self.telemetry_sent,
+        }
+
+    # ---- commands' effects --------------------------------------------------------------------
+
+    async def set_drained(self, drained: bool, reason: str = "") -> None:
+        self.drained = drained
+        await self.publish_birth()  # retained: the coordinator sees it, now and after restarts
+        await self.emit("node.drained" if drained else "node.undrained", reason)
+        log.info("node.drain", drained=drained, reason=reason)
+
+    async def set_deadline(self, app: str, deadline_ms: float | None) -> None:
+        self.windows.set_deadline(app, deadline_ms)
+        await self.emit("lc.deadline_set", f"{app}: {deadline_ms} ms", app=app, deadline_ms=deadline_ms)
+
+    async def stop_workers(self, job: str | None = None) -> list[str]:
+        stopped = []
+        for name, sup in list(self.workers.items()):
+            if (job is None or name == job) and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF):
+                await sup.stop()
+                stopped.append(name)
+                await self.emit("worker.stopped", "stopped by command", job=name)
+        return stopped
+
+    # ---- plans → workers ----------------------------------------------------------------------
+
+    def worker_command(self) -> list[str]:
+        return list(self.config.node.worker_command) or [sys.executable, "-m", "deepedge.training.worker"]
+
+    def _supervisor(self, job: str) -> WorkerSupervisor:
+        sup = self.workers.get(job)
+        if sup is None:
+            sup = WorkerSupervisor(self.worker_command(), job, self._on_report, clock=self.clock)
+            self.workers[job] = sup
+            self._worker_tasks[job] = asyncio.create_task(sup.run(), name=f"worker:{job}")
+        return sup
+
+    def _on_report(self, report: WorkerReport) -> None:
+        if report.state == "failed":
+            log.warning("worker.failed", job=report.job, message=report.message)
+
+    async def on_plan(self, job: str, plan: Plan | Cleared) -> None:
+        mine = None if isinstance(plan, Cleared) else next((a for a in plan.assignments if a.node == self.node), None)
+        sup = self.workers.get(job)
+        if mine is None or isinstance(plan, Cleared):
+            if sup is not None and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF):
+                log.info("plan.not_for_me", job=job)
+                await sup.stop()
+            return
+        if sup is not None and sup.generation is not None and plan.generation <= sup.generation:
+            return  # a stale or repeated (retained) generation
+        if self.drained and (sup is None or sup.state not in (SupervisorState.RUNNING, SupervisorState.BACKOFF)):
+            log.info("plan.ignored_drained", job=job, generation=plan.generation)
+            return
+        log.info("plan.accepted", job=job, generation=plan.generation, rank=mine.rank, share=mine.share)
+        self._supervisor(job).update(PlanForWorker(node=self.node, plan=plan, assignment=mine))
+
+    # ---- loops --------------------------------------------------------------------------------
+
+    async def telemetry_loop(self) -> None:
+        interval = self.config.node.telemetry_interval_s
+        next_at = self.clock.monotonic()
+        while True:
+            now = self.clock.monotonic()
+            draft = TelemetryDraft()
+            for c in self.collectors:
+                try:
+                    c.collect(draft, now)
+                except Exception as exc:  # a sensor failing must never stop telemetry
+                    log.warning("collector.failed", collector=c.name, error=str(exc))
+            wall = self.clock.time()
+            if self.transport.connected:
+                try:
+                    await self.transport.publish(self.topics.node_telemetry(self.node), draft.freeze(self.node, wall))
+                    self.telemetry_sent += 1
+                    apps = self.windows.summary()
+                    if apps:
+                        report = LatencyReport(node=self.node, ts=wall, window_s=self.windows.window_s, apps=apps)
+                        await self.transport.publish(self.topics.node_latency(self.node), report)
+                except TransportError as exc:
+                    log.debug("telemetry.unsent", error=str(exc))
+            next_at += interval
+            await self.clock.sleep(max(0.0, next_at - self.clock.monotonic()))
+            if next_at < self.clock.monotonic() - interval:  # fell far behind (suspend): do not burst
+                next_at = self.clock.monotonic()
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.node.heartbeat_interval_s)
+            for job, sup in list(self.workers.items()):
+                r = sup.last_report
+                if sup.state is not SupervisorState.RUNNING or r is None or not self.transport.connected:
+                    continue
+                hb = Heartbeat(
+                    node=self.node,
+                    ts=self.clock.time(),
+                    job=job,
+                    generation=r.generation,
+                    rank=r.rank,
+                    world_size=r.world_size,
+                    step=r.step,
+                    samples_per_s=max(0.0, r.samples_per_s),
+                    loss=r.loss,
+                    intensity=min(1.0, max(0.0, r.intensity)),
+                    state=r.state,
+                )
+                try:
+                    await self.transport.publish(self.topics.node_heartbeat(self.node), hb)
+                except TransportError as exc:
+                    log.debug("heartbeat.unsent", error=str(exc))
+
+    async def plan_loop(self) -> None:
+        async with await self.transport.subscribe(self.topics.all_jobs("plan"), qos=1) as sub:
+            async for item in sub:
+                if (
+                    isinstance(item, Received)
+                    and item.topic.job is not None
+                    and isinstance(item.message, Plan | Cleared)
+                ):
+                    await self.on_plan(item.topic.job, item.message)
+
+    async def self_status_loop(self) -> None:
+        """Keep the record straight: a death notice for this running node (a late will of an
+        earlier connection, or a forgery) is answered with a fresh birth; another live process
+        using this node id is logged."""
+        async with await self.transport.subscribe(self.topics.node_status(self.node), qos=1) as sub:
+            async for item in sub:
+                if not isinstance(item, Received):
+                    continue
+                match item.message:
+                    case NodeDeath():
+                        log.warning("node.death_notice_while_alive", session=item.message.session)
+                        await self.publish_birth()
+                    case NodeBirth(session=s, ts=ts) if s != self.session and ts > self.started:
+                        log.error("node.id_conflict", other_session=s, hint="two daemons use the same node id")
+
+    async def watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def status_line_loop(self) -> None:
+        while True:
+            running = [j for j, s in self.workers.items() if s.state is SupervisorState.RUNNING]
+            state = "connected" if self.transport.connected else "reconnecting"
+            self.notifier.status(f"{state}; drained={self.drained}; workers={','.join(running) or 'none'}")
+            await asyncio.sleep(10)
+
+    async def run(self) -> None:
+        await self.intake.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.telemetry_loop())
+                tg.create_task(self.heartbeat_loop())
+                tg.create_task(self.plan_loop())
+                tg.create_task(self.self_status_loop())
+                tg.create_task(
+                    serve_commands(
+                        self.transport,
+                        self.topics,
+                        self.topics.node_commands(self.node),
+                        lambda verb, req: handle_command(self, verb, req),
+                    )
+                )
+                tg.create_task(self.watchdog_loop())
+                tg.create_task(self.status_line_loop())
+                await self._stop.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            self.intake.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Stop workers, then say goodbye: a retained offline status (not the will)."""
+        self.notifier.stopping()
+        for job, sup in self.workers.items():
+            await sup.stop()
+            self._worker_tasks[job].cancel()
+        death = NodeDeath(node=self.node, session=self.session, reason="shutdown", ts=self.clock.time())
+        try:
+            await self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True)
+        except TransportError as exc:
+            log.warning("node.offline_unsent", error=str(exc))
+        for c in self.collectors:
+            c.close()
+
+
+class _Stop(Exception):
+    pass
+
+
+async def run_node(config: Config, *, node_id: str | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
+    node = node_id or config.node.id or default_node_id()
+    session = new_session()
+    topics = Topics(config.cluster.name)
+    notifier = SystemdNotifier()
+    will = Will(topics.node_status(node), NodeDeath(node=node, session=session, reason="lost"))
+    transport = MqttTransport(
+        config.broker, client_id=f"deepedge-node-{node}"[:64], will=will, persistent=True, wait_first_connect=False
+    )
+    collectors = await asyncio.to_thread(
+        probe_collectors, config.node.telemetry_interval_s, config.node.disabled_collectors
+    )
+    daemon = NodeDaemon(config, transport, node=node, session=session, collectors=collectors, notifier=notifier)
+    first = asyncio.Event()
+
+    async def on_connect() -> None:
+        await daemon.publish_birth()
+        if not first.is_set():
+            first.set()
+            notifier.ready(f"connected to {config.broker.url} as {node}")
+            log.info("node.ready", node=node, session=session, cluster=config.cluster.name, pid=os.getpid())
+
+    transport.add_connect_hook(on_connect)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    log.info("node.starting", node=node, broker=config.broker.url, collectors=[c.name for c in collectors])
+    async with transport:
+        await daemon.run()
+        log.info("node.stopping", node=node)
+        await daemon.shutdown()
+    notifier.close()
+    log.info("node.stopped", node=node, at=time.time())
+    return 0

@@ -1,0 +1,138 @@
+"""LC latency intake: a Unix datagram socket that LC apps report to (``deepedge.lc_client``),
+and per-app sliding windows summarised as count, p50, p95, p99 and the app's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+from collections import deque
+from pathlib import Path
+
+import structlog
+
+from deepedge.broker_schemas import ID_PATTERN, AppLatency
+from deepedge.clock import Clock
+from deepedge.transport import DropLog
+
+__all__ = ["LatencyIntake", "LatencyWindows", "percentile"]
+
+log = structlog.get_logger("deepedge.node")
+
+MAX_APPS = 64
+MAX_SAMPLES_PER_APP = 200_000
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of an ascending list."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class LatencyWindows:
+    """Latencies of the last ``window_s`` seconds per app. Apps with a deadline are declared
+    (config or command); an undeclared app that reports is tracked without a deadline."""
+
+    def __init__(self, window_s: float, clock: Clock, deadlines: dict[str, float] | None = None) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self.deadlines: dict[str, float] = dict(deadlines or {})
+        self._samples: dict[str, deque[tuple[float, float]]] = {app: deque() for app in self.deadlines}
+
+    def add(self, app: str, latency_ms: float, now: float | None = None) -> bool:
+        if app not in self._samples:
+            if len(self._samples) >= MAX_APPS:
+                return False
+            self._samples[app] = deque()
+        window = self._samples[app]
+        if len(window) >= MAX_SAMPLES_PER_APP:
+            window.popleft()
+        window.append((self._clock.monotonic() if now is None else now, latency_ms))
+        return True
+
+    def set_deadline(self, app: str, deadline_ms: float | None) -> None:
+        if deadline_ms is None:
+            self.deadlines.pop(app, None)
+        else:
+            self.deadlines[app] = deadline_ms
+            self._samples.setdefault(app, deque())
+
+    def summary(self, now: float | None = None) -> tuple[AppLatency, ...]:
+        now = self._clock.monotonic() if now is None else now
+        out = []
+        for app, window in self._samples.items():
+            while window and window[0][0] < now - self.window_s:
+                window.popleft()
+            values = sorted(ms for _t, ms in window)
+            deadline = self.deadlines.get(app)
+            out.append(
+                AppLatency(
+                    app=app,
+                    count=len(values),
+                    p50_ms=percentile(values, 50),
+                    p95_ms=percentile(values, 95),
+                    p99_ms=percentile(values, 99),
+                    deadline_ms=deadline,
+                    violations=sum(1 for v in values if deadline is not None and v > deadline),
+                )
+            )
+        return tuple(out)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, intake: LatencyIntake) -> None:
+        self._intake = intake
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self._intake.feed(data)
+
+
+class LatencyIntake:
+    """Binds the socket (mode 0666, so LC apps of any user can report) and feeds the windows."""
+
+    def __init__(self, path: str, windows: LatencyWindows, drops: DropLog) -> None:
+        self.path = Path(path)
+        self.windows = windows
+        self._drops = drops
+        self._transport: asyncio.DatagramTransport | None = None
+        self.accepted = 0
+
+    def feed(self, data: bytes) -> None:
+        for raw in data[:65536].splitlines():
+            parts = raw.split()
+            try:
+                app = parts[0].decode("ascii")
+                value = float(parts[1])
+                if len(parts) != 2 or ID_PATTERN.fullmatch(app) is None or not (0 <= value < 1e9):
+                    raise ValueError
+            except (IndexError, ValueError, UnicodeDecodeError):
+                self._drops.drop("latency-socket", f"bad latency report {raw[:80]!r}", str(self.path))
+                continue
+            if self.windows.add(app, value):
+                self.accepted += 1
+            else:
+                self._drops.drop("latency-socket", f"too many LC apps; {app!r} ignored", str(self.path))
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind(str(self.path))
+        os.chmod(self.path, 0o666)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        self._transport = transport
+        log.info("latency.listening", socket=str(self.path))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

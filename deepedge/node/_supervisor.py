@@ -1,0 +1,179 @@
+"""Supervision of one job's training worker on this node.
+
+The supervisor starts the worker as a subprocess in its own process group, writes every plan
+generation addressed to this node to its stdin (one JSON line, ``deepedge.worker_protocol``),
+reads its reports from stdout, restarts it with exponential backoff if it crashes, and kills the
+whole process group when told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+
+import msgspec
+import structlog
+
+from deepedge.clock import Clock, RealClock
+from deepedge.transport import Backoff
+from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_report_line, encode_line
+
+__all__ = ["SupervisorState", "WorkerSupervisor"]
+
+log = structlog.get_logger("deepedge.node")
+
+
+class SupervisorState(StrEnum):
+    IDLE = "idle"  # no plan for this node
+    RUNNING = "running"
+    BACKOFF = "backoff"  # crashed; waiting to restart
+    FINISHED = "finished"  # the worker exited 0: its part of the job is done
+
+
+class WorkerSupervisor:
+    def __init__(
+        self,
+        command: Sequence[str],
+        job: str,
+        on_report: Callable[[WorkerReport], None] | None = None,
+        *,
+        clock: Clock | None = None,
+        backoff: Backoff | None = None,
+        stop_grace_s: float = 5.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.job = job
+        self._on_report = on_report
+        self._clock = clock or RealClock()
+        self._backoff = backoff or Backoff(base=1.0, cap=30.0, floor=0.5)
+        self._grace = stop_grace_s
+        self._env = env
+        self._plan: PlanForWorker | None = None
+        self._wake = asyncio.Event()
+        self._proc: asyncio.subprocess.Process | None = None
+        self.state = SupervisorState.IDLE
+        self.restarts = 0
+        self.last_report: WorkerReport | None = None
+        self.last_exit: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def generation(self) -> int | None:
+        return self._plan.plan.generation if self._plan is not None else None
+
+    def update(self, plan: PlanForWorker) -> None:
+        """Run (or steer) the worker with this plan generation."""
+        if self._plan is not None and plan.plan.generation < self._plan.plan.generation:
+            return
+        self._plan = plan
+        proc = self._proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                proc.stdin.write(encode_line(plan))
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the worker (its whole process group) and forget the plan."""
+        self._plan = None
+        self._wake.set()
+        await self._kill()
+        self.state = SupervisorState.IDLE
+
+    async def _kill(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self._grace)
+        except TimeoutError:
+            log.warning("worker.kill", job=self.job, pid=proc.pid, after_s=self._grace)
+        self._signal_group(proc.pid, signal.SIGKILL)  # also whatever the worker left behind
+        await proc.wait()
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    async def run(self) -> None:
+        """Supervise until cancelled; cancelling kills the worker."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                plan = self._plan
+                if plan is None:
+                    continue
+                rc = await self._run_once(plan)
+                if self._plan is None:  # stopped on purpose
+                    continue
+                if rc == 0:
+                    log.info("worker.finished", job=self.job, generation=plan.plan.generation)
+                    self.state = SupervisorState.FINISHED
+                    self._plan = None
+                    continue
+                self.restarts += 1
+                self.state = SupervisorState.BACKOFF
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "worker.crashed", job=self.job, exit_code=rc, restart_in_s=round(delay, 2), restarts=self.restarts
+                )
+                await self._clock.sleep(delay)
+                self._wake.set()
+        finally:
+            await self._kill()
+
+    async def _run_once(self, plan: PlanForWorker) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            *self.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, killed as one
+            env=self._env,
+            limit=1 << 20,
+        )
+        self._proc = proc
+        self.state = SupervisorState.RUNNING
+        log.info("worker.started", job=self.job, pid=proc.pid, generation=plan.plan.generation)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(encode_line(self._plan or plan))
+        readers = [
+            asyncio.create_task(self._read_reports(proc.stdout)),
+            asyncio.create_task(self._read_stderr(proc.stderr)),
+        ]
+        try:
+            rc = await proc.wait()
+        finally:
+            for task in readers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, 2)
+            with contextlib.suppress(OSError, RuntimeError):
+                proc.stdin.close()
+        self.last_exit = rc
+        return rc
+
+    async def _read_reports(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            try:
+                report = decode_report_line(line)
+            except (msgspec.DecodeError, ValueError):
+                log.info("worker.stdout", job=self.job, line=line[:300].decode(errors="replace").rstrip())
+                continue
+            self.last_report = report
+            self._backoff.reset()
+            if self._on_report is not None:
+                self._on_report(report)
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            log.info("worker.stderr", job=self.job, line=line[:500].decode(errors="replace").rstrip())

@@ -1,0 +1,55 @@
+"""The local channel between a node daemon and its training worker (never MQTT).
+
+The daemon writes one JSON line per plan generation to the worker's stdin: ``PlanForWorker``.
+The worker writes one JSON line per report to its stdout: ``WorkerReport``. Anything else a
+worker prints on stdout is logged and ignored; its stderr goes to the daemon's log.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from deepedge.broker_schemas import Assignment, Plan
+
+__all__ = ["PlanForWorker", "WorkerReport", "decode_plan_line", "decode_report_line", "encode_line"]
+
+WorkerState = Literal["starting", "training", "waiting", "recovering", "done", "failed"]
+
+
+class PlanForWorker(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    plan: Plan
+    assignment: Assignment  # this node's part of the plan
+
+
+class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
+    job: str
+    generation: int
+    rank: int
+    world_size: int = 0
+    step: int = 0
+    samples_per_s: float = 0.0
+    loss: float | None = None
+    intensity: float = 0.0
+    state: WorkerState = "training"
+    message: str = ""
+
+
+_PLAN = msgspec.json.Decoder(PlanForWorker)
+_REPORT = msgspec.json.Decoder(WorkerReport)
+_ENC = msgspec.json.Encoder()
+
+
+def encode_line(item: PlanForWorker | WorkerReport) -> bytes:
+    return _ENC.encode(item) + b"\n"
+
+
+def decode_plan_line(line: bytes) -> PlanForWorker:
+    return _PLAN.decode(line)
+
+
+def decode_report_line(line: bytes) -> WorkerReport:
+    """Raises msgspec.DecodeError (or ValidationError) for a line that is not a report."""
+    return _REPORT.decode(line)
