@@ -152,7 +152,7 @@ class WorkerSupervisor:
             asyncio.create_task(self._read_stderr(proc.stderr)),
         ]
         try:
-            rc = await proc.wait()
+            rc = await self._wait_exit(proc)
         finally:
             for task in readers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -161,6 +161,20 @@ class WorkerSupervisor:
                 proc.stdin.close()
         self.last_exit = rc
         return rc
+
+    async def _wait_exit(self, proc: asyncio.subprocess.Process) -> int:
+        """The worker's exit code. asyncio's ``wait()`` also waits for the pipes to close, which a
+        leftover child holding them would delay forever: once the worker itself has exited, its
+        process group is killed so nothing it started outlives it."""
+        waiter = asyncio.ensure_future(proc.wait())
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=0.5)
+                if not waiter.done() and proc.returncode is not None:
+                    self._signal_group(proc.pid, signal.SIGKILL)
+            return waiter.result()
+        finally:
+            waiter.cancel()
 
     async def _read_reports(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

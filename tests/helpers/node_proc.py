@@ -1,0 +1,68 @@
+"""Start a real ``deepedge node`` subprocess for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "test_worker.py")]
+
+
+@dataclass
+class NodeProc:
+    node: str
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    log: Path
+
+    def log_events(self) -> list[dict[str, object]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_node(
+    tmp: Path,
+    broker_url: str,
+    cluster: str,
+    node: str,
+    *,
+    interval: float = 0.2,
+    lc_apps: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
+) -> NodeProc:
+    sock = tmp / f"{node}.sock"
+    cfg = tmp / f"{node}.toml"
+    apps = "".join(f'\n[[node.lc_apps]]\nname = "{a}"\ndeadline_ms = {d}\n' for a, d in (lc_apps or {}).items())
+    cfg.write_text(
+        f'[cluster]\nname = "{cluster}"\n[broker]\nurl = "{broker_url}"\nkeepalive_s = 5\n'
+        f'[log]\nlevel = "debug"\nformat = "json"\n'
+        f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
+        f'latency_window_s = 30\nlatency_socket = "{sock}"\n'
+        f"worker_command = {json.dumps(WORKER)}\n{apps}"
+    )
+    log = tmp / f"{node}.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
+    exe = str(Path(sys.executable).parent / "deepedge")
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [exe, "--config", str(cfg), "node"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+    return NodeProc(node, proc, sock, log)
