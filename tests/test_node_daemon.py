@@ -208,9 +208,9 @@ def _plan(job: str, generation: int, nodes: list[str], model: str, out: Path) ->
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is dead
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
 async def test_worker_supervision_from_plan_to_heartbeats_restart_and_stop(
