@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+bench_app = typer.Typer(
+    help="Benchmarks; each compares with a baseline measured in the same run.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 
 @dataclass
@@ -104,23 +108,55 @@ _PENDING = {
     "drain": ("Stop giving a node training work.", 5),
     "logs": ("Tail the cluster's events (-f to follow).", 5),
     "demo": ("Run the whole loop on an emulated cluster on this machine.", 7),
-    "bench": ("Run a benchmark (daemon, planner, ingest, failover, makespan).", 5),
     "profile": ("Profile LC interference on this board (FECBench-style).", 0),
 }
 
 
-def _register_pending(name: str, help_text: str, issue: int) -> None:
+def _register_pending(group: typer.Typer, name: str, help_text: str, issue: int, prefix: str = "") -> None:
     where = f" (issue #{issue})" if issue else ""
 
     def command(ctx: typer.Context) -> None:
-        raise NotBuiltError(f"'deepedge {name}' is not built yet{where}")
+        raise NotBuiltError(f"'deepedge {prefix}{name}' is not built yet{where}")
 
     command.__doc__ = f"{help_text} (not built yet)"
-    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
+    group.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
 
 
 for _name, (_help, _issue) in _PENDING.items():
-    _register_pending(_name, _help, _issue)
+    _register_pending(app, _name, _help, _issue)
+
+
+@bench_app.command("daemon")
+def bench_daemon(
+    ctx: typer.Context,
+    seconds: Annotated[float, typer.Option(help="How long to measure.")] = 60.0,
+    interval: Annotated[float, typer.Option(help="Telemetry interval in seconds.")] = 1.0,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path(
+        "docs/benchmarks/daemon.md"
+    ),
+) -> None:
+    """The node daemon's CPU share and RSS against a real Mosquitto, beside a bare paho agent."""
+    from deepedge.bench import run_daemon_bench
+
+    ctx.obj.load()  # logging
+
+    typer.echo(f"measuring the node daemon and the baseline agent for {seconds:g} s ...", err=True)
+    result = run_daemon_bench(seconds, interval)
+    text = result.markdown(f"deepedge bench daemon --seconds {seconds:g} --interval {interval:g}")
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("# Node daemon footprint\n\n" + text)
+        typer.echo(f"written to {out}", err=True)
+
+
+for _name, (_help, _issue) in {
+    "planner": ("Warm re-plan time and plan quality at 10 to 10,000 nodes.", 5),
+    "ingest": ("Telemetry rate the coordinator keeps up with, and its lag.", 5),
+    "failover": ("Recovery after SIGKILL of a worker, against torchrun elastic.", 6),
+    "makespan": ("The same job under a uniform split, the deepedge plan and the ideal bound.", 7),
+}.items():
+    _register_pending(bench_app, _name, _help, _issue, prefix="bench ")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,9 @@
 """Pluggable telemetry collectors: psutil always; NVML when an NVIDIA GPU is present; tegrastats
 on Jetson boards. A collector that is not available is skipped with one log line."""
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-import structlog
-
 from deepedge.node.collectors._base import Collector, CollectorUnavailable, TelemetryDraft
 from deepedge.node.collectors._nvml import NvmlCollector
+from deepedge.node.collectors._probe import probe_collectors
 from deepedge.node.collectors._psutil import PsutilCollector
 from deepedge.node.collectors._tegrastats import TegraSample, TegrastatsCollector, parse_tegrastats
 
@@ -23,26 +18,3 @@ __all__ = [
     "parse_tegrastats",
     "probe_collectors",
 ]
-
-log = structlog.get_logger("deepedge.node")
-
-
-def probe_collectors(interval_s: float = 1.0, disabled: tuple[str, ...] = ()) -> list[Collector]:
-    """Every collector this board supports, minus ``disabled``."""
-    factories: list[tuple[str, Callable[[], Collector]]] = [
-        ("psutil", PsutilCollector),
-        ("nvml", NvmlCollector),
-        ("tegrastats", lambda: TegrastatsCollector(interval_s)),
-    ]
-    found: list[Collector] = []
-    for name, factory in factories:
-        if name in disabled:
-            log.info("collector.disabled", collector=name)
-            continue
-        try:
-            found.append(factory())
-        except CollectorUnavailable as exc:
-            log.info("collector.skipped", collector=name, reason=str(exc))
-        else:
-            log.info("collector.enabled", collector=name)
-    return found
