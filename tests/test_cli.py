@@ -74,3 +74,12 @@ def test_commands_not_built_say_so_and_fail(cmd: str) -> None:
 def test_usage_error_exits_2() -> None:
     r = run("config", "show", "--no-such-flag")
     assert r.returncode == ExitCode.USAGE
+
+
+@pytest.mark.mosquitto
+def test_bench_daemon_runs_and_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "daemon.md"
+    r = run("--log-level", "warning", "bench", "daemon", "--seconds", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "`deepedge node`" in text and "baseline" in text and "ratio daemon / baseline" in text

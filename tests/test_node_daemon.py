@@ -345,3 +345,33 @@ async def test_systemd_notify_ready_watchdog_status_stopping(
     assert "STOPPING=1" in got
     assert await asyncio.to_thread(n.proc.wait, 10) == 0
     sock.close()
+
+
+async def test_flags_on_the_node_command(mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "deepedge")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
+    env["DEEPEDGE_NODE_LATENCY_SOCKET"] = str(tmp_path / "l.sock")
+    status = await watcher.subscribe(Topics("flagged").node_status("board-7"))
+    proc = subprocess.Popen(
+        [exe, "node", "--node-id", "board-7", "--cluster", "flagged", "--broker", mosquitto.url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        birth = await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
+        assert birth.node == "board-7"
+    finally:
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    bad = subprocess.run(
+        [exe, "node", "--node-id", "bad id", "--broker", mosquitto.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 78 and "node id 'bad id'" in bad.stderr

@@ -14,6 +14,7 @@ import structlog
 
 from deepedge import __version__
 from deepedge.broker_schemas import (
+    ID_PATTERN,
     ArgValue,
     Cleared,
     Event,
@@ -25,7 +26,7 @@ from deepedge.broker_schemas import (
     Topics,
 )
 from deepedge.clock import Clock, RealClock
-from deepedge.config import Config
+from deepedge.config import Config, ConfigError
 from deepedge.node._commands import handle_command
 from deepedge.node._identity import default_node_id, make_birth, new_session
 from deepedge.node._latency import LatencyIntake, LatencyWindows
@@ -318,6 +319,8 @@ class _Stop(Exception):
 async def run_node(config: Config, *, node_id: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     node = node_id or config.node.id or default_node_id()
+    if ID_PATTERN.fullmatch(node) is None:
+        raise ConfigError(f"node id {node!r} does not match [A-Za-z0-9_.-]{{1,64}} (node.id / --node-id)")
     session = new_session()
     topics = Topics(config.cluster.name)
     notifier = SystemdNotifier()
