@@ -1,0 +1,29 @@
+"""The interference-aware planner (a pure function on cvxpy). See docs/planner.md."""
+
+from deepedge.coordinator.planner._caps import node_cap
+from deepedge.coordinator.planner._model import (
+    JobModel,
+    LcAppModel,
+    NetworkModel,
+    NodeModel,
+    PlanDecision,
+    PlannerConfig,
+)
+from deepedge.coordinator.planner._planner import Planner, candidate_sizes, integer_shares, plan
+from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
+
+__all__ = [
+    "JobModel",
+    "LcAppModel",
+    "NetworkModel",
+    "NodeModel",
+    "PlanDecision",
+    "Planner",
+    "PlannerConfig",
+    "allreduce_s",
+    "candidate_sizes",
+    "integer_shares",
+    "node_cap",
+    "plan",
+    "waterfill_time",
+]

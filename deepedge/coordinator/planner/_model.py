@@ -1,0 +1,73 @@
+"""The planner's inputs and output: plain frozen data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["JobModel", "LcAppModel", "NetworkModel", "NodeModel", "PlanDecision", "PlannerConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class LcAppModel:
+    """An LC app's predicted p95 latency as a function of training intensity u in [0, 1]:
+    ``p95(u) = base_ms + slope_ms * u`` (fitted from observations; conservative by default)."""
+
+    name: str
+    deadline_ms: float
+    base_ms: float
+    slope_ms: float
+
+    def predict_ms(self, u: float) -> float:
+        return self.base_ms + self.slope_ms * u
+
+
+@dataclass(frozen=True, slots=True)
+class NodeModel:
+    node: str
+    rate: float  # samples/s training alone at full intensity
+    max_share: int  # samples per step that fit in its memory
+    overhead_s: float = 0.0  # per-step fixed cost (data loading, optimizer step)
+    bandwidth_bps: float = 1e9  # network bytes/s
+    lc_apps: tuple[LcAppModel, ...] = ()
+    cap_limit: float = 1.0  # from feedback: an LC deadline was missed at a higher cap
+
+
+@dataclass(frozen=True, slots=True)
+class JobModel:
+    global_batch: int
+    dataset_size: int
+    epochs: int
+    model_bytes: int  # gradient bytes all-reduced per step
+
+    @property
+    def steps(self) -> int:
+        return -(-self.epochs * self.dataset_size // self.global_batch)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkModel:
+    latency_s: float = 0.5e-3  # α: per-message latency of the ring all-reduce
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    margin: float = 0.1  # caps keep predicted p95 under (1 - margin) x deadline
+    min_cap: float = 0.05  # a node allowed less than this is not worth training on
+    solver: str = "HIGHS"
+
+
+@dataclass(frozen=True)
+class PlanDecision:
+    feasible: bool
+    reason: str = ""  # why not, in words a person can act on
+    participants: tuple[str, ...] = ()  # in rank order
+    shares: dict[str, int] = field(default_factory=dict)
+    caps: dict[str, float] = field(default_factory=dict)  # every candidate's cap (0: excluded by LC deadlines)
+    excluded: dict[str, str] = field(default_factory=dict)  # node -> why it does not train
+    steps: int = 0
+    compute_s: float = 0.0  # max_i b_i / (r_i u_i) + o_i
+    allreduce_s: float = 0.0
+    step_s: float = 0.0
+    makespan_s: float = 0.0
+    ideal_makespan_s: float = 0.0  # epochs * N / sum(r_i u_i): no overheads, no communication
+    uniform_makespan_s: float = float("inf")  # the same job split evenly over every feasible node

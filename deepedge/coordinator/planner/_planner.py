@@ -1,0 +1,234 @@
+"""The planner: which nodes train, each one's intensity cap and integer share of every global
+batch, to minimise the predicted makespan (compute + all-reduce) while every LC app keeps its
+deadline. A pure function of its inputs: no clock, no I/O. See docs/planner.md for the maths."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepedge.coordinator.planner._caps import node_cap
+from deepedge.coordinator.planner._lp import ShareLp, padded_size
+from deepedge.coordinator.planner._model import JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
+from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
+
+__all__ = ["Planner", "candidate_sizes", "integer_shares", "plan"]
+
+
+def candidate_sizes(n: int) -> list[int]:
+    """Participant counts to evaluate: every k up to 32, then a geometric grid, then n."""
+    ks = set(range(1, min(n, 32) + 1))
+    k = 32.0
+    while k < n:
+        k *= 1.15
+        ks.add(min(n, int(k)))
+    ks.add(n)
+    return sorted(ks)
+
+
+def integer_shares(
+    real: Sequence[float], rho: Sequence[float], overhead: Sequence[float], ub: Sequence[int], batch: int
+) -> list[int]:
+    """Integer shares summing to ``batch`` with the least max_i b_i/rho_i + o_i: start from the
+    floor of an optimal real solution (some integer optimum lies above it, by an exchange
+    argument) and give each remaining sample to the node that would finish it first."""
+    shares = [min(u, max(0, math.floor(b + 1e-9))) for b, u in zip(real, ub, strict=True)]
+    heap = [((s + 1) / r + o, i) for i, (s, r, o, u) in enumerate(zip(shares, rho, overhead, ub, strict=True)) if s < u]
+    heapq.heapify(heap)
+    for _ in range(batch - sum(shares)):
+        _, i = heapq.heappop(heap)
+        shares[i] += 1
+        if shares[i] < ub[i]:
+            heapq.heappush(heap, ((shares[i] + 1) / rho[i] + overhead[i], i))
+    return shares
+
+
+class Planner:
+    """Holds the compiled cvxpy problems (one per padded size); ``plan`` is otherwise pure."""
+
+    def __init__(self, config: PlannerConfig | None = None) -> None:
+        self.config = config or PlannerConfig()
+        self._lps: dict[int, ShareLp] = {}
+
+    def _lp(self, n: int) -> ShareLp:
+        size = padded_size(n)
+        if size not in self._lps:
+            self._lps[size] = ShareLp(size, self.config.solver)
+        return self._lps[size]
+
+    def plan(self, nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None = None) -> PlanDecision:
+        net = net or NetworkModel()
+        cfg = self.config
+        batch = job.global_batch
+        caps: dict[str, float] = {}
+        excluded: dict[str, str] = {}
+        feasible: list[NodeModel] = []
+        for node in sorted(nodes, key=lambda n: n.node):
+            cap, why = node_cap(node, cfg.margin)
+            caps[node.node] = cap
+            if node.rate <= 0 or node.max_share <= 0:
+                excluded[node.node] = "no measured throughput" if node.rate <= 0 else "no memory for a sample"
+            elif cap < cfg.min_cap:
+                excluded[node.node] = why or f"cap {cap:.2f} is under the minimum {cfg.min_cap}"
+            else:
+                feasible.append(node)
+        common = {"caps": caps, "excluded": excluded, "steps": job.steps}
+        if not feasible:
+            detail = "; ".join(f"{n}: {w}" for n, w in list(excluded.items())[:5]) or "no nodes"
+            return PlanDecision(False, f"no node can train without violating LC deadlines ({detail})", **common)
+        capacity = sum(n.max_share for n in feasible)
+        if capacity < batch:
+            return PlanDecision(
+                False,
+                f"global batch {batch} does not fit: the nodes that may train hold at most {capacity} "
+                "samples per step; lower the global batch or add nodes",
+                **common,
+            )
+        rho_all = np.array([n.rate * caps[n.node] for n in feasible])
+        ideal = job.epochs * job.dataset_size / float(rho_all.sum())
+
+        # Search the participant set: the k fastest nodes (by rho), k on a grid, then refined.
+        order = sorted(range(len(feasible)), key=lambda i: (-rho_all[i], feasible[i].node))
+        rho = rho_all[order]
+        over = np.array([feasible[i].overhead_s for i in order])
+        ub = np.array([float(feasible[i].max_share) for i in order])
+        bw = np.minimum.accumulate(np.array([feasible[i].bandwidth_bps for i in order]))
+
+        def cost(k: int) -> float:
+            t = waterfill_time(rho[:k], over[:k], ub[:k], batch)
+            return t + allreduce_s(k, job.model_bytes, float(bw[k - 1]), net.latency_s)
+
+        grid = candidate_sizes(len(feasible))
+        costs = {k: cost(k) for k in grid}
+        best = min(costs, key=lambda k: (costs[k], k))
+        pos = grid.index(best)
+        lo = grid[pos - 1] if pos > 0 else 1
+        hi = grid[pos + 1] if pos + 1 < len(grid) else best
+        for k in range(lo, hi + 1):
+            if k not in costs:
+                costs[k] = cost(k)
+        best = min(costs, key=lambda k: (costs[k], k))
+
+        chosen_idx = _improve(set(order[:best]), feasible, rho_all, batch, job, net)
+        chosen = [feasible[i] for i in chosen_idx]
+        chosen.sort(key=lambda n: n.node)  # ranks in node-id order: stable across re-plans
+        c_rho = np.array([n.rate * caps[n.node] for n in chosen])
+        c_over = np.array([n.overhead_s for n in chosen])
+        c_ub = np.array([float(n.max_share) for n in chosen])
+        real, _t, status = self._lp(len(chosen)).solve(1.0 / c_rho, c_over, c_ub, batch)
+        if real is None:  # the solver failed: the water-filling solution is exact for the same LP
+            t = waterfill_time(c_rho, c_over, c_ub, batch)
+            real = np.minimum(np.maximum(c_rho * (t - c_over), 0.0), c_ub)
+            real *= batch / real.sum()
+        shares = integer_shares(list(real), list(c_rho), list(c_over), [n.max_share for n in chosen], batch)
+        final = [(n, s) for n, s in zip(chosen, shares, strict=True) if s > 0]
+        compute = max(s / (n.rate * caps[n.node]) + n.overhead_s for n, s in final)
+        ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n, _ in final), net.latency_s)
+        step = compute + ar
+        for n in feasible:
+            if all(n is not m for m, _ in final):
+                excluded[n.node] = "not worth its all-reduce cost" if status else "not selected"
+        return PlanDecision(
+            True,
+            participants=tuple(n.node for n, _ in final),
+            shares={n.node: s for n, s in final},
+            compute_s=compute,
+            allreduce_s=ar,
+            step_s=step,
+            makespan_s=job.steps * step,
+            ideal_makespan_s=ideal,
+            uniform_makespan_s=job.steps * _uniform_step(feasible, caps, job, net),
+            **common,
+        )
+
+
+_EXACT_UP_TO = 64  # feasible nodes: above this, the local search uses the LP's step time
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    rho: np.ndarray
+    over: np.ndarray
+    ub: np.ndarray
+    bw: np.ndarray
+
+
+def _set_cost(
+    idx: Sequence[int], nodes: Sequence[NodeModel], arr: _Arrays, batch: int, job: JobModel, net: NetworkModel
+) -> float:
+    if not idx:
+        return float("inf")
+    ix = np.fromiter(idx, dtype=np.intp, count=len(idx))
+    ub = arr.ub[ix]
+    if ub.sum() < batch:
+        return float("inf")
+    if len(nodes) <= _EXACT_UP_TO:  # exact integer step time
+        r, o = arr.rho[ix], arr.over[ix]
+        shares = np.array(integer_shares([0.0] * len(ix), list(r), list(o), [int(u) for u in ub], batch))
+        used = shares > 0
+        compute = float((shares[used] / r[used] + o[used]).max())
+        k, bw = int(used.sum()), float(arr.bw[ix][used].min())
+    else:  # the LP's step time
+        compute = waterfill_time(arr.rho[ix], arr.over[ix], ub, batch)
+        k, bw = len(ix), float(arr.bw[ix].min())
+    return compute + allreduce_s(k, job.model_bytes, bw, net.latency_s)
+
+
+def _improve(
+    start: set[int], nodes: Sequence[NodeModel], rho: np.ndarray, batch: int, job: JobModel, net: NetworkModel
+) -> list[int]:
+    """Local search from the best prefix of the fastest nodes: drop one, add one, or swap (small
+    clusters), while the step time improves. It finds what the prefix order misses: a fast node
+    with little memory, a slow link not worth its all-reduce. On large clusters only the 16
+    slowest or worst-connected members are tried for removal and the 16 fastest outsiders for
+    addition."""
+    arr = _Arrays(
+        rho,
+        np.array([n.overhead_s for n in nodes]),
+        np.array([float(n.max_share) for n in nodes]),
+        np.array([n.bandwidth_bps for n in nodes]),
+    )
+    small = len(nodes) <= _EXACT_UP_TO
+    by_speed = sorted(range(len(nodes)), key=lambda i: -rho[i])
+    current = set(start)
+    cost = _set_cost(sorted(current), nodes, arr, batch, job, net)
+    for _ in range(8):
+        outside = [i for i in by_speed if i not in current][: (64 if small else 16)]
+        members = sorted(current, key=lambda i: rho[i])
+        if not small:
+            members = list(dict.fromkeys(members[:16] + sorted(current, key=lambda i: arr.bw[i])[:16]))
+        moves: list[set[int]] = [current - {i} for i in members if len(current) > 1]
+        moves += [current | {j} for j in outside]
+        if len(nodes) <= 16:
+            moves += [(current - {i}) | {j} for i in current for j in outside]
+        best_move, best_cost = None, cost
+        for move in moves:
+            c = _set_cost(sorted(move), nodes, arr, batch, job, net)
+            if c < best_cost * (1 - 1e-12):
+                best_move, best_cost = move, c
+        if best_move is None:
+            break
+        current, cost = best_move, best_cost
+    return sorted(current)
+
+
+def _uniform_step(nodes: Sequence[NodeModel], caps: dict[str, float], job: JobModel, net: NetworkModel) -> float:
+    """What torchrun + DistributedSampler would do: every node the same share (ceil(B/k))."""
+    k = len(nodes)
+    share = -(-job.global_batch // k)
+    if any(share > n.max_share for n in nodes):
+        return float("inf")
+    compute = max(share / (n.rate * caps[n.node]) + n.overhead_s for n in nodes)
+    return compute + allreduce_s(k, job.model_bytes, min(n.bandwidth_bps for n in nodes), net.latency_s)
+
+
+_DEFAULT = Planner()
+
+
+def plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None = None) -> PlanDecision:
+    """``Planner().plan`` with a shared default planner (and its compiled problems)."""
+    return _DEFAULT.plan(nodes, job, net)
