@@ -2,5 +2,13 @@
 writes its table where the docs cite it."""
 
 from deepedge.bench._daemon import DaemonBenchResult, run_daemon_bench
+from deepedge.bench._planner import PlannerBenchRow, planner_markdown, random_cluster, run_planner_bench
 
-__all__ = ["DaemonBenchResult", "run_daemon_bench"]
+__all__ = [
+    "DaemonBenchResult",
+    "PlannerBenchRow",
+    "planner_markdown",
+    "random_cluster",
+    "run_daemon_bench",
+    "run_planner_bench",
+]

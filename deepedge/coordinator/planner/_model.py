@@ -46,7 +46,7 @@ class JobModel:
 
 @dataclass(frozen=True, slots=True)
 class NetworkModel:
-    latency_s: float = 0.5e-3  # α: per-message latency of the ring all-reduce
+    latency_s: float = 0.5e-3  # alpha: per-message latency of the ring all-reduce
 
 
 @dataclass(frozen=True, slots=True)

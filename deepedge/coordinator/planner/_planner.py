@@ -76,44 +76,58 @@ class Planner:
                 excluded[node.node] = why or f"cap {cap:.2f} is under the minimum {cfg.min_cap}"
             else:
                 feasible.append(node)
-        common = {"caps": caps, "excluded": excluded, "steps": job.steps}
         if not feasible:
             detail = "; ".join(f"{n}: {w}" for n, w in list(excluded.items())[:5]) or "no nodes"
-            return PlanDecision(False, f"no node can train without violating LC deadlines ({detail})", **common)
+            reason = f"no node can train without violating LC deadlines ({detail})"
+            return PlanDecision(False, reason, caps=caps, excluded=excluded, steps=job.steps)
         capacity = sum(n.max_share for n in feasible)
         if capacity < batch:
-            return PlanDecision(
-                False,
+            reason = (
                 f"global batch {batch} does not fit: the nodes that may train hold at most {capacity} "
-                "samples per step; lower the global batch or add nodes",
-                **common,
+                "samples per step; lower the global batch or add nodes"
             )
+            return PlanDecision(False, reason, caps=caps, excluded=excluded, steps=job.steps)
         rho_all = np.array([n.rate * caps[n.node] for n in feasible])
         ideal = job.epochs * job.dataset_size / float(rho_all.sum())
 
-        # Search the participant set: the k fastest nodes (by rho), k on a grid, then refined.
-        order = sorted(range(len(feasible)), key=lambda i: (-rho_all[i], feasible[i].node))
-        rho = rho_all[order]
-        over = np.array([feasible[i].overhead_s for i in order])
-        ub = np.array([float(feasible[i].max_share) for i in order])
-        bw = np.minimum.accumulate(np.array([feasible[i].bandwidth_bps for i in order]))
+        # Search the participant set. The all-reduce cost depends only on how many nodes take
+        # part and on the slowest link among them, so for each link-speed level, the k fastest
+        # nodes (by rho) with at least that bandwidth, k on a grid and then refined.
+        bandwidth = np.array([n.bandwidth_bps for n in feasible])
+        over_all = np.array([n.overhead_s for n in feasible])
+        ub_all = np.array([float(n.max_share) for n in feasible])
+        best_cost, best_set = float("inf"), [0]
+        for i in range(len(feasible)):  # one node alone: no all-reduce at all
+            if ub_all[i] >= batch and batch / rho_all[i] + over_all[i] < best_cost:
+                best_cost, best_set = batch / rho_all[i] + over_all[i], [i]
+        for level in _bandwidth_levels(bandwidth):
+            order = [
+                i
+                for i in sorted(range(len(feasible)), key=lambda i: (-rho_all[i], feasible[i].node))
+                if bandwidth[i] >= level
+            ]
+            rho, over, ub = rho_all[order], over_all[order], ub_all[order]
 
-        def cost(k: int) -> float:
-            t = waterfill_time(rho[:k], over[:k], ub[:k], batch)
-            return t + allreduce_s(k, job.model_bytes, float(bw[k - 1]), net.latency_s)
+            def cost(
+                k: int, rho: np.ndarray = rho, over: np.ndarray = over, ub: np.ndarray = ub, level: float = level
+            ) -> float:
+                t = waterfill_time(rho[:k], over[:k], ub[:k], batch)
+                return t + allreduce_s(k, job.model_bytes, level, net.latency_s)
 
-        grid = candidate_sizes(len(feasible))
-        costs = {k: cost(k) for k in grid}
-        best = min(costs, key=lambda k: (costs[k], k))
-        pos = grid.index(best)
-        lo = grid[pos - 1] if pos > 0 else 1
-        hi = grid[pos + 1] if pos + 1 < len(grid) else best
-        for k in range(lo, hi + 1):
-            if k not in costs:
-                costs[k] = cost(k)
-        best = min(costs, key=lambda k: (costs[k], k))
+            grid = candidate_sizes(len(order))
+            costs = {k: cost(k) for k in grid}
+            best = min(costs, key=lambda k: (costs[k], k))
+            pos = grid.index(best)
+            lo = grid[pos - 1] if pos > 0 else 1
+            hi = grid[pos + 1] if pos + 1 < len(grid) else best
+            for k in range(lo, hi + 1):
+                if k not in costs:
+                    costs[k] = cost(k)
+            best = min(costs, key=lambda k: (costs[k], k))
+            if costs[best] < best_cost:
+                best_cost, best_set = costs[best], order[:best]
 
-        chosen_idx = _improve(set(order[:best]), feasible, rho_all, batch, job, net)
+        chosen_idx = _improve(set(best_set), feasible, rho_all, batch, job, net)
         chosen = [feasible[i] for i in chosen_idx]
         chosen.sort(key=lambda n: n.node)  # ranks in node-id order: stable across re-plans
         c_rho = np.array([n.rate * caps[n.node] for n in chosen])
@@ -142,8 +156,18 @@ class Planner:
             makespan_s=job.steps * step,
             ideal_makespan_s=ideal,
             uniform_makespan_s=job.steps * _uniform_step(feasible, caps, job, net),
-            **common,
+            caps=caps,
+            excluded=excluded,
+            steps=job.steps,
         )
+
+
+def _bandwidth_levels(bandwidth: np.ndarray, most: int = 8) -> list[float]:
+    """The distinct link speeds (at most ``most`` quantiles of them), slowest first."""
+    levels = np.unique(bandwidth)
+    if len(levels) > most:
+        levels = np.unique(np.quantile(bandwidth, np.linspace(0, 1, most), method="lower"))
+    return [float(x) for x in levels]
 
 
 _EXACT_UP_TO = 64  # feasible nodes: above this, the local search uses the LP's step time

@@ -12,22 +12,25 @@ __all__ = ["allreduce_s", "waterfill_time"]
 Arr = npt.NDArray[np.float64]
 
 
-def waterfill_time(rho: Arr, overhead: Arr, ub: Arr, batch: float, iters: int = 100) -> float:
+def waterfill_time(rho: Arr, overhead: Arr, ub: Arr, batch: float) -> float:
     """Minimal max_i (b_i / rho_i + o_i) over b with sum b = batch, 0 <= b <= ub; inf if
-    sum(ub) < batch. Bisection on T; ``rho`` > 0."""
+    sum(ub) < batch. Exact: f(T) = sum_i clip(rho_i (T - o_i), 0, ub_i) is piecewise linear,
+    rising with slope rho_i between o_i and o_i + ub_i / rho_i; sweep its breakpoints."""
     if ub.sum() < batch - 1e-9:
         return float("inf")
-    lo = float(overhead.min())
-    hi = float((overhead + ub / rho).max())
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if np.minimum(np.maximum(rho * (mid - overhead), 0.0), ub).sum() >= batch:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return hi
+    if batch <= 0:
+        return float(overhead.min())
+    times = np.concatenate([overhead, overhead + ub / rho])
+    deltas = np.concatenate([rho, -rho])
+    order = np.argsort(times, kind="stable")
+    times, deltas = times[order], deltas[order]
+    slope = np.cumsum(deltas)  # slope of f just after each breakpoint
+    filled = np.concatenate([[0.0], np.cumsum(slope[:-1] * np.diff(times))])  # f at each breakpoint
+    j = int(np.searchsorted(filled, batch - 1e-12 * batch, side="left"))
+    if j == 0:
+        return float(times[0])
+    # f crosses batch between breakpoints j-1 and j, with slope[j-1] > 0 there
+    return float(times[j - 1] + (batch - filled[j - 1]) / slope[j - 1])
 
 
 def allreduce_s(k: int, model_bytes: float, bandwidth_bps: float, latency_s: float) -> float:
