@@ -100,13 +100,180 @@ def node_cmd(
     raise typer.Exit(asyncio.run(run_node(loaded.config)))
 
 
+@app.command("coordinator")
+def coordinator_cmd(
+    ctx: typer.Context,
+    cluster: Annotated[str | None, typer.Option(help="Cluster name.")] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL.")] = None,
+    db: Annotated[str | None, typer.Option(help="SQLite job store (coordinator.db).")] = None,
+) -> None:
+    """Run the coordinator: cluster view, failure detector, planner, job store, commands."""
+    import asyncio
+
+    from deepedge.coordinator import run_coordinator
+
+    loaded = ctx.obj.load(**{"cluster.name": cluster, "broker.url": broker, "coordinator.db": db})
+    raise typer.Exit(asyncio.run(run_coordinator(loaded.config)))
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _request(ctx: typer.Context, verb: str, args: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
+
+    from deepedge.ops import coordinator_request
+
+    loaded = ctx.obj.load()
+    reply = asyncio.run(coordinator_request(loaded.config, verb, {k: v for k, v in args.items() if v is not None}))
+    return dict(reply.result)
+
+
+def _count_samples(dataset: str) -> int | None:
+    path = Path(dataset)
+    if not path.is_dir():
+        return None
+    return sum(1 for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+@app.command("submit")
+def submit_cmd(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Job spec as TOML (keys as the flags, with _).")
+    ] = None,
+    job: Annotated[str | None, typer.Option(help="Job id (default: generated).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or module:callable.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset location (on every node).")] = None,
+    output: Annotated[str | None, typer.Option(help="Where checkpoints and the final model go.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
+    global_batch: Annotated[int | None, typer.Option("--global-batch", help="Samples per step, all nodes.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    base_checkpoint: Annotated[str | None, typer.Option("--base-checkpoint", help="Checkpoint to fine-tune.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the data permutation.")] = None,
+    dataset_size: Annotated[
+        int | None, typer.Option("--dataset-size", help="Samples (default: files in --dataset).")
+    ] = None,
+    model_bytes: Annotated[int | None, typer.Option("--model-bytes", help="Gradient bytes per step.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Submit a retraining job (flags, or a TOML file that flags override)."""
+    import tomllib
+
+    from deepedge.config import ConfigError
+
+    spec: dict[str, Any] = {}
+    if file is not None:
+        try:
+            spec = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"job file {file}: {exc}") from None
+    flags = {
+        "job": job,
+        "model": model,
+        "dataset": dataset,
+        "output": output,
+        "epochs": epochs,
+        "global_batch": global_batch,
+        "learning_rate": learning_rate,
+        "base_checkpoint": base_checkpoint,
+        "seed": seed,
+        "dataset_size": dataset_size,
+        "model_bytes": model_bytes,
+    }
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    missing = [k for k in ("model", "dataset", "output", "epochs", "global_batch", "learning_rate") if k not in spec]
+    if missing:
+        raise typer.BadParameter(f"missing: {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    if "dataset_size" not in spec:
+        counted = _count_samples(str(spec["dataset"]))
+        if counted is None:
+            raise typer.BadParameter("--dataset-size is needed when --dataset is not a local folder")
+        spec["dataset_size"] = counted
+    result = _request(ctx, "submit", spec)
+    if as_json:
+        _print_json(result)
+        return
+    parts = ", ".join(f"{n} {p['share']}@{p['cap']:.2f}" for n, p in result["participants"].items())
+    typer.echo(
+        f"job {result['job']}: {result['state']}, generation {result['generation']}, "
+        f"{result['total_steps']} steps; shares@caps: {parts}; "
+        f"predicted makespan {result['predicted_makespan_s']:.0f} s"
+    )
+
+
+@app.command("status")
+def status_cmd(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False
+) -> None:
+    """Nodes (health, load, LC p95 vs deadline, cap, share) and jobs (progress)."""
+    result = _request(ctx, "status", {})
+    if as_json:
+        _print_json(result)
+        return
+    from rich.console import Console
+
+    from deepedge.ops import status_tables
+
+    Console().print(status_tables(result))
+
+
+@app.command("cancel")
+def cancel_cmd(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cancel a job: its workers stop; the state is kept."""
+    result = _request(ctx, "cancel", {"job": job})
+    _print_json(result) if as_json else typer.echo(f"job {result['job']}: {result['state']}")
+
+
+@app.command("drain")
+def drain_cmd(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node id.")],
+    undo: Annotated[bool, typer.Option("--undo", help="Undrain.")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why (shown in events).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stop giving a node training work (the coordinator re-plans without it)."""
+    result = _request(ctx, "undrain" if undo else "drain", {"node": node, "reason": reason})
+    _print_json(result) if as_json else typer.echo(f"node {node}: {'drained' if result['drained'] else 'undrained'}")
+
+
+@app.command("logs")
+def logs_cmd(
+    ctx: typer.Context,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep following (the only mode: events are live).")
+    ] = True,
+    node: Annotated[str | None, typer.Option(help="Only this node's events.")] = None,
+    job: Annotated[str | None, typer.Option(help="Only this job's events.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Tail the cluster's events (plans, failures, recoveries, LC violations)."""
+    import asyncio
+
+    from deepedge.broker_schemas import Event, encode_json
+    from deepedge.ops import format_event, tail_events
+
+    loaded = ctx.obj.load()
+
+    def emit(e: Event) -> None:
+        typer.echo(encode_json(e).decode() if as_json else format_event(e))
+
+    try:
+        asyncio.run(tail_events(loaded.config, emit, node=node, job=job, limit=limit))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 _PENDING = {
-    "coordinator": ("Run the coordinator.", 5),
-    "submit": ("Submit a retraining job.", 5),
-    "status": ("Show nodes and jobs.", 5),
-    "cancel": ("Cancel a job.", 5),
-    "drain": ("Stop giving a node training work.", 5),
-    "logs": ("Tail the cluster's events (-f to follow).", 5),
     "demo": ("Run the whole loop on an emulated cluster on this machine.", 7),
     "profile": ("Profile LC interference on this board (FECBench-style).", 0),
 }

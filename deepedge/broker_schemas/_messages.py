@@ -174,6 +174,7 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     loss: float | None = None
     intensity: Fraction = 0.0  # achieved compute duty cycle
     state: Literal["starting", "training", "waiting", "recovering", "done", "failed"] = "training"
+    message: Text = ""  # why, when state is "failed"
 
 
 # ---- coordinator/status ------------------------------------------------------------------------

@@ -81,6 +81,11 @@ class NodeConfig(_Section, frozen=True):
 class CoordinatorConfig(_Section, frozen=True):
     db: str = "/var/lib/deepedge/coordinator.db"
     missed_heartbeats: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    node_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0  # the nodes' telemetry interval
+    default_rate: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # samples/s prior before heartbeats
+    lc_margin: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    rendezvous_port: Annotated[int, msgspec.Meta(ge=1024, le=64000)] = 29500
+    recovery_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
 
 class Config(_Section, frozen=True):

@@ -71,6 +71,7 @@ class NodeDaemon:
         self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
         self.telemetry_sent = 0
         self._stop = asyncio.Event()
+        self._pending: set[asyncio.Task[None]] = set()
 
     # ---- messages -----------------------------------------------------------------------------
 
@@ -156,8 +157,12 @@ class NodeDaemon:
         return sup
 
     def _on_report(self, report: WorkerReport) -> None:
-        if report.state == "failed":
-            log.warning("worker.failed", job=report.job, message=report.message)
+        if report.state in ("done", "failed"):  # the end of a worker's part: say so at once
+            if report.state == "failed":
+                log.warning("worker.failed", job=report.job, message=report.message)
+            task = asyncio.create_task(self._publish_heartbeat(self._heartbeat(report.job, report)))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def on_plan(self, job: str, plan: Plan | Cleared) -> None:
         mine = None if isinstance(plan, Cleared) else next((a for a in plan.assignments if a.node == self.node), None)
@@ -204,30 +209,38 @@ class NodeDaemon:
             if next_at < self.clock.monotonic() - interval:  # fell far behind (suspend): do not burst
                 next_at = self.clock.monotonic()
 
+    def _heartbeat(self, job: str, r: WorkerReport) -> Heartbeat:
+        return Heartbeat(
+            node=self.node,
+            ts=self.clock.time(),
+            job=job,
+            generation=r.generation,
+            rank=r.rank,
+            world_size=r.world_size,
+            step=r.step,
+            samples_per_s=max(0.0, r.samples_per_s),
+            loss=r.loss,
+            intensity=min(1.0, max(0.0, r.intensity)),
+            state=r.state,
+            message=r.message[:4000],
+        )
+
+    async def _publish_heartbeat(self, hb: Heartbeat) -> None:
+        if not self.transport.connected:
+            return
+        try:
+            await self.transport.publish(
+                self.topics.node_heartbeat(self.node), hb, qos=1 if hb.state in ("done", "failed") else 0
+            )
+        except TransportError as exc:
+            log.debug("heartbeat.unsent", error=str(exc))
+
     async def heartbeat_loop(self) -> None:
         while True:
             await self.clock.sleep(self.config.node.heartbeat_interval_s)
             for job, sup in list(self.workers.items()):
-                r = sup.last_report
-                if sup.state is not SupervisorState.RUNNING or r is None or not self.transport.connected:
-                    continue
-                hb = Heartbeat(
-                    node=self.node,
-                    ts=self.clock.time(),
-                    job=job,
-                    generation=r.generation,
-                    rank=r.rank,
-                    world_size=r.world_size,
-                    step=r.step,
-                    samples_per_s=max(0.0, r.samples_per_s),
-                    loss=r.loss,
-                    intensity=min(1.0, max(0.0, r.intensity)),
-                    state=r.state,
-                )
-                try:
-                    await self.transport.publish(self.topics.node_heartbeat(self.node), hb)
-                except TransportError as exc:
-                    log.debug("heartbeat.unsent", error=str(exc))
+                if sup.state is SupervisorState.RUNNING and sup.last_report is not None:
+                    await self._publish_heartbeat(self._heartbeat(job, sup.last_report))
 
     async def plan_loop(self) -> None:
         async with await self.transport.subscribe(self.topics.all_jobs("plan"), qos=1) as sub:

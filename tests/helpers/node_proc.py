@@ -66,3 +66,25 @@ def start_node(
             env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
         )
     return NodeProc(node, proc, sock, log)
+
+
+def start_coordinator(
+    tmp: Path, broker_url: str, cluster: str, *, interval: float = 0.2, db: Path | None = None
+) -> NodeProc:
+    cfg = tmp / "coordinator.toml"
+    cfg.write_text(
+        f'[cluster]\nname = "{cluster}"\n[broker]\nurl = "{broker_url}"\nkeepalive_s = 5\n'
+        f'[log]\nlevel = "debug"\nformat = "json"\n'
+        f'[coordinator]\ndb = "{db or tmp / "coordinator.db"}"\nnode_interval_s = {interval}\ndefault_rate = 20.0\n'
+    )
+    log = tmp / "coordinator.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
+    exe = str(Path(sys.executable).parent / "deepedge")
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [exe, "--config", str(cfg), "coordinator"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**clean, "PYTHONPATH": str(ROOT)},
+        )
+    return NodeProc("coordinator", proc, tmp / "none", log)

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
+
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_plan_line, encode_line
 
 current: PlanForWorker | None = None
@@ -59,6 +61,8 @@ def main() -> int:
                 marker.write_text("1")
                 return 3
         if model.startswith("test:finish:") and step >= int(model.split(":")[2]):
+            sys.stdout.buffer.write(encode_line(msgspec.structs.replace(report, state="done")))
+            sys.stdout.flush()
             child.kill()
             return 0
         time.sleep(0.1)

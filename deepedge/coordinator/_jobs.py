@@ -1,0 +1,71 @@
+"""Job lifecycle: states, the allowed transitions (anything else is a bug and raises), and the
+job record the store persists."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.errors import DeepEdgeError
+
+__all__ = ["TRANSITIONS", "IllegalTransition", "JobRecord", "JobState"]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # accepted, not planned yet
+    PLANNING = "planning"  # the planner is deciding
+    RUNNING = "running"  # a plan is published and workers train
+    RECOVERING = "recovering"  # a participant died or a cap dropped: re-planning / waiting for nodes
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.PLANNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.PLANNING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.RUNNING: frozenset({JobState.RECOVERING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+class IllegalTransition(DeepEdgeError):
+    pass
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    job: str
+    spec: JobSpec
+    dataset_size: int
+    model_bytes: int
+    state: JobState = JobState.QUEUED
+    generation: int = 0
+    plan: Plan | None = None
+    step: int = 0  # the highest step every participant has completed
+    samples_done: int = 0
+    loss: float | None = None
+    reason: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+    state_since: float = 0.0  # monotonic, for timeouts (not persisted meaningfully)
+
+    @property
+    def total_steps(self) -> int:
+        return -(-self.spec.epochs * self.dataset_size // self.spec.global_batch)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def move(self, to: JobState, reason: str = "") -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"job {self.job}: {self.state.value} -> {to.value} is not allowed")
+        self.state = to
+        if reason:
+            self.reason = reason

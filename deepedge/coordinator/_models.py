@@ -1,0 +1,72 @@
+"""What the coordinator has learned about each node, updated online: throughput at full
+intensity (a prior, then an exponentially weighted estimate from heartbeats) and the LC latency
+model p95(u) = base + slope * u per app (a conservative default, then a least-squares fit of
+observed (intensity, p95) pairs), plus the cap limits that feedback sets."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from deepedge.coordinator.planner import LcAppModel
+
+__all__ = ["InterferenceModel", "NodeLearning", "ThroughputModel"]
+
+
+@dataclass
+class ThroughputModel:
+    prior: float  # samples/s at full intensity before any heartbeat
+    alpha: float = 0.3
+    estimate: float | None = None
+    observations: int = 0
+
+    def observe(self, samples_per_s: float, intensity: float) -> None:
+        if samples_per_s <= 0 or intensity < 0.05:
+            return
+        full = samples_per_s / min(1.0, intensity)
+        self.estimate = full if self.estimate is None else (1 - self.alpha) * self.estimate + self.alpha * full
+        self.observations += 1
+
+    @property
+    def rate(self) -> float:
+        return self.estimate if self.estimate is not None else self.prior
+
+
+@dataclass
+class InterferenceModel:
+    """p95(u) = base + slope * u. Until two distinct intensities are seen: base = the lowest p95
+    seen, slope = ``default_slope_factor`` x base (conservative: latency triples at full
+    intensity with the default 2.0)."""
+
+    default_slope_factor: float = 2.0
+    points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=200))
+
+    def observe(self, intensity: float, p95_ms: float) -> None:
+        self.points.append((max(0.0, min(1.0, intensity)), p95_ms))
+
+    def fit(self) -> tuple[float, float] | None:
+        if not self.points:
+            return None
+        us = [u for u, _ in self.points]
+        ys = [y for _, y in self.points]
+        if max(us) - min(us) < 0.1:  # not enough spread to fit a slope
+            base = min(ys) if min(us) < 0.05 else min(ys) / (1 + self.default_slope_factor * min(us))
+            return base, self.default_slope_factor * base
+        n = len(us)
+        mu, my = sum(us) / n, sum(ys) / n
+        sxx = sum((u - mu) ** 2 for u in us)
+        slope = max(0.0, sum((u - mu) * (y - my) for u, y in zip(us, ys, strict=True)) / sxx)
+        return max(0.0, my - slope * mu), slope
+
+    def model(self, app: str, deadline_ms: float) -> LcAppModel:
+        fitted = self.fit()
+        base, slope = fitted if fitted is not None else (0.0, 0.0)
+        return LcAppModel(app, deadline_ms, base, slope)
+
+
+@dataclass
+class NodeLearning:
+    throughput: ThroughputModel
+    interference: dict[str, InterferenceModel] = field(default_factory=dict)
+    cap_limit: float = 1.0
+    good_reports: int = 0  # consecutive comfortable LC reports, for raising the cap again

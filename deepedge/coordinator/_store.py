@@ -1,0 +1,60 @@
+"""SQLite persistence of jobs, so a restarted coordinator resumes them. Synchronous; the
+service calls it off the event loop."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+
+from deepedge.coordinator._jobs import JobRecord
+from deepedge.errors import DeepEdgeError
+
+__all__ = ["JobStore", "StoreError"]
+
+_ENC = msgspec.json.Encoder()
+_DEC = msgspec.json.Decoder(JobRecord)
+
+
+class StoreError(DeepEdgeError):
+    pass
+
+
+class JobStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS jobs (job TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                "record TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"job store {self.path}: {exc}") from None
+
+    def save(self, record: JobRecord) -> None:
+        self._db.execute(
+            "INSERT INTO jobs (job, state, record, created, updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(job) DO UPDATE SET state=excluded.state, record=excluded.record, updated=excluded.updated",
+            (record.job, record.state.value, _ENC.encode(record).decode(), record.created, record.updated),
+        )
+
+    def load_all(self) -> list[JobRecord]:
+        rows = self._db.execute("SELECT record FROM jobs ORDER BY created").fetchall()
+        out = []
+        for (text,) in rows:
+            try:
+                out.append(_DEC.decode(text))
+            except msgspec.DecodeError as exc:  # a row from an incompatible build: keep going
+                raise StoreError(f"job store {self.path}: unreadable job record: {exc}") from None
+        return out
+
+    def exists(self, job: str) -> bool:
+        return self._db.execute("SELECT 1 FROM jobs WHERE job = ?", (job,)).fetchone() is not None
+
+    def close(self) -> None:
+        self._db.close()

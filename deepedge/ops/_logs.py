@@ -1,0 +1,43 @@
+"""``deepedge logs -f``: tail the cluster's events topic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from deepedge.broker_schemas import Event, Topics
+from deepedge.config import Config
+from deepedge.transport import MqttTransport, Received
+
+__all__ = ["format_event", "tail_events"]
+
+
+def format_event(e: Event) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.ts))
+    where = " ".join(x for x in (f"node={e.node}" if e.node else "", f"job={e.job}" if e.job else "") if x)
+    return f"{when} {e.level:<7} {e.event:<18} {e.source:<16} {where} {e.message}".rstrip()
+
+
+async def tail_events(
+    config: Config,
+    emit: Callable[[Event], None],
+    *,
+    node: str | None = None,
+    job: str | None = None,
+    limit: int | None = None,
+) -> int:
+    """Call ``emit`` for each matching event until cancelled (or ``limit`` events)."""
+    topics = Topics(config.cluster.name)
+    seen = 0
+    async with MqttTransport(config.broker) as t, await t.subscribe(topics.events(), qos=0) as sub:
+        async for item in sub:
+            if not isinstance(item, Received) or not isinstance(item.message, Event):
+                continue
+            e = item.message
+            if (node and e.node != node) or (job and e.job != job):
+                continue
+            emit(e)
+            seen += 1
+            if limit is not None and seen >= limit:
+                break
+    return seen

@@ -1,0 +1,62 @@
+"""Rich tables for ``deepedge status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+__all__ = ["status_tables"]
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _eta(job: dict[str, Any]) -> str:
+    return f"{job['step']}/{job['total_steps']}"
+
+
+def status_tables(status: dict[str, Any]) -> Group:
+    nodes = Table(title=f"nodes ({status['nodes_total']})", title_justify="left")
+    for col in ("node", "health", "cpu %", "mem %", "rate", "cap", "share", "LC p95 / deadline (ms)"):
+        nodes.add_column(col)
+    shares: dict[str, str] = {}
+    for job in status["jobs"]:
+        if job["state"] in ("running", "recovering"):
+            for node, part in job["participants"].items():
+                shares[node] = f"{part['share']}@{part['cap']:.2f} ({job['job']})"
+    for n in status["nodes"]:
+        health = "[green]alive[/]" if n["alive"] else f"[red]dead[/] {n['why_dead']}"
+        if n["drained"]:
+            health += " [yellow]drained[/]"
+        lc = ", ".join(
+            f"{app} {v['p95_ms']:.1f}/{_fmt(v['deadline_ms'], 'g')}"
+            + (" [red]![/]" if v["deadline_ms"] is not None and v["p95_ms"] > v["deadline_ms"] else "")
+            for app, v in n["lc"].items()
+        )
+        nodes.add_row(
+            n["node"],
+            health,
+            _fmt(n["cpu_percent"], ".0f"),
+            _fmt(n["mem_percent"], ".0f"),
+            _fmt(n["rate"], ".1f"),
+            _fmt(n["cap_limit"], ".2f"),
+            shares.get(n["node"], "-"),
+            lc or "-",
+        )
+    jobs = Table(title="jobs", title_justify="left")
+    for col in ("job", "state", "gen", "progress", "loss", "predicted makespan (s)", "note"):
+        jobs.add_column(col)
+    for j in status["jobs"]:
+        jobs.add_row(
+            j["job"],
+            j["state"],
+            str(j["generation"]),
+            _eta(j),
+            _fmt(j["loss"], ".4f"),
+            _fmt(j["predicted_makespan_s"], ".0f"),
+            j["reason"] or "",
+        )
+    return Group(nodes, jobs)
