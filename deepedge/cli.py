@@ -339,8 +339,32 @@ def bench_planner(
         typer.echo(f"written to {out}", err=True)
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    ctx: typer.Context,
+    seconds: Annotated[float, typer.Option(help="Seconds of load per rate.")] = 5.0,
+    rates: Annotated[str, typer.Option(help="Offered rates, messages/s, comma-separated.")] = "2000,5000,10000,20000",
+    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path(
+        "docs/benchmarks/ingest.md"
+    ),
+) -> None:
+    """Telemetry rate the coordinator keeps up with through Mosquitto, and its lag."""
+    from deepedge.bench import ingest_markdown, run_ingest_bench
+
+    ctx.obj.load()
+    offered = tuple(float(r) for r in rates.split(","))
+    typer.echo(f"offering {rates} messages/s for {seconds:g} s each ...", err=True)
+    text = ingest_markdown(
+        run_ingest_bench(offered, seconds), f"deepedge bench ingest --seconds {seconds:g} --rates {rates}"
+    )
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("# Coordinator ingest benchmark\n\n" + text)
+        typer.echo(f"written to {out}", err=True)
+
+
 for _name, (_help, _issue) in {
-    "ingest": ("Telemetry rate the coordinator keeps up with, and its lag.", 5),
     "failover": ("Recovery after SIGKILL of a worker, against torchrun elastic.", 6),
     "makespan": ("The same job under a uniform split, the deepedge plan and the ideal bound.", 7),
 }.items():

@@ -2,13 +2,17 @@
 writes its table where the docs cite it."""
 
 from deepedge.bench._daemon import DaemonBenchResult, run_daemon_bench
+from deepedge.bench._ingest import IngestRow, ingest_markdown, run_ingest_bench
 from deepedge.bench._planner import PlannerBenchRow, planner_markdown, random_cluster, run_planner_bench
 
 __all__ = [
     "DaemonBenchResult",
+    "IngestRow",
     "PlannerBenchRow",
+    "ingest_markdown",
     "planner_markdown",
     "random_cluster",
     "run_daemon_bench",
+    "run_ingest_bench",
     "run_planner_bench",
 ]

@@ -39,6 +39,19 @@ def _tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _dispatching_queue(dispatcher: Dispatcher) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming-message queue, replaced by one that hands each message to the
+    dispatcher at once, in paho's callback on the event loop. aiomqtt's own iterator creates a
+    task per message; this removes that cost (see docs/benchmarks/ingest.md)."""
+
+    class DispatchingQueue(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            payload = item.payload if isinstance(item.payload, bytes | bytearray) else b""
+            dispatcher.dispatch(item.topic.value, bytes(payload), bool(item.retain))
+
+    return DispatchingQueue
+
+
 class MqttTransport:
     """``async with MqttTransport(broker, client_id=...) as t:`` connects (waiting up to the
     broker's ``connect_timeout_s`` for the first connection) and keeps reconnecting until the
@@ -135,6 +148,7 @@ class MqttTransport:
             keepalive=b.keepalive_s,
             timeout=b.connect_timeout_s,
             tls_context=self._tls,
+            queue_type=_dispatching_queue(self._dispatcher),
         )
 
     async def _run(self) -> None:
@@ -155,9 +169,8 @@ class MqttTransport:
                             raise
                         except Exception:  # a hook's bug must not kill the connection loop
                             log.exception("mqtt.connect_hook_failed", client=self.client_id)
-                    async for m in client.messages:
-                        payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
-                        self._dispatcher.dispatch(m.topic.value, bytes(payload), bool(m.retain))
+                    async for _ in client.messages:  # messages go to the dispatcher directly;
+                        pass  # this only waits for the disconnect (raised as MqttError)
             except aiomqtt.MqttError as exc:
                 if self._closing:
                     break
@@ -183,7 +196,8 @@ class MqttTransport:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise TransportError(f"could not publish to {topic}: broker {self._broker.url} unreachable")
-            await self.wait_connected(remaining)
+            if not self._connected.is_set():  # (no wait_for when connected: cheaper, and on Python
+                await self.wait_connected(remaining)  # 3.11 wait_for can swallow a cancellation)
             client = self._client
             if client is None:
                 continue
