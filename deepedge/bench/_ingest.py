@@ -117,7 +117,7 @@ async def _coordinator_round(
         await asyncio.sleep(0.3)
         pubs = _publishers(broker, cluster, nodes, rate, seconds, 2)
         await asyncio.to_thread(_wait_ready, pubs)
-        while len(c.view.nodes) < nodes:  # every simulated node is a member before the load starts
+        while len(c.view.nodes) < nodes:  # noqa: ASYNC110 - every simulated node is a member first
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
         sent = await asyncio.to_thread(_run_load, pubs)
