@@ -36,9 +36,14 @@ class CliState:
     config_path: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def load(self, **more: Any) -> LoadedConfig:
+    def load(self, *, quiet: bool = False, **more: Any) -> LoadedConfig:
+        """The effective config; configures logging. ``quiet``: an operator command, whose own
+        log lines (connects and such) are only shown at warning and above unless asked for."""
         loaded = load_config(self.config_path, overrides={**self.overrides, **more})
-        configure_logging(loaded.config.log.level, loaded.config.log.format)
+        level = loaded.config.log.level
+        if quiet and loaded.source_of("log.level") == "default":
+            level = "warning"
+        configure_logging(level, loaded.config.log.format)
         return loaded
 
 
@@ -127,7 +132,7 @@ def _request(ctx: typer.Context, verb: str, args: dict[str, Any]) -> dict[str, A
 
     from deepedge.ops import coordinator_request
 
-    loaded = ctx.obj.load()
+    loaded = ctx.obj.load(quiet=True)
     reply = asyncio.run(coordinator_request(loaded.config, verb, {k: v for k, v in args.items() if v is not None}))
     return dict(reply.result)
 
@@ -262,7 +267,7 @@ def logs_cmd(
     from deepedge.broker_schemas import Event, encode_json
     from deepedge.ops import format_event, tail_events
 
-    loaded = ctx.obj.load()
+    loaded = ctx.obj.load(quiet=True)
 
     def emit(e: Event) -> None:
         typer.echo(encode_json(e).decode() if as_json else format_event(e))

@@ -375,3 +375,17 @@ async def test_flags_on_the_node_command(mosquitto: MosquittoBroker, watcher: Mq
         timeout=60,
     )
     assert bad.returncode == 78 and "node id 'bad id'" in bad.stderr
+
+
+async def test_sigterm_while_the_broker_is_down_exits_promptly(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, nodes: list[NodeProc], tmp_path: Path, cluster: str
+) -> None:
+    status = await watcher.subscribe(Topics(cluster).node_status("n1"))
+    n = await boot(nodes, tmp_path, mosquitto, cluster)
+    await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
+    mosquitto.kill()
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    n.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(n.proc.wait, 10) == 0
+    assert time.monotonic() - started < 3.0

@@ -52,7 +52,10 @@ def status(c: Coordinator) -> dict[str, Any]:
                 "mem_percent": t.mem_percent if t else None,
                 "rate": round(learn.throughput.rate, 2) if learn else None,
                 "cap_limit": learn.cap_limit if learn else None,
-                "lc": {a.app: {"p95_ms": a.p95_ms, "deadline_ms": a.deadline_ms} for a in s.latency.values()},
+                "lc": {
+                    a.app: {"p95_ms": a.p95_ms, "deadline_ms": a.deadline_ms, "count": a.count}
+                    for a in s.latency.values()
+                },
             }
         )
     return {

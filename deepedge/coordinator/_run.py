@@ -13,7 +13,7 @@ from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._service import Coordinator
 from deepedge.coordinator._store import JobStore
 from deepedge.node._sdnotify import SystemdNotifier
-from deepedge.transport import MqttTransport, Will, serve_commands
+from deepedge.transport import MqttTransport, TransportError, Will, serve_commands
 
 __all__ = ["run_coordinator"]
 
@@ -71,7 +71,13 @@ async def run_coordinator(config: Config) -> int:
         await asyncio.gather(*tasks, done_wait, return_exceptions=True)
         crashed = [t for t in done if t is not done_wait and not t.cancelled() and t.exception() is not None]
         notifier.stopping()
-        await transport.publish(c.topics.coordinator_status(), c.status_message("offline"), qos=1, retain=True)
+        if transport.connected:
+            try:
+                await asyncio.wait_for(
+                    transport.publish(c.topics.coordinator_status(), c.status_message("offline"), qos=1, retain=True), 5
+                )
+            except (TransportError, TimeoutError) as exc:
+                log.warning("coordinator.offline_unsent", error=str(exc) or "timed out")
     store.close()
     notifier.close()
     if crashed:

@@ -253,6 +253,10 @@ class Coordinator:
                 job.move(JobState.FAILED, f"no feasible plan for {self.cfg.recovery_timeout_s:g} s: {decision.reason}")
                 await self.finish(job)
             else:
+                if job.state == JobState.RUNNING:  # e.g. its last node drained: the current plan stays in effect
+                    job.move(JobState.RECOVERING)
+                    job.state_since = self.clock.monotonic()
+                    await self.emit("plan.infeasible", decision.reason, level="warning", job=job.job)
                 job.reason = f"waiting for nodes: {decision.reason}"
                 await self.save(job)
             return

@@ -317,10 +317,15 @@ class NodeDaemon:
             await sup.stop()
             self._worker_tasks[job].cancel()
         death = NodeDeath(node=self.node, session=self.session, reason="shutdown", ts=self.clock.time())
-        try:
-            await self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True)
-        except TransportError as exc:
-            log.warning("node.offline_unsent", error=str(exc))
+        if not self.transport.connected:  # no broker to tell: do not wait for one on the way out
+            log.warning("node.offline_unsent", error="not connected to the broker")
+        else:
+            try:
+                await asyncio.wait_for(
+                    self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True), 5
+                )
+            except (TransportError, TimeoutError) as exc:
+                log.warning("node.offline_unsent", error=str(exc) or "timed out")
         for c in self.collectors:
             c.close()
 

@@ -15,7 +15,7 @@ def _fmt(v: Any, spec: str = "") -> str:
 
 
 def _eta(job: dict[str, Any]) -> str:
-    return f"{job['step']}/{job['total_steps']}"
+    return f"{min(job['step'], job['total_steps'])}/{job['total_steps']}"
 
 
 def status_tables(status: dict[str, Any]) -> Group:
@@ -32,7 +32,11 @@ def status_tables(status: dict[str, Any]) -> Group:
         if n["drained"]:
             health += " [yellow]drained[/]"
         lc = ", ".join(
-            f"{app} {v['p95_ms']:.1f}/{_fmt(v['deadline_ms'], 'g')}"
+            (
+                f"{app} {v['p95_ms']:.1f}/{_fmt(v['deadline_ms'], 'g')}"
+                if v.get("count")
+                else f"{app} -/{_fmt(v['deadline_ms'], 'g')}"
+            )
             + (" [red]![/]" if v["deadline_ms"] is not None and v["p95_ms"] > v["deadline_ms"] else "")
             for app, v in n["lc"].items()
         )
