@@ -298,6 +298,15 @@ for _name, (_help, _issue) in _PENDING.items():
     _register_pending(app, _name, _help, _issue)
 
 
+def _write_bench(out: Path | None, title: str, text: str) -> None:
+    """Print a benchmark's markdown and write it where the docs cite it."""
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# {title}\n\n{text}")
+        typer.echo(f"written to {out}", err=True)
+
+
 @bench_app.command("daemon")
 def bench_daemon(
     ctx: typer.Context,
@@ -315,11 +324,7 @@ def bench_daemon(
     typer.echo(f"measuring the node daemon and the baseline agent for {seconds:g} s ...", err=True)
     result = run_daemon_bench(seconds, interval)
     text = result.markdown(f"deepedge bench daemon --seconds {seconds:g} --interval {interval:g}")
-    typer.echo(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Node daemon footprint\n\n" + text)
-        typer.echo(f"written to {out}", err=True)
+    _write_bench(out, "Node daemon footprint", text)
 
 
 @bench_app.command("planner")
@@ -337,11 +342,7 @@ def bench_planner(
     typer.echo("planning random clusters of 10 to 10,000 nodes ...", err=True)
     rows, worst, trials = run_planner_bench(replans=replans)
     text = planner_markdown(rows, worst, trials, f"deepedge bench planner --replans {replans}")
-    typer.echo(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Planner benchmark\n\n" + text)
-        typer.echo(f"written to {out}", err=True)
+    _write_bench(out, "Planner benchmark", text)
 
 
 @bench_app.command("ingest")
@@ -362,11 +363,7 @@ def bench_ingest(
     text = ingest_markdown(
         run_ingest_bench(offered, seconds), f"deepedge bench ingest --seconds {seconds:g} --rates {rates}"
     )
-    typer.echo(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# Coordinator ingest benchmark\n\n" + text)
-        typer.echo(f"written to {out}", err=True)
+    _write_bench(out, "Coordinator ingest benchmark", text)
 
 
 for _name, (_help, _issue) in {

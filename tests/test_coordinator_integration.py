@@ -16,22 +16,12 @@ from deepedge.broker_schemas import CoordinatorStatus, Event, NodeBirth, Plan, P
 from deepedge.config import load_config
 from deepedge.lc_client import LatencyReporter
 from deepedge.ops import CommandError, coordinator_request
-from deepedge.transport import MqttTransport, Received, Subscription
+from deepedge.transport import MqttTransport, Received
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, start_coordinator, start_node
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.mosquitto
-
-
-async def wait_for(sub: Subscription, pred: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError("expected message did not arrive")
-        item = await sub.get(remaining)
-        if isinstance(item, Received) and pred(item.message):
-            return item.message
 
 
 @pytest.fixture

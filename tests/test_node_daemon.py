@@ -27,22 +27,12 @@ from deepedge.broker_schemas import (
     encode,
 )
 from deepedge.lc_client import LatencyReporter
-from deepedge.transport import MqttTransport, Received, Requester, Subscription
+from deepedge.transport import MqttTransport, Requester
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, start_node
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.mosquitto
-
-
-async def wait_for(sub: Subscription, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError("expected message did not arrive")
-        item = await sub.get(remaining)
-        if isinstance(item, Received) and pred(item.message):
-            return item.message
 
 
 @pytest.fixture

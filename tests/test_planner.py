@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -17,8 +16,7 @@ from deepedge.coordinator.planner import (
     NodeModel,
     Planner,
     PlannerConfig,
-    allreduce_s,
-    integer_shares,
+    exhaustive_best_makespan,
     node_cap,
     waterfill_time,
 )
@@ -124,33 +122,11 @@ def test_removing_a_node_keeps_the_plan_feasible_unless_it_was_needed(
         assert not d2.feasible and d2.reason
 
 
-def _best_by_exhaustive_search(nodes: list[NodeModel], job: JobModel, margin: float, min_cap: float) -> float:
-    feas = []
-    for n in nodes:
-        cap, _ = node_cap(n, margin)
-        if cap >= min_cap:
-            feas.append((n, n.rate * cap))
-    best = math.inf
-    for k in range(1, len(feas) + 1):
-        for subset in itertools.combinations(feas, k):
-            ub = [n.max_share for n, _ in subset]
-            if sum(ub) < job.global_batch:
-                continue
-            rho = [r for _, r in subset]
-            over = [n.overhead_s for n, _ in subset]
-            shares = integer_shares([0.0] * k, rho, over, ub, job.global_batch)  # greedy from zero: optimal
-            used = [(n, s, r) for (n, r), s in zip(subset, shares, strict=True) if s > 0]
-            compute = max(s / r + n.overhead_s for n, s, r in used)
-            ar = allreduce_s(len(used), job.model_bytes, min(n.bandwidth_bps for n, _, _ in used), NET.latency_s)
-            best = min(best, job.steps * (compute + ar))
-    return best
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nodes=clusters(max_nodes=7), job=jobs)
 def test_within_2_percent_of_exhaustive_search_on_small_clusters(nodes: list[NodeModel], job: JobModel) -> None:
     cfg = PLANNER.config
-    best = _best_by_exhaustive_search(nodes, job, cfg.margin, cfg.min_cap)
+    best = exhaustive_best_makespan(nodes, job, NET, cfg)
     d = PLANNER.plan(nodes, job, NET)
     if math.isinf(best):
         assert not d.feasible

@@ -12,7 +12,14 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from deepedge.coordinator.planner import JobModel, LcAppModel, NetworkModel, NodeModel, Planner
+from deepedge.coordinator.planner import (
+    JobModel,
+    LcAppModel,
+    NetworkModel,
+    NodeModel,
+    Planner,
+    exhaustive_best_makespan,
+)
 
 __all__ = ["PlannerBenchRow", "random_cluster", "run_planner_bench"]
 
@@ -93,10 +100,6 @@ def run_planner_bench(
 
 
 def _exhaustive(rng: random.Random, trials: int = 60) -> tuple[float, int]:
-    import itertools
-
-    from deepedge.coordinator.planner import allreduce_s, integer_shares, node_cap
-
     planner = Planner()
     net = NetworkModel(latency_s=2e-3)
     worst = 1.0
@@ -106,25 +109,10 @@ def _exhaustive(rng: random.Random, trials: int = 60) -> tuple[float, int]:
             global_batch=rng.choice([16, 64, 256]),
             dataset_size=10_000,
             epochs=1,
-            model_bytes=rng.choice([1e5, 1e7]).__int__(),
+            model_bytes=rng.choice([100_000, 10**7]),
         )
         d = planner.plan(nodes, job, net)
-        feas = [(n, n.rate * node_cap(n, planner.config.margin)[0]) for n in nodes]
-        feas = [(n, r) for n, r in feas if r >= planner.config.min_cap * n.rate]
-        best = math.inf
-        for k in range(1, len(feas) + 1):
-            for sub in itertools.combinations(feas, k):
-                ub = [n.max_share for n, _ in sub]
-                if sum(ub) < job.global_batch:
-                    continue
-                sh = integer_shares(
-                    [0.0] * k, [r for _, r in sub], [n.overhead_s for n, _ in sub], ub, job.global_batch
-                )
-                used = [(n, s, r) for (n, r), s in zip(sub, sh, strict=True) if s > 0]
-                step = max(s / r + n.overhead_s for n, s, r in used) + allreduce_s(
-                    len(used), job.model_bytes, min(n.bandwidth_bps for n, _, _ in used), net.latency_s
-                )
-                best = min(best, job.steps * step)
+        best = exhaustive_best_makespan(nodes, job, net, planner.config)
         if d.feasible and math.isfinite(best):
             worst = max(worst, d.makespan_s / best)
     return worst, trials

@@ -1,6 +1,7 @@
 """The interference-aware planner (a pure function on cvxpy). See docs/planner.md."""
 
 from deepedge.coordinator.planner._caps import node_cap
+from deepedge.coordinator.planner._exhaustive import exhaustive_best_makespan
 from deepedge.coordinator.planner._model import (
     JobModel,
     LcAppModel,
@@ -22,6 +23,7 @@ __all__ = [
     "PlannerConfig",
     "allreduce_s",
     "candidate_sizes",
+    "exhaustive_best_makespan",
     "integer_shares",
     "node_cap",
     "plan",
