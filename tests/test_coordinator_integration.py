@@ -196,3 +196,38 @@ async def test_progress_and_completion(
     )
     done = await wait_for(progress, lambda m: isinstance(m, Progress) and m.state == "completed", 30)
     assert done.step >= 15 and done.samples_done == 15 * 32
+
+
+async def test_coordinator_survives_garbage_and_forgeries(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
+) -> None:
+    import msgspec
+
+    from deepedge.broker_schemas import Telemetry, encode
+
+    t = Topics(cluster)
+    loaded = await cluster_up(mosquitto, watcher, tmp_path, cluster, procs, ["f1"])
+    forged = encode(Telemetry(node="f1", ts=1.0))  # published on another node's topic below
+    payloads = [
+        b"\xc1",
+        b"\x00" * 70_000,
+        forged,
+        b"{}",
+        msgspec.msgpack.encode({"kind": "birth", "v": 42}),
+        b'{"kind":"command","request_id":"r","reply_to":"x","args":{"job":[1,2]}}',
+    ]
+    topics = [
+        t.node_telemetry("intruder"),
+        t.node_status("ghost"),
+        t.coordinator_command("submit"),
+        t.coordinator_command("cancel"),
+        t.node_heartbeat("f1"),
+        f"deepedge/{cluster}/cmd/coordinator/DROP",
+    ]
+    async with MqttTransport(mosquitto.config()) as flooder:
+        for i in range(10_000):
+            await flooder.publish_raw(topics[i % len(topics)], payloads[i % len(payloads)])
+    status = (await coordinator_request(loaded.config, "status", timeout_s=30)).result
+    assert [n["node"] for n in status["nodes"]] == ["f1"]  # no intruder, no ghost became a member
+    assert status["jobs"] == []
+    assert procs[0].proc.poll() is None
