@@ -13,7 +13,7 @@ import msgspec
 
 from deepedge.broker_schemas import Assignment, Plan
 
-__all__ = ["PlanForWorker", "WorkerReport", "decode_plan_line", "decode_report_line", "encode_line"]
+__all__ = ["PlanForWorker", "WorkerReport", "WorkerState", "decode_plan_line", "decode_report_line", "encode_line"]
 
 WorkerState = Literal["starting", "training", "waiting", "recovering", "done", "failed"]
 

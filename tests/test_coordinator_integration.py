@@ -231,3 +231,52 @@ async def test_coordinator_survives_garbage_and_forgeries(
     assert [n["node"] for n in status["nodes"]] == ["f1"]  # no intruder, no ghost became a member
     assert status["jobs"] == []
     assert procs[0].proc.poll() is None
+
+
+@pytest.mark.slow
+async def test_real_training_end_to_end_with_a_node_killed(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
+) -> None:
+    """Coordinator + 3 node daemons running the real worker (gloo): one node is SIGKILLed mid-job;
+    the job completes, every sample of every epoch trained exactly once."""
+    import sys
+
+    from deepedge.training import verify_accounting
+    from tests.helpers.workers import make_tensor_dataset
+
+    t = Topics(cluster)
+    data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
+    coord_status = await watcher.subscribe(t.coordinator_status())
+    births = await watcher.subscribe(t.all_nodes("status"))
+    procs.append(start_coordinator(tmp_path, mosquitto.url, cluster))
+    await wait_for(coord_status, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
+    real_worker = [sys.executable, "-m", "deepedge.training.worker"]
+    for n in ("r1", "r2", "r3"):
+        procs.append(start_node(tmp_path, mosquitto.url, cluster, n, worker=real_worker))
+    seen: set[str] = set()
+    while seen != {"r1", "r2", "r3"}:
+        seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
+    await asyncio.sleep(1.0)
+    loaded = load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
+    out = tmp_path / "out"
+    progress = await watcher.subscribe(t.job_progress("e2e"))
+    hbs = await watcher.subscribe(t.all_nodes("heartbeat"))
+    await coordinator_request(
+        loaded.config,
+        "submit",
+        {
+            "job": "e2e",
+            "model": "cnn-small",
+            "dataset": str(data),
+            "output": str(out),
+            "epochs": 2,
+            "global_batch": 60,
+            "learning_rate": 0.02,
+            "dataset_size": 2400,
+        },
+    )
+    await wait_for(hbs, lambda m: m.job == "e2e" and m.step >= 5, 60)
+    next(p for p in procs if p.node == "r2").proc.send_signal(signal.SIGKILL)
+    done = await wait_for(progress, lambda m: isinstance(m, Progress) and m.state in ("completed", "failed"), 240)
+    assert done.state == "completed", done.message
+    assert verify_accounting(out, 2400, 2) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 4800}

@@ -57,7 +57,8 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
     @property
     def total_steps(self) -> int:
-        return -(-self.spec.epochs * self.dataset_size // self.spec.global_batch)
+        """epochs x ceil(N / B): every epoch ends with a (possibly partial) batch, as the worker trains."""
+        return self.spec.epochs * -(-self.dataset_size // self.spec.global_batch)
 
     @property
     def terminal(self) -> bool:

@@ -322,7 +322,7 @@ class NodeDaemon:
         else:
             try:
                 await asyncio.wait_for(
-                    self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True), 5
+                    self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True), 2
                 )
             except (TransportError, TimeoutError) as exc:
                 log.warning("node.offline_unsent", error=str(exc) or "timed out")

@@ -44,6 +44,7 @@ def start_node(
     interval: float = 0.2,
     lc_apps: dict[str, float] | None = None,
     env: dict[str, str] | None = None,
+    worker: list[str] | None = None,
 ) -> NodeProc:
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
@@ -53,7 +54,7 @@ def start_node(
         f'[log]\nlevel = "debug"\nformat = "json"\n'
         f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
         f'latency_window_s = 30\nlatency_socket = "{sock}"\n'
-        f"worker_command = {json.dumps(WORKER)}\n{apps}"
+        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{apps}"
     )
     log = tmp / f"{node}.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}

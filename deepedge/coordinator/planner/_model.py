@@ -41,7 +41,7 @@ class JobModel:
 
     @property
     def steps(self) -> int:
-        return -(-self.epochs * self.dataset_size // self.global_batch)
+        return self.epochs * -(-self.dataset_size // self.global_batch)
 
 
 @dataclass(frozen=True, slots=True)

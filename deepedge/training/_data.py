@@ -1,0 +1,82 @@
+"""Datasets, read without torchvision: an image folder (one sub-folder per class, like
+Caltech-256) or tensors in a file (``torch.save({"x": ..., "y": ...})``, loaded with
+``weights_only=True``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from deepedge.training._errors import TrainingError
+
+__all__ = ["IMAGE_SUFFIXES", "TensorDataset", "load_dataset"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm"}
+
+
+class TensorDataset:
+    """All samples in memory: ``x`` (N, C, H, W) uint8 or float, ``y`` (N,) int64."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> None:
+        if len(x) != len(y):
+            raise TrainingError(f"dataset: {len(x)} inputs but {len(y)} labels")
+        self.x, self.y, self.classes = x, y.long(), classes
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[index]
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0).sub_(0.5).div_(0.25)
+        return x, self.y[index]
+
+
+def _image_folder(root: Path, size: int) -> TensorDataset:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        raise TrainingError("reading an image folder needs pillow (pip install pillow)") from None
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise TrainingError(f"dataset {root}: no class folders (expected <root>/<class>/<image>)")
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as img:
+                    rgb = img.convert("RGB").resize((size, size))
+                    xs.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3))
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                raise TrainingError(f"dataset {root}: unreadable image {path}: {exc}") from None
+            ys.append(label)
+    if not xs:
+        raise TrainingError(f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return TensorDataset(torch.stack(xs).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys), classes)
+
+
+def _tensor_file(path: Path) -> TensorDataset:
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"dataset {path}: not a readable tensor file: {exc}") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("x"), torch.Tensor)
+        or not isinstance(data.get("y"), torch.Tensor)
+    ):
+        raise TrainingError(f"dataset {path}: expected a dict with tensors 'x' and 'y'")
+    classes = [str(c) for c in data.get("classes", [])] or [str(i) for i in range(int(data["y"].max()) + 1)]
+    return TensorDataset(data["x"], data["y"], classes)
+
+
+def load_dataset(location: str, image_size: int = 32) -> TensorDataset:
+    path = Path(location)
+    if path.is_dir():
+        return _image_folder(path, image_size)
+    if path.is_file():
+        return _tensor_file(path)
+    raise TrainingError(f"dataset {location}: no such file or folder")

@@ -1,0 +1,242 @@
+"""Synchronous data-parallel training with heterogeneous shares and in-place elastic recovery.
+
+Each step takes one global batch of an epoch's seeded permutation; this node trains on
+``[batch_offset, batch_offset + share)`` of it. Every rank sums its per-sample losses, the
+gradients are all-reduced (SUM) and divided by the batch size: the update equals the one a
+single machine would make on the whole batch. When a collective fails (a peer died), the worker
+waits for the next plan generation, re-forms the process group, takes parameters, optimizer state
+and step from the lowest rank that has them, and continues from the last completed step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from deepedge.training._accounting import AccountingLog
+from deepedge.training._channel import Channel
+from deepedge.training._data import TensorDataset, load_dataset
+from deepedge.training._errors import TrainingError
+from deepedge.training._models import build_model, load_checkpoint
+from deepedge.worker_protocol import PlanForWorker, WorkerReport, WorkerState
+
+__all__ = ["Trainer"]
+
+MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps between them
+
+
+class _NewPlan(Exception):
+    """A later plan generation arrived: re-form at this step boundary."""
+
+
+class Trainer:
+    def __init__(self, first: PlanForWorker, channel: Channel, *, collective_timeout_s: float = 10.0) -> None:
+        self.channel = channel
+        self.pfw = first
+        spec = first.plan.spec
+        self.node = first.node
+        self.output = Path(spec.output)
+        self.timeout = datetime.timedelta(seconds=collective_timeout_s)
+        self.data: TensorDataset = load_dataset(spec.dataset)
+        self.batch = spec.global_batch
+        if len(self.data) < self.batch:
+            raise TrainingError(
+                f"dataset {spec.dataset} has {len(self.data)} samples, fewer than the global batch {self.batch}"
+            )
+        self.steps_per_epoch = -(-len(self.data) // self.batch)
+        self.total_steps = spec.epochs * self.steps_per_epoch
+        torch.manual_seed(spec.seed)
+        self.model = build_model(spec.model, len(self.data.classes))
+        if spec.base_checkpoint:
+            load_checkpoint(self.model, spec.base_checkpoint)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(self.params, lr=spec.learning_rate, momentum=0.9)
+        for p in self.params:  # explicit zero momentum: the same as torch's first step, and broadcastable
+            self.opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        self.step = 0  # completed steps
+        self.has_state = True  # a joiner that starts from nothing still has the seeded init, but defers
+        self.loss_curve: list[tuple[int, float]] = []
+        self.generations: list[int] = []
+        self.accounting = AccountingLog(self.output, self.node)
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+        self.intensity = 0.0
+
+    # ---- reports ------------------------------------------------------------------------------
+
+    def report(
+        self, state: WorkerState, samples_per_s: float = 0.0, loss: float | None = None, message: str = ""
+    ) -> None:
+        a = self.pfw.assignment
+        self.channel.report(
+            WorkerReport(
+                job=self.pfw.plan.job,
+                generation=self.pfw.plan.generation,
+                rank=a.rank,
+                world_size=len(self.pfw.plan.assignments),
+                step=self.step,
+                samples_per_s=samples_per_s,
+                loss=loss,
+                intensity=self.intensity,
+                state=state,
+                message=message,
+            )
+        )
+
+    # ---- process group ------------------------------------------------------------------------
+
+    def form_group(self) -> None:
+        plan, a = self.pfw.plan, self.pfw.assignment
+        dist.init_process_group(
+            plan.backend if plan.backend == "gloo" or torch.cuda.is_available() else "gloo",
+            init_method=f"tcp://{plan.rendezvous_host}:{plan.rendezvous_port}",
+            rank=a.rank,
+            world_size=len(plan.assignments),
+            timeout=self.timeout,
+        )
+        self.generations.append(plan.generation)
+
+    def leave_group(self) -> None:
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+    def sync_state(self) -> None:
+        """Everyone takes parameters, optimizer state, step and loss curve from the lowest rank
+        with the most progress (survivors agree; a joiner has step -1)."""
+        mine = torch.tensor([self.step if self.has_state else -1], dtype=torch.long)
+        steps = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+        dist.all_gather(steps, mine)
+        values = [int(s.item()) for s in steps]
+        source = values.index(max(values))
+        flat = torch.cat(
+            [p.data.view(-1) for p in self.params]
+            + [self.opt.state[p]["momentum_buffer"].view(-1) for p in self.params]
+        )
+        dist.broadcast(flat, src=source)
+        offset = 0
+        for tensor in [p.data for p in self.params] + [self.opt.state[p]["momentum_buffer"] for p in self.params]:
+            n = tensor.numel()
+            tensor.copy_(flat[offset : offset + n].view_as(tensor))
+            offset += n
+        meta = [self.step, self.loss_curve, self.generations]
+        dist.broadcast_object_list(meta, src=source)
+        self.step, self.loss_curve, self.generations = int(meta[0]), list(meta[1]), list(meta[2])  # type: ignore[call-overload]
+        self.has_state = True
+
+    # ---- one step -----------------------------------------------------------------------------
+
+    def global_batch(self, step: int) -> tuple[int, torch.Tensor]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.pfw.plan.spec.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.data), generator=g), epoch
+        return epoch, self._perm[k * self.batch : (k + 1) * self.batch]
+
+    def train_step(self) -> tuple[float, float]:
+        """(loss, seconds of compute) of one global step; raises on a failed collective."""
+        a = self.pfw.assignment
+        epoch, batch = self.global_batch(self.step)
+        mine = batch[a.batch_offset : a.batch_offset + a.share]
+        cap = max(0.01, min(1.0, a.intensity_cap))
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        loss_sum, busy, idle = torch.zeros(1), 0.0, 0.0
+        for start in range(0, len(mine), MICRO_BATCH):
+            t0 = time.perf_counter()
+            x, y = self.data.batch(mine[start : start + MICRO_BATCH])
+            loss = F.cross_entropy(self.model(x), y, reduction="sum")
+            loss.backward()  # type: ignore[no-untyped-call]
+            loss_sum += loss.detach()
+            spent = time.perf_counter() - t0
+            busy += spent
+            pause = spent * (1.0 / cap - 1.0)  # keep the duty cycle at or under the cap
+            if pause > 0:
+                time.sleep(pause)
+                idle += pause
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        n = len(batch)
+        offset = 0
+        for g in grads:
+            k = g.numel()
+            g.copy_(flat[offset : offset + k].view_as(g)).div_(n)
+            offset += k
+        self.opt.step()
+        self.accounting.record(self.pfw.plan.generation, self.step, epoch, [int(i) for i in mine])
+        self.step += 1
+        self.intensity = busy / (busy + idle) if busy + idle > 0 else 0.0
+        return float(flat[-1]) / n, busy + idle
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def save(self, path: Path, final: bool) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "meta": {
+                    "job": self.pfw.plan.job,
+                    "steps": self.step,
+                    "samples_seen": min(self.step * self.batch, self.total_steps * self.batch),
+                    "epochs_done": self.step // self.steps_per_epoch,
+                    "plan_generations": self.generations,
+                    "loss_curve": self.loss_curve,
+                    "final": final,
+                    "classes": self.data.classes,
+                },
+            },
+            tmp,
+        )
+        tmp.replace(path)  # never a half-written checkpoint
+
+    def run_generation(self) -> None:
+        gen = self.pfw.plan.generation
+        last_report = 0.0
+        while self.step < self.total_steps:
+            newer = self.channel.latest()
+            if newer is not None and newer.plan.generation > gen:
+                raise _NewPlan
+            t0 = time.perf_counter()
+            loss, _ = self.train_step()
+            self.loss_curve.append((self.step, round(loss, 6)))
+            if self.step % self.steps_per_epoch == 0 and self.pfw.assignment.rank == 0:
+                self.save(self.output / f"checkpoint-epoch{self.step // self.steps_per_epoch}.pt", final=False)
+            now = time.perf_counter()
+            if now - last_report >= 0.2 or self.step == self.total_steps:
+                last_report = now
+                self.report("training", self.pfw.assignment.share / max(1e-9, now - t0), loss)
+
+    def run(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        while True:
+            self.report("starting")
+            try:
+                self.form_group()
+                self.sync_state()
+                self.run_generation()
+            except _NewPlan:
+                self.leave_group()
+                self.pfw = self.channel.latest() or self.pfw
+                continue
+            except (RuntimeError, dist.DistError) as exc:  # a peer died or the group broke
+                self.leave_group()
+                gen = self.pfw.plan.generation
+                self.report("recovering", message=f"collective failed at step {self.step}: {str(exc)[:200]}")
+                newer = self.channel.wait_newer(gen, timeout=600)
+                if newer is None:
+                    raise TrainingError(f"no new plan after the group of generation {gen} broke") from None
+                self.pfw = newer
+                continue
+            break
+        if self.pfw.assignment.rank == 0:
+            self.save(self.output / "model.pt", final=True)
+        self.report("done", loss=self.loss_curve[-1][1] if self.loss_curve else None)
+        self.leave_group()
+        self.accounting.close()

@@ -1,0 +1,46 @@
+"""The training worker process: ``python -m deepedge.training.worker``, started by its node
+daemon, one plan generation after another on stdin, reports on stdout. Never MQTT."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from deepedge.training._channel import Channel
+from deepedge.training._errors import TrainingError
+from deepedge.worker_protocol import WorkerReport
+
+__all__ = ["main"]
+
+
+def main() -> int:
+    channel = Channel()
+    first = channel.wait_newer(-1, timeout=120)
+    if first is None:
+        print("worker: no plan on stdin", file=sys.stderr, flush=True)
+        return 2
+    from deepedge.training._trainer import Trainer  # torch is imported here, not by the daemon
+
+    try:
+        Trainer(first, channel).run()
+    except TrainingError as exc:
+        a = first.assignment
+        channel.report(
+            WorkerReport(
+                job=first.plan.job,
+                generation=first.plan.generation,
+                rank=a.rank,
+                state="failed",
+                message=str(exc)[:4000],
+            )
+        )
+        print(f"worker: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the stdin reader thread must not hold up interpreter shutdown

@@ -1,0 +1,166 @@
+"""The training worker as real processes with real gloo all-reduce."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepedge.broker_schemas import JobSpec
+from deepedge.training import verify_accounting
+from tests.helpers.workers import make_plan, make_tensor_dataset, start_worker, stop_all
+
+pytestmark = pytest.mark.slow
+
+
+def spec(data: Path, out: Path, **kw: object) -> JobSpec:
+    base: dict[str, object] = {
+        "model": "cnn-small",
+        "dataset": str(data),
+        "output": str(out),
+        "epochs": 1,
+        "global_batch": 24,
+        "learning_rate": 0.05,
+        "seed": 3,
+    }
+    base.update(kw)
+    return JobSpec(**base)  # type: ignore[arg-type]
+
+
+def run_job(tmp: Path, data: Path, shares: dict[str, int], name: str, **kw: object) -> dict[str, torch.Tensor]:
+    out = tmp / name
+    plan = make_plan(name, 1, shares, spec(data, out, **kw))
+    workers = [start_worker(n) for n in shares]
+    try:
+        for w in workers:
+            w.send(plan)
+        for w in workers:
+            w.wait_report(lambda r: r.state == "done", 120)
+            assert w.proc.wait(30) == 0, w.stderr[-5:]
+    finally:
+        stop_all(workers)
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["meta"]["steps"] == 4 and saved["meta"]["final"]
+    return saved["model"]
+
+
+def test_unequal_shares_give_the_same_parameters_as_one_worker(tmp_path: Path) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 96)
+    one = run_job(tmp_path, data, {"a": 24}, "one")
+    two = run_job(tmp_path, data, {"a": 10, "b": 14}, "two")
+    three = run_job(tmp_path, data, {"a": 5, "b": 8, "c": 11}, "three")
+    for name, ref in one.items():
+        assert torch.allclose(ref, two[name], atol=1e-5), name
+        assert torch.allclose(ref, three[name], atol=1e-5), name
+    assert verify_accounting(tmp_path / "three", 96, 1)["ok"]
+
+
+def test_sigkill_of_one_of_three_survivors_finish_every_sample_once(tmp_path: Path) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 3000, size=16)
+    out = tmp_path / "out"
+    s = spec(data, out, global_batch=60, epochs=2, learning_rate=0.02)
+    workers = [start_worker(n) for n in ("a", "b", "c")]
+    try:
+        plan1 = make_plan("j", 1, {"a": 20, "b": 20, "c": 20}, s, cap=0.3)
+        for w in workers:
+            w.send(plan1)
+        workers[1].wait_report(lambda r: r.state == "training" and r.step >= 10, 120)
+        killed = time.monotonic()
+        workers[1].proc.send_signal(signal.SIGKILL)
+        survivors = [workers[0], workers[2]]
+        for w in survivors:
+            w.wait_report(lambda r: r.state == "recovering", 30)
+        detected = time.monotonic() - killed
+        plan2 = make_plan("j", 2, {"a": 30, "c": 30}, s, cap=1.0)
+        for w in survivors:
+            w.send(plan2)
+        for w in survivors:
+            w.wait_report(lambda r: r.generation == 2 and r.state == "training", 60)
+        resumed = time.monotonic() - killed
+        for w in survivors:
+            w.wait_report(lambda r: r.state == "done", 180)
+            assert w.proc.wait(30) == 0, w.stderr[-5:]
+    finally:
+        stop_all(workers)
+    assert detected < 10 and resumed < 15
+    accounting = verify_accounting(out, 3000, 2)
+    assert accounting == {"ok": True, "missing": 0, "duplicated": 0, "samples": 6000}
+    meta = torch.load(out / "model.pt", weights_only=True)["meta"]
+    assert meta["steps"] == 100 and meta["plan_generations"] == [1, 2]
+    losses = [loss for _, loss in meta["loss_curve"]]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10  # it learns, across the failure
+
+
+def test_a_late_joiner_enters_and_the_job_finishes(tmp_path: Path) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
+    out = tmp_path / "out"
+    s = spec(data, out, global_batch=60, epochs=1)
+    a, b = start_worker("a"), start_worker("b")
+    try:
+        a.send(make_plan("j", 1, {"a": 60}, s, cap=0.3))
+        a.wait_report(lambda r: r.state == "training" and r.step >= 5, 120)
+        plan2 = make_plan("j", 2, {"a": 30, "b": 30}, s, cap=1.0)
+        a.send(plan2)
+        b.send(plan2)
+        for w in (a, b):
+            w.wait_report(lambda r: r.state == "done", 180)
+            assert w.proc.wait(30) == 0
+    finally:
+        stop_all([a, b])
+    assert verify_accounting(out, 2400, 1)["ok"]
+
+
+def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
+    """The throttle gives the board back its share of the time, by the wall clock: throughput at
+    cap 0.5 is at most 55 % of that at cap 1.0 (the safety side of "within 10 %": LC apps get at
+    least their half). The lower side depends on how busy this shared machine is, so its figure
+    belongs to a benchmark, not a test."""
+    import statistics
+
+    data = make_tensor_dataset(tmp_path / "d.pt", 4800, size=16)
+    rates = {}
+    for cap in (1.0, 0.5):
+        w = start_worker("a")
+        try:
+            w.send(make_plan("j", 1, {"a": 96}, spec(data, tmp_path / f"o{cap}", global_batch=96, epochs=1), cap=cap))
+            w.wait_report(lambda r: r.state == "done", 180)
+        finally:
+            stop_all([w])
+        training = [r for r in w.reports if r.state == "training" and r.step > 5]
+        assert training and all(abs(r.intensity - cap) <= 0.01 for r in training)
+        rates[cap] = statistics.median(r.samples_per_s for r in training)
+    assert rates[0.5] / rates[1.0] <= 0.55, rates
+
+
+@pytest.mark.parametrize("problem", ["missing-checkpoint", "corrupt-checkpoint", "bad-image", "small-dataset"])
+def test_bad_inputs_fail_clearly(tmp_path: Path, problem: str) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 96)
+    kw: dict[str, object] = {}
+    if problem == "missing-checkpoint":
+        kw["base_checkpoint"] = str(tmp_path / "nope.pt")
+    elif problem == "corrupt-checkpoint":
+        (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+        kw["base_checkpoint"] = str(tmp_path / "bad.pt")
+    elif problem == "bad-image":
+        (tmp_path / "imgs" / "cat").mkdir(parents=True)
+        (tmp_path / "imgs" / "cat" / "x.jpg").write_bytes(b"\xff\xd8 broken")
+        data = tmp_path / "imgs"
+    else:
+        kw["global_batch"] = 500
+    w = start_worker("a")
+    try:
+        w.send(make_plan("j", 1, {"a": int(kw.get("global_batch", 24))}, spec(data, tmp_path / "o", **kw)))  # type: ignore[call-overload]
+        failed = w.wait_report(lambda r: r.state == "failed", 60)
+        assert w.proc.wait(30) == 2
+    finally:
+        stop_all([w])
+    expected = {
+        "missing-checkpoint": "no such file",
+        "corrupt-checkpoint": "corrupt",
+        "bad-image": "unreadable image",
+        "small-dataset": "fewer than the global batch",
+    }[problem]
+    assert expected in failed.message
