@@ -378,4 +378,4 @@ async def test_sigterm_while_the_broker_is_down_exits_promptly(
     started = time.monotonic()
     n.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(n.proc.wait, 10) == 0
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 5.0  # the goodbye publish waits at most 2 s
