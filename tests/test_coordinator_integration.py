@@ -280,3 +280,59 @@ async def test_real_training_end_to_end_with_a_node_killed(
     done = await wait_for(progress, lambda m: isinstance(m, Progress) and m.state in ("completed", "failed"), 240)
     assert done.state == "completed", done.message
     assert verify_accounting(out, 2400, 2) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 4800}
+
+
+@pytest.mark.slow
+async def test_a_crashed_worker_process_is_restarted_and_the_job_completes(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
+) -> None:
+    """SIGKILL of a worker process (its node stays up): the survivors report lost peers, the
+    coordinator re-plans, the daemon restarts the worker, which joins the new generation."""
+    import os
+    import sys
+
+    from deepedge.training import verify_accounting
+    from tests.helpers.workers import make_tensor_dataset
+
+    t = Topics(cluster)
+    data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
+    coord_status = await watcher.subscribe(t.coordinator_status())
+    births = await watcher.subscribe(t.all_nodes("status"))
+    procs.append(start_coordinator(tmp_path, mosquitto.url, cluster))
+    await wait_for(coord_status, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
+    for n in ("w1", "w2"):
+        procs.append(
+            start_node(tmp_path, mosquitto.url, cluster, n, worker=[sys.executable, "-m", "deepedge.training.worker"])
+        )
+    seen: set[str] = set()
+    while seen != {"w1", "w2"}:
+        seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
+    await asyncio.sleep(1.0)
+    loaded = load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
+    out = tmp_path / "out"
+    progress = await watcher.subscribe(t.job_progress("crash"))
+    hbs = await watcher.subscribe(t.all_nodes("heartbeat"))
+    await coordinator_request(
+        loaded.config,
+        "submit",
+        {
+            "job": "crash",
+            "model": "cnn-small",
+            "dataset": str(data),
+            "output": str(out),
+            "epochs": 2,
+            "global_batch": 60,
+            "learning_rate": 0.02,
+            "dataset_size": 2400,
+        },
+    )
+    await wait_for(hbs, lambda m: m.job == "crash" and m.step >= 5, 60)
+    from deepedge.transport import Requester
+
+    async with Requester(watcher, t, timeout_s=5) as rpc:
+        pid = (await rpc.request(t.node_command("w2", "status"))).result["workers"]["crash"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    done = await wait_for(progress, lambda m: isinstance(m, Progress) and m.state in ("completed", "failed"), 240)
+    assert done.state == "completed", done.message
+    assert done.generation >= 2
+    assert verify_accounting(out, 2400, 2) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 4800}

@@ -43,6 +43,7 @@ CAP_INCREASE = 0.1  # additive increase after COMFORT_REPORTS comfortable report
 COMFORT_REPORTS = 10
 COMFORT_FRACTION = 0.7  # "comfortable": p95 under 70 % of the deadline
 DECREASE_COOLDOWN_S = 5.0
+LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long for a death notice
 
 
 class Coordinator:
@@ -62,6 +63,7 @@ class Coordinator:
         self.jobs: dict[str, JobRecord] = {j.job: j for j in store.load_all()}
         self.dirty: set[str] = set()
         self._last_decrease: dict[str, float] = {}
+        self._lost_peers: dict[str, tuple[int, float, str]] = {}  # job -> (generation, since, reporting node)
         self.started = self.clock.monotonic()
         self._warm = False  # after a restart, wait one failure-detection period before judging plans
 
@@ -210,6 +212,12 @@ class Coordinator:
             return
         if hb.state == "training":
             self._learning(hb.node).throughput.observe(hb.samples_per_s, hb.intensity)
+        if hb.state == "recovering" and job.state == JobState.RUNNING:
+            # A worker lost its peers. If a node died, its death notice re-plans the job; if only a
+            # worker process crashed (its daemon restarts it), nothing else will: after a short
+            # grace for a death notice to arrive first, tick() re-plans with a new generation.
+            self._lost_peers.setdefault(job.job, (job.generation, now, hb.node))
+            return
         if hb.state == "failed":
             job.move(JobState.FAILED, f"worker on {hb.node} failed: {hb.message or 'no reason given'}")
             await self.finish(job)
@@ -297,6 +305,16 @@ class Coordinator:
                         job.move(JobState.RECOVERING, "participants lost while the coordinator was away")
                         job.state_since = now
                     self.dirty.add(job.job)
+        for name, (generation, since, node) in list(self._lost_peers.items()):
+            lost = self.jobs.get(name)
+            if lost is None or lost.generation != generation or lost.state != JobState.RUNNING:
+                del self._lost_peers[name]
+            elif now - since >= LOST_PEERS_GRACE_S:
+                del self._lost_peers[name]
+                lost.move(JobState.RECOVERING, f"the worker on {node} lost its peers (a worker crashed)")
+                lost.state_since = now
+                await self.save(lost)
+                self.dirty.add(name)
         for name in sorted(self.dirty):
             self.dirty.discard(name)
             if name in self.jobs:

@@ -157,7 +157,7 @@ class NodeDaemon:
         return sup
 
     def _on_report(self, report: WorkerReport) -> None:
-        if report.state in ("done", "failed"):  # the end of a worker's part: say so at once
+        if report.state in ("done", "failed", "recovering"):  # news the coordinator acts on: say so at once
             if report.state == "failed":
                 log.warning("worker.failed", job=report.job, message=report.message)
             task = asyncio.create_task(self._publish_heartbeat(self._heartbeat(report.job, report)))
