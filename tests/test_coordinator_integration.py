@@ -241,8 +241,8 @@ async def test_real_training_end_to_end_with_a_node_killed(
     the job completes, every sample of every epoch trained exactly once."""
     import sys
 
+    from deepedge.bench._workers import make_tensor_dataset
     from deepedge.training import verify_accounting
-    from tests.helpers.workers import make_tensor_dataset
 
     t = Topics(cluster)
     data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
@@ -291,8 +291,8 @@ async def test_a_crashed_worker_process_is_restarted_and_the_job_completes(
     import os
     import sys
 
+    from deepedge.bench._workers import make_tensor_dataset
     from deepedge.training import verify_accounting
-    from tests.helpers.workers import make_tensor_dataset
 
     t = Topics(cluster)
     data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepedge.bench._workers import make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.broker_schemas import JobSpec
 from deepedge.training import verify_accounting
-from tests.helpers.workers import make_plan, make_tensor_dataset, start_worker, stop_all
 
 pytestmark = pytest.mark.slow
 

@@ -209,7 +209,8 @@ class Trainer:
             if self.step % self.steps_per_epoch == 0 and self.pfw.assignment.rank == 0:
                 self.save(self.output / f"checkpoint-epoch{self.step // self.steps_per_epoch}.pt", final=False)
             now = time.perf_counter()
-            if now - last_report >= 0.2 or self.step == self.total_steps:
+            first_of_generation = last_report == 0.0  # reported at once: recovery is visible
+            if first_of_generation or now - last_report >= 0.2 or self.step == self.total_steps:
                 last_report = now
                 self.report("training", self.pfw.assignment.share / max(1e-9, now - t0), loss)
 

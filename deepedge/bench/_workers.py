@@ -1,5 +1,6 @@
 """Run real training worker processes (``python -m deepedge.training.worker``) without a daemon:
-the test plays the daemon, writing plans to their stdin and reading their reports."""
+the caller (a test, ``deepedge bench failover``) plays the daemon, writing plans to their stdin
+and reading their reports, each with the time it arrived."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from deepedge.broker_schemas import Assignment, JobSpec, Plan
 from deepedge.embedded_broker import free_port
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_report_line, encode_line
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["WorkerProc", "make_plan", "make_tensor_dataset", "start_worker", "stop_all"]
 
 
 def make_tensor_dataset(path: Path, n: int, classes: int = 4, size: int = 8, seed: int = 0) -> Path:
@@ -55,6 +57,7 @@ class WorkerProc:
     node: str
     proc: subprocess.Popen[bytes]
     reports: list[WorkerReport] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each report
     stderr: list[str] = field(default_factory=list)
 
     def send(self, plan: Plan) -> None:
@@ -63,13 +66,13 @@ class WorkerProc:
         self.proc.stdin.write(encode_line(PlanForWorker(node=self.node, plan=plan, assignment=a)))
         self.proc.stdin.flush()
 
-    def wait_report(self, pred: object, timeout: float = 60.0) -> WorkerReport:
+    def wait_report(self, pred: Callable[[WorkerReport], bool], timeout: float = 60.0) -> WorkerReport:
         deadline = time.monotonic() + timeout
         seen = 0
         while time.monotonic() < deadline:
             for r in self.reports[seen:]:
                 seen += 1
-                if pred(r):  # type: ignore[operator]
+                if pred(r):
                     return r
             if self.proc.poll() is not None and seen >= len(self.reports):
                 time.sleep(0.2)
@@ -85,7 +88,6 @@ def start_worker(node: str) -> WorkerProc:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=ROOT,
     )
     w = WorkerProc(node, proc)
 
@@ -93,7 +95,9 @@ def start_worker(node: str) -> WorkerProc:
         assert proc.stdout is not None
         for line in proc.stdout:
             try:
-                w.reports.append(decode_report_line(line))
+                report = decode_report_line(line)
+                w.arrived.append(time.monotonic())
+                w.reports.append(report)
             except Exception:
                 continue
 
