@@ -16,6 +16,10 @@ PACKAGES = [
     "deepedge.node",
     "deepedge.node.collectors",
     "deepedge.bench",
+    "deepedge.coordinator",
+    "deepedge.coordinator.planner",
+    "deepedge.ops",
+    "deepedge.training",
 ]
 SRC = Path(__file__).resolve().parent.parent / "deepedge"
 
@@ -58,3 +62,13 @@ def test_only_transport_imports_mqtt_clients() -> None:
 
 def test_node_daemon_does_not_import_torch() -> None:
     assert "torch" not in _imports(SRC / "node")
+
+
+def test_training_knows_nothing_about_mqtt() -> None:
+    assert not _imports(SRC / "training") & {"paho", "aiomqtt"}
+    assert not any(
+        "deepedge.transport" in line
+        for p in (SRC / "training").rglob("*.py")
+        for line in p.read_text().splitlines()
+        if line.startswith(("import", "from"))
+    )
