@@ -1,5 +1,11 @@
-"""Which samples every completed step trained on, per node, so a job can prove that every sample
-of every epoch was trained on exactly once, failures included."""
+"""Which samples every completed step trained on, and on which node, so a job can prove that
+every sample of every epoch was trained on exactly once, failures included.
+
+Every rank records the whole step (every node's slice of the batch) once its all-reduce has
+succeeded: a step is then on record even if one rank dies right after it. A step redone under a
+later plan generation (its all-reduce failed somewhere) is recorded again; the record of the
+highest generation is the one that counts, because that is the update the survivors kept.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,8 @@ class AccountingLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fh = (self.dir / f"{node}.jsonl").open("a")
 
-    def record(self, generation: int, step: int, epoch: int, samples: list[int]) -> None:
-        self._fh.write(json.dumps({"gen": generation, "step": step, "epoch": epoch, "samples": samples}) + "\n")
+    def record(self, generation: int, step: int, epoch: int, by_node: dict[str, list[int]]) -> None:
+        self._fh.write(json.dumps({"gen": generation, "step": step, "epoch": epoch, "by": by_node}) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
@@ -26,14 +32,20 @@ class AccountingLog:
 
 def verify_accounting(output: str | Path, dataset_size: int, epochs: int) -> dict[str, object]:
     """{"ok", "missing", "duplicated", "samples"}: ok when every (epoch, sample) appears once."""
-    seen: Counter[tuple[int, int]] = Counter()
+    steps: dict[int, dict[str, object]] = {}
     for path in sorted((Path(output) / "accounting").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            seen.update((row["epoch"], s) for s in row["samples"])
+            kept = steps.get(row["step"])
+            if kept is None or row["gen"] > kept["gen"]:
+                steps[row["step"]] = row
+    seen: Counter[tuple[int, int]] = Counter()
+    for row in steps.values():
+        for samples in row["by"].values():  # type: ignore[attr-defined]
+            seen.update((int(row["epoch"]), s) for s in samples)  # type: ignore[call-overload]
     expected = {(e, s) for e in range(epochs) for s in range(dataset_size)}
     missing = len(expected - set(seen))
-    duplicated = sum(1 for k, c in seen.items() if c > 1)
+    duplicated = sum(1 for c in seen.values() if c > 1)
     return {
         "ok": missing == 0 and duplicated == 0 and set(seen) <= expected,
         "missing": missing,

@@ -169,7 +169,11 @@ class Trainer:
             g.copy_(flat[offset : offset + k].view_as(g)).div_(n)
             offset += k
         self.opt.step()
-        self.accounting.record(self.pfw.plan.generation, self.step, epoch, [int(i) for i in mine])
+        by_node = {
+            x.node: [int(i) for i in batch[x.batch_offset : x.batch_offset + x.share]]
+            for x in self.pfw.plan.assignments
+        }
+        self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node)
         self.step += 1
         self.intensity = busy / (busy + idle) if busy + idle > 0 else 0.0
         return float(flat[-1]) / n, busy + idle
