@@ -4,7 +4,9 @@ real Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,6 +63,7 @@ async def cluster_up(
     procs: list[NodeProc],
     nodes: list[str],
     lc_apps: dict[str, float] | None = None,
+    worker: list[str] | None = None,
 ) -> Any:
     t = Topics(cluster)
     coord = await watcher.subscribe(t.coordinator_status())
@@ -68,7 +71,7 @@ async def cluster_up(
     procs.append(start_coordinator(tmp, mosquitto.url, cluster))
     await wait_for(coord, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
     for n in nodes:
-        procs.append(start_node(tmp, mosquitto.url, cluster, n, lc_apps=lc_apps))
+        procs.append(start_node(tmp, mosquitto.url, cluster, n, lc_apps=lc_apps, worker=worker))
     seen: set[str] = set()
     while seen != set(nodes):
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
@@ -233,53 +236,60 @@ async def test_coordinator_survives_garbage_and_forgeries(
     assert procs[0].proc.poll() is None
 
 
-@pytest.mark.slow
-async def test_real_training_end_to_end_with_a_node_killed(
-    mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
-) -> None:
-    """Coordinator + 3 node daemons running the real worker (gloo): one node is SIGKILLed mid-job;
-    the job completes, every sample of every epoch trained exactly once."""
-    import sys
+REAL_WORKER = [sys.executable, "-m", "deepedge.training.worker"]
 
+
+async def train_real_job(
+    mosquitto: MosquittoBroker,
+    watcher: MqttTransport,
+    tmp: Path,
+    cluster: str,
+    procs: list[NodeProc],
+    nodes: list[str],
+    job: str,
+    fault: Any,
+) -> None:
+    """Coordinator + daemons running the real worker; submit a 2-epoch job on 2,400 generated
+    images; once it trains, ``fault(procs, watcher)`` strikes; the job must complete with every
+    sample of every epoch trained exactly once."""
     from deepedge.bench._workers import make_tensor_dataset
     from deepedge.training import verify_accounting
 
     t = Topics(cluster)
-    data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
-    coord_status = await watcher.subscribe(t.coordinator_status())
-    births = await watcher.subscribe(t.all_nodes("status"))
-    procs.append(start_coordinator(tmp_path, mosquitto.url, cluster))
-    await wait_for(coord_status, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
-    real_worker = [sys.executable, "-m", "deepedge.training.worker"]
-    for n in ("r1", "r2", "r3"):
-        procs.append(start_node(tmp_path, mosquitto.url, cluster, n, worker=real_worker))
-    seen: set[str] = set()
-    while seen != {"r1", "r2", "r3"}:
-        seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
-    await asyncio.sleep(1.0)
-    loaded = load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
-    out = tmp_path / "out"
-    progress = await watcher.subscribe(t.job_progress("e2e"))
+    data = make_tensor_dataset(tmp / "d.pt", 2400, size=16)
+    loaded = await cluster_up(mosquitto, watcher, tmp, cluster, procs, nodes, worker=REAL_WORKER)
+    out = tmp / "out"
+    progress = await watcher.subscribe(t.job_progress(job))
     hbs = await watcher.subscribe(t.all_nodes("heartbeat"))
-    await coordinator_request(
-        loaded.config,
-        "submit",
-        {
-            "job": "e2e",
-            "model": "cnn-small",
-            "dataset": str(data),
-            "output": str(out),
-            "epochs": 2,
-            "global_batch": 60,
-            "learning_rate": 0.02,
-            "dataset_size": 2400,
-        },
-    )
-    await wait_for(hbs, lambda m: m.job == "e2e" and m.step >= 5, 60)
-    next(p for p in procs if p.node == "r2").proc.send_signal(signal.SIGKILL)
+    spec = {
+        "job": job,
+        "model": "cnn-small",
+        "dataset": str(data),
+        "output": str(out),
+        "epochs": 2,
+        "global_batch": 60,
+        "learning_rate": 0.02,
+        "dataset_size": 2400,
+    }
+    await coordinator_request(loaded.config, "submit", spec)
+    await wait_for(hbs, lambda m: m.job == job and m.step >= 5, 60)
+    await fault(procs, watcher)
     done = await wait_for(progress, lambda m: isinstance(m, Progress) and m.state in ("completed", "failed"), 240)
     assert done.state == "completed", done.message
+    assert done.generation >= 2
     assert verify_accounting(out, 2400, 2) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 4800}
+
+
+@pytest.mark.slow
+async def test_real_training_end_to_end_with_a_node_killed(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
+) -> None:
+    """A node daemon (and so its board's membership) SIGKILLed mid-job: re-plan without it."""
+
+    async def kill_node(procs: list[NodeProc], watcher: MqttTransport) -> None:
+        next(p for p in procs if p.node == "r2").proc.send_signal(signal.SIGKILL)
+
+    await train_real_job(mosquitto, watcher, tmp_path, cluster, procs, ["r1", "r2", "r3"], "e2e", kill_node)
 
 
 @pytest.mark.slow
@@ -288,51 +298,12 @@ async def test_a_crashed_worker_process_is_restarted_and_the_job_completes(
 ) -> None:
     """SIGKILL of a worker process (its node stays up): the survivors report lost peers, the
     coordinator re-plans, the daemon restarts the worker, which joins the new generation."""
-    import os
-    import sys
-
-    from deepedge.bench._workers import make_tensor_dataset
-    from deepedge.training import verify_accounting
-
-    t = Topics(cluster)
-    data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
-    coord_status = await watcher.subscribe(t.coordinator_status())
-    births = await watcher.subscribe(t.all_nodes("status"))
-    procs.append(start_coordinator(tmp_path, mosquitto.url, cluster))
-    await wait_for(coord_status, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
-    for n in ("w1", "w2"):
-        procs.append(
-            start_node(tmp_path, mosquitto.url, cluster, n, worker=[sys.executable, "-m", "deepedge.training.worker"])
-        )
-    seen: set[str] = set()
-    while seen != {"w1", "w2"}:
-        seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
-    await asyncio.sleep(1.0)
-    loaded = load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
-    out = tmp_path / "out"
-    progress = await watcher.subscribe(t.job_progress("crash"))
-    hbs = await watcher.subscribe(t.all_nodes("heartbeat"))
-    await coordinator_request(
-        loaded.config,
-        "submit",
-        {
-            "job": "crash",
-            "model": "cnn-small",
-            "dataset": str(data),
-            "output": str(out),
-            "epochs": 2,
-            "global_batch": 60,
-            "learning_rate": 0.02,
-            "dataset_size": 2400,
-        },
-    )
-    await wait_for(hbs, lambda m: m.job == "crash" and m.step >= 5, 60)
     from deepedge.transport import Requester
 
-    async with Requester(watcher, t, timeout_s=5) as rpc:
-        pid = (await rpc.request(t.node_command("w2", "status"))).result["workers"]["crash"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    done = await wait_for(progress, lambda m: isinstance(m, Progress) and m.state in ("completed", "failed"), 240)
-    assert done.state == "completed", done.message
-    assert done.generation >= 2
-    assert verify_accounting(out, 2400, 2) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 4800}
+    async def kill_worker(procs: list[NodeProc], watcher: MqttTransport) -> None:
+        t = Topics(cluster)
+        async with Requester(watcher, t, timeout_s=5) as rpc:
+            pid = (await rpc.request(t.node_command("w2", "status"))).result["workers"]["crash"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+    await train_real_job(mosquitto, watcher, tmp_path, cluster, procs, ["w1", "w2"], "crash", kill_worker)
