@@ -85,7 +85,9 @@ def test_sigkill_of_one_of_three_survivors_finish_every_sample_once(tmp_path: Pa
             assert w.proc.wait(30) == 0, w.stderr[-5:]
     finally:
         stop_all(workers)
-    assert detected < 10 and resumed < 15
+    # A survivor whose pending gloo operation does not touch the dead peer notices only at the
+    # 10 s collective timeout (seen in CI: 10.04 s); usually it is well under a second.
+    assert detected < 12 and resumed < 20
     accounting = verify_accounting(out, 3000, 2)
     assert accounting == {"ok": True, "missing": 0, "duplicated": 0, "samples": 6000}
     meta = torch.load(out / "model.pt", weights_only=True)["meta"]
