@@ -102,12 +102,7 @@ async def _count_telemetry(broker: MosquittoProcess, topics: Topics, node: str, 
 async def _wait_birth(broker: MosquittoProcess, topics: Topics, node: str, timeout: float) -> None:
     async with MqttTransport(broker.config()) as t:
         sub = await t.subscribe(topics.node_status(node))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            item = await sub.get(deadline - time.monotonic())
-            if isinstance(item, Received) and isinstance(item.message, NodeBirth):
-                return
-    raise TimeoutError("the daemon did not publish its birth")
+        await sub.first(lambda m: isinstance(m, NodeBirth), timeout)
 
 
 def run_daemon_bench(seconds: float = 60.0, interval_s: float = 1.0, warmup_s: float = 3.0) -> DaemonBenchResult:

@@ -12,7 +12,7 @@ from deepedge.config import Config
 from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._service import Coordinator
 from deepedge.coordinator._store import JobStore
-from deepedge.node._sdnotify import SystemdNotifier
+from deepedge.node import SystemdNotifier
 from deepedge.transport import MqttTransport, TransportError, Will, serve_commands
 
 __all__ = ["run_coordinator"]
@@ -56,14 +56,8 @@ async def run_coordinator(config: Config) -> int:
                 )
             ),
         ]
-        if notifier.watchdog_interval_s:
-
-            async def watchdog() -> None:
-                while True:
-                    notifier.watchdog()
-                    await asyncio.sleep(notifier.watchdog_interval_s or 1)
-
-            tasks.append(asyncio.create_task(watchdog()))
+        if notifier.watchdog_interval_s:  # (a task that returns would end the service: see the wait below)
+            tasks.append(asyncio.create_task(notifier.watchdog_loop()))
         done_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, done_wait], return_when=asyncio.FIRST_COMPLETED)
         for t in [*tasks, done_wait]:

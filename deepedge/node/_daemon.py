@@ -267,14 +267,6 @@ class NodeDaemon:
                     case NodeBirth(session=s, ts=ts) if s != self.session and ts > self.started:
                         log.error("node.id_conflict", other_session=s, hint="two daemons use the same node id")
 
-    async def watchdog_loop(self) -> None:
-        interval = self.notifier.watchdog_interval_s
-        if interval is None:
-            return
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
-
     async def status_line_loop(self) -> None:
         while True:
             running = [j for j, s in self.workers.items() if s.state is SupervisorState.RUNNING]
@@ -298,7 +290,7 @@ class NodeDaemon:
                         lambda verb, req: handle_command(self, verb, req),
                     )
                 )
-                tg.create_task(self.watchdog_loop())
+                tg.create_task(self.notifier.watchdog_loop())
                 tg.create_task(self.status_line_loop())
                 await self._stop.wait()
                 raise _Stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Mapping
@@ -52,6 +53,15 @@ class SystemdNotifier:
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
+
+    async def watchdog_loop(self) -> None:
+        """``WATCHDOG=1`` from the event loop every half watchdog period; returns at once when
+        systemd asked for no watchdog."""
+        if self.watchdog_interval_s is None:
+            return
+        while True:
+            self.watchdog()
+            await asyncio.sleep(self.watchdog_interval_s)
 
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")

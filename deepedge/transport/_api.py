@@ -89,6 +89,17 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Received | Refused:
         return await asyncio.wait_for(self._queue.get(), timeout)
 
+    async def first(self, pred: Callable[[Message | Cleared], bool], timeout: float) -> Message | Cleared:
+        """The first decoded message for which ``pred`` holds; TimeoutError after ``timeout`` s."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message on {self.topic_filter} within {timeout:g} s")
+            item = await self.get(remaining)
+            if isinstance(item, Received) and pred(item.message):
+                return item.message
+
     def __aiter__(self) -> AsyncIterator[Received | Refused]:
         return self._iterate()
 

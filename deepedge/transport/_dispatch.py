@@ -49,9 +49,15 @@ class Dispatcher:
             out[s.topic_filter] = max(out.get(s.topic_filter, 0), s.qos)
         return out
 
-    def dispatch(self, topic: str, payload: bytes, retain: bool) -> None:
+    def dispatch(self, topic: str, payload: bytes, retain: bool, only_filter: str | None = None) -> None:
+        """``only_filter``: deliver to that filter's subscriptions only (a retained message sent
+        for a new subscription)."""
         self.received += 1
-        matching = [s for s in self.subscriptions if topic_matches(s.topic_filter, topic)]
+        matching = [
+            s
+            for s in self.subscriptions
+            if (only_filter is None or s.topic_filter == only_filter) and topic_matches(s.topic_filter, topic)
+        ]
         if not matching:
             return
         try:

@@ -120,15 +120,5 @@ class FakeTransport:
         self._dispatcher.remove(sub)
 
     def deliver(self, topic: str, payload: bytes, retain: bool, only_filter: str | None = None) -> None:
-        if not self.connected:
-            return
-        if only_filter is None:
-            self._dispatcher.dispatch(topic, payload, retain)
-            return
-        # A retained message on a new subscription goes to that filter's subscribers only.
-        saved = self._dispatcher.subscriptions
-        self._dispatcher.subscriptions = [s for s in saved if s.topic_filter == only_filter]
-        try:
-            self._dispatcher.dispatch(topic, payload, retain)
-        finally:
-            self._dispatcher.subscriptions = saved
+        if self.connected:
+            self._dispatcher.dispatch(topic, payload, retain, only_filter)

@@ -57,16 +57,21 @@ def start_node(
         f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{apps}"
     )
     log = tmp / f"{node}.log"
+    return NodeProc(node, _spawn(cfg, "node", log, env), sock, log)
+
+
+def _spawn(cfg: Path, command: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``deepedge --config CFG COMMAND`` with its output appended to ``log`` and no inherited
+    DEEPEDGE_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
     exe = str(Path(sys.executable).parent / "deepedge")
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [exe, "--config", str(cfg), "node"],
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [exe, "--config", str(cfg), command],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
         )
-    return NodeProc(node, proc, sock, log)
 
 
 def start_coordinator(
@@ -79,13 +84,4 @@ def start_coordinator(
         f'[coordinator]\ndb = "{db or tmp / "coordinator.db"}"\nnode_interval_s = {interval}\ndefault_rate = 20.0\n'
     )
     log = tmp / "coordinator.log"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
-    exe = str(Path(sys.executable).parent / "deepedge")
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [exe, "--config", str(cfg), "coordinator"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**clean, "PYTHONPATH": str(ROOT)},
-        )
-    return NodeProc("coordinator", proc, tmp / "none", log)
+    return NodeProc("coordinator", _spawn(cfg, "coordinator", log), tmp / "none", log)

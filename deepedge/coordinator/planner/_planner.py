@@ -133,7 +133,7 @@ class Planner:
         c_rho = np.array([n.rate * caps[n.node] for n in chosen])
         c_over = np.array([n.overhead_s for n in chosen])
         c_ub = np.array([float(n.max_share) for n in chosen])
-        real, _t, status = self._lp(len(chosen)).solve(1.0 / c_rho, c_over, c_ub, batch)
+        real, _t, _status = self._lp(len(chosen)).solve(1.0 / c_rho, c_over, c_ub, batch)
         if real is None:  # the solver failed: the water-filling solution is exact for the same LP
             t = waterfill_time(c_rho, c_over, c_ub, batch)
             real = np.minimum(np.maximum(c_rho * (t - c_over), 0.0), c_ub)
@@ -145,7 +145,7 @@ class Planner:
         step = compute + ar
         for n in feasible:
             if all(n is not m for m, _ in final):
-                excluded[n.node] = "not worth its all-reduce cost" if status else "not selected"
+                excluded[n.node] = "not worth its all-reduce cost"
         return PlanDecision(
             True,
             participants=tuple(n.node for n, _ in final),
