@@ -22,6 +22,7 @@ class PlanForWorker(msgspec.Struct, frozen=True, kw_only=True):
     node: str
     plan: Plan
     assignment: Assignment  # this node's part of the plan
+    emulated_sample_s: float = 0.0  # node.emulate_sample_ms: the least time one sample may take
 
 
 class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):

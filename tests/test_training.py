@@ -122,7 +122,7 @@ def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
     belongs to a benchmark, not a test."""
     import statistics
 
-    data = make_tensor_dataset(tmp_path / "d.pt", 4800, size=16)
+    data = make_tensor_dataset(tmp_path / "d.pt", 4800, size=32)
     rates = {}
     for cap in (1.0, 0.5):
         w = start_worker("a")
@@ -132,7 +132,8 @@ def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
         finally:
             stop_all([w])
         training = [r for r in w.reports if r.state == "training" and r.step > 5]
-        assert training and all(abs(r.intensity - cap) <= 0.01 for r in training)
+        # the achieved duty cycle, by the wall clock over whole steps, never over the cap by 10 %
+        assert training and all(r.intensity <= 1.1 * cap for r in training), [r.intensity for r in training]
         rates[cap] = statistics.median(r.samples_per_s for r in training)
     assert rates[0.5] / rates[1.0] <= 0.55, rates
 

@@ -76,6 +76,14 @@ class NodeConfig(_Section, frozen=True):
     worker_command: tuple[str, ...] = ()
     # Collectors to skip even when available, e.g. ["nvml"].
     disabled_collectors: tuple[str, ...] = ()
+    # CPUs the training worker may run on (empty: all); e.g. keep it off an LC app's cores.
+    cpu_affinity: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] = ()
+    # CPU priority of the training worker: training is background work, LC apps come first.
+    worker_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    # Emulation of a slower board (the demo and benchmarks): every training sample takes at least
+    # this long (0: off), and the board reports this much memory (0: the real amount).
+    emulate_sample_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    emulate_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class CoordinatorConfig(_Section, frozen=True):

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import msgspec
 import structlog
 
 from deepedge import __version__
@@ -76,7 +77,10 @@ class NodeDaemon:
     # ---- messages -----------------------------------------------------------------------------
 
     def birth(self) -> NodeBirth:
-        return make_birth(self.node, self.session, self._accelerators, self.drained)
+        birth = make_birth(self.node, self.session, self._accelerators, self.drained)
+        if self.config.node.emulate_memory_mb:
+            return msgspec.structs.replace(birth, memory_bytes=self.config.node.emulate_memory_mb << 20)
+        return birth
 
     async def publish_birth(self) -> None:
         await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
@@ -151,7 +155,14 @@ class NodeDaemon:
     def _supervisor(self, job: str) -> WorkerSupervisor:
         sup = self.workers.get(job)
         if sup is None:
-            sup = WorkerSupervisor(self.worker_command(), job, self._on_report, clock=self.clock)
+            sup = WorkerSupervisor(
+                self.worker_command(),
+                job,
+                self._on_report,
+                clock=self.clock,
+                cpus=self.config.node.cpu_affinity,
+                nice=self.config.node.worker_nice,
+            )
             self.workers[job] = sup
             self._worker_tasks[job] = asyncio.create_task(sup.run(), name=f"worker:{job}")
         return sup
@@ -178,7 +189,10 @@ class NodeDaemon:
             log.info("plan.ignored_drained", job=job, generation=plan.generation)
             return
         log.info("plan.accepted", job=job, generation=plan.generation, rank=mine.rank, share=mine.share)
-        self._supervisor(job).update(PlanForWorker(node=self.node, plan=plan, assignment=mine))
+        emulated = self.config.node.emulate_sample_ms / 1000.0
+        self._supervisor(job).update(
+            PlanForWorker(node=self.node, plan=plan, assignment=mine, emulated_sample_s=emulated)
+        )
 
     # ---- loops --------------------------------------------------------------------------------
 
@@ -193,6 +207,7 @@ class NodeDaemon:
                     c.collect(draft, now)
                 except Exception as exc:  # a sensor failing must never stop telemetry
                     log.warning("collector.failed", collector=c.name, error=str(exc))
+            draft.emulate_memory(self.config.node.emulate_memory_mb << 20)
             wall = self.clock.time()
             if self.transport.connected:
                 try:

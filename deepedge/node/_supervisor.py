@@ -45,6 +45,8 @@ class WorkerSupervisor:
         backoff: Backoff | None = None,
         stop_grace_s: float = 5.0,
         env: dict[str, str] | None = None,
+        cpus: Sequence[int] = (),
+        nice: int = 0,
     ) -> None:
         self.command = list(command)
         self.job = job
@@ -53,6 +55,9 @@ class WorkerSupervisor:
         self._backoff = backoff or Backoff(base=1.0, cap=30.0, floor=0.5)
         self._grace = stop_grace_s
         self._env = env
+        self._cpus = set(cpus)
+        self._nice = nice
+        self._idle_start = False
         self._plan: PlanForWorker | None = None
         self._wake = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
@@ -143,6 +148,20 @@ class WorkerSupervisor:
             limit=1 << 20,
         )
         self._proc = proc
+        # Before the interpreter has started any thread of its own (threads inherit these): its
+        # CPUs, and the idle scheduling class until it trains, so that its start (imports, data
+        # loading) takes only CPU time nothing else wants; then nice (see _training_priority).
+        self._idle_start = False
+        try:
+            if self._cpus:
+                os.sched_setaffinity(proc.pid, self._cpus)
+            if self._nice:
+                os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
+                self._idle_start = True
+        except OSError as exc:
+            log.warning(
+                "worker.priority_failed", job=self.job, cpus=sorted(self._cpus), nice=self._nice, error=str(exc)
+            )
         self.state = SupervisorState.RUNNING
         log.info("worker.started", job=self.job, pid=proc.pid, generation=plan.plan.generation)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -184,9 +203,26 @@ class WorkerSupervisor:
                 log.info("worker.stdout", job=self.job, line=line[:300].decode(errors="replace").rstrip())
                 continue
             self.last_report = report
+            if self._idle_start and report.state == "training":
+                self._idle_start = False
+                self._training_priority()
             self._backoff.reset()
             if self._on_report is not None:
                 self._on_report(report)
+
+    def _training_priority(self) -> None:
+        """From the idle class to normal scheduling at ``nice``, every thread of the worker."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        except OSError:
+            return
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, tid, self._nice)
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

@@ -139,26 +139,30 @@ class Trainer:
         return epoch, self._perm[k * self.batch : (k + 1) * self.batch]
 
     def train_step(self) -> tuple[float, float]:
-        """(loss, seconds of compute) of one global step; raises on a failed collective."""
+        """(loss, seconds busy computing) of one global step; raises on a failed collective."""
         a = self.pfw.assignment
         epoch, batch = self.global_batch(self.step)
         mine = batch[a.batch_offset : a.batch_offset + a.share]
         cap = max(0.01, min(1.0, a.intensity_cap))
         for p in self.params:
             p.grad = torch.zeros_like(p)
-        loss_sum, busy, idle = torch.zeros(1), 0.0, 0.0
+        loss_sum, busy = torch.zeros(1), 0.0
         for start in range(0, len(mine), MICRO_BATCH):
             t0 = time.perf_counter()
-            x, y = self.data.batch(mine[start : start + MICRO_BATCH])
+            micro = mine[start : start + MICRO_BATCH]
+            x, y = self.data.batch(micro)
             loss = F.cross_entropy(self.model(x), y, reduction="sum")
             loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += loss.detach()
             spent = time.perf_counter() - t0
+            emulated = len(micro) * self.pfw.emulated_sample_s - spent  # an emulated slower board
+            if emulated > 0:
+                time.sleep(emulated)
+                spent += emulated
             busy += spent
             pause = spent * (1.0 / cap - 1.0)  # keep the duty cycle at or under the cap
             if pause > 0:
                 time.sleep(pause)
-                idle += pause
         grads = [p.grad for p in self.params if p.grad is not None]
         flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
@@ -175,8 +179,7 @@ class Trainer:
         }
         self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node)
         self.step += 1
-        self.intensity = busy / (busy + idle) if busy + idle > 0 else 0.0
-        return float(flat[-1]) / n, busy + idle
+        return float(flat[-1]) / n, busy
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -208,7 +211,9 @@ class Trainer:
             if newer is not None and newer.plan.generation > gen:
                 raise _NewPlan
             t0 = time.perf_counter()
-            loss, _ = self.train_step()
+            loss, busy = self.train_step()
+            wall = max(1e-9, time.perf_counter() - t0)
+            self.intensity = min(1.0, busy / wall)  # the achieved duty cycle, waits for peers included
             self.loss_curve.append((self.step, round(loss, 6)))
             if self.step % self.steps_per_epoch == 0 and self.pfw.assignment.rank == 0:
                 self.save(self.output / f"checkpoint-epoch{self.step // self.steps_per_epoch}.pt", final=False)
@@ -216,7 +221,8 @@ class Trainer:
             first_of_generation = last_report == 0.0  # reported at once: recovery is visible
             if first_of_generation or now - last_report >= 0.2 or self.step == self.total_steps:
                 last_report = now
-                self.report("training", self.pfw.assignment.share / max(1e-9, now - t0), loss)
+                # samples/s over the whole step; / intensity = the rate at full intensity (planner)
+                self.report("training", self.pfw.assignment.share / wall, loss)
 
     def run(self) -> None:
         self.output.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,11 @@ def main() -> int:
     if first is None:
         print("worker: no plan on stdin", file=sys.stderr, flush=True)
         return 2
-    from deepedge.training._trainer import Trainer  # torch is imported here, not by the daemon
+    import torch  # imported here, not by the daemon
+
+    from deepedge.training._trainer import Trainer
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # no more threads than the CPUs it may use
 
     try:
         Trainer(first, channel).run()

@@ -30,6 +30,12 @@ class TelemetryDraft:
     temperatures_c: dict[str, float] = field(default_factory=dict)
     gpus: list[GpuStats] = field(default_factory=list)
 
+    def emulate_memory(self, total_bytes: int) -> None:
+        """An emulated board with ``total_bytes`` of memory, as loaded as this machine is."""
+        if total_bytes > 0:
+            fraction = self.mem_used_bytes / self.mem_total_bytes if self.mem_total_bytes else 0.0
+            self.mem_total_bytes, self.mem_used_bytes = total_bytes, int(fraction * total_bytes)
+
     def freeze(self, node: str, ts: float) -> Telemetry:
         return Telemetry(
             node=node,
