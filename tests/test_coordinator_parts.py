@@ -150,13 +150,25 @@ async def test_service_plans_replans_on_death_and_feedback() -> None:
     plan2 = (await plans.get(1)).message
     assert plan2.generation == 2 and {a.node for a in plan2.assignments} == {"n1", "n3"}
     assert plan2.resume_step == 4
-    # LC latency over deadline on n1: its cap drops in the next plan
+    # LC latency over deadline on n1: its cap drops in the next plan, once n1 has trained in this
+    # generation for a whole latency window (before, the window mixes in the worker's start)
     report = LatencyReport(
         node="n1",
         ts=1.0,
-        window_s=10,
+        window_s=2,
         apps=(AppLatency(app="det", count=20, p50_ms=70, p95_ms=90, p99_ms=95, deadline_ms=50),),
     )
+    for n in ("n1", "n3"):
+        hb = Heartbeat(node=n, ts=2.0, job="j1", generation=2, rank=0, step=5, samples_per_s=30.0, intensity=1.0)
+        await c.ingest(Received(None, hb, False, ""))  # type: ignore[arg-type]
+    await c.ingest(Received(None, report, False, ""))  # type: ignore[arg-type]
+    await c.tick()
+    with pytest.raises(TimeoutError):  # not steady yet: ignored
+        await plans.get(0.05)
+    clock.advance(2)
+    for n in ("n1", "n3"):  # still alive and training
+        hb = Heartbeat(node=n, ts=4.0, job="j1", generation=2, rank=0, step=7, samples_per_s=30.0, intensity=1.0)
+        await c.ingest(Received(None, hb, False, ""))  # type: ignore[arg-type]
     await c.ingest(Received(None, report, False, ""))  # type: ignore[arg-type]
     await c.tick()
     plan3 = (await plans.get(1)).message

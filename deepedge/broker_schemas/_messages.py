@@ -199,6 +199,9 @@ class JobSpec(_Part, frozen=True):
     learning_rate: Annotated[float, msgspec.Meta(gt=0)]
     base_checkpoint: Text | None = None
     seed: int = 0
+    # "planned": the interference-aware plan; "uniform": every node the same share at full
+    # intensity (what torchrun + DistributedSampler does), for comparisons
+    split: Literal["planned", "uniform"] = "planned"
 
 
 class Assignment(_Part, frozen=True):

@@ -31,7 +31,7 @@ from deepedge.coordinator._models import InterferenceModel, NodeLearning, Throug
 from deepedge.coordinator._planning import job_model, node_models, to_plan
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import Planner, PlannerConfig
+from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan
 from deepedge.transport import Received, Transport, TransportError
 
 __all__ = ["Coordinator"]
@@ -44,6 +44,11 @@ COMFORT_REPORTS = 10
 COMFORT_FRACTION = 0.7  # "comfortable": p95 under 70 % of the deadline
 DECREASE_COOLDOWN_S = 5.0
 LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long for a death notice
+# A running job is re-planned when what was learned since its plan predicts a step at least 20 %
+# shorter, saving at least REPLAN_MIN_GAIN_S over the rest of the job (re-forming costs ~1 s).
+REPLAN_RATIO = 0.8
+REPLAN_MIN_GAIN_S = 5.0
+REPLAN_COOLDOWN_S = 4.0
 
 
 class Coordinator:
@@ -64,6 +69,8 @@ class Coordinator:
         self.dirty: set[str] = set()
         self._last_decrease: dict[str, float] = {}
         self._lost_peers: dict[str, tuple[int, float, str]] = {}  # job -> (generation, since, reporting node)
+        self._planned_at: dict[str, float] = {}  # job -> monotonic time of its latest plan
+        self._training_since: dict[str, tuple[int, float]] = {}  # node -> (generation, since)
         self.started = self.clock.monotonic()
         self._warm = False  # after a restart, wait one failure-detection period before judging plans
 
@@ -164,19 +171,28 @@ class Coordinator:
         ]
         return max(live, default=0.0)
 
+    def steady(self, node: str, window_s: float, now: float) -> bool:
+        """Has the node trained in its current generation for a whole latency window? Before
+        that, its LC window mixes the worker's start (imports, data loading, re-forming the
+        group) with training at an intensity it has not yet reported."""
+        since = self._training_since.get(node)
+        return since is not None and now - since[1] >= window_s
+
     async def on_latency(self, report: LatencyReport, now: float) -> None:
         over = self.view.on_latency(report, now)
         if report.node not in self.view.nodes or not self.view.nodes[report.node].alive:
             return
+        using = self.jobs_using(report.node)
+        if using and not self.steady(report.node, report.window_s, now):
+            return  # neither an observation of p95(u) nor a reason to lower the cap
         learn = self._learning(report.node)
-        u = self.intensity_of(report.node)
+        u = self.intensity_of(report.node) if using else 0.0
         comfortable = True
         for app in report.apps:
             if app.count > 0:
                 learn.interference.setdefault(app.app, InterferenceModel()).observe(u, app.p95_ms)
             if app.deadline_ms is not None and app.count > 0 and app.p95_ms > COMFORT_FRACTION * app.deadline_ms:
                 comfortable = False
-        using = self.jobs_using(report.node)
         if over and using:
             last = self._last_decrease.get(report.node, -1e9)
             if now - last >= DECREASE_COOLDOWN_S:
@@ -212,6 +228,10 @@ class Coordinator:
             return
         if hb.state == "training":
             self._learning(hb.node).throughput.observe(hb.samples_per_s, hb.intensity)
+            if self._training_since.get(hb.node, (-1, 0.0))[0] != hb.generation:
+                self._training_since[hb.node] = (hb.generation, now)
+        else:
+            self._training_since.pop(hb.node, None)
         if hb.state == "recovering" and job.state == JobState.RUNNING:
             # A worker lost its peers. If a node died, its death notice re-plans the job; if only a
             # worker process crashed (its daemon restarts it), nothing else will: after a short
@@ -246,13 +266,50 @@ class Coordinator:
 
     # ---- planning -----------------------------------------------------------------------------
 
-    async def replan(self, job: JobRecord) -> None:
+    async def decide(self, job: JobRecord) -> PlanDecision:
+        nodes = node_models(self.view, self.learning, job)
+        if job.spec.split == "uniform":
+            return uniform_plan(nodes, job_model(job))
+        return await asyncio.to_thread(self.planner.plan, nodes, job_model(job))
+
+    async def improve(self, job: JobRecord, now: float) -> None:
+        """Re-plan a running job when the throughput and interference learned since its plan
+        promise a clearly shorter rest of the job."""
+        plan = job.plan
+        if job.state != JobState.RUNNING or plan is None or job.spec.split == "uniform":
+            return
+        if now - self._planned_at.get(job.job, -1e9) < REPLAN_COOLDOWN_S:
+            return
+        learned = [self.learning.get(a.node) for a in plan.assignments]
+        if any(n is None or n.throughput.observations < 2 for n in learned):
+            return
+        rates = {a.node: self.learning[a.node].throughput.rate for a in plan.assignments}
+        current = max(a.share / max(1e-9, rates[a.node] * a.intensity_cap) for a in plan.assignments if a.share)
+        decision = await self.decide(job)
+        remaining = max(0, job.total_steps - job.step)
+        if (
+            decision.feasible
+            and decision.compute_s < REPLAN_RATIO * current
+            and remaining * (current - decision.compute_s) >= REPLAN_MIN_GAIN_S
+        ):
+            await self.emit(
+                "plan.improving",
+                f"learned rates predict {decision.compute_s * 1000:.0f} ms of compute per step instead of "
+                f"{current * 1000:.0f} ms",
+                job=job.job,
+            )
+            await self.replan(job, decision)
+        else:
+            self._planned_at[job.job] = now  # checked: look again after the cool-down
+
+    async def replan(self, job: JobRecord, decision: PlanDecision | None = None) -> None:
         if job.terminal:
             return
         if job.state == JobState.QUEUED:
             job.move(JobState.PLANNING)
-        nodes = node_models(self.view, self.learning, job)
-        decision = await asyncio.to_thread(self.planner.plan, nodes, job_model(job))
+        self._planned_at[job.job] = self.clock.monotonic()
+        if decision is None:
+            decision = await self.decide(job)
         if not decision.feasible:
             if job.state == JobState.PLANNING:
                 job.move(JobState.FAILED, decision.reason)
@@ -319,6 +376,8 @@ class Coordinator:
             self.dirty.discard(name)
             if name in self.jobs:
                 await self.replan(self.jobs[name])
+        for job in list(self.jobs.values()):
+            await self.improve(job, now)
 
     async def publish_progress(self, job: JobRecord) -> None:
         rate = 0.0

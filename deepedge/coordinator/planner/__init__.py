@@ -10,7 +10,7 @@ from deepedge.coordinator.planner._model import (
     PlanDecision,
     PlannerConfig,
 )
-from deepedge.coordinator.planner._planner import Planner, candidate_sizes, integer_shares, plan
+from deepedge.coordinator.planner._planner import Planner, candidate_sizes, integer_shares, plan, uniform_plan
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "integer_shares",
     "node_cap",
     "plan",
+    "uniform_plan",
     "waterfill_time",
 ]

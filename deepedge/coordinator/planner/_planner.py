@@ -16,7 +16,7 @@ from deepedge.coordinator.planner._lp import ShareLp, padded_size
 from deepedge.coordinator.planner._model import JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
-__all__ = ["Planner", "candidate_sizes", "integer_shares", "plan"]
+__all__ = ["Planner", "candidate_sizes", "integer_shares", "plan", "uniform_plan"]
 
 
 def candidate_sizes(n: int) -> list[int]:
@@ -248,6 +248,39 @@ def _uniform_step(nodes: Sequence[NodeModel], caps: dict[str, float], job: JobMo
         return float("inf")
     compute = max(share / (n.rate * caps[n.node]) + n.overhead_s for n in nodes)
     return compute + allreduce_s(k, job.model_bytes, min(n.bandwidth_bps for n in nodes), net.latency_s)
+
+
+def uniform_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None = None) -> PlanDecision:
+    """The baseline deepedge is measured against: every node that can hold its part takes the
+    same share of each global batch (the remainder to the first ranks), at full intensity, LC
+    apps ignored: what torchrun with a DistributedSampler does."""
+    net = net or NetworkModel()
+    usable = sorted((n for n in nodes if n.rate > 0 and n.max_share > 0), key=lambda n: n.node)
+    k = len(usable)
+    if k == 0 or sum(n.max_share for n in usable) < job.global_batch:
+        return PlanDecision(False, "no nodes can hold an even split of the global batch", steps=job.steps)
+    base, extra = divmod(job.global_batch, k)
+    shares = {n.node: base + (1 if i < extra else 0) for i, n in enumerate(usable)}
+    if any(shares[n.node] > n.max_share for n in usable):
+        return PlanDecision(False, "an even split does not fit every node's memory", steps=job.steps)
+    final = [n for n in usable if shares[n.node] > 0]
+    caps = {n.node: 1.0 for n in final}
+    compute = max(shares[n.node] / n.rate + n.overhead_s for n in final)
+    ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n in final), net.latency_s)
+    ideal = job.epochs * job.dataset_size / sum(n.rate for n in usable)
+    return PlanDecision(
+        True,
+        participants=tuple(n.node for n in final),
+        shares={n.node: shares[n.node] for n in final},
+        caps=caps,
+        compute_s=compute,
+        allreduce_s=ar,
+        step_s=compute + ar,
+        makespan_s=job.steps * (compute + ar),
+        ideal_makespan_s=ideal,
+        uniform_makespan_s=job.steps * (compute + ar),
+        steps=job.steps,
+    )
 
 
 _DEFAULT = Planner()
