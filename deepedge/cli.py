@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,6 +161,9 @@ def submit_cmd(
     learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
     base_checkpoint: Annotated[str | None, typer.Option("--base-checkpoint", help="Checkpoint to fine-tune.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data permutation.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="planned (default) or uniform: the same share everywhere, for comparisons.")
+    ] = None,
     dataset_size: Annotated[
         int | None, typer.Option("--dataset-size", help="Samples (default: files in --dataset).")
     ] = None,
@@ -186,6 +191,7 @@ def submit_cmd(
         "learning_rate": learning_rate,
         "base_checkpoint": base_checkpoint,
         "seed": seed,
+        "split": split,
         "dataset_size": dataset_size,
         "model_bytes": model_bytes,
     }
@@ -278,8 +284,68 @@ def logs_cmd(
         raise typer.Exit(0) from None
 
 
+@app.command("demo")
+def demo_cmd(
+    nodes: Annotated[int, typer.Option(min=2, max=12, help="Emulated boards (the first two run an LC app).")] = 4,
+    kill_after: Annotated[
+        float, typer.Option("--kill-after", min=0, help="SIGKILL a board this many seconds into training.")
+    ] = 12.0,
+    no_kill: Annotated[bool, typer.Option("--no-kill", help="Kill no board.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the cluster up afterwards (for status / logs -f) until Ctrl-C.")
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the retraining job.")] = 12,
+    images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where configs, logs, data and the model go (default: a temp dir).")
+    ] = None,
+    broker: Annotated[
+        str, typer.Option(help="auto (Mosquitto if installed, else amqtt), mosquitto or amqtt.")
+    ] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
+    from rich.console import Console
+
+    from deepedge.demo import DemoOptions, render_report, run_demo
+    from deepedge.demo._live import LiveView
+
+    console = Console()
+    opts = DemoOptions(
+        nodes=nodes,
+        kill_after_s=None if no_kill else kill_after,
+        keep=keep,
+        workdir=workdir,
+        epochs=epochs,
+        images=images,
+        broker=broker,
+    )
+    console.print(
+        f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {epochs} epochs on {images} "
+        "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training")
+    )
+    with LiveView(console, console.is_terminal) as view:
+        report = run_demo(opts, show=view)
+    render_report(report, console)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if keep and report.cluster is not None:
+        cfg = report.cluster.config_path("coordinator")
+        console.print(
+            f"the cluster is still up: deepedge --config {cfg} status | logs -f  (workdir {report.cluster.workdir}); "
+            "Ctrl-C stops it"
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            report.cluster.stop()
+    raise typer.Exit(0 if report.ok else 1)
+
+
 _PENDING = {
-    "demo": ("Run the whole loop on an emulated cluster on this machine.", 7),
     "profile": ("Profile LC interference on this board (FECBench-style).", 0),
 }
 
@@ -381,10 +447,21 @@ def bench_failover(
     _write_bench(out, "Failover benchmark", failover_markdown(run_failover_bench(), "deepedge bench failover"))
 
 
-for _name, (_help, _issue) in {
-    "makespan": ("The same job under a uniform split, the deepedge plan and the ideal bound.", 7),
-}.items():
-    _register_pending(bench_app, _name, _help, _issue, prefix="bench ")
+@bench_app.command("makespan")
+def bench_makespan(
+    ctx: typer.Context,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each job.")] = 6,
+    images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path("docs/benchmarks.md"),
+) -> None:
+    """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps."""
+    from deepedge.bench import makespan_markdown, run_makespan_bench
+
+    ctx.obj.load()
+    typer.echo("emulated 4-board cluster: deepedge plan, then uniform split; without and with LC apps ...", err=True)
+    rows = run_makespan_bench(epochs=epochs, images=images)
+    text = makespan_markdown(rows, f"deepedge bench makespan --epochs {epochs} --images {images}")
+    _write_bench(out, "Makespan: deepedge plan vs uniform split vs ideal bound", text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from deepedge.config import BrokerConfig
 from deepedge.errors import DeepEdgeError, ExitCode
 
-__all__ = ["MOSQUITTO", "BrokerNotInstalled", "MosquittoProcess", "free_port"]
+__all__ = ["MOSQUITTO", "BrokerNotInstalled", "MosquittoProcess", "free_port", "wait_listening"]
 
 
 def _find_mosquitto() -> str | None:
@@ -34,7 +34,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_listening(port: int, timeout: float) -> bool:
+def wait_listening(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -80,7 +80,7 @@ class MosquittoProcess:
             f"user {getpass.getuser()}\n"
         )
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not _wait_listening(self.port, 10.0):
+        if not wait_listening(self.port, 10.0):
             self.stop()
             raise DeepEdgeError(f"mosquitto did not listen on port {self.port}; see {self.workdir / 'mosquitto.log'}")
 

@@ -1,0 +1,309 @@
+"""The demo's final report: facts from the cluster's topics and the job's output, a verdict, and
+its rendering (rich) and JSON form."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deepedge.demo._profiles import BoardProfile
+from deepedge.training._accounting import verify_accounting
+
+if TYPE_CHECKING:
+    from deepedge.demo._cluster import DemoCluster
+    from deepedge.demo._run import DemoOptions, JobRun
+
+__all__ = ["DemoReport", "build_report", "render_report"]
+
+_REASONS = ("node.dead", "lc.violation", "plan.improving", "node.joined", "node.drained", "node.undrained")
+
+
+@dataclass
+class Generation:
+    generation: int
+    at_s: float  # after the submission
+    why: str
+    shares: dict[str, tuple[int, float]]  # node -> (share, cap)
+    predicted_makespan_s: float
+
+
+@dataclass
+class LcResult:
+    app: str
+    node: str
+    alone_p95_ms: float | None
+    deadline_ms: float | None
+    median_p95_ms: float | None
+    worst_p95_ms: float | None
+    reports: int
+    violations: int
+    startup_violations: int
+    over_at_s: list[float] = field(default_factory=list)  # when reports were over (after submission)
+
+
+@dataclass
+class Failover:
+    node: str
+    detected_s: float | None  # after the kill: the coordinator's node.dead event
+    replanned_s: float | None  # the next plan generation
+    resumed_s: float | None  # the first heartbeat of a survivor training in it (heartbeats every 0.5 s)
+    steps_redone: int | None
+
+
+@dataclass
+class DemoReport:
+    state: str
+    steps: int
+    total_steps: int
+    samples_done: int
+    boards: list[dict[str, Any]]
+    makespan_s: float | None  # submission to completion
+    training_s: float | None  # first completed step to completion
+    predicted_first_s: float | None  # generation 1, on prior rates
+    predicted_learned_s: float | None  # the last plan without a failure, on learned rates
+    ideal_s: float | None
+    generations: list[Generation]
+    lc: list[LcResult]
+    failover: Failover | None
+    accounting: dict[str, Any]
+    model_path: str | None
+    loss_first: float | None
+    loss_last: float | None
+    problems: list[str] = field(default_factory=list)
+    cluster: Any = None  # the DemoCluster, for --keep
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        cluster, self.cluster = self.cluster, None
+        try:
+            out = asdict(self)
+        finally:
+            self.cluster = cluster
+        out.pop("cluster", None)
+        out["ok"] = self.ok
+        return out
+
+
+def _generations(run: JobRun) -> list[Generation]:
+    w = run.watch
+    out: list[Generation] = []
+    previous_ts = run.submitted_ts
+    for gen in sorted(w.plans):
+        p = w.plans[gen]
+        causes = [e for e in w.events if e.event in _REASONS and previous_ts - 0.5 <= e.ts <= p.ts]
+        why = "submitted" if not out else (f"{causes[-1].event} {causes[-1].node or ''}".strip() if causes else "")
+        if causes and causes[-1].event == "lc.violation":
+            why += f" ({causes[-1].message[:60]})"
+        shares = {a.node: (a.share, a.intensity_cap) for a in p.assignments}
+        out.append(Generation(gen, round(p.ts - run.submitted_ts, 2), why, shares, round(p.predicted_makespan_s, 1)))
+        previous_ts = p.ts
+    return out
+
+
+def _failover(run: JobRun) -> Failover | None:
+    if run.kill is None:
+        return None
+    node, at = run.kill
+    w = run.watch
+    dead = w.event("node.dead", node, after=at - 0.1)
+    later = [p for g, p in sorted(w.plans.items()) if p.ts >= at and all(a.node != node for a in p.assignments)]
+    replan = later[0] if later else None
+    resumed = next(
+        (
+            hb
+            for hb in w.beats
+            if replan is not None and hb.generation >= replan.generation and hb.state == "training" and hb.ts >= at
+        ),
+        None,
+    )
+    before = [hb.step for hb in w.beats if hb.ts <= at]
+    redone = max(0, max(before) - (resumed.step - 1)) if before and resumed is not None else None
+    return Failover(
+        node,
+        round(dead.ts - at, 2) if dead else None,
+        round(replan.ts - at, 2) if replan else None,
+        round(resumed.ts - at, 2) if resumed else None,
+        redone,
+    )
+
+
+def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_size: int, output: Path) -> DemoReport:
+    w = run.watch
+    prog = w.progress
+    gens = _generations(run)
+    kill_at = run.kill[1] if run.kill else None
+    learned = [
+        w.plans[g.generation]
+        for g in gens
+        if g.generation > 1 and (kill_at is None or w.plans[g.generation].ts < kill_at)
+    ]
+    first_plan = w.plans.get(min(w.plans)) if w.plans else None
+    first_step = w.first_step_ts()
+    lc = []
+    for b in cluster.boards:
+        if not b.lc_app or b.lc_app not in w.apps:
+            continue
+        rec = w.apps[b.lc_app]
+        lc.append(
+            LcResult(
+                b.lc_app,
+                b.node,
+                run.calibration.get(b.lc_app),
+                rec.deadline_ms,
+                round(statistics.median(rec.p95s), 2) if rec.p95s else None,
+                round(rec.worst_p95_ms, 2) if rec.p95s else None,
+                rec.reports,
+                rec.violations,
+                rec.startup_violations,
+                [round(ts - run.submitted_ts, 1) for ts, _ in rec.over],
+            )
+        )
+    accounting = verify_accounting(output, dataset_size, opts.epochs)
+    model = output / "model.pt"
+    loss_first = loss_last = None
+    if model.exists():
+        import torch
+
+        meta = torch.load(model, map_location="cpu", weights_only=True)["meta"]
+        curve = meta.get("loss_curve") or []
+        if curve:
+            loss_first, loss_last = float(curve[0][1]), float(curve[-1][1])
+    report = DemoReport(
+        state=prog.state if prog else "unknown",
+        steps=prog.step if prog else 0,
+        total_steps=prog.total_steps if prog else 0,
+        samples_done=prog.samples_done if prog else 0,
+        boards=[_board(b, opts, cluster) for b in cluster.boards],
+        makespan_s=round(run.finished_ts - run.submitted_ts, 1) if run.finished_ts else None,
+        training_s=round(run.finished_ts - first_step, 1) if run.finished_ts and first_step else None,
+        predicted_first_s=round(first_plan.predicted_makespan_s, 1) if first_plan else None,
+        predicted_learned_s=round(learned[-1].predicted_makespan_s, 1) if learned else None,
+        ideal_s=round(learned[-1].ideal_makespan_s, 1) if learned else None,
+        generations=gens,
+        lc=lc,
+        failover=_failover(run),
+        accounting=accounting,
+        model_path=str(model) if model.exists() else None,
+        loss_first=loss_first,
+        loss_last=loss_last,
+    )
+    report.problems = _problems(report, opts)
+    return report
+
+
+def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster) -> dict[str, Any]:
+    return {
+        "node": b.node,
+        "kind": b.kind,
+        "speed": b.speed,
+        "memory_mb": b.memory_mb,
+        "cpu": b.cpu,
+        "lc_app": b.lc_app,
+        "sample_ms": round(b.sample_ms(opts.base_sample_ms), 3),
+        "killed": b.node in cluster.killed,
+    }
+
+
+def _problems(r: DemoReport, opts: DemoOptions) -> list[str]:
+    out = []
+    if r.state != "completed":
+        out.append(f"the job ended {r.state}, not completed")
+    if not r.accounting.get("ok"):
+        out.append(
+            f"accounting: {r.accounting.get('missing')} samples missing, {r.accounting.get('duplicated')} duplicated"
+        )
+    for a in r.lc:
+        if a.violations:
+            out.append(f"LC app {a.app}: {a.violations} reports over its {a.deadline_ms} ms deadline")
+    if opts.kill_after_s is not None:
+        if r.failover is None:
+            out.append("no board was killed (the job ended before --kill-after)")
+        elif r.failover.resumed_s is None:
+            out.append(f"the survivors did not resume after {r.failover.node} was killed")
+    if r.model_path is None and r.state == "completed":
+        out.append("no model.pt was written")
+    return out
+
+
+def _f(x: float | None, unit: str = " s", digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}{unit}"
+
+
+def render_report(r: DemoReport, console: Any) -> None:
+    from rich.table import Table
+
+    console.rule("[bold]deepedge demo: report")
+    console.print(
+        f"job [bold]{r.state}[/]: {r.steps}/{r.total_steps} steps, {r.samples_done} samples; "
+        f"loss {_f(r.loss_first, '', 3)} -> {_f(r.loss_last, '', 3)}"
+    )
+    t = Table(title="makespan", show_header=True)
+    for col in (
+        "actual (submit to done)",
+        "training (first step to done)",
+        "predicted, gen 1 (priors)",
+        "predicted, learned plan",
+        "ideal bound (learned rates)",
+    ):
+        t.add_column(col, justify="right")
+    t.add_row(_f(r.makespan_s), _f(r.training_s), _f(r.predicted_first_s), _f(r.predicted_learned_s), _f(r.ideal_s))
+    console.print(t)
+    t = Table(title="shares per plan generation (samples of each global batch @ intensity cap)")
+    nodes = [b["node"] for b in r.boards]
+    t.add_column("gen")
+    t.add_column("at", justify="right")
+    t.add_column("why")
+    for n in nodes:
+        t.add_column(n, justify="right")
+    for g in r.generations:
+        t.add_row(
+            str(g.generation),
+            _f(g.at_s),
+            g.why,
+            *[f"{g.shares[n][0]}@{g.shares[n][1]:.2f}" if n in g.shares else "-" for n in nodes],
+        )
+    console.print(t)
+    if r.lc:
+        t = Table(
+            title="LC apps: p95 over each 5 s window, reported every 0.5 s; 'over' counts reports over the deadline "
+            "once training is steady, 'start-up' those whose window covers the workers' start"
+        )
+        for col in ("app", "node", "alone p95", "deadline", "median p95", "worst p95", "reports", "over", "start-up"):
+            t.add_column(col, justify="right" if col not in ("app", "node") else "left")
+        for a in r.lc:
+            t.add_row(
+                a.app,
+                a.node,
+                _f(a.alone_p95_ms, " ms"),
+                _f(a.deadline_ms, " ms"),
+                _f(a.median_p95_ms, " ms"),
+                _f(a.worst_p95_ms, " ms"),
+                str(a.reports),
+                str(a.violations),
+                str(a.startup_violations),
+            )
+        console.print(t)
+    if r.failover:
+        f = r.failover
+        console.print(
+            f"failover: SIGKILL {f.node} at 0.00 s -> detected {_f(f.detected_s)} -> re-planned {_f(f.replanned_s)} "
+            f"-> resumed {_f(f.resumed_s)}; steps redone: {f.steps_redone}"
+        )
+    acc = r.accounting
+    console.print(
+        f"accounting: {acc.get('samples')} sample-epochs trained, {acc.get('missing')} missing, "
+        f"{acc.get('duplicated')} twice -> {'every sample once' if acc.get('ok') else 'NOT exact'}"
+    )
+    console.print(f"model: {r.model_path or '(none)'}")
+    if r.ok:
+        console.print(
+            "[bold green]PASS[/]: completed, every sample trained once, failover recovered, no LC deadline missed"
+        )
+    else:
+        for p in r.problems:
+            console.print(f"[bold red]FAIL[/]: {p}")

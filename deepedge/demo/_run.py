@@ -1,0 +1,222 @@
+"""``deepedge demo``: the whole loop on an emulated heterogeneous cluster on this machine.
+
+Start a broker, a coordinator, node daemons for emulated boards and two real LC apps; measure each
+LC app alone and give it a deadline; submit a retraining job on generated images; SIGKILL one
+board mid-job; show live progress; end with a report whose facts all come from the cluster's
+MQTT topics and the job's output (accounting, model)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepedge.broker_schemas import ArgValue, Topics
+from deepedge.config import BrokerConfig, Config
+from deepedge.demo._cluster import DemoCluster
+from deepedge.demo._data import make_image_folder
+from deepedge.demo._profiles import BoardProfile, cluster_profiles
+from deepedge.demo._report import DemoReport, build_report
+from deepedge.demo._watch import ClusterWatch
+from deepedge.errors import DeepEdgeError
+from deepedge.transport import MqttTransport, Requester
+
+__all__ = ["DemoOptions", "run_cluster_job", "run_demo"]
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class DemoOptions:
+    nodes: int = 4
+    kill_after_s: float | None = 12.0  # seconds after the first training step; None: no kill
+    keep: bool = False
+    workdir: Path | None = None
+    images: int = 3000
+    epochs: int = 12
+    global_batch: int = 128
+    base_sample_ms: float = 2.0  # the fastest board's emulated time per sample
+    deadline_factor: float = 3.0  # LC deadline = factor x the app's p95 measured alone (30 fps for ~10 ms)
+    with_lc: bool = True
+    split: str = "planned"
+    broker: str = "auto"
+    timeout_s: float = 600.0
+    calibrate_s: float = 4.0
+
+
+@dataclass
+class JobRun:
+    """One job's run on a cluster: what the watch saw, plus the demo's own clock marks."""
+
+    watch: ClusterWatch
+    submitted_ts: float = 0.0
+    finished_ts: float | None = None
+    kill: tuple[str, float] | None = None  # (node, time of SIGKILL)
+    calibration: dict[str, float] = field(default_factory=dict)  # app -> p95 alone (ms)
+    deadlines: dict[str, float] = field(default_factory=dict)
+
+
+def kill_target(boards: list[BoardProfile]) -> str:
+    """The fastest board that runs no LC app (its loss matters, and the LC apps keep running);
+    else the last board."""
+    free = [b for b in boards if not b.lc_app]
+    return max(free, key=lambda b: b.speed).node if free else boards[-1].node
+
+
+async def _wait(predicate: Callable[[], bool], watch: ClusterWatch, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeepEdgeError(f"demo: timed out after {timeout:g} s waiting for {what}")
+        watch.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watch.changed.wait(), min(left, 0.5))
+
+
+async def calibrate_lc(
+    cluster: DemoCluster, watch: ClusterWatch, rpc: Requester, topics: Topics, opts: DemoOptions, run: JobRun
+) -> None:
+    """Run each LC app alone for a while, then set its deadline to factor x its p95 alone."""
+    apps = {b.lc_app: b for b in cluster.boards if b.lc_app}
+    if not apps:
+        return
+    cluster.start_lc_apps()
+    await _wait(
+        lambda: all(
+            (r := watch.apps.get(a)) is not None and r.latest is not None and r.latest.count >= 20 for a in apps
+        ),
+        watch,
+        90,
+        "the LC apps' first latency reports",
+    )
+    await asyncio.sleep(opts.calibrate_s)
+    for app, board in apps.items():
+        latest = watch.apps[app].latest
+        assert latest is not None
+        run.calibration[app] = latest.p95_ms
+        deadline = round(opts.deadline_factor * latest.p95_ms, 1)
+        run.deadlines[app] = deadline
+        reply = await rpc.request(
+            topics.node_command(board.node, "set-deadline"), {"app": app, "deadline_ms": deadline}
+        )
+        if not reply.ok:
+            raise DeepEdgeError(f"demo: set-deadline on {board.node} refused: {reply.error}")
+    await _wait(lambda: all(watch.apps[a].deadline_ms == run.deadlines[a] for a in apps), watch, 30, "the LC deadlines")
+
+
+async def run_cluster_job(
+    cluster: DemoCluster,
+    opts: DemoOptions,
+    *,
+    job: str,
+    dataset: Path,
+    dataset_size: int,
+    output: Path,
+    on_tick: Callable[[JobRun], None] | None = None,
+    calibrate: bool = True,
+    run: JobRun | None = None,
+) -> JobRun:
+    """Submit one job to a running cluster and follow it to the end (killing a board if told)."""
+    topics = Topics(cluster.cluster)
+    broker = BrokerConfig(url=cluster.url, keepalive_s=5)
+    watch = ClusterWatch(topics, job=job)
+    run = run or JobRun(watch)
+    run.watch = watch
+    async with MqttTransport(broker, client_id=f"deepedge-demo-{job}"[:64]) as t:
+        watcher = asyncio.create_task(watch.run(t))
+        try:
+            async with Requester(t, topics, timeout_s=15, sender="demo") as rpc:
+                await _wait(
+                    lambda: watch.coordinator_online and all(watch.alive.get(b.node) for b in cluster.boards),
+                    watch,
+                    90,
+                    "the coordinator and every node to be online",
+                )
+                if calibrate:
+                    await calibrate_lc(cluster, watch, rpc, topics, opts, run)
+                spec: dict[str, ArgValue] = {
+                    "job": job,
+                    "model": "cnn-small",
+                    "dataset": str(dataset),
+                    "dataset_size": dataset_size,
+                    "output": str(output),
+                    "epochs": opts.epochs,
+                    "global_batch": opts.global_batch,
+                    "learning_rate": 0.05,
+                    "seed": 7,
+                    "split": opts.split,
+                    "model_bytes": 40_000,
+                }
+                watch.counting_lc = True
+                run.submitted_ts = time.time()
+                reply = await rpc.request(topics.coordinator_command("submit"), spec)
+                if not reply.ok:
+                    raise DeepEdgeError(f"demo: submit refused: {reply.error}")
+                deadline = time.monotonic() + opts.timeout_s
+                while watch.progress is None or watch.progress.state not in TERMINAL:
+                    if time.monotonic() > deadline:
+                        break
+                    first = watch.first_step_ts()
+                    if (
+                        opts.kill_after_s is not None
+                        and run.kill is None
+                        and first is not None
+                        and time.time() - first >= opts.kill_after_s
+                    ):
+                        node = kill_target(cluster.boards)
+                        run.kill = (node, cluster.kill_board(node))
+                    if on_tick is not None:
+                        on_tick(run)
+                    watch.changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(watch.changed.wait(), 0.5)
+                run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
+                watch.counting_lc = False
+                await asyncio.sleep(0.3)  # the last events
+                if on_tick is not None:
+                    on_tick(run)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+    return run
+
+
+def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | None = None) -> DemoReport:
+    """The whole demo; the cluster is stopped before returning unless ``opts.keep``."""
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="deepedge-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "data"
+    size = make_image_folder(data, opts.images)
+    boards = cluster_profiles(opts.nodes, with_lc=opts.with_lc)
+    cluster = DemoCluster(workdir, boards, base_sample_ms=opts.base_sample_ms, broker_kind=opts.broker)
+    cluster.start()
+    try:
+        run = asyncio.run(
+            run_cluster_job(
+                cluster,
+                opts,
+                job="retrain-demo",
+                dataset=data,
+                dataset_size=size,
+                output=workdir / "output",
+                on_tick=(lambda r: show(r, cluster)) if show else None,
+            )
+        )
+        report = build_report(run, cluster, opts, size, workdir / "output")
+    except BaseException:
+        cluster.stop()
+        raise
+    if not opts.keep:
+        cluster.stop()
+    report.cluster = cluster
+    return report
+
+
+def demo_config(cluster: DemoCluster) -> Config:
+    return Config(broker=BrokerConfig(url=cluster.url))

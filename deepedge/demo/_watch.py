@@ -1,0 +1,136 @@
+"""What the demo sees of its cluster, the way an operator would: everything it shows and
+reports comes from the cluster's MQTT topics (plans, heartbeats, LC latency, events, progress)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from deepedge.broker_schemas import (
+    AppLatency,
+    CoordinatorStatus,
+    Event,
+    Heartbeat,
+    LatencyReport,
+    NodeBirth,
+    NodeDeath,
+    Plan,
+    Progress,
+    Topics,
+)
+from deepedge.transport import Received, Subscription, Transport
+
+__all__ = ["AppRecord", "ClusterWatch"]
+
+
+@dataclass
+class AppRecord:
+    """One LC app's latency while the job ran, from its node's reports (p95 over the node's
+    sliding window; a violation is a report whose p95 is over the deadline). Reports whose
+    window overlaps the job's start (workers importing torch and loading data) are counted
+    apart, as start-up transients."""
+
+    node: str
+    app: str
+    latest: AppLatency | None = None
+    deadline_ms: float | None = None
+    reports: int = 0
+    violations: int = 0
+    startup_violations: int = 0
+    worst_p95_ms: float = 0.0
+    p95s: list[float] = field(default_factory=list)
+    over: list[tuple[float, float]] = field(default_factory=list)  # (report ts, p95) of each violation
+
+    def observe(self, a: AppLatency, phase: str, ts: float = 0.0) -> None:
+        """``phase``: "idle" (not counted), "startup" or "steady"."""
+        self.latest = a
+        if a.deadline_ms is not None:
+            self.deadline_ms = a.deadline_ms
+        if phase == "idle" or a.count == 0:
+            return
+        over = a.deadline_ms is not None and a.p95_ms > a.deadline_ms
+        if phase == "startup":
+            self.startup_violations += over
+            return
+        self.reports += 1
+        self.p95s.append(a.p95_ms)
+        self.worst_p95_ms = max(self.worst_p95_ms, a.p95_ms)
+        if over:
+            self.violations += 1
+            self.over.append((ts, a.p95_ms))
+
+
+@dataclass
+class ClusterWatch:
+    topics: Topics
+    job: str | None = None
+    counting_lc: bool = False  # count LC reports (while the job runs)
+    alive: dict[str, bool] = field(default_factory=dict)
+    plans: dict[int, Plan] = field(default_factory=dict)
+    heartbeats: dict[str, Heartbeat] = field(default_factory=dict)
+    beats: list[Heartbeat] = field(default_factory=list)  # this job's, in arrival order
+    apps: dict[str, AppRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    progress: Progress | None = None
+    coordinator_online: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on(self, item: Received) -> None:
+        match item.message:
+            case NodeBirth(node=n):
+                self.alive[n] = True
+            case NodeDeath(node=n):
+                self.alive[n] = False
+            case Plan() as p if p.job == self.job:
+                self.plans[p.generation] = p
+            case Heartbeat() as hb if hb.job == self.job:
+                self.heartbeats[hb.node] = hb
+                self.beats.append(hb)
+            case LatencyReport() as r:
+                first = self.first_step_ts()
+                phase = "idle" if not self.counting_lc else "startup"
+                if phase == "startup" and first is not None and r.ts >= first + r.window_s:
+                    phase = "steady"
+                for a in r.apps:
+                    self.apps.setdefault(a.app, AppRecord(r.node, a.app)).observe(a, phase, r.ts)
+            case CoordinatorStatus(state=state):
+                self.coordinator_online = state == "online"
+            case Event() as e:
+                self.events.append(e)
+            case Progress() as p if p.job == self.job:
+                self.progress = p
+            case _:
+                return
+        self.changed.set()
+
+    async def run(self, transport: Transport) -> None:
+        filters = [
+            self.topics.all_nodes(),
+            self.topics.all_jobs(),
+            self.topics.events(),
+            self.topics.coordinator_status(),
+        ]
+        async with contextlib.AsyncExitStack() as stack:
+            subs = [await stack.enter_async_context(await transport.subscribe(f, maxsize=100_000)) for f in filters]
+
+            async def pump(sub: Subscription) -> None:
+                async for item in sub:
+                    if isinstance(item, Received):
+                        self.on(item)
+
+            await asyncio.gather(*(pump(s) for s in subs))
+
+    # ---- derived ------------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Plan | None:
+        return self.plans[max(self.plans)] if self.plans else None
+
+    def first_step_ts(self) -> float | None:
+        return next((hb.ts for hb in self.beats if hb.state == "training" and hb.step >= 1), None)
+
+    def event(self, name: str, node: str | None = None, after: float = 0.0) -> Event | None:
+        return next(
+            (e for e in self.events if e.event == name and (node is None or e.node == node) and e.ts >= after), None
+        )
