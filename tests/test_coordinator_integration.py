@@ -64,6 +64,7 @@ async def cluster_up(
     nodes: list[str],
     lc_apps: dict[str, float] | None = None,
     worker: list[str] | None = None,
+    latency_window_s: float = 30,
 ) -> Any:
     t = Topics(cluster)
     coord = await watcher.subscribe(t.coordinator_status())
@@ -71,7 +72,11 @@ async def cluster_up(
     procs.append(start_coordinator(tmp, mosquitto.url, cluster))
     await wait_for(coord, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
     for n in nodes:
-        procs.append(start_node(tmp, mosquitto.url, cluster, n, lc_apps=lc_apps, worker=worker))
+        procs.append(
+            start_node(
+                tmp, mosquitto.url, cluster, n, lc_apps=lc_apps, worker=worker, latency_window_s=latency_window_s
+            )
+        )
     seen: set[str] = set()
     while seen != set(nodes):
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
@@ -169,11 +174,14 @@ async def test_lc_latency_over_deadline_lowers_that_nodes_cap(
     mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
 ) -> None:
     t = Topics(cluster)
-    loaded = await cluster_up(mosquitto, watcher, tmp_path, cluster, procs, ["d1", "d2"], lc_apps={"det": 50.0})
+    loaded = await cluster_up(
+        mosquitto, watcher, tmp_path, cluster, procs, ["d1", "d2"], lc_apps={"det": 50.0}, latency_window_s=1.0
+    )
     plans = await watcher.subscribe(t.job_plan("j1"))
     events = await watcher.subscribe(t.events())
     await coordinator_request(loaded.config, "submit", job_args("j1", tmp_path))
     first = await wait_for(plans, lambda m: isinstance(m, Plan))
+    await asyncio.sleep(2.0)  # the coordinator acts on LC reports once d1 has trained for a whole window
     cap_before = next(a.intensity_cap for a in first.assignments if a.node == "d1")
     d1 = next(p for p in procs if p.node == "d1")
     with LatencyReporter("det", str(d1.socket)) as rep:

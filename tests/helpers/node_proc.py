@@ -45,6 +45,7 @@ def start_node(
     lc_apps: dict[str, float] | None = None,
     env: dict[str, str] | None = None,
     worker: list[str] | None = None,
+    latency_window_s: float = 30,
 ) -> NodeProc:
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
@@ -53,7 +54,7 @@ def start_node(
         f'[cluster]\nname = "{cluster}"\n[broker]\nurl = "{broker_url}"\nkeepalive_s = 5\n'
         f'[log]\nlevel = "debug"\nformat = "json"\n'
         f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
-        f'latency_window_s = 30\nlatency_socket = "{sock}"\n'
+        f'latency_window_s = {latency_window_s}\nlatency_socket = "{sock}"\n'
         f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{apps}"
     )
     log = tmp / f"{node}.log"
