@@ -14,7 +14,7 @@ from pathlib import Path
 from deepedge.config import BrokerConfig
 from deepedge.errors import DeepEdgeError, ExitCode
 
-__all__ = ["MOSQUITTO", "BrokerNotInstalled", "MosquittoProcess", "free_port", "wait_listening"]
+__all__ = ["MOSQUITTO", "BrokerNotInstalled", "MosquittoProcess", "free_port", "stop_process", "wait_listening"]
 
 
 def _find_mosquitto() -> str | None:
@@ -26,6 +26,18 @@ MOSQUITTO = _find_mosquitto()
 
 class BrokerNotInstalled(DeepEdgeError):
     exit_code = ExitCode.UNAVAILABLE
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace_s)
 
 
 def free_port() -> int:
@@ -91,13 +103,7 @@ class MosquittoProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def __enter__(self) -> MosquittoProcess:
         self.start()

@@ -69,7 +69,6 @@ def run_makespan_bench(
         scenario = "with 2 LC apps" if with_lc else "no LC apps"
         boards = cluster_profiles(4, with_lc=with_lc)
         with DemoCluster(root / ("lc" if with_lc else "plain"), boards) as cluster:
-            run = JobRun(watch=None)  # type: ignore[arg-type]
             ideal = None
             for split in ("planned", "uniform"):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split)
@@ -82,10 +81,7 @@ def run_makespan_bench(
                         dataset=data,
                         dataset_size=size,
                         output=cluster.workdir / f"out-{split}",
-                        calibrate=split == "planned",
-                        run=JobRun(watch=None, calibration=run.calibration, deadlines=run.deadlines)  # type: ignore[arg-type]
-                        if split == "uniform"
-                        else None,
+                        calibrate=split == "planned",  # the uniform job keeps the deadlines set before
                     )
                 )
                 if split == "planned":

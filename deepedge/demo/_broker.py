@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from deepedge.embedded_broker import MOSQUITTO, BrokerNotInstalled, MosquittoProcess, free_port, wait_listening
+from deepedge.embedded_broker import (
+    MOSQUITTO,
+    BrokerNotInstalled,
+    MosquittoProcess,
+    free_port,
+    stop_process,
+    wait_listening,
+)
 from deepedge.errors import DeepEdgeError
 
 __all__ = ["AmqttProcess", "EmbeddedBroker", "start_broker"]
@@ -45,13 +52,7 @@ class AmqttProcess:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 class _Mosquitto(MosquittoProcess):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepedge.broker_schemas import ArgValue, Topics
-from deepedge.config import BrokerConfig, Config
+from deepedge.config import BrokerConfig
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._profiles import BoardProfile, cluster_profiles
@@ -119,14 +119,12 @@ async def run_cluster_job(
     output: Path,
     on_tick: Callable[[JobRun], None] | None = None,
     calibrate: bool = True,
-    run: JobRun | None = None,
 ) -> JobRun:
     """Submit one job to a running cluster and follow it to the end (killing a board if told)."""
     topics = Topics(cluster.cluster)
     broker = BrokerConfig(url=cluster.url, keepalive_s=5)
     watch = ClusterWatch(topics, job=job)
-    run = run or JobRun(watch)
-    run.watch = watch
+    run = JobRun(watch)
     async with MqttTransport(broker, client_id=f"deepedge-demo-{job}"[:64]) as t:
         watcher = asyncio.create_task(watch.run(t))
         try:
@@ -216,7 +214,3 @@ def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | No
         cluster.stop()
     report.cluster = cluster
     return report
-
-
-def demo_config(cluster: DemoCluster) -> Config:
-    return Config(broker=BrokerConfig(url=cluster.url))
