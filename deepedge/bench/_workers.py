@@ -19,7 +19,7 @@ from deepedge.broker_schemas import Assignment, JobSpec, Plan
 from deepedge.embedded_broker import free_port
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_report_line, encode_line
 
-__all__ = ["WorkerProc", "make_plan", "make_tensor_dataset", "start_worker", "stop_all"]
+__all__ = ["WorkerProc", "first_report", "make_plan", "make_tensor_dataset", "start_worker", "stop_all"]
 
 
 def make_tensor_dataset(path: Path, n: int, classes: int = 4, size: int = 8, seed: int = 0) -> Path:
@@ -80,6 +80,20 @@ class WorkerProc:
                     break
             time.sleep(0.02)
         raise AssertionError(f"{self.node}: no such report; last {self.reports[-3:]}; stderr {self.stderr[-5:]}")
+
+
+def first_report(
+    workers: list[WorkerProc], pred: Callable[[WorkerReport], bool], timeout: float = 60.0
+) -> tuple[WorkerProc, float]:
+    """The worker whose report first matched ``pred``, and when that report arrived (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hits = [(w.arrived[i], k) for k, w in enumerate(workers) for i, r in enumerate(list(w.reports)) if pred(r)]
+        if hits:
+            at, k = min(hits)
+            return workers[k], at
+        time.sleep(0.02)
+    raise AssertionError(f"no worker reported as asked within {timeout:g} s")
 
 
 def start_worker(node: str) -> WorkerProc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,20 @@ MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps 
 
 class _NewPlan(Exception):
     """A later plan generation arrived: re-form at this step boundary."""
+
+
+ABANDON_POLL_S = 0.05  # how often a pending all-reduce looks for a newer plan
+
+
+def _set_aside_default_group() -> object:
+    """Unregister the default process group without destroying it: destroying a gloo group with
+    an operation pending blocks until gloo's timeout. The caller keeps the group referenced; its
+    stuck operation ends at that timeout in gloo's own thread and nobody waits for it."""
+    from torch.distributed import distributed_c10d as c10d  # private API: pinned torch, tested
+
+    group = c10d._get_default_group()
+    c10d._update_default_pg(None)
+    return group
 
 
 class Trainer:
@@ -66,6 +81,7 @@ class Trainer:
         self.accounting = AccountingLog(self.output, self.node)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         self.intensity = 0.0
+        self._set_aside: list[object] = []  # groups abandoned with an all-reduce pending
 
     # ---- reports ------------------------------------------------------------------------------
 
@@ -105,6 +121,23 @@ class Trainer:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+
+    def all_reduce_or_abandon(self, flat: torch.Tensor) -> None:
+        """All-reduce (SUM) in place; if a newer plan generation arrives while it is pending (a
+        peer died silently, or died while this rank waited on a live peer), give up on it and
+        raise :class:`_NewPlan` at once instead of waiting for gloo's timeout. Raises as
+        ``dist.all_reduce`` does when the collective fails."""
+        work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+        assert work is not None
+        done = threading.Event()
+        work.get_future().add_done_callback(lambda _f: done.set())
+        gen = self.pfw.plan.generation
+        while not done.wait(ABANDON_POLL_S):
+            newer = self.channel.latest()
+            if newer is not None and newer.plan.generation > gen:
+                self._set_aside.append(_set_aside_default_group())
+                raise _NewPlan
+        work.wait()
 
     def sync_state(self) -> None:
         """Everyone takes parameters, optimizer state, step and loss curve from the lowest rank
@@ -165,7 +198,7 @@ class Trainer:
                 time.sleep(pause)
         grads = [p.grad for p in self.params if p.grad is not None]
         flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        self.all_reduce_or_abandon(flat)
         n = len(batch)
         offset = 0
         for g in grads:
