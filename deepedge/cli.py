@@ -13,7 +13,7 @@ import typer
 
 from deepedge import __version__
 from deepedge.config import LoadedConfig, load_config, render_json, render_toml
-from deepedge.errors import DeepEdgeError, ExitCode, NotBuiltError
+from deepedge.errors import DeepEdgeError, ExitCode
 from deepedge.log_setup import configure_logging
 
 __all__ = ["app", "main"]
@@ -345,23 +345,43 @@ def demo_cmd(
     raise typer.Exit(0 if report.ok else 1)
 
 
-_PENDING = {
-    "profile": ("Profile LC interference on this board (FECBench-style).", 0),
-}
+@app.command("profile")
+def profile_cmd(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node id (its daemon runs the profile).")],
+    model: Annotated[str, typer.Option(help="Model to profile.")] = "cnn-small",
+    levels: Annotated[
+        str | None, typer.Option(help="Intensities, comma-separated (default 1, or 1,0.5,0.25 with LC apps).")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(help="Seconds per level (default 3, at most the node's window).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Profile a board: its training rate alone and its LC apps' p95 per intensity.
 
+    FECBench-style; the node keeps the result and announces it, the coordinator plans with it."""
+    import asyncio
 
-def _register_pending(group: typer.Typer, name: str, help_text: str, issue: int, prefix: str = "") -> None:
-    where = f" (issue #{issue})" if issue else ""
+    from deepedge.ops import profile_node
 
-    def command(ctx: typer.Context) -> None:
-        raise NotBuiltError(f"'deepedge {prefix}{name}' is not built yet{where}")
+    loaded = ctx.obj.load(quiet=True)
+    args = {"model": model, "levels": levels, "seconds": seconds}
 
-    command.__doc__ = f"{help_text} (not built yet)"
-    group.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
+    shown = [0.0]
 
+    def waiting(elapsed: float) -> None:
+        if not as_json and elapsed - shown[0] >= 2.0:
+            shown[0] = elapsed
+            typer.echo(f"profiling {node}: {elapsed:.0f} s", err=True)
 
-for _name, (_help, _issue) in _PENDING.items():
-    _register_pending(app, _name, _help, _issue)
+    result = asyncio.run(profile_node(loaded.config, node, {k: v for k, v in args.items() if v is not None}, waiting))
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"node {node}, model {model}: {result['samples_per_s']:.1f} samples/s training alone at full intensity")
+    for p in result["lc"]:
+        typer.echo(f"  {p['app']}: p95 {p['p95_ms']:.1f} ms at intensity {p['intensity']:.2f}")
 
 
 def _write_bench(out: Path | None, title: str, text: str) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["DeepEdgeError", "ExitCode", "NotBuiltError"]
+__all__ = ["DeepEdgeError", "ExitCode"]
 
 
 class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # an unexpected error; a bug report is welcome
     USAGE = 2  # bad command-line usage (typer/click's own code)
-    UNAVAILABLE = 69  # EX_UNAVAILABLE: the command exists in the design but is not built yet
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: the coordinator or node refused the request (a typed error reply)
     TEMPFAIL = 75  # EX_TEMPFAIL: transient (broker unreachable, ...): systemd may restart
     CONFIG = 78  # EX_CONFIG: the configuration is wrong; restarting will not help
 
@@ -25,9 +25,3 @@ class DeepEdgeError(Exception):
     to exit when the error reaches it."""
 
     exit_code: ExitCode = ExitCode.FAILURE
-
-
-class NotBuiltError(DeepEdgeError):
-    """A command of the design that has not been built yet."""
-
-    exit_code = ExitCode.UNAVAILABLE

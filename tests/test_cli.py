@@ -64,13 +64,6 @@ def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
     assert r.stderr.count("\n") == 1 and "broker.keepalive_s" in r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["profile"])
-def test_commands_not_built_say_so_and_fail(cmd: str) -> None:
-    r = run(cmd, "--anything", "x")
-    assert r.returncode == ExitCode.UNAVAILABLE
-    assert "not built yet" in r.stderr and r.stdout == ""
-
-
 def test_usage_error_exits_2() -> None:
     r = run("config", "show", "--no-such-flag")
     assert r.returncode == ExitCode.USAGE

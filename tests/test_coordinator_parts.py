@@ -3,6 +3,7 @@ clock), learned models, the SQLite store, and the service against the in-memory 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from deepedge.broker_schemas import (
@@ -180,3 +181,36 @@ async def test_service_plans_replans_on_death_and_feedback() -> None:
     await c.tick()
     with pytest.raises(TimeoutError):
         await plans.get(0.05)
+
+
+def test_a_board_profile_is_the_prior_until_heartbeats_and_reports_say_otherwise() -> None:
+    """``deepedge profile`` results in the birth: the node's rate for that model and its LC
+    app's p95(u) points seed the planner's inputs; learned values take over once they exist."""
+    from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, LcPoint, ModelProfile
+    from deepedge.coordinator._models import NodeLearning
+    from deepedge.coordinator._planning import node_models
+
+    profile = ModelProfile(
+        samples_per_s=500.0,
+        lc=(
+            LcPoint(app="det", intensity=0.0, p95_ms=10.0),
+            LcPoint(app="det", intensity=0.5, p95_ms=15.0),
+            LcPoint(app="det", intensity=1.0, p95_ms=20.0),
+        ),
+    )
+    view = ClusterView()
+    view.on_birth(msgspec.structs.replace(birth("a"), profiles={"cnn-small": profile}), 0.0)
+    view.on_birth(birth("b"), 0.0)
+    det_now = AppLatency(app="det", count=9, p50_ms=9, p95_ms=10, p99_ms=11, deadline_ms=30)
+    view.on_latency(LatencyReport(node="a", ts=1.0, window_s=5, apps=(det_now,)), 1.0)
+    spec = JobSpec(model="cnn-small", dataset="d", output="o", epochs=1, global_batch=64, learning_rate=0.1)
+    job = JobRecord(job="j", spec=spec, dataset_size=640, model_bytes=1000)
+    learning = {n: NodeLearning(ThroughputModel(prior=10.0)) for n in ("a", "b")}
+    models = {m.node: m for m in node_models(view, learning, job)}
+    assert models["a"].rate == 500.0 and models["b"].rate == 10.0  # profiled vs the configured prior
+    (det,) = models["a"].lc_apps
+    assert (round(det.base_ms, 6), round(det.slope_ms, 6)) == (10.0, 10.0)  # the profile's line
+    other = msgspec.structs.replace(job, spec=msgspec.structs.replace(spec, model="resnet18"))
+    assert {m.node: m for m in node_models(view, learning, other)}["a"].rate == 10.0  # not profiled for it
+    learning["a"].throughput.observe(200.0, 1.0)  # heartbeats win
+    assert {m.node: m for m in node_models(view, learning, job)}["a"].rate == 200.0

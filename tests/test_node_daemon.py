@@ -379,3 +379,59 @@ async def test_sigterm_while_the_broker_is_down_exits_promptly(
     n.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(n.proc.wait, 10) == 0
     assert time.monotonic() - started < 5.0  # the goodbye publish waits at most 2 s
+
+
+@pytest.mark.slow
+async def test_profile_measures_the_board_keeps_it_and_announces_it(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, nodes: list[NodeProc], tmp_path: Path, cluster: str
+) -> None:
+    """``profile`` trains cnn-small alone with the worker's step code on an emulated board (10 ms
+    a sample: 100 samples/s at full intensity), takes the LC app's p95 at each level from the
+    daemon's own latency intake, answers conflicts and bad arguments with typed errors, keeps the
+    result across a restart and puts it in the retained birth message."""
+    import threading
+
+    t = Topics(cluster)
+    status = await watcher.subscribe(t.node_status("p1"))
+    kw: dict[str, Any] = {"lc_apps": {"det": 50.0}, "latency_window_s": 5, "node_extra": "emulate_sample_ms = 10"}
+    n = await boot(nodes, tmp_path, mosquitto, cluster, "p1", **kw)
+    await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
+    stop = threading.Event()
+
+    def lc_app() -> None:  # a steady 10 ms app; what training does to a real one is the demo's
+        with LatencyReporter("det", str(n.socket), flush_interval_s=0.05) as rep:
+            while not stop.wait(0.02):
+                rep.report(10.0)
+
+    feeder = threading.Thread(target=lc_app, daemon=True)
+    feeder.start()
+    try:
+        await asyncio.sleep(1.5)  # latency with nothing training
+        async with Requester(watcher, t, timeout_s=10) as rpc:
+            for bad in ({"levels": "2"}, {"levels": "fast"}, {"seconds": 60}, {"colour": "red"}):
+                reply = await rpc.request(t.node_command("p1", "profile"), bad)
+                assert not reply.ok and reply.error is not None and reply.error.code == "bad_args", bad
+            reply = await rpc.request(t.node_command("p1", "profile"), {"levels": "1,0.5", "seconds": 1})
+            assert reply.ok and reply.result["started"], reply
+            again = await rpc.request(t.node_command("p1", "profile"), {})
+            assert again.error is not None and again.error.code == "conflict"
+            birth = await wait_for(status, lambda m: isinstance(m, NodeBirth) and "cnn-small" in m.profiles, 60)
+            state = (await rpc.request(t.node_command("p1", "status"))).result["profile"]
+    finally:
+        stop.set()
+        feeder.join(5)
+    assert not state["running"] and state["last_error"] == ""
+    prof = birth.profiles["cnn-small"]
+    assert 70 <= prof.samples_per_s <= 105, prof  # paced at 10 ms a sample, plus the optimizer's steps
+    intensities = sorted(p.intensity for p in prof.lc if p.app == "det")
+    assert len(intensities) == 3 and intensities[0] == 0.0, prof.lc  # alone, then each level
+    assert 0.4 <= intensities[1] <= 0.6 and intensities[2] >= 0.9, intensities
+    assert all(p.p95_ms == 10.0 for p in prof.lc)
+    # kept: a restarted daemon announces it again
+    n.proc.send_signal(signal.SIGTERM)
+    assert n.proc.wait(20) == 0
+    await boot(nodes, tmp_path, mosquitto, cluster, "p1", **kw)
+    reborn = await wait_for(
+        status, lambda m: isinstance(m, NodeBirth) and m.session != birth.session and "cnn-small" in m.profiles, 30
+    )
+    assert reborn.profiles["cnn-small"] == prof

@@ -31,7 +31,9 @@ __all__ = [
     "Id",
     "JobSpec",
     "LatencyReport",
+    "LcPoint",
     "Message",
+    "ModelProfile",
     "NodeBirth",
     "NodeDeath",
     "Plan",
@@ -80,6 +82,23 @@ class Accelerator(_Part, frozen=True):
     memory_bytes: NonNegInt = 0
 
 
+class LcPoint(_Part, frozen=True):
+    """An LC app's p95 latency measured while training ran beside it at ``intensity``."""
+
+    app: Id
+    intensity: Fraction
+    p95_ms: NonNeg
+
+
+class ModelProfile(_Part, frozen=True):
+    """What ``deepedge profile`` measured on this board for one model: training throughput
+    alone, at full intensity, and the LC apps' p95 at each profiled intensity."""
+
+    samples_per_s: NonNeg
+    ts: NonNeg = 0.0
+    lc: Annotated[tuple[LcPoint, ...], msgspec.Meta(max_length=64)] = ()
+
+
 class NodeBirth(_Msg, tag="birth", frozen=True):
     """Retained on ``node/<node>/status`` while the node is up."""
 
@@ -96,6 +115,7 @@ class NodeBirth(_Msg, tag="birth", frozen=True):
     jetpack: ShortStr | None = None
     software: dict[ShortStr, ShortStr] = {}
     drained: bool = False
+    profiles: Annotated[dict[ShortStr, ModelProfile], msgspec.Meta(max_length=16)] = {}  # by model name
 
 
 class NodeDeath(_Msg, tag="death", frozen=True):

@@ -84,6 +84,8 @@ class NodeConfig(_Section, frozen=True):
     # this long (0: off), and the board reports this much memory (0: the real amount).
     emulate_sample_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     emulate_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Where ``deepedge profile`` keeps this board's measurements (empty: in memory only).
+    profile_path: str = "/var/lib/deepedge/node-profile.json"
 
 
 class CoordinatorConfig(_Section, frozen=True):

@@ -6,6 +6,7 @@ observed (intensity, p95) pairs), plus the cap limits that feedback sets."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from deepedge.coordinator.planner import LcAppModel
@@ -34,9 +35,11 @@ class ThroughputModel:
 
 @dataclass
 class InterferenceModel:
-    """p95(u) = base + slope * u. Until two distinct intensities are seen: base = the lowest p95
-    seen, slope = ``default_slope_factor`` x base (conservative: latency triples at full
-    intensity with the default 2.0)."""
+    """p95(u) = base + slope * u, a least-squares fit of observed (intensity, p95) pairs. While
+    the observations span less than 0.1 of intensity, the board's profile points (``deepedge
+    profile``), if any, join the fit; without them: base = the lowest p95 seen, slope =
+    ``default_slope_factor`` x base (conservative: latency triples at full intensity with the
+    default 2.0)."""
 
     default_slope_factor: float = 2.0
     points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=200))
@@ -44,12 +47,15 @@ class InterferenceModel:
     def observe(self, intensity: float, p95_ms: float) -> None:
         self.points.append((max(0.0, min(1.0, intensity)), p95_ms))
 
-    def fit(self) -> tuple[float, float] | None:
-        if not self.points:
+    def fit(self, profiled: Sequence[tuple[float, float]] = ()) -> tuple[float, float] | None:
+        points = list(self.points)
+        if _spread(points) < 0.1 and _spread(list(profiled)) >= 0.1:
+            points += profiled
+        if not points:
             return None
-        us = [u for u, _ in self.points]
-        ys = [y for _, y in self.points]
-        if max(us) - min(us) < 0.1:  # not enough spread to fit a slope
+        us = [u for u, _ in points]
+        ys = [y for _, y in points]
+        if _spread(points) < 0.1:  # not enough spread to fit a slope
             base = min(ys) if min(us) < 0.05 else min(ys) / (1 + self.default_slope_factor * min(us))
             return base, self.default_slope_factor * base
         n = len(us)
@@ -58,10 +64,14 @@ class InterferenceModel:
         slope = max(0.0, sum((u - mu) * (y - my) for u, y in zip(us, ys, strict=True)) / sxx)
         return max(0.0, my - slope * mu), slope
 
-    def model(self, app: str, deadline_ms: float) -> LcAppModel:
-        fitted = self.fit()
+    def model(self, app: str, deadline_ms: float, profiled: Sequence[tuple[float, float]] = ()) -> LcAppModel:
+        fitted = self.fit(profiled)
         base, slope = fitted if fitted is not None else (0.0, 0.0)
         return LcAppModel(app, deadline_ms, base, slope)
+
+
+def _spread(points: list[tuple[float, float]]) -> float:
+    return max(u for u, _ in points) - min(u for u, _ in points) if points else 0.0
 
 
 @dataclass

@@ -25,15 +25,24 @@ def node_models(view: ClusterView, learning: dict[str, NodeLearning], job: JobRe
             (t.mem_total_bytes - t.mem_used_bytes) if t is not None and t.mem_total_bytes else state.birth.memory_bytes
         )
         max_share = max(0, int(free // DEFAULT_SAMPLE_BYTES))
+        # What ``deepedge profile`` measured on this board for this model: the prior until
+        # heartbeats and latency reports say otherwise.
+        profile = state.birth.profiles.get(job.spec.model)
+        profiled = profile.lc if profile is not None else ()
         apps = tuple(
-            learn.interference.setdefault(a.app, InterferenceModel()).model(a.app, a.deadline_ms)
+            learn.interference.setdefault(a.app, InterferenceModel()).model(
+                a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]
+            )
             for a in state.latency.values()
             if a.deadline_ms is not None
         )
+        rate = learn.throughput.rate
+        if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
+            rate = profile.samples_per_s
         out.append(
             NodeModel(
                 state.node,
-                rate=learn.throughput.rate,
+                rate=rate,
                 max_share=min(max_share, job.spec.global_batch),
                 lc_apps=apps,
                 cap_limit=learn.cap_limit,

@@ -110,6 +110,7 @@ class DemoCluster:
             self._common() + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
             f"heartbeat_interval_s = {self.interval_s}\nlatency_window_s = {self.latency_window_s}\n"
             f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
+            f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"
             f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n{apps}"
         )

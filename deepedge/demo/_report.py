@@ -61,9 +61,9 @@ class DemoReport:
     boards: list[dict[str, Any]]
     makespan_s: float | None  # submission to completion
     training_s: float | None  # first completed step to completion
-    predicted_first_s: float | None  # generation 1, on prior rates
+    predicted_first_s: float | None  # generation 1, on profiled (else prior) rates
     predicted_learned_s: float | None  # the last plan without a failure, on learned rates
-    ideal_s: float | None
+    ideal_s: float | None  # the last plan before a kill: N epochs / sum of its rates
     generations: list[Generation]
     lc: list[LcResult]
     failover: Failover | None
@@ -137,11 +137,8 @@ def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_s
     prog = w.progress
     gens = _generations(run)
     kill_at = run.kill[1] if run.kill else None
-    learned = [
-        w.plans[g.generation]
-        for g in gens
-        if g.generation > 1 and (kill_at is None or w.plans[g.generation].ts < kill_at)
-    ]
+    before_kill = [w.plans[g.generation] for g in gens if kill_at is None or w.plans[g.generation].ts < kill_at]
+    learned = [p for p in before_kill if p.generation > 1]
     first_plan = w.plans.get(min(w.plans)) if w.plans else None
     first_step = w.first_step_ts()
     lc = []
@@ -178,12 +175,12 @@ def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_s
         steps=prog.step if prog else 0,
         total_steps=prog.total_steps if prog else 0,
         samples_done=prog.samples_done if prog else 0,
-        boards=[_board(b, opts, cluster) for b in cluster.boards],
+        boards=[_board(b, opts, cluster, run) for b in cluster.boards],
         makespan_s=round(run.finished_ts - run.submitted_ts, 1) if run.finished_ts else None,
         training_s=round(run.finished_ts - first_step, 1) if run.finished_ts and first_step else None,
         predicted_first_s=round(first_plan.predicted_makespan_s, 1) if first_plan else None,
         predicted_learned_s=round(learned[-1].predicted_makespan_s, 1) if learned else None,
-        ideal_s=round(learned[-1].ideal_makespan_s, 1) if learned else None,
+        ideal_s=round(before_kill[-1].ideal_makespan_s, 1) if before_kill else None,
         generations=gens,
         lc=lc,
         failover=_failover(run),
@@ -196,7 +193,7 @@ def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_s
     return report
 
 
-def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster) -> dict[str, Any]:
+def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster, run: JobRun) -> dict[str, Any]:
     return {
         "node": b.node,
         "kind": b.kind,
@@ -206,6 +203,7 @@ def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster) -> dict[str
         "lc_app": b.lc_app,
         "sample_ms": round(b.sample_ms(opts.base_sample_ms), 3),
         "killed": b.node in cluster.killed,
+        "profiled_samples_per_s": round(run.profiles[b.node], 1) if b.node in run.profiles else None,
     }
 
 
@@ -246,13 +244,16 @@ def render_report(r: DemoReport, console: Any) -> None:
     for col in (
         "actual (submit to done)",
         "training (first step to done)",
-        "predicted, gen 1 (priors)",
-        "predicted, learned plan",
-        "ideal bound (learned rates)",
+        "predicted, gen 1 (profiled rates)",
+        "predicted, re-planned on learned rates",
+        "ideal bound (last plan's rates)",
     ):
         t.add_column(col, justify="right")
     t.add_row(_f(r.makespan_s), _f(r.training_s), _f(r.predicted_first_s), _f(r.predicted_learned_s), _f(r.ideal_s))
     console.print(t)
+    profiled = [f"{b['node']} {b['profiled_samples_per_s']:.0f}" for b in r.boards if b["profiled_samples_per_s"]]
+    if profiled:
+        console.print(f"boards profiled before the job (samples/s at full intensity): {', '.join(profiled)}")
     t = Table(title="shares per plan generation (samples of each global batch @ intensity cap)")
     nodes = [b["node"] for b in r.boards]
     t.add_column("gen")

@@ -23,6 +23,7 @@ from deepedge.demo._profiles import BoardProfile, cluster_profiles
 from deepedge.demo._report import DemoReport, build_report
 from deepedge.demo._watch import ClusterWatch
 from deepedge.errors import DeepEdgeError
+from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
 
 __all__ = ["DemoOptions", "run_cluster_job", "run_demo"]
@@ -46,6 +47,7 @@ class DemoOptions:
     broker: str = "auto"
     timeout_s: float = 600.0
     calibrate_s: float = 4.0
+    profile_s: float | None = 1.5  # seconds per intensity level of each board's profile; None: no profile
 
 
 @dataclass
@@ -58,6 +60,7 @@ class JobRun:
     kill: tuple[str, float] | None = None  # (node, time of SIGKILL)
     calibration: dict[str, float] = field(default_factory=dict)  # app -> p95 alone (ms)
     deadlines: dict[str, float] = field(default_factory=dict)
+    profiles: dict[str, float] = field(default_factory=dict)  # node -> profiled samples/s at full intensity
 
 
 def kill_target(boards: list[BoardProfile]) -> str:
@@ -109,6 +112,30 @@ async def calibrate_lc(
     await _wait(lambda: all(watch.apps[a].deadline_ms == run.deadlines[a] for a in apps), watch, 30, "the LC deadlines")
 
 
+async def profile_boards(
+    cluster: DemoCluster, rpc: Requester, topics: Topics, opts: DemoOptions, run: JobRun, model: str
+) -> None:
+    """``deepedge profile`` on every board, as an operator would before retraining: boards without
+    LC apps at full intensity only, all at once; then each board with an LC app alone at three
+    intensities (its app's p95 at each), so no other profile disturbs the measurement."""
+    if opts.profile_s is None:
+        return
+
+    async def one(b: BoardProfile) -> None:
+        args: dict[str, ArgValue] = {"model": model, "seconds": opts.profile_s}
+        args["levels"] = "1,0.5,0.25" if b.lc_app else "1"
+        try:
+            result = await run_profile(rpc, topics, b.node, args, timeout_s=120)
+        except CommandError as exc:
+            raise DeepEdgeError(f"demo: profiling {b.node} failed: {exc}") from None
+        run.profiles[b.node] = float(result["samples_per_s"])
+
+    await asyncio.gather(*(one(b) for b in cluster.boards if not b.lc_app))
+    for b in cluster.boards:
+        if b.lc_app:
+            await one(b)
+
+
 async def run_cluster_job(
     cluster: DemoCluster,
     opts: DemoOptions,
@@ -137,6 +164,7 @@ async def run_cluster_job(
                 )
                 if calibrate:
                     await calibrate_lc(cluster, watch, rpc, topics, opts, run)
+                    await profile_boards(cluster, rpc, topics, opts, run, "cnn-small")
                 spec: dict[str, ArgValue] = {
                     "job": job,
                     "model": "cnn-small",

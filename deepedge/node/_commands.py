@@ -1,4 +1,4 @@
-"""Commands on ``cmd/node/<id>/<verb>``: status, drain, undrain, set-deadline, stop-worker.
+"""Commands on ``cmd/node/<id>/<verb>``: status, drain, undrain, set-deadline, stop-worker, profile.
 Each returns a typed reply; bad arguments raise CommandFailed (a typed error reply)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from deepedge.broker_schemas import ID_PATTERN, CommandReply, CommandRequest
+from deepedge.node._profile import ProfileError
 from deepedge.transport import CommandFailed, ok_reply
 
 if TYPE_CHECKING:
@@ -13,13 +14,34 @@ if TYPE_CHECKING:
 
 __all__ = ["VERBS", "handle_command"]
 
-VERBS = ("status", "drain", "undrain", "set-deadline", "stop-worker")
+VERBS = ("status", "drain", "undrain", "set-deadline", "stop-worker", "profile")
 
 
 def _only(req: CommandRequest, allowed: set[str]) -> None:
     extra = set(req.args) - allowed
     if extra:
         raise CommandFailed("bad_args", f"unknown argument(s): {', '.join(sorted(extra))}")
+
+
+def _profile_args(daemon: NodeDaemon, req: CommandRequest) -> tuple[str, list[float], float]:
+    """model (a model name, default cnn-small), levels (comma-separated intensities in (0, 1];
+    default 1 on a board without LC apps, else 1,0.5,0.25), seconds per level (0.5 .. the
+    latency window, so every LC sample of a level is still there to measure)."""
+    model = req.args.get("model", "cnn-small")
+    if not isinstance(model, str) or not 0 < len(model) <= 256:
+        raise CommandFailed("bad_args", "model must be a model name")
+    raw = req.args.get("levels") or ("1,0.5,0.25" if daemon.windows.deadlines else "1")
+    try:
+        levels = [float(x) for x in str(raw).split(",")]
+    except ValueError:
+        raise CommandFailed("bad_args", f"levels must be comma-separated numbers, not {raw!r}") from None
+    if not 0 < len(levels) <= 8 or not all(0 < u <= 1 for u in levels):
+        raise CommandFailed("bad_args", "levels must be 1 to 8 intensities in (0, 1]")
+    window = daemon.config.node.latency_window_s
+    seconds = req.args.get("seconds", min(3.0, window))
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0.5 <= seconds <= window:
+        raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
+    return model, levels, float(seconds)
 
 
 async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> CommandReply:
@@ -51,5 +73,13 @@ async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> 
             if job is not None and not stopped:
                 raise CommandFailed("not_found", f"no worker for job {job!r} on this node")
             return ok_reply(req, stopped=stopped)
+        case "profile":
+            _only(req, {"model", "levels", "seconds"})
+            model, levels, seconds = _profile_args(daemon, req)
+            try:
+                daemon.start_profile(model, levels, seconds)
+            except ProfileError as exc:
+                raise CommandFailed("conflict", str(exc)) from None
+            return ok_reply(req, started=True, model=model, levels=",".join(f"{u:g}" for u in levels), seconds=seconds)
         case _:
             raise CommandFailed("unknown_verb", f"unknown verb {verb!r}; known: {', '.join(VERBS)}")

@@ -4,6 +4,7 @@ systemd readiness and watchdog. It never imports torch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from deepedge.broker_schemas import (
     Event,
     Heartbeat,
     LatencyReport,
+    ModelProfile,
     NodeBirth,
     NodeDeath,
     Plan,
@@ -31,6 +33,7 @@ from deepedge.config import Config, ConfigError
 from deepedge.node._commands import handle_command
 from deepedge.node._identity import default_node_id, make_birth, new_session
 from deepedge.node._latency import LatencyIntake, LatencyWindows
+from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._sdnotify import SystemdNotifier
 from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
@@ -67,6 +70,7 @@ class NodeDaemon:
         cfg = config.node
         self.windows = LatencyWindows(cfg.latency_window_s, self.clock, {a.name: a.deadline_ms for a in cfg.lc_apps})
         self.intake = LatencyIntake(cfg.latency_socket, self.windows, DropLog(self.clock))
+        self.profiler = BoardProfiler(cfg, self.windows, self.clock)
         self.workers: dict[str, WorkerSupervisor] = {}
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
@@ -78,6 +82,7 @@ class NodeDaemon:
 
     def birth(self) -> NodeBirth:
         birth = make_birth(self.node, self.session, self._accelerators, self.drained)
+        birth = msgspec.structs.replace(birth, profiles=dict(self.profiler.profiles))
         if self.config.node.emulate_memory_mb:
             return msgspec.structs.replace(birth, memory_bytes=self.config.node.emulate_memory_mb << 20)
         return birth
@@ -124,6 +129,11 @@ class NodeDaemon:
                 for job, sup in self.workers.items()
             },
             "telemetry_sent": self.telemetry_sent,
+            "profile": {
+                "running": self.profiler.running,
+                "last_error": self.profiler.last_error,
+                "models": {m: msgspec.to_builtins(p) for m, p in self.profiler.profiles.items()},
+            },
         }
 
     # ---- commands' effects --------------------------------------------------------------------
@@ -137,6 +147,31 @@ class NodeDaemon:
     async def set_deadline(self, app: str, deadline_ms: float | None) -> None:
         self.windows.set_deadline(app, deadline_ms)
         await self.emit("lc.deadline_set", f"{app}: {deadline_ms} ms", app=app, deadline_ms=deadline_ms)
+
+    def start_profile(self, model: str, levels: list[float], seconds: float) -> None:
+        """Profile this board in the background; the result goes out in a fresh birth message.
+        Raises ProfileError if a profile or a training worker is running."""
+        if self.profiler.running:
+            raise ProfileError("a profile is already running on this node")
+        busy = [j for j, s in self.workers.items() if s.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF)]
+        if busy:
+            raise ProfileError(f"training is running here (job {', '.join(busy)}): profile an idle board")
+
+        async def run() -> ModelProfile:
+            self.profiler.last_error = ""
+            await self.emit("profile.started", f"{model} at intensities {levels}, {seconds:g} s each")
+            try:
+                result = await self.profiler.measure(model, levels, seconds)
+            except (ProfileError, OSError) as exc:
+                self.profiler.last_error = str(exc)
+                await self.emit("profile.failed", str(exc), level="warning")
+                raise
+            await self.publish_birth()
+            await self.emit("profile.done", f"{model}: {result.samples_per_s:.1f} samples/s at full intensity")
+            return result
+
+        self.profiler.task = asyncio.create_task(run(), name="profile")
+        self.profiler.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: logged above
 
     async def stop_workers(self, job: str | None = None) -> list[str]:
         stopped = []
@@ -320,6 +355,10 @@ class NodeDaemon:
     async def shutdown(self) -> None:
         """Stop workers, then say goodbye: a retained offline status (not the will)."""
         self.notifier.stopping()
+        if self.profiler.task is not None:
+            self.profiler.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.profiler.task
         for job, sup in self.workers.items():
             await sup.stop()
             self._worker_tasks[job].cancel()

@@ -61,6 +61,16 @@ class LatencyWindows:
             self.deadlines[app] = deadline_ms
             self._samples.setdefault(app, deque())
 
+    def p95_between(self, start: float, end: float) -> dict[str, float]:
+        """Each app's p95 over the samples that arrived in [start, end] (monotonic; at most the
+        last ``window_s`` seconds are kept); apps without samples there are left out."""
+        out = {}
+        for app, window in self._samples.items():
+            values = sorted(ms for t, ms in window if start <= t <= end)
+            if values:
+                out[app] = percentile(values, 95)
+        return out
+
     def summary(self, now: float | None = None) -> tuple[AppLatency, ...]:
         now = self._clock.monotonic() if now is None else now
         out = []

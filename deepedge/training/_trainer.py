@@ -18,18 +18,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
+from deepedge.training._compute import compute_share
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
 from deepedge.training._models import build_model, load_checkpoint
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, WorkerState
 
 __all__ = ["Trainer"]
-
-MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps between them
 
 
 class _NewPlan(Exception):
@@ -176,26 +174,9 @@ class Trainer:
         a = self.pfw.assignment
         epoch, batch = self.global_batch(self.step)
         mine = batch[a.batch_offset : a.batch_offset + a.share]
-        cap = max(0.01, min(1.0, a.intensity_cap))
         for p in self.params:
             p.grad = torch.zeros_like(p)
-        loss_sum, busy = torch.zeros(1), 0.0
-        for start in range(0, len(mine), MICRO_BATCH):
-            t0 = time.perf_counter()
-            micro = mine[start : start + MICRO_BATCH]
-            x, y = self.data.batch(micro)
-            loss = F.cross_entropy(self.model(x), y, reduction="sum")
-            loss.backward()  # type: ignore[no-untyped-call]
-            loss_sum += loss.detach()
-            spent = time.perf_counter() - t0
-            emulated = len(micro) * self.pfw.emulated_sample_s - spent  # an emulated slower board
-            if emulated > 0:
-                time.sleep(emulated)
-                spent += emulated
-            busy += spent
-            pause = spent * (1.0 / cap - 1.0)  # keep the duty cycle at or under the cap
-            if pause > 0:
-                time.sleep(pause)
+        loss_sum, busy = compute_share(self.model, self.data, mine, a.intensity_cap, self.pfw.emulated_sample_s)
         grads = [p.grad for p in self.params if p.grad is not None]
         flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
         self.all_reduce_or_abandon(flat)

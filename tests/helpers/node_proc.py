@@ -46,7 +46,9 @@ def start_node(
     env: dict[str, str] | None = None,
     worker: list[str] | None = None,
     latency_window_s: float = 30,
+    node_extra: str = "",
 ) -> NodeProc:
+    """``node_extra``: more TOML lines for the [node] section."""
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
     apps = "".join(f'\n[[node.lc_apps]]\nname = "{a}"\ndeadline_ms = {d}\n' for a, d in (lc_apps or {}).items())
@@ -55,7 +57,8 @@ def start_node(
         f'[log]\nlevel = "debug"\nformat = "json"\n'
         f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
         f'latency_window_s = {latency_window_s}\nlatency_socket = "{sock}"\n'
-        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{apps}"
+        f'profile_path = "{tmp / node}-profile.json"\n'
+        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{node_extra}\n{apps}"
     )
     log = tmp / f"{node}.log"
     return NodeProc(node, _spawn(cfg, "node", log, env), sock, log)

@@ -1,0 +1,137 @@
+"""``deepedge profile`` on a board (FECBench-style): train a model alone at a few intensities
+with the worker's own step code, measure the throughput and, for each LC app on the board, its
+p95 latency at each intensity (and with nothing training). The result is kept in
+``node.profile_path`` and announced in the node's retained birth message; the coordinator uses it
+as its prior for the board's rate and its apps' interference model, so a job's first plan is
+already the right one instead of a guess that heartbeats correct later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from deepedge.broker_schemas import LcPoint, ModelProfile
+from deepedge.clock import Clock
+from deepedge.config import NodeConfig
+from deepedge.node._latency import LatencyWindows
+
+__all__ = ["BoardProfiler", "ProfileError"]
+
+log = structlog.get_logger("deepedge.node")
+
+_PROFILES = msgspec.json.Decoder(dict[str, ModelProfile])
+MAX_PROFILES = 16  # models remembered (the birth message carries them all)
+
+
+class ProfileError(Exception):
+    pass
+
+
+class BoardProfiler:
+    def __init__(self, cfg: NodeConfig, windows: LatencyWindows, clock: Clock) -> None:
+        self.cfg = cfg
+        self.windows = windows
+        self.clock = clock
+        self.path = Path(cfg.profile_path) if cfg.profile_path else None
+        self.profiles: dict[str, ModelProfile] = self._load()
+        self.task: asyncio.Task[ModelProfile] | None = None
+        self.last_error = ""
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def _load(self) -> dict[str, ModelProfile]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            return dict(list(_PROFILES.decode(self.path.read_bytes()).items())[:MAX_PROFILES])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("profile.unreadable", path=str(self.path), error=str(exc))
+            return {}
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.encode(self.profiles))
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.warning("profile.unsaved", path=str(self.path), error=str(exc))
+
+    async def measure(self, model: str, levels: list[float], seconds: float) -> ModelProfile:
+        """Run the profiler process; keep and return the profile. Raises ProfileError."""
+        before = self.clock.monotonic()
+        alone = self.windows.p95_between(before - seconds, before)  # nothing trains now
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "deepedge.training.profile",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            # as the training worker runs: on its CPUs, at its priority
+            if self.cfg.cpu_affinity:
+                os.sched_setaffinity(proc.pid, self.cfg.cpu_affinity)
+            os.setpriority(os.PRIO_PROCESS, proc.pid, self.cfg.worker_nice)
+        except OSError as exc:
+            log.warning("profile.priority_failed", error=str(exc))
+        request = {
+            "model": model,
+            "levels": levels,
+            "seconds": seconds,
+            "emulated_sample_s": self.cfg.emulate_sample_ms / 1000.0,
+        }
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stderr = asyncio.create_task(proc.stderr.read())  # drained all along: a full pipe would block it
+        try:
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            await proc.stdin.drain()
+            points = [LcPoint(app=app, intensity=0.0, p95_ms=p95) for app, p95 in alone.items()]
+            best: tuple[float, float] | None = None  # (intensity, full-intensity rate)
+            while line := await proc.stdout.readline():
+                try:
+                    level = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(level, dict):
+                    continue
+                if "error" in level:
+                    raise ProfileError(str(level["error"])[:500])
+                now = self.clock.monotonic()
+                duty = max(0.01, min(1.0, float(level["duty"])))
+                span = float(level["t1"]) - float(level["t0"])
+                for app, p95 in self.windows.p95_between(now - span, now).items():
+                    points.append(LcPoint(app=app, intensity=round(duty, 4), p95_ms=round(p95, 3)))
+                if best is None or duty > best[0]:
+                    best = (duty, float(level["samples_per_s"]) / duty)
+                log.info("profile.level", model=model, intensity=duty, samples_per_s=level["samples_per_s"])
+            rc = await proc.wait()
+            if best is None:
+                err = (await stderr)[-500:].decode(errors="replace").strip()
+                raise ProfileError(f"the profiler exited {rc} without a measurement: {err or 'no output'}")
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            stderr.cancel()
+        result = ModelProfile(samples_per_s=round(best[1], 3), ts=self.clock.time(), lc=tuple(points[:64]))
+        self.profiles[model] = result
+        while len(self.profiles) > MAX_PROFILES:
+            del self.profiles[next(iter(self.profiles))]
+        self._save()
+        return result

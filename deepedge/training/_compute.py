@@ -1,0 +1,45 @@
+"""One node's share of a step: forward and backward over micro-batches, paced for an emulated
+board and throttled to an intensity cap. Shared by the trainer and the board profiler, so a
+profile measures exactly what training does."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepedge.training._data import TensorDataset
+
+__all__ = ["MICRO_BATCH", "compute_share"]
+
+MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps between them
+
+
+def compute_share(
+    model: nn.Module, data: TensorDataset, indices: torch.Tensor, cap: float, emulated_sample_s: float = 0.0
+) -> tuple[torch.Tensor, float]:
+    """Accumulate the gradients of the summed loss over ``indices`` into ``.grad``; returns
+    (summed loss, seconds busy). After each micro-batch that took ``t`` seconds (at least
+    ``len x emulated_sample_s`` on an emulated slower board) it sleeps ``t (1/cap - 1)``, so the
+    duty cycle stays at or under ``cap``."""
+    cap = max(0.01, min(1.0, cap))
+    loss_sum, busy = torch.zeros(1), 0.0
+    for start in range(0, len(indices), MICRO_BATCH):
+        t0 = time.perf_counter()
+        micro = indices[start : start + MICRO_BATCH]
+        x, y = data.batch(micro)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss.backward()  # type: ignore[no-untyped-call]
+        loss_sum += loss.detach()
+        spent = time.perf_counter() - t0
+        emulated = len(micro) * emulated_sample_s - spent  # an emulated slower board
+        if emulated > 0:
+            time.sleep(emulated)
+            spent += emulated
+        busy += spent
+        pause = spent * (1.0 / cap - 1.0)
+        if pause > 0:
+            time.sleep(pause)
+    return loss_sum, busy
