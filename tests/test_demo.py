@@ -40,7 +40,7 @@ def test_reduced_demo_completes_with_failover_exact_accounting_and_no_lc_violati
             EXE,
             "demo",
             "--epochs",
-            "3",
+            "10",
             "--images",
             "1200",
             "--kill-after",
@@ -57,7 +57,8 @@ def test_reduced_demo_completes_with_failover_exact_accounting_and_no_lc_violati
     assert report_file.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(report_file.read_text())
     assert r["state"] == "completed", r["problems"]
-    assert r["accounting"]["ok"] and r["accounting"]["samples"] == 3 * 1200
+    assert r["accounting"]["ok"] and r["accounting"]["samples"] == 10 * 1200
+    assert all(b["profiled_samples_per_s"] for b in r["boards"])  # profiled before the job
     f = r["failover"]
     assert f is not None and f["node"] == "tx2" and f["resumed_s"] is not None
     killed = [b for b in r["boards"] if b["killed"]]

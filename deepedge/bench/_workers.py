@@ -60,10 +60,11 @@ class WorkerProc:
     arrived: list[float] = field(default_factory=list)  # time.monotonic() of each report
     stderr: list[str] = field(default_factory=list)
 
-    def send(self, plan: Plan) -> None:
+    def send(self, plan: Plan, emulated_sample_s: float = 0.0) -> None:
         a = next(x for x in plan.assignments if x.node == self.node)
         assert self.proc.stdin is not None
-        self.proc.stdin.write(encode_line(PlanForWorker(node=self.node, plan=plan, assignment=a)))
+        pfw = PlanForWorker(node=self.node, plan=plan, assignment=a, emulated_sample_s=emulated_sample_s)
+        self.proc.stdin.write(encode_line(pfw))
         self.proc.stdin.flush()
 
     def wait_report(self, pred: Callable[[WorkerReport], bool], timeout: float = 60.0) -> WorkerReport:
