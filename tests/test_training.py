@@ -173,3 +173,25 @@ def test_bad_inputs_fail_clearly(tmp_path: Path, problem: str) -> None:
         "small-dataset": "fewer than the global batch",
     }[problem]
     assert expected in failed.message
+
+
+def test_a_rank_that_set_its_group_aside_reforms_with_one_that_destroyed_its_own() -> None:
+    """After a failure some survivors' all-reduce raised (they destroy the group) while others
+    abandoned a pending one (they set it aside): they must still agree on the next group. (The
+    demo once looped for minutes re-planning because they did not: init_process_group's barrier
+    keys on a per-process group counter that only destroying reset.)"""
+    import torch.multiprocessing as mp
+
+    from deepedge.embedded_broker import free_port
+    from tests._group_helpers import leave_then_rejoin
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ports = (free_port(), free_port())
+    procs = [ctx.Process(target=leave_then_rejoin, args=(r, ports, True, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(out.get(timeout=5) for _ in procs) == [(0, 2.0), (1, 2.0)]

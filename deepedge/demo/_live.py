@@ -41,7 +41,9 @@ class LiveView:
 
     def _header(self, run: JobRun) -> str:
         w, p = run.watch, run.watch.progress
-        elapsed = time.time() - run.submitted_ts if run.submitted_ts else 0.0
+        if not run.submitted_ts:
+            return run.phase or "starting"
+        elapsed = time.time() - run.submitted_ts
         if p is None:
             return f"job submitted {elapsed:.0f} s ago, waiting for its first plan"
         eta = f"{p.eta_s:.0f} s" if p.eta_s is not None else "-"
@@ -94,6 +96,9 @@ class LiveView:
 
     def _lines(self, run: JobRun, cluster: DemoCluster) -> None:
         w = run.watch
+        if run.phase and f"phase:{run.phase}" not in self._said:
+            self._said.add(f"phase:{run.phase}")
+            self.console.print(run.phase)
         for e in w.events:
             key = f"{e.ts}:{e.event}:{e.node}"
             if key not in self._said and e.event in ("node.dead", "plan.published", "lc.violation", "job.completed"):
@@ -105,6 +110,6 @@ class LiveView:
                 self._said.add(key)
                 self.console.print(f"  SIGKILL board {node}")
         now = time.monotonic()
-        if now - self._last_line >= 3.0:
+        if run.submitted_ts and now - self._last_line >= 3.0:
             self._last_line = now
             self.console.print(self._header(run))

@@ -61,6 +61,7 @@ class JobRun:
     calibration: dict[str, float] = field(default_factory=dict)  # app -> p95 alone (ms)
     deadlines: dict[str, float] = field(default_factory=dict)
     profiles: dict[str, float] = field(default_factory=dict)  # node -> profiled samples/s at full intensity
+    phase: str = ""  # what the demo is doing before the job (shown by the live view)
 
 
 def kill_target(boards: list[BoardProfile]) -> str:
@@ -122,6 +123,7 @@ async def profile_boards(
         return
 
     async def one(b: BoardProfile) -> None:
+        assert opts.profile_s is not None
         args: dict[str, ArgValue] = {"model": model, "seconds": opts.profile_s}
         args["levels"] = "1,0.5,0.25" if b.lc_app else "1"
         try:
@@ -152,10 +154,17 @@ async def run_cluster_job(
     broker = BrokerConfig(url=cluster.url, keepalive_s=5)
     watch = ClusterWatch(topics, job=job)
     run = JobRun(watch)
+
+    def tell(phase: str) -> None:
+        run.phase = phase
+        if on_tick is not None:
+            on_tick(run)
+
     async with MqttTransport(broker, client_id=f"deepedge-demo-{job}"[:64]) as t:
         watcher = asyncio.create_task(watch.run(t))
         try:
             async with Requester(t, topics, timeout_s=15, sender="demo") as rpc:
+                tell("waiting for the coordinator and every node to be online")
                 await _wait(
                     lambda: watch.coordinator_online and all(watch.alive.get(b.node) for b in cluster.boards),
                     watch,
@@ -163,8 +172,12 @@ async def run_cluster_job(
                     "the coordinator and every node to be online",
                 )
                 if calibrate:
+                    tell(f"measuring the LC apps alone ({opts.calibrate_s:g} s), then setting their deadlines")
                     await calibrate_lc(cluster, watch, rpc, topics, opts, run)
+                    if opts.profile_s is not None:
+                        tell("profiling the boards (deepedge profile: rate alone, LC p95 per intensity)")
                     await profile_boards(cluster, rpc, topics, opts, run, "cnn-small")
+                tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
                     "model": "cnn-small",

@@ -38,13 +38,31 @@ ABANDON_POLL_S = 0.05  # how often a pending all-reduce looks for a newer plan
 
 
 def _set_aside_default_group() -> object:
-    """Unregister the default process group without destroying it: destroying a gloo group with
-    an operation pending blocks until gloo's timeout. The caller keeps the group referenced; its
-    stuck operation ends at that timeout in gloo's own thread and nobody waits for it."""
+    """Unregister the default process group without shutting it down: shutting down a gloo
+    group with an operation pending blocks until gloo's timeout. This is
+    ``destroy_process_group()`` minus the backends' shutdown, the group-name counter included
+    (reset to 0, as destroying does, so that every rank — set aside, destroyed or new — names its
+    next group alike: the store-based barrier of ``init_process_group`` keys on that name). The
+    caller keeps the returned group referenced, so its destructor does not block either; its
+    stuck operation ends at gloo's timeout in gloo's own thread, and nobody waits for it."""
+    from torch._C._distributed_c10d import _unregister_all_process_groups
     from torch.distributed import distributed_c10d as c10d  # private API: pinned torch, tested
 
     group = c10d._get_default_group()
+    world = c10d._world
     c10d._update_default_pg(None)
+    for registry in (
+        world.pg_map,
+        world.pg_names,
+        world.pg_group_ranks,
+        world.pg_backend_config,
+        world.pg_to_tag,
+        world.tags_to_pg,
+        world.pg_coalesce_state,
+    ):
+        registry.clear()
+    _unregister_all_process_groups()
+    world.group_count = 0
     return group
 
 
