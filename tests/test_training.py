@@ -129,18 +129,19 @@ def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
     import statistics
 
     data = make_tensor_dataset(tmp_path / "d.pt", 4800, size=32)
-    rates = {}
-    for cap in (1.0, 0.5):
-        w = start_worker("a")
+    rates: dict[float, float] = {}
+    for run, cap in enumerate((1.0, 0.5, 1.0)):  # full speed measured twice: a burst of load on
+        w = start_worker("a")  # this shared machine during one of them must not pass for a throttle
         try:
-            w.send(make_plan("j", 1, {"a": 96}, spec(data, tmp_path / f"o{cap}", global_batch=96, epochs=1), cap=cap))
+            out = tmp_path / f"o{run}"
+            w.send(make_plan("j", 1, {"a": 96}, spec(data, out, global_batch=96, epochs=1), cap=cap))
             w.wait_report(lambda r: r.state == "done", 180)
         finally:
             stop_all([w])
         training = [r for r in w.reports if r.state == "training" and r.step > 5]
         # the achieved duty cycle, by the wall clock over whole steps, never over the cap by 10 %
         assert training and all(r.intensity <= 1.1 * cap for r in training), [r.intensity for r in training]
-        rates[cap] = statistics.median(r.samples_per_s for r in training)
+        rates[cap] = max(rates.get(cap, 0.0), statistics.median(r.samples_per_s for r in training))
     assert rates[0.5] / rates[1.0] <= 0.55, rates
 
 

@@ -47,8 +47,10 @@ def start_node(
     worker: list[str] | None = None,
     latency_window_s: float = 30,
     node_extra: str = "",
+    prefix: list[str] | None = None,
 ) -> NodeProc:
-    """``node_extra``: more TOML lines for the [node] section."""
+    """``node_extra``: more TOML lines for the [node] section; ``prefix``: a command it runs
+    under (e.g. ``ip netns exec NS``)."""
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
     apps = "".join(f'\n[[node.lc_apps]]\nname = "{a}"\ndeadline_ms = {d}\n' for a, d in (lc_apps or {}).items())
@@ -61,17 +63,19 @@ def start_node(
         f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{node_extra}\n{apps}"
     )
     log = tmp / f"{node}.log"
-    return NodeProc(node, _spawn(cfg, "node", log, env), sock, log)
+    return NodeProc(node, _spawn(cfg, "node", log, env, prefix), sock, log)
 
 
-def _spawn(cfg: Path, command: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    cfg: Path, command: str, log: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     """``deepedge --config CFG COMMAND`` with its output appended to ``log`` and no inherited
     DEEPEDGE_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
     exe = str(Path(sys.executable).parent / "deepedge")
     with log.open("ab") as fh:
         return subprocess.Popen(
-            [exe, "--config", str(cfg), command],
+            [*(prefix or []), exe, "--config", str(cfg), command],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
