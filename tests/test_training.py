@@ -102,6 +102,70 @@ def test_one_of_three_fails_survivors_finish_every_sample_once(tmp_path: Path, f
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10  # it learns, across the failure
 
 
+def test_a_rendezvous_missing_a_rank_is_left_for_a_newer_plan_at_once(tmp_path: Path) -> None:
+    """A plan names a rank that never arrives (its board froze while the group was forming):
+    the others wait at the rendezvous only until a newer plan comes, not for gloo's 10 s."""
+    data = make_tensor_dataset(tmp_path / "d.pt", 1200, size=16)
+    s = spec(data, tmp_path / "out", global_batch=60, epochs=1, learning_rate=0.02)
+    workers = [start_worker(n) for n in ("a", "b")]
+    try:
+        plan1 = make_plan("j", 1, {"a": 20, "b": 20, "ghost": 20}, s)  # ghost never comes
+        for w in workers:
+            w.send(plan1)
+        for w in workers:
+            w.wait_report(lambda r: r.state == "starting", 60)
+        time.sleep(2.0)  # they are at the rendezvous now (after start-up and data loading)
+        sent = time.monotonic()
+        plan2 = make_plan("j", 2, {"a": 30, "b": 30}, s)
+        for w in workers:
+            w.send(plan2)
+        for w in workers:
+            w.wait_report(lambda r: r.generation == 2 and r.state == "training", 30)
+        took = time.monotonic() - sent
+        for w in workers:
+            w.wait_report(lambda r: r.state == "done", 120)
+    finally:
+        stop_all(workers)
+    assert took < 4, took
+    assert verify_accounting(tmp_path / "out", 1200, 1)["ok"]
+
+
+def test_when_every_worker_dies_new_ones_resume_from_the_last_epoch_checkpoint(tmp_path: Path) -> None:
+    """All workers SIGKILLed after the first epoch's checkpoint: fresh workers given a plan with
+    the job's progress (``resume_step``) start from that checkpoint, not from scratch; the steps
+    after it are redone and every sample of every epoch is still trained exactly once."""
+    data = make_tensor_dataset(tmp_path / "d.pt", 1200, size=16)
+    out = tmp_path / "out"
+    s = spec(data, out, global_batch=60, epochs=3, learning_rate=0.02)
+    first = [start_worker(n) for n in ("a", "b", "c")]
+    try:
+        plan1 = make_plan("j", 1, {"a": 20, "b": 20, "c": 20}, s, cap=0.5)
+        for w in first:
+            w.send(plan1)
+        first[0].wait_report(lambda r: r.state == "training" and r.step >= 24, 120)
+        for w in first:
+            w.proc.send_signal(signal.SIGKILL)
+    finally:
+        stop_all(first)
+    assert (out / "checkpoint-epoch1.pt").exists()
+    again = [start_worker(n) for n in ("a", "b", "c")]
+    try:
+        plan2 = make_plan("j", 2, {"a": 20, "b": 20, "c": 20}, s, resume_step=24)
+        for w in again:
+            w.send(plan2)
+        resumed = again[0].wait_report(lambda r: r.state == "training", 120)
+        for w in again:
+            w.wait_report(lambda r: r.state == "done", 180)
+            assert w.proc.wait(30) == 0, w.stderr[-5:]
+    finally:
+        stop_all(again)
+    assert resumed.step == 21  # the first step after the checkpoint at step 20, completed
+    assert any("resuming from checkpoint-epoch1.pt at step 20" in line for line in again[0].stderr)
+    assert verify_accounting(out, 1200, 3) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 3600}
+    meta = torch.load(out / "model.pt", weights_only=True)["meta"]
+    assert meta["steps"] == 60 and meta["plan_generations"] == [1, 2]
+
+
 def test_a_late_joiner_enters_and_the_job_finishes(tmp_path: Path) -> None:
     data = make_tensor_dataset(tmp_path / "d.pt", 2400, size=16)
     out = tmp_path / "out"

@@ -33,7 +33,13 @@ def make_tensor_dataset(path: Path, n: int, classes: int = 4, size: int = 8, see
 
 
 def make_plan(
-    job: str, gen: int, shares: dict[str, int], spec: JobSpec, cap: float = 1.0, port: int | None = None
+    job: str,
+    gen: int,
+    shares: dict[str, int],
+    spec: JobSpec,
+    cap: float = 1.0,
+    port: int | None = None,
+    resume_step: int = 0,
 ) -> Plan:
     assignments, offset = [], 0
     for rank, (node, share) in enumerate(shares.items()):
@@ -49,6 +55,7 @@ def make_plan(
         backend="gloo",
         assignments=tuple(assignments),
         total_steps=0,
+        resume_step=resume_step,
     )
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch._C._distributed_c10d import TCPStore
 
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
@@ -34,7 +36,9 @@ class _NewPlan(Exception):
     """A later plan generation arrived: re-form at this step boundary."""
 
 
-ABANDON_POLL_S = 0.05  # how often a pending all-reduce looks for a newer plan
+ABANDON_POLL_S = 0.05  # how often a pending all-reduce or a rendezvous looks for a newer plan
+_TRY = datetime.timedelta(seconds=1)  # one try to reach rank 0's store
+_ARRIVED = "deepedge/arrived"  # ranks of this generation at the rendezvous
 
 
 def _set_aside_default_group() -> object:
@@ -98,6 +102,40 @@ class Trainer:
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         self.intensity = 0.0
         self._set_aside: list[object] = []  # groups abandoned with an all-reduce pending
+        if first.plan.resume_step > 0:
+            self.resume_from_checkpoint()
+
+    def resume_from_checkpoint(self) -> None:
+        """The job had progress before this worker started (a joiner, a restarted worker, or
+        every worker lost): start from the newest epoch checkpoint of this job in the output, if
+        there is one. ``sync_state`` then takes whichever rank is furthest: live survivors beat a
+        checkpoint, a checkpoint beats starting over. Steps redone after it are recorded again
+        under the new generation, which is the record that counts."""
+        job = self.pfw.plan.job
+        found: list[tuple[int, Path]] = []
+        for path in self.output.glob("checkpoint-epoch*.pt"):
+            try:
+                found.append((int(path.stem.removeprefix("checkpoint-epoch")), path))
+            except ValueError:
+                continue
+        for _, path in sorted(found, reverse=True):
+            try:
+                data = torch.load(path, weights_only=True, map_location="cpu")
+                meta = data["meta"]
+                if meta.get("job") != job:
+                    continue
+                self.model.load_state_dict(data["model"])
+                for p, buf in zip(self.params, data.get("momentum") or [], strict=False):
+                    if buf.shape == p.shape:
+                        self.opt.state[p]["momentum_buffer"].copy_(buf)
+            except Exception as exc:  # a damaged checkpoint: try the one before it
+                print(f"worker: checkpoint {path} not usable: {exc}", file=sys.stderr, flush=True)
+                continue
+            self.step = int(meta["steps"])
+            self.loss_curve = [(int(s), float(v)) for s, v in meta.get("loss_curve", [])]
+            self.generations = [int(g) for g in meta.get("plan_generations", [])]
+            print(f"worker: resuming from {path.name} at step {self.step}", file=sys.stderr, flush=True)
+            return
 
     # ---- reports ------------------------------------------------------------------------------
 
@@ -124,14 +162,46 @@ class Trainer:
 
     def form_group(self) -> None:
         plan, a = self.pfw.plan, self.pfw.assignment
-        dist.init_process_group(
-            plan.backend if plan.backend == "gloo" or torch.cuda.is_available() else "gloo",
-            init_method=f"tcp://{plan.rendezvous_host}:{plan.rendezvous_port}",
-            rank=a.rank,
-            world_size=len(plan.assignments),
-            timeout=self.timeout,
-        )
+        world = len(plan.assignments)
+        store = self.meet(plan.rendezvous_host, plan.rendezvous_port, a.rank, world)
+        # gloo even where the plan says nccl: the model and its tensors stay on the CPU (GPU
+        # training is not built), and NCCL cannot reduce CPU tensors. Every rank decides alike.
+        dist.init_process_group("gloo", store=store, rank=a.rank, world_size=world, timeout=self.timeout)
         self.generations.append(plan.generation)
+
+    def meet(self, host: str, port: int, rank: int, world: int) -> TCPStore:
+        """Wait until every rank of this generation is at its rendezvous (rank 0 hosts the store),
+        looking for a newer plan between short tries: a peer of this generation that died before
+        it got here must not hold the others up until gloo's timeout (raises _NewPlan), and
+        ``init_process_group`` then finds everyone there. RuntimeError after the collective
+        timeout with no newer plan."""
+        gen = self.pfw.plan.generation
+        deadline = time.monotonic() + self.timeout.total_seconds()
+        store: TCPStore | None = None
+        arrived = 0
+        while True:
+            if self.newer_plan_than(gen):
+                raise _NewPlan
+            try:
+                if store is None:
+                    store = TCPStore(host, port, world, is_master=rank == 0, timeout=_TRY, wait_for_workers=False)
+                    store.add(_ARRIVED, 1)
+                arrived = store.add(_ARRIVED, 0)
+            except RuntimeError:  # rank 0's store is not up yet, or a try timed out
+                pass
+            if store is not None and arrived >= world:
+                store.set_timeout(self.timeout)
+                return store
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"rendezvous of generation {gen} at {host}:{port}: {arrived} of {world} ranks arrived "
+                    f"within {self.timeout.total_seconds():g} s"
+                )
+            time.sleep(ABANDON_POLL_S)
+
+    def newer_plan_than(self, generation: int) -> bool:
+        newer = self.channel.latest()
+        return newer is not None and newer.plan.generation > generation
 
     def leave_group(self) -> None:
         if dist.is_initialized():
@@ -149,8 +219,7 @@ class Trainer:
         work.get_future().add_done_callback(lambda _f: done.set())
         gen = self.pfw.plan.generation
         while not done.wait(ABANDON_POLL_S):
-            newer = self.channel.latest()
-            if newer is not None and newer.plan.generation > gen:
+            if self.newer_plan_than(gen):
                 self._set_aside.append(_set_aside_default_group())
                 raise _NewPlan
         work.wait()
@@ -220,6 +289,7 @@ class Trainer:
         torch.save(
             {
                 "model": self.model.state_dict(),
+                "momentum": [self.opt.state[p]["momentum_buffer"] for p in self.params],
                 "meta": {
                     "job": self.pfw.plan.job,
                     "steps": self.step,
@@ -239,8 +309,7 @@ class Trainer:
         gen = self.pfw.plan.generation
         last_report = 0.0
         while self.step < self.total_steps:
-            newer = self.channel.latest()
-            if newer is not None and newer.plan.generation > gen:
+            if self.newer_plan_than(gen):
                 raise _NewPlan
             t0 = time.perf_counter()
             loss, busy = self.train_step()
