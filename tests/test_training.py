@@ -186,27 +186,36 @@ def test_a_late_joiner_enters_and_the_job_finishes(tmp_path: Path) -> None:
 
 
 def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
-    """The throttle gives the board back its share of the time, by the wall clock: throughput at
-    cap 0.5 is at most 55 % of that at cap 1.0 (the safety side of "within 10 %": LC apps get at
-    least their half). The lower side depends on how busy this shared machine is, so its figure
-    belongs to a benchmark, not a test."""
+    """The throttle gives the board back its share of the CPU: the worker's CPU time per second
+    of wall clock at cap 0.5 is at most 55 % of that at cap 1.0 (the safety side of "within
+    10 %": LC apps get at least their half), and the duty cycle it reports (compute time / step
+    time by the wall clock) never exceeds the cap by 10 %. (Throughput is not the measure: a
+    throttled worker computes each sample faster on this machine, its caches warm and its CPU
+    less contended. The lower side depends on how busy the machine is: a benchmark's figure.)"""
     import statistics
 
+    import psutil
+
     data = make_tensor_dataset(tmp_path / "d.pt", 4800, size=32)
-    rates: dict[float, float] = {}
+    share: dict[float, float] = {}
     for run, cap in enumerate((1.0, 0.5, 1.0)):  # full speed measured twice: a burst of load on
         w = start_worker("a")  # this shared machine during one of them must not pass for a throttle
         try:
             out = tmp_path / f"o{run}"
             w.send(make_plan("j", 1, {"a": 96}, spec(data, out, global_batch=96, epochs=1), cap=cap))
+            proc = psutil.Process(w.proc.pid)
+            w.wait_report(lambda r: r.state == "training" and r.step >= 6, 120)
+            t0, c0 = time.monotonic(), sum(proc.cpu_times()[:2])
+            w.wait_report(lambda r: r.state == "training" and r.step >= 30, 120)
+            t1, c1 = time.monotonic(), sum(proc.cpu_times()[:2])
             w.wait_report(lambda r: r.state == "done", 180)
         finally:
             stop_all([w])
         training = [r for r in w.reports if r.state == "training" and r.step > 5]
-        # the achieved duty cycle, by the wall clock over whole steps, never over the cap by 10 %
         assert training and all(r.intensity <= 1.1 * cap for r in training), [r.intensity for r in training]
-        rates[cap] = max(rates.get(cap, 0.0), statistics.median(r.samples_per_s for r in training))
-    assert rates[0.5] / rates[1.0] <= 0.55, rates
+        assert statistics.median(r.intensity for r in training) >= 0.5 * cap  # it does train
+        share[cap] = max(share.get(cap, 0.0), (c1 - c0) / (t1 - t0))
+    assert share[0.5] / share[1.0] <= 0.55, share
 
 
 @pytest.mark.parametrize("problem", ["missing-checkpoint", "corrupt-checkpoint", "bad-image", "small-dataset"])

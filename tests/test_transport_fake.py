@@ -115,6 +115,32 @@ async def test_request_reply_and_typed_errors() -> None:
         server.cancel()
 
 
+async def test_a_flood_of_malformed_commands_gets_few_error_replies_and_real_ones_still_answered() -> None:
+    """Error replies to undecodable commands are limited per reply address (a burst of 10, then
+    5 per second): a flood cannot make the server amplify it, and a real request is answered."""
+    broker = FakeBroker()
+    async with FakeTransport(broker, client_id="node-n1") as node, FakeTransport(broker, client_id="cli-2") as cli:
+        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler))
+        await asyncio.sleep(0)
+        sub = await cli.subscribe(T.replies("cli-2"))
+        bad = b'{"kind":"command","request_id":"r1","reply_to":"cli-2","args":7}'
+        for _ in range(500):
+            await cli.publish_raw(T.node_command("n1", "status"), bad)
+        async with Requester(cli, T, timeout_s=2) as rpc:
+            reply = await rpc.request(T.node_command("n1", "status"), {"x": 1})
+            assert reply.ok and reply.result["echo"] == 1
+        errors = 0
+        while True:
+            try:
+                got = await sub.get(0.2)
+            except TimeoutError:
+                break
+            if isinstance(got, Received) and isinstance(got.message, CommandReply) and got.message.request_id == "r1":
+                errors += 1
+        assert 1 <= errors <= 20, errors
+        server.cancel()
+
+
 async def test_request_times_out_and_cleans_up() -> None:
     broker = FakeBroker()
     async with FakeTransport(broker) as cli, Requester(cli, T) as rpc:

@@ -137,8 +137,35 @@ def _reply_address(payload: bytes) -> _ReplyAddress | None:
     return None
 
 
+ERROR_REPLIES_PER_S = 5.0  # per reply address, to requests that did not decode (a burst of 10 is allowed)
+
+
+class _ReplyLimiter:
+    """A token bucket per reply address for error replies to undecodable requests: a flood of
+    garbage must not make a daemon spend its time (and the broker's) answering it, queueing the
+    real requests behind. Decoded requests are always answered."""
+
+    def __init__(self, rate: float = ERROR_REPLIES_PER_S, burst: float = 10.0) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self.suppressed = 0
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self._buckets) > 10_000:  # forged addresses must not grow it without bound
+            self._buckets.clear()
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            self.suppressed += 1
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+
 async def serve_commands(transport: Transport, topics: Topics, topic_filter: str, handler: Handler) -> None:
     """Answer commands on ``topic_filter`` until cancelled."""
+    limiter = _ReplyLimiter()
     async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
         async for item in sub:
             reply: CommandReply | None = None
@@ -149,6 +176,8 @@ async def serve_commands(transport: Transport, topics: Topics, topic_filter: str
                     reply = await _call(handler, parsed.verb or "", req)
                 case Refused(payload=payload, error=error):
                     address = _reply_address(payload) if error.reason != SchemaErrorReason.TOO_LARGE else None
+                    if address is not None and not limiter.allow(address.reply_to, time.monotonic()):
+                        address = None  # the refusal itself is in the drop log
                     if address is not None:
                         code: ErrorCode = (
                             "unknown_verb" if error.reason == SchemaErrorReason.BAD_TOPIC else "bad_request"
