@@ -212,7 +212,8 @@ class Coordinator:
                     cap=learn.cap_limit,
                 )
                 for job in using:
-                    self.dirty.add(job.job)
+                    if job.spec.split != "uniform":  # the baseline ignores LC apps, as torchrun would
+                        self.dirty.add(job.job)
         elif comfortable and learn.cap_limit < 1.0:
             learn.good_reports += 1
             if learn.good_reports >= COMFORT_REPORTS:  # slow increase, applied at the next re-plan
