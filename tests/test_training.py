@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepedge.bench._workers import first_report, make_plan, make_tensor_dataset, start_worker, stop_all
-from deepedge.broker_schemas import JobSpec
+from deepedge.bench._workers import (
+    WorkerProc,
+    first_report,
+    make_plan,
+    make_tensor_dataset,
+    start_worker,
+    stop_all,
+)
+from deepedge.broker_schemas import JobSpec, Plan
 from deepedge.training import verify_accounting
 
 pytestmark = pytest.mark.slow
@@ -28,6 +35,28 @@ def spec(data: Path, out: Path, **kw: object) -> JobSpec:
     }
     base.update(kw)
     return JobSpec(**base)  # type: ignore[arg-type]
+
+
+def start_plan(plan: Plan) -> list[WorkerProc]:
+    """A worker for every node of ``plan``, each sent the plan."""
+    workers = [start_worker(a.node) for a in plan.assignments]
+    for w in workers:
+        w.send(plan)
+    return workers
+
+
+def take_plan(workers: list[WorkerProc], plan: Plan, timeout: float = 60) -> None:
+    """Send ``plan``; return once every worker trains in its generation."""
+    for w in workers:
+        w.send(plan)
+    for w in workers:
+        w.wait_report(lambda r: r.generation == plan.generation and r.state == "training", timeout)
+
+
+def finish(workers: list[WorkerProc], timeout: float = 180) -> None:
+    for w in workers:
+        w.wait_report(lambda r: r.state == "done", timeout)
+        assert w.proc.wait(30) == 0, w.stderr[-5:]
 
 
 def run_job(tmp: Path, data: Path, shares: dict[str, int], name: str, **kw: object) -> dict[str, torch.Tensor]:
@@ -66,11 +95,8 @@ def test_one_of_three_fails_survivors_finish_every_sample_once(tmp_path: Path, f
     data = make_tensor_dataset(tmp_path / "d.pt", 3000, size=16)
     out = tmp_path / "out"
     s = spec(data, out, global_batch=60, epochs=2, learning_rate=0.02)
-    workers = [start_worker(n) for n in ("a", "b", "c")]
+    workers = start_plan(make_plan("j", 1, {"a": 20, "b": 20, "c": 20}, s, cap=0.3))
     try:
-        plan1 = make_plan("j", 1, {"a": 20, "b": 20, "c": 20}, s, cap=0.3)
-        for w in workers:
-            w.send(plan1)
         workers[1].wait_report(lambda r: r.state == "training" and r.step >= 10, 120)
         survivors = [workers[0], workers[2]]
         if failure == "kill":
@@ -82,15 +108,9 @@ def test_one_of_three_fails_survivors_finish_every_sample_once(tmp_path: Path, f
             struck = time.monotonic()
             time.sleep(1.0)  # the coordinator's heartbeat rule would take 3 s; any delay < 10 s proves the point
         detected = time.monotonic() - struck
-        plan2 = make_plan("j", 2, {"a": 30, "c": 30}, s, cap=1.0)
-        for w in survivors:
-            w.send(plan2)
-        for w in survivors:
-            w.wait_report(lambda r: r.generation == 2 and r.state == "training", 60)
+        take_plan(survivors, make_plan("j", 2, {"a": 30, "c": 30}, s, cap=1.0))
         resumed = time.monotonic() - struck
-        for w in survivors:
-            w.wait_report(lambda r: r.state == "done", 180)
-            assert w.proc.wait(30) == 0, w.stderr[-5:]
+        finish(survivors)
     finally:
         stop_all(workers)
     assert detected < 3 and resumed - detected < 5, (detected, resumed)  # gloo's timeout is 10 s
@@ -116,14 +136,9 @@ def test_a_rendezvous_missing_a_rank_is_left_for_a_newer_plan_at_once(tmp_path: 
             w.wait_report(lambda r: r.state == "starting", 60)
         time.sleep(2.0)  # they are at the rendezvous now (after start-up and data loading)
         sent = time.monotonic()
-        plan2 = make_plan("j", 2, {"a": 30, "b": 30}, s)
-        for w in workers:
-            w.send(plan2)
-        for w in workers:
-            w.wait_report(lambda r: r.generation == 2 and r.state == "training", 30)
+        take_plan(workers, make_plan("j", 2, {"a": 30, "b": 30}, s), 30)
         took = time.monotonic() - sent
-        for w in workers:
-            w.wait_report(lambda r: r.state == "done", 120)
+        finish(workers, 120)
     finally:
         stop_all(workers)
     assert took < 4, took
@@ -137,22 +152,16 @@ def test_when_every_worker_dies_new_ones_resume_from_the_last_epoch_checkpoint(t
     data = make_tensor_dataset(tmp_path / "d.pt", 1200, size=16)
     out = tmp_path / "out"
     s = spec(data, out, global_batch=60, epochs=3, learning_rate=0.02)
-    first = [start_worker(n) for n in ("a", "b", "c")]
+    first = start_plan(make_plan("j", 1, {"a": 20, "b": 20, "c": 20}, s, cap=0.5))
     try:
-        plan1 = make_plan("j", 1, {"a": 20, "b": 20, "c": 20}, s, cap=0.5)
-        for w in first:
-            w.send(plan1)
         first[0].wait_report(lambda r: r.state == "training" and r.step >= 24, 120)
         for w in first:
             w.proc.send_signal(signal.SIGKILL)
     finally:
         stop_all(first)
     assert (out / "checkpoint-epoch1.pt").exists()
-    again = [start_worker(n) for n in ("a", "b", "c")]
+    again = start_plan(make_plan("j", 2, {"a": 20, "b": 20, "c": 20}, s, resume_step=24))
     try:
-        plan2 = make_plan("j", 2, {"a": 20, "b": 20, "c": 20}, s, resume_step=24)
-        for w in again:
-            w.send(plan2)
         resumed = again[0].wait_report(lambda r: r.state == "training", 120)
         for w in again:
             w.wait_report(lambda r: r.state == "done", 180)
