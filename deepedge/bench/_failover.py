@@ -5,6 +5,7 @@ the last checkpoint)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -148,10 +149,25 @@ def _torchrun(tmp: Path, data: Path, limit_s: float = 120.0, extra_env: dict[str
             f"torchrun elastic (checkpoint every {CKPT_EVERY} steps, restart all)", None, resumed, lost, completed
         )
     finally:
-        if agent.poll() is None:
-            os.killpg(agent.pid, signal.SIGKILL)
-            agent.wait(10)
+        _kill_tree(agent)
         log.close()
+
+
+def _kill_tree(agent: subprocess.Popen[bytes]) -> None:
+    """The agent and every worker it started: its workers run in sessions of their own, so
+    killing the agent's process group alone left them running."""
+    import psutil
+
+    try:
+        family = psutil.Process(agent.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    if agent.poll() is None:
+        os.killpg(agent.pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    agent.wait(10)
 
 
 def run_failover_bench() -> list[FailoverResult]:

@@ -1,12 +1,12 @@
 """The training worker: heterogeneous-share all-reduce training with in-place elastic recovery.
 Knows nothing about MQTT; imports torch (only the worker process does)."""
 
-import os
+import os as _os
 
 # Before torch loads its OpenMP runtime: its idle threads must sleep, not spin. Spinning, they
 # kept ~70 % of the CPU busy while the intensity throttle "slept" at cap 0.5, so the LC apps did
 # not get their share back (tests/test_training.py::test_intensity_cap_holds_within_10_percent).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from deepedge.training._accounting import AccountingLog, verify_accounting
 from deepedge.training._data import TensorDataset, load_dataset
