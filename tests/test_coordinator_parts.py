@@ -214,3 +214,12 @@ def test_a_board_profile_is_the_prior_until_heartbeats_and_reports_say_otherwise
     assert {m.node: m for m in node_models(view, learning, other)}["a"].rate == 10.0  # not profiled for it
     learning["a"].throughput.observe(200.0, 1.0)  # heartbeats win
     assert {m.node: m for m in node_models(view, learning, job)}["a"].rate == 200.0
+
+
+def test_samples_done_counts_each_epochs_partial_last_batch() -> None:
+    from deepedge.broker_schemas import JobSpec
+
+    spec = JobSpec(model="m", dataset="d", output="o", epochs=3, global_batch=128, learning_rate=0.1)
+    job = JobRecord(job="j", spec=spec, dataset_size=1000, model_bytes=1)  # 8 steps an epoch, the last of 104
+    assert job.total_steps == 24
+    assert [job.samples_after(s) for s in (0, 1, 7, 8, 9, 24, 30)] == [0, 128, 896, 1000, 1128, 3000, 3000]

@@ -104,7 +104,8 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
         "completed step to completion. The ideal bound is epochs x N / sum of the boards' full-intensity "
         "rates as measured from the heartbeats of the deepedge run: no start-up, no communication, no LC "
         "constraint. LC violations count node latency reports (5 s windows, every 0.5 s) whose p95 is over "
-        "the deadline (3x the app's p95 alone) once training is steady; start-up ones are counted apart.",
+        f"the deadline ({DemoOptions().deadline_factor:g}x the app's p95 alone) once training is steady; start-up "
+        "ones are counted apart.",
         "",
         "| scenario | split | completed | makespan | training | ideal bound | uniform / this | this / ideal "
         "| LC violations (steady / start-up) | plan generations |",

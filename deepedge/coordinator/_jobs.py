@@ -55,6 +55,12 @@ class JobRecord(msgspec.Struct, kw_only=True):
     updated: float = 0.0
     state_since: float = 0.0  # monotonic, for timeouts (not persisted meaningfully)
 
+    def samples_after(self, step: int) -> int:
+        """Samples trained once ``step`` steps are done: each epoch's last batch is partial."""
+        per_epoch = -(-self.dataset_size // self.spec.global_batch)
+        epochs, k = divmod(min(step, self.total_steps), per_epoch)
+        return epochs * self.dataset_size + k * self.spec.global_batch
+
     @property
     def total_steps(self) -> int:
         """epochs x ceil(N / B): every epoch ends with a (possibly partial) batch, as the worker trains."""

@@ -250,7 +250,7 @@ class Coordinator:
         current = [b for b in beats if b is not None and b.generation == job.generation]
         if len(current) == len(job.plan.assignments):
             job.step = max(job.step, min(b.step for b in current))
-            job.samples_done = min(job.step, job.total_steps) * job.spec.global_batch
+            job.samples_done = job.samples_after(job.step)
             losses = [b.loss for b in current if b.loss is not None]
             job.loss = sum(losses) / len(losses) if losses else job.loss
             if all(b.state == "done" for b in current) or job.step >= job.total_steps:

@@ -41,7 +41,7 @@ class DemoOptions:
     epochs: int = 12
     global_batch: int = 128
     base_sample_ms: float = 2.0  # the fastest board's emulated time per sample
-    deadline_factor: float = 3.0  # LC deadline = factor x the app's p95 measured alone (30 fps for ~10 ms)
+    deadline_factor: float = 3.5  # LC deadline = factor x the app's p95 measured alone (~30 fps for ~8.5 ms)
     with_lc: bool = True
     split: str = "planned"
     broker: str = "auto"
