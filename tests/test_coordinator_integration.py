@@ -21,7 +21,7 @@ from deepedge.lc_client import LatencyReporter
 from deepedge.ops import CommandError, coordinator_request
 from deepedge.transport import MqttTransport, Received
 from tests.conftest import MosquittoBroker
-from tests.helpers.node_proc import NodeProc, start_coordinator, start_node
+from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start_node
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.mosquitto
@@ -39,21 +39,6 @@ def procs() -> Any:
     yield started
     for p in started:
         p.stop()
-
-
-def job_args(job: str, tmp: Path, **kw: Any) -> dict[str, Any]:
-    args = {
-        "job": job,
-        "model": "test:run",
-        "dataset": str(tmp / "data"),
-        "output": str(tmp / "out"),
-        "epochs": 1,
-        "global_batch": 32,
-        "learning_rate": 0.1,
-        "dataset_size": 3200,
-    }
-    args.update(kw)
-    return args
 
 
 async def cluster_up(

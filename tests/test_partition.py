@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from deepedge.config import load_config
 from deepedge.embedded_broker import MOSQUITTO, MosquittoProcess, free_port
 from deepedge.ops import coordinator_request
 from deepedge.transport import MqttTransport, Requester
-from tests.helpers.node_proc import NodeProc, start_coordinator, start_node
+from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start_node
 from tests.helpers.wait import wait_for
 
 
@@ -124,17 +123,7 @@ async def test_a_partitioned_node_is_dropped_within_3_s_and_rejoins_when_the_lin
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
     await asyncio.sleep(2.0)  # telemetry reaches the coordinator
     config = load_config(None, environ={"DEEPEDGE_BROKER_URL": broker.url, "DEEPEDGE_CLUSTER_NAME": cluster})
-    args: dict[str, Any] = {
-        "job": "part",
-        "model": "test:run",
-        "dataset": str(tmp_path / "data"),
-        "output": str(tmp_path / "out"),
-        "epochs": 1,
-        "global_batch": 32,
-        "learning_rate": 0.1,
-        "dataset_size": 32000,
-    }
-    await coordinator_request(config.config, "submit", args)
+    await coordinator_request(config.config, "submit", job_args("part", tmp_path, dataset_size=32000))
     first = await wait_for(plans, lambda m: isinstance(m, Plan), 30)
     assert {a.node for a in first.assignments} == {"inside", "outside"}
     await asyncio.sleep(2.0)  # both workers run

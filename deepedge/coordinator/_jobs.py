@@ -57,14 +57,17 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
     def samples_after(self, step: int) -> int:
         """Samples trained once ``step`` steps are done: each epoch's last batch is partial."""
-        per_epoch = -(-self.dataset_size // self.spec.global_batch)
-        epochs, k = divmod(min(step, self.total_steps), per_epoch)
+        epochs, k = divmod(min(step, self.total_steps), self.steps_per_epoch)
         return epochs * self.dataset_size + k * self.spec.global_batch
 
     @property
+    def steps_per_epoch(self) -> int:
+        """ceil(N / B): every epoch ends with a (possibly partial) batch, as the worker trains."""
+        return -(-self.dataset_size // self.spec.global_batch)
+
+    @property
     def total_steps(self) -> int:
-        """epochs x ceil(N / B): every epoch ends with a (possibly partial) batch, as the worker trains."""
-        return self.spec.epochs * -(-self.dataset_size // self.spec.global_batch)
+        return self.spec.epochs * self.steps_per_epoch
 
     @property
     def terminal(self) -> bool:

@@ -12,7 +12,7 @@ from deepedge.config import Config
 from deepedge.errors import DeepEdgeError, ExitCode
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["CommandError", "coordinator_request", "node_request", "profile_node", "run_profile"]
+__all__ = ["CommandError", "coordinator_request", "profile_node", "run_profile"]
 
 
 class CommandError(DeepEdgeError):
@@ -32,15 +32,6 @@ async def coordinator_request(
     async with MqttTransport(config.broker) as t, Requester(t, topics, timeout_s=timeout_s, sender="cli") as rpc:
         reply = await rpc.request(topics.coordinator_command(verb), dict(args or {}))
     return _checked(reply)
-
-
-async def node_request(
-    config: Config, node: str, verb: str, args: Mapping[str, ArgValue] | None = None, timeout_s: float = 10.0
-) -> CommandReply:
-    """A command straight to one node daemon (``cmd/node/<node>/<verb>``)."""
-    topics = Topics(config.cluster.name)
-    async with MqttTransport(config.broker) as t, Requester(t, topics, timeout_s=timeout_s, sender="cli") as rpc:
-        return _checked(await rpc.request(topics.node_command(node, verb), dict(args or {})))
 
 
 async def profile_node(

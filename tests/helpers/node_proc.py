@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "test_worker.py")]
@@ -80,6 +81,22 @@ def _spawn(
             stderr=subprocess.STDOUT,
             env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
         )
+
+
+def job_args(job: str, tmp: Path, **kw: Any) -> dict[str, Any]:
+    """A submit request for the stand-in worker's ``test:run`` model; ``kw`` overrides."""
+    args = {
+        "job": job,
+        "model": "test:run",
+        "dataset": str(tmp / "data"),
+        "output": str(tmp / "out"),
+        "epochs": 1,
+        "global_batch": 32,
+        "learning_rate": 0.1,
+        "dataset_size": 3200,
+    }
+    args.update(kw)
+    return args
 
 
 def start_coordinator(
