@@ -13,7 +13,20 @@ import msgspec
 
 from deepedge.broker_schemas import Assignment, Plan
 
-__all__ = ["PlanForWorker", "WorkerReport", "WorkerState", "decode_plan_line", "decode_report_line", "encode_line"]
+__all__ = [
+    "COMM_THREADS",
+    "PlanForWorker",
+    "WorkerReport",
+    "WorkerState",
+    "decode_plan_line",
+    "decode_report_line",
+    "encode_line",
+]
+
+# Name prefixes (Linux thread names, /proc/PID/task/TID/comm) of the threads torch.distributed
+# starts for communication: gloo's socket loop and work threads, the TCPStore's server loop.
+# Their CPU priority is the daemon's ``worker_comm_nice``, the rest of the worker's ``worker_nice``.
+COMM_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop", "pt_tcpstore")
 
 WorkerState = Literal["starting", "training", "waiting", "recovering", "done", "failed"]
 
@@ -23,6 +36,9 @@ class PlanForWorker(msgspec.Struct, frozen=True, kw_only=True):
     plan: Plan
     assignment: Assignment  # this node's part of the plan
     emulated_sample_s: float = 0.0  # node.emulate_sample_ms: the least time one sample may take
+    # node.worker_comm_nice: the nice value of the worker's communication threads (COMM_THREADS),
+    # set again for each process group it forms (None: left as they are).
+    comm_nice: int | None = None
 
 
 class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):

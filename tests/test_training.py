@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from deepedge.bench._workers import (
     stop_all,
 )
 from deepedge.broker_schemas import JobSpec, Plan
-from deepedge.training import verify_accounting
+from deepedge.training import read_records, verify_accounting
+from deepedge.worker_protocol import COMM_THREADS
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +61,9 @@ def finish(workers: list[WorkerProc], timeout: float = 180) -> None:
         assert w.proc.wait(30) == 0, w.stderr[-5:]
 
 
-def run_job(tmp: Path, data: Path, shares: dict[str, int], name: str, **kw: object) -> dict[str, torch.Tensor]:
+def run_job(
+    tmp: Path, data: Path, shares: dict[str, int], name: str, steps: int = 4, **kw: object
+) -> dict[str, torch.Tensor]:
     out = tmp / name
     plan = make_plan(name, 1, shares, spec(data, out, **kw))
     workers = [start_worker(n) for n in shares]
@@ -72,7 +76,7 @@ def run_job(tmp: Path, data: Path, shares: dict[str, int], name: str, **kw: obje
     finally:
         stop_all(workers)
     saved = torch.load(out / "model.pt", weights_only=True)
-    assert saved["meta"]["steps"] == 4 and saved["meta"]["final"]
+    assert saved["meta"]["steps"] == steps and saved["meta"]["final"]
     return saved["model"]
 
 
@@ -85,6 +89,17 @@ def test_unequal_shares_give_the_same_parameters_as_one_worker(tmp_path: Path) -
         assert torch.allclose(ref, two[name], atol=1e-5), name
         assert torch.allclose(ref, three[name], atol=1e-5), name
     assert verify_accounting(tmp_path / "three", 96, 1)["ok"]
+
+
+def test_a_partial_last_batch_is_split_in_proportion_and_training_stays_equivalent(tmp_path: Path) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 100)  # batches of 24: four full, then 4 samples
+    one = run_job(tmp_path, data, {"a": 24}, "one", steps=5)
+    three = run_job(tmp_path, data, {"a": 5, "b": 8, "c": 11}, "three", steps=5)
+    for name, ref in one.items():
+        assert torch.allclose(ref, three[name], atol=1e-5), name
+    assert verify_accounting(tmp_path / "three", 100, 1) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 100}
+    last = next(r for r in read_records(tmp_path / "three")["c"] if r["step"] == 4)
+    assert {n: len(v) for n, v in last["by"].items()} == {"a": 1, "b": 1, "c": 2}  # was a: 4, b: 0, c: 0
 
 
 @pytest.mark.parametrize("failure", ["kill", "freeze"])
@@ -278,3 +293,44 @@ def test_a_rank_that_set_its_group_aside_reforms_with_one_that_destroyed_its_own
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert sorted(out.get(timeout=5) for _ in procs) == [(0, 2.0), (1, 2.0)]
+
+
+def thread_nices(pid: int) -> dict[int, tuple[str, int]]:
+    """tid -> (thread name, nice) of every thread of ``pid``."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        tid = int(task.name)
+        try:
+            out[tid] = ((task / "comm").read_text().strip(), os.getpriority(os.PRIO_PROCESS, tid))
+        except (OSError, ProcessLookupError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering a thread's nice value needs root")
+def test_communication_threads_of_every_group_run_at_the_comm_priority(tmp_path: Path) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 3000, size=16)
+    s = spec(data, tmp_path / "out", global_batch=60, epochs=2)
+    workers = [start_worker(n) for n in ("a", "b")]
+    for w in workers:  # as the node daemon leaves it: computing at nice 10
+        os.setpriority(os.PRIO_PROCESS, w.proc.pid, 10)
+    seen: list[set[int]] = []
+    try:
+        for gen in (1, 2):  # generation 2 re-forms the group: new gloo threads, created at nice 10
+            plan = make_plan("j", gen, {"a": 30, "b": 30}, s, cap=0.5)
+            for w in workers:
+                w.send(plan, emulated_sample_s=0.001, comm_nice=0)
+            for w in workers:
+                w.wait_report(lambda r, g=gen: r.generation == g and r.state == "training", 60)
+            comm: set[int] = set()
+            for w in workers:
+                threads = thread_nices(w.proc.pid)
+                assert threads[w.proc.pid][1] == 10  # the compute thread keeps its priority
+                mine = {tid: nice for tid, (name, nice) in threads.items() if name.startswith(COMM_THREADS)}
+                assert mine and set(mine.values()) == {0}, " ".join(f"{n}={v}" for n, v in threads.values())
+                comm |= set(mine)
+            seen.append(comm)
+        finish(workers)
+    finally:
+        stop_all(workers)
+    assert not seen[0] & seen[1]  # generation 2's were new threads, and they were set too

@@ -15,6 +15,7 @@ from pathlib import Path
 from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluster_job
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._run import JobRun
+from deepedge.training import StepTiming, step_timing
 
 __all__ = ["MakespanRow", "makespan_markdown", "run_makespan_bench"]
 
@@ -30,6 +31,7 @@ class MakespanRow:
     lc_violations: int
     lc_startup_violations: int
     generations: int
+    timing: StepTiming | None = None  # where each step's time went (the workers' records)
 
 
 def _rates(run: JobRun) -> dict[str, float]:
@@ -41,7 +43,7 @@ def _rates(run: JobRun) -> dict[str, float]:
     return {n: statistics.median(v) for n, v in per.items()}
 
 
-def _row(scenario: str, split: str, run: JobRun, ideal: float | None) -> MakespanRow:
+def _row(scenario: str, split: str, run: JobRun, ideal: float | None, output: Path) -> MakespanRow:
     w = run.watch
     first = w.first_step_ts()
     done = run.finished_ts
@@ -55,6 +57,7 @@ def _row(scenario: str, split: str, run: JobRun, ideal: float | None) -> Makespa
         sum(a.violations for a in w.apps.values()),
         sum(a.startup_violations for a in w.apps.values()),
         len(w.plans),
+        step_timing(output),
     )
 
 
@@ -72,6 +75,7 @@ def run_makespan_bench(
             ideal = None
             for split in ("planned", "uniform"):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split)
+                output = cluster.workdir / f"out-{split}"
                 t0 = time.monotonic()
                 run = asyncio.run(
                     run_cluster_job(
@@ -80,14 +84,14 @@ def run_makespan_bench(
                         job=f"bench-{split}",
                         dataset=data,
                         dataset_size=size,
-                        output=cluster.workdir / f"out-{split}",
+                        output=output,
                         calibrate=split == "planned",  # the uniform job keeps the deadlines set before
                     )
                 )
                 if split == "planned":
                     rates = _rates(run)
                     ideal = round(epochs * size / sum(rates.values()), 1) if len(rates) == len(boards) else None
-                row = _row(scenario, split, run, ideal)
+                row = _row(scenario, split, run, ideal, output)
                 rows.append(row)
                 if progress:
                     print(f"  {scenario}, {split}: {row.makespan_s} s ({time.monotonic() - t0:.0f} s)", flush=True)
@@ -121,5 +125,25 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
             f"| {r.scenario} | {r.split} | {'yes' if r.completed else 'NO'} | {r.makespan_s} s | {r.training_s} s "
             f"| {r.ideal_s} s | {speedup} | {vs_ideal} | {r.lc_violations} / {r.lc_startup_violations} "
             f"| {r.generations} |"
+        )
+    lines += [
+        "",
+        "Where each step's time went, from the workers' accounting records (`deepedge.training.step_timing`): "
+        "the interval between consecutive steps' ends = the slowest board's compute (its emulated pacing "
+        "included) + the all-reduce of the last board to arrive + the rest (boards arriving apart for other "
+        "reasons: their work between steps, waking late from the pacing sleep on a shared CPU). Medians per "
+        "step, and the rest's share of all intervals.",
+        "",
+        "| scenario | split | steps | interval | compute | all-reduce | rest | rest / intervals |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = r.timing
+        if t is None:
+            lines.append(f"| {r.scenario} | {r.split} | - | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {r.scenario} | {r.split} | {t.steps} | {t.median_interval_ms:.1f} ms | {t.median_compute_ms:.1f} ms "
+            f"| {t.median_allreduce_ms:.1f} ms | {t.median_rest_ms:.1f} ms | {t.rest_s / t.interval_s:.1%} |"
         )
     return "\n".join(lines) + "\n"

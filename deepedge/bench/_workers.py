@@ -67,10 +67,12 @@ class WorkerProc:
     arrived: list[float] = field(default_factory=list)  # time.monotonic() of each report
     stderr: list[str] = field(default_factory=list)
 
-    def send(self, plan: Plan, emulated_sample_s: float = 0.0) -> None:
+    def send(self, plan: Plan, emulated_sample_s: float = 0.0, comm_nice: int | None = None) -> None:
         a = next(x for x in plan.assignments if x.node == self.node)
         assert self.proc.stdin is not None
-        pfw = PlanForWorker(node=self.node, plan=plan, assignment=a, emulated_sample_s=emulated_sample_s)
+        pfw = PlanForWorker(
+            node=self.node, plan=plan, assignment=a, emulated_sample_s=emulated_sample_s, comm_nice=comm_nice
+        )
         self.proc.stdin.write(encode_line(pfw))
         self.proc.stdin.flush()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepedge.demo._profiles import BoardProfile
-from deepedge.training._accounting import verify_accounting
+from deepedge.training import StepTiming, step_timing, verify_accounting
 
 if TYPE_CHECKING:
     from deepedge.demo._cluster import DemoCluster
@@ -68,6 +68,7 @@ class DemoReport:
     lc: list[LcResult]
     failover: Failover | None
     accounting: dict[str, Any]
+    timing: StepTiming | None  # where the steps' time went (the workers' records)
     model_path: str | None
     loss_first: float | None
     loss_last: float | None
@@ -185,6 +186,7 @@ def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_s
         lc=lc,
         failover=_failover(run),
         accounting=accounting,
+        timing=step_timing(output),
         model_path=str(model) if model.exists() else None,
         loss_first=loss_first,
         loss_last=loss_last,
@@ -251,6 +253,12 @@ def render_report(r: DemoReport, console: Any) -> None:
         t.add_column(col, justify="right")
     t.add_row(_f(r.makespan_s), _f(r.training_s), _f(r.predicted_first_s), _f(r.predicted_learned_s), _f(r.ideal_s))
     console.print(t)
+    if r.timing is not None:
+        st = r.timing
+        console.print(
+            f"a step (median of {st.steps}): {st.median_interval_ms:.1f} ms = slowest board's compute "
+            f"{st.median_compute_ms:.1f} + all-reduce {st.median_allreduce_ms:.1f} + the rest {st.median_rest_ms:.1f}"
+        )
     profiled = [f"{b['node']} {b['profiled_samples_per_s']:.0f}" for b in r.boards if b["profiled_samples_per_s"]]
     if profiled:
         console.print(f"boards profiled before the job (samples/s at full intensity): {', '.join(profiled)}")

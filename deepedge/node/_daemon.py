@@ -197,6 +197,7 @@ class NodeDaemon:
                 clock=self.clock,
                 cpus=self.config.node.cpu_affinity,
                 nice=self.config.node.worker_nice,
+                comm_nice=self.config.node.worker_comm_nice,
             )
             self.workers[job] = sup
             self._worker_tasks[job] = asyncio.create_task(sup.run(), name=f"worker:{job}")
@@ -226,7 +227,13 @@ class NodeDaemon:
         log.info("plan.accepted", job=job, generation=plan.generation, rank=mine.rank, share=mine.share)
         emulated = self.config.node.emulate_sample_ms / 1000.0
         self._supervisor(job).update(
-            PlanForWorker(node=self.node, plan=plan, assignment=mine, emulated_sample_s=emulated)
+            PlanForWorker(
+                node=self.node,
+                plan=plan,
+                assignment=mine,
+                emulated_sample_s=emulated,
+                comm_nice=self.config.node.worker_comm_nice,
+            )
         )
 
     # ---- loops --------------------------------------------------------------------------------

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 from collections.abc import Callable, Sequence
 from enum import StrEnum
+from pathlib import Path
 
 import msgspec
 import structlog
 
 from deepedge.clock import Clock, RealClock
 from deepedge.transport import Backoff
-from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_report_line, encode_line
+from deepedge.worker_protocol import COMM_THREADS, PlanForWorker, WorkerReport, decode_report_line, encode_line
 
 __all__ = ["SupervisorState", "WorkerSupervisor"]
 
@@ -47,6 +49,7 @@ class WorkerSupervisor:
         env: dict[str, str] | None = None,
         cpus: Sequence[int] = (),
         nice: int = 0,
+        comm_nice: int | None = None,
     ) -> None:
         self.command = list(command)
         self.job = job
@@ -57,6 +60,7 @@ class WorkerSupervisor:
         self._env = env
         self._cpus = set(cpus)
         self._nice = nice
+        self._comm_nice = nice if comm_nice is None else comm_nice
         self._idle_start = False
         self._plan: PlanForWorker | None = None
         self._wake = asyncio.Event()
@@ -162,6 +166,7 @@ class WorkerSupervisor:
             log.warning(
                 "worker.priority_failed", job=self.job, cpus=sorted(self._cpus), nice=self._nice, error=str(exc)
             )
+        self._allow_comm_nice(proc.pid)
         self.state = SupervisorState.RUNNING
         log.info("worker.started", job=self.job, pid=proc.pid, generation=plan.plan.generation)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -210,8 +215,21 @@ class WorkerSupervisor:
             if self._on_report is not None:
                 self._on_report(report)
 
+    def _allow_comm_nice(self, pid: int) -> None:
+        """Let the worker move its own threads between ``nice`` and ``comm_nice`` without
+        privilege (RLIMIT_NICE; a no-op for a root worker, refused to a daemon that may not
+        raise the limit — the worker then keeps ``nice`` for its waits too)."""
+        if self._comm_nice >= self._nice:
+            return
+        limit = 20 - self._comm_nice
+        with contextlib.suppress(OSError, ValueError):
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_NICE)
+            if soft < limit:
+                resource.prlimit(pid, resource.RLIMIT_NICE, (limit, max(limit, hard)))
+
     def _training_priority(self) -> None:
-        """From the idle class to normal scheduling at ``nice``, every thread of the worker."""
+        """From the idle class to normal scheduling, every thread of the worker: its
+        communication threads (``COMM_THREADS``) at ``comm_nice``, the others at ``nice``."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
@@ -221,8 +239,9 @@ class WorkerSupervisor:
             return
         for tid in tids:
             with contextlib.suppress(OSError):
+                name = Path(f"/proc/{proc.pid}/task/{tid}/comm").read_text().strip()
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-                os.setpriority(os.PRIO_PROCESS, tid, self._nice)
+                os.setpriority(os.PRIO_PROCESS, tid, self._comm_nice if name.startswith(COMM_THREADS) else self._nice)
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

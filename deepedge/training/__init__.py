@@ -8,18 +8,24 @@ import os as _os
 # not get their share back (tests/test_training.py::test_intensity_cap_holds_within_10_percent).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from deepedge.training._accounting import AccountingLog, verify_accounting
+from deepedge.training._accounting import AccountingLog, read_records, verify_accounting
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
 from deepedge.training._models import SmallCNN, build_model, load_checkpoint
+from deepedge.training._timing import StepTiming, step_timing
+from deepedge.training._trainer import slice_of
 
 __all__ = [
     "AccountingLog",
     "SmallCNN",
+    "StepTiming",
     "TensorDataset",
     "TrainingError",
     "build_model",
     "load_checkpoint",
     "load_dataset",
+    "read_records",
+    "slice_of",
+    "step_timing",
     "verify_accounting",
 ]

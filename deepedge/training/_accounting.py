@@ -5,15 +5,22 @@ Every rank records the whole step (every node's slice of the batch) once its all
 succeeded: a step is then on record even if one rank dies right after it. A step redone under a
 later plan generation (its all-reduce failed somewhere) is recorded again; the record of the
 highest generation is the one that counts, because that is the update the survivors kept.
+
+Each record also carries this rank's timing of the step — seconds computing its slice
+(``busy``), seconds in the all-reduce, waits for slower peers included (``reduce``), and when
+the step was done (``t``, wall clock) — so a run can tell where its time went
+(:func:`deepedge.training.step_timing`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-__all__ = ["AccountingLog", "verify_accounting"]
+__all__ = ["AccountingLog", "read_records", "verify_accounting"]
 
 
 class AccountingLog:
@@ -22,20 +29,44 @@ class AccountingLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fh = (self.dir / f"{node}.jsonl").open("a")
 
-    def record(self, generation: int, step: int, epoch: int, by_node: dict[str, list[int]]) -> None:
-        self._fh.write(json.dumps({"gen": generation, "step": step, "epoch": epoch, "by": by_node}) + "\n")
+    def record(
+        self,
+        generation: int,
+        step: int,
+        epoch: int,
+        by_node: dict[str, list[int]],
+        busy_s: float = 0.0,
+        reduce_s: float = 0.0,
+    ) -> None:
+        row = {
+            "gen": generation,
+            "step": step,
+            "epoch": epoch,
+            "by": by_node,
+            "busy": round(busy_s, 6),
+            "reduce": round(reduce_s, 6),
+            "t": round(time.time(), 6),
+        }
+        self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
         self._fh.close()
 
 
+def read_records(output: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Every rank's records, by node, in the order written."""
+    return {
+        path.stem: [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sorted((Path(output) / "accounting").glob("*.jsonl"))
+    }
+
+
 def verify_accounting(output: str | Path, dataset_size: int, epochs: int) -> dict[str, object]:
     """{"ok", "missing", "duplicated", "samples"}: ok when every (epoch, sample) appears once."""
     steps: dict[int, dict[str, object]] = {}
-    for path in sorted((Path(output) / "accounting").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
+    for rows in read_records(output).values():
+        for row in rows:
             kept = steps.get(row["step"])
             if kept is None or row["gen"] > kept["gen"]:
                 steps[row["step"]] = row

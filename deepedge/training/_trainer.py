@@ -1,7 +1,8 @@
 """Synchronous data-parallel training with heterogeneous shares and in-place elastic recovery.
 
 Each step takes one global batch of an epoch's seeded permutation; this node trains on
-``[batch_offset, batch_offset + share)`` of it. Every rank sums its per-sample losses, the
+``[batch_offset, batch_offset + share)`` of it (an epoch's partial last batch is split in the same
+proportions, see :func:`slice_of`). Every rank sums its per-sample losses, the
 gradients are all-reduced (SUM) and divided by the batch size: the update equals the one a
 single machine would make on the whole batch. When a collective fails (a peer died), the worker
 waits for the next plan generation, re-forms the process group, takes parameters, optimizer state
@@ -27,9 +28,22 @@ from deepedge.training._compute import compute_share
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
 from deepedge.training._models import build_model, load_checkpoint
+from deepedge.training._priority import prioritize_threads, thread_ids
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, WorkerState
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "slice_of"]
+
+
+def slice_of(offset: int, share: int, global_batch: int, n: int) -> tuple[int, int]:
+    """[start, end) of a node's slice of a batch of ``n`` samples when its plan gives it
+    ``[offset, offset + share)`` of a full ``global_batch``. A full batch is sliced as planned;
+    an epoch's partial last batch (n < global_batch) in the same proportions, so that every node
+    still finishes at the same time (the first nodes taking all of it made that step as slow as
+    a full one). The slices of all nodes tile [0, n) exactly: each bound is the same rounding of
+    the planned one, and a node's end is the next node's start."""
+    if n >= global_batch:
+        return offset, offset + share
+    return (offset * n + global_batch // 2) // global_batch, ((offset + share) * n + global_batch // 2) // global_batch
 
 
 class _NewPlan(Exception):
@@ -163,10 +177,12 @@ class Trainer:
     def form_group(self) -> None:
         plan, a = self.pfw.plan, self.pfw.assignment
         world = len(plan.assignments)
+        before = thread_ids()
         store = self.meet(plan.rendezvous_host, plan.rendezvous_port, a.rank, world)
         # gloo even where the plan says nccl: the model and its tensors stay on the CPU (GPU
         # training is not built), and NCCL cannot reduce CPU tensors. Every rank decides alike.
         dist.init_process_group("gloo", store=store, rank=a.rank, world_size=world, timeout=self.timeout)
+        prioritize_threads(self.pfw.comm_nice, thread_ids() - before)  # the threads forming it started
         self.generations.append(plan.generation)
 
     def meet(self, host: str, port: int, rank: int, world: int) -> TCPStore:
@@ -256,17 +272,23 @@ class Trainer:
             self._perm, self._perm_epoch = torch.randperm(len(self.data), generator=g), epoch
         return epoch, self._perm[k * self.batch : (k + 1) * self.batch]
 
+    def slice(self, batch: torch.Tensor, offset: int, share: int) -> torch.Tensor:
+        start, end = slice_of(offset, share, self.batch, len(batch))
+        return batch[start:end]
+
     def train_step(self) -> tuple[float, float]:
         """(loss, seconds busy computing) of one global step; raises on a failed collective."""
         a = self.pfw.assignment
         epoch, batch = self.global_batch(self.step)
-        mine = batch[a.batch_offset : a.batch_offset + a.share]
+        mine = self.slice(batch, a.batch_offset, a.share)
         for p in self.params:
             p.grad = torch.zeros_like(p)
         loss_sum, busy = compute_share(self.model, self.data, mine, a.intensity_cap, self.pfw.emulated_sample_s)
         grads = [p.grad for p in self.params if p.grad is not None]
         flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
+        t_reduce = time.perf_counter()
         self.all_reduce_or_abandon(flat)
+        reduce_s = time.perf_counter() - t_reduce
         n = len(batch)
         offset = 0
         for g in grads:
@@ -274,11 +296,8 @@ class Trainer:
             g.copy_(flat[offset : offset + k].view_as(g)).div_(n)
             offset += k
         self.opt.step()
-        by_node = {
-            x.node: [int(i) for i in batch[x.batch_offset : x.batch_offset + x.share]]
-            for x in self.pfw.plan.assignments
-        }
-        self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node)
+        by_node = {x.node: self.slice(batch, x.batch_offset, x.share).tolist() for x in self.pfw.plan.assignments}
+        self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node, busy_s=busy, reduce_s=reduce_s)
         self.step += 1
         return float(flat[-1]) / n, busy
 
