@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import getpass
 import shutil
 import signal
@@ -14,7 +16,24 @@ from pathlib import Path
 from deepedge.config import BrokerConfig
 from deepedge.errors import DeepEdgeError, ExitCode
 
-__all__ = ["MOSQUITTO", "BrokerNotInstalled", "MosquittoProcess", "free_port", "stop_process", "wait_listening"]
+__all__ = [
+    "MOSQUITTO",
+    "BrokerNotInstalled",
+    "MosquittoProcess",
+    "die_with_parent",
+    "free_port",
+    "stop_process",
+    "wait_listening",
+]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For ``Popen(preexec_fn=...)``: the child gets SIGTERM when the process that started it
+    dies, however it dies (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _find_mosquitto() -> str | None:
@@ -66,6 +85,7 @@ class MosquittoProcess:
     port: int = field(default_factory=free_port)
     extra_conf: str = "allow_anonymous true\n"
     proc: subprocess.Popen[bytes] | None = None
+    with_parent: bool = False  # SIGTERM when the process that started it dies (the demo's)
 
     @property
     def url(self) -> str:
@@ -91,7 +111,12 @@ class MosquittoProcess:
             "max_packet_size 1048576\n"
             f"user {getpass.getuser()}\n"
         )
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent if self.with_parent else None,
+        )
         if not wait_listening(self.port, 10.0):
             self.stop()
             raise DeepEdgeError(f"mosquitto did not listen on port {self.port}; see {self.workdir / 'mosquitto.log'}")

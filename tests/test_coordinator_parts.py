@@ -223,3 +223,65 @@ def test_samples_done_counts_each_epochs_partial_last_batch() -> None:
     job = JobRecord(job="j", spec=spec, dataset_size=1000, model_bytes=1)  # 8 steps an epoch, the last of 104
     assert job.total_steps == 24
     assert [job.samples_after(s) for s in (0, 1, 7, 8, 9, 24, 30)] == [0, 128, 896, 1000, 1128, 3000, 3000]
+
+
+async def test_an_lc_app_nearing_its_deadline_is_replanned_before_it_misses() -> None:
+    """The planner keeps each LC app's predicted p95 under (1 - lc_margin) of its deadline. When
+    reports in steady training show the plan's cap no longer does (the p95 is still under the
+    deadline: no miss, no AIMD decrease), the job is re-planned with the cap the learned model
+    allows: lc.margin."""
+    from deepedge.broker_schemas import CommandRequest, Event
+
+    broker, clock = FakeBroker(), FakeClock()
+    c, t = await _coordinator(broker, clock)  # lc_margin 0.1: p95 at most 90 ms of a 100 ms deadline
+    topics = Topics("default")
+    plans = await t.subscribe(topics.all_jobs("plan"))
+    events = await t.subscribe(topics.events())
+    clock.advance(4)
+    await c.tick()
+    for n in ("n1", "n2"):
+        await c.ingest(Received(None, birth(n), False, ""))  # type: ignore[arg-type]
+
+    async def latency(p95: float) -> None:
+        app = AppLatency(app="det", count=20, p50_ms=p95 / 2, p95_ms=p95, p99_ms=p95, deadline_ms=100)
+        await c.ingest(Received(None, LatencyReport(node="n1", ts=1.0, window_s=2, apps=(app,)), False, ""))  # type: ignore[arg-type]
+
+    async def beat(step: int) -> None:
+        for n in ("n1", "n2"):
+            hb = Heartbeat(node=n, ts=1.0, job="j1", generation=1, rank=0, step=step, samples_per_s=30.0, intensity=1.0)
+            await c.ingest(Received(None, hb, False, ""))  # type: ignore[arg-type]
+
+    await latency(20)  # alone: 20 ms
+    args = {"job": "j1", "model": "cnn", "dataset": "/d", "output": "/o", "epochs": 1, "global_batch": 32}
+    reply = await handle_command(
+        c,
+        "submit",
+        CommandRequest(request_id="r", reply_to="cli", args={**args, "learning_rate": 0.1, "dataset_size": 3200}),
+    )
+    assert reply.ok
+    plan = (await plans.get(1)).message
+    assert isinstance(plan, Plan) and {a.node: a.intensity_cap for a in plan.assignments}["n1"] == 1.0
+    await beat(1)
+    clock.advance(2.5)  # a whole latency window of training: steady
+    await beat(5)
+    await latency(85)  # 85 ms at full intensity: within 90 % of the deadline
+    await c.tick()
+    with pytest.raises(TimeoutError):
+        await plans.get(0.05)
+    # Still under the deadline, but the fit of what was seen at full intensity (85, 99, 99: it
+    # smooths) now predicts 94 ms there: over 90 % of the deadline. Act now, before a miss.
+    await latency(99)
+    await latency(99)
+    await c.tick()
+    plan2 = (await plans.get(1)).message
+    assert isinstance(plan2, Plan) and plan2.generation == 2
+    cap = {a.node: a.intensity_cap for a in plan2.assignments}["n1"]
+    assert 0.9 < cap < 0.95  # what the fit (20 ms + 74 ms x intensity) allows under 90 ms
+    assert c.learning["n1"].cap_limit == 1.0  # no miss: the AIMD limit is untouched
+    seen = []
+    while True:
+        try:
+            seen.append((await events.get(0.05)).message)
+        except TimeoutError:
+            break
+    assert any(isinstance(e, Event) and e.event == "lc.margin" and e.node == "n1" for e in seen)

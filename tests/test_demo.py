@@ -6,6 +6,8 @@ the job's output."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,6 +76,39 @@ def test_reduced_demo_completes_with_failover_exact_accounting_and_no_lc_violati
     assert "every sample once" in proc.stdout and "PASS" in proc.stdout
     time.sleep(0.5)
     assert _leftovers(workdir) == []  # nothing left running
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_demo_interrupted_or_killed_mid_run_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT: the demo stops its cluster) and SIGTERM (the demo dies at once: its
+    children get SIGTERM from PR_SET_PDEATHSIG) while the boards are being profiled, with the
+    broker going away at the same moment as everything else (once, a coordinator then kept
+    reconnecting for ever: a cancellation swallowed by asyncio.wait_for)."""
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [EXE, "demo", "--workdir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(
+            "deepedge.demo.lc_app" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None, "the demo's LC apps did not start"
+            time.sleep(0.2)
+        time.sleep(6)  # the LC apps are measured alone (4 s), then the boards are profiled
+        proc.send_signal(sig)
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while _leftovers(workdir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _leftovers(workdir) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for line in _leftovers(workdir):
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
 
 
 def test_board_layout_puts_each_lc_app_on_its_own_boards_cpu() -> None:

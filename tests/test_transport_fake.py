@@ -147,3 +147,19 @@ async def test_request_times_out_and_cleans_up() -> None:
         with pytest.raises(TransportError, match="no reply"):
             await rpc.request(T.node_command("nobody", "status"), timeout_s=0.05)
         assert rpc.pending == 0
+
+
+async def test_a_cancelled_wait_for_the_connection_stays_cancelled() -> None:
+    """Python 3.11's asyncio.wait_for swallows a cancellation that arrives just as what it waits
+    for completes: a daemon's task waiting for the broker then ignored its shutdown and the
+    daemon never exited (seen: a demo coordinator SIGTERMed as its broker went away kept
+    reconnecting for minutes). The transport must stay cancellable at that moment."""
+    broker = FakeBroker()
+    t = FakeTransport(broker, client_id="c")
+    t.drop_connection()
+    waiter = asyncio.create_task(t.wait_connected(5))
+    await asyncio.sleep(0)  # it waits for the connection
+    t._connected.set()  # the connection comes back ...
+    waiter.cancel()  # ... in the same loop iteration as the shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

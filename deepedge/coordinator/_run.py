@@ -13,6 +13,7 @@ from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._service import Coordinator
 from deepedge.coordinator._store import JobStore
 from deepedge.node import SystemdNotifier
+from deepedge.tasks import cancel_and_wait
 from deepedge.transport import MqttTransport, TransportError, Will, serve_commands
 
 __all__ = ["run_coordinator"]
@@ -60,16 +61,20 @@ async def run_coordinator(config: Config) -> int:
             tasks.append(asyncio.create_task(notifier.watchdog_loop()))
         done_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, done_wait], return_when=asyncio.FIRST_COMPLETED)
-        for t in [*tasks, done_wait]:
-            t.cancel()
-        await asyncio.gather(*tasks, done_wait, return_exceptions=True)
+        stuck = await cancel_and_wait([*tasks, done_wait])
+        if stuck:
+            log.warning("coordinator.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
+        for t in tasks:  # every outcome retrieved: nothing logged as "never retrieved" at exit
+            if t.done() and not t.cancelled():
+                t.exception()
         crashed = [t for t in done if t is not done_wait and not t.cancelled() and t.exception() is not None]
         notifier.stopping()
         if transport.connected:
             try:
-                await asyncio.wait_for(
-                    transport.publish(c.topics.coordinator_status(), c.status_message("offline"), qos=1, retain=True), 5
-                )
+                async with asyncio.timeout(5):
+                    await transport.publish(
+                        c.topics.coordinator_status(), c.status_message("offline"), qos=1, retain=True
+                    )
             except (TransportError, TimeoutError) as exc:
                 log.warning("coordinator.offline_unsent", error=str(exc) or "timed out")
     store.close()

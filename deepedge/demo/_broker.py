@@ -13,6 +13,7 @@ from deepedge.embedded_broker import (
     MOSQUITTO,
     BrokerNotInstalled,
     MosquittoProcess,
+    die_with_parent,
     free_port,
     stop_process,
     wait_listening,
@@ -41,7 +42,10 @@ class AmqttProcess:
         self.log = workdir / "amqtt.log"
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "deepedge.demo._amqtt_main", str(self.port)], stdout=fh, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "deepedge.demo._amqtt_main", str(self.port)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
         if not wait_listening(self.port, 15.0):
             self.stop()
@@ -62,7 +66,7 @@ class _Mosquitto(MosquittoProcess):
 def start_broker(workdir: Path, prefer: str = "auto") -> EmbeddedBroker:
     """``prefer``: auto (Mosquitto if installed), mosquitto or amqtt."""
     if prefer in ("auto", "mosquitto") and MOSQUITTO is not None:
-        broker = _Mosquitto(workdir)
+        broker = _Mosquitto(workdir, with_parent=True)
         broker.start()
         return broker
     if prefer == "mosquitto":

@@ -6,7 +6,6 @@ PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -21,16 +20,14 @@ import psutil
 
 from deepedge.demo._broker import EmbeddedBroker, start_broker
 from deepedge.demo._profiles import BoardProfile
+from deepedge.embedded_broker import die_with_parent
 
 __all__ = ["DemoCluster"]
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        die_with_parent()
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, cpus)

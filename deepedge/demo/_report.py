@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DemoReport", "build_report", "render_report"]
 
-_REASONS = ("node.dead", "lc.violation", "plan.improving", "node.joined", "node.drained", "node.undrained")
+_REASONS = ("node.dead", "lc.violation", "lc.margin", "plan.improving", "node.joined", "node.drained", "node.undrained")
 
 
 @dataclass

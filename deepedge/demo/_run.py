@@ -79,7 +79,8 @@ async def _wait(predicate: Callable[[], bool], watch: ClusterWatch, timeout: flo
             raise DeepEdgeError(f"demo: timed out after {timeout:g} s waiting for {what}")
         watch.changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(watch.changed.wait(), min(left, 0.5))
+            async with asyncio.timeout(min(left, 0.5)):
+                await watch.changed.wait()
 
 
 async def calibrate_lc(
@@ -213,7 +214,8 @@ async def run_cluster_job(
                         on_tick(run)
                     watch.changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(watch.changed.wait(), 0.5)
+                        async with asyncio.timeout(0.5):
+                            await watch.changed.wait()
                 run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
                 watch.counting_lc = False
                 await asyncio.sleep(0.3)  # the last events

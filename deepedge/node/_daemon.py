@@ -37,6 +37,7 @@ from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._sdnotify import SystemdNotifier
 from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
+from deepedge.tasks import cancel_and_wait
 from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
 from deepedge.worker_protocol import PlanForWorker, WorkerReport
 
@@ -335,21 +336,24 @@ class NodeDaemon:
         await self.intake.start()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.telemetry_loop())
-                tg.create_task(self.heartbeat_loop())
-                tg.create_task(self.plan_loop())
-                tg.create_task(self.self_status_loop())
-                tg.create_task(
-                    serve_commands(
-                        self.transport,
-                        self.topics,
-                        self.topics.node_commands(self.node),
-                        lambda verb, req: handle_command(self, verb, req),
-                    )
-                )
-                tg.create_task(self.notifier.watchdog_loop())
-                tg.create_task(self.status_line_loop())
+                tasks = [
+                    tg.create_task(self.telemetry_loop()),
+                    tg.create_task(self.heartbeat_loop()),
+                    tg.create_task(self.plan_loop()),
+                    tg.create_task(self.self_status_loop()),
+                    tg.create_task(
+                        serve_commands(
+                            self.transport,
+                            self.topics,
+                            self.topics.node_commands(self.node),
+                            lambda verb, req: handle_command(self, verb, req),
+                        )
+                    ),
+                    tg.create_task(self.notifier.watchdog_loop()),
+                    tg.create_task(self.status_line_loop()),
+                ]
                 await self._stop.wait()
+                await cancel_and_wait(tasks)  # the group would cancel once, and wait for ever
                 raise _Stop
         except* _Stop:
             pass
@@ -374,9 +378,8 @@ class NodeDaemon:
             log.warning("node.offline_unsent", error="not connected to the broker")
         else:
             try:
-                await asyncio.wait_for(
-                    self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True), 2
-                )
+                async with asyncio.timeout(2):
+                    await self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True)
             except (TransportError, TimeoutError) as exc:
                 log.warning("node.offline_unsent", error=str(exc) or "timed out")
         for c in self.collectors:

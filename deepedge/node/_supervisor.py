@@ -102,7 +102,8 @@ class WorkerSupervisor:
             return
         self._signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self._grace)
+            async with asyncio.timeout(self._grace):
+                await proc.wait()
         except TimeoutError:
             log.warning("worker.kill", job=self.job, pid=proc.pid, after_s=self._grace)
         self._signal_group(proc.pid, signal.SIGKILL)  # also whatever the worker left behind
@@ -180,7 +181,8 @@ class WorkerSupervisor:
         finally:
             for task in readers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 2)
+                    async with asyncio.timeout(2):
+                        await task
             with contextlib.suppress(OSError, RuntimeError):
                 proc.stdin.close()
         self.last_exit = rc

@@ -87,7 +87,8 @@ class Subscription:
         return True
 
     async def get(self, timeout: float | None = None) -> Received | Refused:
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            return await self._queue.get()
 
     async def first(self, pred: Callable[[Message | Cleared], bool], timeout: float) -> Message | Cleared:
         """The first decoded message for which ``pred`` holds; TimeoutError after ``timeout`` s."""

@@ -95,7 +95,8 @@ class FakeTransport:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                await self._connected.wait()
         except TimeoutError:
             raise TransportError("fake broker: not connected") from None
 

@@ -16,6 +16,7 @@ import structlog
 from deepedge.broker_schemas import Message, encode
 from deepedge.clock import Clock, RealClock
 from deepedge.config import BrokerConfig, ConfigError
+from deepedge.tasks import cancel_and_wait
 from deepedge.transport._api import ConnectHook, Subscription, TransportError, Will
 from deepedge.transport._backoff import Backoff
 from deepedge.transport._dispatch import Dispatcher
@@ -118,14 +119,13 @@ class MqttTransport:
     async def _stop(self) -> None:
         self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                await self._connected.wait()
         except TimeoutError:
             raise TransportError(
                 f"no connection to the MQTT broker at {self._broker.url} within {timeout:g} s"

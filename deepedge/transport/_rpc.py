@@ -109,7 +109,8 @@ class Requester:
                 ts=time.time(),
             )
             await self._transport.publish(topic, request, qos=1)
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                return await fut
         except TimeoutError:
             raise TransportError(f"no reply to {topic} within {timeout:g} s") from None
         finally:
