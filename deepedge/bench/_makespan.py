@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluster_job
 from deepedge.demo._data import make_image_folder
+from deepedge.demo._report import plan_generations
 from deepedge.demo._run import JobRun
 from deepedge.training import StepTiming, step_timing
 
@@ -31,6 +32,7 @@ class MakespanRow:
     lc_violations: int
     lc_startup_violations: int
     generations: int
+    replans: tuple[str, ...] = ()  # why each plan after the first was made (its event)
     timing: StepTiming | None = None  # where each step's time went (the workers' records)
 
 
@@ -57,6 +59,7 @@ def _row(scenario: str, split: str, run: JobRun, ideal: float | None, output: Pa
         sum(a.violations for a in w.apps.values()),
         sum(a.startup_violations for a in w.apps.values()),
         len(w.plans),
+        tuple(g.why for g in plan_generations(run)[1:]),
         step_timing(output),
     )
 
@@ -102,7 +105,8 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
     lines = [
         f"Command: `{command}`. Machine: {platform.machine()}, {platform.python_version()}, "
         "the demo's emulated cluster: boards of relative speed 1.0 / 0.6 / 0.4 / 0.25 (each sample paced to at "
-        "least 2 ms / speed, workers pinned one board per CPU, nice 10), 4 boards on this machine's CPUs.",
+        "least 2 ms / speed, workers pinned one board per CPU, nice 10, their communication threads nice 0), "
+        "4 boards on this machine's CPUs.",
         "",
         "Makespan is from submission to completion (worker start-up included); training is from the first "
         "completed step to completion. The ideal bound is epochs x N / sum of the boards' full-intensity "
@@ -124,7 +128,7 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
         lines.append(
             f"| {r.scenario} | {r.split} | {'yes' if r.completed else 'NO'} | {r.makespan_s} s | {r.training_s} s "
             f"| {r.ideal_s} s | {speedup} | {vs_ideal} | {r.lc_violations} / {r.lc_startup_violations} "
-            f"| {r.generations} |"
+            f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
         )
     lines += [
         "",

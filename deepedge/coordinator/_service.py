@@ -28,10 +28,10 @@ from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
 from deepedge.coordinator._jobs import JobRecord, JobState
 from deepedge.coordinator._models import InterferenceModel, NodeLearning, ThroughputModel
-from deepedge.coordinator._planning import job_model, node_model, node_models, to_plan
+from deepedge.coordinator._planning import job_model, node_models, to_plan
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, node_cap, uniform_plan
+from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan
 from deepedge.transport import Received, Transport, TransportError
 
 __all__ = ["Coordinator"]
@@ -43,9 +43,6 @@ CAP_INCREASE = 0.1  # additive increase after COMFORT_REPORTS comfortable report
 COMFORT_REPORTS = 10
 COMFORT_FRACTION = 0.7  # "comfortable": p95 under 70 % of the deadline
 DECREASE_COOLDOWN_S = 5.0
-# A running job is re-planned before any deadline is missed when the LC model learned since its
-# plan allows a node at least this much less intensity than the plan gives it (lc.margin).
-MARGIN_SLACK = 0.05
 LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long for a death notice
 # A running job is re-planned when what was learned since its plan predicts a step at least 20 %
 # shorter, saving at least REPLAN_MIN_GAIN_S over the rest of the job (re-forming costs ~1 s).
@@ -71,7 +68,6 @@ class Coordinator:
         self.jobs: dict[str, JobRecord] = {j.job: j for j in store.load_all()}
         self.dirty: set[str] = set()
         self._last_decrease: dict[str, float] = {}
-        self._margin_replan: dict[str, float] = {}  # node -> when its LC margin last re-planned
         self._lost_peers: dict[str, tuple[int, float, str]] = {}  # job -> (generation, since, reporting node)
         self._planned_at: dict[str, float] = {}  # job -> monotonic time of its latest plan
         self._training_since: dict[str, tuple[int, float]] = {}  # node -> (generation, since)
@@ -218,43 +214,13 @@ class Coordinator:
                 for job in using:
                     if job.spec.split != "uniform":  # the baseline ignores LC apps, as torchrun would
                         self.dirty.add(job.job)
-            return
-        if using:
-            await self.keep_lc_margin(report.node, using, now)
-        if comfortable and learn.cap_limit < 1.0:
+        elif comfortable and learn.cap_limit < 1.0:
             learn.good_reports += 1
             if learn.good_reports >= COMFORT_REPORTS:  # slow increase, applied at the next re-plan
                 learn.cap_limit = min(1.0, round(learn.cap_limit + CAP_INCREASE, 4))
                 learn.good_reports = 0
         elif not comfortable:
             learn.good_reports = 0
-
-    async def keep_lc_margin(self, node: str, using: list[JobRecord], now: float) -> None:
-        """Act before a deadline is missed: when what was learned of this node's LC apps (these
-        reports joined to the fit) allows less intensity than its plan gives it — some app is
-        predicted over (1 - lc_margin) of its deadline at the planned cap — re-plan the job. At
-        most once per DECREASE_COOLDOWN_S per node; a miss itself is handled above (AIMD)."""
-        if now - self._margin_replan.get(node, -1e9) < DECREASE_COOLDOWN_S:
-            return
-        state, learn = self.view.nodes[node], self._learning(node)
-        for job in using:
-            if job.spec.split == "uniform" or job.plan is None or job.state != JobState.RUNNING:
-                continue
-            planned = next((a.intensity_cap for a in job.plan.assignments if a.node == node), None)
-            if planned is None:
-                continue
-            allowed, _ = node_cap(node_model(state, learn, job), self.cfg.lc_margin)
-            if planned > allowed + MARGIN_SLACK:
-                self._margin_replan[node] = now
-                await self.emit(
-                    "lc.margin",
-                    f"cap {planned:.2f} now predicted to leave an LC app under {1 - self.cfg.lc_margin:.0%} "
-                    f"of its deadline; re-planning (cap <= {allowed:.2f})",
-                    node=node,
-                    job=job.job,
-                    cap=round(allowed, 4),
-                )
-                self.dirty.add(job.job)
 
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         self.view.on_heartbeat(hb, now)

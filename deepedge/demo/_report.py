@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     from deepedge.demo._cluster import DemoCluster
     from deepedge.demo._run import DemoOptions, JobRun
 
-__all__ = ["DemoReport", "build_report", "render_report"]
+__all__ = ["DemoReport", "build_report", "plan_generations", "render_report"]
 
-_REASONS = ("node.dead", "lc.violation", "lc.margin", "plan.improving", "node.joined", "node.drained", "node.undrained")
+_REASONS = ("node.dead", "lc.violation", "plan.improving", "node.joined", "node.drained", "node.undrained")
 
 
 @dataclass
@@ -90,7 +90,8 @@ class DemoReport:
         return out
 
 
-def _generations(run: JobRun) -> list[Generation]:
+def plan_generations(run: JobRun) -> list[Generation]:
+    """Every plan generation of the run, with why it was made (the event just before it)."""
     w = run.watch
     out: list[Generation] = []
     previous_ts = run.submitted_ts
@@ -136,7 +137,7 @@ def _failover(run: JobRun) -> Failover | None:
 def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_size: int, output: Path) -> DemoReport:
     w = run.watch
     prog = w.progress
-    gens = _generations(run)
+    gens = plan_generations(run)
     kill_at = run.kill[1] if run.kill else None
     before_kill = [w.plans[g.generation] for g in gens if kill_at is None or w.plans[g.generation].ts < kill_at]
     learned = [p for p in before_kill if p.generation > 1]
