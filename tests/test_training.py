@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +22,9 @@ from deepedge.bench._workers import (
     stop_all,
 )
 from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.node._supervisor import WorkerSupervisor
 from deepedge.training import read_records, verify_accounting
-from deepedge.worker_protocol import COMM_THREADS
+from deepedge.worker_protocol import COMM_THREADS, PlanForWorker
 
 pytestmark = pytest.mark.slow
 
@@ -334,3 +338,31 @@ def test_communication_threads_of_every_group_run_at_the_comm_priority(tmp_path:
     finally:
         stop_all(workers)
     assert not seen[0] & seen[1]  # generation 2's were new threads, and they were set too
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lowering a thread's nice value needs root")
+async def test_the_supervisor_moves_a_training_worker_to_its_priorities_by_thread(tmp_path: Path) -> None:
+    """The node daemon's side: the worker starts in the idle class; at its first training report
+    its communication threads go to comm_nice, every other thread to the worker's nice."""
+    data = make_tensor_dataset(tmp_path / "d.pt", 3000, size=16)
+    plan = make_plan("j", 1, {"n": 60}, spec(data, tmp_path / "out", global_batch=60, epochs=3))
+    sup = WorkerSupervisor([sys.executable, "-m", "deepedge.training.worker"], "j", nice=10, comm_nice=0)
+    sup.update(PlanForWorker(node="n", plan=plan, assignment=plan.assignments[0], emulated_sample_s=0.001))
+    task = asyncio.create_task(sup.run())
+    try:
+        deadline = time.monotonic() + 60
+        while sup.last_report is None or sup.last_report.state != "training":
+            assert time.monotonic() < deadline, "no training report"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert sup.pid is not None
+        threads = thread_nices(sup.pid)
+        comm = {nice for name, nice in threads.values() if name.startswith(COMM_THREADS)}
+        rest = {nice for name, nice in threads.values() if not name.startswith(COMM_THREADS)}
+        assert comm == {0} and rest == {10}, threads
+        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_OTHER}  # out of the idle class
+    finally:
+        await sup.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -80,8 +80,8 @@ class NodeConfig(_Section, frozen=True):
     cpu_affinity: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] = ()
     # CPU priority of the training worker: training is background work, LC apps come first.
     worker_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
-    # CPU priority of the worker's waits and communication (gloo's threads, its wake-ups from the
-    # all-reduce and its throttle's sleeps): short and latency-critical for every board of the job.
+    # CPU priority of the worker's communication threads (gloo's, the rendezvous store's): short
+    # bursts that every board of the job waits for (docs/training.md, "Thread priorities").
     worker_comm_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
     # Emulation of a slower board (the demo and benchmarks): every training sample takes at least
     # this long (0: off), and the board reports this much memory (0: the real amount).

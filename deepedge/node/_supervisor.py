@@ -218,9 +218,9 @@ class WorkerSupervisor:
                 self._on_report(report)
 
     def _allow_comm_nice(self, pid: int) -> None:
-        """Let the worker move its own threads between ``nice`` and ``comm_nice`` without
-        privilege (RLIMIT_NICE; a no-op for a root worker, refused to a daemon that may not
-        raise the limit — the worker then keeps ``nice`` for its waits too)."""
+        """Let the worker set the communication threads of each group it forms to ``comm_nice``
+        without privilege (RLIMIT_NICE; a no-op for a root worker; refused to a daemon that may
+        not raise the limit — those threads then keep ``nice``)."""
         if self._comm_nice >= self._nice:
             return
         limit = 20 - self._comm_nice
