@@ -6,48 +6,49 @@ from __future__ import annotations
 from deepedge.broker_schemas import Assignment, Plan
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._models import InterferenceModel, NodeLearning
-from deepedge.coordinator._view import ClusterView, NodeState
+from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
 
-__all__ = ["DEFAULT_SAMPLE_BYTES", "job_model", "node_model", "node_models", "to_plan"]
+__all__ = ["DEFAULT_SAMPLE_BYTES", "job_model", "node_models", "to_plan"]
 
 DEFAULT_SAMPLE_BYTES = 16 * 1024 * 1024  # training memory per sample in a step, when not told
 
 
 def node_models(view: ClusterView, learning: dict[str, NodeLearning], job: JobRecord) -> list[NodeModel]:
-    return [
-        node_model(state, learning[state.node], job)
-        for state in view.alive()
-        if not state.drained and state.node in learning
-    ]
-
-
-def node_model(state: NodeState, learn: NodeLearning, job: JobRecord) -> NodeModel:
-    """One node's planner input for ``job``: what was learned, with its profile as the prior."""
-    t = state.telemetry
-    free = (t.mem_total_bytes - t.mem_used_bytes) if t is not None and t.mem_total_bytes else state.birth.memory_bytes
-    max_share = max(0, int(free // DEFAULT_SAMPLE_BYTES))
-    # What ``deepedge profile`` measured on this board for this model: the prior until
-    # heartbeats and latency reports say otherwise.
-    profile = state.birth.profiles.get(job.spec.model)
-    profiled = profile.lc if profile is not None else ()
-    apps = tuple(
-        learn.interference.setdefault(a.app, InterferenceModel()).model(
-            a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]
+    out = []
+    for state in view.alive():
+        if state.drained or state.node not in learning:
+            continue
+        learn = learning[state.node]
+        t = state.telemetry
+        free = (
+            (t.mem_total_bytes - t.mem_used_bytes) if t is not None and t.mem_total_bytes else state.birth.memory_bytes
         )
-        for a in state.latency.values()
-        if a.deadline_ms is not None
-    )
-    rate = learn.throughput.rate
-    if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
-        rate = profile.samples_per_s
-    return NodeModel(
-        state.node,
-        rate=rate,
-        max_share=min(max_share, job.spec.global_batch),
-        lc_apps=apps,
-        cap_limit=learn.cap_limit,
-    )
+        max_share = max(0, int(free // DEFAULT_SAMPLE_BYTES))
+        # What ``deepedge profile`` measured on this board for this model: the prior until
+        # heartbeats and latency reports say otherwise.
+        profile = state.birth.profiles.get(job.spec.model)
+        profiled = profile.lc if profile is not None else ()
+        apps = tuple(
+            learn.interference.setdefault(a.app, InterferenceModel()).model(
+                a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]
+            )
+            for a in state.latency.values()
+            if a.deadline_ms is not None
+        )
+        rate = learn.throughput.rate
+        if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
+            rate = profile.samples_per_s
+        out.append(
+            NodeModel(
+                state.node,
+                rate=rate,
+                max_share=min(max_share, job.spec.global_batch),
+                lc_apps=apps,
+                cap_limit=learn.cap_limit,
+            )
+        )
+    return out
 
 
 def job_model(job: JobRecord) -> JobModel:
