@@ -43,7 +43,11 @@ def slice_of(offset: int, share: int, global_batch: int, n: int) -> tuple[int, i
     the planned one, and a node's end is the next node's start."""
     if n >= global_batch:
         return offset, offset + share
-    return (offset * n + global_batch // 2) // global_batch, ((offset + share) * n + global_batch // 2) // global_batch
+
+    def bound(x: int) -> int:  # round(x * n / global_batch), halves up, in integers
+        return (x * n + global_batch // 2) // global_batch
+
+    return bound(offset), bound(offset + share)
 
 
 class _NewPlan(Exception):
