@@ -55,8 +55,8 @@ def _for(t: mi.Type) -> st.SearchStrategy[Any]:
             return st.one_of([_for(x) for x in ts])
         case mi.LiteralType(values=vs):
             return st.sampled_from(vs)
-        case mi.VarTupleType(item_type=it) | mi.ListType(item_type=it):
-            return st.lists(_for(it), max_size=4).map(tuple)
+        case mi.VarTupleType(item_type=it, max_length=m) | mi.ListType(item_type=it, max_length=m):
+            return st.lists(_for(it), max_size=min(4, m if m is not None else 4)).map(tuple)
         case mi.DictType(key_type=kt, value_type=vt):
             return st.dictionaries(_for(kt), _for(vt), max_size=3)
         case mi.AnyType():
@@ -65,8 +65,15 @@ def _for(t: mi.Type) -> st.SearchStrategy[Any]:
             )
         case mi.StructType(cls=cls, fields=fields):
             kwargs = {f.encode_name: _for(f.type) for f in fields if f.name != "v"}
-            return st.fixed_dictionaries(kwargs).map(lambda kw: cls(**kw))
+            return st.fixed_dictionaries(kwargs).map(lambda kw: _consistent(cls(**kw)))
     raise NotImplementedError(f"no strategy for {t!r}")
+
+
+def _consistent(msg: Any) -> Any:
+    """An event speaks for a source its topic can name (see topic_for)."""
+    if isinstance(msg, Event):
+        return msgspec.structs.replace(msg, source="coordinator")
+    return msg
 
 
 def message_strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
@@ -128,14 +135,14 @@ def sample(cls: type[msgspec.Struct], rng: Any) -> Any:
                 return build(rng.choice(ts))
             case mi.LiteralType(values=vs):
                 return rng.choice(vs)
-            case mi.VarTupleType(item_type=it) | mi.ListType(item_type=it):
-                return tuple(build(it) for _ in range(rng.randint(0, 3)))
+            case mi.VarTupleType(item_type=it, max_length=m) | mi.ListType(item_type=it, max_length=m):
+                return tuple(build(it) for _ in range(rng.randint(0, min(3, m if m is not None else 3))))
             case mi.DictType(key_type=kt, value_type=vt):
                 return {build(kt): build(vt) for _ in range(rng.randint(0, 3))}
             case mi.AnyType():
                 return {"x": rng.randint(0, 9), "y": "z"}
             case mi.StructType(cls=c, fields=fields):
-                return c(**{f.encode_name: build(f.type) for f in fields if f.name != "v"})
+                return _consistent(c(**{f.encode_name: build(f.type) for f in fields if f.name != "v"}))
         raise NotImplementedError(f"no sample for {t!r}")
 
     return build(mi.type_info(cls))

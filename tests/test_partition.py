@@ -111,7 +111,7 @@ async def test_a_partitioned_node_is_dropped_within_3_s_and_rejoins_when_the_lin
     t = Topics(cluster)
     coord = await watcher.subscribe(t.coordinator_status())
     births = await watcher.subscribe(t.all_nodes("status"))
-    events = await watcher.subscribe(t.events())
+    events = await watcher.subscribe(t.all_events())
     plans = await watcher.subscribe(t.job_plan("part"))
     procs.append(start_coordinator(tmp_path, broker.url, cluster, interval=1.0))
     await wait_for(coord, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)

@@ -32,8 +32,10 @@ def test_every_built_topic_parses_back(node: str, job: str, client: str, rid: st
             "lab", TopicKind.NODE_COMMAND, node=node, verb="set-deadline"
         ),
         T.coordinator_command("submit"): ParsedTopic("lab", TopicKind.COORDINATOR_COMMAND, verb="submit"),
-        T.reply(client, rid): ParsedTopic("lab", TopicKind.REPLY, client=client, request_id=rid),
-        T.events(): ParsedTopic("lab", TopicKind.EVENTS),
+        T.reply(client, rid): ParsedTopic("lab", TopicKind.REPLY, client=client, request_id=rid, from_coordinator=True),
+        T.reply(client, rid, node): ParsedTopic("lab", TopicKind.REPLY, node=node, client=client, request_id=rid),
+        T.events(): ParsedTopic("lab", TopicKind.EVENTS, from_coordinator=True),
+        T.events(node): ParsedTopic("lab", TopicKind.EVENTS, node=node),
     }
     for topic, parsed in cases.items():
         assert parse_topic(topic) == parsed
@@ -44,8 +46,12 @@ def test_topic_layout_matches_the_design() -> None:
     assert T.job_plan("j1") == "deepedge/lab/job/j1/plan"
     assert T.node_command("n1", "drain") == "deepedge/lab/cmd/node/n1/drain"
     assert T.coordinator_command("submit") == "deepedge/lab/cmd/coordinator/submit"
-    assert T.reply("cli-7", "r1") == "deepedge/lab/reply/cli-7/r1"
-    assert T.events() == "deepedge/lab/events"
+    assert T.reply("cli-7", "r1") == "deepedge/lab/reply/cli-7/coordinator/r1"
+    assert T.reply("cli-7", "r1", "n1") == "deepedge/lab/reply/cli-7/node/n1/r1"
+    assert T.replies("cli-7") == "deepedge/lab/reply/cli-7/#"
+    assert T.events() == "deepedge/lab/events/coordinator"
+    assert T.events("n1") == "deepedge/lab/events/node/n1"
+    assert T.all_events() == "deepedge/lab/events/#"
     assert T.all_nodes("telemetry") == "deepedge/lab/node/+/telemetry"
     assert T.node_commands("n1") == "deepedge/lab/cmd/node/n1/+"
 
@@ -73,7 +79,12 @@ def test_builder_refuses_bad_ids(bad: str) -> None:
         "deepedge/lab/cmd/coordinator",
         "deepedge/lab/job/j1/plan/x",
         "deepedge/lab/reply/c1",
+        "deepedge/lab/reply/c1/r1",
+        "deepedge/lab/reply/c1/node/r1",
+        "deepedge/lab/events",
         "deepedge/lab/events/x",
+        "deepedge/lab/events/node",
+        "deepedge/lab/events/node/a/b",
         "deepedge",
         "",
     ],

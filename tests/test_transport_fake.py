@@ -92,7 +92,7 @@ async def _handler(verb: str, req: CommandRequest) -> CommandReply:
 async def test_request_reply_and_typed_errors() -> None:
     broker = FakeBroker()
     async with FakeTransport(broker, client_id="node-n1") as node, FakeTransport(broker, client_id="cli-1") as cli:
-        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler))
+        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler, responder="n1"))
         await asyncio.sleep(0)
         async with Requester(cli, T, timeout_s=1) as rpc:
             reply = await rpc.request(T.node_command("n1", "status"), {"x": 3})
@@ -120,7 +120,7 @@ async def test_a_flood_of_malformed_commands_gets_few_error_replies_and_real_one
     5 per second): a flood cannot make the server amplify it, and a real request is answered."""
     broker = FakeBroker()
     async with FakeTransport(broker, client_id="node-n1") as node, FakeTransport(broker, client_id="cli-2") as cli:
-        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler))
+        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler, responder="n1"))
         await asyncio.sleep(0)
         sub = await cli.subscribe(T.replies("cli-2"))
         bad = b'{"kind":"command","request_id":"r1","reply_to":"cli-2","args":7}'

@@ -128,7 +128,7 @@ async def test_request_response_over_real_broker(mosquitto: MosquittoBroker, clu
         return ok_reply(req, verb=verb, node="n1")
 
     async with MqttTransport(mosquitto.config()) as node, MqttTransport(mosquitto.config()) as cli:
-        server = asyncio.create_task(serve_commands(node, t, t.node_commands("n1"), handler))
+        server = asyncio.create_task(serve_commands(node, t, t.node_commands("n1"), handler, responder="n1"))
         await asyncio.sleep(0.2)  # the server's subscription reaches the broker
         async with Requester(cli, t, timeout_s=5) as rpc:
             reply = await rpc.request(t.node_command("n1", "status"))

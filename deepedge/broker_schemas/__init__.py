@@ -14,6 +14,8 @@ from deepedge.broker_schemas._codec import (
 )
 from deepedge.broker_schemas._errors import SchemaError, SchemaErrorReason
 from deepedge.broker_schemas._messages import (
+    MAX_FLOAT,
+    MAX_INT,
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     SUPPORTED_VERSIONS,
@@ -28,6 +30,7 @@ from deepedge.broker_schemas._messages import (
     ErrorCode,
     ErrorInfo,
     Event,
+    Finite,
     GpuStats,
     Heartbeat,
     Id,
@@ -41,6 +44,7 @@ from deepedge.broker_schemas._messages import (
     Plan,
     Progress,
     Telemetry,
+    TorchInfo,
 )
 from deepedge.broker_schemas._topics import (
     ID_PATTERN,
@@ -55,6 +59,8 @@ from deepedge.broker_schemas._topics import (
 
 __all__ = [
     "ID_PATTERN",
+    "MAX_FLOAT",
+    "MAX_INT",
     "MAX_PAYLOAD_BYTES",
     "MESSAGE_TYPES",
     "ROOT",
@@ -73,6 +79,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "Event",
+    "Finite",
     "GpuStats",
     "Heartbeat",
     "Id",
@@ -91,6 +98,7 @@ __all__ = [
     "Telemetry",
     "TopicKind",
     "Topics",
+    "TorchInfo",
     "decode",
     "decode_payload",
     "encode",

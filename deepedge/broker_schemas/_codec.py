@@ -144,6 +144,15 @@ def decode(topic: str, payload: bytes) -> Decoded:
 
 def _check_ids(parsed: ParsedTopic, message: Message, topic: str | None) -> None:
     claimed: tuple[str, str | None, str | None] | None = None
+    if isinstance(message, Event):  # an event speaks for the source its topic names
+        source = "coordinator" if parsed.from_coordinator else f"node/{parsed.node}"
+        if message.source != source or (parsed.node is not None and message.node not in (None, parsed.node)):
+            raise SchemaError(
+                SchemaErrorReason.ID_MISMATCH,
+                f"event from {message.source!r} about node {message.node!r} on the topic of {source!r}",
+                topic,
+            )
+        return
     match message:
         case NodeBirth(node=n) | NodeDeath(node=n) | Telemetry(node=n) | LatencyReport(node=n) | Heartbeat(node=n):
             claimed = ("node", parsed.node, n)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "MAX_FLOAT",
+    "MAX_INT",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
@@ -26,6 +28,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "Event",
+    "Finite",
     "GpuStats",
     "Heartbeat",
     "Id",
@@ -39,19 +42,27 @@ __all__ = [
     "Plan",
     "Progress",
     "Telemetry",
+    "TorchInfo",
 ]
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS: frozenset[int] = frozenset({1})
 
 Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-NonNeg = Annotated[float, msgspec.Meta(ge=0)]
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+# Every number on the wire is bounded: floats finite (NaN and +-inf are refused by the decoder,
+# whatever the field), integers within what a double represents exactly, so no value a peer
+# sends can overflow an encoder, a torch.Generator or a float conversion downstream.
+MAX_INT = 2**53
+MAX_FLOAT = 1e300
+Finite = Annotated[float, msgspec.Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)]
+NonNeg = Annotated[float, msgspec.Meta(ge=0, le=MAX_FLOAT)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+BoundedInt = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 ShortStr = Annotated[str, msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
-ArgValue = str | int | float | bool | None
+ArgValue = str | BoundedInt | Finite | bool | None
 ErrorCode = Literal[
     "bad_request",  # the payload did not decode to a command
     "unknown_verb",
@@ -99,6 +110,18 @@ class ModelProfile(_Part, frozen=True):
     lc: Annotated[tuple[LcPoint, ...], msgspec.Meta(max_length=64)] = ()
 
 
+class TorchInfo(_Part, frozen=True):
+    """What the board's torch can do, probed once by the daemon (``deepedge.training.probe``)."""
+
+    version: ShortStr = ""
+    distributed: bool = False  # torch.distributed is built in (not in every Jetson wheel)
+    gloo: bool = False
+    nccl: bool = False
+    cuda: bool = False
+    device: ShortStr = "cpu"  # where this board trains (training.device resolved)
+    error: ShortStr = ""  # why the probe failed, if it did
+
+
 class NodeBirth(_Msg, tag="birth", frozen=True):
     """Retained on ``node/<node>/status`` while the node is up."""
 
@@ -110,12 +133,17 @@ class NodeBirth(_Msg, tag="birth", frozen=True):
     cpu_model: ShortStr = ""
     cpu_cores: NonNegInt = 0
     memory_bytes: NonNegInt = 0
-    accelerators: tuple[Accelerator, ...] = ()
+    accelerators: Annotated[tuple[Accelerator, ...], msgspec.Meta(max_length=16)] = ()
     os: ShortStr = ""
     jetpack: ShortStr | None = None
-    software: dict[ShortStr, ShortStr] = {}
+    software: Annotated[dict[ShortStr, ShortStr], msgspec.Meta(max_length=32)] = {}
     drained: bool = False
     profiles: Annotated[dict[ShortStr, ModelProfile], msgspec.Meta(max_length=16)] = {}  # by model name
+    # Where this board's training worker listens (its own ``node.training_address``, an IP
+    # literal): the coordinator names it as the rendezvous when this board is rank 0.
+    training_address: ShortStr = ""
+    max_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1  # training workers it runs at once
+    torch: TorchInfo | None = None  # what the worker's torch can do (probed once at start)
 
 
 class NodeDeath(_Msg, tag="death", frozen=True):
@@ -138,15 +166,15 @@ class GpuStats(_Part, frozen=True):
     mem_used_bytes: NonNegInt | None = None
     mem_total_bytes: NonNegInt | None = None
     power_w: NonNeg | None = None
-    temp_c: float | None = None
+    temp_c: Finite | None = None
 
 
 class Telemetry(_Msg, tag="telemetry", frozen=True):
     node: Id
     ts: NonNeg
     cpu_percent: Percent = 0.0
-    cpu_per_core: tuple[Percent, ...] = ()
-    load_avg: tuple[NonNeg, ...] = ()
+    cpu_per_core: Annotated[tuple[Percent, ...], msgspec.Meta(max_length=1024)] = ()
+    load_avg: Annotated[tuple[NonNeg, ...], msgspec.Meta(max_length=3)] = ()
     mem_total_bytes: NonNegInt = 0
     mem_used_bytes: NonNegInt = 0
     mem_percent: Percent = 0.0
@@ -155,8 +183,8 @@ class Telemetry(_Msg, tag="telemetry", frozen=True):
     net_tx_bps: NonNeg = 0.0
     disk_read_bps: NonNeg = 0.0
     disk_write_bps: NonNeg = 0.0
-    temperatures_c: dict[ShortStr, float] = {}
-    gpus: tuple[GpuStats, ...] = ()
+    temperatures_c: Annotated[dict[ShortStr, Finite], msgspec.Meta(max_length=64)] = {}
+    gpus: Annotated[tuple[GpuStats, ...], msgspec.Meta(max_length=16)] = ()
 
 
 # ---- node/<node>/latency -----------------------------------------------------------------------
@@ -176,7 +204,7 @@ class LatencyReport(_Msg, tag="latency", frozen=True):
     node: Id
     ts: NonNeg
     window_s: NonNeg
-    apps: tuple[AppLatency, ...] = ()
+    apps: Annotated[tuple[AppLatency, ...], msgspec.Meta(max_length=64)] = ()
 
 
 # ---- node/<node>/heartbeat ---------------------------------------------------------------------
@@ -191,7 +219,7 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     world_size: NonNegInt = 0
     step: NonNegInt = 0
     samples_per_s: NonNeg = 0.0
-    loss: float | None = None
+    loss: Finite | None = None
     intensity: Fraction = 0.0  # achieved compute duty cycle
     state: Literal["starting", "training", "waiting", "recovering", "done", "failed"] = "training"
     message: Text = ""  # why, when state is "failed"
@@ -214,11 +242,11 @@ class JobSpec(_Part, frozen=True):
     model: ShortStr
     dataset: Text
     output: Text
-    epochs: Annotated[int, msgspec.Meta(ge=1)]
-    global_batch: Annotated[int, msgspec.Meta(ge=1)]
-    learning_rate: Annotated[float, msgspec.Meta(gt=0)]
+    epochs: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    global_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    learning_rate: Annotated[float, msgspec.Meta(gt=0, le=MAX_FLOAT)]
     base_checkpoint: Text | None = None
-    seed: int = 0
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0  # torch.Generator seeds derive from it
     # "planned": the interference-aware plan; "uniform": every node the same share at full
     # intensity (what torchrun + DistributedSampler does), for comparisons
     split: Literal["planned", "uniform"] = "planned"
@@ -237,15 +265,19 @@ class Plan(_Msg, tag="plan", frozen=True):
     generation: NonNegInt
     ts: NonNeg
     spec: JobSpec
-    rendezvous_host: ShortStr
+    rendezvous_host: ShortStr  # rank 0's training address, from its own birth
     rendezvous_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
     backend: Literal["gloo", "nccl"]
-    assignments: tuple[Assignment, ...]
+    assignments: Annotated[tuple[Assignment, ...], msgspec.Meta(max_length=4096)]
     total_steps: NonNegInt
     resume_step: NonNegInt = 0
     predicted_step_s: NonNeg = 0.0
     predicted_makespan_s: NonNeg = 0.0
     ideal_makespan_s: NonNeg = 0.0
+    # The coordinator session that made this plan (its retained status carries the same): a
+    # node acts only on plans of the coordinator that is online now, so a plan of an earlier
+    # session, replayed or left retained, starts nothing.
+    session: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] = ""
 
 
 JobState = Literal["queued", "planning", "running", "recovering", "completed", "failed", "cancelled"]
@@ -261,7 +293,7 @@ class Progress(_Msg, tag="progress", frozen=True):
     samples_done: NonNegInt = 0
     samples_per_s: NonNeg = 0.0
     eta_s: NonNeg | None = None
-    loss: float | None = None
+    loss: Finite | None = None
     deadline_violations: NonNegInt = 0
     message: Text = ""
 
@@ -276,7 +308,7 @@ class CommandRequest(_Msg, tag="command", frozen=True):
 
     request_id: Id
     reply_to: Id
-    args: dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue] = {}
+    args: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue], msgspec.Meta(max_length=64)] = {}
     sender: ShortStr = ""
     ts: NonNeg = 0.0
 
@@ -307,7 +339,7 @@ class Event(_Msg, tag="event", frozen=True):
     node: Id | None = None
     job: Id | None = None
     message: Text = ""
-    fields: dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue] = {}
+    fields: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], ArgValue], msgspec.Meta(max_length=64)] = {}
 
 
 class Cleared(msgspec.Struct, frozen=True):

@@ -6,8 +6,12 @@ Every topic lives under ``deepedge/<cluster>/``::
     coordinator/status
     job/<job>/plan|progress
     cmd/node/<node>/<verb>     cmd/coordinator/<verb>
-    reply/<client>/<request_id>
-    events
+    reply/<client>/node/<node>/<request_id>     reply/<client>/coordinator/<request_id>
+    events/node/<node>         events/coordinator
+
+A reply and an event name who sent it in the topic, so the broker's ACL can let each party
+write only as itself (a node only ``reply/+/node/<itself>/+`` and ``events/node/<itself>``), and
+the codec checks that the payload says the same.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class ParsedTopic:
     verb: str | None = None
     client: str | None = None
     request_id: str | None = None
+    # replies and events: who sent it ("coordinator", or the node in ``node``)
+    from_coordinator: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +129,17 @@ class Topics:
     def coordinator_command(self, verb: str) -> str:
         return f"{self.prefix}/cmd/coordinator/{_validate_verb(verb)}"
 
-    def reply(self, client: str, request_id: str) -> str:
-        return f"{self.prefix}/reply/{validate_id(client, 'client')}/{validate_id(request_id, 'request id')}"
+    def reply(self, client: str, request_id: str, responder: str | None = None) -> str:
+        """The reply to ``client``'s request, from node ``responder`` (None: the coordinator)."""
+        source = "coordinator" if responder is None else f"node/{validate_id(responder, 'node')}"
+        return f"{self.prefix}/reply/{validate_id(client, 'client')}/{source}/{validate_id(request_id, 'request id')}"
 
-    def events(self) -> str:
-        return f"{self.prefix}/events"
+    def events(self, node: str | None = None) -> str:
+        """Where ``node`` (None: the coordinator) publishes its events."""
+        return f"{self.prefix}/events/" + ("coordinator" if node is None else f"node/{validate_id(node, 'node')}")
+
+    def all_events(self) -> str:
+        return f"{self.prefix}/events/#"
 
     # Subscription filters (MQTT wildcards), for the subscribers of the design.
     def all_nodes(self, leaf: str = "+") -> str:
@@ -148,7 +160,7 @@ class Topics:
         return f"{self.prefix}/cmd/coordinator/+"
 
     def replies(self, client: str) -> str:
-        return f"{self.prefix}/reply/{validate_id(client, 'client')}/+"
+        return f"{self.prefix}/reply/{validate_id(client, 'client')}/#"
 
 
 def _bad(topic: str, why: str) -> SchemaError:
@@ -176,15 +188,26 @@ def parse_topic(topic: str) -> ParsedTopic:
                 )
             case ["cmd", "coordinator", verb]:
                 return ParsedTopic(cluster, TopicKind.COORDINATOR_COMMAND, verb=_validate_verb(verb))
-            case ["reply", client, request_id]:
+            case ["reply", client, "coordinator", request_id]:
                 return ParsedTopic(
                     cluster,
                     TopicKind.REPLY,
                     client=validate_id(client, "client"),
                     request_id=validate_id(request_id, "request id"),
+                    from_coordinator=True,
                 )
-            case ["events"]:
-                return ParsedTopic(cluster, TopicKind.EVENTS)
+            case ["reply", client, "node", node, request_id]:
+                return ParsedTopic(
+                    cluster,
+                    TopicKind.REPLY,
+                    node=validate_id(node, "node"),
+                    client=validate_id(client, "client"),
+                    request_id=validate_id(request_id, "request id"),
+                )
+            case ["events", "coordinator"]:
+                return ParsedTopic(cluster, TopicKind.EVENTS, from_coordinator=True)
+            case ["events", "node", node]:
+                return ParsedTopic(cluster, TopicKind.EVENTS, node=validate_id(node, "node"))
             case _:
                 raise _bad(topic, "not a topic of the design")
     except SchemaError as exc:

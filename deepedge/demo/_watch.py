@@ -108,7 +108,7 @@ class ClusterWatch:
         filters = [
             self.topics.all_nodes(),
             self.topics.all_jobs(),
-            self.topics.events(),
+            self.topics.all_events(),
             self.topics.coordinator_status(),
         ]
         async with contextlib.AsyncExitStack() as stack:

@@ -29,7 +29,7 @@ async def tail_events(
     """Call ``emit`` for each matching event until cancelled (or ``limit`` events)."""
     topics = Topics(config.cluster.name)
     seen = 0
-    async with MqttTransport(config.broker) as t, await t.subscribe(topics.events(), qos=0) as sub:
+    async with MqttTransport(config.broker) as t, await t.subscribe(topics.all_events(), qos=0) as sub:
         async for item in sub:
             if not isinstance(item, Received) or not isinstance(item.message, Event):
                 continue

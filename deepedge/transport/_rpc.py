@@ -26,8 +26,12 @@ from deepedge.broker_schemas import (
     ErrorCode,
     ErrorInfo,
     Id,
+    ParsedTopic,
+    SchemaError,
     SchemaErrorReason,
+    TopicKind,
     Topics,
+    parse_topic,
 )
 from deepedge.errors import DeepEdgeError
 from deepedge.transport._api import Received, Refused, Transport, TransportError
@@ -64,7 +68,8 @@ class Requester:
         self._topics = topics
         self._timeout = timeout_s
         self._sender = sender or transport.client_id
-        self._pending: dict[str, asyncio.Future[CommandReply]] = {}
+        # request id -> (its future, who must answer: a node id, or None for the coordinator)
+        self._pending: dict[str, tuple[asyncio.Future[CommandReply], str | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -84,9 +89,13 @@ class Requester:
         async with sub:
             async for item in sub:
                 if isinstance(item, Received) and isinstance(item.message, CommandReply):
-                    fut = self._pending.get(item.message.request_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(item.message)
+                    fut, responder = self._pending.get(item.message.request_id, (None, None))
+                    if fut is None or fut.done():
+                        continue
+                    if not _from(item.topic, responder):  # an answer from someone not asked
+                        log.warning("command.reply_from_other", topic=item.raw_topic[:200], expected=responder)
+                        continue
+                    fut.set_result(item.message)
 
     @property
     def pending(self) -> int:
@@ -99,7 +108,7 @@ class Requester:
         timeout = self._timeout if timeout_s is None else timeout_s
         request_id = uuid.uuid4().hex[:16]
         fut: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
+        self._pending[request_id] = (fut, _target(topic))
         try:
             request = CommandRequest(
                 request_id=request_id,
@@ -118,6 +127,23 @@ class Requester:
 
 
 Handler = Callable[[str, CommandRequest], Awaitable[CommandReply]]
+
+
+def _target(command_topic: str) -> str | None:
+    """Who must answer a command sent on ``command_topic``: its node, or None (the coordinator)."""
+    try:
+        parsed = parse_topic(command_topic)
+    except SchemaError:
+        raise ValueError(f"{command_topic!r} is not a command topic") from None
+    if parsed.kind not in (TopicKind.NODE_COMMAND, TopicKind.COORDINATOR_COMMAND):
+        raise ValueError(f"{command_topic!r} is not a command topic")
+    return parsed.node
+
+
+def _from(reply_topic: ParsedTopic, responder: str | None) -> bool:
+    if responder is None:
+        return reply_topic.from_coordinator
+    return not reply_topic.from_coordinator and reply_topic.node == responder
 
 
 class _ReplyAddress(msgspec.Struct):
@@ -164,8 +190,12 @@ class _ReplyLimiter:
         return True
 
 
-async def serve_commands(transport: Transport, topics: Topics, topic_filter: str, handler: Handler) -> None:
-    """Answer commands on ``topic_filter`` until cancelled."""
+async def serve_commands(
+    transport: Transport, topics: Topics, topic_filter: str, handler: Handler, *, responder: str | None = None
+) -> None:
+    """Answer commands on ``topic_filter`` until cancelled, as node ``responder`` (None: as the
+    coordinator): replies go to ``reply/<requester>/node/<responder>/<id>`` or
+    ``reply/<requester>/coordinator/<id>``, the only reply topics the broker lets it write."""
     limiter = _ReplyLimiter()
     async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
         async for item in sub:
@@ -187,7 +217,7 @@ async def serve_commands(transport: Transport, topics: Topics, topic_filter: str
             if reply is None or address is None:
                 continue
             try:
-                await transport.publish(topics.reply(address.reply_to, address.request_id), reply, qos=1)
+                await transport.publish(topics.reply(address.reply_to, address.request_id, responder), reply, qos=1)
             except DeepEdgeError as exc:
                 log.warning("command.reply_failed", request_id=address.request_id, error=str(exc))
 
