@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from deepedge.broker_schemas import Assignment, Plan
+from deepedge.config import TrainingConfig
 
 __all__ = [
     "COMM_THREADS",
@@ -39,6 +40,10 @@ class PlanForWorker(msgspec.Struct, frozen=True, kw_only=True):
     # node.worker_comm_nice: the nice value of the worker's communication threads (COMM_THREADS),
     # set again for each process group it forms (None: left as they are).
     comm_nice: int | None = None
+    # From this node's own configuration, never from the plan: the address its rendezvous store
+    # and gloo bind to (node.training_address), and what a job may name here ([training]).
+    training_address: str = "127.0.0.1"
+    policy: TrainingConfig = TrainingConfig()
 
 
 class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):

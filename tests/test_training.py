@@ -22,6 +22,7 @@ from deepedge.bench._workers import (
     stop_all,
 )
 from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.config import TrainingConfig
 from deepedge.node._supervisor import WorkerSupervisor
 from deepedge.training import read_records, verify_accounting
 from deepedge.worker_protocol import COMM_THREADS, PlanForWorker
@@ -347,7 +348,10 @@ async def test_the_supervisor_moves_a_training_worker_to_its_priorities_by_threa
     data = make_tensor_dataset(tmp_path / "d.pt", 3000, size=16)
     plan = make_plan("j", 1, {"n": 60}, spec(data, tmp_path / "out", global_batch=60, epochs=3))
     sup = WorkerSupervisor([sys.executable, "-m", "deepedge.training.worker"], "j", nice=10, comm_nice=0)
-    sup.update(PlanForWorker(node="n", plan=plan, assignment=plan.assignments[0], emulated_sample_s=0.001))
+    policy = TrainingConfig(data_roots=(str(tmp_path),), output_root=str(tmp_path))
+    sup.update(
+        PlanForWorker(node="n", plan=plan, assignment=plan.assignments[0], emulated_sample_s=0.001, policy=policy)
+    )
     task = asyncio.create_task(sup.run())
     try:
         deadline = time.monotonic() + 60

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from deepedge.broker_schemas import Assignment, JobSpec, Plan
+from deepedge.config import TrainingConfig
 from deepedge.embedded_broker import free_port
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_report_line, encode_line
 
@@ -67,11 +68,28 @@ class WorkerProc:
     arrived: list[float] = field(default_factory=list)  # time.monotonic() of each report
     stderr: list[str] = field(default_factory=list)
 
-    def send(self, plan: Plan, emulated_sample_s: float = 0.0, comm_nice: int | None = None) -> None:
+    def send(
+        self,
+        plan: Plan,
+        emulated_sample_s: float = 0.0,
+        comm_nice: int | None = None,
+        policy: TrainingConfig | None = None,
+    ) -> None:
+        """Write ``plan`` to the worker as its daemon would. ``policy``: what the "board" lets the
+        job name (default: the job's dataset folder and the output's parent folder)."""
         a = next(x for x in plan.assignments if x.node == self.node)
         assert self.proc.stdin is not None
+        spec = plan.spec
+        policy = policy or TrainingConfig(
+            data_roots=(str(Path(spec.dataset).parent),), output_root=str(Path(spec.output).parent)
+        )
         pfw = PlanForWorker(
-            node=self.node, plan=plan, assignment=a, emulated_sample_s=emulated_sample_s, comm_nice=comm_nice
+            node=self.node,
+            plan=plan,
+            assignment=a,
+            emulated_sample_s=emulated_sample_s,
+            comm_nice=comm_nice,
+            policy=policy,
         )
         self.proc.stdin.write(encode_line(pfw))
         self.proc.stdin.flush()

@@ -20,14 +20,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deepedge.training._files import append_text, ensure_dir, os_error
+
 __all__ = ["AccountingLog", "read_records", "verify_accounting"]
 
 
 class AccountingLog:
     def __init__(self, output: Path, node: str) -> None:
         self.dir = output / "accounting"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._fh = (self.dir / f"{node}.jsonl").open("a")
+        ensure_dir(self.dir)
+        self._fh = append_text(self.dir / f"{node}.jsonl")
 
     def record(
         self,
@@ -47,8 +49,11 @@ class AccountingLog:
             "reduce": round(reduce_s, 6),
             "t": round(time.time(), 6),
         }
-        self._fh.write(json.dumps(row) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. a full disk: the job fails with it, not as a lost peer
+            raise os_error("accounting", self.dir, exc) from None
 
     def close(self) -> None:
         self._fh.close()

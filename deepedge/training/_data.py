@@ -4,11 +4,14 @@ Caltech-256) or tensors in a file (``torch.save({"x": ..., "y": ...})``, loaded 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from deepedge.training._errors import TrainingError
+from deepedge.training._files import load_weights
 
 __all__ = ["IMAGE_SUFFIXES", "TensorDataset", "load_dataset"]
 
@@ -33,6 +36,10 @@ class TensorDataset:
         return x, self.y[index]
 
 
+def _open_nofollow(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+
+
 def _image_folder(root: Path, size: int) -> TensorDataset:
     try:
         from PIL import Image, UnidentifiedImageError
@@ -47,7 +54,7 @@ def _image_folder(root: Path, size: int) -> TensorDataset:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(path) as img:
+                with _open_nofollow(path) as fh, Image.open(fh) as img:
                     rgb = img.convert("RGB").resize((size, size))
                     xs.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3))
             except (OSError, UnidentifiedImageError, ValueError) as exc:
@@ -59,10 +66,7 @@ def _image_folder(root: Path, size: int) -> TensorDataset:
 
 
 def _tensor_file(path: Path) -> TensorDataset:
-    try:
-        data = torch.load(path, weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"dataset {path}: not a readable tensor file: {exc}") from None
+    data = load_weights(path, "dataset")
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("x"), torch.Tensor)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from deepedge.training._errors import TrainingError
+from deepedge.training._files import load_weights
 
 __all__ = ["SmallCNN", "build_model", "load_checkpoint"]
 
@@ -70,14 +71,9 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return model
 
 
-def load_checkpoint(model: nn.Module, path: str) -> None:
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load weights saved as a state dict, or as deepedge's checkpoint {"model": state_dict, ...}."""
-    if not Path(path).is_file():
-        raise TrainingError(f"base checkpoint {path}: no such file")
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise TrainingError(f"base checkpoint {path}: corrupt or not a weights file: {exc}") from None
+    data = load_weights(Path(path), "base checkpoint")
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise TrainingError(f"base checkpoint {path}: no state dict in it")

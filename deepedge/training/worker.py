@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from deepedge.training._channel import Channel
 from deepedge.training._errors import TrainingError
@@ -40,6 +41,10 @@ def main() -> int:
         )
         print(f"worker: {exc}", file=sys.stderr, flush=True)
         return 2
+    except Exception as exc:  # a bug or an unforeseen failure: the daemon restarts it, counts, reports
+        traceback.print_exc()
+        print(f"worker: crashed: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
