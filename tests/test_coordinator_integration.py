@@ -97,13 +97,16 @@ async def test_submit_publishes_plan_to_the_right_nodes(
         with pytest.raises(CommandError) as err:
             await coordinator_request(loaded.config, "submit", bad)
         assert err.value.code == code, bad
+    with pytest.raises(CommandError) as err:  # every node runs j1 (node.max_workers 1)
+        await coordinator_request(loaded.config, "submit", job_args("second", tmp_path))
+    assert err.value.code == "conflict" and "a1: busy with job j1" in str(err.value)
+    cancelled = await coordinator_request(loaded.config, "cancel", {"job": "j1"})
+    assert cancelled.result["state"] == "cancelled"
     with pytest.raises(CommandError) as err:
         await coordinator_request(
             loaded.config, "submit", job_args("huge", tmp_path, global_batch=10_000_000, dataset_size=10**8)
         )
     assert err.value.code == "conflict" and "does not fit" in str(err.value)
-    cancelled = await coordinator_request(loaded.config, "cancel", {"job": "j1"})
-    assert cancelled.result["state"] == "cancelled"
 
 
 async def test_kill_9_of_a_node_replans_with_new_generation_within_3_s(
@@ -164,7 +167,7 @@ async def test_lc_latency_over_deadline_lowers_that_nodes_cap(
         mosquitto, watcher, tmp_path, cluster, procs, ["d1", "d2"], lc_apps={"det": 50.0}, latency_window_s=1.0
     )
     plans = await watcher.subscribe(t.job_plan("j1"))
-    events = await watcher.subscribe(t.events())
+    events = await watcher.subscribe(t.all_events())
     await coordinator_request(loaded.config, "submit", job_args("j1", tmp_path))
     first = await wait_for(plans, lambda m: isinstance(m, Plan))
     await asyncio.sleep(2.0)  # the coordinator acts on LC reports once d1 has trained for a whole window

@@ -28,7 +28,9 @@ SPEC = JobSpec(model="cnn", dataset="/d", output="/o", epochs=1, global_batch=32
 
 
 def birth(node: str, session: str = "s1", drained: bool = False) -> NodeBirth:
-    return NodeBirth(node=node, session=session, ts=1.0, memory_bytes=8 << 30, drained=drained)
+    return NodeBirth(
+        node=node, session=session, ts=1.0, memory_bytes=8 << 30, drained=drained, training_address="127.0.0.1"
+    )
 
 
 def test_every_transition_outside_the_table_raises() -> None:
@@ -134,7 +136,7 @@ async def test_service_plans_replans_on_death_and_feedback() -> None:
                     ts=1.0,
                     job="j1",
                     generation=1,
-                    rank=0,
+                    rank=next(a.rank for a in plan.assignments if a.node == n),
                     step=4,  # type: ignore[arg-type]
                     samples_per_s=30.0,
                     intensity=1.0,

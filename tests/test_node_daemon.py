@@ -16,6 +16,7 @@ import pytest
 from deepedge.broker_schemas import (
     Assignment,
     CommandReply,
+    CoordinatorStatus,
     Heartbeat,
     JobSpec,
     LatencyReport,
@@ -177,13 +178,26 @@ async def test_commands_answer_and_bad_commands_get_typed_errors(
     assert good.request_id == "r2" and good.ok  # JSON typed by hand works
 
 
-def _plan(job: str, generation: int, nodes: list[str], model: str, out: Path) -> Plan:
+SESSION = "coord-1"  # the coordinator session these tests play
+
+
+async def coordinator_online(watcher: MqttTransport, t: Topics, session: str = SESSION) -> None:
+    """Play the coordinator's retained status: nodes act only on plans of the online session."""
+    await watcher.publish(
+        t.coordinator_status(), CoordinatorStatus(state="online", session=session, ts=time.time()), qos=1, retain=True
+    )
+
+
+def _plan(job: str, generation: int, nodes: list[str], model: str, out: Path, session: str = SESSION) -> Plan:
     share = 12 // len(nodes) if nodes else 0
     return Plan(
+        session=session,
         job=job,
         generation=generation,
         ts=time.time(),
-        spec=JobSpec(model=model, dataset="mem://x", output=str(out), epochs=1, global_batch=12, learning_rate=0.1),
+        spec=JobSpec(
+            model=model, dataset=str(out / "data"), output=str(out), epochs=1, global_batch=12, learning_rate=0.1
+        ),
         rendezvous_host="127.0.0.1",
         rendezvous_port=29500,
         backend="gloo",
@@ -212,6 +226,7 @@ async def test_worker_supervision_from_plan_to_heartbeats_restart_and_stop(
     await boot(nodes, tmp_path, mosquitto, cluster)
     await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
     out = tmp_path / "out"
+    await coordinator_online(watcher, t)
     await watcher.publish(t.job_plan("j1"), _plan("j1", 1, ["n0", "n1"], "test:crash-once", out), qos=1, retain=True)
     first = await wait_for(hb, lambda m: isinstance(m, Heartbeat), 15)
     assert (first.job, first.generation, first.rank, first.world_size, first.intensity) == ("j1", 1, 1, 2, 0.5)
@@ -246,6 +261,7 @@ async def test_plan_without_this_node_stops_its_worker_and_group(
     hb = await watcher.subscribe(t.node_heartbeat("n1"))
     await boot(nodes, tmp_path, mosquitto, cluster)
     await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
+    await coordinator_online(watcher, t)
     await watcher.publish(t.job_plan("j2"), _plan("j2", 1, ["n1"], "test:run", tmp_path), qos=1, retain=True)
     beat = await wait_for(hb, lambda m: isinstance(m, Heartbeat), 15)
     async with Requester(watcher, t, timeout_s=5) as rpc:

@@ -3,6 +3,7 @@ order of precedence."""
 
 from deepedge.config._load import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config
 from deepedge.config._model import (
+    BUILTIN_MODELS,
     BrokerConfig,
     ClusterConfig,
     Config,
@@ -10,10 +11,12 @@ from deepedge.config._model import (
     LcApp,
     LogConfig,
     NodeConfig,
+    TrainingConfig,
 )
 from deepedge.config._show import render_json, render_toml
 
 __all__ = [
+    "BUILTIN_MODELS",
     "DEFAULT_CONFIG_PATH",
     "BrokerConfig",
     "ClusterConfig",
@@ -24,6 +27,7 @@ __all__ = [
     "LoadedConfig",
     "LogConfig",
     "NodeConfig",
+    "TrainingConfig",
     "load_config",
     "render_json",
     "render_toml",

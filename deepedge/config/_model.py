@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["BrokerConfig", "ClusterConfig", "Config", "CoordinatorConfig", "LcApp", "LogConfig", "NodeConfig"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "BrokerConfig",
+    "ClusterConfig",
+    "Config",
+    "CoordinatorConfig",
+    "LcApp",
+    "LogConfig",
+    "NodeConfig",
+    "TrainingConfig",
+]
+
+# The model registry's names (deepedge.training's registry; a test keeps the two in step). The
+# config must not import torch to know them.
+BUILTIN_MODELS = ("cnn-small", "resnet18", "mobilenet_v2", "mobilenet_v3_small")
 
 _Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -89,6 +104,40 @@ class NodeConfig(_Section, frozen=True):
     emulate_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Where ``deepedge profile`` keeps this board's measurements (empty: in memory only).
     profile_path: str = "/var/lib/deepedge/node-profile.json"
+    # The address this board's training worker listens on (an IP literal; empty: the address
+    # this board uses to reach the broker). Reported in its birth; the rendezvous store and gloo
+    # bind to it only (docs/security.md, "Training network").
+    training_address: str = ""
+    # Training workers this node runs at once (plans for more jobs are refused).
+    max_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+    def __post_init__(self) -> None:
+        if self.training_address:
+            try:
+                ipaddress.ip_address(self.training_address)
+            except ValueError:
+                raise ValueError(f"node.training_address {self.training_address!r} is not an IP address") from None
+
+
+class TrainingConfig(_Section, frozen=True):
+    """What a training job may name on this board: the board decides, not the job."""
+
+    # Models a job may train here: registry names, or ``module:callable`` factories.
+    models: tuple[str, ...] = BUILTIN_MODELS
+    # Module prefixes whose ``module:callable`` factories may be imported (e.g. "acme.vision"
+    # allows "acme.vision.nets:build"); empty: none. Importing runs the module's code.
+    model_modules: tuple[str, ...] = ()
+    # Datasets and base checkpoints must lie inside one of these (after resolving symlinks).
+    data_roots: tuple[str, ...] = ("/var/lib/deepedge/data",)
+    # Every job's output (checkpoints, model, accounting) must lie inside this folder.
+    output_root: str = "/var/lib/deepedge/output"
+    # Epoch checkpoints kept per job (the newest ones; model.pt is always kept).
+    keep_checkpoints: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+
+    def __post_init__(self) -> None:
+        for root in (*self.data_roots, self.output_root):
+            if not root.startswith("/"):
+                raise ValueError(f"training roots must be absolute paths, not {root!r}")
 
 
 class CoordinatorConfig(_Section, frozen=True):
@@ -97,7 +146,10 @@ class CoordinatorConfig(_Section, frozen=True):
     node_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0  # the nodes' telemetry interval
     default_rate: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # samples/s prior before heartbeats
     lc_margin: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    # Rendezvous ports: each plan's rank 0 listens on one of [rendezvous_port, rendezvous_port +
+    # rendezvous_ports); no two running jobs get the same one, and a job's next generation the next.
     rendezvous_port: Annotated[int, msgspec.Meta(ge=1024, le=64000)] = 29500
+    rendezvous_ports: Annotated[int, msgspec.Meta(ge=2, le=1000)] = 100
     recovery_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
 
@@ -106,4 +158,5 @@ class Config(_Section, frozen=True):
     broker: BrokerConfig = BrokerConfig()
     log: LogConfig = LogConfig()
     node: NodeConfig = NodeConfig()
+    training: TrainingConfig = TrainingConfig()
     coordinator: CoordinatorConfig = CoordinatorConfig()

@@ -14,6 +14,10 @@ from deepedge.coordinator.planner import LcAppModel
 __all__ = ["InterferenceModel", "NodeLearning", "ThroughputModel"]
 
 
+MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
+MAX_STEP_UP = 10.0  # after the first, an observation counts at most this factor above the estimate
+
+
 @dataclass
 class ThroughputModel:
     prior: float  # samples/s at full intensity before any heartbeat
@@ -22,9 +26,14 @@ class ThroughputModel:
     observations: int = 0
 
     def observe(self, samples_per_s: float, intensity: float) -> None:
-        if samples_per_s <= 0 or intensity < 0.05:
+        """Learn from a heartbeat. A node's claim is clamped to a plausible range: at most
+        MAX_RATE, and at most MAX_STEP_UP times what was believed before (a board that lies
+        about its speed can steer the shares, not blow up the planner)."""
+        if not samples_per_s > 0 or not intensity >= 0.05:
             return
-        full = samples_per_s / min(1.0, intensity)
+        full = min(samples_per_s / min(1.0, intensity), MAX_RATE)
+        if self.estimate is not None:
+            full = min(full, MAX_STEP_UP * self.estimate)
         self.estimate = full if self.estimate is None else (1 - self.alpha) * self.estimate + self.alpha * full
         self.observations += 1
 

@@ -3,22 +3,64 @@ to the wire Plan."""
 
 from __future__ import annotations
 
-from deepedge.broker_schemas import Assignment, Plan
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from deepedge.broker_schemas import Assignment, NodeBirth, Plan
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._models import InterferenceModel, NodeLearning
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
 
-__all__ = ["DEFAULT_SAMPLE_BYTES", "job_model", "node_models", "to_plan"]
+__all__ = [
+    "DEFAULT_SAMPLE_BYTES",
+    "busy_elsewhere",
+    "job_model",
+    "node_models",
+    "rendezvous_port",
+    "to_plan",
+    "training_address",
+]
 
 DEFAULT_SAMPLE_BYTES = 16 * 1024 * 1024  # training memory per sample in a step, when not told
 
 
-def node_models(view: ClusterView, learning: dict[str, NodeLearning], job: JobRecord) -> list[NodeModel]:
+def training_address(birth: NodeBirth) -> str | None:
+    """The IP address the node says its worker listens on, if it is one."""
+    try:
+        return str(ipaddress.ip_address(birth.training_address))
+    except ValueError:
+        return None
+
+
+def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord) -> dict[str, str]:
+    """Nodes that already run as many other jobs' workers as their birth says they may: why."""
+    others: dict[str, list[str]] = {}
+    for other in jobs:
+        if other.job != job.job and not other.terminal and other.plan is not None:
+            for a in other.plan.assignments:
+                others.setdefault(a.node, []).append(other.job)
+    return {
+        n: f"busy with job {', '.join(js)} (its node.max_workers is {view.nodes[n].birth.max_workers})"
+        for n, js in others.items()
+        if n in view.nodes and len(js) >= view.nodes[n].birth.max_workers
+    }
+
+
+def node_models(
+    view: ClusterView, learning: dict[str, NodeLearning], job: JobRecord, busy: Mapping[str, str] | None = None
+) -> list[NodeModel]:
+    """The planner's view of every live, undrained node; one that cannot train now (busy with
+    other jobs, no usable training address) says why in ``unavailable``."""
     out = []
     for state in view.alive():
         if state.drained or state.node not in learning:
             continue
+        unavailable = (busy or {}).get(state.node, "")
+        if training_address(state.birth) is None:
+            unavailable = (
+                f"its birth names no training address (node.training_address {state.birth.training_address!r})"
+            )
         learn = learning[state.node]
         t = state.telemetry
         free = (
@@ -46,6 +88,7 @@ def node_models(view: ClusterView, learning: dict[str, NodeLearning], job: JobRe
                 max_share=min(max_share, job.spec.global_batch),
                 lc_apps=apps,
                 cap_limit=learn.cap_limit,
+                unavailable=unavailable,
             )
         )
     return out
@@ -55,7 +98,28 @@ def job_model(job: JobRecord) -> JobModel:
     return JobModel(job.spec.global_batch, job.dataset_size, job.spec.epochs, job.model_bytes)
 
 
-def to_plan(job: JobRecord, decision: PlanDecision, view: ClusterView, generation: int, port: int, ts: float) -> Plan:
+def rendezvous_port(job: JobRecord, jobs: Iterable[JobRecord], first: int, count: int) -> int:
+    """The next port of ``[first, first + count)`` after this job's last one that no other
+    running job's plan uses (a new generation never reuses the port its predecessor's store may
+    still hold)."""
+    taken = {j.plan.rendezvous_port for j in jobs if j.job != job.job and not j.terminal and j.plan is not None}
+    last = job.plan.rendezvous_port if job.plan is not None else first - 1
+    for k in range(1, count + 1):
+        port = first + (last - first + k) % count
+        if port not in taken:
+            return port
+    raise ValueError(f"all {count} rendezvous ports from {first} are in use (coordinator.rendezvous_ports)")
+
+
+def to_plan(
+    job: JobRecord,
+    decision: PlanDecision,
+    view: ClusterView,
+    generation: int,
+    port: int,
+    ts: float,
+    session: str,
+) -> Plan:
     assignments = []
     offset = 0
     for rank, node in enumerate(decision.participants):
@@ -66,7 +130,8 @@ def to_plan(job: JobRecord, decision: PlanDecision, view: ClusterView, generatio
             )
         )
         offset += share
-    host = view.nodes[decision.participants[0]].birth.hostname or decision.participants[0]
+    host = training_address(view.nodes[decision.participants[0]].birth)
+    assert host is not None  # node_models offers only nodes with one
     # NCCL only where every participant has a discrete NVIDIA GPU (Jetson boards have no NCCL).
     cuda = all(any(a.kind == "cuda" for a in view.nodes[n].birth.accelerators) for n in decision.participants)
     return Plan(
@@ -83,4 +148,5 @@ def to_plan(job: JobRecord, decision: PlanDecision, view: ClusterView, generatio
         predicted_step_s=decision.step_s,
         predicted_makespan_s=decision.makespan_s,
         ideal_makespan_s=decision.ideal_makespan_s,
+        session=session,
     )

@@ -28,7 +28,7 @@ from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
 from deepedge.coordinator._jobs import JobRecord, JobState
 from deepedge.coordinator._models import InterferenceModel, NodeLearning, ThroughputModel
-from deepedge.coordinator._planning import job_model, node_models, to_plan
+from deepedge.coordinator._planning import busy_elsewhere, job_model, node_models, rendezvous_port, to_plan
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan
@@ -223,10 +223,17 @@ class Coordinator:
             learn.good_reports = 0
 
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
-        self.view.on_heartbeat(hb, now)
         job = self.jobs.get(hb.job)
-        if job is None or job.terminal or job.plan is None or hb.generation != job.generation:
+        if (
+            job is None
+            or job.terminal
+            or job.plan is None
+            or hb.generation != job.generation
+            or not any(a.node == hb.node and a.rank == hb.rank for a in job.plan.assignments)
+        ):  # not a participant of the current plan at that rank: a sign of life, nothing more
+            self.view.touch(hb.node, now)
             return
+        self.view.on_heartbeat(hb, now)
         if hb.state == "training":
             self._learning(hb.node).throughput.observe(hb.samples_per_s, hb.intensity)
             if self._training_since.get(hb.node, (-1, 0.0))[0] != hb.generation:
@@ -257,8 +264,16 @@ class Coordinator:
                 job.move(JobState.COMPLETED, f"{job.step} steps, {job.samples_done} samples")
                 await self.finish(job)
 
+    def forget_heartbeats(self, job: JobRecord) -> None:
+        """Keep heartbeats only of the (node, job) pairs of a current plan."""
+        keep = {a.node for a in job.plan.assignments} if job.plan is not None and not job.terminal else set()
+        for state in self.view.nodes.values():
+            if state.node not in keep:
+                state.heartbeats.pop(job.job, None)
+
     async def finish(self, job: JobRecord) -> None:
         """A terminal state: persist, clear the retained plan (workers stop), say so."""
+        self.forget_heartbeats(job)
         await self.save(job)
         await self.transport.publish(self.topics.job_plan(job.job), None, qos=1, retain=True)
         await self.publish_progress(job)
@@ -268,7 +283,7 @@ class Coordinator:
     # ---- planning -----------------------------------------------------------------------------
 
     async def decide(self, job: JobRecord) -> PlanDecision:
-        nodes = node_models(self.view, self.learning, job)
+        nodes = node_models(self.view, self.learning, job, busy_elsewhere(self.view, self.jobs.values(), job))
         if job.spec.split == "uniform":
             return uniform_plan(nodes, job_model(job))
         return await asyncio.to_thread(self.planner.plan, nodes, job_model(job))
@@ -327,10 +342,15 @@ class Coordinator:
                 await self.save(job)
             return
         generation = job.generation + 1
-        plan = to_plan(
-            job, decision, self.view, generation, self.cfg.rendezvous_port + generation % 1000, self.clock.time()
-        )
+        try:
+            port = rendezvous_port(job, self.jobs.values(), self.cfg.rendezvous_port, self.cfg.rendezvous_ports)
+        except ValueError as exc:  # every port of the range is held by other running jobs
+            job.reason = f"waiting: {exc}"
+            await self.save(job)
+            return
+        plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session)
         job.generation, job.plan = generation, plan
+        self.forget_heartbeats(job)
         if job.state in (JobState.PLANNING, JobState.RECOVERING):
             job.move(JobState.RUNNING, "")
         job.reason = ""

@@ -56,6 +56,10 @@ class ClusterView:
         state.death_reason = "shut down" if death.reason == "shutdown" else "connection lost (last will)"
         return True
 
+    def touch(self, node: str, now: float) -> None:
+        """A sign of life from ``node`` and nothing else."""
+        self._touch(node, now)
+
     def _touch(self, node: str, now: float) -> NodeState | None:
         state = self.nodes.get(node)
         if state is None or not state.alive:

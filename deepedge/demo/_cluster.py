@@ -109,7 +109,9 @@ class DemoCluster:
             f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"
-            f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n{apps}"
+            f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n"
+            # what a job may name on these boards: the demo's own folders
+            f'[training]\ndata_roots = ["{self.workdir}"]\noutput_root = "{self.workdir}"\n{apps}'
         )
         self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"])
 

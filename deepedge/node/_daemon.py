@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -17,8 +18,10 @@ import structlog
 from deepedge import __version__
 from deepedge.broker_schemas import (
     ID_PATTERN,
+    MAX_INT,
     ArgValue,
     Cleared,
+    CoordinatorStatus,
     Event,
     Heartbeat,
     LatencyReport,
@@ -30,9 +33,11 @@ from deepedge.broker_schemas import (
 )
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config, ConfigError
+from deepedge.job_policy import JobRefused, check_job
 from deepedge.node._commands import handle_command
-from deepedge.node._identity import default_node_id, make_birth, new_session
+from deepedge.node._identity import default_node_id, make_birth, new_session, training_address
 from deepedge.node._latency import LatencyIntake, LatencyWindows
+from deepedge.node._plans import PlanGate
 from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._sdnotify import SystemdNotifier
 from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
@@ -57,9 +62,12 @@ class NodeDaemon:
         collectors: list[Collector],
         clock: Clock | None = None,
         notifier: SystemdNotifier | None = None,
+        training_address: str = "127.0.0.1",
     ) -> None:
         self.config = config
         self.node = node
+        self.training_address = training_address
+        self.gate = PlanGate()
         self.session = session
         self.topics = Topics(config.cluster.name)
         self.transport = transport
@@ -83,7 +91,12 @@ class NodeDaemon:
 
     def birth(self) -> NodeBirth:
         birth = make_birth(self.node, self.session, self._accelerators, self.drained)
-        birth = msgspec.structs.replace(birth, profiles=dict(self.profiler.profiles))
+        birth = msgspec.structs.replace(
+            birth,
+            profiles=dict(self.profiler.profiles),
+            training_address=self.training_address,
+            max_workers=self.config.node.max_workers,
+        )
         if self.config.node.emulate_memory_mb:
             return msgspec.structs.replace(birth, memory_bytes=self.config.node.emulate_memory_mb << 20)
         return birth
@@ -103,7 +116,7 @@ class NodeDaemon:
             fields=fields,
         )
         try:
-            await self.transport.publish(self.topics.events(), ev)
+            await self.transport.publish(self.topics.events(self.node), ev)
         except TransportError as exc:
             log.debug("event.unsent", event_name=event, error=str(exc))
 
@@ -213,18 +226,74 @@ class NodeDaemon:
             task.add_done_callback(self._pending.discard)
 
     async def on_plan(self, job: str, plan: Plan | Cleared) -> None:
-        mine = None if isinstance(plan, Cleared) else next((a for a in plan.assignments if a.node == self.node), None)
-        sup = self.workers.get(job)
-        if mine is None or isinstance(plan, Cleared):
-            if sup is not None and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF):
-                log.info("plan.not_for_me", job=job)
-                await sup.stop()
+        if isinstance(plan, Cleared):  # the job ended (only the coordinator may clear it)
+            await self._stop_job(job, "plan cleared")
             return
-        if sup is not None and sup.generation is not None and plan.generation <= sup.generation:
-            return  # a stale or repeated (retained) generation
-        if self.drained and (sup is None or sup.state not in (SupervisorState.RUNNING, SupervisorState.BACKOFF)):
+        current = self.gate.offer(plan)
+        if current is None:
+            if plan.generation > self.gate.highest(job):
+                log.info("plan.held", job=job, generation=plan.generation, why=self.gate.why_held(plan))
+            return
+        await self.act_on(current)
+
+    async def on_coordinator(self, status: CoordinatorStatus) -> None:
+        was = (self.gate.online, self.gate.session)
+        ready = self.gate.on_coordinator(status)
+        if (self.gate.online, self.gate.session) != was:
+            log.info("coordinator.seen", state=status.state, session=status.session)
+        for plan in ready:
+            await self.act_on(plan)
+
+    async def _stop_job(self, job: str, why: str) -> None:
+        sup = self.workers.get(job)
+        if sup is not None and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF):
+            log.info("plan.not_for_me", job=job, why=why)
+            await sup.stop()
+
+    async def refuse(self, plan: Plan, rank: int, why: str) -> None:
+        """Tell the coordinator (a failed heartbeat: the job fails with the reason) and the
+        operator (an event) that this node will not run its part of ``plan``."""
+        log.warning("plan.refused", job=plan.job, generation=plan.generation, why=why)
+        await self.emit("job.refused", why, level="warning", job=plan.job)
+        hb = Heartbeat(
+            node=self.node,
+            ts=self.clock.time(),
+            job=plan.job,
+            generation=plan.generation,
+            rank=rank,
+            world_size=len(plan.assignments),
+            state="failed",
+            message=f"{self.node} refused: {why}"[:4000],
+        )
+        await self._publish_heartbeat(hb)
+
+    async def act_on(self, plan: Plan) -> None:
+        """A current plan of the online coordinator: start, steer or stop this node's worker."""
+        job = plan.job
+        mine = next((a for a in plan.assignments if a.node == self.node), None)
+        if mine is None:
+            await self._stop_job(job, f"not in generation {plan.generation}")
+            return
+        sup = self.workers.get(job)
+        running = sup is not None and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF)
+        if self.drained and not running:
             log.info("plan.ignored_drained", job=job, generation=plan.generation)
             return
+        if not running:
+            busy = [j for j, s in self.workers.items() if s.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF)]
+            if len(busy) >= self.config.node.max_workers:
+                await self.refuse(
+                    plan,
+                    mine.rank,
+                    f"this node already runs {len(busy)} training worker(s) (job {', '.join(busy)}; node.max_workers "
+                    f"= {self.config.node.max_workers})",
+                )
+                return
+            try:
+                check_job(plan.spec, self.config.training)
+            except JobRefused as exc:
+                await self.refuse(plan, mine.rank, str(exc))
+                return
         log.info("plan.accepted", job=job, generation=plan.generation, rank=mine.rank, share=mine.share)
         emulated = self.config.node.emulate_sample_ms / 1000.0
         self._supervisor(job).update(
@@ -234,6 +303,8 @@ class NodeDaemon:
                 assignment=mine,
                 emulated_sample_s=emulated,
                 comm_nice=self.config.node.worker_comm_nice,
+                training_address=self.training_address,
+                policy=self.config.training,
             )
         )
 
@@ -275,10 +346,10 @@ class NodeDaemon:
             generation=r.generation,
             rank=r.rank,
             world_size=r.world_size,
-            step=r.step,
-            samples_per_s=max(0.0, r.samples_per_s),
-            loss=r.loss,
-            intensity=min(1.0, max(0.0, r.intensity)),
+            step=min(max(0, r.step), MAX_INT),
+            samples_per_s=_finite(r.samples_per_s, 0.0, 1e12),
+            loss=r.loss if r.loss is not None and math.isfinite(r.loss) else None,  # a diverged loss is NaN
+            intensity=_finite(r.intensity, 0.0, 1.0),
             state=r.state,
             message=r.message[:4000],
         )
@@ -301,14 +372,26 @@ class NodeDaemon:
                     await self._publish_heartbeat(self._heartbeat(job, sup.last_report))
 
     async def plan_loop(self) -> None:
-        async with await self.transport.subscribe(self.topics.all_jobs("plan"), qos=1) as sub:
-            async for item in sub:
-                if (
-                    isinstance(item, Received)
-                    and item.topic.job is not None
-                    and isinstance(item.message, Plan | Cleared)
-                ):
-                    await self.on_plan(item.topic.job, item.message)
+        """Plans and the coordinator's status, in the order they arrive (one subscription each,
+        one consumer: a plan is never judged against a status that is not yet taken in)."""
+        queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=10_000)
+
+        async def feed(topic_filter: str) -> None:
+            async with await self.transport.subscribe(topic_filter, qos=1) as sub:
+                async for item in sub:
+                    if isinstance(item, Received) and not queue.full():
+                        queue.put_nowait(item)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(feed(self.topics.coordinator_status()))
+            tg.create_task(feed(self.topics.all_jobs("plan")))
+            while True:
+                item = await queue.get()
+                match item.message:
+                    case CoordinatorStatus() as status:
+                        await self.on_coordinator(status)
+                    case Plan() | Cleared() if item.topic.job is not None:
+                        await self.on_plan(item.topic.job, item.message)
 
     async def self_status_loop(self) -> None:
         """Keep the record straight: a death notice for this running node (a late will of an
@@ -347,6 +430,7 @@ class NodeDaemon:
                             self.topics,
                             self.topics.node_commands(self.node),
                             lambda verb, req: handle_command(self, verb, req),
+                            responder=self.node,
                         )
                     ),
                     tg.create_task(self.notifier.watchdog_loop()),
@@ -390,6 +474,11 @@ class _Stop(Exception):
     pass
 
 
+def _finite(x: float, low: float, high: float) -> float:
+    """``x`` clamped to [low, high]; ``low`` if it is not a number."""
+    return min(high, max(low, x)) if math.isfinite(x) else low
+
+
 async def run_node(config: Config, *, node_id: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     node = node_id or config.node.id or default_node_id()
@@ -405,7 +494,16 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
     collectors = await asyncio.to_thread(
         probe_collectors, config.node.telemetry_interval_s, config.node.disabled_collectors
     )
-    daemon = NodeDaemon(config, transport, node=node, session=session, collectors=collectors, notifier=notifier)
+    address = config.node.training_address or await asyncio.to_thread(training_address, config.broker)
+    daemon = NodeDaemon(
+        config,
+        transport,
+        node=node,
+        session=session,
+        collectors=collectors,
+        notifier=notifier,
+        training_address=address,
+    )
     first = asyncio.Event()
 
     async def on_connect() -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 
 from deepedge.broker_schemas import Accelerator, NodeBirth
+from deepedge.config import BrokerConfig
 
-__all__ = ["default_node_id", "jetpack_release", "make_birth", "new_session"]
+__all__ = ["default_node_id", "jetpack_release", "make_birth", "new_session", "training_address"]
 
 
 def default_node_id() -> str:
@@ -90,3 +91,17 @@ def make_birth(node: str, session: str, accelerators: list[Accelerator], drained
         software={k: v[:256] for k, v in _software().items()},
         drained=drained,
     )
+
+
+def training_address(broker: BrokerConfig) -> str:
+    """The address this board uses to reach the broker (the default ``node.training_address``):
+    the source address the kernel picks for a datagram socket connected to the broker (nothing
+    is sent). 127.0.0.1 when that cannot be found out (no route, name not resolvable)."""
+    try:
+        infos = socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_DGRAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            return str(s.getsockname()[0])
+    except (OSError, IndexError):
+        return "127.0.0.1"

@@ -61,7 +61,9 @@ def start_node(
         f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
         f'latency_window_s = {latency_window_s}\nlatency_socket = "{sock}"\n'
         f'profile_path = "{tmp / node}-profile.json"\n'
-        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{node_extra}\n{apps}"
+        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{node_extra}\n"
+        f'[training]\nmodel_modules = ["test"]\ndata_roots = ["{tmp}"]\n'
+        f'output_root = "{tmp}"\n{apps}'
     )
     log = tmp / f"{node}.log"
     return NodeProc(node, _spawn(cfg, "node", log, env, prefix), sock, log)

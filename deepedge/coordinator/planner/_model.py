@@ -30,6 +30,7 @@ class NodeModel:
     bandwidth_bps: float = 1e9  # network bytes/s
     lc_apps: tuple[LcAppModel, ...] = ()
     cap_limit: float = 1.0  # from feedback: an LC deadline was missed at a higher cap
+    unavailable: str = ""  # why this known node cannot train now (busy, no training address); "" if it can
 
 
 @dataclass(frozen=True, slots=True)

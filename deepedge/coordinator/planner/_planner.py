@@ -68,6 +68,10 @@ class Planner:
         excluded: dict[str, str] = {}
         feasible: list[NodeModel] = []
         for node in sorted(nodes, key=lambda n: n.node):
+            if node.unavailable:
+                excluded[node.node] = node.unavailable
+                caps[node.node] = 0.0
+                continue
             cap, why = node_cap(node, cfg.margin)
             caps[node.node] = cap
             if node.rate <= 0 or node.max_share <= 0:
@@ -78,7 +82,7 @@ class Planner:
                 feasible.append(node)
         if not feasible:
             detail = "; ".join(f"{n}: {w}" for n, w in list(excluded.items())[:5]) or "no nodes"
-            reason = f"no node can train without violating LC deadlines ({detail})"
+            reason = f"no node can train ({detail})"
             return PlanDecision(False, reason, caps=caps, excluded=excluded, steps=job.steps)
         capacity = sum(n.max_share for n in feasible)
         if capacity < batch:
@@ -255,7 +259,7 @@ def uniform_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | 
     same share of each global batch (the remainder to the first ranks), at full intensity, LC
     apps ignored: what torchrun with a DistributedSampler does."""
     net = net or NetworkModel()
-    usable = sorted((n for n in nodes if n.rate > 0 and n.max_share > 0), key=lambda n: n.node)
+    usable = sorted((n for n in nodes if n.rate > 0 and n.max_share > 0 and not n.unavailable), key=lambda n: n.node)
     k = len(usable)
     if k == 0 or sum(n.max_share for n in usable) < job.global_batch:
         return PlanDecision(False, "no nodes can hold an even split of the global batch", steps=job.steps)
