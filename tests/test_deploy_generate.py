@@ -170,7 +170,12 @@ def test_acls_pin_the_cluster_and_list_the_operators() -> None:
         assert rules and all(r[2].startswith("deepedge/lab/") for r in rules)
     assert "user alice" in operator_acl(s) and "user bob" in operator_acl(s)
     assert "pattern read deepedge/lab/reply/%c/#" in operator_acl(s)
-    assert "user coordinator" in daemon_acl(s) and "orin-1" not in daemon_acl(s)  # nodes are %u
+    assert "user coordinator" in daemon_acl(s) and "user orin-1" in daemon_acl(s)
+    assert "pattern write deepedge/lab/events/node/%u" in daemon_acl(s)
+    patterns = [
+        line for text in (daemon_acl(s), operator_acl(s)) for line in text.splitlines() if line.startswith("pattern")
+    ]
+    assert all("%u" in line or "%c" in line for line in patterns)  # (Mosquitto warns about any other)
 
 
 @needs_passwd
