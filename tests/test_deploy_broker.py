@@ -8,12 +8,15 @@ every message the broker accepted, so "the broker dropped it" is observable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,9 @@ import msgspec
 import pytest
 
 from deepedge.config import BrokerConfig, ConfigError, load_config
-from deepedge.deploy import DeploySpec, deploy_all
+from deepedge.deploy import DeploySpec, deploy_all, write_users
 from deepedge.embedded_broker import MOSQUITTO, free_port, stop_process, wait_listening
-from deepedge.transport import MqttTransport, Subscription
+from deepedge.transport import MqttTransport, Subscription, TransportError
 
 pytestmark = pytest.mark.mosquitto
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +38,7 @@ class SecureBroker:
     out: Path
     spec: DeploySpec
     watch_port: int
+    proc: subprocess.Popen[bytes]
 
     def broker(self, user: str, **changes: object) -> BrokerConfig:
         """``user``'s broker section from its generated deepedge.toml, with short timeouts."""
@@ -52,13 +56,14 @@ class SecureBroker:
         return str(self.out / "mosquitto" / "ca.crt")
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+@contextmanager
+def secure_broker(work: Path) -> Iterator[SecureBroker]:
+    """``deepedge deploy all`` for a two-node cluster under ``work``, and Mosquitto started from
+    what it wrote (the generated deepedge.conf included from a conf.d, as on a Debian broker)."""
     if MOSQUITTO is None or shutil.which("mosquitto_passwd") is None:
         if os.environ.get("CI"):
             pytest.fail("mosquitto is not installed; CI must install it (apt-get install mosquitto)")
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    work = tmp_path_factory.mktemp("secure")
     out = work / "deploy"
     spec = DeploySpec(
         cluster="lab",
@@ -72,7 +77,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         client_dir=str(out / "clients" / "{user}"),
     )
     deploy_all(spec, out)
-    confd = work / "conf.d"  # as on a Debian broker: the generated file in conf.d, included
+    confd = work / "conf.d"
     confd.mkdir()
     shutil.copy(out / "mosquitto" / "deepedge.conf", confd / "deepedge.conf")
     watch = free_port()
@@ -90,9 +95,15 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     try:
         if not all(wait_listening(p, 10.0) for p in (spec.daemon_port, spec.operator_port, watch)):
             pytest.fail(f"mosquitto did not start: {(work / 'mosquitto.log').read_text()}")
-        yield SecureBroker(out, spec, watch)
+        yield SecureBroker(out, spec, watch, proc)
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    with secure_broker(tmp_path_factory.mktemp("secure")) as broker:
+        yield broker
 
 
 @pytest.fixture
@@ -289,3 +300,18 @@ async def test_an_operator_commands_and_reads_only_its_own_replies(secure: Secur
         await alice.publish_raw(f"{C}/cmd/coordinator/status", b"x", qos=1)
         seen = await topics_until(watcher, f"{C}/cmd/coordinator/status")
         assert not set(forged) & set(seen), seen
+
+
+async def test_a_node_left_out_is_cut_off_when_the_broker_reloads(tmp_path: Path) -> None:
+    """Revoking a board: deploy again without it, and reload Mosquitto (SIGHUP,
+    ``systemctl reload mosquitto``): its connection is closed and it cannot come back."""
+    with secure_broker(tmp_path) as secure:
+        async with secure.daemon("nano-2") as node, secure.daemon("orin-1") as other:
+            write_users(dataclasses.replace(secure.spec, nodes=("orin-1",)), secure.out)
+            secure.proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(5):
+                while node.connected:
+                    await asyncio.sleep(0.05)
+            with pytest.raises(TransportError, match="refused user 'nano-2'"):
+                await node.publish_raw(f"{C}/node/nano-2/status", b"x", qos=1)
+            assert other.connected and other.connects == 1
