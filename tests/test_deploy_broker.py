@@ -57,7 +57,7 @@ class SecureBroker:
 
 
 @contextmanager
-def secure_broker(work: Path) -> Iterator[SecureBroker]:
+def secure_broker(work: Path, *, client_certs: bool = False) -> Iterator[SecureBroker]:
     """``deepedge deploy all`` for a two-node cluster under ``work``, and Mosquitto started from
     what it wrote (the generated deepedge.conf included from a conf.d, as on a Debian broker)."""
     if MOSQUITTO is None or shutil.which("mosquitto_passwd") is None:
@@ -75,6 +75,7 @@ def secure_broker(work: Path) -> Iterator[SecureBroker]:
         bind_address="127.0.0.1",
         broker_dir=str(out / "mosquitto"),
         client_dir=str(out / "clients" / "{user}"),
+        client_certs=client_certs,
     )
     deploy_all(spec, out)
     confd = work / "conf.d"
@@ -315,3 +316,15 @@ async def test_a_node_left_out_is_cut_off_when_the_broker_reloads(tmp_path: Path
             with pytest.raises(TransportError, match="refused user 'nano-2'"):
                 await node.publish_raw(f"{C}/node/nano-2/status", b"x", qos=1)
             assert other.connected and other.connects == 1
+
+
+async def test_with_client_certificates_a_password_alone_is_not_enough(tmp_path: Path) -> None:
+    with secure_broker(tmp_path, client_certs=True) as secure:
+        with_cert = secure.broker("orin-1")
+        assert with_cert.cert_file.endswith("clients/orin-1/client.crt")
+        async with MqttTransport(with_cert, identity_client_id=True) as node:
+            assert node.connected
+        without = secure.broker("orin-1", cert_file="", key_file="")
+        with pytest.raises(ConfigError, match="does it require a client certificate"):
+            async with MqttTransport(without):
+                pass
