@@ -47,6 +47,8 @@ def test_the_public_surface_is_all() -> None:
         ({"cluster": "lab/x"}, "cluster 'lab/x'"),
         ({"nodes": ("orin 1",)}, "node 'orin 1' does not match"),
         ({"nodes": ("n+",)}, "does not match"),
+        ({"nodes": ("..",)}, "not a usable name"),
+        ({"operators": (".",)}, "not a usable name"),
         ({"nodes": ("coordinator",)}, "'coordinator' is the coordinator user"),
         ({"operators": ("coordinator",)}, "'coordinator' is the coordinator user"),
         ({"nodes": ("alice",)}, "'alice' is both a node and an operator"),
@@ -192,3 +194,9 @@ def test_cli_prints_what_it_wrote_and_refuses_bad_input_with_78(
     assert err == ["deepedge: error: 'coordinator' is the coordinator user; a node or operator cannot have that name"]
     assert main(["deploy", "certs", "--cluster", "lab", "--out", str(tmp_path)]) == ExitCode.CONFIG
     assert "--broker-host" in capsys.readouterr().err
+
+
+@needs_passwd
+def test_a_cluster_without_operators_gets_an_empty_operator_password_file(tmp_path: Path) -> None:
+    deploy_all(spec(operators=()), tmp_path)
+    assert (Layout(tmp_path).broker / "operators.passwd").read_bytes() == b""

@@ -113,6 +113,8 @@ class DeploySpec:
 def _check_user(name: str, what: str) -> None:
     if _NAME.fullmatch(name) is None:
         raise DeployError(f"{what} {name!r} does not match [A-Za-z0-9_.-]{{1,64}}")
+    if set(name) == {"."}:
+        raise DeployError(f"{what} {name!r} is not a usable name (it names a folder: clients/<user>/)")
     if name.startswith(CLIENT_ID_PREFIX):
         raise DeployError(f"{what} {name!r} starts with {CLIENT_ID_PREFIX!r}, which is reserved for client ids")
 

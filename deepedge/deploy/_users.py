@@ -60,6 +60,9 @@ def write_users(spec: DeploySpec, out: Path, *, force: bool = False) -> list[Wri
 def _hashed_password_file(tool: str, path: Path, passwords: dict[str, str]) -> None:
     """Mosquitto's password file for ``passwords``, hashed by ``mosquitto_passwd -U`` (which
     reads them from a 0600 file: no password is ever on a command line)."""
+    if not passwords:  # (mosquitto_passwd -U refuses an empty file; no users, nothing to hash)
+        write_file(path, b"", 0o600)
+        return
     plain = path.with_name(f".{path.name}.plain")
     write_file(plain, "".join(f"{u}:{p}\n" for u, p in passwords.items()).encode(), 0o600)
     try:
