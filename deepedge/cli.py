@@ -31,6 +31,11 @@ bench_app = typer.Typer(
     help="Benchmarks; each compares with a baseline measured in the same run.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+deploy_app = typer.Typer(
+    help="Secure broker deployment: CA and certificates, users and passwords, ACLs and mosquitto.conf.",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
 
 
 @dataclass
@@ -482,6 +487,83 @@ def bench_makespan(
     rows = run_makespan_bench(epochs=epochs, images=images)
     text = makespan_markdown(rows, f"deepedge bench makespan --epochs {epochs} --images {images}")
     _write_bench(out, "Makespan: deepedge plan vs uniform split vs ideal bound", text)
+
+
+_DEPLOY_HELP = {
+    "certs": "The cluster's CA (reused if present), the broker's server certificate, client certificates "
+    "(--client-certs) and ca.crt for every client.",
+    "users": "A random password per user, the broker's two password files (mosquitto_passwd) and each user's "
+    "deepedge.toml with its credentials.",
+    "acl": "The daemon and operator listeners' ACLs and the Mosquitto config (deepedge.conf).",
+    "all": "certs, users and acl: everything the broker and every board need (docs/install.md).",
+}
+
+
+def deploy_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Output folder (ca/, mosquitto/, clients/<user>/).")],
+    cluster: Annotated[str, typer.Option(help="Cluster name: every ACL line is pinned to it.")],
+    node: Annotated[list[str] | None, typer.Option("--node", help="A node id (= its username); repeat.")] = None,
+    operator: Annotated[list[str] | None, typer.Option("--operator", help="An operator's username; repeat.")] = None,
+    coordinator_user: Annotated[str, typer.Option("--coordinator-user", help="The coordinator's username.")] = (
+        "coordinator"
+    ),
+    broker_host: Annotated[
+        list[str] | None,
+        typer.Option("--broker-host", help="The broker's host name or IP as the boards reach it; repeat (SANs)."),
+    ] = None,
+    daemon_port: Annotated[int, typer.Option("--daemon-port", help="TLS port of nodes and coordinator.")] = 8883,
+    operator_port: Annotated[int, typer.Option("--operator-port", help="TLS port of operators (the CLI).")] = 8884,
+    bind_address: Annotated[str, typer.Option("--bind-address", help="Address the listeners bind (all).")] = "",
+    broker_dir: Annotated[
+        str, typer.Option("--broker-dir", help="Where mosquitto/ will be on the broker host.")
+    ] = "/etc/mosquitto/deepedge",
+    client_dir: Annotated[
+        str, typer.Option("--client-dir", help="Where clients/<user>/ will be on its machine ({user} allowed).")
+    ] = "/etc/deepedge",
+    client_certs: Annotated[
+        bool, typer.Option("--client-certs", help="Mutual TLS: a certificate per user, required by the broker.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Reissue certificates and passwords that exist (never the CA).")
+    ] = False,
+) -> None:
+    from deepedge.deploy import (
+        DeploySpec,
+        deploy_all,
+        write_broker_config,
+        write_certs,
+        write_users,
+    )
+
+    spec = DeploySpec(
+        cluster=cluster,
+        nodes=tuple(node or ()),
+        operators=tuple(operator or ()),
+        coordinator=coordinator_user,
+        broker_hosts=tuple(broker_host or ()),
+        daemon_port=daemon_port,
+        operator_port=operator_port,
+        bind_address=bind_address,
+        broker_dir=broker_dir,
+        client_dir=client_dir,
+        client_certs=client_certs,
+    )
+    what = ctx.info_name
+    if what == "certs":
+        written = write_certs(spec, out, force=force)
+    elif what == "users":
+        written = write_users(spec, out, force=force)
+    elif what == "acl":
+        written = write_broker_config(spec, out)
+    else:
+        written = deploy_all(spec, out, force=force)
+    for w in written:
+        typer.echo(w.line())
+
+
+for _name, _help in _DEPLOY_HELP.items():
+    deploy_app.command(_name, help=_help)(deploy_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,47 +1,39 @@
-"""deploy/mosquitto/acl on a real Mosquitto: a node may publish only under its own id."""
+"""deploy/mosquitto/ holds exactly what ``deepedge deploy acl`` writes for the documented
+example cluster (the real broker's behaviour under these files: test_deploy_broker.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
+from deepedge.cli import main
+from deepedge.deploy import DeploySpec, daemon_acl, mosquitto_conf, operator_acl
 
-from deepedge.broker_schemas import Telemetry, Topics
-from deepedge.transport import MqttTransport, Received
-from tests.conftest import MOSQUITTO, MosquittoBroker
-
-ACL = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "acl"
-pytestmark = pytest.mark.mosquitto
+EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
+EXAMPLE = DeploySpec(cluster="lab", nodes=("orin-1", "nano-2"), operators=("alice",))
 
 
-@pytest.fixture
-def acl_broker(tmp_path: Path) -> MosquittoBroker:
-    passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if MOSQUITTO is None or not Path(passwd_tool).exists():
-        pytest.skip("mosquitto is not installed")
-    passwd = tmp_path / "passwd"
-    for i, user in enumerate(("coordinator", "n1", "n2")):
-        flags = ["-c"] if i == 0 else []
-        subprocess.run([passwd_tool, *flags, "-b", str(passwd), user, f"pw-{user}"], check=True)
-    broker = MosquittoBroker(tmp_path, extra_conf=f"allow_anonymous false\npassword_file {passwd}\nacl_file {ACL}\n")
-    broker.start()
-    yield broker  # type: ignore[misc]
-    broker.stop()
+def test_the_shipped_examples_are_what_the_generator_writes() -> None:
+    assert (EXAMPLES / "deepedge.conf").read_text() == mosquitto_conf(EXAMPLE)
+    assert (EXAMPLES / "daemons.acl").read_text() == daemon_acl(EXAMPLE)
+    assert (EXAMPLES / "operators.acl").read_text() == operator_acl(EXAMPLE)
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["README.md", "daemons.acl", "deepedge.conf", "operators.acl"]
 
 
-async def test_node_cannot_speak_for_another_node(acl_broker: MosquittoBroker) -> None:
-    t = Topics("lab")
-    coord_cfg = acl_broker.config(username="coordinator", password="pw-coordinator")
-    n1_cfg = acl_broker.config(username="n1", password="pw-n1")
-    async with MqttTransport(coord_cfg) as coord, MqttTransport(n1_cfg) as n1:
-        sub = await coord.subscribe(t.all_nodes("telemetry"))
-        await asyncio.sleep(0.1)
-        await n1.publish(t.node_telemetry("n2"), Telemetry(node="n2", ts=1.0), qos=1)  # forged: the broker drops it
-        await n1.publish(t.node_telemetry("n1"), Telemetry(node="n1", ts=2.0), qos=1)
-        got = await sub.get(5)
-        assert isinstance(got, Received) and got.topic.node == "n1"
-        with pytest.raises(TimeoutError):
-            await sub.get(0.3)
+def test_the_readme_command_writes_them(tmp_path: Path) -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("deepedge deploy acl"))
+    args = command.replace("OUT", str(tmp_path)).split()[1:]
+    assert main(args) == 0
+    for name in ("deepedge.conf", "daemons.acl", "operators.acl"):
+        assert (tmp_path / "mosquitto" / name).read_text() == (EXAMPLES / name).read_text(), name
+
+
+def test_the_daemon_listener_binds_identity_and_the_operator_listener_does_not() -> None:
+    conf = mosquitto_conf(EXAMPLE)
+    daemon, operator = conf.split("\nlistener 8883\n")[1].split("\nlistener 8884\n")
+    assert "use_username_as_clientid true" in daemon and "use_username_as_clientid" not in operator
+    for listener in (daemon, operator):
+        assert "allow_anonymous false" in listener and "keyfile /etc/mosquitto/deepedge/server.key" in listener
+    assert "daemons.passwd" in daemon and "operators.passwd" in operator
+    head = conf.split("\nlistener ")[0]
+    assert "per_listener_settings true" in head and "clientid_prefixes deepedge-" in head

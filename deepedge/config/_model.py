@@ -45,6 +45,10 @@ class BrokerConfig(_Section, frozen=True):
     key_file: str = ""
     keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 15
     connect_timeout_s: _Positive = 10.0
+    # A broker that is not on this machine must be reached over TLS (mqtts://) and with
+    # credentials (a username, or a client certificate); true allows plaintext or anonymous
+    # access to it anyway (a lab network you trust). Loopback brokers never need it.
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -68,6 +72,36 @@ class BrokerConfig(_Section, frozen=True):
     @property
     def port(self) -> int:
         return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    @property
+    def loopback(self) -> bool:
+        """The broker is on this machine (``localhost``, 127.0.0.0/8 or ::1)."""
+        host = self.host.lower()
+        if host == "localhost":
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+    def insecure_reason(self) -> str | None:
+        """Why connecting to this broker would be insecure (one line, naming the keys to fix),
+        or None: a non-loopback broker needs TLS and credentials unless ``allow_insecure``."""
+        if self.allow_insecure or self.loopback:
+            return None
+        if not self.tls:
+            return (
+                f"broker.url {self.url} is plaintext to a host that is not this machine: use mqtts:// "
+                "(docs/security.md), or set broker.allow_insecure = true"
+            )
+        if not self.username and not self.cert_file:
+            return (
+                f"broker {self.url} without credentials: set broker.username and broker.password "
+                "(or broker.cert_file), or set broker.allow_insecure = true"
+            )
+        return None
 
 
 class LogConfig(_Section, frozen=True):

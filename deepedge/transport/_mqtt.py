@@ -1,17 +1,23 @@
 """The one MQTT client of deepedge, on aiomqtt: last will, QoS/retain, subscriptions that
-survive reconnects, reconnect with exponential backoff and full jitter."""
+survive reconnects, reconnect with exponential backoff and full jitter; refuses an insecure
+remote broker, and says in one line why a first connection failed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import uuid
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
+from aiomqtt.exceptions import MqttConnectError  # (not re-exported by aiomqtt)
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from deepedge.broker_schemas import Message, encode
 from deepedge.clock import Clock, RealClock
@@ -26,6 +32,35 @@ __all__ = ["MqttTransport"]
 
 log = structlog.get_logger("deepedge.transport")
 
+# Every client id deepedge sends starts with this. The secure broker config (deepedge.deploy)
+# admits only such ids (``clientid_prefixes``), so an operator can never take a daemon's id
+# (a daemon's id is its username, which never starts with it).
+CLIENT_ID_PREFIX = "deepedge-"
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho leaves such a socket to the garbage
+    collector (a ResourceWarning each failed attempt)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+class _PahoSocketErrors(logging.Filter):
+    """paho logs a reset socket at ERROR; the transport reports the same failure in its own
+    words (``_explain``), so a CLI error stays one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("failed to receive on socket")
+
+
+_paho_log = logging.getLogger("deepedge.transport.paho")
+_paho_log.addFilter(_PahoSocketErrors())
+
 
 def _tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
     """The TLS context for ``mqtts://``; a missing or bad certificate file is a ConfigError."""
@@ -33,11 +68,94 @@ def _tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
         return None
     try:
         ctx = ssl.create_default_context(cafile=broker.ca_file or None)
+        ctx.sslsocket_class = _ClosingSSLSocket
         if broker.cert_file:
             ctx.load_cert_chain(broker.cert_file, broker.key_file or None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"broker TLS files: {exc}") from None
     return ctx
+
+
+class _HandshakeClosed(aiomqtt.MqttError):
+    """The broker closed the connection before its CONNACK."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, but a connection that the broker closes before its CONNACK fails the
+    connect at once (aiomqtt ignores that disconnect and waits for its timeout). A TLS port does
+    that to a plaintext client."""
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(_HandshakeClosed(str(reason_code)))
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+
+_REFUSED_CREDENTIALS = {4, 5, 134, 135}  # MQTT 3.1.1 / 5 CONNACK: bad username or password, not authorised
+_REFUSED_ID = {2, 133}
+# What a TLS client meets on a plaintext MQTT port (Mosquitto resets the connection).
+_TLS_PLAINTEXT_PEER = (
+    "WRONG_VERSION_NUMBER",
+    "record layer failure",
+    "packet length too long",
+    "UNEXPECTED_EOF",
+    "Connection reset by peer",
+)
+
+
+def _explain(exc: aiomqtt.MqttError, broker: BrokerConfig, client_id: str) -> tuple[str, bool]:
+    """One line on why a connection failed, and whether it is a configuration error that
+    retrying will not fix (the port, the TLS trust, the credentials)."""
+    url = broker.url
+    if isinstance(exc, _HandshakeClosed):
+        if not broker.tls:
+            return (
+                f"the broker at {url} closed the connection during the MQTT handshake: is it a TLS port? use mqtts://",
+                True,
+            )
+        return (
+            f"the broker at {url} closed the connection during the MQTT handshake "
+            "(does it require a client certificate? broker.cert_file / broker.key_file)",
+            True,
+        )
+    if isinstance(exc, MqttConnectError):
+        rc = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+        if rc in _REFUSED_CREDENTIALS:
+            if not broker.username:
+                return f"the broker at {url} requires credentials: set broker.username and broker.password", True
+            if not client_id.startswith(CLIENT_ID_PREFIX):  # (Mosquitto's clientid_prefixes says "not authorised")
+                return (
+                    f"the broker at {url} refused user {broker.username!r} with client id {client_id!r} ({exc}): "
+                    f"a deepedge broker admits only client ids that start with {CLIENT_ID_PREFIX!r}",
+                    True,
+                )
+            return (
+                f"the broker at {url} refused user {broker.username!r} ({exc}): check broker.username and "
+                "broker.password, and that this port's password file has the user",
+                True,
+            )
+        if rc in _REFUSED_ID:
+            return f"the broker at {url} refused the client id {client_id!r} ({exc})", True
+        return f"the broker at {url} refused the connection: {exc}", False
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        trust = f"broker.ca_file {broker.ca_file}" if broker.ca_file else "the system's CA store (broker.ca_file)"
+        return f"the TLS certificate of {url} is not trusted by {trust}: {text}", True
+    if broker.tls and any(marker in text for marker in _TLS_PLAINTEXT_PEER):
+        return f"the TLS handshake with {url} failed ({text}): is it a plaintext port? use the broker's TLS port", True
+    if "[SSL" in text:
+        return f"the TLS handshake with {url} failed: {text}", True
+    if "Connection refused" in text:
+        return f"{broker.host}:{broker.port} refused the connection: is the broker running, on this port?", False
+    return text, False
 
 
 def _dispatching_queue(dispatcher: Dispatcher) -> type[asyncio.Queue[aiomqtt.Message]]:
@@ -57,20 +175,41 @@ class MqttTransport:
     """``async with MqttTransport(broker, client_id=...) as t:`` connects (waiting up to the
     broker's ``connect_timeout_s`` for the first connection) and keeps reconnecting until the
     block exits. ``persistent=True`` asks the broker to keep the session (QoS 1 messages queued
-    while away); it needs a stable ``client_id``."""
+    while away); it needs a stable ``client_id``.
+
+    ``identity_client_id=True`` (the daemons): when ``broker.username`` is set, the client id is
+    the username, as the secure broker config makes it (``use_username_as_clientid``), so
+    ``client_id`` (and every reply topic built from it) is the id the broker knows. The id sent
+    in CONNECT is ``deepedge-<username>``, which the broker replaces. Without a username,
+    ``client_id`` is used as usual.
+
+    A broker that is not on this machine must be reached over TLS and with credentials
+    (``BrokerConfig.insecure_reason``): else ConfigError. When the first connection fails for
+    a reason that retrying will not fix (a plaintext client on a TLS port, an untrusted
+    certificate, refused credentials), entering the block raises ConfigError at once with that
+    reason, instead of waiting for the timeout."""
 
     def __init__(
         self,
         broker: BrokerConfig,
         *,
         client_id: str | None = None,
+        identity_client_id: bool = False,
         will: Will | None = None,
         persistent: bool = False,
         clock: Clock | None = None,
         backoff: Backoff | None = None,
         wait_first_connect: bool = True,
     ) -> None:
-        self.client_id = client_id or f"deepedge-{uuid.uuid4().hex[:12]}"
+        insecure = broker.insecure_reason()
+        if insecure is not None:
+            raise ConfigError(insecure)
+        if identity_client_id and broker.username:
+            self.client_id = broker.username
+            self._connect_id = CLIENT_ID_PREFIX + broker.username
+        else:
+            self.client_id = client_id or f"{CLIENT_ID_PREFIX}{uuid.uuid4().hex[:12]}"
+            self._connect_id = self.client_id
         self._broker = broker
         self._will = will
         self._tls = _tls_context(broker)
@@ -84,6 +223,7 @@ class MqttTransport:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_error = ""
         self.connects = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -105,7 +245,7 @@ class MqttTransport:
         self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
         if self._wait_first:
             try:
-                await self.wait_connected(self._broker.connect_timeout_s)
+                await self._wait_first_connect(self._broker.connect_timeout_s)
             except BaseException:
                 await self._stop()
                 raise
@@ -122,32 +262,50 @@ class MqttTransport:
             await cancel_and_wait([self._task])
             self._task = None
 
+    async def _wait_first_connect(self, timeout: float) -> None:
+        """Wait for the first connection, or for the connection loop to give up on a
+        configuration error (it raises ConfigError then)."""
+        task = self._task
+        assert task is not None
+        waiter = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            raise exc
+        if not self._connected.is_set():
+            raise TransportError(self._no_connection(timeout))
+
+    def _no_connection(self, timeout: float | None) -> str:
+        text = f"no connection to the MQTT broker at {self._broker.url} within {timeout:g} s"
+        return f"{text}: {self._last_error}" if self._last_error else text
+
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:
             async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
                 await self._connected.wait()
         except TimeoutError:
-            raise TransportError(
-                f"no connection to the MQTT broker at {self._broker.url} within {timeout:g} s"
-            ) from None
+            raise TransportError(self._no_connection(timeout)) from None
 
     def _make_client(self) -> aiomqtt.Client:
         b = self._broker
         will = None
         if self._will is not None:
             will = aiomqtt.Will(self._will.topic, encode(self._will.message), self._will.qos, self._will.retain)
-        return aiomqtt.Client(
+        return _Client(
             b.host,
             b.port,
             username=b.username or None,
             password=b.password or None,
-            identifier=self.client_id,
+            identifier=self._connect_id,
             protocol=aiomqtt.ProtocolVersion.V311,
             will=will,
             clean_session=not self._persistent,
             keepalive=b.keepalive_s,
             timeout=b.connect_timeout_s,
             tls_context=self._tls,
+            logger=_paho_log,
             queue_type=_dispatching_queue(self._dispatcher),
         )
 
@@ -174,7 +332,14 @@ class MqttTransport:
             except aiomqtt.MqttError as exc:
                 if self._closing:
                     break
-                log.warning("mqtt.disconnected", broker=self._broker.url, client=self.client_id, error=str(exc))
+                reason, config_error = _explain(exc, self._broker, self._connect_id)
+                self._last_error = reason
+                if config_error and self.connects == 0 and self._wait_first:
+                    raise ConfigError(reason) from None  # __aenter__ reports it
+                if config_error:  # a daemon keeps trying (the broker's files may be on their way)
+                    log.error("mqtt.connect_refused", broker=self._broker.url, client=self.client_id, error=reason)
+                else:
+                    log.warning("mqtt.disconnected", broker=self._broker.url, client=self.client_id, error=reason)
             finally:
                 self._connected.clear()
                 self._client = None
