@@ -4,6 +4,7 @@ which this one lacks), parameter counts, and a few training steps on the CPU."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -119,3 +120,32 @@ def test_a_checkpoint_of_the_net_loads_into_a_fresh_one(tmp_path: Path) -> None:
     load_checkpoint(b, str(tmp_path / "base.pt"))
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(va, vb), k
+
+
+def _summed_loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+    """The gradient of the summed loss over x, computed in forward passes cut at ``cuts``, as
+    the trainer accumulates a share's micro-batches (and the all-reduce sums the shares)."""
+    model.zero_grad()
+    bounds = [0, *cuts, len(x)]
+    for a, b in itertools.pairwise(bounds):
+        F.cross_entropy(model(x[a:b]), y[a:b], reduction="sum").backward()  # type: ignore[no-untyped-call]
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_group_norm_nets_give_the_same_gradient_however_the_batch_is_cut_and_batchnorm_nets_do_not(name: str) -> None:
+    """The model-level half of the data-parallel equivalence (docs/training.md, "Models"): one
+    pass over 12 samples vs passes of 5 and 7 (two ranks' shares) vs 3, 4 and 5. The -gn
+    MobileNetV2 has no dropout: with it, every pass draws its own masks."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
+    torch.manual_seed(0)
+    gn = build_model(f"{name}-gn", 10).train()
+    whole = _summed_loss_grads(gn, x, y, [])
+    for cuts in ([5], [3, 7]):  # gradients up to ~50: atol 5e-4 is float rounding
+        torch.testing.assert_close(_summed_loss_grads(gn, x, y, cuts), whole, rtol=1e-4, atol=5e-4)
+    torch.manual_seed(0)
+    bn = (resnet18(10) if name == "resnet18" else mobilenet_v2(10, dropout=0.0)).train()  # only BatchNorm differs
+    whole = _summed_loss_grads(bn, x, y, [])
+    apart = (_summed_loss_grads(bn, x, y, [5]) - whole).abs().max() / whole.abs().max()
+    assert apart > 1e-3  # batch statistics of 5 and 7 samples are not those of 12

@@ -51,11 +51,12 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     "cnn-small": lambda n: SmallCNN(n),
-    # BatchNorm, as torchvision (its weights load); -gn: GroupNorm, exact data-parallel equivalence
+    # BatchNorm, as torchvision (its weights load); -gn: GroupNorm and no dropout, so a step split
+    # over ranks and micro-batches is the step of one machine (docs/training.md, "Models")
     "resnet18": lambda n: resnet18(n),
     "resnet18-gn": lambda n: resnet18(n, norm="group"),
     "mobilenet_v2": lambda n: mobilenet_v2(n),
-    "mobilenet_v2-gn": lambda n: mobilenet_v2(n, norm="group"),
+    "mobilenet_v2-gn": lambda n: mobilenet_v2(n, norm="group", dropout=0.0),
     "mobilenet_v3_small": lambda n: _torchvision("mobilenet_v3_small")(num_classes=n),
 }
 

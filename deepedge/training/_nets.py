@@ -7,8 +7,9 @@ keys with the reference written by ``scripts/torchvision_reference.py``.
 
 ``norm="group"`` puts GroupNorm where torchvision has BatchNorm: no batch statistics, so a
 step split over boards (and micro-batches) equals the step on one machine, as with
-``cnn-small``; its state dict has no running statistics and does not load torchvision weights.
-See docs/training.md ("Models")."""
+``cnn-small`` (for MobileNetV2 only with ``dropout=0``: random masks differ between one
+machine's passes and several ranks' passes); its state dict has no running statistics and does
+not load torchvision weights. See docs/training.md ("Models")."""
 
 from __future__ import annotations
 
@@ -164,5 +165,5 @@ def resnet18(num_classes: int = 1000, norm: Norm = "batch") -> ResNet18:
     return ResNet18(num_classes, norm)
 
 
-def mobilenet_v2(num_classes: int = 1000, norm: Norm = "batch") -> MobileNetV2:
-    return MobileNetV2(num_classes, norm)
+def mobilenet_v2(num_classes: int = 1000, norm: Norm = "batch", dropout: float = 0.2) -> MobileNetV2:
+    return MobileNetV2(num_classes, norm, dropout)
