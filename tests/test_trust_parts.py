@@ -225,3 +225,10 @@ def test_integers_beyond_2_53_are_refused() -> None:
     p["spec"]["seed"] = 2**40  # beyond what torch.Generator seeds derive from
     with pytest.raises(SchemaError):
         decode(T.job_plan("j"), msgspec.msgpack.encode(p))
+
+
+def test_the_default_model_allow_list_is_the_registry() -> None:
+    from deepedge.config import BUILTIN_MODELS
+    from deepedge.training._models import _REGISTRY
+
+    assert set(BUILTIN_MODELS) == set(_REGISTRY)

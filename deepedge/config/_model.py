@@ -22,7 +22,7 @@ __all__ = [
 
 # The model registry's names (deepedge.training's registry; a test keeps the two in step). The
 # config must not import torch to know them.
-BUILTIN_MODELS = ("cnn-small", "resnet18", "mobilenet_v2", "mobilenet_v3_small")
+BUILTIN_MODELS = ("cnn-small", "resnet18", "resnet18-gn", "mobilenet_v2", "mobilenet_v2-gn", "mobilenet_v3_small")
 
 _Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]

@@ -1,4 +1,5 @@
-"""Model registry: a small CNN (tests, demo), torchvision classifiers when torchvision is
+"""Model registry: a small CNN (tests, demo), ResNet-18 and MobileNetV2 in plain torch (their
+state dicts are torchvision's, so its weights load), MobileNetV3-small when torchvision is
 installed, and any ``module:callable`` factory; fine-tuning from a base checkpoint loaded with
 ``weights_only=True``."""
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import load_weights
+from deepedge.training._nets import mobilenet_v2, resnet18
 
 __all__ = ["SmallCNN", "build_model", "load_checkpoint"]
 
@@ -50,7 +52,12 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     "cnn-small": lambda n: SmallCNN(n),
-    "resnet18": lambda n: _torchvision("resnet18")(num_classes=n),
+    # BatchNorm, as torchvision (its weights load); -gn: GroupNorm and no dropout, so a step split
+    # over ranks and micro-batches is the step of one machine (docs/training.md, "Models")
+    "resnet18": lambda n: resnet18(n),
+    "resnet18-gn": lambda n: resnet18(n, norm="group"),
+    "mobilenet_v2": lambda n: mobilenet_v2(n),
+    "mobilenet_v2-gn": lambda n: mobilenet_v2(n, norm="group", dropout=0.0),
     "mobilenet_v3_small": lambda n: _torchvision("mobilenet_v3_small")(num_classes=n),
 }
 

@@ -1,0 +1,313 @@
+"""Where a board trains and what its torch can do, without a GPU: device resolution, the backend
+choice, the memory arithmetic (deepedge/training/_device.py), the torch probe
+(deepedge/training/probe.py), and that ``import deepedge.training`` leaves torch unloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import deepedge.training
+from deepedge.training._device import (
+    BackendChoice,
+    DeviceError,
+    DeviceMemory,
+    Participant,
+    choose_backend,
+    device_kind,
+    fit_memory,
+    jetson_memory,
+    max_share,
+    memory_fraction,
+    read_meminfo,
+    resolve_device,
+)
+from deepedge.training.probe import l4t_release
+
+ROOT = Path(__file__).resolve().parent.parent
+GiB = 2**30
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+# --- the package does not load torch until a torch-using name is used -----------------------
+
+
+def test_importing_the_package_does_not_import_torch() -> None:
+    r = run_python("import deepedge.training, sys; assert 'torch' not in sys.modules")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_worker_module_and_the_accounting_names_do_not_import_torch() -> None:
+    r = run_python(
+        "import sys, deepedge.training.worker, deepedge.training._device, deepedge.training.probe\n"
+        "from deepedge.training import verify_accounting, step_timing, TrainingError, AccountingLog\n"
+        "assert 'torch' not in sys.modules, 'torch loaded'"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_lazy_name_loads_torch_after_omp_wait_policy_is_set() -> None:
+    r = run_python(
+        "import os, sys\n"
+        "import deepedge.training as t\n"
+        "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
+        "assert 'torch' not in sys.modules\n"
+        "f = t.build_model\n"
+        "assert 'torch' in sys.modules and 'build_model' in vars(t)\n"
+        "print(f.__module__)"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "deepedge.training._models"
+
+
+def test_an_operator_set_omp_wait_policy_is_kept() -> None:
+    r = run_python("import os, deepedge.training; print(os.environ['OMP_WAIT_POLICY'])", {"OMP_WAIT_POLICY": "ACTIVE"})
+    assert r.stdout.strip() == "ACTIVE", r.stderr
+
+
+def test_every_public_name_resolves_and_dir_lists_it() -> None:
+    for name in deepedge.training.__all__:
+        assert getattr(deepedge.training, name) is not None
+    assert set(deepedge.training.__all__) <= set(dir(deepedge.training))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        deepedge.training.no_such_name  # noqa: B018
+
+
+# --- training.device --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "count", "expected"),
+    [
+        ("auto", False, 0, "cpu"),
+        ("auto", True, 0, "cpu"),  # is_available() true but no device: nothing to train on
+        ("auto", True, 2, "cuda:0"),
+        ("cpu", True, 2, "cpu"),
+        ("cuda", True, 1, "cuda:0"),
+        ("cuda:1", True, 2, "cuda:1"),
+        (" CUDA:0 ", True, 1, "cuda:0"),
+        ("Auto", True, 1, "cuda:0"),
+    ],
+)
+def test_resolve_device(setting: str, cuda: bool, count: int, expected: str) -> None:
+    assert resolve_device(setting, cuda, count) == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "count", "message"),
+    [
+        ("cuda", False, 0, "sees no CUDA device"),
+        ("cuda:0", False, 4, "sees no CUDA device"),  # devices counted, but CUDA unusable
+        ("cuda:1", True, 1, r"has 1 CUDA device\(s\): cuda:0$"),
+        ("cuda:2", True, 2, r"has 2 CUDA device\(s\): cuda:0 to cuda:1"),
+        ("gpu", True, 1, "must be auto, cpu, cuda or cuda:N"),
+        ("cuda:-1", True, 1, "must be auto, cpu, cuda or cuda:N"),
+        ("cuda:x", True, 1, "must be auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_resolve_device_refuses_what_the_board_cannot_do(setting: str, cuda: bool, count: int, message: str) -> None:
+    with pytest.raises(DeviceError, match=message) as info:
+        resolve_device(setting, cuda, count)
+    assert "training.device" in str(info.value)
+    assert info.value.setting == "training.device"
+    assert info.value.exit_code == 78  # a configuration error: systemd must not restart in a loop
+
+
+def test_device_kind() -> None:
+    assert device_kind("cpu", integrated=True) == "cpu"
+    assert device_kind("cuda:0", integrated=False) == "cuda"
+    assert device_kind("cuda:0", integrated=True) == "jetson"
+
+
+# --- training.backend -------------------------------------------------------------------------
+
+GPU = Participant("a", "cuda", nccl=True)
+GPU2 = Participant("b", "cuda", nccl=True)
+GPU_NO_NCCL = Participant("c", "cuda", nccl=False)
+JETSON = Participant("orin", "jetson", nccl=True)
+CPU = Participant("pi", "cpu", nccl=False)
+
+
+def test_auto_picks_nccl_only_when_every_participant_has_a_discrete_gpu_with_nccl() -> None:
+    assert choose_backend("auto", [GPU, GPU2]) == BackendChoice(
+        "nccl", "auto: nccl, every participant trains on a discrete GPU with NCCL", host_staged=False
+    )
+    assert choose_backend("auto", [GPU]).backend == "nccl"
+
+
+@pytest.mark.parametrize(
+    ("others", "reason"),
+    [
+        ([CPU], "node 'pi' trains on its CPU"),
+        ([JETSON], "node 'orin' trains on a Jetson's integrated GPU"),
+        ([GPU_NO_NCCL], "node 'c' has a torch without NCCL"),
+        ([CPU, JETSON], "node 'pi' trains on its CPU (and 1 more)"),
+    ],
+)
+def test_auto_falls_back_to_host_staged_gloo_and_says_why(others: list[Participant], reason: str) -> None:
+    choice = choose_backend("auto", [GPU, *others])
+    assert choice.backend == "gloo"
+    assert choice.host_staged
+    assert reason in choice.reason
+
+
+def test_an_all_cpu_job_uses_gloo_without_staging() -> None:
+    assert choose_backend("auto", [CPU, Participant("pi2", "cpu", nccl=False)]) == BackendChoice(
+        "gloo", "auto: gloo, node 'pi' trains on its CPU (and 1 more)", host_staged=False
+    )
+
+
+def test_gloo_forced_stays_gloo() -> None:
+    assert choose_backend("gloo", [GPU, GPU2]) == BackendChoice("gloo", "training.backend = gloo", host_staged=True)
+    assert not choose_backend("GLOO", [CPU]).host_staged
+
+
+def test_nccl_forced_where_possible() -> None:
+    assert choose_backend("nccl", [GPU, GPU2]).backend == "nccl"
+
+
+@pytest.mark.parametrize(("bad", "node"), [(CPU, "pi"), (JETSON, "orin"), (GPU_NO_NCCL, "c")])
+def test_nccl_forced_but_impossible_names_the_node(bad: Participant, node: str) -> None:
+    with pytest.raises(DeviceError, match=rf"training\.backend = nccl, but node '{node}'") as info:
+        choose_backend("nccl", [GPU, bad])
+    assert info.value.node == node
+    assert info.value.setting == "training.backend"
+
+
+def test_an_unknown_backend_or_no_participant_is_refused() -> None:
+    with pytest.raises(DeviceError, match=r"training\.backend must be auto, gloo, nccl, not 'mpi'"):
+        choose_backend("mpi", [GPU])
+    with pytest.raises(ValueError, match="at least one participant"):
+        choose_backend("auto", [])
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def test_memory_fraction_leaves_the_reserve() -> None:
+    # a 24 GiB GPU, 20 GiB free, LC apps keep 4 GiB: the allocator may hold 16 GiB
+    f = memory_fraction(DeviceMemory(total=24 * GiB, free=20 * GiB), reserve=4 * GiB)
+    assert type(f) is float  # torch refuses anything but a float
+    assert f == pytest.approx(16 / 24)
+    # what the worker's allocator holds already counts as its own
+    assert memory_fraction(DeviceMemory(24 * GiB, 18 * GiB), 4 * GiB, held=2 * GiB) == pytest.approx(16 / 24)
+    # never above the whole device
+    assert memory_fraction(DeviceMemory(8 * GiB, 8 * GiB), 0, held=1 * GiB) == 1.0
+
+
+def test_memory_fraction_with_nothing_above_the_reserve_is_an_error() -> None:
+    with pytest.raises(DeviceError, match="no GPU memory for training: 1024 MiB free, 2048 MiB reserved"):
+        memory_fraction(DeviceMemory(8 * GiB, 1 * GiB), reserve=2 * GiB)
+    with pytest.raises(ValueError):
+        memory_fraction(DeviceMemory(0, 0), reserve=0)
+
+
+def test_max_share() -> None:
+    # 6 GiB free, 1 GiB reserve, 1 GiB fixed: 4 GiB at 40 MiB per sample
+    assert max_share(6 * GiB, 1 * GiB, 1 * GiB, 40 * 2**20) == 102
+    assert max_share(1 * GiB, 1 * GiB, 1 * GiB, 1) == 0
+    with pytest.raises(ValueError):
+        max_share(GiB, 0, 0, 0)
+
+
+def test_fit_memory_recovers_fixed_and_per_sample_bytes() -> None:
+    fixed, per = 500 * 2**20, 3 * 2**20
+    assert fit_memory([(8, fixed + 8 * per), (32, fixed + 32 * per)]) == (fixed, per)
+    assert fit_memory([(8, fixed + 8 * per), (16, fixed + 16 * per), (32, fixed + 32 * per + 7)])[1] == per + 1
+    with pytest.raises(ValueError):
+        fit_memory([(8, 1), (8, 2)])
+
+
+MEMINFO = """MemTotal:        7990480 kB
+MemFree:          812344 kB
+MemAvailable:    5021212 kB
+Buffers:           61204 kB
+HugePages_Total:       0
+Hugepagesize:       2048 kB
+"""
+
+
+def test_read_meminfo_and_jetson_memory(tmp_path: Path) -> None:
+    path = tmp_path / "meminfo"
+    path.write_text(MEMINFO)
+    info = read_meminfo(path)
+    assert info["MemTotal"] == 7990480 * 1024
+    assert info["HugePages_Total"] == 0  # a count, not kB
+    assert jetson_memory(info) == DeviceMemory(total=7990480 * 1024, free=5021212 * 1024)
+    assert jetson_memory(info, total=7 * GiB).total == 7 * GiB
+    with pytest.raises(ValueError, match="MemAvailable"):
+        jetson_memory({"MemTotal": 1})
+
+
+def test_read_meminfo_reads_this_machine() -> None:
+    info = read_meminfo()
+    assert 0 < info["MemAvailable"] <= info["MemTotal"]
+
+
+# --- the probe ----------------------------------------------------------------------------------
+
+
+def test_probe_prints_one_json_line_with_what_this_torch_can_do() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "deepedge.training.probe"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    info = json.loads(lines[0])
+    import torch  # the test's own view of the same torch
+
+    assert info["probe"] == 1
+    assert info["torch"] == torch.__version__
+    assert info["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["distributed"] is torch.distributed.is_available()
+    assert info["gloo"] is True  # this machine trains with gloo
+    assert info["nccl"] is torch.distributed.is_nccl_available()
+    assert info["cuda"] is torch.cuda.is_available()
+    assert info["device_count"] == len(info["devices"]) == (torch.cuda.device_count() if info["cuda"] else 0)
+    assert info["cuda_version"] == torch.version.cuda
+    for d in info["devices"]:
+        assert set(d) == {"name", "total_memory", "capability", "integrated", "bf16", "fp16"}
+    assert isinstance(info["jetson"], bool)
+    assert "error" not in info
+
+
+def test_probe_without_a_torch_says_so_and_exits_2() -> None:
+    r = run_python("import sys\nsys.modules['torch'] = None\nimport deepedge.training.probe as p\nsys.exit(p.main())")
+    assert r.returncode == 2, r.stderr
+    info = json.loads(r.stdout)
+    assert info["error"].startswith("ModuleNotFoundError: import of torch")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan 8\n", "R36.4.3"),
+        ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64\n", "R35.4.1"),
+        ("garbage", None),
+        ("", None),
+    ],
+)
+def test_l4t_release(text: str, expected: str | None) -> None:
+    assert l4t_release(text) == expected
