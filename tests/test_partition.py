@@ -117,7 +117,17 @@ async def test_a_partitioned_node_is_dropped_within_3_s_and_rejoins_when_the_lin
     await wait_for(coord, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
     procs.append(start_node(tmp_path, broker.url, cluster, "inside", interval=1.0))
     remote = f"mqtt://{host_ip}:{broker.port}"
-    procs.append(start_node(tmp_path, remote, cluster, "outside", interval=1.0, prefix=["ip", "netns", "exec", ns]))
+    procs.append(
+        start_node(
+            tmp_path,
+            remote,
+            cluster,
+            "outside",
+            interval=1.0,
+            prefix=["ip", "netns", "exec", ns],
+            env={"DEEPEDGE_BROKER_ALLOW_INSECURE": "true"},  # plaintext over the test veth
+        )
+    )
     seen: set[str] = set()
     while seen != {"inside", "outside"}:
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)

@@ -27,6 +27,7 @@ async def run_coordinator(config: Config) -> int:
     transport = MqttTransport(
         config.broker,
         client_id=f"deepedge-coordinator-{config.cluster.name}"[:64],
+        identity_client_id=True,
         persistent=True,
         wait_first_connect=False,
     )

@@ -488,8 +488,18 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
     topics = Topics(config.cluster.name)
     notifier = SystemdNotifier()
     will = Will(topics.node_status(node), NodeDeath(node=node, session=session, reason="lost"))
+    if config.broker.username and config.broker.username != node:
+        raise ConfigError(
+            f"node id {node!r} is not broker.username {config.broker.username!r}: the broker lets a node publish "
+            "only under its own user name (set node.id to it)"
+        )
     transport = MqttTransport(
-        config.broker, client_id=f"deepedge-node-{node}"[:64], will=will, persistent=True, wait_first_connect=False
+        config.broker,
+        client_id=f"deepedge-node-{node}"[:64],
+        identity_client_id=True,
+        will=will,
+        persistent=True,
+        wait_first_connect=False,
     )
     collectors = await asyncio.to_thread(
         probe_collectors, config.node.telemetry_interval_s, config.node.disabled_collectors
