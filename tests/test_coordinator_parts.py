@@ -21,7 +21,7 @@ from deepedge.clock import FakeClock
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import TRANSITIONS, ClusterView, Coordinator, IllegalTransition, JobRecord, JobState, JobStore
 from deepedge.coordinator._commands import handle_command
-from deepedge.coordinator._models import InterferenceModel, ThroughputModel
+from deepedge.coordinator._learning import InterferenceModel, ThroughputModel
 from deepedge.transport import FakeBroker, FakeTransport, Received
 
 SPEC = JobSpec(model="cnn", dataset="/d", output="/o", epochs=1, global_batch=32, learning_rate=0.1)
@@ -189,8 +189,8 @@ def test_a_board_profile_is_the_prior_until_heartbeats_and_reports_say_otherwise
     """``deepedge profile`` results in the birth: the node's rate for that model and its LC
     app's p95(u) points seed the planner's inputs; learned values take over once they exist."""
     from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, LcPoint, ModelProfile
-    from deepedge.coordinator._models import NodeLearning
-    from deepedge.coordinator._planning import node_models
+    from deepedge.coordinator._learning import NodeLearning
+    from deepedge.coordinator._planner_io import node_models
 
     profile = ModelProfile(
         samples_per_s=500.0,

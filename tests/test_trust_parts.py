@@ -24,8 +24,8 @@ from deepedge.broker_schemas import (
 )
 from deepedge.config import TrainingConfig
 from deepedge.coordinator._jobs import JobRecord, JobState
-from deepedge.coordinator._models import MAX_RATE, ThroughputModel
-from deepedge.coordinator._planning import rendezvous_port
+from deepedge.coordinator._learning import MAX_RATE, ThroughputModel
+from deepedge.coordinator._planner_io import rendezvous_port
 from deepedge.job_policy import JobRefused, check_job, check_model
 from deepedge.node._plans import PlanGate
 from tests.strategies import sample, topic_for

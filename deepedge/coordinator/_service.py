@@ -27,8 +27,8 @@ from deepedge.broker_schemas import (
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
 from deepedge.coordinator._jobs import JobRecord, JobState
-from deepedge.coordinator._models import InterferenceModel, NodeLearning, ThroughputModel
-from deepedge.coordinator._planning import busy_elsewhere, job_model, node_models, rendezvous_port, to_plan
+from deepedge.coordinator._learning import InterferenceModel, NodeLearning, ThroughputModel
+from deepedge.coordinator._planner_io import busy_elsewhere, job_model, node_models, rendezvous_port, to_plan
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan

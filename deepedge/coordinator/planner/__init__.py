@@ -2,7 +2,8 @@
 
 from deepedge.coordinator.planner._caps import node_cap
 from deepedge.coordinator.planner._exhaustive import exhaustive_best_makespan
-from deepedge.coordinator.planner._model import (
+from deepedge.coordinator.planner._planner import Planner, candidate_sizes, integer_shares, plan, uniform_plan
+from deepedge.coordinator.planner._types import (
     JobModel,
     LcAppModel,
     NetworkModel,
@@ -10,7 +11,6 @@ from deepedge.coordinator.planner._model import (
     PlanDecision,
     PlannerConfig,
 )
-from deepedge.coordinator.planner._planner import Planner, candidate_sizes, integer_shares, plan, uniform_plan
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
 __all__ = [

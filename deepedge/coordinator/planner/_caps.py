@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from deepedge.coordinator.planner._model import NodeModel
+from deepedge.coordinator.planner._types import NodeModel
 
 __all__ = ["node_cap"]
 

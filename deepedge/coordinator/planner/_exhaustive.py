@@ -8,8 +8,8 @@ import math
 from collections.abc import Sequence
 
 from deepedge.coordinator.planner._caps import node_cap
-from deepedge.coordinator.planner._model import JobModel, NetworkModel, NodeModel, PlannerConfig
 from deepedge.coordinator.planner._planner import integer_shares
+from deepedge.coordinator.planner._types import JobModel, NetworkModel, NodeModel, PlannerConfig
 from deepedge.coordinator.planner._waterfill import allreduce_s
 
 __all__ = ["exhaustive_best_makespan"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from deepedge.coordinator.planner._caps import node_cap
 from deepedge.coordinator.planner._lp import ShareLp, padded_size
-from deepedge.coordinator.planner._model import JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
+from deepedge.coordinator.planner._types import JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
 __all__ = ["Planner", "candidate_sizes", "integer_shares", "plan", "uniform_plan"]

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 from deepedge.broker_schemas import Assignment, NodeBirth, Plan
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._models import InterferenceModel, NodeLearning
+from deepedge.coordinator._learning import InterferenceModel, NodeLearning
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
 
