@@ -55,6 +55,8 @@ def _for(t: mi.Type) -> st.SearchStrategy[Any]:
             return st.one_of([_for(x) for x in ts])
         case mi.LiteralType(values=vs):
             return st.sampled_from(vs)
+        case mi.EnumType(cls=enum):
+            return st.sampled_from(list(enum))
         case mi.VarTupleType(item_type=it, max_length=m) | mi.ListType(item_type=it, max_length=m):
             return st.lists(_for(it), max_size=min(4, m if m is not None else 4)).map(tuple)
         case mi.DictType(key_type=kt, value_type=vt):
@@ -135,6 +137,8 @@ def sample(cls: type[msgspec.Struct], rng: Any) -> Any:
                 return build(rng.choice(ts))
             case mi.LiteralType(values=vs):
                 return rng.choice(vs)
+            case mi.EnumType(cls=enum):
+                return rng.choice(list(enum))
             case mi.VarTupleType(item_type=it, max_length=m) | mi.ListType(item_type=it, max_length=m):
                 return tuple(build(it) for _ in range(rng.randint(0, min(3, m if m is not None else 3))))
             case mi.DictType(key_type=kt, value_type=vt):

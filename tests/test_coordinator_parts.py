@@ -3,6 +3,9 @@ clock), learned models, the SQLite store, and the service against the in-memory 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import msgspec
 import pytest
 
@@ -22,6 +25,7 @@ from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import TRANSITIONS, ClusterView, Coordinator, IllegalTransition, JobRecord, JobState, JobStore
 from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._learning import InterferenceModel, ThroughputModel
+from deepedge.testing import answer_preflights
 from deepedge.transport import FakeBroker, FakeTransport, Received
 
 SPEC = JobSpec(model="cnn", dataset="/d", output="/o", epochs=1, global_batch=32, learning_rate=0.1)
@@ -86,15 +90,40 @@ def test_store_round_trip(tmp_path: object) -> None:
     store.save(job)
     job.step = 7
     store.save(job)
-    (back,) = store.load_all()
+    (back,), skipped = store.load_all()
+    assert skipped == []
     assert back.job == "j1" and back.step == 7 and back.state is JobState.RUNNING and back.generation == 3
 
 
 async def _coordinator(broker: FakeBroker, clock: FakeClock) -> tuple[Coordinator, FakeTransport]:
+    """A coordinator on the in-memory broker, its writer running, and boards that answer a
+    pre-flight with "ok" (``deepedge.testing.fake_boards``)."""
     t = FakeTransport(broker)
     await t.__aenter__()
     config = Config(coordinator=CoordinatorConfig(db=":memory:", node_interval_s=1.0))
-    return Coordinator(config, t, JobStore(":memory:"), clock=clock), t
+    c = Coordinator(config, t, JobStore(":memory:"), clock=clock)
+    _tasks.append(asyncio.create_task(c.writer_loop()))
+    _tasks.append(asyncio.create_task(answer_preflights(broker, Topics("default"))))
+    return c, t
+
+
+_tasks: list[asyncio.Task[None]] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_tasks() -> AsyncIterator[None]:
+    yield
+    for task in _tasks:
+        task.cancel()
+    await asyncio.gather(*_tasks, return_exceptions=True)
+    _tasks.clear()
+
+
+def hb(plan: Plan, node: str, **kw: object) -> Received:
+    """A heartbeat of ``node`` at its rank in ``plan``."""
+    rank = next(a.rank for a in plan.assignments if a.node == node)
+    beat = Heartbeat(node=node, ts=1.0, job=plan.job, generation=plan.generation, rank=rank, **kw)  # type: ignore[arg-type]
+    return Received(None, beat, False, "")  # type: ignore[arg-type]
 
 
 async def test_service_plans_replans_on_death_and_feedback() -> None:
@@ -128,23 +157,7 @@ async def test_service_plans_replans_on_death_and_feedback() -> None:
     assert isinstance(plan, Plan) and plan.generation == 1 and len(plan.assignments) == 3
     # a heartbeat makes the throughput estimate move; progress is tracked
     for n in ("n1", "n2", "n3"):
-        await c.ingest(
-            Received(
-                None,
-                Heartbeat(
-                    node=n,
-                    ts=1.0,
-                    job="j1",
-                    generation=1,
-                    rank=next(a.rank for a in plan.assignments if a.node == n),
-                    step=4,  # type: ignore[arg-type]
-                    samples_per_s=30.0,
-                    intensity=1.0,
-                ),
-                False,
-                "",
-            )
-        )
+        await c.ingest(hb(plan, n, step=4, samples_per_s=30.0, intensity=1.0))
     assert c.jobs["j1"].step == 4 and c.learning["n1"].throughput.rate > 10.0
     # a death: recovering, then a new generation without it
     await c.ingest(Received(None, NodeDeath(node="n2", session="s1"), False, ""))  # type: ignore[arg-type]
@@ -162,16 +175,14 @@ async def test_service_plans_replans_on_death_and_feedback() -> None:
         apps=(AppLatency(app="det", count=20, p50_ms=70, p95_ms=90, p99_ms=95, deadline_ms=50),),
     )
     for n in ("n1", "n3"):
-        hb = Heartbeat(node=n, ts=2.0, job="j1", generation=2, rank=0, step=5, samples_per_s=30.0, intensity=1.0)
-        await c.ingest(Received(None, hb, False, ""))  # type: ignore[arg-type]
+        await c.ingest(hb(plan2, n, step=5, samples_per_s=30.0, intensity=1.0))
     await c.ingest(Received(None, report, False, ""))  # type: ignore[arg-type]
     await c.tick()
     with pytest.raises(TimeoutError):  # not steady yet: ignored
         await plans.get(0.05)
     clock.advance(2)
     for n in ("n1", "n3"):  # still alive and training
-        hb = Heartbeat(node=n, ts=4.0, job="j1", generation=2, rank=0, step=7, samples_per_s=30.0, intensity=1.0)
-        await c.ingest(Received(None, hb, False, ""))  # type: ignore[arg-type]
+        await c.ingest(hb(plan2, n, step=7, samples_per_s=30.0, intensity=1.0))
     await c.ingest(Received(None, report, False, ""))  # type: ignore[arg-type]
     await c.tick()
     plan3 = (await plans.get(1)).message

@@ -12,10 +12,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from deepedge.clock import FakeClock
-from deepedge.node import LatencyWindows, SystemdNotifier, percentile
+from deepedge.node import LatencyWindows, percentile
 from deepedge.node._identity import default_node_id, jetpack_release, make_birth
 from deepedge.node._latency import LatencyIntake
 from deepedge.node.collectors import PsutilCollector, TelemetryDraft, parse_tegrastats, probe_collectors
+from deepedge.sdnotify import SystemdNotifier
 from deepedge.transport import DropLog
 
 # Recorded tegrastats lines (one per board family / JetPack generation).

@@ -7,9 +7,10 @@ import random
 import pytest
 from structlog.testing import capture_logs
 
+from deepedge.backoff import Backoff
 from deepedge.broker_schemas import SchemaError, SchemaErrorReason
 from deepedge.clock import FakeClock
-from deepedge.transport import Backoff, DropLog, topic_matches, validate_filter
+from deepedge.transport import DropLog, topic_matches, validate_filter
 
 
 def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
@@ -75,4 +76,29 @@ def test_drop_log_memory_is_bounded() -> None:
     for i in range(100):
         drops.drop(f"node/n{i}", "x", "t")
     assert drops.total == 100
-    assert len(drops._last) <= 10
+    assert drops.senders <= 10
+
+
+def test_a_flood_from_many_forged_senders_logs_within_the_global_budget() -> None:
+    clock = FakeClock()
+    drops = DropLog(clock, global_per_s=5.0)
+    with capture_logs() as logs:
+        for i in range(10_000):
+            drops.drop(f"node/forged{i}", "x", "t")
+        clock.advance(1.0)
+        drops.drop("node/later", "x", "t")
+    lines = [e for e in logs if e["event"] == "message.dropped"]
+    assert 10 <= len(lines) <= 11 and lines[-1]["sender"] == "node/later"  # the burst, then the budget refills
+    assert drops.total == 10_001
+
+
+def test_rate_limiter_per_key_global_and_bounded() -> None:
+    from deepedge.transport._ratelimit import RateLimiter
+
+    lim = RateLimiter(1.0, 2.0, max_keys=3, global_rate=100.0)
+    assert [lim.allow("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert lim.take_suppressed("a") == 1 and lim.take_suppressed("a") == 0
+    assert lim.allow("a", 1.0)  # refilled one token
+    for k in "bcde":
+        lim.allow(k, 1.0)
+    assert len(lim) == 3  # least recently used forgotten

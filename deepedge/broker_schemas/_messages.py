@@ -7,6 +7,7 @@ Nested parts (``Accelerator``, ``AppLatency``, ...) are plain frozen structs wit
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -33,6 +34,7 @@ __all__ = [
     "Heartbeat",
     "Id",
     "JobSpec",
+    "JobState",
     "LatencyReport",
     "LcPoint",
     "Message",
@@ -280,7 +282,18 @@ class Plan(_Msg, tag="plan", frozen=True):
     session: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] = ""
 
 
-JobState = Literal["queued", "planning", "running", "recovering", "completed", "failed", "cancelled"]
+class JobState(StrEnum):
+    """A job's lifecycle: the one definition, on the wire (``Progress.state``) and in the
+    coordinator, whose transition table (``deepedge.coordinator.TRANSITIONS``) says which moves
+    a job may make."""
+
+    QUEUED = "queued"  # accepted, not planned yet
+    PLANNING = "planning"  # the planner is deciding
+    RUNNING = "running"  # a plan is published and workers train
+    RECOVERING = "recovering"  # a participant died or a cap dropped: re-planning / waiting for nodes
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class Progress(_Msg, tag="progress", frozen=True):

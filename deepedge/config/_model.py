@@ -184,6 +184,12 @@ class CoordinatorConfig(_Section, frozen=True):
     # rendezvous_ports); no two running jobs get the same one, and a job's next generation the next.
     rendezvous_port: Annotated[int, msgspec.Meta(ge=1024, le=64000)] = 29500
     rendezvous_ports: Annotated[int, msgspec.Meta(ge=2, le=1000)] = 100
+    # Bounds: a job of more steps than this is refused at submit (epochs x steps per epoch);
+    # nodes kept in the cluster view (a dead one makes room for a new one).
+    max_total_steps: Annotated[int, msgspec.Meta(ge=1, le=2**53)] = 10_000_000
+    max_nodes: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    # Seconds each candidate node has to answer the pre-flight of a submitted job.
+    preflight_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     recovery_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
 

@@ -1,141 +1,227 @@
-"""Commands on ``cmd/coordinator/<verb>``: submit, status, cancel, drain, undrain."""
+"""Commands on ``cmd/coordinator/<verb>``: submit, status, cancel, drain, undrain, rm.
+
+Each verb's arguments decode into its struct (``deepedge.broker_schemas`` ``*Args``) and its
+result is its ``*Result`` struct. Handlers run outside the writer: whatever reads or changes the
+coordinator's state runs as a unit of the writer (``Coordinator.in_writer``); what waits on the
+network (asking nodes for their pre-flight, forwarding a drain) runs outside it.
+"""
 
 from __future__ import annotations
 
-import re
+import asyncio
 import uuid
 from typing import Any
 
 import msgspec
+import structlog
 
-from deepedge.broker_schemas import ID_PATTERN, CommandReply, CommandRequest, JobSpec
-from deepedge.coordinator._jobs import JobRecord, JobState
+from deepedge.broker_schemas import (
+    ArgsError,
+    CancelArgs,
+    CancelResult,
+    CommandReply,
+    CommandRequest,
+    CoordinatorSummary,
+    DrainArgs,
+    DrainResult,
+    JobSpec,
+    JobState,
+    RmArgs,
+    RmResult,
+    StatusArgs,
+    SubmitArgs,
+    args_of,
+)
+from deepedge.coordinator._jobs import MAX_REASON, TERMINAL, JobRecord
+from deepedge.coordinator._planner_io import busy_elsewhere, training_address
 from deepedge.coordinator._service import Coordinator
+from deepedge.coordinator._status import job_summary, node_summary, status_result
 from deepedge.transport import CommandFailed, Requester, TransportError, ok_reply
 
 __all__ = ["VERBS", "handle_command"]
 
-VERBS = ("submit", "status", "cancel", "drain", "undrain")
-_SPEC_FIELDS = set(JobSpec.__struct_fields__)
-_SUBMIT_FIELDS = _SPEC_FIELDS | {"job", "dataset_size", "model_bytes"}
-MAX_NODES_IN_STATUS = 200  # a reply must stay under 64 KiB
+log = structlog.get_logger("deepedge.coordinator")
+
+VERBS = ("submit", "status", "cancel", "drain", "undrain", "rm")
 
 
-def _job_summary(c: Coordinator, j: JobRecord) -> dict[str, Any]:
-    plan = j.plan
-    return {
-        "job": j.job,
-        "state": j.state.value,
-        "generation": j.generation,
-        "step": j.step,
-        "total_steps": j.total_steps,
-        "samples_done": j.samples_done,
-        "loss": j.loss,
-        "reason": j.reason,
-        "participants": {a.node: {"share": a.share, "cap": a.intensity_cap} for a in plan.assignments} if plan else {},
-        "predicted_makespan_s": plan.predicted_makespan_s if plan else None,
-    }
+def _result(req: CommandRequest, result: msgspec.Struct) -> CommandReply:
+    return ok_reply(req, **msgspec.to_builtins(result))
 
 
-def status(c: Coordinator) -> dict[str, Any]:
-    nodes = []
-    for s in sorted(c.view.nodes.values(), key=lambda s: s.node)[:MAX_NODES_IN_STATUS]:
-        t = s.telemetry
-        learn = c.learning.get(s.node)
-        nodes.append(
-            {
-                "node": s.node,
-                "alive": s.alive,
-                "drained": s.drained,
-                "why_dead": s.death_reason,
-                "cpu_percent": t.cpu_percent if t else None,
-                "mem_percent": t.mem_percent if t else None,
-                "rate": round(learn.throughput.rate, 2) if learn else None,
-                "cap_limit": learn.cap_limit if learn else None,
-                "lc": {
-                    a.app: {"p95_ms": a.p95_ms, "deadline_ms": a.deadline_ms, "count": a.count}
-                    for a in s.latency.values()
-                },
-            }
-        )
-    return {
-        "coordinator": c.summary(),
-        "nodes": nodes,
-        "nodes_total": len(c.view.nodes),
-        "jobs": [_job_summary(c, j) for j in sorted(c.jobs.values(), key=lambda j: j.created)][-50:],
-    }
-
-
-def _spec(args: dict[str, Any]) -> tuple[str, JobSpec, int, int]:
-    unknown = set(args) - _SUBMIT_FIELDS
-    if unknown:
-        raise CommandFailed("bad_args", f"unknown argument(s): {', '.join(sorted(unknown))}")
-    job = args.get("job") or f"job-{uuid.uuid4().hex[:8]}"
-    if not isinstance(job, str) or ID_PATTERN.fullmatch(job) is None:
-        raise CommandFailed("bad_args", "job must be an id ([A-Za-z0-9_.-]{1,64})")
+def _args(req: CommandRequest, cls: type[Any]) -> Any:
     try:
-        spec = msgspec.convert({k: v for k, v in args.items() if k in _SPEC_FIELDS}, JobSpec, strict=False)
-    except msgspec.ValidationError as exc:
-        raise CommandFailed("bad_args", re.sub(r"\$\.", "", str(exc))) from None
-    size, model_bytes = args.get("dataset_size"), args.get("model_bytes", 4_000_000)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise CommandFailed("bad_args", "dataset_size (samples in the dataset) must be a positive integer")
-    if isinstance(model_bytes, bool) or not isinstance(model_bytes, int) or model_bytes < 0:
-        raise CommandFailed("bad_args", "model_bytes must be a non-negative integer")
-    if size < spec.global_batch:
-        raise CommandFailed(
-            "bad_args", f"the dataset ({size} samples) is smaller than the global batch ({spec.global_batch})"
-        )
-    return job, spec, size, model_bytes
+        return args_of(dict(req.args), cls)
+    except ArgsError as exc:
+        raise CommandFailed("bad_args", str(exc)) from None
 
 
 async def handle_command(c: Coordinator, verb: str, req: CommandRequest) -> CommandReply:
-    args = dict(req.args)
     match verb:
         case "status":
-            return ok_reply(req, **status(c))
+            args = _args(req, StatusArgs)
+            return _result(req, await c.in_writer(lambda: _status(c, args)))
         case "submit":
-            name, spec, size, model_bytes = _spec(args)
-            if name in c.jobs:
-                raise CommandFailed("conflict", f"job {name} exists ({c.jobs[name].state.value})")
-            now = c.clock.time()
-            job = JobRecord(
-                job=name,
-                spec=spec,
-                dataset_size=size,
-                model_bytes=model_bytes,
-                created=now,
-                updated=now,
-                state_since=c.clock.monotonic(),
-            )
-            c.jobs[name] = job
-            await c.save(job)
-            await c.emit("job.submitted", f"{spec.model} on {spec.dataset}", job=name)
-            await c.replan(job)
-            if job.state == JobState.FAILED:
-                raise CommandFailed("conflict", f"job {name} cannot run: {job.reason}")
-            return ok_reply(req, **_job_summary(c, job))
+            return await _submit(c, req, _args(req, SubmitArgs))
         case "cancel":
-            target = args.get("job")
-            if not isinstance(target, str) or target not in c.jobs:
-                raise CommandFailed("not_found", f"no job {target!r}")
-            job = c.jobs[target]
-            if job.terminal:
-                raise CommandFailed("conflict", f"job {target} is already {job.state.value}")
-            job.move(JobState.CANCELLED, str(args.get("reason") or "cancelled by operator"))
-            await c.finish(job)
-            return ok_reply(req, job=target, state=job.state.value)
+            args = _args(req, CancelArgs)
+            return _result(req, await c.in_writer(lambda: _cancel(c, args)))
         case "drain" | "undrain":
-            node = args.get("node")
-            if not isinstance(node, str) or node not in c.view.nodes:
-                raise CommandFailed("not_found", f"no node {node!r}")
-            try:
-                async with Requester(c.transport, c.topics, timeout_s=5) as rpc:
-                    reply = await rpc.request(c.topics.node_command(node, verb), {"reason": args.get("reason") or ""})
-            except TransportError as exc:
-                raise CommandFailed("unavailable", f"node {node} did not answer: {exc}") from None
-            if not reply.ok:
-                raise CommandFailed("unavailable", f"node {node}: {reply.error.message if reply.error else 'refused'}")
-            return ok_reply(req, node=node, drained=verb == "drain")
+            args = _args(req, DrainArgs)
+            return _result(req, await _drain(c, verb, args))
+        case "rm":
+            args = _args(req, RmArgs)
+            return _result(req, await c.in_writer(lambda: _rm(c, args)))
         case _:
             raise CommandFailed("unknown_verb", f"unknown verb {verb!r}; known: {', '.join(VERBS)}")
+
+
+async def _status(c: Coordinator, args: StatusArgs) -> Any:
+    now = c.clock.time()
+    nodes = [node_summary(s, c.learning.get(s.node)) for s in sorted(c.view.nodes.values(), key=lambda s: s.node)]
+    jobs = [job_summary(j, now) for j in sorted(c.jobs.values(), key=lambda j: j.created, reverse=True)]
+    return status_result(msgspec.convert(c.summary(), CoordinatorSummary), nodes, jobs, args)
+
+
+# ---- submit -------------------------------------------------------------------------------------
+
+
+async def _submit(c: Coordinator, req: CommandRequest, args: SubmitArgs) -> CommandReply:
+    """Check the job, ask every candidate node for its pre-flight (outside the writer, at once),
+    then create and plan it (in the writer) without the nodes that refused it. Refused when
+    every candidate refused."""
+    spec = args.spec()
+    if args.dataset_size < spec.global_batch:
+        raise CommandFailed(
+            "bad_args",
+            f"the dataset ({args.dataset_size} samples) is smaller than the global batch ({spec.global_batch})",
+        )
+    total = spec.epochs * -(-args.dataset_size // spec.global_batch)
+    if total > c.cfg.max_total_steps:
+        raise CommandFailed(
+            "bad_args",
+            f"{spec.epochs} epochs of {args.dataset_size} samples in batches of {spec.global_batch} are {total} steps, "
+            f"over coordinator.max_total_steps ({c.cfg.max_total_steps})",
+        )
+    name = args.job or f"job-{uuid.uuid4().hex[:8]}"
+    candidates = await c.in_writer(lambda: _reserve(c, name, spec))
+    try:
+        refused = await _preflight(c, name, spec, candidates)
+        if candidates and len(refused) == len(candidates):
+            why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items()))
+            raise CommandFailed("conflict", f"job {name} refused by every node: {why}"[:4000])
+        job = await c.in_writer(lambda: _create(c, name, args, spec, refused))
+    finally:
+        c.reserved.discard(name)
+    if job.state == JobState.FAILED:
+        raise CommandFailed("conflict", f"job {name} cannot run: {job.reason}")
+    return _result(req, job_summary(job, c.clock.time()))
+
+
+async def _reserve(c: Coordinator, name: str, spec: JobSpec) -> list[str]:
+    """Claim the job id (a concurrent submit of the same id is refused) and list the nodes to
+    ask for their pre-flight: alive, undrained, with a training address, not busy."""
+    if name in c.jobs or name in c.reserved or await asyncio.to_thread(c.store.exists, name):
+        state = c.jobs[name].state.value if name in c.jobs else "being submitted" if name in c.reserved else "stored"
+        raise CommandFailed("conflict", f"job {name} exists ({state}); `deepedge rm {name}` frees a finished one's id")
+    c.reserved.add(name)
+    probe = JobRecord(job=name, spec=spec, dataset_size=1, model_bytes=0)
+    busy = busy_elsewhere(c.view, c.jobs.values(), probe)
+    return [
+        s.node for s in c.view.alive() if not s.drained and s.node not in busy and training_address(s.birth) is not None
+    ]
+
+
+async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str]) -> dict[str, str]:
+    """{node: why it refused}. A node that does not answer in time is left out too; one too old
+    to know the verb (``unknown_verb``) is not (its worker checks the same at start)."""
+    if not nodes:
+        return {}
+    args = {f: getattr(spec, f) for f in JobSpec.__struct_fields__} | {"job": name}
+    timeout = c.cfg.preflight_timeout_s
+    refused: dict[str, str] = {}
+    async with Requester(c.transport, c.topics, timeout_s=timeout) as rpc:
+
+        async def ask(node: str) -> None:
+            try:
+                reply = await rpc.request(c.topics.node_command(node, "preflight"), args)
+            except TransportError:
+                refused[node] = f"no pre-flight answer within {timeout:g} s"
+                return
+            if not reply.ok:
+                if reply.error is None or reply.error.code != "unknown_verb":
+                    refused[node] = reply.error.message if reply.error else "refused"
+            elif not reply.result.get("ok", False):
+                refused[node] = str(reply.result.get("reason") or "pre-flight failed")
+
+        await asyncio.gather(*(ask(n) for n in nodes))
+    return {n: r[:MAX_REASON] for n, r in refused.items()}
+
+
+async def _create(c: Coordinator, name: str, args: SubmitArgs, spec: JobSpec, refused: dict[str, str]) -> JobRecord:
+    now = c.clock.time()
+    job = JobRecord(
+        job=name,
+        spec=spec,
+        dataset_size=args.dataset_size,
+        model_bytes=args.model_bytes,
+        created=now,
+        updated=now,
+        excluded=refused,
+    )
+    c.jobs[name] = job
+    await c.save(job)
+    await c.emit("job.submitted", f"{spec.model} on {spec.dataset}", job=name)
+    for node, why in refused.items():
+        await c.emit("node.excluded", f"pre-flight: {why}", level="warning", node=node, job=name)
+    await c.replan(job)
+    return job
+
+
+# ---- cancel, drain, rm --------------------------------------------------------------------------
+
+
+async def _cancel(c: Coordinator, args: CancelArgs) -> CancelResult:
+    job = c.jobs.get(args.job)
+    if job is None:
+        raise CommandFailed("not_found", f"no job {args.job!r}")
+    if job.terminal:
+        raise CommandFailed("conflict", f"job {args.job} is already {job.state.value}")
+    await c.apply_cancel(job, args.reason or "cancelled by operator")
+    return CancelResult(job=job.job, state=job.state.value)
+
+
+async def _drain(c: Coordinator, verb: str, args: DrainArgs) -> DrainResult:
+    known = await c.in_writer(lambda: _known(c, args.node))
+    if not known:
+        raise CommandFailed("not_found", f"no node {args.node!r}")
+    try:  # the node says so in its birth; the coordinator re-plans when that arrives
+        async with Requester(c.transport, c.topics, timeout_s=5) as rpc:
+            reply = await rpc.request(c.topics.node_command(args.node, verb), {"reason": args.reason})
+    except TransportError as exc:
+        raise CommandFailed("unavailable", f"node {args.node} did not answer: {exc}") from None
+    if not reply.ok:
+        raise CommandFailed("unavailable", f"node {args.node}: {reply.error.message if reply.error else 'refused'}")
+    return DrainResult(node=args.node, drained=verb == "drain")
+
+
+async def _known(c: Coordinator, node: str) -> bool:
+    return node in c.view.nodes
+
+
+async def _rm(c: Coordinator, args: RmArgs) -> RmResult:
+    if (args.job is None) == (args.older_than_s is None):
+        raise CommandFailed("bad_args", "give a job id or older_than_s, not both and not neither")
+    if args.job is not None:
+        state = await asyncio.to_thread(c.store.state_of, args.job)
+        if state is None:
+            raise CommandFailed("not_found", f"no job {args.job!r}")
+        if state not in TERMINAL:
+            raise CommandFailed("conflict", f"job {args.job} is {state}: cancel it first")
+        names = [args.job]
+    else:
+        cutoff = c.clock.time() - (args.older_than_s or 0.0)
+        names = await asyncio.to_thread(c.store.finished_before, cutoff)
+    for name in names:
+        await c.remove(name)
+    return RmResult(removed=names)

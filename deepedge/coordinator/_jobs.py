@@ -3,31 +3,22 @@ job record the store persists."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import msgspec
 
-from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.broker_schemas import JobSpec, JobState, Plan
 from deepedge.errors import DeepEdgeError
 
-__all__ = ["TRANSITIONS", "IllegalTransition", "JobRecord", "JobState"]
+__all__ = ["MAX_REASON", "TERMINAL", "TRANSITIONS", "IllegalTransition", "JobRecord", "JobState"]
 
+MAX_REASON = 1000  # characters of a stored reason (a node's message can be longer)
 
-class JobState(StrEnum):
-    QUEUED = "queued"  # accepted, not planned yet
-    PLANNING = "planning"  # the planner is deciding
-    RUNNING = "running"  # a plan is published and workers train
-    RECOVERING = "recovering"  # a participant died or a cap dropped: re-planning / waiting for nodes
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
+# Every move real runs make: e.g. RECOVERING -> COMPLETED when the last participant was drained
+# and its worker finished the job anyway.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.PLANNING, JobState.CANCELLED, JobState.FAILED}),
     JobState.PLANNING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
     JobState.RUNNING: frozenset({JobState.RECOVERING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}),
-    JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}),
     JobState.COMPLETED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -51,9 +42,10 @@ class JobRecord(msgspec.Struct, kw_only=True):
     samples_done: int = 0
     loss: float | None = None
     reason: str = ""
+    # nodes left out of this job and why (pre-flight refused, worker crash loop, refused the plan)
+    excluded: dict[str, str] = msgspec.field(default_factory=dict)
     created: float = 0.0
     updated: float = 0.0
-    state_since: float = 0.0  # monotonic, for timeouts (not persisted meaningfully)
 
     def samples_after(self, step: int) -> int:
         """Samples trained once ``step`` steps are done: each epoch's last batch is partial."""
@@ -78,4 +70,4 @@ class JobRecord(msgspec.Struct, kw_only=True):
             raise IllegalTransition(f"job {self.job}: {self.state.value} -> {to.value} is not allowed")
         self.state = to
         if reason:
-            self.reason = reason
+            self.reason = reason[:MAX_REASON]

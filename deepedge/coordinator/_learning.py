@@ -83,9 +83,22 @@ def _spread(points: list[tuple[float, float]]) -> float:
     return max(u for u, _ in points) - min(u for u, _ in points) if points else 0.0
 
 
+MAX_APPS = 64  # LC apps remembered per node (the least recently reported forgotten first)
+
+
 @dataclass
 class NodeLearning:
     throughput: ThroughputModel
     interference: dict[str, InterferenceModel] = field(default_factory=dict)
     cap_limit: float = 1.0
     good_reports: int = 0  # consecutive comfortable LC reports, for raising the cap again
+    last_decrease: float = -1e9  # monotonic time the cap limit was last lowered
+    training_since: tuple[int, float] | None = None  # (generation, since) of its steady training
+
+    def app(self, name: str) -> InterferenceModel:
+        """The interference model of LC app ``name`` (bounded: MAX_APPS per node)."""
+        model = self.interference.pop(name, None) or InterferenceModel()
+        self.interference[name] = model  # most recent last
+        while len(self.interference) > MAX_APPS:
+            del self.interference[next(iter(self.interference))]
+        return model

@@ -50,13 +50,16 @@ def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord)
 def node_models(
     view: ClusterView, learning: dict[str, NodeLearning], job: JobRecord, busy: Mapping[str, str] | None = None
 ) -> list[NodeModel]:
-    """The planner's view of every live, undrained node; one that cannot train now (busy with
-    other jobs, no usable training address) says why in ``unavailable``."""
+    """The planner's view of every live, undrained node; one that cannot train now (excluded
+    from this job, busy with other jobs, no usable training address) says why in
+    ``unavailable``."""
     out = []
     for state in view.alive():
         if state.drained or state.node not in learning:
             continue
-        unavailable = (busy or {}).get(state.node, "")
+        unavailable = job.excluded.get(state.node) or (busy or {}).get(state.node, "")
+        if job.excluded.get(state.node):
+            unavailable = f"excluded from this job: {unavailable}"
         if training_address(state.birth) is None:
             unavailable = (
                 f"its birth names no training address (node.training_address {state.birth.training_address!r})"
@@ -72,7 +75,7 @@ def node_models(
         profile = state.birth.profiles.get(job.spec.model)
         profiled = profile.lc if profile is not None else ()
         apps = tuple(
-            learn.interference.setdefault(a.app, InterferenceModel()).model(
+            (learn.interference.get(a.app) or InterferenceModel()).model(
                 a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]
             )
             for a in state.latency.values()

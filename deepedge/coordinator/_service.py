@@ -1,12 +1,23 @@
-"""The coordinator service: ingest node topics into the cluster view, detect failures, learn
-throughput and interference, plan and re-plan jobs, persist them, answer commands."""
+"""The coordinator service: one writer. Everything that changes its state — a message from a
+node, a command, a timer — runs as a unit of work taken from one queue by one task
+(:meth:`Coordinator.writer_loop`), so no two of them interleave; commands wait for their unit
+with :meth:`Coordinator.in_writer`. What to do about an event is decided by the pure policy
+(``_policy``); this module keeps the state, executes the actions, plans (on its own planner
+thread) and publishes. A unit that raises is logged (rate-limited) and dropped; one that fails
+about a job fails that job with the reason. Nothing it does waits on the network: publishing
+while the broker is away is skipped, and the next connection reconciles the broker with the
+store (``_reconcile``)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
+import msgspec
 import structlog
 
 from deepedge import __version__
@@ -16,7 +27,9 @@ from deepedge.broker_schemas import (
     CoordinatorStatus,
     Event,
     Heartbeat,
+    JobState,
     LatencyReport,
+    Message,
     NodeBirth,
     NodeDeath,
     Plan,
@@ -26,29 +39,24 @@ from deepedge.broker_schemas import (
 )
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
-from deepedge.coordinator._jobs import JobRecord, JobState
-from deepedge.coordinator._learning import InterferenceModel, NodeLearning, ThroughputModel
+from deepedge.coordinator import _policy as policy
+from deepedge.coordinator._jobs import MAX_REASON, JobRecord
+from deepedge.coordinator._learning import NodeLearning, ThroughputModel
 from deepedge.coordinator._planner_io import busy_elsewhere, job_model, node_models, rendezvous_port, to_plan
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan
-from deepedge.transport import Received, Transport, TransportError
+from deepedge.transport import RateLimiter, Received, Transport, TransportError
 
 __all__ = ["Coordinator"]
 
 log = structlog.get_logger("deepedge.coordinator")
 
-CAP_DECREASE = 0.8  # multiplicative decrease of a node's cap when an LC deadline is missed
-CAP_INCREASE = 0.1  # additive increase after COMFORT_REPORTS comfortable reports
-COMFORT_REPORTS = 10
-COMFORT_FRACTION = 0.7  # "comfortable": p95 under 70 % of the deadline
-DECREASE_COOLDOWN_S = 5.0
-LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long for a death notice
-# A running job is re-planned when what was learned since its plan predicts a step at least 20 %
-# shorter, saving at least REPLAN_MIN_GAIN_S over the rest of the job (re-forming costs ~1 s).
-REPLAN_RATIO = 0.8
-REPLAN_MIN_GAIN_S = 5.0
-REPLAN_COOLDOWN_S = 4.0
+T = TypeVar("T")
+Work = tuple[Callable[[], Awaitable[Any]], "asyncio.Future[Any] | None"]
+INBOX = 100_000  # units of work waiting for the writer; beyond it, node messages are dropped (counted)
+PUBLISH_TIMEOUT_S = 2.0  # the writer never waits longer on the broker
+MAX_FINISHED_IN_MEMORY = 1000  # finished jobs kept in memory for status (all stay in the store)
 
 
 class Coordinator:
@@ -62,22 +70,83 @@ class Coordinator:
         self.clock = clock or RealClock()
         self.topics = Topics(config.cluster.name)
         self.session = session or uuid.uuid4().hex[:16]
-        self.view = ClusterView(self.cfg.node_interval_s, self.cfg.missed_heartbeats)
+        self.view = ClusterView(self.cfg.node_interval_s, self.cfg.missed_heartbeats, self.cfg.max_nodes)
         self.learning: dict[str, NodeLearning] = {}
         self.planner = Planner(PlannerConfig(margin=self.cfg.lc_margin))
-        self.jobs: dict[str, JobRecord] = {j.job: j for j in store.load_all()}
-        self.dirty: set[str] = set()
-        self._last_decrease: dict[str, float] = {}
-        self._lost_peers: dict[str, tuple[int, float, str]] = {}  # job -> (generation, since, reporting node)
-        self._planned_at: dict[str, float] = {}  # job -> monotonic time of its latest plan
-        self._training_since: dict[str, tuple[int, float]] = {}  # node -> (generation, since)
+        self._planner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="planner")
+        jobs, skipped = store.load_all()
+        for row, error in skipped:
+            log.error("store.unreadable_row", job=row, error=error)
+        self.jobs: dict[str, JobRecord] = {j.job: j for j in jobs}
+        self.runtime: dict[str, policy.JobRuntime] = {}
+        self.dirty: set[str] = set()  # jobs to re-plan at the next tick
         self.started = self.clock.monotonic()
         self._warm = False  # after a restart, wait one failure-detection period before judging plans
+        self.inbox: asyncio.Queue[Work] = asyncio.Queue(INBOX)
+        self.dropped = 0  # node messages dropped because the writer fell behind by INBOX units
+        self._errors = RateLimiter(1 / 60, 1, max_keys=1000, global_rate=1.0, global_burst=10)
+        self.stale = False  # a retained publish was skipped: the broker may be behind the store
+        self.reserved: set[str] = set()  # job ids being submitted (pre-flight in progress)
+        self._cleared_finished = False
+        for job in self.jobs.values():
+            self.runtime[job.job] = policy.JobRuntime(state_since=self.started)
+
+    # ---- the one writer -----------------------------------------------------------------------
+
+    async def writer_loop(self) -> None:
+        while True:
+            fn, fut = await self.inbox.get()
+            try:
+                result = await fn()
+            except Exception as exc:
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                else:
+                    self.log_error("writer.unit_failed", exc)
+            else:
+                if fut is not None and not fut.done():
+                    fut.set_result(result)
+
+    async def in_writer(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` as one unit of the writer (after what is queued before it)."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self.inbox.put((fn, fut))
+        return await fut
+
+    def offer(self, fn: Callable[[], Awaitable[Any]]) -> bool:
+        """Queue a unit without waiting for it; False (and counted) when the writer is INBOX
+        units behind."""
+        try:
+            self.inbox.put_nowait((fn, None))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            return False
+        return True
+
+    def log_error(self, event: str, exc: BaseException, **fields: Any) -> None:
+        key = f"{event}:{type(exc).__name__}"
+        if self._errors.allow(key, self.clock.monotonic()):
+            log.error(event, error=f"{type(exc).__name__}: {exc}"[:500], **fields)
 
     # ---- helpers ------------------------------------------------------------------------------
 
     def status_message(self, state: str = "online") -> CoordinatorStatus:
         return CoordinatorStatus(state=state, session=self.session, version=__version__, ts=self.clock.time())  # type: ignore[arg-type]
+
+    async def send(self, topic: str, message: Message | None, *, qos: int = 0, retain: bool = False) -> bool:
+        """Publish without ever holding the writer long: skipped when the broker is away, given
+        up after PUBLISH_TIMEOUT_S. A retained message not sent marks the broker stale (the next
+        connection reconciles it)."""
+        if self.transport.connected:
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    await self.transport.publish(topic, message, qos=qos, retain=retain)
+                return True
+            except (TransportError, TimeoutError) as exc:
+                log.debug("publish.failed", topic=topic, error=str(exc) or "timed out")
+        if retain:
+            self.stale = True
+        return False
 
     async def emit(
         self,
@@ -89,7 +158,9 @@ class Coordinator:
         job: str | None = None,
         **fields: ArgValue,
     ) -> None:
-        log.info(event, node=node, job=job, message=message, **fields)
+        getattr(log, level if level in ("info", "warning", "error") else "info")(
+            event, node=node, job=job, message=message, **fields
+        )
         ev = Event(
             ts=self.clock.time(),
             source="coordinator",
@@ -100,10 +171,7 @@ class Coordinator:
             message=message[:4000],
             fields=fields,
         )
-        try:
-            await self.transport.publish(self.topics.events(), ev)
-        except TransportError as exc:
-            log.debug("event.unsent", error=str(exc))
+        await self.send(self.topics.events(), ev)
 
     async def save(self, job: JobRecord) -> None:
         job.updated = self.clock.time()
@@ -116,51 +184,58 @@ class Coordinator:
             if not j.terminal and j.plan is not None and any(a.node == node for a in j.plan.assignments)
         ]
 
-    def _learning(self, node: str) -> NodeLearning:
+    def learning_of(self, node: str) -> NodeLearning:
         if node not in self.learning:
             self.learning[node] = NodeLearning(ThroughputModel(prior=self.cfg.default_rate))
         return self.learning[node]
 
+    def runtime_of(self, job: JobRecord) -> policy.JobRuntime:
+        if job.job not in self.runtime:
+            self.runtime[job.job] = policy.JobRuntime(state_since=self.clock.monotonic())
+        return self.runtime[job.job]
+
+    def move(self, job: JobRecord, to: JobState, reason: str = "") -> None:
+        job.move(to, reason)
+        self.runtime_of(job).state_since = self.clock.monotonic()
+
     # ---- ingest -------------------------------------------------------------------------------
 
     async def ingest(self, item: Received) -> None:
+        """One message from a node topic or a retained plan (a unit of the writer)."""
         now = self.clock.monotonic()
         match item.message:
             case NodeBirth() as birth:
                 was = self.view.nodes.get(birth.node)
                 was_drained = was.drained if was is not None and was.alive else None
                 what = self.view.on_birth(birth, now)
-                self._learning(birth.node)
+                if not what:
+                    self.log_error("node.refused", OverflowError(f"{self.view.max_nodes} live nodes"), node=birth.node)
+                    return
+                self.learning_of(birth.node)
                 if what == "joined":
                     await self.emit("node.joined", f"session {birth.session}", node=birth.node)
-                    self.dirty.update(j.job for j in self.jobs.values() if j.state == JobState.RECOVERING)
+                    await self.apply(policy.on_node_joined(birth.node, self.jobs.values()))
                 if was_drained is not None and was_drained != birth.drained:
-                    await self.emit("node.drained" if birth.drained else "node.undrained", node=birth.node)
-                    self.dirty.update(j.job for j in self.jobs_using(birth.node))
+                    why = "node.drained" if birth.drained else "node.undrained"
+                    await self.emit(why, node=birth.node)
+                    await self.apply(policy.on_nodes_changed(birth.node, why, self.jobs.values()))
             case NodeDeath() as death:
                 if self.view.on_death(death, now):
-                    await self.node_lost(death.node, self.view.nodes[death.node].death_reason)
+                    await self.node_lost(death.node, self.view.nodes[death.node].death_reason, death.reason)
             case Telemetry() as t:
                 self.view.on_telemetry(t, now)
             case LatencyReport() as report:
                 await self.on_latency(report, now)
             case Heartbeat() as hb:
                 await self.on_heartbeat(hb, now)
-            case Plan() as plan:  # retained plans at startup: never go back to an older generation
-                job = self.jobs.get(plan.job)
-                if job is not None and plan.generation > job.generation:
-                    job.generation, job.plan = plan.generation, plan
-            case _:
-                pass
+            case Plan() as plan:
+                await self.on_retained_plan(plan)
 
-    async def node_lost(self, node: str, reason: str) -> None:
-        await self.emit("node.dead", reason, level="warning", node=node)
-        for job in self.jobs_using(node):
-            if job.state == JobState.RUNNING:
-                job.move(JobState.RECOVERING, f"node {node} lost: {reason}")
-                job.state_since = self.clock.monotonic()
-                await self.save(job)
-            self.dirty.add(job.job)
+    async def node_lost(self, node: str, reason: str, how: str = "lost") -> None:
+        # a clean shutdown is routine (info); a lost node is news (warning)
+        await self.emit("node.dead", reason, level="info" if how == "shutdown" else "warning", node=node)
+        self.learning_of(node).training_since = None
+        await self.apply(policy.on_node_lost(node, reason, self.jobs.values()))
 
     def intensity_of(self, node: str) -> float:
         state = self.view.nodes.get(node)
@@ -171,56 +246,28 @@ class Coordinator:
         ]
         return max(live, default=0.0)
 
-    def steady(self, node: str, window_s: float, now: float) -> bool:
-        """Has the node trained in its current generation for a whole latency window? Before
-        that, its LC window mixes the worker's start (imports, data loading, re-forming the
-        group) with training at an intensity it has not yet reported."""
-        since = self._training_since.get(node)
-        return since is not None and now - since[1] >= window_s
-
     async def on_latency(self, report: LatencyReport, now: float) -> None:
-        over = self.view.on_latency(report, now)
-        if report.node not in self.view.nodes or not self.view.nodes[report.node].alive:
+        self.view.on_latency(report, now)
+        state = self.view.nodes.get(report.node)
+        if state is None or not state.alive:
             return
         using = self.jobs_using(report.node)
-        if using and not self.steady(report.node, report.window_s, now):
-            return  # neither an observation of p95(u) nor a reason to lower the cap
-        learn = self._learning(report.node)
+        learn = self.learning_of(report.node)
+        # Before the node has trained a whole latency window in its current generation, its LC
+        # window mixes the worker's start (imports, data loading, re-forming the group) with
+        # training at an intensity it has not yet reported: neither an observation of p95(u) nor
+        # a reason to lower the cap.
+        if using and (learn.training_since is None or now - learn.training_since[1] < report.window_s):
+            return
         u = self.intensity_of(report.node) if using else 0.0
-        comfortable = True
         for app in report.apps:
             if app.count > 0:
-                learn.interference.setdefault(app.app, InterferenceModel()).observe(u, app.p95_ms)
-            if app.deadline_ms is not None and app.count > 0 and app.p95_ms > COMFORT_FRACTION * app.deadline_ms:
-                comfortable = False
-        if over and using:
-            last = self._last_decrease.get(report.node, -1e9)
-            if now - last >= DECREASE_COOLDOWN_S:
-                self._last_decrease[report.node] = now
-                current = max(
-                    (a.intensity_cap for j in using if j.plan for a in j.plan.assignments if a.node == report.node),
-                    default=learn.cap_limit,
-                )
-                learn.cap_limit = round(min(learn.cap_limit, current) * CAP_DECREASE, 4)
-                learn.good_reports = 0
-                names = ", ".join(f"{a.app} p95 {a.p95_ms:.1f} ms > {a.deadline_ms:g} ms" for a in over)
-                await self.emit(
-                    "lc.violation",
-                    f"{names}; cap lowered to {learn.cap_limit:.2f}",
-                    level="warning",
-                    node=report.node,
-                    cap=learn.cap_limit,
-                )
-                for job in using:
-                    if job.spec.split != "uniform":  # the baseline ignores LC apps, as torchrun would
-                        self.dirty.add(job.job)
-        elif comfortable and learn.cap_limit < 1.0:
-            learn.good_reports += 1
-            if learn.good_reports >= COMFORT_REPORTS:  # slow increase, applied at the next re-plan
-                learn.cap_limit = min(1.0, round(learn.cap_limit + CAP_INCREASE, 4))
-                learn.good_reports = 0
-        elif not comfortable:
-            learn.good_reports = 0
+                learn.app(app.app).observe(u, app.p95_ms)
+        current = max(
+            (a.intensity_cap for j in using if j.plan for a in j.plan.assignments if a.node == report.node),
+            default=learn.cap_limit,
+        )
+        await self.apply(policy.on_latency(report.node, report.apps, learn, using, current, now))
 
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         job = self.jobs.get(hb.job)
@@ -234,21 +281,16 @@ class Coordinator:
             self.view.touch(hb.node, now)
             return
         self.view.on_heartbeat(hb, now)
+        learn = self.learning_of(hb.node)
         if hb.state == "training":
-            self._learning(hb.node).throughput.observe(hb.samples_per_s, hb.intensity)
-            if self._training_since.get(hb.node, (-1, 0.0))[0] != hb.generation:
-                self._training_since[hb.node] = (hb.generation, now)
+            learn.throughput.observe(hb.samples_per_s, hb.intensity)
+            if learn.training_since is None or learn.training_since[0] != hb.generation:
+                learn.training_since = (hb.generation, now)
         else:
-            self._training_since.pop(hb.node, None)
-        if hb.state == "recovering" and job.state == JobState.RUNNING:
-            # A worker lost its peers. If a node died, its death notice re-plans the job; if only a
-            # worker process crashed (its daemon restarts it), nothing else will: after a short
-            # grace for a death notice to arrive first, tick() re-plans with a new generation.
-            self._lost_peers.setdefault(job.job, (job.generation, now, hb.node))
-            return
-        if hb.state == "failed":
-            job.move(JobState.FAILED, f"worker on {hb.node} failed: {hb.message or 'no reason given'}")
-            await self.finish(job)
+            learn.training_since = None
+        actions = policy.on_heartbeat(hb, job, self.runtime_of(job), now)
+        if actions:
+            await self.apply(actions)
             return
         beats = [
             self.view.nodes[a.node].heartbeats.get(job.job) if a.node in self.view.nodes else None
@@ -261,8 +303,74 @@ class Coordinator:
             losses = [b.loss for b in current if b.loss is not None]
             job.loss = sum(losses) / len(losses) if losses else job.loss
             if all(b.state == "done" for b in current) or job.step >= job.total_steps:
-                job.move(JobState.COMPLETED, f"{job.step} steps, {job.samples_done} samples")
+                await self.apply([policy.Complete(job.job, f"{job.step} steps, {job.samples_done} samples")])
+
+    async def on_retained_plan(self, plan: Plan) -> None:
+        """A plan on the broker (retained at start, or our own coming back): the store is the
+        truth. A plan of no job here, or of a finished one, is cleared; one that differs from the
+        stored plan (another generation or session) is replaced by it."""
+        job = self.jobs.get(plan.job)
+        if job is None or job.terminal or job.plan is None:
+            if job is None or job.terminal:
+                log.info("plan.cleared_unknown", job=plan.job, generation=plan.generation, session=plan.session)
+                await self.send(self.topics.job_plan(plan.job), None, qos=1, retain=True)
+            return
+        if plan.generation != job.generation or plan.session != self.session:
+            await self.publish_plan(job)
+
+    # ---- actions ------------------------------------------------------------------------------
+
+    async def apply(self, actions: Iterable[policy.Action]) -> None:
+        """Execute the policy's actions. One that fails fails its job (with the reason), never
+        the writer."""
+        for action in actions:
+            name = getattr(action, "job", None)
+            job = self.jobs.get(name) if isinstance(name, str) else None
+            try:
+                await self._execute(action, job)
+            except Exception as exc:
+                self.log_error("action.failed", exc, action=type(action).__name__, job=name)
+                if job is not None and not job.terminal:
+                    with contextlib.suppress(Exception):
+                        await self.fail(job, f"internal error ({type(action).__name__}): {type(exc).__name__}: {exc}")
+
+    async def _execute(self, action: policy.Action, job: JobRecord | None) -> None:
+        match action:
+            case policy.SetCap(node=node, limit=limit, good_reports=good, last_decrease=at, why=why):
+                learn = self.learning_of(node)
+                learn.cap_limit, learn.good_reports, learn.last_decrease = limit, good, at
+                if why:
+                    await self.emit("lc.violation", why, level="warning", node=node, cap=limit)
+            case _ if job is None or job.terminal:
+                return  # the job is gone or finished since the decision
+            case policy.MarkRecovering(why=why):
+                if job.state == JobState.RUNNING:
+                    self.move(job, JobState.RECOVERING, why)
+                    await self.save(job)
+            case policy.Replan():
+                self.dirty.add(job.job)
+            case policy.LostPeers(generation=gen, node=node, since=since):
+                self.runtime_of(job).lost_peers = (gen, since, node)
+            case policy.Exclude(node=node, why=why):
+                job.excluded[node] = why[:MAX_REASON]
+                await self.emit("node.excluded", why, level="warning", node=node, job=job.job)
+                if job.state == JobState.RUNNING:
+                    self.move(job, JobState.RECOVERING, f"{node} left out: {why}")
+                await self.save(job)
+                self.dirty.add(job.job)
+            case policy.Fail(reason=reason):
+                await self.fail(job, reason)
+            case policy.Complete(why=why):
+                self.move(job, JobState.COMPLETED, why)
                 await self.finish(job)
+            case policy.TryImprove():
+                await self.improve(job)
+            case policy.Publish() | policy.Wait():
+                raise AssertionError(f"{action} is an outcome of replan, not an event's action")
+
+    async def fail(self, job: JobRecord, reason: str) -> None:
+        self.move(job, JobState.FAILED, reason)
+        await self.finish(job)
 
     def forget_heartbeats(self, job: JobRecord) -> None:
         """Keep heartbeats only of the (node, job) pairs of a current plan."""
@@ -274,11 +382,28 @@ class Coordinator:
     async def finish(self, job: JobRecord) -> None:
         """A terminal state: persist, clear the retained plan (workers stop), say so."""
         self.forget_heartbeats(job)
+        self.runtime.pop(job.job, None)
+        self.dirty.discard(job.job)
         await self.save(job)
-        await self.transport.publish(self.topics.job_plan(job.job), None, qos=1, retain=True)
+        await self.send(self.topics.job_plan(job.job), None, qos=1, retain=True)
         await self.publish_progress(job)
         level = "info" if job.state == JobState.COMPLETED else "warning"
         await self.emit(f"job.{job.state.value}", job.reason, level=level, job=job.job)
+        finished = [j for j in self.jobs.values() if j.terminal]
+        for old in sorted(finished, key=lambda j: j.updated)[: max(0, len(finished) - MAX_FINISHED_IN_MEMORY)]:
+            del self.jobs[old.job]  # still in the store
+
+    async def apply_cancel(self, job: JobRecord, reason: str) -> None:
+        self.move(job, JobState.CANCELLED, reason)
+        await self.finish(job)
+
+    async def remove(self, name: str) -> None:
+        """Forget a finished job (memory, store, its retained progress): its id is free again."""
+        self.jobs.pop(name, None)
+        self.runtime.pop(name, None)
+        await asyncio.to_thread(self.store.delete, name)
+        await self.send(self.topics.job_progress(name), None, qos=1, retain=True)
+        await self.emit("job.removed", job=name)
 
     # ---- planning -----------------------------------------------------------------------------
 
@@ -286,28 +411,30 @@ class Coordinator:
         nodes = node_models(self.view, self.learning, job, busy_elsewhere(self.view, self.jobs.values(), job))
         if job.spec.split == "uniform":
             return uniform_plan(nodes, job_model(job))
-        return await asyncio.to_thread(self.planner.plan, nodes, job_model(job))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._planner_thread, self.planner.plan, nodes, job_model(job))
 
-    async def improve(self, job: JobRecord, now: float) -> None:
+    def all_excluded(self, job: JobRecord) -> bool:
+        """Every live node of the cluster is left out of this job."""
+        alive = [s.node for s in self.view.alive()]
+        return bool(job.excluded) and all(n in job.excluded for n in alive)
+
+    async def improve(self, job: JobRecord) -> None:
         """Re-plan a running job when the throughput and interference learned since its plan
         promise a clearly shorter rest of the job."""
-        plan = job.plan
-        if job.state != JobState.RUNNING or plan is None or job.spec.split == "uniform":
+        plan, rt = job.plan, self.runtime_of(job)
+        if job.state != JobState.RUNNING or plan is None:
             return
-        if now - self._planned_at.get(job.job, -1e9) < REPLAN_COOLDOWN_S:
-            return
+        rt.planned_at = self.clock.monotonic()  # checked: look again after the cool-down
         learned = [self.learning.get(a.node) for a in plan.assignments]
         if any(n is None or n.throughput.observations < 2 for n in learned):
             return
         rates = {a.node: self.learning[a.node].throughput.rate for a in plan.assignments}
         current = max(a.share / max(1e-9, rates[a.node] * a.intensity_cap) for a in plan.assignments if a.share)
         decision = await self.decide(job)
-        remaining = max(0, job.total_steps - job.step)
-        if (
-            decision.feasible
-            and decision.compute_s < REPLAN_RATIO * current
-            and remaining * (current - decision.compute_s) >= REPLAN_MIN_GAIN_S
-        ):
+        if job.terminal or job.plan is not plan:
+            return  # changed while the planner ran
+        if decision.feasible and policy.should_improve(max(0, job.total_steps - job.step), current, decision.compute_s):
             await self.emit(
                 "plan.improving",
                 f"learned rates predict {decision.compute_s * 1000:.0f} ms of compute per step instead of "
@@ -315,47 +442,54 @@ class Coordinator:
                 job=job.job,
             )
             await self.replan(job, decision)
-        else:
-            self._planned_at[job.job] = now  # checked: look again after the cool-down
 
     async def replan(self, job: JobRecord, decision: PlanDecision | None = None) -> None:
         if job.terminal:
             return
+        rt = self.runtime_of(job)
         if job.state == JobState.QUEUED:
-            job.move(JobState.PLANNING)
-        self._planned_at[job.job] = self.clock.monotonic()
+            self.move(job, JobState.PLANNING)
+        rt.planned_at = self.clock.monotonic()
+        generation = job.generation
         if decision is None:
             decision = await self.decide(job)
-        if not decision.feasible:
-            if job.state == JobState.PLANNING:
-                job.move(JobState.FAILED, decision.reason)
-                await self.finish(job)
-            elif self.clock.monotonic() - job.state_since > self.cfg.recovery_timeout_s:
-                job.move(JobState.FAILED, f"no feasible plan for {self.cfg.recovery_timeout_s:g} s: {decision.reason}")
-                await self.finish(job)
-            else:
-                if job.state == JobState.RUNNING:  # e.g. its last node drained: the current plan stays in effect
-                    job.move(JobState.RECOVERING)
-                    job.state_since = self.clock.monotonic()
-                    await self.emit("plan.infeasible", decision.reason, level="warning", job=job.job)
-                job.reason = f"waiting for nodes: {decision.reason}"
-                await self.save(job)
+        if job.terminal or job.generation != generation:
+            return  # cancelled or re-planned while the planner ran
+        feasible, reason = decision.feasible, decision.reason
+        if not feasible and self.all_excluded(job):
+            left = "; ".join(f"{n}: {w}" for n, w in list(job.excluded.items())[:5])
+            await self.fail(job, f"every node is left out of the job ({left})")
             return
-        generation = job.generation + 1
+        outcome = policy.after_decision(job, feasible, reason, rt, self.clock.monotonic(), self.cfg.recovery_timeout_s)
+        match outcome:
+            case policy.Fail(reason=why):
+                await self.fail(job, why)
+            case policy.Wait(reason=why, recovering=recovering):
+                if recovering:  # e.g. its last node drained: the current plan stays in effect
+                    self.move(job, JobState.RECOVERING)
+                    await self.emit("plan.infeasible", reason, level="warning", job=job.job)
+                job.reason = why[:MAX_REASON]
+                await self.save(job)
+            case policy.Publish():
+                await self.publish_new_plan(job, decision)
+
+    async def publish_new_plan(self, job: JobRecord, decision: PlanDecision) -> None:
         try:
             port = rendezvous_port(job, self.jobs.values(), self.cfg.rendezvous_port, self.cfg.rendezvous_ports)
         except ValueError as exc:  # every port of the range is held by other running jobs
-            job.reason = f"waiting: {exc}"
+            job.reason = f"waiting: {exc}"[:MAX_REASON]
             await self.save(job)
             return
+        generation = job.generation + 1
         plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session)
         job.generation, job.plan = generation, plan
+        self.runtime_of(job).lost_peers = None
         self.forget_heartbeats(job)
         if job.state in (JobState.PLANNING, JobState.RECOVERING):
-            job.move(JobState.RUNNING, "")
+            self.move(job, JobState.RUNNING, "")
         job.reason = ""
         await self.save(job)  # before publishing: the store is never behind the broker
-        await self.transport.publish(self.topics.job_plan(job.job), plan, qos=1, retain=True)
+        await self.publish_plan(job)
         shares = ", ".join(f"{n}:{decision.shares[n]}@{decision.caps[n]:.2f}" for n in decision.participants)
         await self.emit(
             "plan.published",
@@ -366,39 +500,37 @@ class Coordinator:
             makespan_s=round(decision.makespan_s, 1),
         )
 
+    async def publish_plan(self, job: JobRecord) -> None:
+        """(Re)publish the stored plan of an unfinished job under this coordinator's session: a
+        node adopts the same generation without re-forming."""
+        if job.plan is None or job.terminal:
+            return
+        if job.plan.session != self.session:
+            job.plan = msgspec.structs.replace(job.plan, session=self.session)
+            await self.save(job)
+        await self.send(self.topics.job_plan(job.job), job.plan, qos=1, retain=True)
+
     async def tick(self) -> None:
         now = self.clock.monotonic()
         for node in self.view.check(now):
             await self.node_lost(node, self.view.nodes[node].death_reason)
+        warm_start = False
         if not self._warm:
             if now - self.started < self.cfg.missed_heartbeats * self.cfg.node_interval_s:
                 return
-            self._warm = True
-            for job in self.jobs.values():  # after a restart: keep plans whose nodes are all alive
-                if job.terminal:
-                    continue
-                alive = {s.node for s in self.view.alive()}
-                if job.plan is None or any(a.node not in alive for a in job.plan.assignments):
-                    if job.state == JobState.RUNNING:
-                        job.move(JobState.RECOVERING, "participants lost while the coordinator was away")
-                        job.state_since = now
-                    self.dirty.add(job.job)
-        for name, (generation, since, node) in list(self._lost_peers.items()):
-            lost = self.jobs.get(name)
-            if lost is None or lost.generation != generation or lost.state != JobState.RUNNING:
-                del self._lost_peers[name]
-            elif now - since >= LOST_PEERS_GRACE_S:
-                del self._lost_peers[name]
-                lost.move(JobState.RECOVERING, f"the worker on {node} lost its peers (a worker crashed)")
-                lost.state_since = now
-                await self.save(lost)
-                self.dirty.add(name)
+            self._warm = warm_start = True
+        alive = {s.node for s in self.view.alive()}
+        await self.apply(policy.on_tick(list(self.jobs.values()), self.runtime, alive, now, warm_start))
         for name in sorted(self.dirty):
             self.dirty.discard(name)
-            if name in self.jobs:
-                await self.replan(self.jobs[name])
-        for job in list(self.jobs.values()):
-            await self.improve(job, now)
+            job = self.jobs.get(name)
+            if job is not None:
+                try:
+                    await self.replan(job)
+                except Exception as exc:  # about this job: it fails, nothing else does
+                    self.log_error("replan.failed", exc, job=name)
+                    if not job.terminal:
+                        await self.fail(job, f"internal error while planning: {type(exc).__name__}: {exc}")
 
     async def publish_progress(self, job: JobRecord) -> None:
         rate = 0.0
@@ -413,7 +545,7 @@ class Coordinator:
         violations = sum(a.violations for s in self.view.alive() for a in s.latency.values())
         progress = Progress(
             job=job.job,
-            state=job.state.value,
+            state=job.state,
             ts=self.clock.time(),
             generation=job.generation,
             step=job.step,
@@ -425,10 +557,25 @@ class Coordinator:
             deadline_violations=violations,
             message=job.reason[:4000],
         )
-        try:
-            await self.transport.publish(self.topics.job_progress(job.job), progress, qos=1, retain=True)
-        except TransportError as exc:
-            log.debug("progress.unsent", error=str(exc))
+        await self.send(self.topics.job_progress(job.job), progress, qos=1, retain=True)
+
+    async def reconcile(self) -> None:
+        """(On every connection, as a unit of the writer.) The broker follows the store: the
+        stored plan of every unfinished job is published again under this session (nodes adopt
+        the same generation without re-forming); the retained plan of every finished job in
+        memory is cleared, once per start. A retained plan the store does not know is cleared
+        when it arrives (``on_retained_plan``)."""
+        self.stale = False
+        for job in list(self.jobs.values()):
+            if not job.terminal:
+                await self.publish_plan(job)
+            elif not self._cleared_finished:
+                await self.send(self.topics.job_plan(job.job), None, qos=1, retain=True)
+        self._cleared_finished = True
+        log.info("coordinator.reconciled", jobs=len(self.jobs), session=self.session)
+
+    def close(self) -> None:
+        self._planner_thread.shutdown(wait=False, cancel_futures=True)
 
     # ---- loops --------------------------------------------------------------------------------
 
@@ -436,25 +583,28 @@ class Coordinator:
         async with await self.transport.subscribe(self.topics.all_nodes(), qos=1, maxsize=100_000) as sub:
             async for item in sub:
                 if isinstance(item, Received) and not isinstance(item.message, Cleared):
-                    await self.ingest(item)
+                    self.offer(lambda item=item: self.ingest(item))  # type: ignore[misc]
 
     async def plan_watch_loop(self) -> None:
         async with await self.transport.subscribe(self.topics.all_jobs("plan"), qos=1) as sub:
             async for item in sub:
                 if isinstance(item, Received) and isinstance(item.message, Plan):
-                    await self.ingest(item)
+                    self.offer(lambda item=item: self.ingest(item))  # type: ignore[misc]
 
     async def tick_loop(self) -> None:
         last_progress = 0.0
         while True:
-            await self.tick()
+            await self.in_writer(self.tick)
             now = self.clock.monotonic()
             if now - last_progress >= 1.0:
                 last_progress = now
-                for job in list(self.jobs.values()):
-                    if not job.terminal:
-                        await self.publish_progress(job)
+                await self.in_writer(self._publish_all_progress)
             await self.clock.sleep(min(0.25, self.cfg.node_interval_s / 2))
+
+    async def _publish_all_progress(self) -> None:
+        for job in list(self.jobs.values()):
+            if not job.terminal:
+                await self.publish_progress(job)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -464,4 +614,5 @@ class Coordinator:
             "alive": len(self.view.alive()),
             "jobs": {s.value: sum(j.state == s for j in self.jobs.values()) for s in JobState},
             "uptime_s": round(self.clock.monotonic() - self.started, 1),
+            "dropped": self.dropped,
         }

@@ -43,15 +43,33 @@ class JobStore:
             (record.job, record.state.value, _ENC.encode(record).decode(), record.created, record.updated),
         )
 
-    def load_all(self) -> list[JobRecord]:
-        rows = self._db.execute("SELECT record FROM jobs ORDER BY created").fetchall()
-        out = []
-        for (text,) in rows:
+    def load_all(self) -> tuple[list[JobRecord], list[tuple[str, str]]]:
+        """Every readable job, and (job id, why) of every row that is not (a row from an
+        incompatible build, or damaged): those are skipped, not fatal."""
+        rows = self._db.execute("SELECT job, record FROM jobs ORDER BY created").fetchall()
+        out, skipped = [], []
+        for job, text in rows:
             try:
                 out.append(_DEC.decode(text))
-            except msgspec.DecodeError as exc:  # a row from an incompatible build: keep going
-                raise StoreError(f"job store {self.path}: unreadable job record: {exc}") from None
-        return out
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                skipped.append((str(job)[:64], str(exc)[:300]))
+        return out, skipped
+
+    def state_of(self, job: str) -> str | None:
+        row = self._db.execute("SELECT state FROM jobs WHERE job = ?", (job,)).fetchone()
+        return str(row[0]) if row else None
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Jobs in a terminal state last updated before ``cutoff`` (wall clock)."""
+        rows = self._db.execute(
+            "SELECT job FROM jobs WHERE state IN ('completed', 'failed', 'cancelled') AND updated <= ? "
+            "ORDER BY updated",
+            (cutoff,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def delete(self, job: str) -> None:
+        self._db.execute("DELETE FROM jobs WHERE job = ?", (job,))
 
     def exists(self, job: str) -> bool:
         return self._db.execute("SELECT 1 FROM jobs WHERE job = ?", (job,)).fetchone() is not None

@@ -31,15 +31,25 @@ class NodeState:
         return self.birth.drained
 
 
+MAX_APPS = 64  # LC apps kept per node (the least recently reported go first)
+
+
 class ClusterView:
-    def __init__(self, interval_s: float = 1.0, missed: int = 3) -> None:
+    def __init__(self, interval_s: float = 1.0, missed: int = 3, max_nodes: int = 10_000) -> None:
         self.interval_s = interval_s
         self.missed = missed
+        self.max_nodes = max_nodes
         self.nodes: dict[str, NodeState] = {}
 
     def on_birth(self, birth: NodeBirth, now: float) -> str:
-        """'joined' (new node or new session: a new member), 'updated' (same session), or ''."""
+        """'joined' (new node or new session: a new member), 'updated' (same session), or ''
+        (refused: the view holds ``max_nodes`` live nodes; a dead one makes room)."""
         state = self.nodes.get(birth.node)
+        if state is None and len(self.nodes) >= self.max_nodes:
+            dead = [s for s in self.nodes.values() if not s.alive]
+            if not dead:
+                return ""
+            del self.nodes[min(dead, key=lambda s: s.last_seen).node]
         if state is None or state.session != birth.session or not state.alive:
             self.nodes[birth.node] = NodeState(birth.node, birth, True, now)
             return "joined"
@@ -78,7 +88,10 @@ class ClusterView:
             return []
         over = []
         for app in report.apps:
-            state.latency[app.app] = app
+            state.latency.pop(app.app, None)
+            state.latency[app.app] = app  # most recent last
+            while len(state.latency) > MAX_APPS:
+                del state.latency[next(iter(state.latency))]
             if app.deadline_ms is not None and app.count > 0 and app.p95_ms > app.deadline_ms:
                 over.append(app)
         return over

@@ -2,7 +2,6 @@
 
 from deepedge.node._daemon import NodeDaemon, run_node
 from deepedge.node._latency import LatencyIntake, LatencyWindows, percentile
-from deepedge.node._sdnotify import SystemdNotifier
 from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
 
 __all__ = [
@@ -10,7 +9,6 @@ __all__ = [
     "LatencyWindows",
     "NodeDaemon",
     "SupervisorState",
-    "SystemdNotifier",
     "WorkerSupervisor",
     "percentile",
     "run_node",

@@ -39,9 +39,9 @@ from deepedge.node._identity import default_node_id, make_birth, new_session, tr
 from deepedge.node._latency import LatencyIntake, LatencyWindows
 from deepedge.node._plans import PlanGate
 from deepedge.node._profile import BoardProfiler, ProfileError
-from deepedge.node._sdnotify import SystemdNotifier
 from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
+from deepedge.sdnotify import SystemdNotifier
 from deepedge.tasks import cancel_and_wait
 from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
 from deepedge.worker_protocol import PlanForWorker, WorkerReport

@@ -20,8 +20,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from deepedge.backoff import Backoff
 from deepedge.clock import Clock, RealClock
-from deepedge.transport import Backoff
 from deepedge.worker_protocol import COMM_THREADS, PlanForWorker, WorkerReport, decode_report_line, encode_line
 
 __all__ = ["SupervisorState", "WorkerSupervisor"]

@@ -12,16 +12,15 @@ from deepedge.transport._api import (
     TransportError,
     Will,
 )
-from deepedge.transport._backoff import Backoff
 from deepedge.transport._dispatch import Dispatcher
 from deepedge.transport._droplog import DropLog
 from deepedge.transport._fake import FakeBroker, FakeTransport
 from deepedge.transport._matching import topic_matches, validate_filter
 from deepedge.transport._mqtt import MqttTransport
+from deepedge.transport._ratelimit import RateLimiter
 from deepedge.transport._rpc import CommandFailed, Handler, Requester, error_reply, ok_reply, serve_commands
 
 __all__ = [
-    "Backoff",
     "CommandFailed",
     "ConnectHook",
     "Dispatcher",
@@ -30,6 +29,7 @@ __all__ = [
     "FakeTransport",
     "Handler",
     "MqttTransport",
+    "RateLimiter",
     "Received",
     "Refused",
     "Requester",

@@ -19,12 +19,12 @@ from aiomqtt.exceptions import MqttConnectError  # (not re-exported by aiomqtt)
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from deepedge.backoff import Backoff
 from deepedge.broker_schemas import Message, encode
 from deepedge.clock import Clock, RealClock
 from deepedge.config import BrokerConfig, ConfigError
 from deepedge.tasks import cancel_and_wait
 from deepedge.transport._api import ConnectHook, Subscription, TransportError, Will
-from deepedge.transport._backoff import Backoff
 from deepedge.transport._dispatch import Dispatcher
 from deepedge.transport._matching import validate_filter
 
@@ -200,6 +200,7 @@ class MqttTransport:
         clock: Clock | None = None,
         backoff: Backoff | None = None,
         wait_first_connect: bool = True,
+        exit_on_config_error: bool = False,
     ) -> None:
         insecure = broker.insecure_reason()
         if insecure is not None:
@@ -217,6 +218,7 @@ class MqttTransport:
         self._clock = clock or RealClock()
         self._backoff = backoff or Backoff()
         self._wait_first = wait_first_connect
+        self._exit_on_config_error = exit_on_config_error
         self._dispatcher = Dispatcher(self._clock)
         self._hooks: list[ConnectHook] = []
         self._client: aiomqtt.Client | None = None
@@ -334,9 +336,12 @@ class MqttTransport:
                     break
                 reason, config_error = _explain(exc, self._broker, self._connect_id)
                 self._last_error = reason
-                if config_error and self.connects == 0 and self._wait_first:
-                    raise ConfigError(reason) from None  # __aenter__ reports it
-                if config_error:  # a daemon keeps trying (the broker's files may be on their way)
+                if config_error and self.connects == 0 and (self._wait_first or self._exit_on_config_error):
+                    raise ConfigError(reason) from None  # __aenter__ (or wait_closed) reports it
+                if self._wait_first and self.connects == 0:
+                    # a one-shot command waiting for its first connection: its error says it all
+                    log.debug("mqtt.connect_failed", broker=self._broker.url, error=reason)
+                elif config_error:
                     log.error("mqtt.connect_refused", broker=self._broker.url, client=self.client_id, error=reason)
                 else:
                     log.warning("mqtt.disconnected", broker=self._broker.url, client=self.client_id, error=reason)
@@ -345,8 +350,22 @@ class MqttTransport:
                 self._client = None
             if not self._closing:
                 delay = self._backoff.next_delay()
-                log.info("mqtt.reconnecting", client=self.client_id, in_s=round(delay, 3))
+                quiet = self._wait_first and self.connects == 0
+                (log.debug if quiet else log.info)(
+                    "mqtt.reconnecting",
+                    broker=self._broker.url,
+                    client=self.client_id,
+                    in_s=round(delay, 3),
+                    error=self._last_error,
+                )
                 await self._clock.sleep(delay)
+
+    async def wait_closed(self) -> None:
+        """Until the connection loop ends: never while it keeps reconnecting, unless it gave up
+        on a configuration error at start (``exit_on_config_error``), which this raises."""
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
 
     # ---- publish / subscribe ------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from deepedge.broker_schemas import (
 )
 from deepedge.errors import DeepEdgeError
 from deepedge.transport._api import Received, Refused, Transport, TransportError
+from deepedge.transport._ratelimit import RateLimiter
 
 __all__ = ["CommandFailed", "Handler", "Requester", "error_reply", "ok_reply", "serve_commands"]
 
@@ -165,29 +166,14 @@ def _reply_address(payload: bytes) -> _ReplyAddress | None:
 
 
 ERROR_REPLIES_PER_S = 5.0  # per reply address, to requests that did not decode (a burst of 10 is allowed)
+ERROR_REPLIES_GLOBAL_PER_S = 50.0  # over all reply addresses
 
 
-class _ReplyLimiter:
-    """A token bucket per reply address for error replies to undecodable requests: a flood of
-    garbage must not make a daemon spend its time (and the broker's) answering it, queueing the
-    real requests behind. Decoded requests are always answered."""
-
-    def __init__(self, rate: float = ERROR_REPLIES_PER_S, burst: float = 10.0) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self.suppressed = 0
-
-    def allow(self, key: str, now: float) -> bool:
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self._buckets) > 10_000:  # forged addresses must not grow it without bound
-            self._buckets.clear()
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            self.suppressed += 1
-            return False
-        self._buckets[key] = (tokens - 1.0, now)
-        return True
+def _reply_limiter() -> RateLimiter:
+    """Error replies to undecodable requests: a flood of garbage must not make a daemon spend
+    its time (and the broker's) answering it, queueing the real requests behind. Decoded
+    requests are always answered."""
+    return RateLimiter(ERROR_REPLIES_PER_S, 10.0, global_rate=ERROR_REPLIES_GLOBAL_PER_S)
 
 
 async def serve_commands(
@@ -196,7 +182,7 @@ async def serve_commands(
     """Answer commands on ``topic_filter`` until cancelled, as node ``responder`` (None: as the
     coordinator): replies go to ``reply/<requester>/node/<responder>/<id>`` or
     ``reply/<requester>/coordinator/<id>``, the only reply topics the broker lets it write."""
-    limiter = _ReplyLimiter()
+    limiter = _reply_limiter()
     async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
         async for item in sub:
             reply: CommandReply | None = None

@@ -1,0 +1,266 @@
+"""Where the coordinator decides to re-plan, fail or exclude: pure functions of what it knows
+(jobs, the cluster view, what it learned, the time) that return actions, which the service
+executes (Flower's ``Strategy`` / ``Server`` split). No I/O, no clock, no mutation of their
+inputs: the state machine test drives them through thousands of random events.
+
+Actions:
+- ``Replan(job, why)``: plan the job again (a new generation) — or find it cannot run yet;
+- ``MarkRecovering(job, why)``: a participant is gone; the current plan cannot complete;
+- ``Exclude(job, node, why)``: leave a node out of this job (it refused the plan, its worker
+  failed or crash-looped); followed by ``Replan``, or ``Fail`` when nobody is left;
+- ``Fail(job, reason)``, ``Complete(job, why)``: terminal;
+- ``SetCap(node, limit, ...)``: the LC feedback's new cap limit for a node (AIMD);
+- ``TryImprove(job)``: ask the planner whether learned rates promise a clearly shorter job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from deepedge.broker_schemas import AppLatency, Heartbeat, JobState
+from deepedge.coordinator._jobs import JobRecord
+from deepedge.coordinator._learning import NodeLearning
+
+__all__ = [
+    "CAP_DECREASE",
+    "CAP_INCREASE",
+    "COMFORT_FRACTION",
+    "COMFORT_REPORTS",
+    "DECREASE_COOLDOWN_S",
+    "LOST_PEERS_GRACE_S",
+    "REPLAN_COOLDOWN_S",
+    "REPLAN_MIN_GAIN_S",
+    "REPLAN_RATIO",
+    "Action",
+    "Complete",
+    "Exclude",
+    "Fail",
+    "JobRuntime",
+    "LostPeers",
+    "MarkRecovering",
+    "Publish",
+    "Replan",
+    "SetCap",
+    "TryImprove",
+    "Wait",
+    "after_decision",
+    "on_heartbeat",
+    "on_latency",
+    "on_node_joined",
+    "on_node_lost",
+    "on_nodes_changed",
+    "on_tick",
+    "should_improve",
+]
+
+CAP_DECREASE = 0.8  # multiplicative decrease of a node's cap when an LC deadline is missed
+CAP_INCREASE = 0.1  # additive increase after COMFORT_REPORTS comfortable reports
+COMFORT_REPORTS = 10
+COMFORT_FRACTION = 0.7  # "comfortable": p95 under 70 % of the deadline
+DECREASE_COOLDOWN_S = 5.0
+LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long for a death notice
+# A running job is re-planned when what was learned since its plan predicts a step at least 20 %
+# shorter, saving at least REPLAN_MIN_GAIN_S over the rest of the job (re-forming costs ~1 s).
+REPLAN_RATIO = 0.8
+REPLAN_MIN_GAIN_S = 5.0
+REPLAN_COOLDOWN_S = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class Replan:
+    job: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRecovering:
+    job: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exclude:
+    job: str
+    node: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    job: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    job: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetCap:
+    node: str
+    limit: float
+    good_reports: int
+    last_decrease: float
+    why: str = ""  # set when the cap was lowered (an LC deadline was missed)
+
+
+@dataclass(frozen=True, slots=True)
+class TryImprove:
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class LostPeers:
+    """A worker of the job's current generation reported that its peers are gone."""
+
+    job: str
+    generation: int
+    node: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """The planner found a plan: publish it as the job's next generation."""
+
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """No plan now: keep the job (and its current plan, if any) and say why."""
+
+    job: str
+    reason: str
+    recovering: bool  # the job moves to RECOVERING (it was running)
+
+
+Action = Replan | MarkRecovering | Exclude | Fail | Complete | SetCap | TryImprove | LostPeers | Publish | Wait
+
+
+@dataclass
+class JobRuntime:
+    """What the coordinator tracks about a job between events (not persisted)."""
+
+    planned_at: float = -1e9  # monotonic time of its latest plan (or improvement check)
+    lost_peers: tuple[int, float, str] | None = None  # (generation, since, reporting node)
+    state_since: float = 0.0  # monotonic time of its last state change, for timeouts
+
+
+def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
+    return [
+        j for j in jobs if not j.terminal and j.plan is not None and any(a.node == node for a in j.plan.assignments)
+    ]
+
+
+def on_node_lost(node: str, reason: str, jobs: Iterable[JobRecord]) -> list[Action]:
+    out: list[Action] = []
+    for job in _using(jobs, node):
+        if job.state == JobState.RUNNING:
+            out.append(MarkRecovering(job.job, f"node {node} lost: {reason}"))
+        out.append(Replan(job.job, f"node.dead {node}"))
+    return out
+
+
+def on_node_joined(node: str, jobs: Iterable[JobRecord]) -> list[Action]:
+    return [Replan(j.job, f"node.joined {node}") for j in jobs if j.state == JobState.RECOVERING]
+
+
+def on_nodes_changed(node: str, why: str, jobs: Iterable[JobRecord]) -> list[Action]:
+    """A node was drained or undrained: re-plan the jobs it is in."""
+    return [Replan(j.job, f"{why} {node}") for j in _using(jobs, node)]
+
+
+def on_heartbeat(hb: Heartbeat, job: JobRecord, runtime: JobRuntime, now: float) -> list[Action]:
+    """A heartbeat of a participant of ``job``'s current plan (the service checked that)."""
+    if hb.state == "failed":  # its worker gave up, or the node refused the plan
+        return [Exclude(job.job, hb.node, hb.message or "its worker failed without a reason")]
+    if hb.state == "recovering" and job.state == JobState.RUNNING and runtime.lost_peers is None:
+        # A worker lost its peers. If a node died, its death notice re-plans the job; if only a
+        # worker process crashed (its daemon restarts it), nothing else will: after a short grace
+        # for a death notice to arrive first, on_tick re-plans with a new generation.
+        return [LostPeers(job.job, job.generation, hb.node, now)]
+    return []
+
+
+def on_latency(
+    node: str,
+    apps: Sequence[AppLatency],
+    learn: NodeLearning,
+    using: Sequence[JobRecord],
+    current_cap: float,
+    now: float,
+) -> list[Action]:
+    """The LC feedback (AIMD) for a steady report: a deadline missed lowers the node's cap
+    limit (once per cool-down) and re-plans the jobs it trains (not the uniform baseline, which
+    ignores LC apps as torchrun would); comfortable reports raise it slowly."""
+    over = [a for a in apps if a.deadline_ms is not None and a.count > 0 and a.p95_ms > a.deadline_ms]
+    comfortable = all(
+        a.deadline_ms is None or a.count == 0 or a.p95_ms <= COMFORT_FRACTION * a.deadline_ms for a in apps
+    )
+    if over and using:
+        if now - learn.last_decrease < DECREASE_COOLDOWN_S:
+            return []
+        limit = round(min(learn.cap_limit, current_cap) * CAP_DECREASE, 4)
+        names = ", ".join(f"{a.app} p95 {a.p95_ms:.1f} ms > {a.deadline_ms:g} ms" for a in over)
+        out: list[Action] = [SetCap(node, limit, 0, now, f"{names}; cap lowered to {limit:.2f}")]
+        return out + [Replan(j.job, f"lc.violation {node}") for j in using if j.spec.split != "uniform"]
+    if comfortable and learn.cap_limit < 1.0:
+        good = learn.good_reports + 1
+        if good >= COMFORT_REPORTS:  # slow increase, applied at the next re-plan
+            return [SetCap(node, min(1.0, round(learn.cap_limit + CAP_INCREASE, 4)), 0, learn.last_decrease)]
+        return [SetCap(node, learn.cap_limit, good, learn.last_decrease)]
+    if not comfortable and learn.good_reports:
+        return [SetCap(node, learn.cap_limit, 0, learn.last_decrease)]
+    return []
+
+
+def on_tick(
+    jobs: Iterable[JobRecord], runtimes: dict[str, JobRuntime], alive: set[str], now: float, warm_start: bool
+) -> list[Action]:
+    """Timers. ``warm_start``: the first tick after a restart's failure-detection period: keep
+    plans whose nodes are all alive, re-plan the others."""
+    out: list[Action] = []
+    for job in jobs:
+        if job.terminal:
+            continue
+        rt = runtimes.get(job.job) or JobRuntime(state_since=now)
+        if warm_start and (job.plan is None or any(a.node not in alive for a in job.plan.assignments)):
+            if job.state == JobState.RUNNING:
+                out.append(MarkRecovering(job.job, "participants lost while the coordinator was away"))
+            out.append(Replan(job.job, "coordinator restart"))
+            continue
+        if rt.lost_peers is not None:
+            generation, since, node = rt.lost_peers
+            if job.generation == generation and job.state == JobState.RUNNING and now - since >= LOST_PEERS_GRACE_S:
+                out.append(MarkRecovering(job.job, f"the worker on {node} lost its peers (a worker crashed)"))
+                out.append(Replan(job.job, "worker.lost_peers"))
+                continue
+        if job.state == JobState.RUNNING and job.spec.split != "uniform" and now - rt.planned_at >= REPLAN_COOLDOWN_S:
+            out.append(TryImprove(job.job))
+    return out
+
+
+def after_decision(
+    job: JobRecord, feasible: bool, reason: str, runtime: JobRuntime, now: float, recovery_timeout_s: float
+) -> Action:
+    """What a re-plan's outcome means for the job."""
+    if feasible:
+        return Publish(job.job)
+    if job.state in (JobState.QUEUED, JobState.PLANNING):
+        return Fail(job.job, reason)
+    if job.state == JobState.RECOVERING and now - runtime.state_since > recovery_timeout_s:
+        return Fail(job.job, f"no feasible plan for {recovery_timeout_s:g} s: {reason}")
+    return Wait(job.job, f"waiting for nodes: {reason}", recovering=job.state == JobState.RUNNING)
+
+
+def should_improve(remaining_steps: int, current_compute_s: float, new_compute_s: float) -> bool:
+    """Re-plan a running job when learned rates predict clearly shorter steps: at least 20 %
+    less compute per step and at least REPLAN_MIN_GAIN_S over the rest of the job."""
+    return (
+        new_compute_s < REPLAN_RATIO * current_compute_s
+        and remaining_steps * (current_compute_s - new_compute_s) >= REPLAN_MIN_GAIN_S
+    )
