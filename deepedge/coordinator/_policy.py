@@ -219,10 +219,16 @@ def on_latency(
 
 
 def on_tick(
-    jobs: Iterable[JobRecord], runtimes: dict[str, JobRuntime], alive: set[str], now: float, warm_start: bool
+    jobs: Iterable[JobRecord],
+    runtimes: dict[str, JobRuntime],
+    alive: set[str],
+    now: float,
+    warm_start: bool,
+    recovery_timeout_s: float,
 ) -> list[Action]:
     """Timers. ``warm_start``: the first tick after a restart's failure-detection period: keep
-    plans whose nodes are all alive, re-plan the others."""
+    plans whose nodes are all alive, re-plan the others. A job recovering for longer than the
+    recovery timeout is re-planned once more (it fails if there is still no plan)."""
     out: list[Action] = []
     for job in jobs:
         if job.terminal:
@@ -239,6 +245,9 @@ def on_tick(
                 out.append(MarkRecovering(job.job, f"the worker on {node} lost its peers (a worker crashed)"))
                 out.append(Replan(job.job, "worker.lost_peers"))
                 continue
+        if job.state == JobState.RECOVERING and now - rt.state_since > recovery_timeout_s:
+            out.append(Replan(job.job, "recovery timeout"))
+            continue
         if job.state == JobState.RUNNING and job.spec.split != "uniform" and now - rt.planned_at >= REPLAN_COOLDOWN_S:
             out.append(TryImprove(job.job))
     return out
