@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -247,7 +249,17 @@ def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
     assert share[0.5] / share[1.0] <= 0.55, share
 
 
-@pytest.mark.parametrize("problem", ["missing-checkpoint", "corrupt-checkpoint", "bad-image", "small-dataset"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "missing-checkpoint",
+        "corrupt-checkpoint",
+        "bad-image",
+        "small-dataset",
+        "symlinked-output-file",
+        "outside-roots",
+    ],
+)
 def test_bad_inputs_fail_clearly(tmp_path: Path, problem: str) -> None:
     data = make_tensor_dataset(tmp_path / "d.pt", 96)
     kw: dict[str, object] = {}
@@ -260,11 +272,19 @@ def test_bad_inputs_fail_clearly(tmp_path: Path, problem: str) -> None:
         (tmp_path / "imgs" / "cat").mkdir(parents=True)
         (tmp_path / "imgs" / "cat" / "x.jpg").write_bytes(b"\xff\xd8 broken")
         data = tmp_path / "imgs"
+    elif problem == "symlinked-output-file":  # planted where the worker writes: not followed
+        (tmp_path / "o" / "accounting").mkdir(parents=True)
+        (tmp_path / "victim").write_text("keep")
+        os.symlink(tmp_path / "victim", tmp_path / "o" / "accounting" / "a.jsonl")
+    elif problem == "outside-roots":
+        kw["dataset"] = "/etc/passwd"
     else:
         kw["global_batch"] = 500
     w = start_worker("a")
     try:
-        w.send(make_plan("j", 1, {"a": int(kw.get("global_batch", 24))}, spec(data, tmp_path / "o", **kw)))  # type: ignore[call-overload]
+        board = TrainingConfig(data_roots=(str(tmp_path),), output_root=str(tmp_path))  # what this "board" allows
+        plan = make_plan("j", 1, {"a": int(kw.get("global_batch", 24))}, spec(data, tmp_path / "o", **kw))  # type: ignore[call-overload]
+        w.send(plan, policy=board)
         failed = w.wait_report(lambda r: r.state == "failed", 60)
         assert w.proc.wait(30) == 2
     finally:
@@ -274,8 +294,43 @@ def test_bad_inputs_fail_clearly(tmp_path: Path, problem: str) -> None:
         "corrupt-checkpoint": "corrupt",
         "bad-image": "unreadable image",
         "small-dataset": "fewer than the global batch",
+        "symlinked-output-file": "is a symlink: refused",
+        "outside-roots": "outside training.data_roots",
     }[problem]
     assert expected in failed.message
+    if problem == "symlinked-output-file":
+        assert (tmp_path / "victim").read_text() == "keep"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 96 KiB tmpfs: room for the job's start, not for its first checkpoint."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(where)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()}): needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_fails_the_job_with_the_node_and_path_not_a_recovery_loop(tmp_path: Path, small_disk: Path) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 96, size=16)
+    w = start_worker("a")
+    try:
+        s = spec(data, small_disk / "o", epochs=3, global_batch=48)
+        w.send(
+            make_plan("j", 1, {"a": 48}, s),
+            policy=TrainingConfig(data_roots=(str(tmp_path),), output_root=str(small_disk)),
+        )
+        failed = w.wait_report(lambda r: r.state in ("failed", "recovering", "done"), 120)
+        assert w.proc.wait(30) == 2
+    finally:
+        stop_all([w])
+    assert failed.state == "failed" and failed.message.startswith("disk full on "), failed
+    assert str(small_disk) in failed.message
 
 
 def test_a_rank_that_set_its_group_aside_reforms_with_one_that_destroyed_its_own() -> None:

@@ -1,0 +1,324 @@
+"""Regression tests of the control plane on the in-memory broker: each case of issue #14 that
+once stopped or wedged the coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+from deepedge.broker_schemas import (
+    CommandRequest,
+    Heartbeat,
+    JobSpec,
+    JobState,
+    NodeBirth,
+    NodeDeath,
+    Plan,
+    StatusResult,
+    Telemetry,
+    Topics,
+    decode,
+    encode,
+    result_of,
+)
+from deepedge.clock import FakeClock
+from deepedge.config import Config, CoordinatorConfig
+from deepedge.coordinator import Coordinator, JobRecord, JobStore
+from deepedge.coordinator._commands import handle_command
+from deepedge.testing import answer_preflights
+from deepedge.transport import CommandFailed, FakeBroker, FakeTransport, Received
+
+T = Topics("default")
+SPEC = JobSpec(model="cnn-small", dataset="/d", output="/o", epochs=1, global_batch=32, learning_rate=0.1)
+
+
+class Cluster:
+    """A coordinator (writer and feeders running) on an in-memory broker, and a client that
+    plays the boards."""
+
+    def __init__(self, db: Path, broker: FakeBroker | None = None, clock: FakeClock | None = None) -> None:
+        self.db = db
+        self.broker = broker or FakeBroker()
+        self.clock = clock or FakeClock()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self, **cfg: Any) -> Coordinator:
+        self.transport = FakeTransport(self.broker)
+        await self.transport.__aenter__()
+        config = Config(coordinator=CoordinatorConfig(db=str(self.db), node_interval_s=1.0, **cfg))
+        self.c = Coordinator(config, self.transport, JobStore(self.db), clock=self.clock)
+        self.tasks = [
+            asyncio.create_task(self.c.writer_loop()),
+            asyncio.create_task(self.c.ingest_loop()),
+            asyncio.create_task(self.c.plan_watch_loop()),
+            asyncio.create_task(answer_preflights(self.broker, T)),
+        ]
+        self.peer = FakeTransport(self.broker)
+        await self.peer.__aenter__()
+        await self.settle()
+        await self.c.in_writer(self.c.reconcile)
+        return self.c
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.transport.__aexit__(None, None, None)
+        await self.peer.__aexit__(None, None, None)
+        self.c.close()
+        self.c.store.close()
+
+    async def settle(self) -> None:
+        for _ in range(3):
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await self.c.in_writer(_noop)
+
+    async def board(self, node: str, session: str = "s1") -> None:
+        birth = NodeBirth(node=node, session=session, ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1")
+        await self.peer.publish(T.node_status(node), birth, qos=1, retain=True)
+        await self.settle()
+
+    async def alive(self, seconds: float, *nodes: str) -> None:
+        """Let ``seconds`` pass while ``nodes`` keep sending telemetry, ticking each second."""
+        for _ in range(int(seconds)):
+            for n in nodes:
+                await self.peer.publish(T.node_telemetry(n), Telemetry(node=n, ts=1.0))
+            await self.settle()
+            self.clock.advance(1.0)
+            await self.c.in_writer(self.c.tick)
+        await self.settle()
+
+    async def command(self, verb: str, **args: Any) -> Any:
+        return await handle_command(self.c, verb, CommandRequest(request_id="r", reply_to="op", args=args))
+
+    async def submit(self, job: str, **kw: Any) -> Any:
+        args = {f: getattr(SPEC, f) for f in ("model", "dataset", "output", "epochs", "global_batch", "learning_rate")}
+        return await self.command("submit", job=job, dataset_size=320, **(args | kw))
+
+    def retained_plan(self, job: str) -> Plan | None:
+        payload = self.broker.retained.get(T.job_plan(job))
+        if payload is None:
+            return None
+        plan = decode(T.job_plan(job), payload).message
+        assert isinstance(plan, Plan)
+        return plan
+
+
+async def _noop() -> None:
+    return None
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    cl = Cluster(tmp_path / "jobs.db")
+    yield cl
+    await cl.stop()
+
+
+async def test_absurd_epochs_are_refused_at_submit_naming_the_bound(cluster: Cluster) -> None:
+    await cluster.start()
+    await cluster.board("n1")
+    with pytest.raises(CommandFailed) as err:
+        await cluster.submit("huge", epochs=10**12)
+    assert err.value.code == "bad_args" and "coordinator.max_total_steps" in err.value.message
+    with pytest.raises(CommandFailed) as err:
+        await cluster.submit("worse", epochs=2**64)  # beyond what the wire carries
+    assert err.value.code == "bad_args"
+    assert "huge" not in cluster.c.jobs and cluster.retained_plan("huge") is None
+
+
+async def test_a_retained_plan_with_an_impossible_generation_is_dropped_and_does_not_crash(cluster: Cluster) -> None:
+    await cluster.start()
+    raw = msgspec.to_builtins(
+        Plan(
+            job="evil",
+            generation=1,
+            ts=1.0,
+            spec=SPEC,
+            rendezvous_host="127.0.0.1",
+            rendezvous_port=29500,
+            backend="gloo",
+            assignments=(),
+            total_steps=1,
+        )
+    )
+    raw["generation"] = 2**64 - 1
+    with capture_logs() as logs:
+        await cluster.peer.publish_raw(T.job_plan("evil"), msgspec.msgpack.encode(raw), qos=1, retain=True)
+        await cluster.settle()
+    assert any(e["event"] == "message.dropped" for e in logs)
+    assert all(not t.done() for t in cluster.tasks)
+    await cluster.board("n1")
+    assert (await cluster.submit("j1")).ok  # still working
+
+
+async def test_drain_of_the_only_participant_then_its_worker_finishes_completes_the_job(cluster: Cluster) -> None:
+    c = await cluster.start()
+    await cluster.board("n1")
+    await cluster.submit("j1")
+    plan = cluster.retained_plan("j1")
+    assert plan is not None
+    drained = NodeBirth(
+        node="n1", session="s1", ts=2.0, memory_bytes=8 << 30, training_address="127.0.0.1", drained=True
+    )
+    await cluster.peer.publish(T.node_status("n1"), drained, qos=1, retain=True)
+    await cluster.alive(4, "n1")
+    assert c.jobs["j1"].state is JobState.RECOVERING  # no node may train: the current plan stays
+    done = Heartbeat(node="n1", ts=3.0, job="j1", generation=plan.generation, rank=0, step=10, state="done")
+    await cluster.peer.publish(T.node_heartbeat("n1"), done)
+    await cluster.settle()
+    assert c.jobs["j1"].state is JobState.COMPLETED  # RECOVERING -> COMPLETED (it raised before)
+    assert cluster.retained_plan("j1") is None
+
+
+async def test_a_cancel_while_the_planner_runs_leaves_no_plan_behind(cluster: Cluster) -> None:
+    c = await cluster.start()
+    for n in ("n1", "n2"):
+        await cluster.board(n)
+    await cluster.submit("j1")
+    slow_plan, entered = c.planner.plan, threading.Event()
+
+    def slow(*args: Any) -> Any:
+        entered.set()
+        time.sleep(0.5)
+        return slow_plan(*args)
+
+    c.planner.plan = slow  # type: ignore[method-assign]
+    await cluster.peer.publish(T.node_status("n2"), NodeDeath(node="n2", session="s1"), qos=1, retain=True)
+    await cluster.settle()
+    replanning = asyncio.create_task(c.in_writer(c.tick))
+    await asyncio.to_thread(entered.wait, 5)
+    cancelled = await cluster.command("cancel", job="j1")  # queued behind the re-plan, not inside it
+    await replanning
+    await cluster.settle()
+    assert cancelled.result["state"] == "cancelled" and c.jobs["j1"].state is JobState.CANCELLED
+    assert cluster.retained_plan("j1") is None
+
+
+async def test_a_restart_republishes_unfinished_plans_and_clears_finished_ones(cluster: Cluster) -> None:
+    """kill -9 between saving a plan and publishing it: the next coordinator publishes the
+    stored one (under its own session); a finished job's retained plan is cleared, and so is a
+    retained plan of a job the store does not know."""
+    store = JobStore(cluster.db)
+    plan = Plan(
+        job="running",
+        generation=3,
+        ts=1.0,
+        spec=SPEC,
+        rendezvous_host="127.0.0.1",
+        rendezvous_port=29500,
+        backend="gloo",
+        assignments=(),
+        total_steps=10,
+        session="old",
+    )
+    store.save(JobRecord(job="running", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.RUNNING,
+                         generation=3, plan=plan))  # fmt: skip
+    store.save(JobRecord(job="done", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.COMPLETED))
+    store.close()
+    old = msgspec.structs.replace(plan, generation=2)  # the broker is one generation behind
+    cluster.broker.retained[T.job_plan("running")] = encode(old)
+    cluster.broker.retained[T.job_plan("done")] = encode(msgspec.structs.replace(plan, job="done"))
+    cluster.broker.retained[T.job_plan("stranger")] = encode(msgspec.structs.replace(plan, job="stranger"))
+    c = await cluster.start()
+    await cluster.settle()
+    now = cluster.retained_plan("running")
+    assert now is not None and now.generation == 3 and now.session == c.session
+    assert cluster.retained_plan("done") is None and cluster.retained_plan("stranger") is None
+
+
+async def test_an_unreadable_row_is_skipped_not_fatal(cluster: Cluster) -> None:
+    store = JobStore(cluster.db)
+    store.save(JobRecord(job="good", spec=SPEC, dataset_size=320, model_bytes=0))
+    store.close()
+    with sqlite3.connect(cluster.db) as db:
+        db.execute("INSERT INTO jobs VALUES ('bad', 'running', '{not json', 0, 0)")
+    with capture_logs() as logs:
+        c = await cluster.start()
+    assert "good" in c.jobs and "bad" not in c.jobs
+    assert any(e["event"] == "store.unreadable_row" and e["job"] == "bad" for e in logs)
+
+
+async def test_a_node_failing_the_job_is_left_out_and_the_job_goes_on(cluster: Cluster) -> None:
+    c = await cluster.start()
+    for n in ("n1", "n2"):
+        await cluster.board(n)
+    await cluster.submit("j1")
+    plan = cluster.retained_plan("j1")
+    assert plan is not None and len(plan.assignments) == 2
+    rank = next(a.rank for a in plan.assignments if a.node == "n2")
+    failed = Heartbeat(
+        node="n2", ts=2.0, job="j1", generation=plan.generation, rank=rank, state="failed", message="crash loop: ..."
+    )
+    await cluster.peer.publish(T.node_heartbeat("n2"), failed)
+    await cluster.alive(4, "n1", "n2")
+    again = cluster.retained_plan("j1")
+    assert again is not None and [a.node for a in again.assignments] == ["n1"]
+    status = result_of((await cluster.command("status")).result, StatusResult)
+    (job,) = status.jobs
+    assert job.state == "running" and job.excluded == {"n2": "crash loop: ..."}
+    # the last node fails too: nobody is left, the job fails saying who and why
+    failed1 = msgspec.structs.replace(failed, node="n1", rank=0, generation=again.generation, message="disk full")
+    await cluster.peer.publish(T.node_heartbeat("n1"), failed1)
+    await cluster.alive(1, "n1", "n2")
+    assert c.jobs["j1"].state is JobState.FAILED and "n1: disk full" in c.jobs["j1"].reason
+
+
+async def test_a_node_refusing_the_preflight_is_left_out_and_all_refusing_refuses_the_job(tmp_path: Path) -> None:
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    cl.tasks[-1].cancel()
+    cl.tasks[-1] = asyncio.create_task(
+        answer_preflights(cl.broker, T, lambda node, req: "model 'x' is not in training.models" if node == "n2" else "")
+    )
+    try:
+        for n in ("n1", "n2"):
+            await cl.board(n)
+        reply = await cl.submit("j1")
+        assert reply.result["excluded"] == {"n2": "model 'x' is not in training.models"}
+        assert list(reply.result["participants"]) == ["n1"]
+        await cl.command("cancel", job="j1")
+        await cl.peer.publish(T.node_status("n1"), NodeDeath(node="n1", session="s1"), qos=1, retain=True)
+        await cl.settle()
+        with pytest.raises(CommandFailed) as err:
+            await cl.submit("j2")
+        assert err.value.code == "conflict" and "refused by every node" in err.value.message
+        assert "j2" not in c.jobs  # not stored: the id stays free
+    finally:
+        await cl.stop()
+
+
+async def test_status_pages_fit_a_reply_and_rm_frees_an_id(cluster: Cluster) -> None:
+    c = await cluster.start(max_nodes=2000)
+    for i in range(600):
+        birth = NodeBirth(
+            node=f"node-{i:04d}",
+            session="s",
+            ts=1.0,
+            memory_bytes=8 << 30,
+            training_address="127.0.0.1",
+            device_model="x" * 200,
+        )
+        await c.in_writer(lambda b=birth: c.ingest(Received(None, b, False, "")))  # type: ignore[arg-type]
+    status = result_of((await cluster.command("status")).result, StatusResult)
+    assert status.nodes_total == 600 and status.truncated and 0 < len(status.nodes) < 600
+    page2 = result_of((await cluster.command("status", offset=len(status.nodes))).result, StatusResult)
+    assert page2.nodes[0].node > status.nodes[-1].node
+    await cluster.submit("j1")
+    with pytest.raises(CommandFailed) as err:
+        await cluster.command("rm", job="j1")
+    assert err.value.code == "conflict"  # running: cancel first
+    await cluster.command("cancel", job="j1")
+    assert (await cluster.command("rm", job="j1")).result == {"removed": ["j1"]}
+    assert "j1" not in c.jobs and not c.store.exists("j1")
+    assert (await cluster.submit("j1")).ok  # the id is free again
