@@ -26,6 +26,7 @@ from deepedge.broker_schemas import (
     CoordinatorStatus,
     Event,
     Heartbeat,
+    JobSpec,
     LatencyReport,
     ModelProfile,
     NodeBirth,
@@ -40,6 +41,7 @@ from deepedge.node._commands import handle_command
 from deepedge.node._identity import default_node_id, make_birth, new_session, training_address
 from deepedge.node._latency import LatencyIntake, LatencyWindows
 from deepedge.node._plans import PlanGate
+from deepedge.node._preflight import Preflights
 from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._sdnotify import SystemdNotifier
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
@@ -111,6 +113,7 @@ class NodeDaemon:
         self.workers: dict[str, WorkerSupervisor] = {}
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
         self.crash_events = CrashEvents(self.clock)
+        self.preflights = Preflights(node, cfg, config.training)
         self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
         self.telemetry_sent = 0
         self._stop = asyncio.Event()
@@ -175,6 +178,7 @@ class NodeDaemon:
                 for job, sup in self.workers.items()
             },
             "telemetry_sent": self.telemetry_sent,
+            "preflights": {"running": sorted(self.preflights.running), "done": self.preflights.done},
             "profile": {
                 "running": self.profiler.running,
                 "last_error": self.profiler.last_error,
@@ -357,6 +361,13 @@ class NodeDaemon:
             state="failed",
             message=ex.summary()[:4000],
         )
+
+    async def preflight(self, job: str, spec: JobSpec) -> dict[str, Any]:
+        """The ``preflight`` command (``deepedge.node._preflight``). Raises PreflightBusy."""
+        result = await self.preflights.run(job, spec)
+        if not result["ok"]:
+            log.info("preflight.refused", job=job, check=result["check"], reason=result["reason"])
+        return result
 
     async def on_plan(self, job: str, plan: Plan | Cleared) -> None:
         if isinstance(plan, Cleared):  # the job ended (only the coordinator may clear it)

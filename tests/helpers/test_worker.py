@@ -25,6 +25,12 @@ from deepedge.worker_protocol import PlanForWorker, WorkerReport, decode_plan_li
 current: PlanForWorker | None = None
 
 
+def slow_model(num_classes: int) -> object:
+    """A ``module:callable`` model factory that does not return in time (the preflight's timeout)."""
+    time.sleep(60)
+    raise RuntimeError(f"too late for {num_classes} classes")
+
+
 def read_plans() -> None:
     global current
     for line in sys.stdin.buffer:
