@@ -343,6 +343,9 @@ async def test_the_preflight_command_of_a_node(
             assert not r.ok and r.error is not None and r.error.code == "bad_args" and needle in r.error.message
         r = await rpc.request(t.node_command("n1", "status"))
         assert r.result["preflights"] == {"running": [], "done": 3}
+        assert (await rpc.request(t.node_command("n1", "drain"))).ok
+        r = await rpc.request(topic, job_args(tmp_path))
+        assert r.result == {**r.result, "ok": False, "check": "drained"}, r.result
 
 
 @pytest.mark.mosquitto

@@ -77,6 +77,7 @@ class CrashEvents:
             return None
         if len(self._last) > 1024:  # bounded: forget jobs long gone
             self._last.clear()
+            self._suppressed.clear()
         self._last[job] = now
         return self._suppressed.pop(job, 0)
 
@@ -363,8 +364,12 @@ class NodeDaemon:
         )
 
     async def preflight(self, job: str, spec: JobSpec) -> dict[str, Any]:
-        """The ``preflight`` command (``deepedge.node._preflight``). Raises PreflightBusy."""
-        result = await self.preflights.run(job, spec)
+        """The ``preflight`` command (``deepedge.node._preflight``). Raises PreflightBusy. A
+        drained node says so: it would ignore the job's plan."""
+        if self.drained:
+            result = self.preflights.refusal("drained", "this node is drained (deepedge undrain)", time.monotonic())
+        else:
+            result = await self.preflights.run(job, spec)
         if not result["ok"]:
             log.info("preflight.refused", job=job, check=result["check"], reason=result["reason"])
         return result
