@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from deepedge.backoff import Backoff
 from deepedge.broker_schemas import CommandReply, CommandRequest, NodeBirth, NodeDeath, Telemetry, Topics
 from deepedge.transport import (
-    Backoff,
     MqttTransport,
     Received,
     Requester,

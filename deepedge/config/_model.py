@@ -144,6 +144,11 @@ class NodeConfig(_Section, frozen=True):
     training_address: str = ""
     # Training workers this node runs at once (plans for more jobs are refused).
     max_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Crashes of a job's worker without progress after which the node stops restarting it and
+    # reports the job failed here (a crash loop; docs/node.md, "Worker supervision").
+    worker_crash_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    # How long the ``preflight`` command's checks may take before it answers "timeout".
+    preflight_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 8.0
 
     def __post_init__(self) -> None:
         if self.training_address:

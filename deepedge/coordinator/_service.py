@@ -521,9 +521,7 @@ class Coordinator:
             self._warm = warm_start = True
         alive = {s.node for s in self.view.alive()}
         await self.apply(
-            policy.on_tick(
-                list(self.jobs.values()), self.runtime, alive, now, warm_start, self.cfg.recovery_timeout_s
-            )
+            policy.on_tick(list(self.jobs.values()), self.runtime, alive, now, warm_start, self.cfg.recovery_timeout_s)
         )
         for name in sorted(self.dirty):
             self.dirty.discard(name)

@@ -1,11 +1,14 @@
-"""Commands on ``cmd/node/<id>/<verb>``: status, drain, undrain, set-deadline, stop-worker, profile.
-Each returns a typed reply; bad arguments raise CommandFailed (a typed error reply)."""
+"""Commands on ``cmd/node/<id>/<verb>``: status, drain, undrain, set-deadline, stop-worker, profile,
+preflight. Each returns a typed reply; bad arguments raise CommandFailed (a typed error reply)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from deepedge.broker_schemas import ID_PATTERN, CommandReply, CommandRequest
+import msgspec
+
+from deepedge.broker_schemas import ID_PATTERN, CommandReply, CommandRequest, JobSpec
+from deepedge.node._preflight import PreflightBusy
 from deepedge.node._profile import ProfileError
 from deepedge.transport import CommandFailed, ok_reply
 
@@ -14,7 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["VERBS", "handle_command"]
 
-VERBS = ("status", "drain", "undrain", "set-deadline", "stop-worker", "profile")
+VERBS = ("status", "drain", "undrain", "set-deadline", "stop-worker", "profile", "preflight")
+SPEC_FIELDS = set(JobSpec.__struct_fields__)
 
 
 def _only(req: CommandRequest, allowed: set[str]) -> None:
@@ -42,6 +46,21 @@ def _profile_args(daemon: NodeDaemon, req: CommandRequest) -> tuple[str, list[fl
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0.5 <= seconds <= window:
         raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
     return model, levels, float(seconds)
+
+
+def _preflight_args(req: CommandRequest) -> tuple[str, JobSpec]:
+    """job (an id) and the job's spec fields (model, dataset, output, epochs, global_batch,
+    learning_rate, base_checkpoint, seed, split), checked as the wire checks a plan's spec."""
+    _only(req, SPEC_FIELDS | {"job"})
+    job = req.args.get("job")
+    if not isinstance(job, str) or ID_PATTERN.fullmatch(job) is None:
+        raise CommandFailed("bad_args", "job must be a job id ([A-Za-z0-9_.-]{1,64})")
+    fields = {k: v for k, v in req.args.items() if k != "job"}
+    try:
+        spec = msgspec.convert(fields, JobSpec)
+    except msgspec.ValidationError as exc:
+        raise CommandFailed("bad_args", f"not a job spec: {exc}") from None
+    return job, spec
 
 
 async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> CommandReply:
@@ -81,5 +100,12 @@ async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> 
             except ProfileError as exc:
                 raise CommandFailed("conflict", str(exc)) from None
             return ok_reply(req, started=True, model=model, levels=",".join(f"{u:g}" for u in levels), seconds=seconds)
+        case "preflight":
+            job, spec = _preflight_args(req)
+            try:
+                result = await daemon.preflight(job, spec)
+            except PreflightBusy as exc:
+                raise CommandFailed("conflict", str(exc)) from None
+            return ok_reply(req, **result)
         case _:
             raise CommandFailed("unknown_verb", f"unknown verb {verb!r}; known: {', '.join(VERBS)}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -24,6 +26,7 @@ from deepedge.broker_schemas import (
     CoordinatorStatus,
     Event,
     Heartbeat,
+    JobSpec,
     LatencyReport,
     ModelProfile,
     NodeBirth,
@@ -38,8 +41,9 @@ from deepedge.node._commands import handle_command
 from deepedge.node._identity import default_node_id, make_birth, new_session, training_address
 from deepedge.node._latency import LatencyIntake, LatencyWindows
 from deepedge.node._plans import PlanGate
+from deepedge.node._preflight import Preflights
 from deepedge.node._profile import BoardProfiler, ProfileError
-from deepedge.node._supervisor import SupervisorState, WorkerSupervisor
+from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.tasks import cancel_and_wait
@@ -49,6 +53,33 @@ from deepedge.worker_protocol import PlanForWorker, WorkerReport
 __all__ = ["NodeDaemon", "run_node"]
 
 log = structlog.get_logger("deepedge.node")
+
+CRASH_EVENT_INTERVAL_S = 5.0  # at most one worker.crashed event per job this often (the rest are counted)
+_ACTIVE = (SupervisorState.RUNNING, SupervisorState.BACKOFF)  # a worker runs, or is about to again
+
+
+class CrashEvents:
+    """Rate limit of ``worker.crashed`` events: one per job per ``interval_s``; the crashes in
+    between are counted and the next event says how many were not reported."""
+
+    def __init__(self, clock: Clock, interval_s: float = CRASH_EVENT_INTERVAL_S) -> None:
+        self.clock = clock
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, job: str) -> int | None:
+        """None: do not send this one (counted); else send it, with this many suppressed before."""
+        now = self.clock.monotonic()
+        last = self._last.get(job)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[job] = self._suppressed.get(job, 0) + 1
+            return None
+        if len(self._last) > 1024:  # bounded: forget jobs long gone
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[job] = now
+        return self._suppressed.pop(job, 0)
 
 
 class NodeDaemon:
@@ -82,6 +113,8 @@ class NodeDaemon:
         self.profiler = BoardProfiler(cfg, self.windows, self.clock)
         self.workers: dict[str, WorkerSupervisor] = {}
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
+        self.crash_events = CrashEvents(self.clock)
+        self.preflights = Preflights(node, cfg, config.training)
         self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
         self.telemetry_sent = 0
         self._stop = asyncio.Event()
@@ -138,11 +171,15 @@ class NodeDaemon:
                     "pid": sup.pid,
                     "generation": sup.generation,
                     "restarts": sup.restarts,
+                    "crashes": sup.crashes,
+                    "last_exit": sup.last_exit,
+                    "last_why": sup.last_why,
                     "step": sup.last_report.step if sup.last_report else None,
                 }
                 for job, sup in self.workers.items()
             },
             "telemetry_sent": self.telemetry_sent,
+            "preflights": {"running": sorted(self.preflights.running), "done": self.preflights.done},
             "profile": {
                 "running": self.profiler.running,
                 "last_error": self.profiler.last_error,
@@ -190,7 +227,7 @@ class NodeDaemon:
     async def stop_workers(self, job: str | None = None) -> list[str]:
         stopped = []
         for name, sup in list(self.workers.items()):
-            if (job is None or name == job) and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF):
+            if (job is None or name == job) and sup.state in (*_ACTIVE, SupervisorState.FAILED):
                 await sup.stop()
                 stopped.append(name)
                 await self.emit("worker.stopped", "stopped by command", job=name)
@@ -202,28 +239,140 @@ class NodeDaemon:
         return list(self.config.node.worker_command) or [sys.executable, "-m", "deepedge.training.worker"]
 
     def _supervisor(self, job: str) -> WorkerSupervisor:
+        """The job's supervisor; a new one if there is none or its supervision task has ended."""
         sup = self.workers.get(job)
-        if sup is None:
+        task = self._worker_tasks.get(job)
+        if sup is None or task is None or task.done():
+            cfg = self.config.node
             sup = WorkerSupervisor(
                 self.worker_command(),
                 job,
                 self._on_report,
+                on_exit=self._on_exit,
+                crash_limit=cfg.worker_crash_limit,
                 clock=self.clock,
-                cpus=self.config.node.cpu_affinity,
-                nice=self.config.node.worker_nice,
-                comm_nice=self.config.node.worker_comm_nice,
+                cpus=cfg.cpu_affinity,
+                nice=cfg.worker_nice,
+                comm_nice=cfg.worker_comm_nice,
             )
             self.workers[job] = sup
-            self._worker_tasks[job] = asyncio.create_task(sup.run(), name=f"worker:{job}")
+            task = asyncio.create_task(sup.run(), name=f"worker:{job}")
+            task.add_done_callback(functools.partial(self._supervision_ended, sup))
+            self._worker_tasks[job] = task
         return sup
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a task that is kept (not garbage-collected) and whose exception is
+        logged, never lost."""
+        task = asyncio.create_task(coro, name=name)
+        self._pending.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("task.failed", task=task.get_name(), error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    def _supervision_ended(self, sup: WorkerSupervisor, task: asyncio.Task[None]) -> None:
+        """A supervision task ends only when cancelled (a stop); anything else is a bug that
+        must not go unseen: logged at error, the worker FAILED here, and reported."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        error = f"{type(exc).__name__}: {exc}" if exc is not None else "it returned"
+        log.error("worker.supervision_failed", job=sup.job, error=error, exc_info=exc)
+        plan = sup.current_plan
+        failure = WorkerExit(
+            job=sup.job,
+            generation=plan.plan.generation if plan else 0,
+            rank=plan.assignment.rank if plan else 0,
+            world_size=len(plan.plan.assignments) if plan else 0,
+            exit_code=sup.last_exit if sup.last_exit is not None else -1,
+            why=f"the worker's supervision on {self.node} failed: {error}"[:2000],
+            kind="failed",
+            crashes=sup.crashes,
+            first_generation=plan.plan.generation if plan else 0,
+            restarts=sup.restarts,
+            step=sup.last_report.step if sup.last_report else 0,
+        )
+        sup.fail(failure)
+        self._background(self._report_supervision_failed(failure, plan is not None), f"report:{sup.job}")
+
+    async def _report_supervision_failed(self, failure: WorkerExit, planned: bool) -> None:
+        await self.emit("worker.supervision_failed", failure.why, level="error", job=failure.job)
+        if planned:
+            await self._publish_heartbeat(self._failed_heartbeat(failure))
 
     def _on_report(self, report: WorkerReport) -> None:
         if report.state in ("done", "failed", "recovering"):  # news the coordinator acts on: say so at once
             if report.state == "failed":
-                log.warning("worker.failed", job=report.job, message=report.message)
-            task = asyncio.create_task(self._publish_heartbeat(self._heartbeat(report.job, report)))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+                log.warning("worker.reported_failed", job=report.job, message=report.message)
+            self._background(self._publish_heartbeat(self._heartbeat(report.job, report)), f"heartbeat:{report.job}")
+
+    def _on_exit(self, ex: WorkerExit) -> None:
+        self._background(self._report_exit(ex), f"report:{ex.job}")
+
+    async def _report_exit(self, ex: WorkerExit) -> None:
+        """Tell the operator (events) and the coordinator (a failed heartbeat) about a worker
+        that exited other than with success."""
+        if ex.kind == "failed":  # exit 2: a TrainingError; not restarted
+            await self.emit(
+                "worker.failed", ex.why, level="error", job=ex.job, exit_code=ex.exit_code, generation=ex.generation
+            )
+            if not ex.reported_failed:  # else the worker's own failed report went out already
+                await self._publish_heartbeat(self._failed_heartbeat(ex))
+            return
+        suppressed = self.crash_events.allow(ex.job)
+        if suppressed is not None:
+            await self.emit(
+                "worker.crashed",
+                f"exit code {ex.exit_code}: {ex.why}",
+                level="warning",
+                job=ex.job,
+                exit_code=ex.exit_code,
+                why=ex.why,
+                restarts=ex.restarts,
+                crashes=ex.crashes,
+                generation=ex.generation,
+                suppressed=suppressed,
+            )
+        if ex.kind == "crash_loop":
+            await self.emit(
+                "worker.crash_loop",
+                ex.summary(),
+                level="error",
+                job=ex.job,
+                exit_code=ex.exit_code,
+                why=ex.why,
+                crashes=ex.crashes,
+                limit=self.config.node.worker_crash_limit,
+                generation=ex.generation,
+            )
+            await self._publish_heartbeat(self._failed_heartbeat(ex))
+
+    def _failed_heartbeat(self, ex: WorkerExit) -> Heartbeat:
+        return Heartbeat(
+            node=self.node,
+            ts=self.clock.time(),
+            job=ex.job,
+            generation=ex.generation,
+            rank=ex.rank,
+            world_size=ex.world_size,
+            step=min(max(0, ex.step), MAX_INT),
+            state="failed",
+            message=ex.summary()[:4000],
+        )
+
+    async def preflight(self, job: str, spec: JobSpec) -> dict[str, Any]:
+        """The ``preflight`` command (``deepedge.node._preflight``). Raises PreflightBusy. A
+        drained node says so: it would ignore the job's plan."""
+        if self.drained:
+            result = self.preflights.refusal("drained", "this node is drained (deepedge undrain)", time.monotonic())
+        else:
+            result = await self.preflights.run(job, spec)
+        if not result["ok"]:
+            log.info("preflight.refused", job=job, check=result["check"], reason=result["reason"])
+        return result
 
     async def on_plan(self, job: str, plan: Plan | Cleared) -> None:
         if isinstance(plan, Cleared):  # the job ended (only the coordinator may clear it)
@@ -246,7 +395,7 @@ class NodeDaemon:
 
     async def _stop_job(self, job: str, why: str) -> None:
         sup = self.workers.get(job)
-        if sup is not None and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF):
+        if sup is not None and sup.state in (*_ACTIVE, SupervisorState.FAILED):
             log.info("plan.not_for_me", job=job, why=why)
             await sup.stop()
 
@@ -365,11 +514,16 @@ class NodeDaemon:
             log.debug("heartbeat.unsent", error=str(exc))
 
     async def heartbeat_loop(self) -> None:
+        """A running worker's latest report; a FAILED one's failure, again every interval until a
+        plan without this node (or a cleared plan) arrives, so a coordinator that missed it (or
+        restarted) still learns it."""
         while True:
             await self.clock.sleep(self.config.node.heartbeat_interval_s)
             for job, sup in list(self.workers.items()):
                 if sup.state is SupervisorState.RUNNING and sup.last_report is not None:
                     await self._publish_heartbeat(self._heartbeat(job, sup.last_report))
+                elif sup.state is SupervisorState.FAILED and sup.failure is not None:
+                    await self._publish_heartbeat(self._failed_heartbeat(sup.failure))
 
     async def plan_loop(self) -> None:
         """Plans and the coordinator's status, in the order they arrive (one subscription each,

@@ -176,36 +176,54 @@ def _reply_limiter() -> RateLimiter:
     return RateLimiter(ERROR_REPLIES_PER_S, 10.0, global_rate=ERROR_REPLIES_GLOBAL_PER_S)
 
 
+MAX_CONCURRENT_COMMANDS = 16  # requests handled at once by one server; more wait their turn
+
+
 async def serve_commands(
     transport: Transport, topics: Topics, topic_filter: str, handler: Handler, *, responder: str | None = None
 ) -> None:
     """Answer commands on ``topic_filter`` until cancelled, as node ``responder`` (None: as the
     coordinator): replies go to ``reply/<requester>/node/<responder>/<id>`` or
-    ``reply/<requester>/coordinator/<id>``, the only reply topics the broker lets it write."""
+    ``reply/<requester>/coordinator/<id>``, the only reply topics the broker lets it write.
+    Each request is handled in a task of its own (at most MAX_CONCURRENT_COMMANDS at once), so
+    a slow one (a pre-flight, a submit waiting for it) does not hold up a quick ``status``."""
     limiter = _reply_limiter()
-    async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
-        async for item in sub:
-            reply: CommandReply | None = None
-            address: _ReplyAddress | None = None
-            match item:
-                case Received(topic=parsed, message=CommandRequest() as req):
-                    address = _ReplyAddress(req.request_id, req.reply_to)
-                    reply = await _call(handler, parsed.verb or "", req)
-                case Refused(payload=payload, error=error):
-                    address = _reply_address(payload) if error.reason != SchemaErrorReason.TOO_LARGE else None
-                    if address is not None and not limiter.allow(address.reply_to, time.monotonic()):
-                        address = None  # the refusal itself is in the drop log
-                    if address is not None:
+    slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
+    running: set[asyncio.Task[None]] = set()
+
+    async def answer(address: _ReplyAddress, reply: CommandReply) -> None:
+        try:
+            await transport.publish(topics.reply(address.reply_to, address.request_id, responder), reply, qos=1)
+        except DeepEdgeError as exc:
+            log.warning("command.reply_failed", request_id=address.request_id, error=str(exc))
+
+    async def handle(verb: str, req: CommandRequest) -> None:
+        try:
+            await answer(_ReplyAddress(req.request_id, req.reply_to), await _call(handler, verb, req))
+        finally:
+            slots.release()
+
+    try:
+        async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
+            async for item in sub:
+                match item:
+                    case Received(topic=parsed, message=CommandRequest() as req):
+                        await slots.acquire()
+                        task = asyncio.create_task(handle(parsed.verb or "", req), name=f"command:{parsed.verb}")
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                    case Refused(payload=payload, error=error):
+                        address = _reply_address(payload) if error.reason != SchemaErrorReason.TOO_LARGE else None
+                        if address is None or not limiter.allow(address.reply_to, time.monotonic()):
+                            continue  # the refusal itself is in the drop log
                         code: ErrorCode = (
                             "unknown_verb" if error.reason == SchemaErrorReason.BAD_TOPIC else "bad_request"
                         )
-                        reply = error_reply(address.request_id, code, str(error))
-            if reply is None or address is None:
-                continue
-            try:
-                await transport.publish(topics.reply(address.reply_to, address.request_id, responder), reply, qos=1)
-            except DeepEdgeError as exc:
-                log.warning("command.reply_failed", request_id=address.request_id, error=str(exc))
+                        await answer(address, error_reply(address.request_id, code, str(error)))
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _call(handler: Handler, verb: str, req: CommandRequest) -> CommandReply:

@@ -1,0 +1,158 @@
+"""The ``preflight`` command's work on the node: before a job's first plan, check on this board
+what can be checked here and answer within a few seconds.
+
+The board's policy (``[training]``) is checked here first, without torch. The rest needs torch,
+which the daemon never imports: it runs ``python -m deepedge.training.preflight`` (one JSON
+request on stdin: this node, the job, its spec, this board's own ``[training]``; one JSON line
+back) on the training worker's CPUs and at its priority, killed (its whole process group) after
+``node.preflight_timeout_s``. One preflight per job at a time; a second one of the same job while
+the first runs is refused (``conflict``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import msgspec
+import structlog
+
+from deepedge.broker_schemas import JobSpec
+from deepedge.config import NodeConfig, TrainingConfig
+from deepedge.job_policy import JobRefused, check_job
+
+__all__ = ["PreflightAnswer", "PreflightBusy", "Preflights"]
+
+log = structlog.get_logger("deepedge.node")
+
+MAX_OUTPUT = 1 << 16  # bytes of the checker's stdout / stderr kept
+
+
+class PreflightAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The checker's answer line (``deepedge.training.preflight``), as the daemon takes it."""
+
+    ok: bool
+    check: str = ""  # the check that failed
+    reason: str = ""  # "node <id>: <check>: <why>"
+    samples: int = 0
+    classes: int = 0
+    params: int = 0
+    checkpoint_bytes: int = 0
+    free_bytes: int = 0
+    needed_bytes: int = 0
+    seconds: float = 0.0  # the checker's own time, from reading the request to answering
+    import_s: float = 0.0  # of which importing torch and the model registry
+
+
+_ANSWER = msgspec.json.Decoder(PreflightAnswer)
+
+
+class PreflightBusy(Exception):
+    """A preflight of this job is already running on this node."""
+
+
+class Preflights:
+    def __init__(self, node: str, cfg: NodeConfig, training: TrainingConfig) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.training = training
+        self.running: dict[str, float] = {}  # job -> monotonic start
+        self.done = 0
+
+    def refusal(self, check: str, why: str, started: float) -> dict[str, Any]:
+        return {
+            "ok": False,
+            "node": self.node,
+            "check": check,
+            "reason": f"node {self.node}: {check}: {why}"[:4000],
+            "wall_s": round(time.monotonic() - started, 3),
+        }
+
+    async def run(self, job: str, spec: JobSpec) -> dict[str, Any]:
+        """The reply's result: ``{"ok": true, ...figures}`` or ``{"ok": false, "check", "reason"}``.
+        Raises PreflightBusy if this job's preflight is already running here."""
+        if job in self.running:
+            raise PreflightBusy(
+                f"a preflight of job {job} is already running on {self.node} "
+                f"(for {time.monotonic() - self.running[job]:.1f} s); ask again when it has answered"
+            )
+        started = time.monotonic()
+        self.running[job] = started
+        try:
+            try:
+                check_job(spec, self.training)  # torch-free and instant: no process for a refusal
+            except JobRefused as exc:
+                return self.refusal("policy", str(exc), started)
+            return await self._checker(job, spec, started)
+        finally:
+            del self.running[job]
+            self.done += 1
+
+    async def _checker(self, job: str, spec: JobSpec, started: float) -> dict[str, Any]:
+        timeout = self.cfg.preflight_timeout_s
+        request = msgspec.json.encode({"node": self.node, "job": job, "spec": spec, "policy": self.training})
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "deepedge.training.preflight",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # its own process group, killed as one
+            )
+        except OSError as exc:
+            return self.refusal("internal", f"cannot start the preflight checker: {exc}", started)
+        try:
+            # as the training worker runs: on its CPUs, at its priority (not in the idle class: it
+            # must answer within seconds)
+            if self.cfg.cpu_affinity:
+                os.sched_setaffinity(proc.pid, self.cfg.cpu_affinity)
+            os.setpriority(os.PRIO_PROCESS, proc.pid, self.cfg.worker_nice)
+        except OSError as exc:
+            log.warning("preflight.priority_failed", job=job, error=str(exc))
+        try:
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate(request + b"\n")
+        except TimeoutError:
+            log.warning("preflight.timeout", job=job, timeout_s=timeout)
+            return self.refusal(
+                "timeout", f"the checks did not answer within {timeout:g} s (node.preflight_timeout_s)", started
+            )
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        answer = _last_answer(out[-MAX_OUTPUT:])
+        if answer is None:
+            tail = err[-MAX_OUTPUT:].decode(errors="replace").strip().splitlines()
+            why = tail[-1][:500] if tail else "no output"
+            return self.refusal(
+                "internal", f"the preflight checker exited {proc.returncode} without an answer: {why}", started
+            )
+        result: dict[str, Any] = {"ok": answer.ok, "node": self.node}
+        if answer.ok:
+            result.update(msgspec.structs.asdict(answer))
+            del result["check"], result["reason"]
+        else:
+            result.update(check=answer.check, reason=answer.reason[:4000], seconds=answer.seconds)
+        result["wall_s"] = round(time.monotonic() - started, 3)
+        log.info("preflight.done", job=job, ok=answer.ok, check=answer.check, wall_s=result["wall_s"])
+        return result
+
+
+def _last_answer(out: bytes) -> PreflightAnswer | None:
+    for line in reversed(out.splitlines()):
+        if not line.strip().startswith(b"{"):
+            continue
+        try:
+            return _ANSWER.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    return None

@@ -1,0 +1,335 @@
+"""``python -m deepedge.training.preflight``: before a job's first plan, check on this board what
+can be checked here, so a bad job is refused at submit instead of crash-looping its workers.
+
+One JSON request on stdin (``PreflightRequest``: this node's id, the job, its spec, and the
+board's own ``[training]`` policy — passed by the daemon from its configuration, never taken
+from the job), one JSON line on stdout, exit 0 (ok) or 2 (refused):
+
+    {"ok": true, "samples": N, "classes": C, "params": P, "checkpoint_bytes": B,
+     "free_bytes": F, "needed_bytes": X, "seconds": t, "import_s": i}
+    {"ok": false, "check": "<check>", "reason": "node <id>: <check>: <why>", "seconds": t}
+
+The checks, in order (the first that fails answers):
+
+- ``policy``: the board's own ``[training]`` (``deepedge.job_policy.check_job``; the reason
+  names the key to change);
+- ``output``: the output folder can be created and written (``ensure_dir``, then a temporary
+  file written with ``write_atomic`` and removed; never through a symlink);
+- ``dataset``: it exists, is readable, has at least ``global_batch`` samples (an image folder's
+  files are counted per class, not decoded; a tensor file is loaded with the safe loader) and
+  its samples decode (the first image of each class, at most ``DECODE_IMAGES``);
+- ``model``: it builds for the dataset's class count;
+- ``base_checkpoint``: it loads into the model;
+- ``sample``: the model takes the decoded samples (a forward pass in eval mode: shapes fit,
+  the output is finite);
+- ``seed``: the job's seeds make a ``torch.Generator``;
+- ``disk``: the free space at the output holds what the job will write: the newest
+  ``training.keep_checkpoints`` epoch checkpoints while the next is written (or ``model.pt``
+  at the end), each parameters + buffers + momentum, and this node's accounting log, with a
+  margin (``needed_bytes``).
+
+It imports nothing from ``deepedge.node`` or ``deepedge.transport``; torch only once the
+torch-free checks have passed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from deepedge.broker_schemas import JobSpec
+from deepedge.config import TrainingConfig
+from deepedge.job_policy import JobRefused, check_job
+from deepedge.training._errors import TrainingError
+from deepedge.training._files import ensure_dir, write_atomic
+
+__all__ = [
+    "DECODE_IMAGES",
+    "IMAGE_SIZE",
+    "PreflightRequest",
+    "Refused",
+    "free_bytes",
+    "main",
+    "needed_bytes",
+    "preflight",
+]
+
+DECODE_IMAGES = 16  # images decoded from an image folder: the first of each class, at most this many
+FORWARD_SAMPLES = 4  # of them through the model
+IMAGE_SIZE = 32  # as the worker loads them (deepedge.training._data.load_dataset)
+MARGIN = 1.1  # needed bytes: what the job writes * this, + MARGIN_BYTES
+MARGIN_BYTES = 1 << 20
+# The image folder's suffixes (deepedge.training._data.IMAGE_SUFFIXES, which imports torch; a
+# test keeps the two equal).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm"})
+
+
+class PreflightRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    node: str
+    job: str
+    spec: JobSpec
+    policy: TrainingConfig  # the board's own [training], from its daemon's configuration
+
+
+class Refused(Exception):
+    """A check failed: ``check`` names it, the message says why."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass
+class _Samples:
+    count: int
+    classes: list[str]
+    x: Any  # (n, C, H, W) uint8 or float tensor of decoded samples, n >= 1
+    shown: str  # which samples, for messages
+
+
+@dataclass
+class _Folder:
+    """An image folder, counted and sampled without torch."""
+
+    root: Path
+    count: int
+    classes: list[str]
+    images: list[bytes]  # decoded RGB samples, IMAGE_SIZE x IMAGE_SIZE x 3
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def needed_bytes(checkpoint: int, keep: int, samples: int, epochs: int, global_batch: int) -> int:
+    """What a job writes at most at its output, with the margin: ``keep`` epoch checkpoints
+    and the one being written (the next epoch's, or model.pt), and this node's accounting log
+    (every step records every node's sample ids: ``epochs * samples`` ids, and ~200 bytes a step)."""
+    steps = epochs * math.ceil(samples / global_batch)
+    accounting = epochs * samples * (len(str(max(0, samples - 1))) + 2) + steps * 200
+    return math.ceil(((keep + 1) * checkpoint + accounting) * MARGIN) + MARGIN_BYTES
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+
+
+def _check_output(output: Path, node: str) -> None:
+    try:
+        ensure_dir(output)
+        probe = output / f".preflight-{node}-{os.getpid()}"
+        with write_atomic(probe) as fh:
+            fh.write(b"deepedge preflight\n")
+        probe.unlink(missing_ok=True)
+    except TrainingError as exc:
+        raise Refused("output", str(exc)) from None
+    except OSError as exc:
+        raise Refused("output", f"output folder {output}: {exc.strerror or exc}") from None
+
+
+def _image_folder(root: Path, global_batch: int) -> _Folder:
+    try:
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise Refused("dataset", f"dataset {root}: {exc.strerror or exc}") from None
+    if not classes:
+        raise Refused("dataset", f"dataset {root}: no class folders (expected <root>/<class>/<image>)")
+    firsts: list[Path] = []
+    count = 0
+    for name in classes:
+        try:
+            images = sorted(e.name for e in os.scandir(root / name) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise Refused("dataset", f"dataset {root}: class folder {name}: {exc.strerror or exc}") from None
+        count += len(images)
+        if images and len(firsts) < DECODE_IMAGES:
+            firsts.append(root / name / images[0])
+    if count == 0:
+        raise Refused("dataset", f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if count < global_batch:
+        raise Refused("dataset", f"dataset {root} has {count} samples, fewer than the global batch {global_batch}")
+    return _Folder(root, count, classes, [_decode(path, root) for path in firsts])
+
+
+def _decode(path: Path, root: Path) -> bytes:
+    """One image as the worker decodes it (RGB, resized), opened without following symlinks."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with (
+            os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh,
+            Image.open(fh) as img,
+        ):
+            return img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).tobytes()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise Refused("dataset", f"dataset {root}: unreadable image {path}: {exc}") from None
+
+
+def _folder_samples(folder: _Folder) -> _Samples:
+    import torch
+
+    x = torch.stack(
+        [torch.frombuffer(bytearray(b), dtype=torch.uint8).view(IMAGE_SIZE, IMAGE_SIZE, 3) for b in folder.images]
+    )
+    shown = f"{len(folder.images)} images (the first of each class)"
+    return _Samples(folder.count, folder.classes, x.permute(0, 3, 1, 2).contiguous(), shown)
+
+
+def _tensor_file(path: Path, global_batch: int) -> _Samples:
+    from deepedge.training._data import load_dataset
+
+    try:
+        data = load_dataset(str(path))
+    except TrainingError as exc:
+        raise Refused("dataset", str(exc)) from None
+    if len(data) < global_batch:
+        raise Refused("dataset", f"dataset {path} has {len(data)} samples, fewer than the global batch {global_batch}")
+    if len(data) == 0:
+        raise Refused("dataset", f"dataset {path}: no samples")
+    return _Samples(len(data), data.classes, data.x[:FORWARD_SAMPLES], "its first samples")
+
+
+def _dataset(path: Path, global_batch: int) -> _Folder | Path:
+    """An image folder counted and sampled (torch-free), or the tensor file to load."""
+    if path.is_dir():
+        return _image_folder(path, global_batch)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise Refused("dataset", f"dataset {path}: not a file or folder")
+    raise Refused("dataset", f"dataset {path}: no such file or folder")
+
+
+def _forward(model: Any, samples: _Samples) -> None:
+    import torch
+
+    from deepedge.training._data import TensorDataset
+
+    n = min(FORWARD_SAMPLES, len(samples.x))
+    ds = TensorDataset(samples.x[:n], torch.zeros(n, dtype=torch.long), samples.classes)
+    x, _ = ds.batch(torch.arange(n))
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise Refused("sample", f"the model does not take {samples.shown} of the dataset: {str(exc)[:300]}") from None
+    if tuple(out.shape) != (n, len(samples.classes)):
+        raise Refused(
+            "sample", f"the model gives {tuple(out.shape)} for {n} samples, not ({n}, {len(samples.classes)}) classes"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise Refused("sample", f"the model's output for {samples.shown} is not finite")
+
+
+def preflight(req: PreflightRequest) -> dict[str, Any]:
+    """Run the checks; the answer (without ``seconds``). Raises Refused."""
+    spec = req.spec
+    try:
+        checked = check_job(spec, req.policy)
+    except JobRefused as exc:
+        raise Refused("policy", str(exc)) from None
+    _check_output(checked.output, req.node)
+    dataset = _dataset(checked.dataset, spec.global_batch)
+    t = time.perf_counter()
+    import torch
+
+    from deepedge.training._models import build_model, load_checkpoint
+
+    import_s = time.perf_counter() - t
+    samples = _folder_samples(dataset) if isinstance(dataset, _Folder) else _tensor_file(dataset, spec.global_batch)
+    try:
+        model = build_model(spec.model, len(samples.classes))
+    except TrainingError as exc:
+        raise Refused("model", str(exc)) from None
+    except Exception as exc:  # a module:callable factory may raise anything
+        raise Refused("model", f"model {spec.model!r}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    if checked.base_checkpoint is not None:
+        try:
+            load_checkpoint(model, checked.base_checkpoint)
+        except TrainingError as exc:
+            raise Refused("base_checkpoint", str(exc)) from None
+    _forward(model, samples)
+    try:
+        for epoch in (0, spec.epochs - 1):
+            torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch)  # as the trainer draws its permutations
+    except (RuntimeError, OverflowError, ValueError) as exc:
+        raise Refused("seed", f"seed {spec.seed} does not make a torch.Generator seed: {exc}") from None
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    checkpoint = state + momentum
+    needed = needed_bytes(checkpoint, req.policy.keep_checkpoints, samples.count, spec.epochs, spec.global_batch)
+    try:
+        free = free_bytes(checked.output)
+    except OSError as exc:
+        raise Refused("disk", f"free space at {checked.output}: {exc.strerror or exc}") from None
+    if free < needed:
+        raise Refused(
+            "disk",
+            f"needs {_mb(needed)} free at {checked.output} ({req.policy.keep_checkpoints} + 1 checkpoints of "
+            f"{_mb(checkpoint)}, the accounting log, a margin), has {_mb(free)}",
+        )
+    return {
+        "ok": True,
+        "samples": samples.count,
+        "classes": len(samples.classes),
+        "params": params,
+        "checkpoint_bytes": checkpoint,
+        "free_bytes": free,
+        "needed_bytes": needed,
+        "import_s": round(import_s, 3),
+    }
+
+
+def answer(raw: bytes) -> tuple[dict[str, Any], int]:
+    """The JSON answer to one request line and the exit code."""
+    t0 = time.perf_counter()
+    node = "?"
+    try:
+        req = msgspec.json.decode(raw, type=PreflightRequest)
+        node = req.node
+        result = preflight(req)
+        code = 0
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        result, code = _refusal(node, "request", f"not a preflight request: {exc}"), 2
+    except Refused as exc:
+        result, code = _refusal(node, exc.check, str(exc)), 2
+    except OSError as exc:  # anything the checks did not foresee on this board's files
+        check = "disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "internal"
+        result, code = _refusal(node, check, f"{type(exc).__name__}: {exc}"), 2
+    except Exception as exc:  # a bug: still an answer, naming it
+        result, code = _refusal(node, "internal", f"{type(exc).__name__}: {str(exc)[:500]}"), 2
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result, code
+
+
+def _refusal(node: str, check: str, why: str) -> dict[str, Any]:
+    return {"ok": False, "check": check, "reason": f"node {node}: {check}: {why}"[:4000]}
+
+
+def main() -> int:
+    result, code = answer(sys.stdin.buffer.readline(1 << 20))
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)  # not sys.exit: the interpreter's teardown after torch took 0.4 s of the answer
