@@ -1,6 +1,6 @@
-"""Typed contracts of the coordinator's commands: one struct for each verb's arguments (decoded
-from ``CommandRequest.args`` with :func:`args_of`) and one for each reply's result, shared by the
-coordinator that answers and the CLI that asks. Unknown arguments are refused; every number is
+"""Typed contracts of the commands: one struct for each verb's arguments (decoded from
+``CommandRequest.args`` with :func:`args_of`) and one for each reply's result, shared by the
+daemon that answers (coordinator or node) and the CLI that asks. Unknown arguments are refused; every number is
 bounded like everything else on the wire."""
 
 from __future__ import annotations
@@ -21,12 +21,21 @@ __all__ = [
     "DrainResult",
     "JobSummary",
     "LcSummary",
+    "NoArgs",
     "NodeSummary",
+    "PreflightArgs",
+    "ProfileArgs",
+    "ProfileStarted",
+    "ReasonArgs",
     "RmArgs",
     "RmResult",
+    "SetDeadlineArgs",
+    "SetDeadlineResult",
     "ShareCap",
     "StatusArgs",
     "StatusResult",
+    "StopWorkerArgs",
+    "StopWorkerResult",
     "SubmitArgs",
     "args_of",
     "result_of",
@@ -196,3 +205,65 @@ class RmArgs(_Args, frozen=True, kw_only=True):
 
 class RmResult(_Result, frozen=True, kw_only=True):
     removed: list[Id]
+
+
+# ---- the node's verbs (cmd/node/<id>/<verb>) -----------------------------------------------
+
+
+class NoArgs(_Args, frozen=True, kw_only=True):
+    """``status``: no arguments."""
+
+
+class ReasonArgs(_Args, frozen=True, kw_only=True):
+    """``drain`` / ``undrain`` on a node: why (shown in events)."""
+
+    reason: Text = ""
+
+
+class SetDeadlineArgs(_Args, frozen=True, kw_only=True):
+    app: Id
+    deadline_ms: Annotated[float, msgspec.Meta(gt=0, lt=1e7)] | None = None  # None: remove it
+
+
+class SetDeadlineResult(_Result, frozen=True, kw_only=True):
+    app: Id
+    deadline_ms: NonNeg | None = None
+
+
+class StopWorkerArgs(_Args, frozen=True, kw_only=True):
+    job: Id | None = None  # None: every worker
+
+
+class StopWorkerResult(_Result, frozen=True, kw_only=True):
+    stopped: list[Id]
+
+
+class ProfileArgs(_Args, frozen=True, kw_only=True):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "cnn-small"
+    levels: ShortStr | None = None  # comma-separated intensities in (0, 1]
+    seconds: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] | None = None
+
+
+class ProfileStarted(_Result, frozen=True, kw_only=True):
+    started: bool
+    model: ShortStr
+    levels: ShortStr
+    seconds: NonNeg
+
+
+class PreflightArgs(_Args, frozen=True, kw_only=True):
+    """``preflight``: the job and its spec's fields, checked as the wire checks a plan's spec."""
+
+    job: Id
+    model: ShortStr
+    dataset: Text
+    output: Text
+    epochs: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    global_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    learning_rate: Annotated[float, msgspec.Meta(gt=0, le=1e6)]
+    base_checkpoint: Text | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
+    split: Literal["planned", "uniform"] = "planned"
+
+    def spec(self) -> JobSpec:
+        return JobSpec(**{f: getattr(self, f) for f in JobSpec.__struct_fields__})

@@ -121,8 +121,10 @@ class NodeConfig(_Section, frozen=True):
     latency_socket: str = "/run/deepedge/latency.sock"
     lc_apps: tuple[LcApp, ...] = ()
     heartbeat_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
-    # The training worker; empty means ``python -m deepedge.training.worker`` (issue #6).
+    # The training worker; empty means ``python -m deepedge.training.worker``.
     worker_command: tuple[str, ...] = ()
+    # The pre-flight checker; empty means ``python -m deepedge.training.preflight``.
+    preflight_command: tuple[str, ...] = ()
     # Collectors to skip even when available, e.g. ["nvml"].
     disabled_collectors: tuple[str, ...] = ()
     # CPUs the training worker may run on (empty: all); e.g. keep it off an LC app's cores.

@@ -8,10 +8,9 @@ import contextlib
 import functools
 import math
 import os
-import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -37,6 +36,7 @@ from deepedge.broker_schemas import (
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config, ConfigError
 from deepedge.job_policy import JobRefused, check_job
+from deepedge.lifecycle import run_daemon
 from deepedge.node._commands import handle_command
 from deepedge.node._identity import default_node_id, make_birth, new_session, training_address
 from deepedge.node._latency import LatencyIntake, LatencyWindows
@@ -46,7 +46,6 @@ from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
-from deepedge.tasks import cancel_and_wait
 from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
 from deepedge.worker_protocol import PlanForWorker, WorkerReport
 
@@ -117,7 +116,6 @@ class NodeDaemon:
         self.preflights = Preflights(node, cfg, config.training)
         self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
         self.telemetry_sent = 0
-        self._stop = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
 
     # ---- messages -----------------------------------------------------------------------------
@@ -556,9 +554,12 @@ class NodeDaemon:
                 if not isinstance(item, Received):
                     continue
                 match item.message:
-                    case NodeDeath():
-                        log.warning("node.death_notice_while_alive", session=item.message.session)
-                        await self.publish_birth()
+                    case NodeDeath(session=s):
+                        if item.retain and s != self.session:  # an earlier run's goodbye, seen on start
+                            log.info("node.earlier_session_ended", session=s)
+                        else:  # our own will published while we live, or a forgery
+                            log.warning("node.death_notice_while_alive", session=s)
+                        await self.publish_birth()  # (retained: the record says this node lives)
                     case NodeBirth(session=s, ts=ts) if s != self.session and ts > self.started:
                         log.error("node.id_conflict", other_session=s, hint="two daemons use the same node id")
 
@@ -569,41 +570,29 @@ class NodeDaemon:
             self.notifier.status(f"{state}; drained={self.drained}; workers={','.join(running) or 'none'}")
             await asyncio.sleep(10)
 
-    async def run(self) -> None:
-        await self.intake.start()
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self.telemetry_loop()),
-                    tg.create_task(self.heartbeat_loop()),
-                    tg.create_task(self.plan_loop()),
-                    tg.create_task(self.self_status_loop()),
-                    tg.create_task(
-                        serve_commands(
-                            self.transport,
-                            self.topics,
-                            self.topics.node_commands(self.node),
-                            lambda verb, req: handle_command(self, verb, req),
-                            responder=self.node,
-                        )
-                    ),
-                    tg.create_task(self.notifier.watchdog_loop()),
-                    tg.create_task(self.status_line_loop()),
-                ]
-                await self._stop.wait()
-                await cancel_and_wait(tasks)  # the group would cancel once, and wait for ever
-                raise _Stop
-        except* _Stop:
-            pass
-        finally:
-            self.intake.close()
+    def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        """What the daemon runs until it stops (``deepedge.lifecycle`` watches them)."""
 
-    def request_stop(self) -> None:
-        self._stop.set()
+        async def serve() -> None:
+            await serve_commands(
+                self.transport,
+                self.topics,
+                self.topics.node_commands(self.node),
+                lambda verb, req: handle_command(self, verb, req),
+                responder=self.node,
+            )
+
+        return [
+            self.telemetry_loop,
+            self.heartbeat_loop,
+            self.plan_loop,
+            self.self_status_loop,
+            serve,
+            self.status_line_loop,
+        ]
 
     async def shutdown(self) -> None:
         """Stop workers, then say goodbye: a retained offline status (not the will)."""
-        self.notifier.stopping()
         if self.profiler.task is not None:
             self.profiler.task.cancel()
             with contextlib.suppress(BaseException):
@@ -624,36 +613,31 @@ class NodeDaemon:
             c.close()
 
 
-class _Stop(Exception):
-    pass
-
-
 def _finite(x: float, low: float, high: float) -> float:
     """``x`` clamped to [low, high]; ``low`` if it is not a number."""
     return min(high, max(low, x)) if math.isfinite(x) else low
 
 
 async def run_node(config: Config, *, node_id: str | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
+    """Run the daemon until SIGTERM/SIGINT (``deepedge.lifecycle``); returns the exit code."""
     node = node_id or config.node.id or default_node_id()
     if ID_PATTERN.fullmatch(node) is None:
         raise ConfigError(f"node id {node!r} does not match [A-Za-z0-9_.-]{{1,64}} (node.id / --node-id)")
-    session = new_session()
-    topics = Topics(config.cluster.name)
-    notifier = SystemdNotifier()
-    will = Will(topics.node_status(node), NodeDeath(node=node, session=session, reason="lost"))
     if config.broker.username and config.broker.username != node:
         raise ConfigError(
             f"node id {node!r} is not broker.username {config.broker.username!r}: the broker lets a node publish "
             "only under its own user name (set node.id to it)"
         )
+    session = new_session()
+    notifier = SystemdNotifier()
     transport = MqttTransport(
         config.broker,
         client_id=f"deepedge-node-{node}"[:64],
         identity_client_id=True,
-        will=will,
+        will=Will(Topics(config.cluster.name).node_status(node), NodeDeath(node=node, session=session, reason="lost")),
         persistent=True,
         wait_first_connect=False,
+        exit_on_config_error=True,
     )
     collectors = await asyncio.to_thread(
         probe_collectors, config.node.telemetry_interval_s, config.node.disabled_collectors
@@ -668,24 +652,26 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
         notifier=notifier,
         training_address=address,
     )
-    first = asyncio.Event()
-
-    async def on_connect() -> None:
-        await daemon.publish_birth()
-        if not first.is_set():
-            first.set()
-            notifier.ready(f"connected to {config.broker.url} as {node}")
-            log.info("node.ready", node=node, session=session, cluster=config.cluster.name, pid=os.getpid())
-
-    transport.add_connect_hook(on_connect)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.request_stop)
-    log.info("node.starting", node=node, broker=config.broker.url, collectors=[c.name for c in collectors])
-    async with transport:
-        await daemon.run()
-        log.info("node.stopping", node=node)
-        await daemon.shutdown()
-    notifier.close()
-    log.info("node.stopped", node=node, at=time.time())
-    return 0
+    log.info(
+        "node.starting",
+        node=node,
+        session=session,
+        broker=config.broker.url,
+        training_address=address,
+        collectors=[c.name for c in collectors],
+        pid=os.getpid(),
+    )
+    await daemon.intake.start()
+    try:
+        return await run_daemon(
+            "node",
+            transport,
+            daemon.loops(),
+            on_connect=daemon.publish_birth,
+            goodbye=daemon.shutdown,
+            ready=f"connected to {config.broker.url} as {node}",
+            notifier=notifier,
+            goodbye_timeout_s=15.0,
+        )
+    finally:
+        daemon.intake.close()

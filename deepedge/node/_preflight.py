@@ -98,9 +98,7 @@ class Preflights:
         request = msgspec.json.encode({"node": self.node, "job": job, "spec": spec, "policy": self.training})
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "deepedge.training.preflight",
+                *(self.cfg.preflight_command or (sys.executable, "-m", "deepedge.training.preflight")),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

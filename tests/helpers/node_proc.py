@@ -12,6 +12,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "test_worker.py")]
+PREFLIGHT = [sys.executable, str(ROOT / "tests" / "helpers" / "stand_in_preflight.py")]
 
 
 @dataclass
@@ -61,7 +62,9 @@ def start_node(
         f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
         f'latency_window_s = {latency_window_s}\nlatency_socket = "{sock}"\n'
         f'profile_path = "{tmp / node}-profile.json"\n'
-        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n{node_extra}\n"
+        f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n"
+        + (f"preflight_command = {json.dumps(PREFLIGHT)}\n" if worker is None else "")
+        + f"{node_extra}\n"
         f'[training]\nmodel_modules = ["test"]\ndata_roots = ["{tmp}"]\n'
         f'output_root = "{tmp}"\n{apps}'
     )
