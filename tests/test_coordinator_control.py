@@ -322,3 +322,33 @@ async def test_status_pages_fit_a_reply_and_rm_frees_an_id(cluster: Cluster) -> 
     assert (await cluster.command("rm", job="j1")).result == {"removed": ["j1"]}
     assert "j1" not in c.jobs and not c.store.exists("j1")
     assert (await cluster.submit("j1")).ok  # the id is free again
+
+
+async def test_a_heartbeat_from_a_non_participant_or_at_another_rank_changes_nothing(cluster: Cluster) -> None:
+    """Before: a forged `failed` heartbeat of a node not in the job failed the job."""
+    c = await cluster.start()
+    for n in ("n1", "n2", "n3"):
+        await cluster.board(n)
+    await cluster.submit("j1", global_batch=32)
+    plan = cluster.retained_plan("j1")
+    assert plan is not None and {a.node for a in plan.assignments} == {"n1", "n2", "n3"}
+    await cluster.command("cancel", job="j1")
+    await cluster.submit("j2", global_batch=32)
+    plan = cluster.retained_plan("j2")
+    assert plan is not None
+    ranks = {a.node: a.rank for a in plan.assignments}
+    outsider = Heartbeat(node="n9", ts=1.0, job="j2", generation=plan.generation, rank=0, state="failed")
+    wrong_rank = Heartbeat(
+        node="n1", ts=1.0, job="j2", generation=plan.generation, rank=(ranks["n1"] + 1) % 3, state="failed"
+    )
+    replayed = Heartbeat(node="n1", ts=1.0, job="j2", generation=plan.generation - 1, rank=ranks["n1"], state="failed")
+    for hb in (outsider, wrong_rank, replayed):
+        await cluster.peer.publish(T.node_heartbeat(hb.node), hb)
+    await cluster.settle()
+    job = c.jobs["j2"]
+    assert job.state is JobState.RUNNING and job.excluded == {} and job.generation == plan.generation
+    assert all("j2" not in s.heartbeats for s in c.view.nodes.values())  # none of them was kept
+    for i in range(200):  # invented job ids do not grow the coordinator's memory
+        await cluster.peer.publish(T.node_heartbeat("n1"), msgspec.structs.replace(outsider, node="n1", job=f"x{i}"))
+    await cluster.settle()
+    assert len(c.view.nodes["n1"].heartbeats) <= 1

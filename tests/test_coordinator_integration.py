@@ -60,7 +60,14 @@ async def cluster_up(
     for n in nodes:
         procs.append(
             start_node(
-                tmp, mosquitto.url, cluster, n, lc_apps=lc_apps, worker=worker, latency_window_s=latency_window_s
+                tmp,
+                mosquitto.url,
+                cluster,
+                n,
+                lc_apps=lc_apps,
+                worker=worker,
+                latency_window_s=latency_window_s,
+                stand_in_preflight=worker is None,
             )
         )
     seen: set[str] = set()

@@ -151,10 +151,10 @@ async def test_commands_answer_and_bad_commands_get_typed_errors(
         assert r.result["lc_apps"]["det"]["deadline_ms"] == 35.0
 
         r = await rpc.request(t.node_command("n1", "drain"), {"reason": "maintenance"})
-        assert r.ok and r.result == {"drained": True}
+        assert r.ok and r.result == {"node": "n1", "drained": True}
         assert (await wait_for(status, lambda m: isinstance(m, NodeBirth) and m.drained)).drained
         r = await rpc.request(t.node_command("n1", "undrain"))
-        assert r.ok and r.result == {"drained": False}
+        assert r.ok and r.result == {"node": "n1", "drained": False}
 
         for verb, args, code in [
             ("fly", {}, "unknown_verb"),

@@ -115,7 +115,7 @@ async def test_a_partitioned_node_is_dropped_within_3_s_and_rejoins_when_the_lin
     plans = await watcher.subscribe(t.job_plan("part"))
     procs.append(start_coordinator(tmp_path, broker.url, cluster, interval=1.0))
     await wait_for(coord, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
-    procs.append(start_node(tmp_path, broker.url, cluster, "inside", interval=1.0))
+    procs.append(start_node(tmp_path, broker.url, cluster, "inside", interval=1.0, stand_in_preflight=True))
     remote = f"mqtt://{host_ip}:{broker.port}"
     procs.append(
         start_node(
@@ -126,6 +126,7 @@ async def test_a_partitioned_node_is_dropped_within_3_s_and_rejoins_when_the_lin
             interval=1.0,
             prefix=["ip", "netns", "exec", ns],
             env={"DEEPEDGE_BROKER_ALLOW_INSECURE": "true"},  # plaintext over the test veth
+            stand_in_preflight=True,
         )
     )
     seen: set[str] = set()

@@ -334,10 +334,10 @@ async def test_the_preflight_command_of_a_node(
         assert r.result["check"] == "policy" and "training.model_modules" in r.result["reason"]
         assert r.result["wall_s"] < 1  # the policy is checked in the daemon: no process
         for args, needle in [
-            (job_args(tmp_path, job="bad job"), "job must be a job id"),
-            (job_args(tmp_path, epochs=0), "not a job spec"),
-            (job_args(tmp_path, colour="red"), "unknown argument(s): colour"),
-            ({k: v for k, v in job_args(tmp_path).items() if k != "model"}, "not a job spec"),
+            (job_args(tmp_path, job="bad job"), "must be an id ([A-Za-z0-9_.-]{1,64}) (job)"),
+            (job_args(tmp_path, epochs=0), "Expected `int` >= 1 (epochs)"),
+            (job_args(tmp_path, colour="red"), "unknown argument `colour`"),
+            ({k: v for k, v in job_args(tmp_path).items() if k != "model"}, "missing argument `model`"),
         ]:
             r = await rpc.request(topic, args)
             assert not r.ok and r.error is not None and r.error.code == "bad_args" and needle in r.error.message

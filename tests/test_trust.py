@@ -127,3 +127,29 @@ async def test_a_forged_plan_naming_a_foreign_rendezvous_is_ignored(
     finally:
         trap.close()
         await watcher.publish(t.job_plan("j1"), None, qos=1, retain=True)
+
+
+def test_the_rendezvous_store_listens_on_the_training_address_only(tmp_path: Path) -> None:
+    """Rank 0 hosts the store of its generation on its own training address, not on every
+    interface (torch's TCPStore listens on all of them when given a host name)."""
+    import psutil
+
+    data = make_tensor_dataset(tmp_path / "d.pt", 200, size=8)
+    port = free_port()
+    plan = make_plan("j", 1, {"a": 20, "absent": 20}, spec(data, tmp_path / "out"), port=port)
+    worker = start_worker("a")
+    try:
+        worker.send(plan)  # rank 0; rank 1 never comes, so it waits at the rendezvous
+        deadline = time.monotonic() + 60
+        listening: list[tuple[str, int]] = []
+        while time.monotonic() < deadline and not any(p == port for _, p in listening):
+            time.sleep(0.2)
+            listening = [
+                (c.laddr.ip, c.laddr.port)
+                for c in psutil.Process(worker.proc.pid).net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
+        assert (("127.0.0.1", port)) in listening, (listening, worker.stderr[-5:])
+        assert all(ip == "127.0.0.1" for ip, _ in listening), listening
+    finally:
+        stop_all([worker])

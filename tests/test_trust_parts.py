@@ -232,3 +232,65 @@ def test_the_default_model_allow_list_is_the_registry() -> None:
     from deepedge.training._models import _REGISTRY
 
     assert set(BUILTIN_MODELS) == set(_REGISTRY)
+
+
+def test_an_event_speaks_only_for_the_source_its_topic_names() -> None:
+    from deepedge.broker_schemas import Event
+
+    ev = Event(ts=1.0, source="node/n2", event="job.refused", node="n2")
+    with pytest.raises(SchemaError) as err:
+        decode(T.events("n1"), encode(ev))  # n1's topic, n2's name
+    assert err.value.reason.value == "id_mismatch"
+    with pytest.raises(SchemaError):
+        decode(T.events(), encode(ev))  # the coordinator's topic
+    assert decode(T.events("n2"), encode(ev)).message == ev
+
+
+def test_the_rendezvous_is_rank_0s_own_training_address_and_a_node_without_one_cannot_train() -> None:
+    from deepedge.broker_schemas import NodeBirth
+    from deepedge.coordinator import ClusterView
+    from deepedge.coordinator._learning import NodeLearning
+    from deepedge.coordinator._planner_io import node_models, to_plan
+    from deepedge.coordinator.planner import Planner
+
+    view = ClusterView()
+    for node, addr in (("a", "10.0.0.7"), ("b", "evil.example.com"), ("c", "")):
+        view.on_birth(
+            NodeBirth(node=node, session="s", ts=1.0, memory_bytes=8 << 30, hostname="attacker.example",
+                      training_address=addr),
+            0.0,
+        )  # fmt: skip
+    spec = JobSpec(model="cnn-small", dataset="/d", output="/o", epochs=1, global_batch=8, learning_rate=0.1)
+    job = JobRecord(job="j", spec=spec, dataset_size=80, model_bytes=0)
+    learning = {n: NodeLearning(ThroughputModel(prior=10.0)) for n in "abc"}
+    models = {m.node: m for m in node_models(view, learning, job)}
+    assert not models["a"].unavailable
+    assert "training address" in models["b"].unavailable and "training address" in models["c"].unavailable
+    decision = Planner().plan(list(models.values()), job_model_of(job))
+    assert decision.participants == ("a",) and "training address" in decision.excluded["b"]
+    plan = to_plan(job, decision, view, 1, 29500, 1.0, "sess")
+    assert plan.rendezvous_host == "10.0.0.7" and plan.session == "sess"
+
+
+def job_model_of(job: JobRecord) -> object:
+    from deepedge.coordinator._planner_io import job_model
+
+    return job_model(job)
+
+
+def test_checkpoints_are_loaded_only_on_a_torch_whose_weights_only_loader_is_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from deepedge.training import TrainingError
+    from deepedge.training._files import load_weights, safe_torch
+
+    assert not safe_torch("2.5.1") and not safe_torch("2.3.0+cu121") and not safe_torch("1.13.0")
+    assert safe_torch("2.6.0") and safe_torch("2.13.0+cpu") and safe_torch("3.0.0a0")
+    path = tmp_path / "w.pt"
+    torch.save({"x": torch.zeros(2)}, path)
+    assert torch.equal(load_weights(path, "checkpoint")["x"], torch.zeros(2))
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(TrainingError, match="CVE-2025-32434"):
+        load_weights(path, "checkpoint")

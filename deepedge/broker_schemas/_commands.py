@@ -64,6 +64,9 @@ def args_of(args: dict[str, Any], cls: type[A]) -> A:
         text = re.sub(r" - at `\$\.?(\w*)`", r" (\1)", str(exc))
         text = text.replace("Object contains unknown field", "unknown argument")
         text = text.replace("Object missing required field", "missing argument")
+        text = text.replace(
+            "Expected `str` matching regex '^[A-Za-z0-9_.-]{1,64}$'", "must be an id ([A-Za-z0-9_.-]{1,64})"
+        )
         raise ArgsError(text) from None
 
 

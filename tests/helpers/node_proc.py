@@ -50,9 +50,11 @@ def start_node(
     latency_window_s: float = 30,
     node_extra: str = "",
     prefix: list[str] | None = None,
+    stand_in_preflight: bool = False,
 ) -> NodeProc:
     """``node_extra``: more TOML lines for the [node] section; ``prefix``: a command it runs
-    under (e.g. ``ip netns exec NS``)."""
+    under (e.g. ``ip netns exec NS``); ``stand_in_preflight``: answer pre-flights with
+    tests/helpers/stand_in_preflight.py (for jobs of the stand-in worker's ``test:*`` models)."""
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
     apps = "".join(f'\n[[node.lc_apps]]\nname = "{a}"\ndeadline_ms = {d}\n' for a, d in (lc_apps or {}).items())
@@ -63,7 +65,7 @@ def start_node(
         f'latency_window_s = {latency_window_s}\nlatency_socket = "{sock}"\n'
         f'profile_path = "{tmp / node}-profile.json"\n'
         f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n"
-        + (f"preflight_command = {json.dumps(PREFLIGHT)}\n" if worker is None else "")
+        + (f"preflight_command = {json.dumps(PREFLIGHT)}\n" if stand_in_preflight else "")
         + f"{node_extra}\n"
         f'[training]\nmodel_modules = ["test"]\ndata_roots = ["{tmp}"]\n'
         f'output_root = "{tmp}"\n{apps}'
