@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepedge.demo._profiles import BoardProfile
+from deepedge.demo._boards import BoardProfile
 from deepedge.training import StepTiming, step_timing, verify_accounting
 
 if TYPE_CHECKING:
