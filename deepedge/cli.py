@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as _copy
 import json
 import sys
 import time
@@ -14,9 +15,9 @@ import typer
 from deepedge import __version__
 from deepedge.config import LoadedConfig, load_config, render_json, render_toml
 from deepedge.errors import DeepEdgeError, ExitCode
-from deepedge.log_setup import configure_logging
+from deepedge.log_setup import CONNECTION_EVENTS, configure_logging
 
-__all__ = ["app", "main"]
+__all__ = ["GLOBAL_OPTIONS", "app", "command", "main"]
 
 app = typer.Typer(
     name="deepedge",
@@ -38,19 +39,40 @@ deploy_app = typer.Typer(
 app.add_typer(deploy_app, name="deploy")
 
 
+# The global options: before the command (``deepedge --cluster lab status``) or after it
+# (``deepedge status --cluster lab``); the config key each sets (None: --config, the file).
+GLOBAL_OPTIONS: dict[str, str | None] = {
+    "config": None,
+    "broker": "broker.url",
+    "cluster": "cluster.name",
+    "log_level": "log.level",
+    "log_format": "log.format",
+}
+
+
 @dataclass
 class CliState:
     config_path: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def set_global(self, name: str, value: Any) -> None:
+        """A global option given after the command (it wins over the same one before it)."""
+        key = GLOBAL_OPTIONS[name]
+        if key is None:
+            self.config_path = Path(value)
+        else:
+            self.overrides[key] = value
+
     def load(self, *, quiet: bool = False, **more: Any) -> LoadedConfig:
-        """The effective config; configures logging. ``quiet``: an operator command, whose own
-        log lines (connects and such) are only shown at warning and above unless asked for."""
-        loaded = load_config(self.config_path, overrides={**self.overrides, **more})
+        """The effective config; configures logging. ``quiet``: a one-shot operator command, whose
+        own log lines are only shown at warning and above unless asked for, and whose MQTT
+        reconnect events are debug events (its one-line error says what went wrong)."""
+        given = {key: value for key, value in more.items() if value is not None}  # (a command's own option)
+        loaded = load_config(self.config_path, overrides={**self.overrides, **given})
         level = loaded.config.log.level
         if quiet and loaded.source_of("log.level") == "default":
             level = "warning"
-        configure_logging(level, loaded.config.log.format)
+        configure_logging(level, loaded.config.log.format, demote=CONNECTION_EVENTS if quiet else ())
         return loaded
 
 
@@ -566,10 +588,42 @@ for _name, _help in _DEPLOY_HELP.items():
     deploy_app.command(_name, help=_help)(deploy_cmd)
 
 
+def _global_option_after_command(ctx: Any, param: Any, value: Any) -> None:
+    if value is not None and isinstance(ctx.obj, CliState):
+        ctx.obj.set_global(param.name, value)
+
+
+def _with_global_options(group: Any, options: list[Any]) -> None:
+    """Give every command and group under ``group`` the root's global options, unless it has an
+    option of that name itself (``node --cluster`` means the same; ``deploy --cluster`` and
+    ``demo --broker`` do not, and keep theirs). The root's callback (which makes the CliState)
+    runs before a command's options are parsed, so each one's callback can set it."""
+    for command in getattr(group, "commands", {}).values():
+        taken = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+        for option in options:
+            if taken & set(option.opts):
+                continue
+            copy = _copy.copy(option)
+            copy.expose_value = False
+            copy.callback = _global_option_after_command
+            copy.rich_help_panel = "Global options (also before the command)"
+            command.params.append(copy)
+        _with_global_options(command, options)
+
+
+def command() -> Any:
+    """The click command of the app, global options accepted before or after each command."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    _with_global_options(root, [p for p in root.params if p.name in GLOBAL_OPTIONS])
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app and maps deepedge errors to exit codes."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = command().main(args=argv, standalone_mode=False)
     except DeepEdgeError as exc:
         typer.echo(f"deepedge: error: {exc}", err=True)
         return int(exc.exit_code)
