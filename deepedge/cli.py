@@ -177,7 +177,8 @@ def _count_samples(dataset: str) -> int | None:
 def submit_cmd(
     ctx: typer.Context,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Job spec as TOML (keys as the flags, with _).")
+        Path | None,
+        typer.Option("--file", "-f", help="Job spec as TOML: the keys are these flags' names with _ (learning_rate)."),
     ] = None,
     job: Annotated[str | None, typer.Option(help="Job id (default: generated).")] = None,
     model: Annotated[str | None, typer.Option(help="Model name or module:callable.")] = None,
@@ -185,7 +186,9 @@ def submit_cmd(
     output: Annotated[str | None, typer.Option(help="Where checkpoints and the final model go.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
     global_batch: Annotated[int | None, typer.Option("--global-batch", help="Samples per step, all nodes.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", "--lr", help="Learning rate (--lr for short).")
+    ] = None,
     base_checkpoint: Annotated[str | None, typer.Option("--base-checkpoint", help="Checkpoint to fine-tune.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data permutation.")] = None,
     split: Annotated[
@@ -198,16 +201,8 @@ def submit_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Submit a retraining job (flags, or a TOML file that flags override)."""
-    import tomllib
+    from deepedge.ops import job_spec, read_job_file
 
-    from deepedge.config import ConfigError
-
-    spec: dict[str, Any] = {}
-    if file is not None:
-        try:
-            spec = tomllib.loads(file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"job file {file}: {exc}") from None
     flags = {
         "job": job,
         "model": model,
@@ -222,10 +217,12 @@ def submit_cmd(
         "dataset_size": dataset_size,
         "model_bytes": model_bytes,
     }
-    spec.update({k: v for k, v in flags.items() if v is not None})
-    missing = [k for k in ("model", "dataset", "output", "epochs", "global_batch", "learning_rate") if k not in spec]
+    spec, missing = job_spec(read_job_file(file) if file is not None else {}, flags)
     if missing:
-        raise typer.BadParameter(f"missing: {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        raise typer.BadParameter(
+            f"missing: {', '.join('--' + m.replace('_', '-') for m in missing)}"
+            + (f" (or {', '.join(missing)} in {file})" if file is not None else "")
+        )
     if "dataset_size" not in spec:
         counted = _count_samples(str(spec["dataset"]))
         if counted is None:

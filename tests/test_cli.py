@@ -142,6 +142,57 @@ def test_an_unreachable_broker_is_one_line_and_exit_75() -> None:
     assert r.returncode == ExitCode.TEMPFAIL and r.stderr.count("\n") == 1
 
 
+UNREACHABLE = {"DEEPEDGE_BROKER_CONNECT_TIMEOUT_S": "0.5", "DEEPEDGE_BROKER_URL": "mqtt://127.0.0.1:9"}
+JOB = {"model": "cnn-small", "dataset": "/data", "output": "/out", "epochs": 1, "global_batch": 8, "dataset_size": 80}
+
+
+def job_file(tmp_path: Path, **fields: object) -> Path:
+    f = tmp_path / "job.toml"
+    f.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
+    return f
+
+
+def test_submit_names_a_missing_learning_rate_as_help_shows_it() -> None:
+    r = run("submit", *[f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()])
+    assert r.returncode == ExitCode.USAGE
+    assert "missing: --learning-rate" in r.stderr
+    assert "--learning-rate" in run("submit", "--help").stdout
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--lr"])
+def test_submit_takes_learning_rate_or_its_alias_lr(flag: str) -> None:
+    # past the spec's checks, it goes for the broker (unreachable here: exit 75)
+    r = run("submit", *[f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()], flag, "0.1", env=UNREACHABLE)
+    assert r.returncode == ExitCode.TEMPFAIL, r.stderr
+
+
+@pytest.mark.parametrize("key", ["learning_rate", "lr"])
+def test_a_job_file_uses_the_flags_names(tmp_path: Path, key: str) -> None:
+    r = run("submit", "--file", str(job_file(tmp_path, **JOB, **{key: 0.1})), env=UNREACHABLE)
+    assert r.returncode == ExitCode.TEMPFAIL, r.stderr
+
+
+def test_a_job_file_missing_a_field_names_the_flag_and_the_key(tmp_path: Path) -> None:
+    f = job_file(tmp_path, **JOB)
+    r = run("submit", "--file", str(f))
+    assert r.returncode == ExitCode.USAGE
+    assert f"missing: --learning-rate (or learning_rate in {f})" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"learning_rte": 0.1}, "unknown key 'learning_rte'"),
+        ({"lr": 0.1, "learning_rate": 0.2}, "'lr' and 'learning_rate' are the same field"),
+        ({"learning_rate": [0.1]}, "learning_rate must be a string, a number or a boolean"),
+    ],
+)
+def test_a_bad_job_file_is_one_line_and_exit_78(tmp_path: Path, fields: dict[str, object], needle: str) -> None:
+    r = run("submit", "--file", str(job_file(tmp_path, **JOB, **fields)))
+    assert r.returncode == ExitCode.CONFIG
+    assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+
+
 def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     f = tmp_path / "d.toml"
     f.write_text('[broker]\npassword = "s3cret"\n')

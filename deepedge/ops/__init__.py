@@ -1,14 +1,20 @@
 """Operator-side helpers for the CLI: requests to the coordinator, tables, event tailing."""
 
+from deepedge.ops._job import JOB_ALIASES, JOB_FIELDS, REQUIRED_JOB_FIELDS, job_spec, read_job_file
 from deepedge.ops._logs import format_event, tail_events
 from deepedge.ops._request import CommandError, coordinator_request, profile_node, run_profile
 from deepedge.ops._tables import status_tables
 
 __all__ = [
+    "JOB_ALIASES",
+    "JOB_FIELDS",
+    "REQUIRED_JOB_FIELDS",
     "CommandError",
     "coordinator_request",
     "format_event",
+    "job_spec",
     "profile_node",
+    "read_job_file",
     "run_profile",
     "status_tables",
     "tail_events",
