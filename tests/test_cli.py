@@ -211,6 +211,16 @@ def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
     assert r.stderr.count("\n") == 1 and "broker.keepalive_s" in r.stderr
 
 
+@pytest.mark.parametrize("what", ["directory", "not utf-8", "unreadable"])
+def test_an_unusable_config_file_is_one_line_and_exit_78(tmp_path: Path, what: str) -> None:
+    path = {"directory": tmp_path, "not utf-8": tmp_path / "l1.toml", "unreadable": Path("/proc/self/mem")}[what]
+    if what == "not utf-8":
+        path.write_bytes(b'[cluster]\nname = "caf\xe9"\n')
+    r = run("--config", str(path), "status")
+    assert r.returncode == ExitCode.CONFIG
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"deepedge: error: config file {path} "), r.stderr
+
+
 def test_usage_error_exits_2() -> None:
     r = run("config", "show", "--no-such-flag")
     assert r.returncode == ExitCode.USAGE
