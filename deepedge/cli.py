@@ -387,8 +387,11 @@ def profile_cmd(
     FECBench-style; the node keeps the result and announces it, the coordinator plans with it."""
     import asyncio
 
+    from deepedge.broker_schemas import ID_PATTERN
     from deepedge.ops import profile_node
 
+    if ID_PATTERN.fullmatch(node) is None:
+        raise typer.BadParameter(f"node id {node!r} does not match [A-Za-z0-9_.-]{{1,64}}")
     loaded = ctx.obj.load(quiet=True)
     args = {"model": model, "levels": levels, "seconds": seconds}
 
