@@ -15,7 +15,7 @@ import typer
 from deepedge import __version__
 from deepedge.config import LoadedConfig, load_config, render_json, render_toml
 from deepedge.errors import DeepEdgeError, ExitCode
-from deepedge.log_setup import CONNECTION_EVENTS, configure_logging
+from deepedge.log_setup import CONNECTION_EVENTS, LEVELS, configure_logging
 
 __all__ = ["GLOBAL_OPTIONS", "app", "command", "main"]
 
@@ -249,11 +249,9 @@ def status_cmd(
     if as_json:
         _print_json(result)
         return
-    from rich.console import Console
+    from deepedge.ops import make_console, show, status_tables
 
-    from deepedge.ops import status_tables
-
-    Console().print(status_tables(result))
+    show(make_console(), status_tables(result))
 
 
 @app.command("cancel")
@@ -310,6 +308,7 @@ def logs_cmd(
 
 @app.command("demo")
 def demo_cmd(
+    ctx: typer.Context,
     nodes: Annotated[int, typer.Option(min=2, max=12, help="Emulated boards (the first two run an LC app).")] = 4,
     kill_after: Annotated[
         float, typer.Option("--kill-after", min=0, help="SIGKILL a board this many seconds into training.")
@@ -329,12 +328,12 @@ def demo_cmd(
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
-    from rich.console import Console
-
     from deepedge.demo import DemoOptions, render_report, run_demo
     from deepedge.demo._live import LiveView
+    from deepedge.ops import esc, make_console, say
 
-    console = Console()
+    _demo_logging(ctx.obj)
+    console = make_console()
     opts = DemoOptions(
         nodes=nodes,
         kill_after_s=None if no_kill else kill_after,
@@ -344,9 +343,10 @@ def demo_cmd(
         images=images,
         broker=broker,
     )
-    console.print(
+    say(
+        console,
         f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {epochs} epochs on {images} "
-        "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training")
+        "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training"),
     )
     with LiveView(console, console.is_terminal) as view:
         report = run_demo(opts, show=view)
@@ -355,9 +355,12 @@ def demo_cmd(
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if keep and report.cluster is not None:
         cfg = report.cluster.config_path("coordinator")
-        console.print(
-            f"the cluster is still up: deepedge --config {cfg} status | logs -f  (workdir {report.cluster.workdir}); "
-            "Ctrl-C stops it"
+        say(
+            console,
+            esc(
+                f"the cluster is still up: deepedge --config {cfg} status | logs -f  "
+                f"(workdir {report.cluster.workdir}); Ctrl-C stops it"
+            ),
         )
         try:
             while True:
@@ -367,6 +370,17 @@ def demo_cmd(
         finally:
             report.cluster.stop()
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _demo_logging(state: CliState) -> None:
+    """The demo's own process logs (its watcher's and requests' MQTT clients) on stderr, at
+    warning unless --log-level says otherwise, never into the report on stdout. The cluster's
+    daemons log to files in the workdir. No config file is read: the demo makes its own."""
+    level = state.overrides.get("log.level") or "warning"
+    fmt = state.overrides.get("log.format") or "auto"
+    if level not in LEVELS or fmt not in ("auto", "json", "console"):
+        raise typer.BadParameter(f"--log-level {level} / --log-format {fmt}: see deepedge --help")
+    configure_logging(level, fmt, demote=CONNECTION_EVENTS)  # type: ignore[arg-type]  # (checked just above)
 
 
 @app.command("profile")

@@ -1,6 +1,7 @@
 """Operator-side helpers for the CLI: requests to the coordinator and nodes (their presence
-checked first), job specs, tables, event tailing."""
+checked first), job specs, tables, output outside a terminal, event tailing."""
 
+from deepedge.ops._console import esc, make_console, say, show
 from deepedge.ops._job import JOB_ALIASES, JOB_FIELDS, REQUIRED_JOB_FIELDS, job_spec, read_job_file
 from deepedge.ops._logs import format_event, tail_events
 from deepedge.ops._request import (
@@ -24,12 +25,16 @@ __all__ = [
     "Unavailable",
     "coordinator_request",
     "coordinator_status",
+    "esc",
     "format_event",
     "job_spec",
+    "make_console",
     "node_status",
     "profile_node",
     "read_job_file",
     "run_profile",
+    "say",
+    "show",
     "status_tables",
     "tail_events",
 ]
