@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from deepedge.config import Config, ConfigError, LcApp, load_config, render_json, render_toml
@@ -143,6 +145,46 @@ def test_json_keeps_every_keys_source(tmp_path: Path) -> None:
     assert data["config_file"] == str(f)
 
 
+# ---- every key documented -------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "deploy" / "deepedge.toml.example"
+# The example shows a board of a secure cluster: these keys are not at their defaults there.
+EXAMPLE_IDENTITY = {"cluster.name", "broker.url", "broker.username", "broker.password", "broker.ca_file", "node.id"}
+
+
 def model_keys() -> dict[str, tuple[str, ...]]:
     """Every section of the config model with its keys."""
     return {section: type(getattr(Config(), section)).__struct_fields__ for section in Config.__struct_fields__}
+
+
+def test_every_config_key_is_in_the_configuration_doc() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [f"{s}.{k}" for s, keys in model_keys().items() for k in keys if f"`{s}.{k}`" not in text]
+    assert not missing, f"docs/configuration.md does not document: {', '.join(missing)}"
+
+
+def test_the_example_config_has_every_key() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    missing = [f"{s}.{k}" for s, keys in model_keys().items() for k in keys if k not in data.get(s, {})]
+    assert not missing, f"deploy/deepedge.toml.example lacks: {', '.join(missing)}"
+
+
+def test_the_example_configs_values_are_the_defaults() -> None:
+    shown = msgspec.to_builtins(load_config(EXAMPLE, environ={}).config)
+    defaults = msgspec.to_builtins(Config())
+    differ = [
+        f"{s}.{k} = {shown[s][k]!r} (default {defaults[s][k]!r})"
+        for s, keys in model_keys().items()
+        for k in keys
+        if shown[s][k] != defaults[s][k] and f"{s}.{k}" not in EXAMPLE_IDENTITY
+    ]
+    assert not differ, f"deploy/deepedge.toml.example is not at the defaults: {'; '.join(differ)}"
+
+
+def test_the_doc_check_names_what_is_missing() -> None:
+    # (the checks above would fail, naming the key, for a key that is in the model only)
+    text = (ROOT / "docs" / "configuration.md").read_text().replace("`node.max_workers`", "max_workers")
+    assert [f"{s}.{k}" for s, keys in model_keys().items() for k in keys if f"`{s}.{k}`" not in text] == [
+        "node.max_workers"
+    ]
