@@ -73,6 +73,13 @@ async def test_an_offline_coordinator_is_named_with_its_time_and_session_within_
     assert f"the coordinator of cluster '{cluster}' on {mosquitto.url} is offline since {when}" in str(exc)
     assert "session s-7f3a" in str(exc)
     assert took < 2.0, took
+    await coordinator_says(watcher, cluster, "offline", 0.0)  # its last will carries no time
+    exc, took = await timed(coordinator_request(config(mosquitto, cluster), "status"))
+    assert isinstance(exc, Unavailable) and took < 2.0, took
+    assert str(exc) == (
+        f"the coordinator of cluster '{cluster}' on {mosquitto.url} is offline: its connection was lost "
+        "(its last will; its session s-7f3a, deepedge 0.1.0)"
+    )
 
 
 async def test_an_online_coordinator_that_does_not_answer_is_a_transient_error(

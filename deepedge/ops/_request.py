@@ -9,7 +9,8 @@ Then an operator gets a one-line answer within about a second instead of waiting
 that cannot come:
 
 - no status: ``no coordinator has ever been seen in cluster 'labb' on mqtt://… (check --cluster)``
-- offline: ``the coordinator of cluster 'lab' on mqtt://… is offline since 12:03:05 or later (…)``
+- offline: ``the coordinator of cluster 'lab' on mqtt://… is offline since 12:03:05 (…)``, or
+  ``… is offline: its connection was lost (its last will; …)``
 - online, but no reply within the timeout: the coordinator (or node) was online and did not answer.
 
 The first two are ``Unavailable`` (exit 69: nobody is there to ask; retrying at once will not
@@ -93,12 +94,12 @@ async def coordinator_status(t: Transport, config: Config, wait_s: float = STATU
         case None | Cleared():
             raise Unavailable(f"no coordinator has ever been seen in cluster {name!r} on {url} (check --cluster)")
         case CoordinatorStatus(state="offline"):
-            # The offline status is the coordinator's (its clean stop, at ts) or its last will (set at its
-            # start, at ts): either way it went offline at ts or later.
-            raise Unavailable(
-                f"the coordinator of cluster {name!r} on {url} is offline since {_when(status.ts)} or later "
-                f"(its session {status.session}, deepedge {status.version or '?'})"
-            )
+            who = f"the coordinator of cluster {name!r} on {url}"
+            session = f"its session {status.session}, deepedge {status.version or '?'}"
+            if status.ts:  # its own, on a clean stop
+                raise Unavailable(f"{who} is offline since {_when(status.ts)} ({session})")
+            # its last will: written when it connected, so it carries no time
+            raise Unavailable(f"{who} is offline: its connection was lost (its last will; {session})")
         case CoordinatorStatus():
             return status
     return None
