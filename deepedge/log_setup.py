@@ -17,7 +17,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 # The MQTT client's reconnect loop (deepedge.transport): a daemon's log wants every one of them; a
 # one-shot command (``deepedge status``) does not: its own one-line error says what went wrong, so
 # there they are debug events, shown only with ``--log-level debug``.
-CONNECTION_EVENTS = frozenset({"mqtt.connected", "mqtt.disconnected", "mqtt.reconnecting", "mqtt.connect_refused"})
+CONNECTION_EVENTS = frozenset(
+    {"mqtt.connected", "mqtt.connect_failed", "mqtt.disconnected", "mqtt.reconnecting", "mqtt.connect_refused"}
+)
 
 
 def _demoted(events: frozenset[str], level: int) -> structlog.types.Processor:

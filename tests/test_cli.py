@@ -14,6 +14,7 @@ import pytest
 
 from deepedge import __version__
 from deepedge.errors import ExitCode
+from deepedge.log_setup import CONNECTION_EVENTS
 from tests.conftest import free_port
 
 EXE = shutil.which("deepedge", path=str(Path(sys.executable).parent)) or shutil.which("deepedge")
@@ -136,7 +137,8 @@ def test_an_unreachable_broker_is_one_line_and_exit_75() -> None:
     r = run("status", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--log-level", "debug", env=env)
     assert r.returncode == ExitCode.TEMPFAIL
     events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
-    assert any(e["event"] == "mqtt.disconnected" and e["level"] == "debug" for e in events)
+    mqtt = [e for e in events if e["event"] in CONNECTION_EVENTS]
+    assert mqtt and all(e["level"] == "debug" for e in mqtt), events
     # a level set in the configuration (not asked on the command line) does not bring them back
     r = run("status", "--broker", f"mqtt://127.0.0.1:{free_port()}", env={**env, "DEEPEDGE_LOG_LEVEL": "info"})
     assert r.returncode == ExitCode.TEMPFAIL and r.stderr.count("\n") == 1
