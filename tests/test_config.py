@@ -183,8 +183,9 @@ def test_the_example_configs_values_are_the_defaults() -> None:
 
 
 def test_the_doc_check_names_what_is_missing() -> None:
-    # (the checks above would fail, naming the key, for a key that is in the model only)
-    text = (ROOT / "docs" / "configuration.md").read_text().replace("`node.max_workers`", "max_workers")
-    assert [f"{s}.{k}" for s, keys in model_keys().items() for k in keys if f"`{s}.{k}`" not in text] == [
-        "node.max_workers"
-    ]
+    # (the check above fails, naming the key, for a key that is in the model only)
+    def undocumented(text: str) -> set[str]:
+        return {f"{s}.{k}" for s, keys in model_keys().items() for k in keys if f"`{s}.{k}`" not in text}
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert undocumented(text.replace("`node.max_workers`", "max_workers")) - undocumented(text) == {"node.max_workers"}
