@@ -4,9 +4,10 @@ the dependency rules of the design (DESIGN.md, "Packages").
 The rules are checked on the full import graph: every ``import`` and ``from … import`` anywhere in
 a module (inside functions and ``TYPE_CHECKING`` blocks too: a lazy import is still a dependency),
 relative imports resolved, ``importlib.import_module("…")`` with a literal name included, and each
-import kept to its full dotted name, so an arrow from ``deepedge.coordinator._run`` to
-``deepedge.node`` is seen (reduced to its first name, every import was just ``deepedge``). Then
-again at run time, in a fresh interpreter: what importing a package really loads."""
+import kept to its full dotted name: reduced to its first name, every import between deepedge
+packages was just ``deepedge``, and ``deepedge.coordinator._run`` importing ``deepedge.node``
+(SystemdNotifier, since moved to ``deepedge.sdnotify``) went unseen. Then again at run time, in a
+fresh interpreter: what importing a package really loads."""
 
 from __future__ import annotations
 
@@ -120,22 +121,13 @@ def under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def violations(
-    importers: tuple[str, ...],
-    forbidden: tuple[str, ...],
-    *,
-    exempt: tuple[str, ...] = (),
-    known: tuple[tuple[str, str], ...] = (),
-) -> list[str]:
+def violations(importers: tuple[str, ...], forbidden: tuple[str, ...], *, exempt: tuple[str, ...] = ()) -> list[str]:
     """The imports from modules under ``importers`` (but not ``exempt``) of anything under
-    ``forbidden``, as "X imports Y (line N)"; ``known``: (importer, imported) pairs left out."""
+    ``forbidden``, as "X imports Y (line N)"."""
     return [
         str(imp)
         for imp in GRAPH
-        if under(imp.importer, importers)
-        and not under(imp.importer, exempt)
-        and under(imp.imported, forbidden)
-        and (imp.importer, imp.imported) not in known
+        if under(imp.importer, importers) and not under(imp.importer, exempt) and under(imp.imported, forbidden)
     ]
 
 
@@ -153,17 +145,13 @@ MQTT_CLIENTS = ("paho", "aiomqtt")
 # Benchmark baselines, bare paho on purpose: the daemon bench's agent, the ingest bench's
 # subscriber and its load generator.
 MQTT_BASELINES = ("deepedge.bench._baseline_agent", "deepedge.bench._ingest", "deepedge.bench._ingest_publisher")
-# The one import that breaks "coordinator does not import node": SystemdNotifier, which the lead
-# is moving out of deepedge.node into a shared base. When it moves, the xfail below turns into a
-# failure (strict): remove the mark and KNOWN_COORDINATOR_TO_NODE then.
-KNOWN_COORDINATOR_TO_NODE = ("deepedge.coordinator._run", "deepedge.node")
-
 RULES = {
     "broker_schemas imports no service package, MQTT client, torch or cvxpy": (
         ("deepedge.broker_schemas",),
         (*SERVICES, *MQTT_CLIENTS, "torch", "cvxpy"),
     ),
     "node does not import coordinator": (("deepedge.node",), ("deepedge.coordinator",)),
+    "coordinator does not import node": (("deepedge.coordinator",), ("deepedge.node",)),
     "node does not import torch": (("deepedge.node",), ("torch",)),
     "coordinator imports neither training nor torch": (("deepedge.coordinator",), ("deepedge.training", "torch")),
     "training knows nothing about MQTT": (("deepedge.training",), ("deepedge.transport", *MQTT_CLIENTS)),
@@ -182,23 +170,10 @@ def test_only_transport_imports_mqtt_clients() -> None:
     assert not found, "only deepedge.transport imports paho/aiomqtt:\n" + "\n".join(found)
 
 
-def test_coordinator_does_not_import_node_beyond_the_known_import() -> None:
-    found = violations(("deepedge.coordinator",), ("deepedge.node",), known=(KNOWN_COORDINATOR_TO_NODE,))
-    assert not found, "coordinator does not import node:\n" + "\n".join(found)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="deepedge.coordinator._run imports SystemdNotifier from deepedge.node (being moved to a shared base)",
-)
-def test_coordinator_does_not_import_node() -> None:
-    found = violations(("deepedge.coordinator",), ("deepedge.node",))
-    assert not found, "coordinator does not import node:\n" + "\n".join(found)
-
-
 def test_the_graph_sees_what_reducing_to_first_names_missed() -> None:
     pairs = {(i.importer, i.imported) for i in GRAPH}
-    assert KNOWN_COORDINATOR_TO_NODE in pairs  # a full dotted name: deepedge -> deepedge hid it
+    # full dotted names: reduced to the first one, every arrow between packages was deepedge -> deepedge
+    assert ("deepedge.coordinator._run", "deepedge.transport") in pairs
     assert ("deepedge.cli", "deepedge.coordinator") in pairs  # inside coordinator_cmd: a lazy import
     source = "def f():\n    from .. import config\n    from . import _tables\n    from .x import y\n"
     found = {i.imported for i in imports_in("deepedge.ops._request", source)}
@@ -228,10 +203,6 @@ def test_importing_the_coordinator_loads_no_torch(coordinator_modules: set[str])
     assert not {m for m in coordinator_modules if under(m, ("torch", "deepedge.training"))}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deepedge.coordinator._run imports SystemdNotifier from deepedge.node (being moved to a shared base)",
-)
 def test_importing_the_coordinator_loads_no_node_module(coordinator_modules: set[str]) -> None:
     loaded = sorted(m for m in coordinator_modules if under(m, ("deepedge.node",)))
     assert not loaded, f"import deepedge.coordinator loads {', '.join(loaded)}"
