@@ -147,8 +147,8 @@ class LatencyIntake:
     async def start(self) -> None:
         """Bind the socket. ConfigError (exit 78) if a running process holds it (another daemon
         on this host with the same ``node.latency_socket``); a socket file nobody listens on (a
-        daemon that died) is replaced. Decided before the first ``await``: a daemon that calls
-        this first thing refuses before its MQTT connection is even attempted."""
+        daemon that died) is replaced. ``run_node`` calls it before it connects to the broker, so
+        a refused daemon never connects."""
         sock = self._bind()
         os.chmod(self.path, 0o666)
         loop = asyncio.get_running_loop()
