@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as _copy
 import json
 import sys
 import time
@@ -14,9 +15,9 @@ import typer
 from deepedge import __version__
 from deepedge.config import LoadedConfig, load_config, render_json, render_toml
 from deepedge.errors import DeepEdgeError, ExitCode
-from deepedge.log_setup import configure_logging
+from deepedge.log_setup import CONNECTION_EVENTS, LEVELS, configure_logging
 
-__all__ = ["app", "main"]
+__all__ = ["GLOBAL_OPTIONS", "app", "command", "main"]
 
 app = typer.Typer(
     name="deepedge",
@@ -38,19 +39,40 @@ deploy_app = typer.Typer(
 app.add_typer(deploy_app, name="deploy")
 
 
+# The global options: before the command (``deepedge --cluster lab status``) or after it
+# (``deepedge status --cluster lab``); the config key each sets (None: --config, the file).
+GLOBAL_OPTIONS: dict[str, str | None] = {
+    "config": None,
+    "broker": "broker.url",
+    "cluster": "cluster.name",
+    "log_level": "log.level",
+    "log_format": "log.format",
+}
+
+
 @dataclass
 class CliState:
     config_path: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def set_global(self, name: str, value: Any) -> None:
+        """A global option given after the command (it wins over the same one before it)."""
+        key = GLOBAL_OPTIONS[name]
+        if key is None:
+            self.config_path = Path(value)
+        else:
+            self.overrides[key] = value
+
     def load(self, *, quiet: bool = False, **more: Any) -> LoadedConfig:
-        """The effective config; configures logging. ``quiet``: an operator command, whose own
-        log lines (connects and such) are only shown at warning and above unless asked for."""
-        loaded = load_config(self.config_path, overrides={**self.overrides, **more})
+        """The effective config; configures logging. ``quiet``: a one-shot operator command, whose
+        own log lines are only shown at warning and above unless asked for, and whose MQTT
+        reconnect events are debug events (its one-line error says what went wrong)."""
+        given = {key: value for key, value in more.items() if value is not None}  # (a command's own option)
+        loaded = load_config(self.config_path, overrides={**self.overrides, **given})
         level = loaded.config.log.level
         if quiet and loaded.source_of("log.level") == "default":
             level = "warning"
-        configure_logging(level, loaded.config.log.format)
+        configure_logging(level, loaded.config.log.format, demote=CONNECTION_EVENTS if quiet else ())
         return loaded
 
 
@@ -155,7 +177,8 @@ def _count_samples(dataset: str) -> int | None:
 def submit_cmd(
     ctx: typer.Context,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Job spec as TOML (keys as the flags, with _).")
+        Path | None,
+        typer.Option("--file", "-f", help="Job spec as TOML: the keys are these flags' names with _ (learning_rate)."),
     ] = None,
     job: Annotated[str | None, typer.Option(help="Job id (default: generated).")] = None,
     model: Annotated[str | None, typer.Option(help="Model name or module:callable.")] = None,
@@ -163,7 +186,9 @@ def submit_cmd(
     output: Annotated[str | None, typer.Option(help="Where checkpoints and the final model go.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
     global_batch: Annotated[int | None, typer.Option("--global-batch", help="Samples per step, all nodes.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", "--lr", help="Learning rate (--lr for short).")
+    ] = None,
     base_checkpoint: Annotated[str | None, typer.Option("--base-checkpoint", help="Checkpoint to fine-tune.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data permutation.")] = None,
     split: Annotated[
@@ -176,16 +201,8 @@ def submit_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Submit a retraining job (flags, or a TOML file that flags override)."""
-    import tomllib
+    from deepedge.ops import job_spec, read_job_file
 
-    from deepedge.config import ConfigError
-
-    spec: dict[str, Any] = {}
-    if file is not None:
-        try:
-            spec = tomllib.loads(file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"job file {file}: {exc}") from None
     flags = {
         "job": job,
         "model": model,
@@ -200,10 +217,12 @@ def submit_cmd(
         "dataset_size": dataset_size,
         "model_bytes": model_bytes,
     }
-    spec.update({k: v for k, v in flags.items() if v is not None})
-    missing = [k for k in ("model", "dataset", "output", "epochs", "global_batch", "learning_rate") if k not in spec]
+    spec, missing = job_spec(read_job_file(file) if file is not None else {}, flags)
     if missing:
-        raise typer.BadParameter(f"missing: {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        raise typer.BadParameter(
+            f"missing: {', '.join('--' + m.replace('_', '-') for m in missing)}"
+            + (f" (or {', '.join(missing)} in {file})" if file is not None else "")
+        )
     if "dataset_size" not in spec:
         counted = _count_samples(str(spec["dataset"]))
         if counted is None:
@@ -230,11 +249,9 @@ def status_cmd(
     if as_json:
         _print_json(result)
         return
-    from rich.console import Console
+    from deepedge.ops import make_console, show, status_tables
 
-    from deepedge.ops import status_tables
-
-    Console().print(status_tables(result))
+    show(make_console(), status_tables(result))
 
 
 @app.command("cancel")
@@ -291,6 +308,7 @@ def logs_cmd(
 
 @app.command("demo")
 def demo_cmd(
+    ctx: typer.Context,
     nodes: Annotated[int, typer.Option(min=2, max=12, help="Emulated boards (the first two run an LC app).")] = 4,
     kill_after: Annotated[
         float, typer.Option("--kill-after", min=0, help="SIGKILL a board this many seconds into training.")
@@ -310,12 +328,12 @@ def demo_cmd(
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
-    from rich.console import Console
-
     from deepedge.demo import DemoOptions, render_report, run_demo
     from deepedge.demo._live import LiveView
+    from deepedge.ops import esc, make_console, say
 
-    console = Console()
+    _demo_logging(ctx.obj)
+    console = make_console()
     opts = DemoOptions(
         nodes=nodes,
         kill_after_s=None if no_kill else kill_after,
@@ -325,9 +343,10 @@ def demo_cmd(
         images=images,
         broker=broker,
     )
-    console.print(
+    say(
+        console,
         f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {epochs} epochs on {images} "
-        "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training")
+        "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training"),
     )
     with LiveView(console, console.is_terminal) as view:
         report = run_demo(opts, show=view)
@@ -336,9 +355,12 @@ def demo_cmd(
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if keep and report.cluster is not None:
         cfg = report.cluster.config_path("coordinator")
-        console.print(
-            f"the cluster is still up: deepedge --config {cfg} status | logs -f  (workdir {report.cluster.workdir}); "
-            "Ctrl-C stops it"
+        say(
+            console,
+            esc(
+                f"the cluster is still up: deepedge --config {cfg} status | logs -f  "
+                f"(workdir {report.cluster.workdir}); Ctrl-C stops it"
+            ),
         )
         try:
             while True:
@@ -348,6 +370,17 @@ def demo_cmd(
         finally:
             report.cluster.stop()
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _demo_logging(state: CliState) -> None:
+    """The demo's own process logs (its watcher's and requests' MQTT clients) on stderr, at
+    warning unless --log-level says otherwise, never into the report on stdout. The cluster's
+    daemons log to files in the workdir. No config file is read: the demo makes its own."""
+    level = state.overrides.get("log.level") or "warning"
+    fmt = state.overrides.get("log.format") or "auto"
+    if level not in LEVELS or fmt not in ("auto", "json", "console"):
+        raise typer.BadParameter(f"--log-level {level} / --log-format {fmt}: see deepedge --help")
+    configure_logging(level, fmt, demote=CONNECTION_EVENTS)  # type: ignore[arg-type]  # (checked just above)
 
 
 @app.command("profile")
@@ -368,8 +401,11 @@ def profile_cmd(
     FECBench-style; the node keeps the result and announces it, the coordinator plans with it."""
     import asyncio
 
+    from deepedge.broker_schemas import ID_PATTERN
     from deepedge.ops import profile_node
 
+    if ID_PATTERN.fullmatch(node) is None:
+        raise typer.BadParameter(f"node id {node!r} does not match [A-Za-z0-9_.-]{{1,64}}")
     loaded = ctx.obj.load(quiet=True)
     args = {"model": model, "levels": levels, "seconds": seconds}
 
@@ -566,10 +602,42 @@ for _name, _help in _DEPLOY_HELP.items():
     deploy_app.command(_name, help=_help)(deploy_cmd)
 
 
+def _global_option_after_command(ctx: Any, param: Any, value: Any) -> None:
+    if value is not None and isinstance(ctx.obj, CliState):
+        ctx.obj.set_global(param.name, value)
+
+
+def _with_global_options(group: Any, options: list[Any]) -> None:
+    """Give every command and group under ``group`` the root's global options, unless it has an
+    option of that name itself (``node --cluster`` means the same; ``deploy --cluster`` and
+    ``demo --broker`` do not, and keep theirs). The root's callback (which makes the CliState)
+    runs before a command's options are parsed, so each one's callback can set it."""
+    for command in getattr(group, "commands", {}).values():
+        taken = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+        for option in options:
+            if taken & set(option.opts):
+                continue
+            copy = _copy.copy(option)
+            copy.expose_value = False
+            copy.callback = _global_option_after_command
+            copy.rich_help_panel = "Global options (also before the command)"
+            command.params.append(copy)
+        _with_global_options(command, options)
+
+
+def command() -> Any:
+    """The click command of the app, global options accepted before or after each command."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    _with_global_options(root, [p for p in root.params if p.name in GLOBAL_OPTIONS])
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app and maps deepedge errors to exit codes."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = command().main(args=argv, standalone_mode=False)
     except DeepEdgeError as exc:
         typer.echo(f"deepedge: error: {exc}", err=True)
         return int(exc.exit_code)

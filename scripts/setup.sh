@@ -10,9 +10,12 @@ command -v stress-ng >/dev/null 2>&1 || need+=(stress-ng)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  # Another apt may hold the dpkg lock (unattended-upgrades after boot, a CI image's own setup):
+  # wait up to 5 minutes for it instead of failing at once (apt >= 1.9.11; older apt ignores it).
+  APT=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -q)
   echo "setup: installing ${need[*]} with apt-get"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+  $SUDO "${APT[@]}" update
+  $SUDO "${APT[@]}" install -y --no-install-recommends "${need[@]}"
 fi
 
 PY=${PYTHON:-python3}

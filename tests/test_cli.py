@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,8 @@ import pytest
 
 from deepedge import __version__
 from deepedge.errors import ExitCode
+from deepedge.log_setup import CONNECTION_EVENTS
+from tests.conftest import free_port
 
 EXE = shutil.which("deepedge", path=str(Path(sys.executable).parent)) or shutil.which("deepedge")
 
@@ -27,10 +31,24 @@ def test_version() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"deepedge {__version__}"
 
 
+def commands_table(help_text: str) -> set[str]:
+    """The command names of the Commands panel of a rich ``--help``."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "─ Commands ─" in line)
+    names = set()
+    for line in lines[start + 1 :]:
+        if line.startswith("╰"):
+            break
+        match = re.match(r"│ (\S+)\s", line)  # a continuation line starts with blanks
+        if match:
+            names.add(match.group(1))
+    return names
+
+
 def test_help_lists_the_commands_of_the_design() -> None:
     r = run("--help")
     assert r.returncode == 0
-    for name in (
+    assert commands_table(r.stdout) == {
         "node",
         "coordinator",
         "submit",
@@ -42,8 +60,139 @@ def test_help_lists_the_commands_of_the_design() -> None:
         "bench",
         "profile",
         "config",
-    ):
-        assert name in r.stdout
+        "deploy",
+    }
+
+
+def test_the_commands_table_parser_sees_a_missing_command() -> None:
+    r = run("--help")
+    without_node = "\n".join(line for line in r.stdout.splitlines() if not line.startswith("│ node "))
+    assert "node" in without_node  # (the words still appear, in drain's help: why `in` was not enough)
+    assert "node" not in commands_table(without_node)
+
+
+# Each global option, with what `config show` prints for it.
+GLOBALS = [
+    (["--broker", "mqtt://10.9.8.7:1884"], 'url = "mqtt://10.9.8.7:1884"  # flag'),
+    (["--cluster", "lab"], 'name = "lab"  # flag'),
+    (["--log-level", "debug"], 'level = "debug"  # flag'),
+    (["--log-format", "json"], 'format = "json"  # flag'),
+]
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize(("option", "shown"), GLOBALS, ids=[g[0][0] for g in GLOBALS])
+def test_a_global_option_goes_before_or_after_the_command(option: list[str], shown: str, placement: str) -> None:
+    args = [*option, "config", "show"] if placement == "before" else ["config", "show", *option]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert shown in r.stdout
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("flag", ["--config", "-c"])
+def test_the_config_file_option_goes_before_or_after_the_command(tmp_path: Path, flag: str, placement: str) -> None:
+    f = tmp_path / "d.toml"
+    f.write_text('[cluster]\nname = "fromfile"\n')
+    args = [flag, str(f), "config", "show"] if placement == "before" else ["config", "show", flag, str(f)]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"# config file: {f}" in r.stdout and f'name = "fromfile"  # file {f}' in r.stdout
+
+
+def test_a_global_option_after_the_command_wins_over_the_same_before_it() -> None:
+    r = run("--cluster", "first", "config", "show", "--cluster", "second")
+    assert r.returncode == 0 and 'name = "second"  # flag' in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["node", "--cluster", "bad/name"],
+        ["--cluster", "bad/name", "node"],
+        ["coordinator", "--cluster", "bad/name"],
+        ["node", "--broker", "http://x", "--log-level", "debug"],
+        ["node", "--log-level", "loud"],
+    ],
+)
+def test_the_daemons_take_the_global_options_too(args: list[str]) -> None:
+    # a bad value is refused before anything starts: the option reached the configuration
+    r = run(*args)
+    assert r.returncode == ExitCode.CONFIG, r.stderr
+    assert r.stderr.count("\n") == 1 and "(flag)" in r.stderr
+
+
+def test_deploy_keeps_its_own_cluster_option(tmp_path: Path) -> None:
+    r = run("deploy", "acl", "--out", str(tmp_path), "--cluster", "lab", "--node", "n1")
+    assert r.returncode == 0, r.stderr
+    assert "deepedge/lab/" in (tmp_path / "mosquitto" / "daemons.acl").read_text()
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_75() -> None:
+    env = {"DEEPEDGE_BROKER_CONNECT_TIMEOUT_S": "1.5"}
+    r = run("status", "--broker", f"mqtt://127.0.0.1:{free_port()}", env=env)
+    assert r.returncode == ExitCode.TEMPFAIL
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("deepedge: error: no connection to the MQTT broker")
+    # the reconnect loop's events are debug events of a one-shot command
+    r = run("status", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--log-level", "debug", env=env)
+    assert r.returncode == ExitCode.TEMPFAIL
+    events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    mqtt = [e for e in events if e["event"] in CONNECTION_EVENTS]
+    assert mqtt and all(e["level"] == "debug" for e in mqtt), events
+    # a level set in the configuration (not asked on the command line) does not bring them back
+    r = run("status", "--broker", f"mqtt://127.0.0.1:{free_port()}", env={**env, "DEEPEDGE_LOG_LEVEL": "info"})
+    assert r.returncode == ExitCode.TEMPFAIL and r.stderr.count("\n") == 1
+
+
+UNREACHABLE = {"DEEPEDGE_BROKER_CONNECT_TIMEOUT_S": "0.5", "DEEPEDGE_BROKER_URL": "mqtt://127.0.0.1:9"}
+JOB = {"model": "cnn-small", "dataset": "/data", "output": "/out", "epochs": 1, "global_batch": 8, "dataset_size": 80}
+
+
+def job_file(tmp_path: Path, **fields: object) -> Path:
+    f = tmp_path / "job.toml"
+    f.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
+    return f
+
+
+def test_submit_names_a_missing_learning_rate_as_help_shows_it() -> None:
+    r = run("submit", *[f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()])
+    assert r.returncode == ExitCode.USAGE
+    assert "missing: --learning-rate" in r.stderr
+    assert "--learning-rate" in run("submit", "--help").stdout
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--lr"])
+def test_submit_takes_learning_rate_or_its_alias_lr(flag: str) -> None:
+    # past the spec's checks, it goes for the broker (unreachable here: exit 75)
+    r = run("submit", *[f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()], flag, "0.1", env=UNREACHABLE)
+    assert r.returncode == ExitCode.TEMPFAIL, r.stderr
+
+
+@pytest.mark.parametrize("key", ["learning_rate", "lr"])
+def test_a_job_file_uses_the_flags_names(tmp_path: Path, key: str) -> None:
+    r = run("submit", "--file", str(job_file(tmp_path, **JOB, **{key: 0.1})), env=UNREACHABLE)
+    assert r.returncode == ExitCode.TEMPFAIL, r.stderr
+
+
+def test_a_job_file_missing_a_field_names_the_flag_and_the_key(tmp_path: Path) -> None:
+    f = job_file(tmp_path, **JOB)
+    r = run("submit", "--file", str(f))
+    assert r.returncode == ExitCode.USAGE
+    assert f"missing: --learning-rate (or learning_rate in {f})" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"learning_rte": 0.1}, "unknown key 'learning_rte'"),
+        ({"lr": 0.1, "learning_rate": 0.2}, "'lr' and 'learning_rate' are the same field"),
+        ({"learning_rate": [0.1]}, "learning_rate must be a string, a number or a boolean"),
+    ],
+)
+def test_a_bad_job_file_is_one_line_and_exit_78(tmp_path: Path, fields: dict[str, object], needle: str) -> None:
+    r = run("submit", "--file", str(job_file(tmp_path, **JOB, **fields)))
+    assert r.returncode == ExitCode.CONFIG
+    assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
 
 
 def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
@@ -62,6 +211,16 @@ def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
     r = run("config", "show", env={"DEEPEDGE_BROKER_KEEPALIVE_S": "soon"})
     assert r.returncode == ExitCode.CONFIG
     assert r.stderr.count("\n") == 1 and "broker.keepalive_s" in r.stderr
+
+
+@pytest.mark.parametrize("what", ["directory", "not utf-8", "unreadable"])
+def test_an_unusable_config_file_is_one_line_and_exit_78(tmp_path: Path, what: str) -> None:
+    path = {"directory": tmp_path, "not utf-8": tmp_path / "l1.toml", "unreadable": Path("/proc/self/mem")}[what]
+    if what == "not utf-8":
+        path.write_bytes(b'[cluster]\nname = "caf\xe9"\n')
+    r = run("--config", str(path), "status")
+    assert r.returncode == ExitCode.CONFIG
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"deepedge: error: config file {path} "), r.stderr
 
 
 def test_usage_error_exits_2() -> None:

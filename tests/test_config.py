@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+import os
+import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from deepedge.config import ConfigError, LcApp, load_config, render_json, render_toml
+from deepedge.config import Config, ConfigError, LcApp, load_config, render_json, render_toml
 from deepedge.errors import ExitCode
 
 
@@ -95,3 +99,93 @@ def test_show_masks_secrets_and_round_trips(tmp_path: Path) -> None:
     again = load_config(write(tmp_path, toml_text), environ={}).config
     assert again.node.lc_apps == loaded.config.node.lc_apps
     assert again.broker.username == "edge"
+
+
+def test_a_directory_as_config_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"^config file {tmp_path} is a directory, not a file$"):
+        load_config(tmp_path, environ={})
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(environ={"DEEPEDGE_CONFIG": str(tmp_path)})
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "latin1.toml"
+    f.write_bytes('[cluster]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(invalid continuation byte at byte 21\)$"):
+        load_config(f, environ={})
+
+
+def test_a_config_file_that_cannot_be_read_is_one_line() -> None:
+    # /proc/self/mem opens but its first bytes are not mapped: reading fails (EIO), even as root
+    with pytest.raises(ConfigError) as err:
+        load_config("/proc/self/mem", environ={})
+    assert str(err.value) == "config file /proc/self/mem cannot be read: Input/output error"
+    assert err.value.exit_code is ExitCode.CONFIG
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_a_config_file_without_read_permission_is_one_line(tmp_path: Path) -> None:
+    f = write(tmp_path, "")
+    f.chmod(0)
+    with pytest.raises(ConfigError, match="is not readable"):
+        load_config(f, environ={})
+
+
+def test_json_keeps_every_keys_source(tmp_path: Path) -> None:
+    f = write(tmp_path, '[broker]\nkeepalive_s = 20\n[[node.lc_apps]]\nname = "a"\ndeadline_ms = 9\n')
+    loaded = load_config(f, environ={"DEEPEDGE_BROKER_USERNAME": "edge"}, overrides={"cluster.name": "lab"})
+    data = json.loads(render_json(loaded))
+    assert data["cluster"] == {"name": "lab"} and data["broker"]["keepalive_s"] == 20
+    assert data["sources"]["cluster.name"] == "flag"
+    assert data["sources"]["broker.username"] == "env DEEPEDGE_BROKER_USERNAME"
+    assert data["sources"]["broker.keepalive_s"] == f"file {f}"
+    assert data["sources"]["node.lc_apps"] == f"file {f}"
+    assert data["sources"]["broker.url"] == "default"
+    assert set(data["sources"]) == {f"{s}.{k}" for s, keys in model_keys().items() for k in keys}
+    assert data["config_file"] == str(f)
+
+
+# ---- every key documented -------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "deploy" / "deepedge.toml.example"
+# The example shows a board of a secure cluster: these keys are not at their defaults there.
+EXAMPLE_IDENTITY = {"cluster.name", "broker.url", "broker.username", "broker.password", "broker.ca_file", "node.id"}
+
+
+def model_keys() -> dict[str, tuple[str, ...]]:
+    """Every section of the config model with its keys."""
+    return {section: type(getattr(Config(), section)).__struct_fields__ for section in Config.__struct_fields__}
+
+
+def test_every_config_key_is_in_the_configuration_doc() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [f"{s}.{k}" for s, keys in model_keys().items() for k in keys if f"`{s}.{k}`" not in text]
+    assert not missing, f"docs/configuration.md does not document: {', '.join(missing)}"
+
+
+def test_the_example_config_has_every_key() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    missing = [f"{s}.{k}" for s, keys in model_keys().items() for k in keys if k not in data.get(s, {})]
+    assert not missing, f"deploy/deepedge.toml.example lacks: {', '.join(missing)}"
+
+
+def test_the_example_configs_values_are_the_defaults() -> None:
+    shown = msgspec.to_builtins(load_config(EXAMPLE, environ={}).config)
+    defaults = msgspec.to_builtins(Config())
+    differ = [
+        f"{s}.{k} = {shown[s][k]!r} (default {defaults[s][k]!r})"
+        for s, keys in model_keys().items()
+        for k in keys
+        if shown[s][k] != defaults[s][k] and f"{s}.{k}" not in EXAMPLE_IDENTITY
+    ]
+    assert not differ, f"deploy/deepedge.toml.example is not at the defaults: {'; '.join(differ)}"
+
+
+def test_the_doc_check_names_what_is_missing() -> None:
+    # (the check above fails, naming the key, for a key that is in the model only)
+    def undocumented(text: str) -> set[str]:
+        return {f"{s}.{k}" for s, keys in model_keys().items() for k in keys if f"`{s}.{k}`" not in text}
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert undocumented(text.replace("`node.max_workers`", "max_workers")) - undocumented(text) == {"node.max_workers"}

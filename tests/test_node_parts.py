@@ -3,21 +3,30 @@ collector probing, identity, and the daemon's imports."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from deepedge.clock import FakeClock
+from deepedge.config import ConfigError, NodeConfig
+from deepedge.errors import ExitCode
 from deepedge.node import LatencyWindows, percentile
 from deepedge.node._identity import default_node_id, jetpack_release, make_birth
-from deepedge.node._latency import LatencyIntake
+from deepedge.node._latency import LatencyIntake, _held
+from deepedge.node._profile import BoardProfiler
 from deepedge.node.collectors import PsutilCollector, TelemetryDraft, parse_tegrastats, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.transport import DropLog
+from tests.conftest import MosquittoBroker
+from tests.helpers.node_proc import _spawn, start_node
 
 # Recorded tegrastats lines (one per board family / JetPack generation).
 NANO = (
@@ -175,3 +184,83 @@ def test_daemon_process_imports_neither_torch_nor_cvxpy() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- two daemons on one host ----------------------------------------------------------------
+
+
+async def test_a_latency_socket_held_by_a_running_process_is_refused(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "lat.sock"
+    first = LatencyIntake(str(path), LatencyWindows(10.0, clock), DropLog(clock))
+    await first.start()
+    try:
+        second = LatencyIntake(str(path), LatencyWindows(10.0, clock), DropLog(clock))
+        with pytest.raises(ConfigError, match=r"node.latency_socket .* is in use by a running process") as err:
+            await second.start()
+        assert err.value.exit_code is ExitCode.CONFIG and "\n" not in str(err.value)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as app:  # the first still gets the reports
+            app.sendto(b"det 12.5\n", str(path))
+        await asyncio.sleep(0.05)
+        assert first.accepted == 1
+    finally:
+        first.close()
+
+
+async def test_a_stale_latency_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "lat.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: a daemon that died
+    clock = FakeClock()
+    intake = LatencyIntake(str(path), LatencyWindows(10.0, clock), DropLog(clock))
+    await intake.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as app:
+            app.sendto(b"det 1\n", str(path))
+        await asyncio.sleep(0.05)
+        assert intake.accepted == 1
+    finally:
+        intake.close()
+
+
+def test_a_profile_path_is_locked_while_its_daemon_runs(tmp_path: Path) -> None:
+    cfg = NodeConfig(profile_path=str(tmp_path / "p" / "profile.json"))
+    clock = FakeClock()
+    first = BoardProfiler(cfg, LatencyWindows(10.0, clock), clock)
+    with pytest.raises(ConfigError, match=rf"is locked by process {os.getpid()} \(another deepedge node"):
+        BoardProfiler(cfg, LatencyWindows(10.0, clock), clock)
+    first.close()
+    BoardProfiler(cfg, LatencyWindows(10.0, clock), clock).close()
+    in_memory = NodeConfig(profile_path="")  # nothing to lock
+    BoardProfiler(in_memory, LatencyWindows(10.0, clock), clock)
+    BoardProfiler(in_memory, LatencyWindows(10.0, clock), clock)
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("shared", ["latency_socket", "profile_path"])
+def test_a_second_daemon_on_one_host_refuses_in_one_line(
+    tmp_path: Path, mosquitto: MosquittoBroker, cluster: str, shared: str
+) -> None:
+    first = start_node(tmp_path, mosquitto.url, cluster, "a")
+    try:
+        deadline = time.monotonic() + 30
+        while not any(e.get("event") == "node.ready" for e in first.log_events()):
+            assert first.proc.poll() is None and time.monotonic() < deadline, first.log.read_text()
+            time.sleep(0.1)
+        # the second daemon: another node id, the same value of `shared`, its own everything else
+        text = (tmp_path / "a.toml").read_text().replace('id = "a"', 'id = "b"')
+        other = "latency_socket" if shared == "profile_path" else "profile_path"
+        text = re.sub(rf'^{other} = "(.*)"$', rf'{other} = "\1.b"', text, flags=re.M)
+        cfg = tmp_path / "b.toml"
+        cfg.write_text(text)
+        log = tmp_path / "b.log"
+        second = _spawn(cfg, "node", log)
+        assert second.wait(30) == ExitCode.CONFIG
+        last = log.read_text().splitlines()[-1]
+        assert last.startswith(f"deepedge: error: node.{shared} ") and "give each daemon its own" in last, last
+        assert first.proc.poll() is None
+        assert _held(first.socket)  # still the first daemon's
+        assert not any(e.get("node") == "b" for e in first.log_events())
+    finally:
+        first.stop()

@@ -55,13 +55,20 @@ _FIELDS = _section_fields()
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    """The file's tables; every way it can be wrong is a one-line ConfigError."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
     except PermissionError:
-        raise ConfigError(f"config file {path} is not readable") from None
+        raise ConfigError(f"config file {path} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 

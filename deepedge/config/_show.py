@@ -56,4 +56,12 @@ def render_toml(loaded: LoadedConfig) -> str:
 
 
 def render_json(loaded: LoadedConfig) -> str:
-    return json.dumps(_masked(loaded), indent=2)
+    """The effective configuration as JSON: a section per key as in the file, plus ``sources``
+    (every key, "section.key" -> where its value came from: "default", "file PATH", "env VAR" or
+    "flag") and ``config_file`` (the file read, or null). Secrets masked."""
+    data: dict[str, Any] = dict(_masked(loaded))
+    data["sources"] = {
+        f"{section}.{key}": loaded.source_of(f"{section}.{key}") for section, body in data.items() for key in body
+    }
+    data["config_file"] = str(loaded.file) if loaded.file is not None else None
+    return json.dumps(data, indent=2)

@@ -1,7 +1,7 @@
 """``deepedge demo`` and the emulated cluster it (and ``deepedge bench makespan``) runs on."""
 
+from deepedge.demo._boards import PROFILES, BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
-from deepedge.demo._profiles import PROFILES, BoardProfile, cluster_profiles
 from deepedge.demo._report import DemoReport, render_report
 from deepedge.demo._run import DemoOptions, run_cluster_job, run_demo
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from deepedge.demo._boards import BoardProfile
 from deepedge.demo._broker import EmbeddedBroker, start_broker
-from deepedge.demo._profiles import BoardProfile
 from deepedge.embedded_broker import die_with_parent
 
 __all__ = ["DemoCluster"]

@@ -1,6 +1,7 @@
 """The demo's live view: per board its share, samples/s, intensity and step; per LC app its p95
 against its deadline; the job's progress and ETA. A rich table on a terminal, one line every few
-seconds otherwise (logs, CI)."""
+seconds otherwise (logs, CI), never wrapped (deepedge.ops.say); names and event messages are
+printed as they are, never read as markup."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._run import JobRun
+from deepedge.ops import esc, say
 
 __all__ = ["LiveView"]
 
@@ -60,7 +62,7 @@ class LiveView:
         w = run.watch
         plan = w.plan
         shares = {a.node: a for a in plan.assignments} if plan else {}
-        t = Table(title=self._header(run), title_justify="left")
+        t = Table(title=esc(self._header(run)), title_justify="left")
         for col in ("board", "emulates", "speed", "state", "share@cap", "samples/s", "intensity", "step"):
             t.add_column(col, justify="left" if col in ("board", "emulates", "state") else "right")
         for b in cluster.boards:
@@ -70,10 +72,10 @@ class LiveView:
             if hb is not None and state == "up" and plan is not None and hb.generation == plan.generation:
                 state = hb.state
             t.add_row(
-                b.node,
-                b.kind,
+                esc(b.node),
+                esc(b.kind),
                 f"{b.speed:.2f}",
-                state,
+                esc(state),
                 f"{a.share}@{a.intensity_cap:.2f}" if a else "-",
                 f"{hb.samples_per_s:.0f}" if hb else "-",
                 f"{hb.intensity:.2f}" if hb else "-",
@@ -86,8 +88,8 @@ class LiveView:
             p95 = rec.latest.p95_ms if rec.latest else None
             over = p95 is not None and rec.deadline_ms is not None and p95 > rec.deadline_ms
             lc.add_row(
-                name,
-                rec.node,
+                esc(name),
+                esc(rec.node),
                 f"[{'red' if over else 'green'}]{p95:.1f} ms[/]" if p95 is not None else "-",
                 f"{rec.deadline_ms:.1f} ms" if rec.deadline_ms else "-",
                 str(rec.violations),
@@ -98,18 +100,18 @@ class LiveView:
         w = run.watch
         if run.phase and f"phase:{run.phase}" not in self._said:
             self._said.add(f"phase:{run.phase}")
-            self.console.print(run.phase)
+            say(self.console, esc(run.phase))
         for e in w.events:
             key = f"{e.ts}:{e.event}:{e.node}"
             if key not in self._said and e.event in ("node.dead", "plan.published", "lc.violation", "job.completed"):
                 self._said.add(key)
-                self.console.print(f"  event {e.event} {e.node or ''} {e.message}".rstrip())
+                say(self.console, esc(f"  event {e.event} {e.node or ''} {e.message}".rstrip()))
         for node in cluster.killed:
             key = f"kill:{node}"
             if key not in self._said:
                 self._said.add(key)
-                self.console.print(f"  SIGKILL board {node}")
+                say(self.console, f"  SIGKILL board {esc(node)}")
         now = time.monotonic()
         if run.submitted_ts and now - self._last_line >= 3.0:
             self._last_line = now
-            self.console.print(self._header(run))
+            say(self.console, esc(self._header(run)))

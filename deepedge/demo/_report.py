@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepedge.demo._profiles import BoardProfile
+from deepedge.demo._boards import BoardProfile
 from deepedge.training import StepTiming, step_timing, verify_accounting
 
 if TYPE_CHECKING:
@@ -236,12 +236,17 @@ def _f(x: float | None, unit: str = " s", digits: int = 1) -> str:
 
 
 def render_report(r: DemoReport, console: Any) -> None:
+    """The report on ``console``: tables at their natural width and lines unwrapped when it is
+    not a terminal (deepedge.ops.show / say); names, reasons and paths printed as they are."""
     from rich.table import Table
 
+    from deepedge.ops import esc, say, show
+
     console.rule("[bold]deepedge demo: report")
-    console.print(
-        f"job [bold]{r.state}[/]: {r.steps}/{r.total_steps} steps, {r.samples_done} samples; "
-        f"loss {_f(r.loss_first, '', 3)} -> {_f(r.loss_last, '', 3)}"
+    say(
+        console,
+        f"job [bold]{esc(r.state)}[/]: {r.steps}/{r.total_steps} steps, {r.samples_done} samples; "
+        f"loss {_f(r.loss_first, '', 3)} -> {_f(r.loss_last, '', 3)}",
     )
     t = Table(title="makespan", show_header=True)
     for col in (
@@ -253,42 +258,46 @@ def render_report(r: DemoReport, console: Any) -> None:
     ):
         t.add_column(col, justify="right")
     t.add_row(_f(r.makespan_s), _f(r.training_s), _f(r.predicted_first_s), _f(r.predicted_learned_s), _f(r.ideal_s))
-    console.print(t)
+    show(console, t)
     if r.timing is not None:
         st = r.timing
-        console.print(
+        say(
+            console,
             f"a step (median of {st.steps}): {st.median_interval_ms:.1f} ms = slowest board's compute "
-            f"{st.median_compute_ms:.1f} + all-reduce {st.median_allreduce_ms:.1f} + the rest {st.median_rest_ms:.1f}"
+            f"{st.median_compute_ms:.1f} + all-reduce {st.median_allreduce_ms:.1f} + the rest {st.median_rest_ms:.1f}",
         )
     profiled = [f"{b['node']} {b['profiled_samples_per_s']:.0f}" for b in r.boards if b["profiled_samples_per_s"]]
     if profiled:
-        console.print(f"boards profiled before the job (samples/s at full intensity): {', '.join(profiled)}")
-    t = Table(title="shares per plan generation (samples of each global batch @ intensity cap)")
+        say(console, f"boards profiled before the job (samples/s at full intensity): {esc(', '.join(profiled))}")
+    say(console, "shares per plan generation (samples of each global batch @ intensity cap)")
+    t = Table()
     nodes = [b["node"] for b in r.boards]
     t.add_column("gen")
     t.add_column("at", justify="right")
     t.add_column("why")
     for n in nodes:
-        t.add_column(n, justify="right")
+        t.add_column(esc(n), justify="right")
     for g in r.generations:
         t.add_row(
             str(g.generation),
             _f(g.at_s),
-            g.why,
+            esc(g.why),
             *[f"{g.shares[n][0]}@{g.shares[n][1]:.2f}" if n in g.shares else "-" for n in nodes],
         )
-    console.print(t)
+    show(console, t)
     if r.lc:
-        t = Table(
-            title="LC apps: p95 over each 5 s window, reported every 0.5 s; 'over' counts reports over the deadline "
-            "once training is steady, 'start-up' those whose window covers the workers' start"
+        say(
+            console,
+            "LC apps: p95 over each 5 s window, reported every 0.5 s; 'over' counts reports over the deadline "
+            "once training is steady, 'start-up' those whose window covers the workers' start",
         )
+        t = Table()
         for col in ("app", "node", "alone p95", "deadline", "median p95", "worst p95", "reports", "over", "start-up"):
             t.add_column(col, justify="right" if col not in ("app", "node") else "left")
         for a in r.lc:
             t.add_row(
-                a.app,
-                a.node,
+                esc(a.app),
+                esc(a.node),
                 _f(a.alone_p95_ms, " ms"),
                 _f(a.deadline_ms, " ms"),
                 _f(a.median_p95_ms, " ms"),
@@ -297,23 +306,26 @@ def render_report(r: DemoReport, console: Any) -> None:
                 str(a.violations),
                 str(a.startup_violations),
             )
-        console.print(t)
+        show(console, t)
     if r.failover:
         f = r.failover
-        console.print(
-            f"failover: SIGKILL {f.node} at 0.00 s -> detected {_f(f.detected_s)} -> re-planned {_f(f.replanned_s)} "
-            f"-> resumed {_f(f.resumed_s)}; steps redone: {f.steps_redone}"
+        say(
+            console,
+            f"failover: SIGKILL {esc(f.node)} at 0.00 s -> detected {_f(f.detected_s)} -> re-planned "
+            f"{_f(f.replanned_s)} -> resumed {_f(f.resumed_s)}; steps redone: {f.steps_redone}",
         )
     acc = r.accounting
-    console.print(
+    say(
+        console,
         f"accounting: {acc.get('samples')} sample-epochs trained, {acc.get('missing')} missing, "
-        f"{acc.get('duplicated')} twice -> {'every sample once' if acc.get('ok') else 'NOT exact'}"
+        f"{acc.get('duplicated')} twice -> {'every sample once' if acc.get('ok') else 'NOT exact'}",
     )
-    console.print(f"model: {r.model_path or '(none)'}")
+    say(console, f"model: {esc(r.model_path or '(none)')}")
     if r.ok:
-        console.print(
-            "[bold green]PASS[/]: completed, every sample trained once, failover recovered, no LC deadline missed"
+        say(
+            console,
+            "[bold green]PASS[/]: completed, every sample trained once, failover recovered, no LC deadline missed",
         )
     else:
         for p in r.problems:
-            console.print(f"[bold red]FAIL[/]: {p}")
+            say(console, f"[bold red]FAIL[/]: {esc(p)}")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from deepedge.broker_schemas import ArgValue, Topics
 from deepedge.config import BrokerConfig
+from deepedge.demo._boards import BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
-from deepedge.demo._profiles import BoardProfile, cluster_profiles
 from deepedge.demo._report import DemoReport, build_report
 from deepedge.demo._watch import ClusterWatch
 from deepedge.errors import DeepEdgeError

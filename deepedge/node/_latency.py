@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import os
 import socket
@@ -15,6 +16,7 @@ import structlog
 
 from deepedge.broker_schemas import ID_PATTERN, AppLatency
 from deepedge.clock import Clock
+from deepedge.config import ConfigError
 from deepedge.transport import DropLog
 
 __all__ = ["LatencyIntake", "LatencyWindows", "percentile"]
@@ -93,6 +95,21 @@ class LatencyWindows:
         return tuple(out)
 
 
+def _held(path: Path) -> bool:
+    """Whether a running process listens on the Unix socket ``path``: a datagram connect
+    succeeds (or finds a socket of another type); refused means nobody has it open."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:  # EPROTOTYPE: a stream socket someone listens on; EACCES: not ours
+        return exc.errno in (errno.EPROTOTYPE, errno.EACCES, errno.EPERM)
+    finally:
+        probe.close()
+    return True
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, intake: LatencyIntake) -> None:
         self._intake = intake
@@ -128,17 +145,40 @@ class LatencyIntake:
                 self._drops.drop("latency-socket", f"too many LC apps; {app!r} ignored", str(self.path))
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind(str(self.path))
+        """Bind the socket. ConfigError (exit 78) if a running process holds it (another daemon
+        on this host with the same ``node.latency_socket``); a socket file nobody listens on (a
+        daemon that died) is replaced. ``run_node`` calls it before it connects to the broker, so
+        a refused daemon never connects."""
+        sock = self._bind()
         os.chmod(self.path, 0o666)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
         log.info("latency.listening", socket=str(self.path))
+
+    def _bind(self) -> socket.socket:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            for _attempt in range(2):  # (bind first: of two daemons starting at once, one binds)
+                try:
+                    sock.bind(str(self.path))
+                    return sock
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                if _held(self.path):
+                    raise ConfigError(
+                        f"node.latency_socket {self.path} is in use by a running process (another deepedge node "
+                        "on this host?): give each daemon its own node.latency_socket"
+                    )
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()  # a stale socket of a daemon that died
+            raise ConfigError(f"node.latency_socket {self.path}: taken by another process while starting")
+        except BaseException:
+            sock.close()
+            raise
 
     def close(self) -> None:
         if self._transport is not None:

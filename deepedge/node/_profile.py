@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import structlog
 
 from deepedge.broker_schemas import LcPoint, ModelProfile
 from deepedge.clock import Clock
-from deepedge.config import NodeConfig
+from deepedge.config import ConfigError, NodeConfig
 from deepedge.node._latency import LatencyWindows
 
 __all__ = ["BoardProfiler", "ProfileError"]
@@ -41,6 +42,8 @@ class BoardProfiler:
         self.windows = windows
         self.clock = clock
         self.path = Path(cfg.profile_path) if cfg.profile_path else None
+        self._lock_fd: int | None = None
+        self._lock()
         self.profiles: dict[str, ModelProfile] = self._load()
         self.task: asyncio.Task[ModelProfile] | None = None
         self.last_error = ""
@@ -48,6 +51,44 @@ class BoardProfiler:
     @property
     def running(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on ``<profile_path>.lock`` for the daemon's life: two daemons
+        writing one profile file would each announce the other's measurements as their own.
+        ConfigError (exit 78) if another process holds it; a lock file that cannot be made is
+        logged and the daemon runs on (as when the profile cannot be saved)."""
+        if self.path is None:
+            return
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            log.warning("profile.unlocked", path=str(lock), error=str(exc))
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise ConfigError(
+                f"node.profile_path {self.path} is locked by {who} (another deepedge node on this host?): "
+                "give each daemon its own node.profile_path"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            log.warning("profile.unlocked", path=str(lock), error=str(exc))
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the profile file's lock (the process's exit does too)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _load(self) -> dict[str, ModelProfile]:
         if self.path is None or not self.path.exists():

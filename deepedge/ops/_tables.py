@@ -1,4 +1,5 @@
-"""Rich tables for ``deepedge status``."""
+"""Rich tables for ``deepedge status`` (print them with ``deepedge.ops.show``). Names, reasons
+and notes are escaped: they are printed as they are, never read as markup."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 from rich.console import Group
 from rich.table import Table
+
+from deepedge.ops._console import esc
 
 __all__ = ["status_tables"]
 
@@ -18,6 +21,12 @@ def _eta(job: dict[str, Any]) -> str:
     return f"{min(job['step'], job['total_steps'])}/{job['total_steps']}"
 
 
+def _lc(app: str, v: dict[str, Any]) -> str:
+    p95 = f"{v['p95_ms']:.1f}" if v.get("count") else "-"
+    over = v["deadline_ms"] is not None and v.get("count") and v["p95_ms"] > v["deadline_ms"]
+    return f"{esc(app)} {p95}/{_fmt(v['deadline_ms'], 'g')}" + (" [red]![/]" if over else "")
+
+
 def status_tables(status: dict[str, Any]) -> Group:
     nodes = Table(title=f"nodes ({status['nodes_total']})", title_justify="left")
     for col in ("node", "health", "cpu %", "mem %", "rate", "cap", "share", "LC p95 / deadline (ms)"):
@@ -26,41 +35,32 @@ def status_tables(status: dict[str, Any]) -> Group:
     for job in status["jobs"]:
         if job["state"] in ("running", "recovering"):
             for node, part in job["participants"].items():
-                shares[node] = f"{part['share']}@{part['cap']:.2f} ({job['job']})"
+                shares[node] = f"{part['share']}@{part['cap']:.2f} ({esc(job['job'])})"
     for n in status["nodes"]:
-        health = "[green]alive[/]" if n["alive"] else f"[red]dead[/] {n['why_dead']}"
+        health = "[green]alive[/]" if n["alive"] else f"[red]dead[/] {esc(n['why_dead'] or '')}".rstrip()
         if n["drained"]:
             health += " [yellow]drained[/]"
-        lc = ", ".join(
-            (
-                f"{app} {v['p95_ms']:.1f}/{_fmt(v['deadline_ms'], 'g')}"
-                if v.get("count")
-                else f"{app} -/{_fmt(v['deadline_ms'], 'g')}"
-            )
-            + (" [red]![/]" if v["deadline_ms"] is not None and v["p95_ms"] > v["deadline_ms"] else "")
-            for app, v in n["lc"].items()
-        )
         nodes.add_row(
-            n["node"],
+            esc(n["node"]),
             health,
             _fmt(n["cpu_percent"], ".0f"),
             _fmt(n["mem_percent"], ".0f"),
             _fmt(n["rate"], ".1f"),
             _fmt(n["cap_limit"], ".2f"),
             shares.get(n["node"], "-"),
-            lc or "-",
+            ", ".join(_lc(app, v) for app, v in n["lc"].items()) or "-",
         )
     jobs = Table(title="jobs", title_justify="left")
     for col in ("job", "state", "gen", "progress", "loss", "predicted makespan (s)", "note"):
         jobs.add_column(col)
     for j in status["jobs"]:
         jobs.add_row(
-            j["job"],
-            j["state"],
+            esc(j["job"]),
+            esc(j["state"]),
             str(j["generation"]),
             _eta(j),
             _fmt(j["loss"], ".4f"),
             _fmt(j["predicted_makespan_s"], ".0f"),
-            j["reason"] or "",
+            esc(j["reason"] or ""),
         )
     return Group(nodes, jobs)

@@ -1,0 +1,73 @@
+"""``deepedge submit``: a job spec from flags and a TOML job file, with one name per field.
+
+A job file's keys are the submit flags' names with ``_`` (``--learning-rate`` is
+``learning_rate``); ``lr`` is accepted as an alias, as the flag ``--lr`` is. Flags override the
+file. An unknown key, a value that is not a string, number or boolean, or a file that cannot be
+read is a ConfigError (one line, exit 78), like any other configuration file's."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deepedge.config import ConfigError
+
+__all__ = ["JOB_ALIASES", "JOB_FIELDS", "REQUIRED_JOB_FIELDS", "job_spec", "read_job_file"]
+
+JOB_FIELDS = (
+    "job",
+    "model",
+    "dataset",
+    "output",
+    "epochs",
+    "global_batch",
+    "learning_rate",
+    "base_checkpoint",
+    "seed",
+    "split",
+    "dataset_size",
+    "model_bytes",
+)
+REQUIRED_JOB_FIELDS = ("model", "dataset", "output", "epochs", "global_batch", "learning_rate")
+JOB_ALIASES = {"lr": "learning_rate"}  # as the flag --lr
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    """The job file's fields, aliases resolved. Raises ConfigError naming the file and the key."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except IsADirectoryError:
+        raise ConfigError(f"job file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"job file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"job file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"job file {path} is not valid TOML: {exc}") from None
+    spec: dict[str, Any] = {}
+    given: dict[str, str] = {}  # field -> the key that gave it
+    for key, value in data.items():
+        name = JOB_ALIASES.get(key, key)
+        if name not in JOB_FIELDS:
+            raise ConfigError(f"job file {path}: unknown key {key!r} (known: {', '.join(JOB_FIELDS)}; {_aliases()})")
+        if name in given:
+            raise ConfigError(f"job file {path}: {given[name]!r} and {key!r} are the same field ({name}); give one")
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(f"job file {path}: {key} must be a string, a number or a boolean")
+        spec[name] = value
+        given[name] = key
+    return spec
+
+
+def _aliases() -> str:
+    return ", ".join(f"{alias} for {name}" for alias, name in JOB_ALIASES.items())
+
+
+def job_spec(from_file: Mapping[str, Any], flags: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The file's fields overridden by the flags that were given (not None), and the required
+    fields still missing."""
+    spec = dict(from_file)
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    return spec, [name for name in REQUIRED_JOB_FIELDS if name not in spec]
