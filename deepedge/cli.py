@@ -156,13 +156,14 @@ def _print_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def _request(ctx: typer.Context, verb: str, args: dict[str, Any]) -> dict[str, Any]:
+def _request(ctx: typer.Context, verb: str, args: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
     import asyncio
 
     from deepedge.ops import coordinator_request
 
     loaded = ctx.obj.load(quiet=True)
-    reply = asyncio.run(coordinator_request(loaded.config, verb, {k: v for k, v in args.items() if v is not None}))
+    clean = {k: v for k, v in args.items() if v is not None}
+    reply = asyncio.run(coordinator_request(loaded.config, verb, clean, timeout_s=timeout_s))
     return dict(reply.result)
 
 
@@ -228,7 +229,9 @@ def submit_cmd(
         if counted is None:
             raise typer.BadParameter("--dataset-size is needed when --dataset is not a local folder")
         spec["dataset_size"] = counted
-    result = _request(ctx, "submit", spec)
+    # the coordinator asks every candidate node for its pre-flight first (up to its
+    # coordinator.preflight_timeout_s), then plans
+    result = _request(ctx, "submit", spec, timeout_s=45.0)
     if as_json:
         _print_json(result)
         return
@@ -238,14 +241,22 @@ def submit_cmd(
         f"{result['total_steps']} steps; shares@caps: {parts}; "
         f"predicted makespan {result['predicted_makespan_s']:.0f} s"
     )
+    for node, why in (result.get("excluded") or {}).items():
+        typer.echo(f"  {node} left out: {why}")
 
 
 @app.command("status")
 def status_cmd(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False
+    ctx: typer.Context,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Nodes and jobs per page (default: what fits in one reply).")
+    ] = None,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many nodes and jobs (the next page).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Nodes (health, load, LC p95 vs deadline, cap, share) and jobs (progress)."""
-    result = _request(ctx, "status", {})
+    """Nodes (health, load, rate, LC p95 vs deadline, cap, share) and jobs (progress, makespan,
+    who was left out and why)."""
+    result = _request(ctx, "status", {"limit": limit, "offset": offset or None})
     if as_json:
         _print_json(result)
         return
@@ -263,6 +274,31 @@ def cancel_cmd(
     """Cancel a job: its workers stop; the state is kept."""
     result = _request(ctx, "cancel", {"job": job})
     _print_json(result) if as_json else typer.echo(f"job {result['job']}: {result['state']}")
+
+
+@app.command("rm")
+def rm_cmd(
+    ctx: typer.Context,
+    job: Annotated[str | None, typer.Argument(help="A finished job's id.")] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Every job that finished this long ago: e.g. 90s, 30m, 12h, 7d."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Remove finished jobs from the coordinator (its store, status, retained progress); a
+    removed job's id can be used again."""
+    from deepedge.ops import parse_duration
+
+    if (job is None) == (older_than is None):
+        raise typer.BadParameter("give a JOB or --older-than, not both and not neither")
+    args = {"job": job, "older_than_s": parse_duration(older_than) if older_than is not None else None}
+    result = _request(ctx, "rm", args)
+    if as_json:
+        _print_json(result)
+        return
+    removed = result["removed"]
+    typer.echo(f"removed {len(removed)} job(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
 @app.command("drain")
@@ -636,10 +672,15 @@ def command() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app and maps deepedge errors to exit codes."""
+    as_json = "--json" in (sys.argv[1:] if argv is None else argv)
     try:
         result = command().main(args=argv, standalone_mode=False)
     except DeepEdgeError as exc:
-        typer.echo(f"deepedge: error: {exc}", err=True)
+        if as_json:  # a script asked for JSON: its errors are JSON too (on stdout, with the exit code)
+            code = getattr(exc, "code", type(exc).__name__)
+            typer.echo(json.dumps({"error": {"code": code, "message": str(exc), "exit_code": int(exc.exit_code)}}))
+        else:
+            typer.echo(f"deepedge: error: {exc}", err=True)
         return int(exc.exit_code)
     except typer.Exit as exc:
         return int(exc.exit_code)

@@ -55,6 +55,7 @@ def test_help_lists_the_commands_of_the_design() -> None:
         "status",
         "cancel",
         "drain",
+        "rm",
         "logs",
         "demo",
         "bench",

@@ -293,7 +293,9 @@ async def test_a_node_refusing_the_preflight_is_left_out_and_all_refusing_refuse
         with pytest.raises(CommandFailed) as err:
             await cl.submit("j2")
         assert err.value.code == "conflict" and "refused by every node" in err.value.message
-        assert "j2" not in c.jobs  # not stored: the id stays free
+        failed = c.jobs["j2"]  # stored as failed, with the reasons (status and logs show them)
+        assert failed.state is JobState.FAILED and failed.excluded == {"n2": "model 'x' is not in training.models"}
+        assert (await cl.command("rm", job="j2")).result == {"removed": ["j2"]}
     finally:
         await cl.stop()
 

@@ -86,7 +86,7 @@ def test_the_status_tables_outside_a_terminal_are_whole_at_80_columns() -> None:
             "deadline-app -/-",
             "64@0.80 (retrain-cams-2026-11-23)",
             "LC p95 / deadline (ms)",
-            "predicted makespan (s)",
+            "makespan (s)",
             "1046/20000",
             CLOSING,
             VISION,

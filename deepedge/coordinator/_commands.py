@@ -107,10 +107,7 @@ async def _submit(c: Coordinator, req: CommandRequest, args: SubmitArgs) -> Comm
     candidates = await c.in_writer(lambda: _reserve(c, name, spec))
     try:
         refused = await _preflight(c, name, spec, candidates)
-        if candidates and len(refused) == len(candidates):
-            why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items()))
-            raise CommandFailed("conflict", f"job {name} refused by every node: {why}"[:4000])
-        job = await c.in_writer(lambda: _create(c, name, args, spec, refused))
+        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=len(refused) == len(candidates)))
     finally:
         c.reserved.discard(name)
     if job.state == JobState.FAILED:
@@ -158,7 +155,12 @@ async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str])
     return {n: r[:MAX_REASON] for n, r in refused.items()}
 
 
-async def _create(c: Coordinator, name: str, args: SubmitArgs, spec: JobSpec, refused: dict[str, str]) -> JobRecord:
+async def _create(
+    c: Coordinator, name: str, args: SubmitArgs, spec: JobSpec, refused: dict[str, str], every: bool
+) -> JobRecord:
+    """Store the job and plan it without the nodes that refused it. When every candidate
+    refused, it is stored as failed with every reason (``status`` and ``logs`` say why; ``rm``
+    frees the id)."""
     now = c.clock.time()
     job = JobRecord(
         job=name,
@@ -174,7 +176,11 @@ async def _create(c: Coordinator, name: str, args: SubmitArgs, spec: JobSpec, re
     await c.emit("job.submitted", f"{spec.model} on {spec.dataset}", job=name)
     for node, why in refused.items():
         await c.emit("node.excluded", f"pre-flight: {why}", level="warning", node=node, job=name)
-    await c.replan(job)
+    if refused and every:
+        why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items()))
+        await c.fail(job, f"refused by every node: {why}")
+    else:
+        await c.replan(job)
     return job
 
 

@@ -2,7 +2,7 @@
 checked first), job specs, tables, output outside a terminal, event tailing."""
 
 from deepedge.ops._console import esc, make_console, say, show
-from deepedge.ops._job import JOB_ALIASES, JOB_FIELDS, REQUIRED_JOB_FIELDS, job_spec, read_job_file
+from deepedge.ops._job import JOB_ALIASES, JOB_FIELDS, REQUIRED_JOB_FIELDS, job_spec, parse_duration, read_job_file
 from deepedge.ops._logs import format_event, tail_events
 from deepedge.ops._request import (
     STATUS_WAIT_S,
@@ -30,6 +30,7 @@ __all__ = [
     "job_spec",
     "make_console",
     "node_status",
+    "parse_duration",
     "profile_node",
     "read_job_file",
     "run_profile",

@@ -14,7 +14,7 @@ from typing import Any
 
 from deepedge.config import ConfigError
 
-__all__ = ["JOB_ALIASES", "JOB_FIELDS", "REQUIRED_JOB_FIELDS", "job_spec", "read_job_file"]
+__all__ = ["JOB_ALIASES", "JOB_FIELDS", "REQUIRED_JOB_FIELDS", "job_spec", "parse_duration", "read_job_file"]
 
 JOB_FIELDS = (
     "job",
@@ -71,3 +71,21 @@ def job_spec(from_file: Mapping[str, Any], flags: Mapping[str, Any]) -> tuple[di
     spec = dict(from_file)
     spec.update({k: v for k, v in flags.items() if v is not None})
     return spec, [name for name in REQUIRED_JOB_FIELDS if name not in spec]
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``12h``, ``7d`` or a plain number of seconds; ConfigError
+    (exit 78) otherwise."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 90s, 30m, 12h, 7d)") from None
+    if not 0 <= seconds < 1e12:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 90s, 30m, 12h, 7d)")
+    return seconds

@@ -27,8 +27,26 @@ def _lc(app: str, v: dict[str, Any]) -> str:
     return f"{esc(app)} {p95}/{_fmt(v['deadline_ms'], 'g')}" + (" [red]![/]" if over else "")
 
 
+def _makespan(job: dict[str, Any]) -> str:
+    value = _fmt(job.get("predicted_makespan_s"), ".0f")
+    return f"{value} (actual)" if job.get("makespan_actual") else value
+
+
+def _note(job: dict[str, Any]) -> str:
+    out = [esc(job["reason"] or "")] if job.get("reason") else []
+    out += [f"{esc(node)} left out: {esc(why)}" for node, why in (job.get("excluded") or {}).items()]
+    return "; ".join(out)
+
+
+def _page(status: dict[str, Any], what: str, shown: int, total: int) -> str:
+    start = status.get("offset", 0)
+    if shown >= total and not start:
+        return f"{what} ({total})"
+    return f"{what} {start + 1}-{start + shown} of {total} (--offset {start + shown} for more)"
+
+
 def status_tables(status: dict[str, Any]) -> Group:
-    nodes = Table(title=f"nodes ({status['nodes_total']})", title_justify="left")
+    nodes = Table(title=_page(status, "nodes", len(status["nodes"]), status["nodes_total"]), title_justify="left")
     for col in ("node", "health", "cpu %", "mem %", "rate", "cap", "share", "LC p95 / deadline (ms)"):
         nodes.add_column(col)
     shares: dict[str, str] = {}
@@ -45,13 +63,16 @@ def status_tables(status: dict[str, Any]) -> Group:
             health,
             _fmt(n["cpu_percent"], ".0f"),
             _fmt(n["mem_percent"], ".0f"),
-            _fmt(n["rate"], ".1f"),
+            _fmt(n["rate"], ".1f") + (f" ({esc(n['rate_source'])})" if n.get("rate_source") else ""),
             _fmt(n["cap_limit"], ".2f"),
             shares.get(n["node"], "-"),
             ", ".join(_lc(app, v) for app, v in n["lc"].items()) or "-",
         )
-    jobs = Table(title="jobs", title_justify="left")
-    for col in ("job", "state", "gen", "progress", "loss", "predicted makespan (s)", "note"):
+    jobs = Table(
+        title=_page(status, "jobs", len(status["jobs"]), status.get("jobs_total", len(status["jobs"]))),
+        title_justify="left",
+    )
+    for col in ("job", "state", "gen", "progress", "loss", "makespan (s)", "note"):
         jobs.add_column(col)
     for j in status["jobs"]:
         jobs.add_row(
@@ -60,7 +81,7 @@ def status_tables(status: dict[str, Any]) -> Group:
             str(j["generation"]),
             _eta(j),
             _fmt(j["loss"], ".4f"),
-            _fmt(j["predicted_makespan_s"], ".0f"),
-            esc(j["reason"] or ""),
+            _makespan(j),
+            _note(j),
         )
     return Group(nodes, jobs)
