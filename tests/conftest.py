@@ -1,15 +1,18 @@
-"""Shared fixtures: a real Mosquitto broker on a free port, and a per-test cluster name."""
+"""Shared fixtures: a real Mosquitto broker on a free port, a client watching it, the daemons a
+test starts (stopped at its end), and a per-test cluster name."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from deepedge.embedded_broker import MOSQUITTO, MosquittoProcess, free_port
+from deepedge.transport import MqttTransport
+from tests.helpers.node_proc import NodeProc
 
 __all__ = ["MOSQUITTO", "MosquittoBroker", "free_port"]
 
@@ -34,3 +37,25 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def cluster() -> str:
     """A cluster name of its own for each test, so topics never collide."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def watcher(mosquitto: MosquittoBroker) -> AsyncIterator[MqttTransport]:
+    """A plain client of the test's broker, to publish and subscribe as the test likes."""
+    async with MqttTransport(mosquitto.config()) as t:
+        yield t
+
+
+@pytest.fixture
+def procs() -> Iterator[list[NodeProc]]:
+    """Daemons (and coordinators) the test starts: killed at its end."""
+    started: list[NodeProc] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def nodes(procs: list[NodeProc]) -> list[NodeProc]:
+    """The same list as ``procs``, by the name the node tests use."""
+    return procs

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,6 @@ from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.mosquitto
-
-
-@pytest.fixture
-async def watcher(mosquitto: MosquittoBroker) -> AsyncIterator[MqttTransport]:
-    async with MqttTransport(mosquitto.config()) as t:
-        yield t
-
-
-@pytest.fixture
-def procs() -> Any:
-    started: list[NodeProc] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 async def cluster_up(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +23,6 @@ from tests.test_node_daemon import _plan, coordinator_online
 pytestmark = pytest.mark.mosquitto
 
 REAL_WORKER = [sys.executable, "-m", "deepedge.training.worker"]
-
-
-@pytest.fixture
-async def watcher(mosquitto: MosquittoBroker) -> AsyncIterator[MqttTransport]:
-    async with MqttTransport(mosquitto.config()) as t:
-        yield t
-
-
-@pytest.fixture
-def nodes() -> AsyncIterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started  # type: ignore[misc]
-    for n in started:
-        n.stop()
 
 
 class Collected:

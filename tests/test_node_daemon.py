@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +34,6 @@ from tests.helpers.node_proc import NodeProc, start_node
 from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.mosquitto
-
-
-@pytest.fixture
-async def watcher(mosquitto: MosquittoBroker) -> AsyncIterator[MqttTransport]:
-    async with MqttTransport(mosquitto.config()) as t:
-        yield t
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> AsyncIterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started  # type: ignore[misc]
-    for n in started:
-        n.stop()
 
 
 async def boot(

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,6 @@ EXE = shutil.which("deepedge", path=str(Path(sys.executable).parent)) or shutil.
 
 def config(broker: MosquittoBroker, cluster: str) -> Config:
     return Config(cluster=ClusterConfig(name=cluster), broker=BrokerConfig(url=broker.url, connect_timeout_s=5.0))
-
-
-@pytest.fixture
-async def watcher(mosquitto: MosquittoBroker) -> AsyncIterator[MqttTransport]:
-    async with MqttTransport(mosquitto.config()) as t:
-        yield t
 
 
 async def coordinator_says(t: MqttTransport, cluster: str, state: str, ts: float) -> None:

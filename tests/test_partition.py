@@ -83,14 +83,6 @@ def broker(tmp_path: Path, netns: tuple[str, str, str]) -> Iterator[MosquittoPro
 
 
 @pytest.fixture
-def procs() -> Iterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
-@pytest.fixture
 async def watcher(broker: MosquittoProcess) -> AsyncIterator[MqttTransport]:
     async with MqttTransport(broker.config()) as t:
         yield t

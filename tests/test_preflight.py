@@ -281,14 +281,6 @@ async def test_the_runner_times_out_and_refuses_a_second_preflight_of_the_same_j
 # ---- through real node daemons ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started
-    for n in started:
-        n.stop()
-
-
 async def boot(tmp: Path, broker: MosquittoBroker, cluster: str, names: list[str], nodes: list[NodeProc]) -> None:
     async with MqttTransport(broker.config()) as w:
         subs = [await w.subscribe(Topics(cluster).node_status(n)) for n in names]

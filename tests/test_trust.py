@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -57,20 +56,6 @@ def test_a_hostile_rank_cannot_run_code_on_its_peers(tmp_path: Path, mode: str) 
         hostile.kill()
     assert "hostile: sent" in out, out  # the attack was made
     assert not marker.exists()  # and nothing ran
-
-
-@pytest.fixture
-async def watcher(mosquitto: MosquittoBroker) -> AsyncIterator[MqttTransport]:
-    async with MqttTransport(mosquitto.config()) as t:
-        yield t
-
-
-@pytest.fixture
-def nodes() -> AsyncIterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started  # type: ignore[misc]
-    for n in started:
-        n.stop()
 
 
 def _accepts_within(sock: socket.socket, seconds: float) -> bool:
