@@ -1,5 +1,5 @@
-"""Injected time: a ``Clock`` protocol with a real and a fake implementation, so failure
-detection and backoff are tested without sleeping."""
+"""Injected time: a ``Clock`` protocol and the real one. The fake one, for tests that check
+failure detection and backoff without sleeping, is ``deepedge.testing.FakeClock``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "RealClock"]
+__all__ = ["Clock", "RealClock"]
 
 
 class Clock(Protocol):
@@ -27,29 +27,3 @@ class RealClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-
-
-class FakeClock:
-    """A clock that only moves when told to. ``sleep`` records the request and returns at
-    once after advancing the clock by that much, so code under test runs at full speed."""
-
-    def __init__(self, start: float = 1_000.0, wall_offset: float = 1.7e9) -> None:
-        self._now = start
-        self._wall_offset = wall_offset
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def time(self) -> float:
-        return self._now + self._wall_offset
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a clock does not go backwards")
-        self._now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
-        await asyncio.sleep(0)

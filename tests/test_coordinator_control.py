@@ -30,11 +30,10 @@ from deepedge.broker_schemas import (
     encode,
     result_of,
 )
-from deepedge.clock import FakeClock
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import Coordinator, JobRecord, JobStore
 from deepedge.coordinator._commands import handle_command
-from deepedge.testing import answer_preflights
+from deepedge.testing import FakeClock, answer_preflights
 from deepedge.transport import CommandFailed, FakeBroker, FakeTransport, Received
 
 T = Topics("default")

@@ -241,7 +241,7 @@ async def train_real_job(
     """Coordinator + daemons running the real worker; submit a 2-epoch job on 2,400 generated
     images; once it trains, ``fault(procs, watcher)`` strikes; the job must complete with every
     sample of every epoch trained exactly once."""
-    from deepedge.bench._workers import make_tensor_dataset
+    from deepedge.testing.workers import make_tensor_dataset
     from deepedge.training import verify_accounting
 
     t = Topics(cluster)

@@ -38,13 +38,12 @@ from deepedge.broker_schemas import (
     decode,
     encode,
 )
-from deepedge.clock import FakeClock
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import Coordinator, JobStore
 from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._learning import MAX_APPS
 from deepedge.coordinator._service import MAX_FINISHED_IN_MEMORY
-from deepedge.testing import answer_preflights
+from deepedge.testing import FakeClock, answer_preflights
 from deepedge.transport import CommandFailed, FakeBroker, FakeTransport
 
 NODES = [f"n{i}" for i in range(5)]

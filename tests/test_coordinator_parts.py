@@ -20,12 +20,11 @@ from deepedge.broker_schemas import (
     Telemetry,
     Topics,
 )
-from deepedge.clock import FakeClock
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import TRANSITIONS, ClusterView, Coordinator, IllegalTransition, JobRecord, JobState, JobStore
 from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._learning import InterferenceModel, ThroughputModel
-from deepedge.testing import answer_preflights
+from deepedge.testing import FakeClock, answer_preflights
 from deepedge.transport import FakeBroker, FakeTransport, Received
 
 SPEC = JobSpec(model="cnn", dataset="/d", output="/o", epochs=1, global_batch=32, learning_rate=0.1)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from deepedge.clock import FakeClock
 from deepedge.config import ConfigError, NodeConfig
 from deepedge.errors import ExitCode
 from deepedge.node import LatencyWindows, percentile
@@ -24,6 +23,7 @@ from deepedge.node._latency import LatencyIntake, _held
 from deepedge.node._profile import BoardProfiler
 from deepedge.node.collectors import PsutilCollector, TelemetryDraft, parse_tegrastats, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
+from deepedge.testing import FakeClock
 from deepedge.transport import DropLog
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import _spawn, start_node
@@ -264,3 +264,20 @@ def test_a_second_daemon_on_one_host_refuses_in_one_line(
         assert not any(e.get("node") == "b" for e in first.log_events())
     finally:
         first.stop()
+
+
+def test_the_telemetry_draft_has_exactly_the_wire_fields_and_fits_them_into_their_bounds() -> None:
+    import math
+
+    from deepedge.broker_schemas import GpuStats, Telemetry
+
+    d = TelemetryDraft()
+    with pytest.raises(AttributeError, match="no field 'cpu_temp'"):
+        d.cpu_temp = 3.0  # a name the wire does not have: an error, not a silent drop
+    d.cpu_percent, d.cpu_per_core, d.net_rx_bps = 100.4, (101.0, -0.2, math.nan), -5.0
+    d.temperatures_c.update({f"zone{i}": 40.0 for i in range(100)})
+    d.gpus.extend(GpuStats(index=i) for i in range(20))
+    t = d.freeze("n1", 1.0)
+    assert isinstance(t, Telemetry) and t.cpu_percent == 100.0 and t.cpu_per_core == (100.0, 0.0, 0.0)
+    assert t.net_rx_bps == 0.0 and len(t.temperatures_c) == 64 and len(t.gpus) == 16
+    assert set(Telemetry.__struct_fields__) - {"node", "ts", "v"} == set(vars(d))

@@ -22,11 +22,11 @@ from deepedge.broker_schemas import (
     Plan,
     decode,
 )
-from deepedge.clock import FakeClock
 from deepedge.config import Config, NodeConfig, TrainingConfig
 from deepedge.node import NodeDaemon, SupervisorState, WorkerSupervisor
 from deepedge.node._daemon import CrashEvents
 from deepedge.node._supervisor import IllegalTransition, WorkerExit, crash_reason
+from deepedge.testing import FakeClock
 from deepedge.transport import FakeBroker, FakeTransport
 from deepedge.worker_protocol import PlanForWorker
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from deepedge.bench._workers import make_tensor_dataset
 from deepedge.broker_schemas import CoordinatorStatus, Event, NodeBirth, Topics
+from deepedge.testing.workers import make_tensor_dataset
 from deepedge.transport import MqttTransport
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start_node

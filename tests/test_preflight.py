@@ -29,7 +29,7 @@ from tests.helpers.node_proc import NodeProc, start_node
 from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SLOW_MODEL = "tests.helpers.test_worker:slow_model"
+SLOW_MODEL = "tests.helpers.stand_in_worker:slow_model"
 
 
 def image_folder(root: Path, classes: int = 4, per_class: int = 10, size: tuple[int, int] = (20, 16)) -> Path:
@@ -262,7 +262,7 @@ async def test_the_runner_times_out_and_refuses_a_second_preflight_of_the_same_j
     runner = Preflights(
         "n1",
         NodeConfig(preflight_timeout_s=1.5),
-        policy(board, model_modules=("tests.helpers.test_worker",)),
+        policy(board, model_modules=("tests.helpers.stand_in_worker",)),
     )
     slow = asyncio.create_task(runner.run("j1", spec(board, model=SLOW_MODEL)))
     await asyncio.sleep(0.2)

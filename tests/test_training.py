@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepedge.bench._workers import (
+from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.config import TrainingConfig
+from deepedge.node._supervisor import WorkerSupervisor
+from deepedge.testing.workers import (
     WorkerProc,
     first_report,
     make_plan,
@@ -23,9 +26,6 @@ from deepedge.bench._workers import (
     start_worker,
     stop_all,
 )
-from deepedge.broker_schemas import JobSpec, Plan
-from deepedge.config import TrainingConfig
-from deepedge.node._supervisor import WorkerSupervisor
 from deepedge.training import read_records, verify_accounting
 from deepedge.worker_protocol import COMM_THREADS, PlanForWorker
 

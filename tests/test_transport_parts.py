@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from deepedge.backoff import Backoff
 from deepedge.broker_schemas import SchemaError, SchemaErrorReason
-from deepedge.clock import FakeClock
+from deepedge.testing import FakeClock
 from deepedge.transport import DropLog, topic_matches, validate_filter
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from deepedge.bench._workers import make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.broker_schemas import Assignment, CoordinatorStatus, Heartbeat, JobSpec, NodeBirth, Plan, Topics
 from deepedge.embedded_broker import free_port
+from deepedge.testing.workers import make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.transport import MqttTransport
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, start_node

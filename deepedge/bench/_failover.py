@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepedge.bench._workers import first_report, make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.broker_schemas import JobSpec
 from deepedge.config import CoordinatorConfig
+from deepedge.testing.workers import first_report, make_plan, make_tensor_dataset, start_worker, stop_all
 
 __all__ = ["FailoverResult", "failover_markdown", "run_failover_bench"]
 

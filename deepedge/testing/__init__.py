@@ -2,5 +2,6 @@
 talks to. Not used by the daemons."""
 
 from deepedge.testing._boards import answer_preflights
+from deepedge.testing._clock import FakeClock
 
-__all__ = ["answer_preflights"]
+__all__ = ["FakeClock", "answer_preflights"]

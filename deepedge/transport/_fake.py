@@ -11,10 +11,10 @@ import uuid
 from types import TracebackType
 from typing import Self
 
-from deepedge.broker_schemas import Message, encode
-from deepedge.transport._api import ConnectHook, Subscription, TransportError, Will
-from deepedge.transport._dispatch import Dispatcher
-from deepedge.transport._matching import topic_matches, validate_filter
+from deepedge.broker_schemas import encode
+from deepedge.transport._api import Subscription, TransportError, Will
+from deepedge.transport._base import TransportBase
+from deepedge.transport._matching import topic_matches
 
 __all__ = ["FakeBroker", "FakeTransport"]
 
@@ -57,25 +57,11 @@ class FakeBroker:
                 client.deliver(topic, payload, True, only_filter=topic_filter)
 
 
-class FakeTransport:
+class FakeTransport(TransportBase):
     def __init__(self, broker: FakeBroker, *, client_id: str | None = None, will: Will | None = None) -> None:
-        self.client_id = client_id or f"fake-{uuid.uuid4().hex[:8]}"
+        super().__init__(client_id or f"fake-{uuid.uuid4().hex[:8]}")
         self.will = will
         self._broker = broker
-        self._dispatcher = Dispatcher()
-        self._hooks: list[ConnectHook] = []
-        self._connected = asyncio.Event()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        return self._dispatcher
-
-    def add_connect_hook(self, hook: ConnectHook) -> None:
-        self._hooks.append(hook)
 
     async def __aenter__(self) -> Self:
         self._broker.connect(self)
@@ -93,15 +79,8 @@ class FakeTransport:
     def drop_connection(self) -> None:
         self._connected.clear()
 
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
-                await self._connected.wait()
-        except TimeoutError:
-            raise TransportError("fake broker: not connected") from None
-
-    async def publish(self, topic: str, message: Message | None, *, qos: int = 0, retain: bool = False) -> None:
-        await self.publish_raw(topic, b"" if message is None else encode(message), qos=qos, retain=retain)
+    def _no_connection(self, timeout: float | None) -> str:
+        return "fake broker: not connected"
 
     async def publish_raw(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
         if not self.connected:
@@ -112,13 +91,9 @@ class FakeTransport:
     async def subscribe(
         self, topic_filter: str, *, qos: int = 1, maxsize: int = 10_000, include_refused: bool = False
     ) -> Subscription:
-        sub = Subscription(validate_filter(topic_filter), qos, maxsize, include_refused, self._unsubscribe)
-        self._dispatcher.add(sub)
+        sub = self._open(topic_filter, qos, maxsize, include_refused)
         self._broker.send_retained(self, topic_filter)
         return sub
-
-    async def _unsubscribe(self, sub: Subscription) -> None:
-        self._dispatcher.remove(sub)
 
     def deliver(self, topic: str, payload: bytes, retain: bool, only_filter: str | None = None) -> None:
         if self.connected:

@@ -20,13 +20,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from deepedge.backoff import Backoff
-from deepedge.broker_schemas import Message, encode
+from deepedge.broker_schemas import encode
 from deepedge.clock import Clock, RealClock
 from deepedge.config import BrokerConfig, ConfigError
 from deepedge.tasks import cancel_and_wait
-from deepedge.transport._api import ConnectHook, Subscription, TransportError, Will
+from deepedge.transport._api import Subscription, TransportError, Will
+from deepedge.transport._base import TransportBase
 from deepedge.transport._dispatch import Dispatcher
-from deepedge.transport._matching import validate_filter
 
 __all__ = ["MqttTransport"]
 
@@ -171,7 +171,7 @@ def _dispatching_queue(dispatcher: Dispatcher) -> type[asyncio.Queue[aiomqtt.Mes
     return DispatchingQueue
 
 
-class MqttTransport:
+class MqttTransport(TransportBase):
     """``async with MqttTransport(broker, client_id=...) as t:`` connects (waiting up to the
     broker's ``connect_timeout_s`` for the first connection) and keeps reconnecting until the
     block exits. ``persistent=True`` asks the broker to keep the session (QoS 1 messages queued
@@ -206,10 +206,10 @@ class MqttTransport:
         if insecure is not None:
             raise ConfigError(insecure)
         if identity_client_id and broker.username:
-            self.client_id = broker.username
+            super().__init__(broker.username, clock)
             self._connect_id = CLIENT_ID_PREFIX + broker.username
         else:
-            self.client_id = client_id or f"{CLIENT_ID_PREFIX}{uuid.uuid4().hex[:12]}"
+            super().__init__(client_id or f"{CLIENT_ID_PREFIX}{uuid.uuid4().hex[:12]}", clock)
             self._connect_id = self.client_id
         self._broker = broker
         self._will = will
@@ -219,28 +219,13 @@ class MqttTransport:
         self._backoff = backoff or Backoff()
         self._wait_first = wait_first_connect
         self._exit_on_config_error = exit_on_config_error
-        self._dispatcher = Dispatcher(self._clock)
-        self._hooks: list[ConnectHook] = []
         self._client: aiomqtt.Client | None = None
-        self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_error = ""
         self.connects = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        return self._dispatcher
-
-    def add_connect_hook(self, hook: ConnectHook) -> None:
-        """Run ``hook`` after every (re)connect, before messages are read (e.g. republish a birth)."""
-        self._hooks.append(hook)
 
     async def __aenter__(self) -> Self:
         self._closing = False
@@ -282,13 +267,6 @@ class MqttTransport:
     def _no_connection(self, timeout: float | None) -> str:
         text = f"no connection to the MQTT broker at {self._broker.url} within {timeout:g} s"
         return f"{text}: {self._last_error}" if self._last_error else text
-
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
-                await self._connected.wait()
-        except TimeoutError:
-            raise TransportError(self._no_connection(timeout)) from None
 
     def _make_client(self) -> aiomqtt.Client:
         b = self._broker
@@ -369,12 +347,8 @@ class MqttTransport:
 
     # ---- publish / subscribe ------------------------------------------------------------------
 
-    async def publish(self, topic: str, message: Message | None, *, qos: int = 0, retain: bool = False) -> None:
-        """Publish ``message`` (None publishes an empty payload: clears a retained message).
-        Waits for a connection up to the broker's connect timeout, then raises TransportError."""
-        await self.publish_raw(topic, b"" if message is None else encode(message), qos=qos, retain=retain)
-
     async def publish_raw(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        """Waits for a connection up to the broker's connect timeout, then raises TransportError."""
         deadline = self._clock.monotonic() + self._broker.connect_timeout_s
         while True:
             remaining = deadline - self._clock.monotonic()
@@ -396,8 +370,7 @@ class MqttTransport:
         self, topic_filter: str, *, qos: int = 1, maxsize: int = 10_000, include_refused: bool = False
     ) -> Subscription:
         """Open a subscription; it is renewed on every reconnect until closed."""
-        sub = Subscription(validate_filter(topic_filter), qos, maxsize, include_refused, self._unsubscribe)
-        self._dispatcher.add(sub)
+        sub = self._open(topic_filter, qos, maxsize, include_refused)
         client = self._client
         if client is not None:
             try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "test_worker.py")]
+WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "stand_in_worker.py")]
 PREFLIGHT = [sys.executable, str(ROOT / "tests" / "helpers" / "stand_in_preflight.py")]
 
 

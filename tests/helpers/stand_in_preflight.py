@@ -1,5 +1,5 @@
 """A stand-in for ``python -m deepedge.training.preflight`` beside the stand-in worker
-(tests/helpers/test_worker.py): its ``test:*`` models are no real models, so it answers ok,
+(tests/helpers/stand_in_worker.py): its ``test:*`` models are no real models, so it answers ok,
 except for the model ``test:refuse``."""
 
 from __future__ import annotations

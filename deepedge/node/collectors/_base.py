@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from deepedge.broker_schemas import GpuStats, Telemetry
+import msgspec
+import msgspec.inspect as mi
+
+from deepedge.broker_schemas import Telemetry
 
 __all__ = ["Collector", "CollectorUnavailable", "TelemetryDraft"]
 
@@ -14,21 +16,58 @@ class CollectorUnavailable(Exception):
     """Raised by a collector's constructor when its source is not on this board."""
 
 
-@dataclass
+_INFO = {f.name: f for f in cast(mi.StructType, mi.type_info(Telemetry)).fields}
+_FILLED = tuple(name for name in _INFO if name not in ("node", "ts", "v"))  # what collectors fill in
+
+
+def _default(name: str) -> Any:
+    f = _INFO[name]
+    if f.default_factory is not msgspec.NODEFAULT:
+        return f.default_factory()
+    return list(f.default) if isinstance(f.default, tuple) else f.default
+
+
+def _fit(value: Any, t: mi.Type) -> Any:
+    """``value`` within the bounds the schema puts on it: numbers clamped (sensors overshoot
+    by rounding; a rate computed over a counter reset is negative), NaN dropped to the bound,
+    sequences and maps cut to their maximum length."""
+    match t:
+        case mi.FloatType(ge=ge, le=le) | mi.IntType(ge=ge, le=le) if isinstance(value, int | float):
+            if value != value:  # NaN
+                return ge if ge is not None else 0.0
+            value = max(ge, value) if ge is not None else value
+            return min(le, value) if le is not None else value
+        case mi.UnionType(types=ts):
+            inner = next((x for x in ts if not isinstance(x, mi.NoneType)), None)
+            return value if value is None or inner is None else _fit(value, inner)
+        case mi.VarTupleType(item_type=it, max_length=m) | mi.ListType(item_type=it, max_length=m):
+            items = list(value)[: m if m is not None else None]
+            return tuple(_fit(x, it) for x in items)
+        case mi.DictType(value_type=vt, max_length=m):
+            return {k: _fit(v, vt) for k, v in list(value.items())[: m if m is not None else None]}
+    return value
+
+
 class TelemetryDraft:
-    cpu_percent: float = 0.0
-    cpu_per_core: tuple[float, ...] = ()
-    load_avg: tuple[float, ...] = ()
-    mem_total_bytes: int = 0
-    mem_used_bytes: int = 0
-    mem_percent: float = 0.0
-    swap_percent: float = 0.0
-    net_rx_bps: float = 0.0
-    net_tx_bps: float = 0.0
-    disk_read_bps: float = 0.0
-    disk_write_bps: float = 0.0
-    temperatures_c: dict[str, float] = field(default_factory=dict)
-    gpus: list[GpuStats] = field(default_factory=list)
+    """A ``Telemetry`` being filled in by the collectors. Its fields are exactly the wire
+    message's (``Telemetry``, the one list: a new field is one edit there, and the collector
+    that fills it); setting any other name is an error. ``freeze`` fits every value into the
+    bounds the schema sets."""
+
+    mem_total_bytes: int  # (the two this class itself uses)
+    mem_used_bytes: int
+
+    def __init__(self) -> None:
+        for name in _FILLED:
+            object.__setattr__(self, name, _default(name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FILLED:
+            raise AttributeError(f"telemetry has no field {name!r} (see deepedge.broker_schemas.Telemetry)")
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only for names not set in __init__: none of Telemetry's
+        raise AttributeError(f"telemetry has no field {name!r} (see deepedge.broker_schemas.Telemetry)")
 
     def emulate_memory(self, total_bytes: int) -> None:
         """An emulated board with ``total_bytes`` of memory, as loaded as this machine is."""
@@ -37,28 +76,8 @@ class TelemetryDraft:
             self.mem_total_bytes, self.mem_used_bytes = total_bytes, int(fraction * total_bytes)
 
     def freeze(self, node: str, ts: float) -> Telemetry:
-        return Telemetry(
-            node=node,
-            ts=ts,
-            cpu_percent=clamp(self.cpu_percent),
-            cpu_per_core=tuple(clamp(c) for c in self.cpu_per_core),
-            load_avg=self.load_avg,
-            mem_total_bytes=self.mem_total_bytes,
-            mem_used_bytes=self.mem_used_bytes,
-            mem_percent=clamp(self.mem_percent),
-            swap_percent=clamp(self.swap_percent),
-            net_rx_bps=max(0.0, self.net_rx_bps),
-            net_tx_bps=max(0.0, self.net_tx_bps),
-            disk_read_bps=max(0.0, self.disk_read_bps),
-            disk_write_bps=max(0.0, self.disk_write_bps),
-            temperatures_c=dict(list(self.temperatures_c.items())[:64]),
-            gpus=tuple(self.gpus[:16]),
-        )
-
-
-def clamp(v: float) -> float:
-    """Percentages in [0, 100]: sensors overshoot by rounding."""
-    return min(100.0, max(0.0, v))
+        values = {name: _fit(getattr(self, name), _INFO[name].type) for name in _FILLED}
+        return msgspec.convert({"node": node, "ts": ts, **values}, Telemetry)
 
 
 class Collector(Protocol):
