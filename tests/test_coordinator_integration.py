@@ -21,7 +21,7 @@ from deepedge.ops import CommandError, coordinator_request
 from deepedge.transport import MqttTransport, Received
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start_node
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import coordinator_lists, wait_for
 
 pytestmark = pytest.mark.mosquitto
 
@@ -58,8 +58,9 @@ async def cluster_up(
     seen: set[str] = set()
     while seen != set(nodes):
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
-    await asyncio.sleep(1.0)  # telemetry reaches the coordinator
-    return load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
+    config = load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
+    await coordinator_lists(config.config, nodes)
+    return config
 
 
 async def test_submit_publishes_plan_to_the_right_nodes(

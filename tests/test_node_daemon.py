@@ -31,7 +31,7 @@ from deepedge.lc_client import LatencyReporter
 from deepedge.transport import MqttTransport, Requester
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, start_node
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import node_answers, wait_for
 
 pytestmark = pytest.mark.mosquitto
 
@@ -125,7 +125,7 @@ async def test_commands_answer_and_bad_commands_get_typed_errors(
     status = await watcher.subscribe(t.node_status("n1"))
     await boot(nodes, tmp_path, mosquitto, cluster, lc_apps={"det": 50.0})
     await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
-    await asyncio.sleep(0.3)
+    await node_answers(watcher, t, "n1")
     async with Requester(watcher, t, timeout_s=5) as rpc:
         r = await rpc.request(t.node_command("n1", "status"))
         assert r.ok and r.result["node"] == "n1" and r.result["drained"] is False

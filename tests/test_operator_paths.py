@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from deepedge.broker_schemas import CoordinatorStatus, Event, NodeBirth, Topics
+from deepedge.config import load_config
 from deepedge.testing.workers import make_tensor_dataset
 from deepedge.transport import MqttTransport
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start_node
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import coordinator_lists, wait_for
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -49,6 +50,8 @@ async def up(
     seen: set[str] = set()
     while seen != set(nodes):
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
+    config = load_config(None, environ={"DEEPEDGE_BROKER_URL": mosquitto.url, "DEEPEDGE_CLUSTER_NAME": cluster})
+    await coordinator_lists(config.config, nodes)
 
 
 async def test_bad_jobs_fail_at_once_and_the_reason_reaches_status_and_logs(
@@ -58,7 +61,6 @@ async def test_bad_jobs_fail_at_once_and_the_reason_reaches_status_and_logs(
     (tmp_path / "blocker").write_text("a file where the output folder should be")
     events = await watcher.subscribe(Topics(cluster).all_events())
     await up(mosquitto, watcher, tmp_path, cluster, procs, n1={"worker": REAL_WORKER})
-    await asyncio.sleep(1.0)  # the coordinator has the node's telemetry
 
     def submit(job: str, **kw: Any) -> tuple[subprocess.CompletedProcess[str], float]:
         args = job_args(job, tmp_path, model="cnn-small", dataset=str(data), dataset_size=96, global_batch=24) | kw
@@ -126,7 +128,6 @@ async def test_a_job_whose_worker_crash_loops_on_one_board_finishes_on_the_other
         good={"stand_in_preflight": True},
         bad={"stand_in_preflight": True, "worker": crash, "node_extra": "worker_crash_limit = 2"},
     )
-    await asyncio.sleep(1.0)
     r = await asyncio.to_thread(
         cli,
         tmp_path,

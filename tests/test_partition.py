@@ -22,7 +22,7 @@ from deepedge.embedded_broker import MOSQUITTO, MosquittoProcess, free_port
 from deepedge.ops import coordinator_request
 from deepedge.transport import MqttTransport, Requester
 from tests.helpers.node_proc import NodeProc, job_args, start_coordinator, start_node
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import coordinator_lists, wait_for
 
 
 def _ip(*args: str) -> None:
@@ -124,8 +124,8 @@ async def test_a_partitioned_node_is_dropped_within_3_s_and_rejoins_when_the_lin
     seen: set[str] = set()
     while seen != {"inside", "outside"}:
         seen.add((await wait_for(births, lambda m: isinstance(m, NodeBirth), 30)).node)
-    await asyncio.sleep(2.0)  # telemetry reaches the coordinator
     config = load_config(None, environ={"DEEPEDGE_BROKER_URL": broker.url, "DEEPEDGE_CLUSTER_NAME": cluster})
+    await coordinator_lists(config.config, ["inside", "outside"])
     await coordinator_request(config.config, "submit", job_args("part", tmp_path, dataset_size=32000))
     first = await wait_for(plans, lambda m: isinstance(m, Plan), 30)
     assert {a.node for a in first.assignments} == {"inside", "outside"}

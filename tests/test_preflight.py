@@ -26,7 +26,7 @@ from deepedge.training import preflight as pf
 from deepedge.transport import MqttTransport, Requester
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, start_node
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import node_answers, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_MODEL = "tests.helpers.stand_in_worker:slow_model"
@@ -350,9 +350,10 @@ async def test_four_boards_answer_a_preflight_at_once_within_5_s(
     image_folder(tmp_path / "imgs", per_class=50, size=(64, 48))
     names = [f"b{i}" for i in range(4)]
     await boot(tmp_path, mosquitto, cluster, names, nodes)
-    await asyncio.sleep(1)
     t = Topics(cluster)
     async with MqttTransport(mosquitto.config()) as w, Requester(w, t, timeout_s=15) as rpc:
+        for name in names:
+            await node_answers(w, t, name)
         for model in ("cnn-small", "resnet18"):
 
             async def one(node: str, model: str = model) -> tuple[float, Any]:

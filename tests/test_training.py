@@ -46,6 +46,25 @@ def spec(data: Path, out: Path, **kw: object) -> JobSpec:
     return JobSpec(**base)  # type: ignore[arg-type]
 
 
+def wait_at_rendezvous(port: int, ranks: int, timeout: float = 60.0) -> None:
+    """Until ``ranks`` workers have counted themselves in at the rendezvous on ``port`` (rank 0's
+    store on 127.0.0.1): they wait there."""
+    import datetime
+
+    from torch._C._distributed_c10d import TCPStore
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            store = TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=1))
+            if store.add("deepedge/arrived", 0) >= ranks:
+                return
+        except RuntimeError:
+            pass  # rank 0's store is not up yet
+        time.sleep(0.1)
+    raise AssertionError(f"{ranks} ranks did not reach the rendezvous on port {port} within {timeout:g} s")
+
+
 def start_plan(plan: Plan) -> list[WorkerProc]:
     """A worker for every node of ``plan``, each sent the plan."""
     workers = [start_worker(a.node) for a in plan.assignments]
@@ -156,7 +175,7 @@ def test_a_rendezvous_missing_a_rank_is_left_for_a_newer_plan_at_once(tmp_path: 
             w.send(plan1)
         for w in workers:
             w.wait_report(lambda r: r.state == "starting", 60)
-        time.sleep(2.0)  # they are at the rendezvous now (after start-up and data loading)
+        wait_at_rendezvous(plan1.rendezvous_port, 2)  # both wait there now, for the ghost
         sent = time.monotonic()
         take_plan(workers, make_plan("j", 2, {"a": 30, "b": 30}, s), 30)
         took = time.monotonic() - sent
