@@ -194,7 +194,8 @@ async def run_cluster_job(
                 }
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
-                reply = await rpc.request(topics.coordinator_command("submit"), spec)
+                # (the coordinator asks every board for its pre-flight first)
+                reply = await rpc.request(topics.coordinator_command("submit"), spec, timeout_s=60)
                 if not reply.ok:
                     raise DeepEdgeError(f"demo: submit refused: {reply.error}")
                 deadline = time.monotonic() + opts.timeout_s
