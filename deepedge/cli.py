@@ -299,8 +299,17 @@ def demo_cmd(
     keep: Annotated[
         bool, typer.Option("--keep", help="Leave the cluster up afterwards (for status / logs -f) until Ctrl-C.")
     ] = False,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the retraining job.")] = 12,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs of the retraining job (default: 12 for cnn-small, else 3).")
+    ] = None,
     images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The job's model: cnn-small, resnet18, mobilenet_v2 (BatchNorm) or their -gn variants. "
+            "The LC apps keep theirs."
+        ),
+    ] = "cnn-small",
     workdir: Annotated[
         Path | None, typer.Option(help="Where configs, logs, data and the model go (default: a temp dir).")
     ] = None,
@@ -312,11 +321,15 @@ def demo_cmd(
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
     from rich.console import Console
 
-    from deepedge.demo import DemoOptions, render_report, run_demo
+    from deepedge.demo import DEMO_EPOCHS, MODEL_BYTES, DemoOptions, render_report, run_demo
     from deepedge.demo._live import LiveView
 
+    if model not in MODEL_BYTES:
+        raise typer.BadParameter(f"one of {', '.join(MODEL_BYTES)}, not {model!r}", param_hint="--model")
+    epochs = epochs or DEMO_EPOCHS.get(model, 3)
     console = Console()
     opts = DemoOptions(
+        model=model,
         nodes=nodes,
         kill_after_s=None if no_kill else kill_after,
         keep=keep,
@@ -326,7 +339,7 @@ def demo_cmd(
         broker=broker,
     )
     console.print(
-        f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {epochs} epochs on {images} "
+        f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {model}, {epochs} epochs on {images} "
         "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training")
     )
     with LiveView(console, console.is_terminal) as view:
