@@ -353,8 +353,17 @@ def demo_cmd(
     keep: Annotated[
         bool, typer.Option("--keep", help="Leave the cluster up afterwards (for status / logs -f) until Ctrl-C.")
     ] = False,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the retraining job.")] = 12,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs of the retraining job (default: 12 for cnn-small, else 3).")
+    ] = None,
     images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The job's model: cnn-small, resnet18, mobilenet_v2 (BatchNorm) or their -gn variants. "
+            "The LC apps keep theirs."
+        ),
+    ] = "cnn-small",
     workdir: Annotated[
         Path | None, typer.Option(help="Where configs, logs, data and the model go (default: a temp dir).")
     ] = None,
@@ -364,13 +373,17 @@ def demo_cmd(
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
-    from deepedge.demo import DemoOptions, render_report, run_demo
+    from deepedge.demo import DEMO_EPOCHS, MODEL_BYTES, DemoOptions, render_report, run_demo
     from deepedge.demo._live import LiveView
     from deepedge.ops import esc, make_console, say
 
+    if model not in MODEL_BYTES:
+        raise typer.BadParameter(f"one of {', '.join(MODEL_BYTES)}, not {model!r}", param_hint="--model")
+    epochs = epochs or DEMO_EPOCHS.get(model, 3)
     _demo_logging(ctx.obj)
     console = make_console()
     opts = DemoOptions(
+        model=model,
         nodes=nodes,
         kill_after_s=None if no_kill else kill_after,
         keep=keep,
@@ -381,8 +394,8 @@ def demo_cmd(
     )
     say(
         console,
-        f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {epochs} epochs on {images} "
-        "generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training"),
+        f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {model}, {epochs} epochs on "
+        f"{images} generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training"),
     )
     with LiveView(console, console.is_terminal) as view:
         report = run_demo(opts, show=view)

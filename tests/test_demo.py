@@ -117,3 +117,71 @@ def test_board_layout_puts_each_lc_app_on_its_own_boards_cpu() -> None:
     assert len({b.cpu for b in boards if b.lc_app}) == min(2, len({b.cpu for b in boards}))
     assert [b.node for b in cluster_profiles(6)][4:] == ["orin-nx-2", "xavier-nx-2"]
     assert all(b.lc_app is None for b in cluster_profiles(3, with_lc=False))
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
+def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: Path, model: str) -> None:
+    """The demo's job with ``--model``: its cluster (broker, coordinator, four node daemons, real
+    workers; no LC apps and no profiling, to keep it short) trains the BatchNorm nets for four
+    steps of 64 images at 32x32, split by the planner, every sample once. (About 17 s each here.)"""
+    import asyncio
+
+    import torch
+
+    from deepedge.demo import DemoCluster, DemoOptions, run_cluster_job
+    from deepedge.demo._data import make_image_folder
+    from deepedge.training import verify_accounting
+
+    workdir = tmp_path / "demo"
+    size = make_image_folder(workdir / "data", 256)
+    opts = DemoOptions(
+        model=model, epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=100
+    )
+    with DemoCluster(workdir, cluster_profiles(4, with_lc=False)) as cluster:
+        run = asyncio.run(
+            run_cluster_job(
+                cluster,
+                opts,
+                job=f"demo-{model.replace('_', '-')}",
+                dataset=workdir / "data",
+                dataset_size=size,
+                output=workdir / "output",
+                calibrate=False,
+            )
+        )
+    progress = run.watch.progress
+    assert progress is not None and progress.state == "completed", progress
+    assert verify_accounting(workdir / "output", size, 1) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 256}
+    meta = torch.load(workdir / "output" / "model.pt", weights_only=True)["meta"]
+    assert meta["steps"] == 4 and meta["final"]
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in meta["loss_curve"])
+
+
+@pytest.mark.parametrize(
+    ("args", "model", "epochs"),
+    [
+        ([], "cnn-small", 12),
+        (["--model", "resnet18"], "resnet18", 3),
+        (["--model", "mobilenet_v2", "--epochs", "1"], "mobilenet_v2", 1),
+    ],
+)
+def test_demo_model_option_reaches_the_job_and_an_unknown_model_is_refused(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], model: str, epochs: int
+) -> None:
+    from typer.testing import CliRunner
+
+    import deepedge.demo
+    from deepedge.cli import app
+
+    seen = []
+
+    def run_demo(opts: object, show: object = None) -> None:
+        seen.append(opts)
+        raise KeyboardInterrupt  # stop before any cluster starts
+
+    monkeypatch.setattr(deepedge.demo, "run_demo", run_demo)
+    CliRunner().invoke(app, ["demo", *args])
+    assert [(o.model, o.epochs) for o in seen] == [(model, epochs)]  # type: ignore[attr-defined]
+    refused = CliRunner().invoke(app, ["demo", "--model", "vgg16"])
+    assert refused.exit_code == 2 and "one of cnn-small, resnet18" in refused.output

@@ -1,18 +1,27 @@
 """Where a board trains and what its torch can do, without a GPU: device resolution, the backend
-choice, the memory arithmetic (deepedge/training/_device.py), the torch probe
-(deepedge/training/probe.py), and that ``import deepedge.training`` leaves torch unloaded."""
+choice, the memory arithmetic (deepedge/devices.py, through deepedge/training/_device.py), the
+torch probe (deepedge/training/probe.py) and its answer in the node's birth
+(deepedge/node/_torch_probe.py), the coordinator's use of it (a board that cannot all-reduce is
+excluded with the reason; the plan's backend), and that ``import deepedge.training`` leaves torch
+unloaded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
+import msgspec
 import pytest
 
 import deepedge.training
+from deepedge.broker_schemas import JobSpec, NodeBirth, TorchInfo
+from deepedge.config import TrainingConfig
+from deepedge.node._torch_probe import probe_command, run_probe, torch_info
 from deepedge.training._device import (
     BackendChoice,
     DeviceError,
@@ -311,3 +320,217 @@ def test_probe_without_a_torch_says_so_and_exits_2() -> None:
 )
 def test_l4t_release(text: str, expected: str | None) -> None:
     assert l4t_release(text) == expected
+
+
+# --- the probe in the birth (the node daemon; no torch imported there) --------------------------
+
+CPU_ANSWER = {
+    "probe": 1, "torch": "2.13.0+cpu", "python": "3.11.7", "machine": "x86_64", "distributed": True,
+    "gloo": True, "nccl": False, "cuda_version": None, "cuda": False, "device_count": 0, "devices": [],
+    "l4t": None, "jetson": False,
+}  # fmt: skip
+RTX = {"name": "NVIDIA RTX A4000", "total_memory": 16 << 30, "capability": [8, 6], "integrated": False,
+       "bf16": True, "fp16": True}  # fmt: skip
+ORIN = {"name": "Orin", "total_memory": 7990000000, "capability": [8, 7], "integrated": True, "bf16": True,
+        "fp16": True}  # fmt: skip
+GPU_ANSWER = {**CPU_ANSWER, "torch": "2.8.0", "nccl": True, "cuda": True, "device_count": 2, "devices": [RTX, RTX]}
+JETSON_ANSWER = {**CPU_ANSWER, "torch": "2.8.0", "cuda": True, "device_count": 1, "devices": [ORIN], "jetson": True}
+
+
+def board(**kw: object) -> TrainingConfig:
+    return TrainingConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_the_birth_says_where_a_cpu_board_trains() -> None:
+    info = torch_info(CPU_ANSWER, board())
+    assert info == TorchInfo(version="2.13.0+cpu", distributed=True, gloo=True, device="cpu", kind="cpu",
+                             bf16=True, fp16=True)  # fmt: skip
+
+
+def test_the_birth_resolves_training_device_on_a_gpu_board() -> None:
+    info = torch_info(GPU_ANSWER, board(device="cuda:1", backend="nccl", precision="bf16"))
+    assert (info.device, info.kind, info.cuda_devices, info.device_name) == ("cuda:1", "cuda", 2, "NVIDIA RTX A4000")
+    assert (info.device_memory, info.nccl, info.backend, info.precision, info.error) == (
+        16 << 30,
+        True,
+        "nccl",
+        "bf16",
+        "",
+    )
+    assert torch_info(GPU_ANSWER, board(device="cpu")).kind == "cpu"
+    jetson = torch_info(JETSON_ANSWER, board())
+    assert (jetson.device, jetson.kind) == ("cuda:0", "jetson")
+
+
+@pytest.mark.parametrize(
+    ("answer", "cfg", "error"),
+    [
+        ({"probe": 1, "error": "ModuleNotFoundError: No module named 'torch'"}, {}, "No module named 'torch'"),
+        (CPU_ANSWER, {"device": "cuda"}, "training.device = 'cuda', but this board's torch sees no CUDA device"),
+        (GPU_ANSWER, {"device": "cuda:2"}, "has 2 CUDA device(s)"),
+        ({**GPU_ANSWER, "devices": [{**RTX, "capability": [7, 5], "bf16": False}]}, {"precision": "bf16"},
+         "has no bfloat16"),
+        ({**GPU_ANSWER, "devices": [{**RTX, "total_memory": "lots"}]}, {}, "malformed"),
+        ({}, {}, "no answer"),
+    ],
+)  # fmt: skip
+def test_a_probe_that_failed_or_a_board_that_cannot_train_as_configured_sets_error(
+    answer: dict[str, object], cfg: dict[str, object], error: str
+) -> None:
+    info = torch_info(answer, board(**cfg))
+    assert error in info.error
+    assert len(info.error) <= 256  # bounded like the rest of the schema
+
+
+def test_the_probe_runs_with_the_workers_interpreter_or_not_at_all() -> None:
+    assert probe_command([]) is None  # (the daemon passes its default worker command, never [])
+    assert probe_command(["/opt/venv/bin/python", "-m", "deepedge.training.worker"]) == [
+        "/opt/venv/bin/python", "-m", "deepedge.training.probe"
+    ]  # fmt: skip
+    assert probe_command(["nice", "python3", "-m", "deepedge.training.worker"])[-1] == "deepedge.training.probe"  # type: ignore[index]
+    assert probe_command([sys.executable, "tests/helpers/test_worker.py"]) is None  # a stand-in: not probed
+
+
+async def test_run_probe_reads_the_real_probe_and_bounds_a_hung_or_silent_one(tmp_path: Path) -> None:
+    env_python = [sys.executable, "-c"]
+    answer = await run_probe([sys.executable, "-m", "deepedge.training.probe"], 60)
+    assert answer["gloo"] is True and "error" not in answer
+    assert torch_info(answer, board()).device == "cpu"
+    hung = await run_probe([*env_python, "import time; time.sleep(30)"], 0.5)
+    assert hung == {"error": "the torch probe did not answer within 0.5 s"}
+    silent = await run_probe([*env_python, "import sys; sys.stderr.write('boom'); sys.exit(3)"], 10)
+    assert silent["error"] == "the torch probe exited 3 without an answer: boom"
+    missing = await run_probe([str(tmp_path / "no-python")], 10)
+    assert missing["error"].startswith("cannot start the torch probe")
+
+
+async def test_the_daemon_puts_the_probe_in_its_birth_and_sends_it_again_when_it_was_late() -> None:
+    from deepedge.broker_schemas import Topics
+    from deepedge.config import Config, NodeConfig
+    from deepedge.node import NodeDaemon
+    from deepedge.transport import FakeBroker, FakeTransport
+
+    slow = [sys.executable, "-c", f"import time, json; time.sleep(1.0); print(json.dumps({CPU_ANSWER!r}))"]
+    config = Config(node=NodeConfig(worker_command=(*slow[:2], "-m", "deepedge.training.worker")))
+    fake = FakeBroker()
+    async with FakeTransport(fake, client_id="n") as t:
+        daemon = NodeDaemon(config, t, node="n", session="s", collectors=[])
+        assert daemon.birth().torch is None  # not probed until started
+        daemon.torch_probe.start(slow, config.training)
+        daemon._background(daemon._birth_after_probe(), "torch-probe-birth")
+        with patch("deepedge.node._daemon.BIRTH_WAITS_FOR_PROBE_S", 0.05):
+            await daemon.publish_birth()  # too early: sent without
+        first = fake.retained[Topics("default").node_status("n")]
+        await asyncio.wait_for(daemon.torch_probe.task, 30)  # type: ignore[arg-type]
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if fake.retained[Topics("default").node_status("n")] != first:
+                break
+        await daemon.torch_probe.stop()
+    births = [decode_birth(first), decode_birth(fake.retained[Topics("default").node_status("n")])]
+    assert births[0].torch is None
+    assert births[1].torch is not None and births[1].torch.device == "cpu" and births[1].torch.gloo
+
+
+def decode_birth(payload: bytes) -> NodeBirth:
+    from deepedge.broker_schemas import Topics, decode
+
+    msg = decode(Topics("default").node_status("n"), payload).message
+    assert isinstance(msg, NodeBirth)
+    return msg
+
+
+# --- the coordinator: who can train, on which backend --------------------------------------------
+
+
+def node_birth(node: str, info: TorchInfo | None) -> NodeBirth:
+    return NodeBirth(node=node, session="s", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1", torch=info)
+
+
+CUDA_NODE = TorchInfo(version="2.8.0", distributed=True, gloo=True, nccl=True, cuda=True, device="cuda:0", kind="cuda")
+CPU_NODE = TorchInfo(version="2.13.0", distributed=True, gloo=True, device="cpu", kind="cpu")
+JETSON_NODE = TorchInfo(version="2.8.0", distributed=True, gloo=True, cuda=True, device="cuda:0", kind="jetson")
+
+
+def test_a_board_whose_torch_cannot_all_reduce_is_excluded_with_the_reason() -> None:
+    from deepedge.coordinator import ClusterView, JobRecord
+    from deepedge.coordinator._learning import NodeLearning, ThroughputModel
+    from deepedge.coordinator._planner_io import job_model, node_models, to_plan
+    from deepedge.coordinator.planner import Planner
+
+    boards = {
+        "ok": CPU_NODE,
+        "old": None,  # an older node says nothing: planned as before
+        "nodist": TorchInfo(version="2.1.0a0+nv23.06", distributed=False),
+        "nogloo": TorchInfo(version="2.8.0", distributed=True, gloo=False, nccl=True),
+        "broken": TorchInfo(error="ImportError: libcudnn.so.9: cannot open shared object file"),
+    }
+    view = ClusterView()
+    for node, info in boards.items():
+        view.on_birth(node_birth(node, info), 0.0)
+    spec = JobSpec(model="cnn-small", dataset="/d", output="/o", epochs=1, global_batch=16, learning_rate=0.1)
+    job = JobRecord(job="j", spec=spec, dataset_size=160, model_bytes=0)
+    learning = {n: NodeLearning(ThroughputModel(prior=10.0)) for n in boards}
+    decision = Planner().plan(node_models(view, learning, job), job_model(job))
+    assert set(decision.participants) == {"ok", "old"}
+    assert "has no torch.distributed (built with USE_DISTRIBUTED=0)" in decision.excluded["nodist"]
+    assert "2.1.0a0+nv23.06" in decision.excluded["nodist"]
+    assert "has no gloo backend" in decision.excluded["nogloo"]
+    assert (
+        decision.excluded["broken"]
+        == "its torch cannot train here: ImportError: libcudnn.so.9: cannot open shared object file"
+    )
+    plan = to_plan(job, decision, view, 1, 29500, 1.0, "sess")
+    assert plan.backend == "gloo"
+    assert {a.node: a.device for a in plan.assignments} == {"ok": "cpu", "old": ""}
+
+
+@pytest.mark.parametrize(
+    ("infos", "backend", "why"),
+    [
+        ([CUDA_NODE, CUDA_NODE], "nccl", "every participant trains on a discrete GPU"),
+        ([CUDA_NODE, CPU_NODE], "gloo", "trains on its CPU"),
+        ([CUDA_NODE, JETSON_NODE], "gloo", "Jetson's integrated GPU"),
+        ([CUDA_NODE, None], "gloo", "trains on its CPU"),  # no probe: not assumed to have a GPU
+        ([CUDA_NODE, msgspec.structs.replace(CUDA_NODE, nccl=False)], "gloo", "torch without NCCL"),
+        ([CUDA_NODE, msgspec.structs.replace(CUDA_NODE, backend="gloo")], "gloo", "training.backend = gloo"),
+        ([msgspec.structs.replace(CUDA_NODE, backend="nccl"), CUDA_NODE], "nccl", "training.backend = nccl"),
+        ([msgspec.structs.replace(CUDA_NODE, backend="nccl"), CPU_NODE], "gloo",
+         "training.backend = nccl, but node 'n1' trains on its CPU: gloo"),
+    ],
+)  # fmt: skip
+def test_the_plans_backend_for_mixed_clusters(infos: list[TorchInfo | None], backend: str, why: str) -> None:
+    from deepedge.coordinator._planner_io import backend_choice
+
+    choice = backend_choice([node_birth(f"n{i}", info) for i, info in enumerate(infos)])
+    assert choice.backend == backend
+    assert why in choice.reason
+    assert choice.host_staged == (backend == "gloo" and any(i is not None and i.kind != "cpu" for i in infos))
+
+
+def test_a_cuda_accelerator_alone_no_longer_makes_a_plan_nccl() -> None:
+    """Before: NCCL whenever every participant had a CUDA accelerator in its birth, though the
+    worker always formed a gloo group. Now only the probe's device counts."""
+    from deepedge.broker_schemas import Accelerator
+    from deepedge.coordinator._planner_io import backend_choice
+
+    births = [msgspec.structs.replace(node_birth(n, None), accelerators=(Accelerator(kind="cuda"),)) for n in "ab"]
+    assert backend_choice(births).backend == "gloo"
+
+
+def test_the_coordinator_and_the_daemon_do_not_import_the_training_package() -> None:
+    r = run_python(
+        "import sys, deepedge.coordinator, deepedge.coordinator._planner_io, deepedge.node, deepedge.devices\n"
+        "assert not [m for m in sys.modules if m.startswith('deepedge.training')], 'deepedge.training loaded'\n"
+        "assert 'torch' not in sys.modules"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_training_package_re_exports_the_shared_decisions() -> None:
+    import deepedge.devices
+    import deepedge.training._device as worker_view
+
+    assert set(worker_view.__all__) == set(deepedge.devices.__all__) - {"DEVICE_SETTINGS"}
+    for name in worker_view.__all__:
+        assert getattr(worker_view, name) is getattr(deepedge.devices, name)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 
@@ -88,14 +89,23 @@ def finish(workers: list[WorkerProc], timeout: float = 180) -> None:
 
 
 def run_job(
-    tmp: Path, data: Path, shares: dict[str, int], name: str, steps: int = 4, **kw: object
+    tmp: Path,
+    data: Path,
+    shares: dict[str, int],
+    name: str,
+    steps: int = 4,
+    board: dict[str, object] | None = None,
+    **kw: object,
 ) -> dict[str, torch.Tensor]:
+    """Train ``shares`` to the end; the final parameters. ``board``: [training] settings of every
+    "board" (device, precision, ...)."""
     out = tmp / name
     plan = make_plan(name, 1, shares, spec(data, out, **kw))
+    policy = TrainingConfig(data_roots=(str(data.parent),), output_root=str(tmp), **(board or {}))  # type: ignore[arg-type]
     workers = [start_worker(n) for n in shares]
     try:
         for w in workers:
-            w.send(plan)
+            w.send(plan, policy=policy)
         for w in workers:
             w.wait_report(lambda r: r.state == "done", 120)
             assert w.proc.wait(30) == 0, w.stderr[-5:]
@@ -115,6 +125,57 @@ def test_unequal_shares_give_the_same_parameters_as_one_worker(tmp_path: Path) -
         assert torch.allclose(ref, two[name], atol=1e-5), name
         assert torch.allclose(ref, three[name], atol=1e-5), name
     assert verify_accounting(tmp_path / "three", 96, 1)["ok"]
+
+
+def test_training_device_cpu_and_auto_without_cuda_train_exactly_as_before(tmp_path: Path) -> None:
+    """No CUDA here: ``auto`` is the CPU; both settings give the default's parameters bit for bit."""
+    assert not torch.cuda.is_available()
+    data = make_tensor_dataset(tmp_path / "d.pt", 96)
+    default = run_job(tmp_path, data, {"a": 10, "b": 14}, "default")
+    for device in ("cpu", "auto"):
+        got = run_job(tmp_path, data, {"a": 10, "b": 14}, device, board={"device": device})
+        assert all(torch.equal(default[k], got[k]) for k in default), device
+
+
+def test_mixed_precision_on_the_cpu_stays_equivalent_across_workers_within_its_tolerance(tmp_path: Path) -> None:
+    """cnn-small, 4 steps of 24 at lr 0.05 (parameters up to ~1). Autocast rounds the forward
+    pass to 16 bits, and how a batch is cut into passes (one worker's micro-batch of 24 against
+    passes of 10 and 14) changes that rounding, so 1 and 2 workers agree within the precision,
+    not to fp32's 1e-5: measured max |difference| 1.7e-3 (bf16), 1.6e-4 (fp16); tolerances 1e-2
+    and 2e-3. Against fp32 they differ (autocast ran: > 1e-5) by 3.8e-3 (bf16) and 2.2e-3 (fp16),
+    within 2e-2. Gradients, the all-reduce and the update are float32 in every precision."""
+    data = make_tensor_dataset(tmp_path / "d.pt", 96)
+    fp32 = run_job(tmp_path, data, {"a": 24}, "fp32")
+    for precision, tolerance in (("bf16", 1e-2), ("fp16", 2e-3)):
+        one = run_job(tmp_path, data, {"a": 24}, f"{precision}-1", board={"precision": precision})
+        two = run_job(tmp_path, data, {"a": 10, "b": 14}, f"{precision}-2", board={"precision": precision})
+        workers = max(float((one[k] - two[k]).abs().max()) for k in one)
+        vs_fp32 = max(float((one[k] - fp32[k]).abs().max()) for k in one)
+        assert workers <= tolerance, (precision, workers)
+        assert 1e-5 < vs_fp32 <= 2e-2, (precision, vs_fp32)
+
+
+@pytest.mark.parametrize("case", ["cuda-without-cuda", "nccl-on-the-cpu"])
+def test_a_board_that_cannot_train_as_configured_or_planned_fails_the_job_clearly(tmp_path: Path, case: str) -> None:
+    data = make_tensor_dataset(tmp_path / "d.pt", 96)
+    plan = make_plan("j", 1, {"a": 24}, spec(data, tmp_path / "o"))
+    board = TrainingConfig(data_roots=(str(tmp_path),), output_root=str(tmp_path))
+    if case == "cuda-without-cuda":
+        board = TrainingConfig(data_roots=(str(tmp_path),), output_root=str(tmp_path), device="cuda")
+    else:
+        plan = msgspec.structs.replace(plan, backend="nccl")
+    w = start_worker("a")
+    try:
+        w.send(plan, policy=board)
+        failed = w.wait_report(lambda r: r.state == "failed", 60)
+        assert w.proc.wait(30) == 2  # a configuration error: not restarted as a crash
+    finally:
+        stop_all([w])
+    expected = {
+        "cuda-without-cuda": "training.device = 'cuda', but this board's torch sees no CUDA device",
+        "nccl-on-the-cpu": "the plan of generation 1 says nccl, but this worker trains on cpu",
+    }[case]
+    assert expected in failed.message
 
 
 def test_a_partial_last_batch_is_split_in_proportion_and_training_stays_equivalent(tmp_path: Path) -> None:

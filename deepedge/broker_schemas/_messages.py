@@ -113,7 +113,8 @@ class ModelProfile(_Part, frozen=True):
 
 
 class TorchInfo(_Part, frozen=True):
-    """What the board's torch can do, probed once by the daemon (``deepedge.training.probe``)."""
+    """What the board's torch can do, probed once by the daemon (``deepedge.training.probe``),
+    and where and how this board trains (its ``[training]`` settings, resolved against it)."""
 
     version: ShortStr = ""
     distributed: bool = False  # torch.distributed is built in (not in every Jetson wheel)
@@ -121,7 +122,16 @@ class TorchInfo(_Part, frozen=True):
     nccl: bool = False
     cuda: bool = False
     device: ShortStr = "cpu"  # where this board trains (training.device resolved)
-    error: ShortStr = ""  # why the probe failed, if it did
+    error: ShortStr = ""  # why the probe failed, or why the board cannot train as configured
+    # the training device: cpu, a discrete CUDA GPU, or a Jetson's integrated GPU
+    kind: Literal["cpu", "cuda", "jetson"] = "cpu"
+    cuda_devices: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0  # CUDA devices torch sees
+    device_name: ShortStr = ""  # the training GPU's name ("" on the CPU)
+    device_memory: NonNegInt = 0  # the training GPU's memory in bytes (0 on the CPU)
+    bf16: bool = False  # the training device can train in bfloat16 / float16 (autocast)
+    fp16: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # this board's training.backend
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # this board's training.precision
 
 
 class NodeBirth(_Msg, tag="birth", frozen=True):
@@ -260,6 +270,9 @@ class Assignment(_Part, frozen=True):
     share: NonNegInt  # samples of every global batch
     batch_offset: NonNegInt  # this node takes [batch_offset, batch_offset + share) of each batch
     intensity_cap: Fraction
+    # Where this participant trains ("cpu", "cuda:0", ...), from its birth; "" where its birth
+    # did not say. The worker trains where its own training.device says; this is the record.
+    device: ShortStr = ""
 
 
 class Plan(_Msg, tag="plan", frozen=True):

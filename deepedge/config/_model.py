@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from deepedge.devices import DeviceError, check_device_setting
+
 __all__ = [
     "BUILTIN_MODELS",
     "BrokerConfig",
@@ -174,11 +176,29 @@ class TrainingConfig(_Section, frozen=True):
     output_root: str = "/var/lib/deepedge/output"
     # Epoch checkpoints kept per job (the newest ones; model.pt is always kept).
     keep_checkpoints: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    # Where this board trains: "auto" (its first CUDA device when the worker's torch sees one,
+    # else the CPU), "cpu", "cuda" (= "cuda:0") or "cuda:N". Reported in the birth.
+    device: str = "auto"
+    # The collective backend this board allows: "auto" (NCCL when every participant of the job
+    # trains on a discrete GPU with NCCL, else gloo), "gloo" (never NCCL in a job with this
+    # board), "nccl" (asks for NCCL; a job gets it only where every participant can).
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # Arithmetic of the forward pass: "fp32", or mixed precision ("fp16" with loss scaling,
+    # "bf16") where the device has it; parameters, gradients and the all-reduce stay float32.
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # GPU memory (MiB) kept free for the LC apps: the worker caps torch's allocator at what is
+    # free at its start less this (torch.cuda.set_per_process_memory_fraction). On a Jetson the
+    # GPU memory is the board's RAM, so this is RAM the LC apps keep.
+    lc_memory_reserve_mb: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 1024
 
     def __post_init__(self) -> None:
         for root in (*self.data_roots, self.output_root):
             if not root.startswith("/"):
                 raise ValueError(f"training roots must be absolute paths, not {root!r}")
+        try:
+            check_device_setting(self.device)
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class CoordinatorConfig(_Section, frozen=True):

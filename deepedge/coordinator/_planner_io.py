@@ -6,19 +6,22 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from deepedge.broker_schemas import Assignment, NodeBirth, Plan
+from deepedge.broker_schemas import Assignment, NodeBirth, Plan, TorchInfo
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._learning import InterferenceModel, NodeLearning
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
+from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
 
 __all__ = [
     "DEFAULT_SAMPLE_BYTES",
+    "backend_choice",
     "busy_elsewhere",
     "job_model",
     "node_models",
     "rendezvous_port",
     "to_plan",
+    "torch_unavailable",
     "training_address",
 ]
 
@@ -31,6 +34,38 @@ def training_address(birth: NodeBirth) -> str | None:
         return str(ipaddress.ip_address(birth.training_address))
     except ValueError:
         return None
+
+
+def torch_unavailable(info: TorchInfo | None) -> str:
+    """Why a board's torch (its birth's probe) cannot train in a job, or "". A board that did not
+    say (an older node, one not probed) is planned as before."""
+    if info is None:
+        return ""
+    if info.error:
+        return f"its torch cannot train here: {info.error}"
+    if not info.distributed:
+        return f"its torch {info.version} has no torch.distributed (built with USE_DISTRIBUTED=0): it cannot all-reduce"
+    if not info.gloo:
+        return f"its torch {info.version} has no gloo backend: it cannot all-reduce"
+    return ""
+
+
+def backend_choice(births: Iterable[NodeBirth]) -> BackendChoice:
+    """The job's backend for these participants (``deepedge.devices.choose_backend``), from their
+    births: where each trains (``torch.kind``; a board without a probe counts as a CPU), whether its
+    torch has NCCL, and their own ``training.backend``. A board's ``nccl`` that the others cannot
+    honour gives gloo, with the reason."""
+    births = list(births)
+    parts = [
+        Participant(b.node, b.torch.kind, b.torch.nccl) if b.torch is not None else Participant(b.node, "cpu", False)
+        for b in births
+    ]
+    setting = job_backend_setting([b.torch.backend for b in births if b.torch is not None])
+    try:
+        return choose_backend(setting, parts)
+    except DeviceError as exc:
+        fallback = choose_backend("gloo", parts)
+        return BackendChoice("gloo", f"{exc}: gloo", fallback.host_staged)
 
 
 def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord) -> dict[str, str]:
@@ -64,6 +99,8 @@ def node_models(
             unavailable = (
                 f"its birth names no training address (node.training_address {state.birth.training_address!r})"
             )
+        if not unavailable:
+            unavailable = torch_unavailable(state.birth.torch)
         learn = learning[state.node]
         t = state.telemetry
         free = (
@@ -125,18 +162,25 @@ def to_plan(
 ) -> Plan:
     assignments = []
     offset = 0
-    for rank, node in enumerate(decision.participants):
+    births = [view.nodes[n].birth for n in decision.participants]
+    for rank, (node, birth) in enumerate(zip(decision.participants, births, strict=True)):
         share = decision.shares[node]
         assignments.append(
             Assignment(
-                node=node, rank=rank, share=share, batch_offset=offset, intensity_cap=round(decision.caps[node], 4)
+                node=node,
+                rank=rank,
+                share=share,
+                batch_offset=offset,
+                intensity_cap=round(decision.caps[node], 4),
+                device=birth.torch.device if birth.torch is not None else "",
             )
         )
         offset += share
-    host = training_address(view.nodes[decision.participants[0]].birth)
+    host = training_address(births[0])
     assert host is not None  # node_models offers only nodes with one
-    # NCCL only where every participant has a discrete NVIDIA GPU (Jetson boards have no NCCL).
-    cuda = all(any(a.kind == "cuda" for a in view.nodes[n].birth.accelerators) for n in decision.participants)
+    # NCCL only where every participant trains on a discrete GPU whose torch has NCCL (by its
+    # probe, not by its accelerators: a CUDA board may train on its CPU); gloo otherwise.
+    backend = backend_choice(births).backend
     return Plan(
         job=job.job,
         generation=generation,
@@ -144,7 +188,7 @@ def to_plan(
         spec=job.spec,
         rendezvous_host=host,
         rendezvous_port=port,
-        backend="nccl" if cuda else "gloo",
+        backend=backend,
         assignments=tuple(assignments),
         total_steps=job.total_steps,
         resume_step=job.step,

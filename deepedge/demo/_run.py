@@ -26,9 +26,22 @@ from deepedge.errors import DeepEdgeError
 from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["DemoOptions", "run_cluster_job", "run_demo"]
+__all__ = ["DEMO_EPOCHS", "MODEL_BYTES", "DemoOptions", "run_cluster_job", "run_demo"]
 
 TERMINAL = ("completed", "failed", "cancelled")
+
+# The models the demo's job may train (the LC apps keep their own small CNN), with the bytes each
+# step all-reduces at the demo's 10 classes (their float32 parameters): the planner's cost model.
+MODEL_BYTES = {
+    "cnn-small": 40_000,
+    "resnet18": 44_726_568,  # 11.18 M parameters
+    "resnet18-gn": 44_726_568,
+    "mobilenet_v2": 8_946_728,  # 2.24 M parameters
+    "mobilenet_v2-gn": 8_946_728,
+}
+# Default epochs by model: ResNet-18 and MobileNetV2 take about 3 ms a sample at 32x32 on one
+# core of the development VM (cnn-small 0.24 ms), so their jobs are shorter.
+DEMO_EPOCHS = {"cnn-small": 12}
 
 
 @dataclass
@@ -48,6 +61,7 @@ class DemoOptions:
     timeout_s: float = 600.0
     calibrate_s: float = 4.0
     profile_s: float | None = 1.5  # seconds per intensity level of each board's profile; None: no profile
+    model: str = "cnn-small"  # the job's model (MODEL_BYTES); the LC apps keep theirs
 
 
 @dataclass
@@ -177,11 +191,11 @@ async def run_cluster_job(
                     await calibrate_lc(cluster, watch, rpc, topics, opts, run)
                     if opts.profile_s is not None:
                         tell("profiling the boards (deepedge profile: rate alone, LC p95 per intensity)")
-                    await profile_boards(cluster, rpc, topics, opts, run, "cnn-small")
+                    await profile_boards(cluster, rpc, topics, opts, run, opts.model)
                 tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
-                    "model": "cnn-small",
+                    "model": opts.model,
                     "dataset": str(dataset),
                     "dataset_size": dataset_size,
                     "output": str(output),
@@ -190,7 +204,7 @@ async def run_cluster_job(
                     "learning_rate": 0.05,
                     "seed": 7,
                     "split": opts.split,
-                    "model_bytes": 40_000,
+                    "model_bytes": MODEL_BYTES.get(opts.model, 40_000),
                 }
                 watch.counting_lc = True
                 run.submitted_ts = time.time()

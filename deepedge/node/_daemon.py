@@ -44,6 +44,7 @@ from deepedge.node._plans import PlanGate
 from deepedge.node._preflight import Preflights
 from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
+from deepedge.node._torch_probe import PROBE_TIMEOUT_S, TorchProbe, probe_command
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
@@ -53,6 +54,7 @@ __all__ = ["NodeDaemon", "run_node"]
 
 log = structlog.get_logger("deepedge.node")
 
+BIRTH_WAITS_FOR_PROBE_S = 20.0  # the first birth waits this long for the torch probe, then goes without
 CRASH_EVENT_INTERVAL_S = 5.0  # at most one worker.crashed event per job this often (the rest are counted)
 _ACTIVE = (SupervisorState.RUNNING, SupervisorState.BACKOFF)  # a worker runs, or is about to again
 
@@ -117,6 +119,8 @@ class NodeDaemon:
         self._accelerators = [a for c in collectors if isinstance(c, NvmlCollector) for a in c.accelerators()]
         self.telemetry_sent = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self.torch_probe = TorchProbe()  # started by start_torch_probe (run_node), not by tests' daemons
+        self._birth_lacked_torch = False
 
     # ---- messages -----------------------------------------------------------------------------
 
@@ -127,13 +131,30 @@ class NodeDaemon:
             profiles=dict(self.profiler.profiles),
             training_address=self.training_address,
             max_workers=self.config.node.max_workers,
+            torch=self.torch_probe.info,
         )
         if self.config.node.emulate_memory_mb:
             return msgspec.structs.replace(birth, memory_bytes=self.config.node.emulate_memory_mb << 20)
         return birth
 
     async def publish_birth(self) -> None:
+        if self.torch_probe.pending:  # the first birth says what the board's torch can do, if it can in time
+            await self.torch_probe.wait(BIRTH_WAITS_FOR_PROBE_S)
+        self._birth_lacked_torch = self.torch_probe.pending
         await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
+
+    def start_torch_probe(self) -> None:
+        """Probe the worker's torch once (``deepedge.node._torch_probe``); a birth that went out
+        before the answer is sent again with it."""
+        self.torch_probe.start(probe_command(self.worker_command()), self.config.training)
+        if self.torch_probe.task is not None:
+            self._background(self._birth_after_probe(), "torch-probe-birth")
+
+    async def _birth_after_probe(self) -> None:
+        await self.torch_probe.wait(PROBE_TIMEOUT_S + 10)
+        if self._birth_lacked_torch and self.torch_probe.info is not None and self.transport.connected:
+            with contextlib.suppress(TransportError):
+                await self.publish_birth()
 
     async def emit(self, event: str, message: str = "", level: str = "info", **fields: ArgValue) -> None:
         ev = Event(
@@ -597,6 +618,7 @@ class NodeDaemon:
             self.profiler.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.profiler.task
+        await self.torch_probe.stop()
         for job, sup in self.workers.items():
             await sup.stop()
             self._worker_tasks[job].cancel()
@@ -652,6 +674,7 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
         notifier=notifier,
         training_address=address,
     )
+    daemon.start_torch_probe()
     log.info(
         "node.starting",
         node=node,

@@ -1,40 +1,104 @@
-"""One node's share of a step: forward and backward over micro-batches, paced for an emulated
-board and throttled to an intensity cap. Shared by the trainer and the board profiler, so a
-profile measures exactly what training does."""
+"""One node's share of a step: forward and backward over micro-batches on the training device,
+paced for an emulated board and throttled to an intensity cap; and the step's all-reduce, redone
+by every rank when one of them overflowed in fp16 (``_precision``). ``compute_share`` is shared
+by the trainer and the board profiler, so a profile measures exactly what training does.
+
+On a GPU the throttle measures GPU time: each micro-batch ends with
+``torch.cuda.synchronize(device)`` before its time is taken, so the pause after it (the LC apps'
+share of the GPU) starts when its kernels are done, not when they were queued.
+
+A BatchNorm model never gets a one-sample micro-batch (its statistics over one sample are
+undefined at 1x1 feature maps: torch raises "Expected more than 1 value per channel when
+training"): a lone last sample joins the micro-batch before it. A share of one sample in all is
+normalised by the running statistics (BatchNorm in eval mode for that pass; the running
+statistics are not updated from it).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from deepedge.training._data import TensorDataset
+from deepedge.training._precision import MAX_TRIES, Precision, too_many_tries
 
-__all__ = ["MICRO_BATCH", "compute_share"]
+__all__ = ["MICRO_BATCH", "compute_share", "has_batchnorm", "micro_batches", "reduce_step"]
 
 MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps between them
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def micro_batches(n: int, size: int = MICRO_BATCH, *, no_single: bool = False) -> list[tuple[int, int]]:
+    """[start, end) of each micro-batch of ``n`` samples: ``size`` each, the last one shorter.
+    ``no_single``: a last micro-batch of one sample joins the one before (``size + 1``)."""
+    bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
+    if no_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds.pop()
+        bounds[-1] = (bounds[-1][0], n)
+    return bounds
+
+
+@contextlib.contextmanager
+def _running_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in eval mode (normalise by the running statistics, leave them as they
+    are) for one forward pass; everything else as it was."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in norms:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train(True)
+
+
 def compute_share(
-    model: nn.Module, data: TensorDataset, indices: torch.Tensor, cap: float, emulated_sample_s: float = 0.0
+    model: nn.Module,
+    data: TensorDataset,
+    indices: torch.Tensor,
+    cap: float,
+    emulated_sample_s: float = 0.0,
+    *,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Accumulate the gradients of the summed loss over ``indices`` into ``.grad``; returns
-    (summed loss, seconds busy). After each micro-batch that took ``t`` seconds (at least
-    ``len x emulated_sample_s`` on an emulated slower board) it sleeps ``t (1/cap - 1)``, so the
-    duty cycle stays at or under ``cap``."""
+    (summed loss, on the device; seconds busy). After each micro-batch that took ``t`` seconds
+    (at least ``len x emulated_sample_s`` on an emulated slower board) it sleeps ``t (1/cap - 1)``,
+    so the duty cycle stays at or under ``cap``. Under fp16 the gradients are scaled by the
+    precision's loss scale (``Precision.unscale`` undoes it)."""
+    device = device or torch.device("cpu")
+    on_gpu = device.type == "cuda"
     cap = max(0.01, min(1.0, cap))
-    loss_sum, busy = torch.zeros(1), 0.0
-    for start in range(0, len(indices), MICRO_BATCH):
+    loss_sum, busy = torch.zeros(1, device=device), 0.0
+    batchnorm = has_batchnorm(model)
+    for start, end in micro_batches(len(indices), no_single=batchnorm):
         t0 = time.perf_counter()
-        micro = indices[start : start + MICRO_BATCH]
-        x, y = data.batch(micro)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        loss.backward()  # type: ignore[no-untyped-call]
-        loss_sum += loss.detach()
+        x, y = data.batch(indices[start:end])
+        if device.type != "cpu":
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        lone = batchnorm and end - start == 1 and model.training
+        with _running_statistics(model) if lone else contextlib.nullcontext():
+            if precision is None:
+                loss = F.cross_entropy(model(x), y, reduction="sum")
+                loss.backward()  # type: ignore[no-untyped-call]
+            else:
+                with precision.autocast():
+                    loss = F.cross_entropy(model(x), y, reduction="sum")
+                precision.backward(loss)
+        loss_sum += loss.detach().float()
+        if on_gpu:
+            torch.cuda.synchronize(device)  # the micro-batch's kernels are done: its time is GPU time
         spent = time.perf_counter() - t0
-        emulated = len(micro) * emulated_sample_s - spent  # an emulated slower board
+        emulated = (end - start) * emulated_sample_s - spent  # an emulated slower board
         if emulated > 0:
             time.sleep(emulated)
             spent += emulated
@@ -43,3 +107,50 @@ def compute_share(
         if pause > 0:
             time.sleep(pause)
     return loss_sum, busy
+
+
+def reduce_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: TensorDataset,
+    indices: torch.Tensor,
+    cap: float,
+    all_reduce: Callable[[torch.Tensor], None],
+    *,
+    emulated_sample_s: float = 0.0,
+    device: torch.device | None = None,
+    precision: Precision | None = None,
+    step: int = 0,
+) -> tuple[list[torch.Tensor], torch.Tensor, float, float]:
+    """This rank's share of one step, all-reduced (SUM): (the gradients, in the optimizer's
+    order; the summed flat buffer ``[gradients..., loss, overflows]``; seconds busy; seconds in
+    the all-reduce). The gradients are not yet copied back from the buffer.
+
+    The last element counts the ranks whose fp16 gradients overflowed; all ranks see the same
+    count, so when it is not 0 every rank computes the step again (its own scale lowered where
+    it overflowed): no rank steps alone. Raises ``TrainingError`` after ``MAX_TRIES``, and
+    whatever ``all_reduce`` raises."""
+    device = device or torch.device("cpu")
+    params = [p for group in opt.param_groups for p in group["params"]]
+    busy = reduce_s = 0.0
+    for _ in range(MAX_TRIES):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        loss_sum, spent = compute_share(
+            model, data, indices, cap, emulated_sample_s, device=device, precision=precision
+        )
+        busy += spent
+        if precision is not None:
+            precision.unscale(opt)
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.view(-1) for g in grads] + [loss_sum, torch.zeros(1, device=device)])
+        if precision is not None and precision.overflowed(flat[:-1]):
+            flat[-1] = 1.0
+        t0 = time.perf_counter()
+        all_reduce(flat)
+        reduce_s += time.perf_counter() - t0
+        if precision is not None:
+            precision.update()
+        if float(flat[-1]) == 0.0:
+            return grads, flat, busy, reduce_s
+    raise too_many_tries(step, precision or Precision("fp32", device))

@@ -75,16 +75,20 @@ class TrainState:
         self.generations.append(generation)
         del self.generations[:-MAX_GENERATIONS]
 
-    def sync(self, has_state: bool, total_steps: int) -> int:
+    def sync(self, has_state: bool, total_steps: int, comm: torch.device | None = None) -> int:
         """Everyone takes the state of the lowest rank with the most progress (survivors agree; a
-        joiner without state has step -1). Returns the source rank."""
+        joiner without state has step -1). Returns the source rank. ``comm``: where the group's
+        collectives take their tensors (the GPU for NCCL; the host for gloo, through which a GPU
+        worker's state is staged)."""
+        comm = comm or torch.device("cpu")
         world = dist.get_world_size()
-        mine = torch.tensor([self.step if has_state else -1], dtype=torch.long)
-        steps = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+        mine = torch.tensor([self.step if has_state else -1], dtype=torch.long, device=comm)
+        steps = [torch.zeros(1, dtype=torch.long, device=comm) for _ in range(world)]
         dist.all_gather(steps, mine)
         values = [int(s.item()) for s in steps]
         source = values.index(max(values))
-        header = torch.tensor([self.step, len(self.loss_curve), len(self.generations)], dtype=torch.long)
+        is_source = dist.get_rank() == source
+        header = torch.tensor([self.step, len(self.loss_curve), len(self.generations)], dtype=torch.long, device=comm)
         dist.broadcast(header, src=source)
         step, n_curve, n_gen = (int(x) for x in header.tolist())
         if not (0 <= step <= total_steps and 0 <= n_curve <= MAX_CURVE and 0 <= n_gen <= MAX_GENERATIONS):
@@ -93,8 +97,10 @@ class TrainState:
                 f"{n_curve} loss points, {n_gen} generations"
             )
         for dtype, group in _by_dtype(self.tensors()).items():
-            flat = torch.cat([t.reshape(-1) for t in group]) if dist.get_rank() == source else None
-            flat = flat if flat is not None else torch.empty(sum(t.numel() for t in group), dtype=dtype)
+            if is_source:
+                flat = torch.cat([t.reshape(-1) for t in group]).to(comm)
+            else:
+                flat = torch.empty(sum(t.numel() for t in group), dtype=dtype, device=comm)
             dist.broadcast(flat, src=source)
             if dtype.is_floating_point and not bool(torch.isfinite(flat).all()):
                 raise BadState(f"rank {source} sent non-finite {dtype} state")
@@ -102,11 +108,12 @@ class TrainState:
             for t in group:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
-        curve = torch.tensor(self.loss_curve, dtype=torch.float64).reshape(-1, 2)
-        if dist.get_rank() != source:
-            curve = torch.empty(n_curve, 2, dtype=torch.float64)
-        gens = torch.tensor(self.generations, dtype=torch.long) if dist.get_rank() == source else None
-        gens = gens if gens is not None else torch.empty(n_gen, dtype=torch.long)
+        if is_source:
+            curve = torch.tensor(self.loss_curve, dtype=torch.float64).reshape(-1, 2).to(comm)
+            gens = torch.tensor(self.generations, dtype=torch.long).to(comm)
+        else:
+            curve = torch.empty(n_curve, 2, dtype=torch.float64, device=comm)
+            gens = torch.empty(n_gen, dtype=torch.long, device=comm)
         dist.broadcast(curve, src=source)
         dist.broadcast(gens, src=source)
         points = curve.tolist()
@@ -138,7 +145,8 @@ class TrainState:
 
     def resume(self, output: Path, job: str) -> Path | None:
         """Load the newest usable epoch checkpoint of ``job`` in ``output`` (damaged ones are
-        skipped); the path loaded, or None."""
+        skipped); the path loaded, or None. Loaded on the CPU (``map_location="cpu"``) and copied
+        into the model's and momentum's tensors, wherever they live."""
         for _, path in sorted(epoch_checkpoints(output), reverse=True):
             try:
                 data = load_weights(path, "checkpoint")

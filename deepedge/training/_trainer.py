@@ -11,7 +11,9 @@ waits for the next plan generation, re-forms the process group, takes parameters
 and step from the lowest rank that has them, and continues from the last completed step.
 
 What the job names (model, dataset, output, base checkpoint) is checked against this board's
-own ``[training]`` configuration (``deepedge.job_policy``) before anything is loaded.
+own ``[training]`` configuration (``deepedge.job_policy``) before anything is loaded; where it
+trains (``training.device``) and in which precision (``training.precision``) come from there too,
+never from the plan. The plan says only the job's backend (gloo, or NCCL on the device).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import torch.distributed as dist
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import compute_share
+from deepedge.training._compute import reduce_step
+from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
+from deepedge.training._device import DeviceError
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import ensure_dir
 from deepedge.training._group import ProcessGroup
 from deepedge.training._models import build_model, load_checkpoint
+from deepedge.training._precision import Precision, check_precision
 from deepedge.training._priority import thread_ids
 from deepedge.training._rendezvous import NewPlan, Rendezvous
 from deepedge.training._state import TrainState, checkpoint_name, prune_checkpoints
@@ -79,11 +84,20 @@ class Trainer:
             )
         self.steps_per_epoch = -(-len(self.data) // self.batch)
         self.total_steps = spec.epochs * self.steps_per_epoch
+        policy = first.policy
+        self.device = training_device(policy.device, policy.lc_memory_reserve_mb << 20)
+        check_precision(policy.precision, self.device)
+        self.precision = Precision(policy.precision, self.device)
+        planned = first.assignment.device
+        if planned and planned != str(self.device):
+            print(f"worker: the plan says {planned}, training.device gives {self.device}", file=sys.stderr, flush=True)
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, len(self.data.classes))
         if checked.base_checkpoint is not None:
-            load_checkpoint(model, checked.base_checkpoint)
-        self.state = TrainState(model, spec.learning_rate)
+            load_checkpoint(model, checked.base_checkpoint)  # on the CPU, then moved with the model
+        if self.device.type != "cpu":
+            model.to(self.device)
+        self.state = TrainState(model, spec.learning_rate)  # its momentum buffers on the model's device
         self.model, self.params = model, self.state.params
         self.has_state = True  # a joiner that starts from nothing still has the seeded init, but defers
         self.accounting = AccountingLog(self.output, self.node)
@@ -133,8 +147,17 @@ class Trainer:
         plan, a = self.pfw.plan, self.pfw.assignment
         world = len(plan.assignments)
         before = thread_ids()
+        if plan.backend == "nccl" and self.device.type != "cuda":
+            raise DeviceError(
+                f"the plan of generation {plan.generation} says nccl, but this worker trains on {self.device} "
+                f"(training.device = {self.pfw.policy.device!r})",
+                setting="training.device",
+                node=self.node,
+            )
         store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, plan.generation)
-        self.group.form(store, a.rank, world, plan.generation, self.pfw.comm_nice, before)
+        self.group.form(
+            store, a.rank, world, plan.generation, self.pfw.comm_nice, before, backend=plan.backend, device=self.device
+        )
         self.state.add_generation(plan.generation)
 
     def newer_plan_than(self, generation: int) -> bool:
@@ -142,7 +165,7 @@ class Trainer:
         return newer is not None and newer.plan.generation > generation
 
     def sync_state(self) -> None:
-        self.state.sync(self.has_state, self.total_steps)
+        self.state.sync(self.has_state, self.total_steps, self.group.comm_device)
         self.has_state = True
 
     # ---- one step -----------------------------------------------------------------------------
@@ -163,14 +186,18 @@ class Trainer:
         a = self.pfw.assignment
         epoch, batch = self.global_batch(self.step)
         mine = self.slice(batch, a.batch_offset, a.share)
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
-        loss_sum, busy = compute_share(self.model, self.data, mine, a.intensity_cap, self.pfw.emulated_sample_s)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
-        t_reduce = time.perf_counter()
-        self.group.all_reduce_or_abandon(flat)
-        reduce_s = time.perf_counter() - t_reduce
+        grads, flat, busy, reduce_s = reduce_step(
+            self.model,
+            self.state.opt,
+            self.data,
+            mine,
+            a.intensity_cap,
+            self.group.all_reduce_or_abandon,
+            emulated_sample_s=self.pfw.emulated_sample_s,
+            device=self.device,
+            precision=self.precision,
+            step=self.step,
+        )
         n = len(batch)
         offset = 0
         for g in grads:
@@ -181,7 +208,7 @@ class Trainer:
         by_node = {x.node: self.slice(batch, x.batch_offset, x.share).tolist() for x in self.pfw.plan.assignments}
         self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node, busy_s=busy, reduce_s=reduce_s)
         self.state.step += 1
-        return float(flat[-1]) / n, busy
+        return float(flat[-2]) / n, busy
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -230,7 +257,7 @@ class Trainer:
                 self.pfw = self.channel.latest() or self.pfw
                 continue
             except (RuntimeError, dist.DistError) as exc:  # a peer died, the group broke, a bad state
-                self.group.leave()
+                self.group.leave(failed=True)
                 gen = self.pfw.plan.generation
                 self.report("recovering", message=f"collective failed at step {self.step}: {str(exc)[:200]}")
                 newer = self.channel.wait_newer(gen, timeout=600)

@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 
+from deepedge.devices import DeviceError
 from deepedge.training._channel import Channel
 from deepedge.training._errors import TrainingError
 from deepedge.worker_protocol import WorkerReport
@@ -28,7 +29,7 @@ def main() -> int:
 
     try:
         Trainer(first, channel).run()
-    except TrainingError as exc:
+    except (TrainingError, DeviceError) as exc:  # a board that cannot train as configured is no crash
         a = first.assignment
         channel.report(
             WorkerReport(
