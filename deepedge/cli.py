@@ -254,8 +254,7 @@ def status_cmd(
     offset: Annotated[int, typer.Option(min=0, help="Skip this many nodes and jobs (the next page).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Nodes (health, load, rate, LC p95 vs deadline, cap, share) and jobs (progress, makespan,
-    who was left out and why)."""
+    """Nodes (health, load, rate, LC p95 vs deadline, cap, share) and jobs (progress, who left out)."""
     result = _request(ctx, "status", {"limit": limit, "offset": offset or None})
     if as_json:
         _print_json(result)
