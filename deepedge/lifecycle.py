@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from deepedge import compat
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.tasks import cancel_and_wait
 from deepedge.transport import MqttTransport
@@ -80,7 +81,7 @@ async def run_daemon(
                     t.exception()
             notifier.stopping()
             try:
-                async with asyncio.timeout(goodbye_timeout_s):
+                async with compat.timeout(goodbye_timeout_s):
                     await goodbye()
             except TimeoutError:
                 log.warning(f"{name}.goodbye_unsent", error="timed out")

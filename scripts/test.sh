@@ -6,4 +6,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check deepedge tests
 .venv/bin/ruff format --check deepedge tests
 .venv/bin/mypy deepedge
+.venv/bin/mypy --python-version 3.10 deepedge   # the package also runs on JetPack 6's Python 3.10
 .venv/bin/python -m pytest "$@"

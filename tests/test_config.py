@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 
 import msgspec
 import pytest
+import tomllib
 
 from deepedge.config import Config, ConfigError, LcApp, load_config, render_json, render_toml
 from deepedge.errors import ExitCode

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
+from deepedge.compat import StrEnum
 from deepedge.errors import DeepEdgeError
 
 __all__ = ["SchemaError", "SchemaErrorReason"]

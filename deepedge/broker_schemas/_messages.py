@@ -7,10 +7,11 @@ Nested parts (``Accelerator``, ``AppLatency``, ...) are plain frozen structs wit
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from deepedge.compat import StrEnum
 
 __all__ = [
     "MAX_FLOAT",

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
 from deepedge.broker_schemas._errors import SchemaError, SchemaErrorReason
+from deepedge.compat import StrEnum
 
 __all__ = [
     "ID_PATTERN",

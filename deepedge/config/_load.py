@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from deepedge.compat import tomllib
 from deepedge.config._model import Config
 from deepedge.errors import DeepEdgeError, ExitCode
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 
-from deepedge import __version__
+from deepedge import __version__, compat
 from deepedge.broker_schemas import (
     ArgValue,
     Cleared,
@@ -139,7 +139,7 @@ class Coordinator:
         connection reconciles it)."""
         if self.transport.connected:
             try:
-                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                async with compat.timeout(PUBLISH_TIMEOUT_S):
                     await self.transport.publish(topic, message, qos=qos, retain=retain)
                 return True
             except (TransportError, TimeoutError) as exc:

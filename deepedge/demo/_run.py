@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deepedge import compat
 from deepedge.broker_schemas import ArgValue, Topics
 from deepedge.config import BrokerConfig
 from deepedge.demo._boards import BoardProfile, cluster_profiles
@@ -93,7 +94,7 @@ async def _wait(predicate: Callable[[], bool], watch: ClusterWatch, timeout: flo
             raise DeepEdgeError(f"demo: timed out after {timeout:g} s waiting for {what}")
         watch.changed.clear()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(left, 0.5)):
+            async with compat.timeout(min(left, 0.5)):
                 await watch.changed.wait()
 
 
@@ -229,7 +230,7 @@ async def run_cluster_job(
                         on_tick(run)
                     watch.changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.5):
+                        async with compat.timeout(0.5):
                             await watch.changed.wait()
                 run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
                 watch.counting_lc = False

@@ -11,9 +11,9 @@ import json
 import secrets
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
+from deepedge.compat import tomllib
 from deepedge.deploy._files import Layout, Written, write_file
 from deepedge.deploy._spec import DeployError, DeploySpec
 

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from deepedge import __version__
+from deepedge import __version__, compat
 from deepedge.broker_schemas import (
     ID_PATTERN,
     MAX_INT,
@@ -47,6 +47,7 @@ from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervi
 from deepedge.node._torch_probe import PROBE_TIMEOUT_S, TorchProbe, probe_command
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
+from deepedge.tasks import cancel_and_wait
 from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
 from deepedge.worker_protocol import PlanForWorker, WorkerReport
 
@@ -547,24 +548,30 @@ class NodeDaemon:
     async def plan_loop(self) -> None:
         """Plans and the coordinator's status, in the order they arrive (one subscription each,
         one consumer: a plan is never judged against a status that is not yet taken in)."""
-        queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=10_000)
+        queue: asyncio.Queue[Received | BaseException] = asyncio.Queue(maxsize=10_000)
 
         async def feed(topic_filter: str) -> None:
-            async with await self.transport.subscribe(topic_filter, qos=1) as sub:
-                async for item in sub:
-                    if isinstance(item, Received) and not queue.full():
-                        queue.put_nowait(item)
+            try:
+                async with await self.transport.subscribe(topic_filter, qos=1) as sub:
+                    async for item in sub:
+                        if isinstance(item, Received) and not queue.full():
+                            queue.put_nowait(item)
+            except Exception as exc:  # the consumer raises it: a feed never dies unseen
+                await queue.put(exc)
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(feed(self.topics.coordinator_status()))
-            tg.create_task(feed(self.topics.all_jobs("plan")))
+        feeds = [asyncio.create_task(feed(f)) for f in (self.topics.coordinator_status(), self.topics.all_jobs("plan"))]
+        try:
             while True:
                 item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
                 match item.message:
                     case CoordinatorStatus() as status:
                         await self.on_coordinator(status)
                     case Plan() | Cleared() if item.topic.job is not None:
                         await self.on_plan(item.topic.job, item.message)
+        finally:
+            await cancel_and_wait(feeds)
 
     async def self_status_loop(self) -> None:
         """Keep the record straight: a death notice for this running node (a late will of an
@@ -627,7 +634,7 @@ class NodeDaemon:
             log.warning("node.offline_unsent", error="not connected to the broker")
         else:
             try:
-                async with asyncio.timeout(2):
+                async with compat.timeout(2):
                     await self.transport.publish(self.topics.node_status(self.node), death, qos=1, retain=True)
             except (TransportError, TimeoutError) as exc:
                 log.warning("node.offline_unsent", error=str(exc) or "timed out")

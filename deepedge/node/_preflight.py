@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from deepedge import compat
 from deepedge.broker_schemas import JobSpec
 from deepedge.config import NodeConfig, TrainingConfig
 from deepedge.job_policy import JobRefused, check_job
@@ -115,7 +116,7 @@ class Preflights:
         except OSError as exc:
             log.warning("preflight.priority_failed", job=job, error=str(exc))
         try:
-            async with asyncio.timeout(timeout):
+            async with compat.timeout(timeout):
                 out, err = await proc.communicate(request + b"\n")
         except TimeoutError:
             log.warning("preflight.timeout", job=job, timeout_s=timeout)

@@ -20,15 +20,16 @@ import signal
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 import structlog
 
+from deepedge import compat
 from deepedge.backoff import Backoff
 from deepedge.clock import Clock, RealClock
+from deepedge.compat import StrEnum
 from deepedge.worker_protocol import COMM_THREADS, PlanForWorker, WorkerReport, decode_report_line, encode_line
 
 __all__ = [
@@ -284,7 +285,7 @@ class WorkerSupervisor:
             return
         self._signal_group(proc.pid, signal.SIGTERM)
         try:
-            async with asyncio.timeout(self._grace):
+            async with compat.timeout(self._grace):
                 await proc.wait()
         except TimeoutError:
             log.warning("worker.kill", job=self.job, pid=proc.pid, after_s=self._grace)
@@ -429,7 +430,7 @@ class WorkerSupervisor:
         finally:
             for task in readers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    async with asyncio.timeout(2):
+                    async with compat.timeout(2):
                         await task
             with contextlib.suppress(OSError, RuntimeError):
                 proc.stdin.close()

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from msgspec.structs import replace
 
+from deepedge import compat
 from deepedge.broker_schemas import TorchInfo
 from deepedge.config import TrainingConfig
 from deepedge.devices import DeviceError, device_kind, precision_problem, resolve_device
@@ -56,7 +57,7 @@ async def run_probe(command: Sequence[str], timeout_s: float = PROBE_TIMEOUT_S) 
     except OSError as exc:
         return {"error": f"cannot start the torch probe {command[0]!r}: {exc}"}
     try:
-        async with asyncio.timeout(timeout_s):
+        async with compat.timeout(timeout_s):
             out, err = await proc.communicate()
     except TimeoutError:
         return {"error": f"the torch probe did not answer within {timeout_s:g} s"}

@@ -7,11 +7,11 @@ read is a ConfigError (one line, exit 78), like any other configuration file's."
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from deepedge.compat import tomllib
 from deepedge.config import ConfigError
 
 __all__ = ["JOB_ALIASES", "JOB_FIELDS", "REQUIRED_JOB_FIELDS", "job_spec", "parse_duration", "read_job_file"]

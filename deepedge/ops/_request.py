@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from deepedge import compat
 from deepedge.broker_schemas import (
     ArgValue,
     Cleared,
@@ -146,7 +147,7 @@ async def coordinator_request(
         status = await coordinator_status(t, config, status_wait_s)
         async with Requester(t, topics, timeout_s=timeout_s + 5, sender="cli") as rpc:
             try:
-                async with asyncio.timeout(timeout_s):
+                async with compat.timeout(timeout_s):
                     reply = await rpc.request(topics.coordinator_command(verb), dict(args or {}))
             except TimeoutError:
                 who = f"the coordinator of cluster {config.cluster.name!r}"
@@ -184,7 +185,7 @@ async def profile_node(
         birth = await node_status(t, config, node, status_wait_s)
         async with Requester(t, topics, timeout_s=reply_timeout_s + 5, sender="cli") as rpc:
             try:
-                async with asyncio.timeout(reply_timeout_s):
+                async with compat.timeout(reply_timeout_s):
                     started = await rpc.request(topics.node_command(node, "profile"), dict(args))
             except TimeoutError:
                 raise _no_answer(t, config, f"node {node!r}", birth, "profile", reply_timeout_s) from None

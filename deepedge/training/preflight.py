@@ -174,7 +174,8 @@ def _decode(path: Path, root: Path) -> bytes:
             os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh,
             Image.open(fh) as img,
         ):
-            return img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).tobytes()
+            pixels: bytes = img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).tobytes()
+            return pixels
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise Refused("dataset", f"dataset {root}: unreadable image {path}: {exc}") from None
 

@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
+from deepedge import compat
 from deepedge.broker_schemas import Cleared, Message, ParsedTopic, SchemaError
+from deepedge.compat import Self
 from deepedge.errors import DeepEdgeError, ExitCode
 
 __all__ = [
@@ -87,7 +89,7 @@ class Subscription:
         return True
 
     async def get(self, timeout: float | None = None) -> Received | Refused:
-        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+        async with compat.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
             return await self._queue.get()
 
     async def first(self, pred: Callable[[Message | Cleared], bool], timeout: float) -> Message | Cleared:

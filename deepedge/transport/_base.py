@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from deepedge import compat
 from deepedge.broker_schemas import Message, encode
 from deepedge.clock import Clock
 from deepedge.transport._api import ConnectHook, Subscription, TransportError
@@ -39,7 +40,7 @@ class TransportBase:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:
-            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            async with compat.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
                 await self._connected.wait()
         except TimeoutError:
             raise TransportError(self._no_connection(timeout)) from None

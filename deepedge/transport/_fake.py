@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from types import TracebackType
-from typing import Self
 
 from deepedge.broker_schemas import encode
+from deepedge.compat import Self
 from deepedge.transport._api import Subscription, TransportError, Will
 from deepedge.transport._base import TransportBase
 from deepedge.transport._matching import topic_matches

@@ -10,7 +10,7 @@ import logging
 import ssl
 import uuid
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -22,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from deepedge.backoff import Backoff
 from deepedge.broker_schemas import encode
 from deepedge.clock import Clock, RealClock
+from deepedge.compat import Self
 from deepedge.config import BrokerConfig, ConfigError
 from deepedge.tasks import cancel_and_wait
 from deepedge.transport._api import Subscription, TransportError, Will

@@ -14,11 +14,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 import structlog
 
+from deepedge import compat
 from deepedge.broker_schemas import (
     ArgValue,
     CommandReply,
@@ -33,6 +34,7 @@ from deepedge.broker_schemas import (
     Topics,
     parse_topic,
 )
+from deepedge.compat import Self
 from deepedge.errors import DeepEdgeError
 from deepedge.transport._api import Received, Refused, Transport, TransportError
 from deepedge.transport._ratelimit import RateLimiter
@@ -119,7 +121,7 @@ class Requester:
                 ts=time.time(),
             )
             await self._transport.publish(topic, request, qos=1)
-            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            async with compat.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
                 return await fut
         except TimeoutError:
             raise TransportError(f"no reply to {topic} within {timeout:g} s") from None
