@@ -212,6 +212,9 @@ class Coordinator:
                     self.log_error("node.refused", OverflowError(f"{self.view.max_nodes} live nodes"), node=birth.node)
                     return
                 self.learning_of(birth.node)
+                if what == "joined" and len(self.learning) > len(self.view.nodes):
+                    for gone in [n for n in self.learning if n not in self.view.nodes]:
+                        del self.learning[gone]  # the view made room: what was learned of it goes too
                 if what == "joined":
                     await self.emit("node.joined", f"session {birth.session}", node=birth.node)
                     await self.apply(policy.on_node_joined(birth.node, self.jobs.values()))
