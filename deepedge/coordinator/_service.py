@@ -274,8 +274,11 @@ class Coordinator:
 
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         job = self.jobs.get(hb.job)
+        member = self.view.nodes.get(hb.node)
         if (
-            job is None
+            member is None  # no birth yet (e.g. after a restart): it must say hello first
+            or not member.alive
+            or job is None
             or job.terminal
             or job.plan is None
             or hb.generation != job.generation
