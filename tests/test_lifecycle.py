@@ -77,3 +77,44 @@ def test_plaintext_to_a_tls_port_at_start_ends_the_daemon_with_exit_78(tmp_path:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_daemons_outlive_a_broker_restart_and_come_back(tmp_path: Path, how: str) -> None:
+    """The failure contract: a broker restart (``systemctl restart mosquitto`` is a SIGTERM, a
+    crash a SIGKILL) — every client reconnects with backoff; nobody exits. Before, a node that saw
+    its own will as the broker went down tried to republish its birth on the dead connection and
+    the error ended the daemon."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed")
+    from tests.helpers.node_proc import start_coordinator
+
+    broker = MosquittoProcess(tmp_path / "broker")
+    broker.start()
+    coord = start_coordinator(tmp_path, broker.url, "restart")
+    node = start_node(tmp_path, broker.url, "restart", "n1", interval=0.5)
+    try:
+
+        def connects(log: Path) -> int:
+            return sum(e.get("event") == "mqtt.connected" for e in _events(log))
+
+        deadline = time.monotonic() + 30
+        while (connects(node.log) < 1 or connects(coord.log) < 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for _ in range(2):  # twice: the second restart meets the retained will of the first
+            time.sleep(1.0)
+            before = (connects(node.log), connects(coord.log))
+            broker.stop() if how == "sigterm" else broker.kill()
+            time.sleep(2.0)
+            broker.start()
+            deadline = time.monotonic() + 40
+            while (connects(node.log) <= before[0] or connects(coord.log) <= before[1]) and time.monotonic() < deadline:
+                assert node.proc.poll() is None and coord.proc.poll() is None, "a daemon exited"
+                time.sleep(0.2)
+            assert connects(node.log) > before[0] and connects(coord.log) > before[1]
+        time.sleep(2.0)
+        assert node.proc.poll() is None and coord.proc.poll() is None, "a daemon exited after reconnecting"
+    finally:
+        node.stop()
+        coord.stop()
+        broker.stop()

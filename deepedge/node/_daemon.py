@@ -587,7 +587,10 @@ class NodeDaemon:
                             log.info("node.earlier_session_ended", session=s)
                         else:  # our own will published while we live, or a forgery
                             log.warning("node.death_notice_while_alive", session=s)
-                        await self.publish_birth()  # (retained: the record says this node lives)
+                        try:  # (retained: the record says this node lives)
+                            await self.publish_birth()
+                        except TransportError as exc:  # the broker went away meanwhile: the
+                            log.info("node.birth_deferred", error=str(exc))  # reconnect publishes it
                     case NodeBirth(session=s, ts=ts) if s != self.session and ts > self.started:
                         log.error("node.id_conflict", other_session=s, hint="two daemons use the same node id")
 
