@@ -353,3 +353,44 @@ async def test_a_heartbeat_from_a_non_participant_or_at_another_rank_changes_not
         await cluster.peer.publish(T.node_heartbeat("n1"), msgspec.structs.replace(outsider, node="n1", job=f"x{i}"))
     await cluster.settle()
     assert len(c.view.nodes["n1"].heartbeats) <= 1
+
+
+async def test_a_node_declared_dead_by_silence_comes_back_when_it_speaks_again(cluster: Cluster) -> None:
+    """A stall of the coordinator (or a flood, or a healed partition) longer than the failure
+    detector's 3 s made it declare healthy boards dead for good: their telemetry was ignored
+    until a new birth, which a running daemon never sends. Now its own topic speaking again
+    brings it back, under the birth it has; a node gone by its will still has to say hello."""
+    c = await cluster.start()
+    for n in ("n1", "n2"):
+        await cluster.board(n)
+    cluster.clock.advance(5.0)  # nothing heard for 5 s
+    await c.in_writer(c.tick)
+    assert not c.view.nodes["n1"].alive and "silent" in c.view.nodes["n1"].death_reason
+    await cluster.peer.publish(T.node_telemetry("n1"), Telemetry(node="n1", ts=2.0))
+    await cluster.settle()
+    assert c.view.nodes["n1"].alive and not c.view.nodes["n2"].alive
+    await cluster.peer.publish(T.node_status("n2"), NodeDeath(node="n2", session="s1"), qos=1, retain=True)
+    await cluster.settle()
+    await cluster.peer.publish(T.node_telemetry("n2"), Telemetry(node="n2", ts=3.0))
+    await cluster.settle()
+    assert not c.view.nodes["n2"].alive  # its will said its connection is gone: a birth brings it back
+    assert (await cluster.submit("j1")).result["participants"].keys() == {"n1"}
+
+
+async def test_silence_is_judged_by_arrival_and_a_flooding_node_cannot_starve_the_others(cluster: Cluster) -> None:
+    c = await cluster.start()
+    for n in ("n1", "n3"):
+        await cluster.board(n)
+    # a message that arrived at t0 but reached the writer 5 s later still counts from t0
+    t0 = cluster.clock.monotonic()
+    cluster.clock.advance(5.0)
+    await c.in_writer(lambda: c.ingest(Received(None, Telemetry(node="n1", ts=1.0), False, ""), t0))  # type: ignore[arg-type]
+    assert c.view.nodes["n1"].last_seen <= t0 + 1e-9
+    # n3 floods its telemetry: beyond its budget the coordinator drops it before the writer
+    for _ in range(2000):
+        await cluster.peer.publish(T.node_telemetry("n3"), Telemetry(node="n3", ts=1.0))
+    await cluster.settle()
+    assert c.dropped >= 1000
+    await cluster.peer.publish(T.node_telemetry("n1"), Telemetry(node="n1", ts=2.0))
+    await cluster.settle()
+    assert c.view.nodes["n1"].last_seen == cluster.clock.monotonic()  # n1 still got through

@@ -113,7 +113,7 @@ async def _coordinator_round(
             lags.append(time.time() - msg.ts)
 
         c.view.on_telemetry = timed  # type: ignore[method-assign,assignment]
-        task = asyncio.create_task(c.ingest_loop())
+        task = asyncio.gather(c.ingest_loop(), c.writer_loop())  # the ingest loop feeds the one writer
         await asyncio.sleep(0.3)
         pubs = _publishers(broker, cluster, nodes, rate, seconds, 2)
         await asyncio.to_thread(_wait_ready, pubs)

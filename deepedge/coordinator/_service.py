@@ -57,6 +57,7 @@ Work = tuple[Callable[[], Awaitable[Any]], "asyncio.Future[Any] | None"]
 INBOX = 100_000  # units of work waiting for the writer; beyond it, node messages are dropped (counted)
 PUBLISH_TIMEOUT_S = 2.0  # the writer never waits longer on the broker
 MAX_FINISHED_IN_MEMORY = 1000  # finished jobs kept in memory for status (all stay in the store)
+PER_NODE_PER_S = 50.0  # messages a second taken from one node's topics (a burst of 4 s of them)
 
 
 class Coordinator:
@@ -85,6 +86,8 @@ class Coordinator:
         self.inbox: asyncio.Queue[Work] = asyncio.Queue(INBOX)
         self.dropped = 0  # node messages dropped because the writer fell behind by INBOX units
         self._errors = RateLimiter(1 / 60, 1, max_keys=1000, global_rate=1.0, global_burst=10)
+        # a node sends a few messages a second (telemetry, latency, a heartbeat per job, a birth)
+        self._per_node = RateLimiter(PER_NODE_PER_S, 4 * PER_NODE_PER_S, max_keys=max(1000, self.cfg.max_nodes))
         self.stale = False  # a retained publish was skipped: the broker may be behind the store
         self.reserved: set[str] = set()  # job ids being submitted (pre-flight in progress)
         self._cleared_finished = False
@@ -200,9 +203,18 @@ class Coordinator:
 
     # ---- ingest -------------------------------------------------------------------------------
 
-    async def ingest(self, item: Received) -> None:
-        """One message from a node topic or a retained plan (a unit of the writer)."""
-        now = self.clock.monotonic()
+    async def ingest(self, item: Received, arrived: float | None = None) -> None:
+        """One message from a node topic or a retained plan (a unit of the writer). ``arrived``:
+        when it reached this process (monotonic): a node's silence is judged by when its
+        messages arrived, not by when the writer got to them behind a backlog."""
+        now = self.clock.monotonic() if arrived is None else arrived
+        await self._ingest(item, now)
+        while self.view.revived:
+            node = self.view.revived.pop()
+            await self.emit("node.joined", "heard from again after it was declared dead by silence", node=node)
+            await self.apply(policy.on_node_joined(node, self.jobs.values()))
+
+    async def _ingest(self, item: Received, now: float) -> None:
         match item.message:
             case NodeBirth() as birth:
                 was = self.view.nodes.get(birth.node)
@@ -590,8 +602,13 @@ class Coordinator:
     async def ingest_loop(self) -> None:
         async with await self.transport.subscribe(self.topics.all_nodes(), qos=1, maxsize=100_000) as sub:
             async for item in sub:
-                if isinstance(item, Received) and not isinstance(item.message, Cleared):
-                    self.offer(lambda item=item: self.ingest(item))  # type: ignore[misc]
+                if not isinstance(item, Received) or isinstance(item.message, Cleared):
+                    continue
+                arrived = self.clock.monotonic()
+                if not self._per_node.allow(item.topic.node or "", arrived):
+                    self.dropped += 1  # one node flooding its own topics cannot starve the others
+                    continue
+                self.offer(lambda item=item, arrived=arrived: self.ingest(item, arrived))  # type: ignore[misc]
 
     async def plan_watch_loop(self) -> None:
         async with await self.transport.subscribe(self.topics.all_jobs("plan"), qos=1) as sub:

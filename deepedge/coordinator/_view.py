@@ -21,6 +21,7 @@ class NodeState:
     latency: dict[str, AppLatency] = field(default_factory=dict)
     heartbeats: dict[str, Heartbeat] = field(default_factory=dict)  # job -> latest
     death_reason: str = ""
+    silent: bool = False  # dead only because nothing was heard for a while: it may speak again
 
     @property
     def session(self) -> str:
@@ -40,6 +41,7 @@ class ClusterView:
         self.missed = missed
         self.max_nodes = max_nodes
         self.nodes: dict[str, NodeState] = {}
+        self.revived: list[str] = []  # nodes heard from again after they were declared dead by silence
 
     def on_birth(self, birth: NodeBirth, now: float) -> str:
         """'joined' (new node or new session: a new member), 'updated' (same session), or ''
@@ -60,7 +62,10 @@ class ClusterView:
     def on_death(self, death: NodeDeath, now: float) -> bool:
         """True if this marks a live member dead (a stale will of an old session is ignored)."""
         state = self.nodes.get(death.node)
-        if state is None or not state.alive or state.session != death.session:
+        if state is None or state.session != death.session:
+            return False
+        if not state.alive:  # already dead by silence; now its connection is known to be gone
+            state.silent = False
             return False
         state.alive = False
         state.death_reason = "shut down" if death.reason == "shutdown" else "connection lost (last will)"
@@ -72,9 +77,16 @@ class ClusterView:
 
     def _touch(self, node: str, now: float) -> NodeState | None:
         state = self.nodes.get(node)
-        if state is None or not state.alive:
-            return None  # no birth yet (or dead): not a member; it must say hello first
-        state.last_seen = now
+        if state is None:
+            return None  # no birth yet: not a member; it must say hello first
+        if not state.alive:
+            if not state.silent:
+                return None  # its will or its goodbye: it says hello (a birth) when it is back
+            # declared dead because nothing was heard (a stall here, a flood, a partition that
+            # healed): its own topic speaks again, under the birth it has
+            state.alive, state.silent, state.death_reason = True, False, ""
+            self.revived.append(node)
+        state.last_seen = max(state.last_seen, now)
         return state
 
     def on_telemetry(self, t: Telemetry, now: float) -> None:
@@ -108,6 +120,7 @@ class ClusterView:
             if state.alive and now - state.last_seen > limit:
                 state.alive = False
                 state.death_reason = f"silent for {now - state.last_seen:.1f} s ({self.missed} missed intervals)"
+                state.silent = True
                 dead.append(state.node)
         return dead
 
