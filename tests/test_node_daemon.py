@@ -413,6 +413,10 @@ async def test_profile_measures_the_board_keeps_it_and_announces_it(
             for bad in ({"levels": "2"}, {"levels": "fast"}, {"seconds": 60}, {"colour": "red"}):
                 reply = await rpc.request(t.node_command("p1", "profile"), bad)
                 assert not reply.ok and reply.error is not None and reply.error.code == "bad_args", bad
+            # the profiler builds (imports) the model: a model the board does not allow is refused
+            # (before, `profile --model evil:x` imported any module, whatever training.models said)
+            reply = await rpc.request(t.node_command("p1", "profile"), {"model": "this:x"})
+            assert not reply.ok and reply.error is not None and "training.model_modules" in reply.error.message
             reply = await rpc.request(t.node_command("p1", "profile"), {"levels": "1,0.5", "seconds": 1})
             assert reply.ok and reply.result["started"], reply
             again = await rpc.request(t.node_command("p1", "profile"), {})

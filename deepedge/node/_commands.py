@@ -23,6 +23,7 @@ from deepedge.broker_schemas import (
     StopWorkerResult,
     args_of,
 )
+from deepedge.job_policy import JobRefused, check_model
 from deepedge.node._preflight import PreflightBusy
 from deepedge.node._profile import ProfileError
 from deepedge.transport import CommandFailed, ok_reply
@@ -87,6 +88,10 @@ async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> 
             return _result(req, StopWorkerResult(stopped=stopped))
         case "profile":
             prof = _args(req, ProfileArgs)
+            try:  # the profiler builds (imports) the model: the board's allow-list decides, as for a job
+                check_model(prof.model, daemon.config.training)
+            except JobRefused as exc:
+                raise CommandFailed("bad_args", str(exc)) from None
             levels, seconds = _levels(daemon, prof)
             try:
                 daemon.start_profile(prof.model, levels, seconds)
