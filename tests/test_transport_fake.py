@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -163,3 +164,33 @@ async def test_a_cancelled_wait_for_the_connection_stays_cancelled() -> None:
     waiter.cancel()  # ... in the same loop iteration as the shutdown
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_a_retained_or_repeated_command_is_not_run_again() -> None:
+    """A command published with the retain flag would run again at every start of its target
+    (an attacker's retained drain or submit did); a request delivered twice (QoS 1 may) or
+    replayed is answered once."""
+    broker = FakeBroker()
+    runs: list[str] = []
+
+    async def handler(verb: str, req: CommandRequest) -> CommandReply:
+        runs.append(req.request_id)
+        return ok_reply(req, n=len(runs))
+
+    async with FakeTransport(broker, client_id="node") as node, FakeTransport(broker, client_id="cli-9") as cli:
+        replies = await cli.subscribe(T.replies("cli-9"))
+        req = CommandRequest(request_id="r1", reply_to="cli-9")
+        await cli.publish(T.node_command("n1", "drain"), req, qos=1, retain=True)  # planted before the node starts
+        server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), handler, responder="n1"))
+        await asyncio.sleep(0.05)
+        assert runs == []  # the retained one is not run
+        fresh = CommandRequest(request_id="r2", reply_to="cli-9")
+        for _ in range(3):
+            await cli.publish(T.node_command("n1", "drain"), fresh, qos=1)
+        await asyncio.sleep(0.05)
+        assert runs == ["r2"]
+        got = await replies.get(1)
+        assert isinstance(got, Received) and isinstance(got.message, CommandReply) and got.message.ok
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -37,6 +38,7 @@ from deepedge.broker_schemas import (
 from deepedge.compat import Self
 from deepedge.errors import DeepEdgeError
 from deepedge.transport._api import Received, Refused, Transport, TransportError
+from deepedge.transport._droplog import DropLog
 from deepedge.transport._ratelimit import RateLimiter
 
 __all__ = ["CommandFailed", "Handler", "Requester", "error_reply", "ok_reply", "serve_commands"]
@@ -181,6 +183,23 @@ def _reply_limiter() -> RateLimiter:
 MAX_CONCURRENT_COMMANDS = 16  # requests handled at once by one server; more wait their turn
 
 
+class _Seen:
+    """The request ids answered lately (bounded): a request delivered again is not run again."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._ids: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._size = size
+
+    def repeated(self, reply_to: str, request_id: str) -> bool:
+        key = (reply_to, request_id)
+        if key in self._ids:
+            return True
+        self._ids[key] = None
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return False
+
+
 async def serve_commands(
     transport: Transport, topics: Topics, topic_filter: str, handler: Handler, *, responder: str | None = None
 ) -> None:
@@ -190,6 +209,8 @@ async def serve_commands(
     Each request is handled in a task of its own (at most MAX_CONCURRENT_COMMANDS at once), so
     a slow one (a pre-flight, a submit waiting for it) does not hold up a quick ``status``."""
     limiter = _reply_limiter()
+    drops = DropLog()
+    seen = _Seen()
     slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
     running: set[asyncio.Task[None]] = set()
 
@@ -209,6 +230,10 @@ async def serve_commands(
         async with await transport.subscribe(topic_filter, qos=1, include_refused=True) as sub:
             async for item in sub:
                 match item:
+                    case Received(retain=True, raw_topic=topic):  # a command is never retained:
+                        drops.drop(topic, "a retained command: not run (it would run again at every start)", topic)
+                    case Received(message=CommandRequest() as req) if seen.repeated(req.reply_to, req.request_id):
+                        continue  # a duplicate (QoS 1 may deliver twice) or a replay: answered once
                     case Received(topic=parsed, message=CommandRequest() as req):
                         await slots.acquire()
                         task = asyncio.create_task(handle(parsed.verb or "", req), name=f"command:{parsed.verb}")
