@@ -394,3 +394,24 @@ async def test_silence_is_judged_by_arrival_and_a_flooding_node_cannot_starve_th
     await cluster.peer.publish(T.node_telemetry("n1"), Telemetry(node="n1", ts=2.0))
     await cluster.settle()
     assert c.view.nodes["n1"].last_seen == cluster.clock.monotonic()  # n1 still got through
+
+
+async def test_a_job_that_keeps_re_forming_without_progress_is_failed_not_replanned_for_ever(cluster: Cluster) -> None:
+    """A participant whose worker keeps breaking the group (a hostile rank sending impossible
+    state made a job re-plan 19 times in 30 s, for ever): after 10 plans in a row with no step
+    completed the job fails, saying so."""
+    c = await cluster.start()
+    for n in ("n1", "n2"):
+        await cluster.board(n)
+    await cluster.submit("j1")
+    for _ in range(12):
+        plan = cluster.retained_plan("j1")
+        if plan is None or c.jobs["j1"].terminal:
+            break
+        lost = Heartbeat(node="n1", ts=1.0, job="j1", generation=plan.generation, rank=0, state="recovering")
+        lost = msgspec.structs.replace(lost, rank=next(a.rank for a in plan.assignments if a.node == "n1"))
+        await cluster.peer.publish(T.node_heartbeat("n1"), lost)
+        await cluster.alive(2, "n1", "n2")
+    job = c.jobs["j1"]
+    assert job.state is JobState.FAILED and "10 plans in a row without a step completed" in job.reason, job.reason
+    assert job.generation == 10

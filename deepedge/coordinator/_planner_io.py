@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 from deepedge.broker_schemas import Assignment, NodeBirth, Plan, TorchInfo
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import InterferenceModel, NodeLearning
+from deepedge.coordinator._learning import MAX_RATE, InterferenceModel, NodeLearning
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
 from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
@@ -120,7 +120,7 @@ def node_models(
         )
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
-            rate = profile.samples_per_s
+            rate = min(profile.samples_per_s, MAX_RATE)  # a board's claim, clamped as its heartbeats are
         out.append(
             NodeModel(
                 state.node,

@@ -29,6 +29,7 @@ __all__ = [
     "COMFORT_REPORTS",
     "DECREASE_COOLDOWN_S",
     "LOST_PEERS_GRACE_S",
+    "MAX_PLANS_WITHOUT_PROGRESS",
     "REPLAN_COOLDOWN_S",
     "REPLAN_MIN_GAIN_S",
     "REPLAN_RATIO",
@@ -52,6 +53,7 @@ __all__ = [
     "on_nodes_changed",
     "on_tick",
     "should_improve",
+    "stalled",
 ]
 
 CAP_DECREASE = 0.8  # multiplicative decrease of a node's cap when an LC deadline is missed
@@ -65,6 +67,10 @@ LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long fo
 REPLAN_RATIO = 0.8
 REPLAN_MIN_GAIN_S = 5.0
 REPLAN_COOLDOWN_S = 4.0
+# A job re-planned this many times in a row without completing a single step is failed: its
+# participants cannot train together (a board whose worker keeps breaking the group, a hostile
+# rank sending impossible state), and every re-plan costs every board a re-form.
+MAX_PLANS_WITHOUT_PROGRESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,8 @@ class JobRuntime:
     planned_at: float = -1e9  # monotonic time of its latest plan (or improvement check)
     lost_peers: tuple[int, float, str] | None = None  # (generation, since, reporting node)
     state_since: float = 0.0  # monotonic time of its last state change, for timeouts
+    planned_step: int = -1  # the job's step when its latest plan was published
+    plans_without_progress: int = 0  # plans in a row published with no step completed between them
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -251,6 +259,18 @@ def on_tick(
         if job.state == JobState.RUNNING and job.spec.split != "uniform" and now - rt.planned_at >= REPLAN_COOLDOWN_S:
             out.append(TryImprove(job.job))
     return out
+
+
+def stalled(job: JobRecord, runtime: JobRuntime) -> Fail | None:
+    """Before a new plan is published: fail the job instead when it would be the
+    MAX_PLANS_WITHOUT_PROGRESS-th plan in a row with no step completed."""
+    if runtime.planned_step == job.step and runtime.plans_without_progress + 1 >= MAX_PLANS_WITHOUT_PROGRESS:
+        return Fail(
+            job.job,
+            f"{MAX_PLANS_WITHOUT_PROGRESS} plans in a row without a step completed (stuck at step {job.step}): "
+            f"its participants cannot train together; last: {job.reason or 'no reason given'}",
+        )
+    return None
 
 
 def after_decision(

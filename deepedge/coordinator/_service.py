@@ -498,10 +498,17 @@ class Coordinator:
             job.reason = f"waiting: {exc}"[:MAX_REASON]
             await self.save(job)
             return
+        rt = self.runtime_of(job)
+        stuck = policy.stalled(job, rt)
+        if stuck is not None:
+            await self.fail(job, stuck.reason)
+            return
+        rt.plans_without_progress = rt.plans_without_progress + 1 if rt.planned_step == job.step else 0
+        rt.planned_step = job.step
         generation = job.generation + 1
         plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session)
         job.generation, job.plan = generation, plan
-        self.runtime_of(job).lost_peers = None
+        rt.lost_peers = None
         self.forget_heartbeats(job)
         if job.state in (JobState.PLANNING, JobState.RECOVERING):
             self.move(job, JobState.RUNNING, "")
