@@ -173,7 +173,14 @@ def test_acls_pin_the_cluster_and_list_the_operators() -> None:
     assert "user alice" in operator_acl(s) and "user bob" in operator_acl(s)
     assert "pattern read deepedge/lab/reply/%c/#" in operator_acl(s)
     assert "user coordinator" in daemon_acl(s) and "user orin-1" in daemon_acl(s)
-    assert "pattern write deepedge/lab/events/node/%u" in daemon_acl(s)
+    assert "topic write deepedge/lab/events/node/orin-1" in daemon_acl(s)
+    # no pattern on the daemon listener: a pattern applies to every user, the coordinator's too,
+    # which could then publish as a node named after it
+    assert "pattern" not in "".join(line for line in daemon_acl(s).splitlines() if not line.startswith("#"))
+    # a node's writes are its exact topics (nothing at any depth it could fill with retained data)
+    assert not any(
+        line.startswith("topic") and "write" in line and line.endswith("#") for line in daemon_acl(s).splitlines()
+    )
     patterns = [
         line for text in (daemon_acl(s), operator_acl(s)) for line in text.splitlines() if line.startswith("pattern")
     ]
