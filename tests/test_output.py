@@ -195,3 +195,16 @@ def test_the_demo_logs_to_stderr_never_into_its_report() -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     assert "demo.trouble" in r.stderr and "mqtt." not in r.stderr and "demo.detail" not in r.stderr
+
+
+def test_what_comes_from_the_network_cannot_drive_the_operators_terminal() -> None:
+    """An event's message with OSC sequences (window title, clipboard write) and a carriage
+    return faking a log line was printed raw by `deepedge logs`."""
+    from deepedge.broker_schemas import Event
+    from deepedge.ops import esc, format_event
+
+    evil = "\x1b]0;PWNED-TITLE\x07\x1b]52;c;cm0gLXJmIH4=\x07\rjob.completed all good"
+    line = format_event(Event(ts=1.0, source="node/n3", event="worker.crashed", node="n3", message=evil))
+    assert "\x1b" not in line and "\x07" not in line and "\r" not in line
+    assert "\\x1b]0;PWNED-TITLE\\x07" in line  # shown, not sent
+    assert "\x1b" not in esc(evil) and "\\x1b" in esc(evil)

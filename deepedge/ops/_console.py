@@ -16,6 +16,7 @@ would otherwise crash the rendering, and ``pip install 'deepedge[vision]'`` woul
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -23,14 +24,31 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.segment import Segment, Segments
 
-__all__ = ["esc", "make_console", "say", "show"]
+__all__ = [
+    "esc",
+    "make_console",
+    "printable",
+    "say",
+    "show",
+]
 
 _UNBOUNDED = 10_000  # columns a renderable may take outside a terminal (its natural width is less)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(value: Any) -> str:
+    """``value`` as text with no terminal control characters: a name, a reason or an event's
+    message comes from the network, and an escape sequence in it must not retitle the
+    operator's terminal, write its clipboard (OSC 52) or fake a log line (a carriage return).
+    Each control character shows as a backslash, x and its two hex digits."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def esc(value: Any) -> str:
-    """``value`` as text that rich prints as is (markup escaped)."""
-    return escape(str(value))
+    """``value`` as text that rich prints as is (markup escaped, control characters shown)."""
+    return escape(printable(value))
 
 
 def make_console(*, stderr: bool = False) -> Console:

@@ -7,15 +7,18 @@ from collections.abc import Callable
 
 from deepedge.broker_schemas import Event, Topics
 from deepedge.config import Config
+from deepedge.ops._console import printable
 from deepedge.transport import MqttTransport, Received
 
 __all__ = ["format_event", "tail_events"]
 
 
 def format_event(e: Event) -> str:
+    """One line; what came from the network has its control characters shown, not sent to the
+    terminal."""
     when = time.strftime("%H:%M:%S", time.localtime(e.ts))
     where = " ".join(x for x in (f"node={e.node}" if e.node else "", f"job={e.job}" if e.job else "") if x)
-    return f"{when} {e.level:<7} {e.event:<18} {e.source:<16} {where} {e.message}".rstrip()
+    return printable(f"{when} {e.level:<7} {e.event:<18} {e.source:<16} {where} {e.message}".rstrip())
 
 
 async def tail_events(
