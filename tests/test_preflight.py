@@ -233,10 +233,25 @@ def test_the_checker_imports_nothing_of_the_daemon_or_the_transport() -> None:
     assert r.returncode == 0, r.stdout + r.stderr  # and not torch either, until the checks need it
 
 
-def test_the_image_suffixes_are_the_loaders() -> None:
-    from deepedge.training._data import IMAGE_SUFFIXES
+@pytest.mark.parametrize("link", ["class", "image"])
+def test_a_symbolic_link_in_an_image_folder_is_refused_by_the_check_and_the_worker(
+    board: dict[str, Path], tmp_path: Path, link: str
+) -> None:
+    """A dataset under an allowed data root cannot reach files outside it through a link."""
+    from deepedge.training import TrainingError
+    from deepedge.training._data import load_dataset
 
-    assert pf.IMAGE_SUFFIXES == IMAGE_SUFFIXES
+    outside = image_folder(tmp_path / "secret", classes=1)
+    if link == "class":
+        (board["imgs"] / "class9").symlink_to(outside / "class0", target_is_directory=True)
+        named = "class9 is a symbolic link"
+    else:
+        (board["imgs"] / "class1" / "zz.png").symlink_to(outside / "class0" / "000.png")
+        named = "class1/zz.png is a symbolic link"
+    check, reason = refused(request(board))
+    assert check == "dataset" and named in reason, reason
+    with pytest.raises(TrainingError, match=named):
+        load_dataset(str(board["imgs"]))
 
 
 # ---- the daemon's runner ---------------------------------------------------------------------------

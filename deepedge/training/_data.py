@@ -4,18 +4,15 @@ Caltech-256) or tensors in a file (``torch.save({"x": ..., "y": ...})``, loaded 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import load_weights
+from deepedge.training._folder import IMAGE_SUFFIXES, FolderError, list_classes, open_image
 
 __all__ = ["IMAGE_SUFFIXES", "TensorDataset", "load_dataset"]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm"}
 
 
 class TensorDataset:
@@ -36,25 +33,21 @@ class TensorDataset:
         return x, self.y[index]
 
 
-def _open_nofollow(path: Path) -> BinaryIO:
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
-
-
 def _image_folder(root: Path, size: int) -> TensorDataset:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - pillow is a dependency
         raise TrainingError("reading an image folder needs pillow (pip install pillow)") from None
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise TrainingError(f"dataset {root}: no class folders (expected <root>/<class>/<image>)")
+    try:
+        listed = list_classes(root)
+    except FolderError as exc:
+        raise TrainingError(str(exc)) from None
+    classes = [name for name, _ in listed]
     xs, ys = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+    for label, (_, paths) in enumerate(listed):
+        for path in paths:
             try:
-                with _open_nofollow(path) as fh, Image.open(fh) as img:
+                with open_image(path) as fh, Image.open(fh) as img:
                     rgb = img.convert("RGB").resize((size, size))
                     xs.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3))
             except (OSError, UnidentifiedImageError, ValueError) as exc:

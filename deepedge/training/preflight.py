@@ -51,6 +51,7 @@ from deepedge.config import TrainingConfig
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import ensure_dir, write_atomic
+from deepedge.training._folder import IMAGE_SUFFIXES, FolderError, list_classes, open_image
 
 __all__ = [
     "DECODE_IMAGES",
@@ -68,9 +69,6 @@ FORWARD_SAMPLES = 4  # of them through the model
 IMAGE_SIZE = 32  # as the worker loads them (deepedge.training._data.load_dataset)
 MARGIN = 1.1  # needed bytes: what the job writes * this, + MARGIN_BYTES
 MARGIN_BYTES = 1 << 20
-# The image folder's suffixes (deepedge.training._data.IMAGE_SUFFIXES, which imports torch; a
-# test keeps the two equal).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm"})
 
 
 class PreflightRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,26 +141,16 @@ def _check_output(output: Path, node: str) -> None:
 
 def _image_folder(root: Path, global_batch: int) -> _Folder:
     try:
-        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    except OSError as exc:
-        raise Refused("dataset", f"dataset {root}: {exc.strerror or exc}") from None
-    if not classes:
-        raise Refused("dataset", f"dataset {root}: no class folders (expected <root>/<class>/<image>)")
-    firsts: list[Path] = []
-    count = 0
-    for name in classes:
-        try:
-            images = sorted(e.name for e in os.scandir(root / name) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
-        except OSError as exc:
-            raise Refused("dataset", f"dataset {root}: class folder {name}: {exc.strerror or exc}") from None
-        count += len(images)
-        if images and len(firsts) < DECODE_IMAGES:
-            firsts.append(root / name / images[0])
+        listed = list_classes(root)
+    except FolderError as exc:
+        raise Refused("dataset", str(exc)) from None
+    count = sum(len(images) for _, images in listed)
+    firsts = [images[0] for _, images in listed if images][:DECODE_IMAGES]
     if count == 0:
         raise Refused("dataset", f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if count < global_batch:
         raise Refused("dataset", f"dataset {root} has {count} samples, fewer than the global batch {global_batch}")
-    return _Folder(root, count, classes, [_decode(path, root) for path in firsts])
+    return _Folder(root, count, [name for name, _ in listed], [_decode(path, root) for path in firsts])
 
 
 def _decode(path: Path, root: Path) -> bytes:
@@ -170,10 +158,7 @@ def _decode(path: Path, root: Path) -> bytes:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with (
-            os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh,
-            Image.open(fh) as img,
-        ):
+        with open_image(path) as fh, Image.open(fh) as img:
             pixels: bytes = img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).tobytes()
             return pixels
     except (OSError, UnidentifiedImageError, ValueError) as exc:
