@@ -293,6 +293,27 @@ async def test_the_runner_times_out_and_refuses_a_second_preflight_of_the_same_j
     assert (await runner.run("j1", spec(board, dataset="/etc")))["check"] == "policy"  # the job may ask again
 
 
+async def test_at_most_two_checker_processes_run_at_once_and_the_rest_wait_their_turn(
+    board: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepedge.node import _preflight
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    runner = Preflights(
+        "n1",
+        NodeConfig(preflight_timeout_s=1.0),
+        policy(board, model_modules=("tests.helpers.stand_in_worker",)),
+    )
+    jobs = [asyncio.create_task(runner.run(f"j{i}", spec(board, model=SLOW_MODEL))) for i in range(4)]
+    peak = 0
+    while not all(j.done() for j in jobs):
+        peak = max(peak, runner.checkers)
+        await asyncio.sleep(0.02)
+    assert peak == _preflight.MAX_CHECKERS == 2
+    assert [j.result()["check"] for j in jobs] == ["timeout"] * 4  # every one answered, none refused as busy
+    assert runner.checkers == 0 and runner.running == {}
+
+
 # ---- through real node daemons ---------------------------------------------------------------------
 
 

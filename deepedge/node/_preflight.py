@@ -6,7 +6,9 @@ which the daemon never imports: it runs ``python -m deepedge.training.preflight`
 request on stdin: this node, the job, its spec, this board's own ``[training]``; one JSON line
 back) on the training worker's CPUs and at its priority, killed (its whole process group) after
 ``node.preflight_timeout_s``. One preflight per job at a time; a second one of the same job while
-the first runs is refused (``conflict``).
+the first runs is refused (``conflict``). At most ``MAX_CHECKERS`` checker processes run at once
+on a board; more requests wait their turn (their time counts against the asker's timeout), so a
+burst of submissions cannot start a process, and import torch, for each.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = ["PreflightAnswer", "PreflightBusy", "Preflights"]
 log = structlog.get_logger("deepedge.node")
 
 MAX_OUTPUT = 1 << 16  # bytes of the checker's stdout / stderr kept
+MAX_CHECKERS = 2  # checker processes at once on this board; more wait
 
 
 class PreflightAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +67,8 @@ class Preflights:
         self.training = training
         self.running: dict[str, float] = {}  # job -> monotonic start
         self.done = 0
+        self.checkers = 0  # processes running now (at most MAX_CHECKERS)
+        self._slots: asyncio.Semaphore | None = None  # made in the daemon's loop, at first use
 
     def refusal(self, check: str, why: str, started: float) -> dict[str, Any]:
         return {
@@ -89,7 +94,14 @@ class Preflights:
                 check_job(spec, self.training)  # torch-free and instant: no process for a refusal
             except JobRefused as exc:
                 return self.refusal("policy", str(exc), started)
-            return await self._checker(job, spec, started)
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(MAX_CHECKERS)
+            async with self._slots:
+                self.checkers += 1
+                try:
+                    return await self._checker(job, spec, started)
+                finally:
+                    self.checkers -= 1
         finally:
             del self.running[job]
             self.done += 1
