@@ -70,8 +70,8 @@ def test_bad_input_is_refused_in_one_line(changes: dict[str, object], needle: st
 @needs_passwd
 def test_all_writes_every_file_with_safe_modes(tmp_path: Path) -> None:
     s = spec(client_certs=True)
-    written = deploy_all(s, tmp_path)
-    layout = Layout(tmp_path)
+    written = deploy_all(s, tmp_path / "out")  # a folder not there yet: made 0700 too, with the ones in it
+    layout = Layout(tmp_path / "out")
     assert {w.action for w in written} <= {"created", "written"}
     secrets = [layout.ca_key, layout.broker / "server.key", layout.broker / "daemons.passwd"]
     secrets += [layout.broker / "operators.passwd"]
@@ -79,7 +79,8 @@ def test_all_writes_every_file_with_safe_modes(tmp_path: Path) -> None:
         secrets += [layout.client(user) / "deepedge.toml", layout.client(user) / "client.key"]
     for path in secrets:
         assert mode(path) == 0o600, path
-    for folder in (layout.ca_key.parent, layout.broker, *(layout.client(u) for u in s.users)):
+    folders = (layout.out, layout.out / "clients", layout.ca_key.parent, layout.broker)
+    for folder in (*folders, *(layout.client(u) for u in s.users)):
         assert mode(folder) == 0o700, folder
     for name in ("deepedge.conf", "daemons.acl", "operators.acl", "ca.crt", "server.crt"):
         assert (layout.broker / name).exists()

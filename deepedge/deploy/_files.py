@@ -57,10 +57,22 @@ class Layout:
         return self.out / "clients" / user
 
 
+def _private_dirs(folder: Path) -> None:
+    """Create ``folder`` and each missing one above it 0700 (``mkdir(parents=True)`` would make
+    the ones above with the umask's mode); existing folders are left as they are."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(made, 0o700)  # whatever the umask
+
+
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` atomically with exactly ``mode``; directories on the way are
     created 0700 (they hold keys and passwords)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
