@@ -1,7 +1,7 @@
 """Where a board trains and how the boards of a job talk: the decisions as pure functions of
 numbers, so they are tested without a GPU. No torch and nothing of ``deepedge.training`` here:
 the coordinator, the node daemon and the configuration import this module; the worker uses it
-through ``deepedge.training._device`` and passes in what its torch reports
+directly and passes in what its torch reports
 (``torch.cuda.is_available()``, ``device_count()``, ``mem_get_info()``), the daemon what
 ``python -m deepedge.training.probe`` printed.
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from deepedge.bench._workers import WorkerProc, first_report, make_plan, make_tensor_dataset, start_worker, stop_all
 
 from deepedge.broker_schemas import JobSpec, Plan
 from deepedge.config import TrainingConfig
+from deepedge.devices import DeviceError, DeviceMemory, fit_memory, memory_fraction, resolve_device
+from deepedge.testing.workers import WorkerProc, first_report, make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.training import build_model, read_records, verify_accounting
-from deepedge.training._device import DeviceError, DeviceMemory, fit_memory, memory_fraction, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 2**20

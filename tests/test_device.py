@@ -1,5 +1,5 @@
 """Where a board trains and what its torch can do, without a GPU: device resolution, the backend
-choice, the memory arithmetic (deepedge/devices.py, through deepedge/training/_device.py), the
+choice, the memory arithmetic (deepedge/devices.py), the
 torch probe (deepedge/training/probe.py) and its answer in the node's birth
 (deepedge/node/_torch_probe.py), the coordinator's use of it (a board that cannot all-reduce is
 excluded with the reason; the plan's backend), and that ``import deepedge.training`` leaves torch
@@ -21,8 +21,7 @@ import pytest
 import deepedge.training
 from deepedge.broker_schemas import JobSpec, NodeBirth, TorchInfo
 from deepedge.config import TrainingConfig
-from deepedge.node._torch_probe import probe_command, run_probe, torch_info
-from deepedge.training._device import (
+from deepedge.devices import (
     BackendChoice,
     DeviceError,
     DeviceMemory,
@@ -36,6 +35,7 @@ from deepedge.training._device import (
     read_meminfo,
     resolve_device,
 )
+from deepedge.node._torch_probe import probe_command, run_probe, torch_info
 from deepedge.training.probe import l4t_release
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_importing_the_package_does_not_import_torch() -> None:
 
 def test_the_worker_module_and_the_accounting_names_do_not_import_torch() -> None:
     r = run_python(
-        "import sys, deepedge.training.worker, deepedge.training._device, deepedge.training.probe\n"
+        "import sys, deepedge.training.worker, deepedge.devices, deepedge.training.probe\n"
         "from deepedge.training import verify_accounting, step_timing, TrainingError, AccountingLog\n"
         "assert 'torch' not in sys.modules, 'torch loaded'"
     )
@@ -525,12 +525,3 @@ def test_the_coordinator_and_the_daemon_do_not_import_the_training_package() -> 
         "assert 'torch' not in sys.modules"
     )
     assert r.returncode == 0, r.stderr
-
-
-def test_the_training_package_re_exports_the_shared_decisions() -> None:
-    import deepedge.devices
-    import deepedge.training._device as worker_view
-
-    assert set(worker_view.__all__) == set(deepedge.devices.__all__) - {"DEVICE_SETTINGS"}
-    for name in worker_view.__all__:
-        assert getattr(worker_view, name) is getattr(deepedge.devices, name)

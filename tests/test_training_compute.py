@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from deepedge.devices import DeviceError
 from deepedge.training import TensorDataset, build_model
 from deepedge.training._compute import compute_share, has_batchnorm, micro_batches, reduce_step
-from deepedge.training._device import DeviceError
 from deepedge.training._precision import Precision, check_precision
 
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from deepedge.training._device import DeviceMemory, jetson_memory, memory_fraction, read_meminfo, resolve_device
+from deepedge.devices import DeviceMemory, jetson_memory, memory_fraction, read_meminfo, resolve_device
 
 __all__ = ["device_memory", "limit_memory", "training_device"]
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from deepedge.training._device import DeviceError, precision_problem
+from deepedge.devices import DeviceError, precision_problem
 from deepedge.training._errors import TrainingError
 
 __all__ = ["MAX_TRIES", "Precision", "check_precision", "too_many_tries"]
