@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -362,15 +363,27 @@ def demo_cmd(
         str, typer.Option(help="auto (Mosquitto if installed, else amqtt), mosquitto or amqtt.")
     ] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
+    boards: Annotated[
+        str,
+        typer.Option(
+            "--boards",
+            help="namespaces (as root: a network namespace, shaped link and cgroup per board, TLS broker), "
+            "shared (one loopback, no limits) or auto (namespaces where possible).",
+        ),
+    ] = "auto",
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
     from deepedge.demo import DemoOptions, render_report, run_demo
     from deepedge.demo._live import LiveView
     from deepedge.ops import esc, make_console, say
 
+    if boards not in ("auto", "namespaces", "shared"):
+        raise typer.BadParameter(f"--boards {boards}: auto, namespaces or shared")
     _demo_logging(ctx.obj)
+    _sigterm_stops()
     console = make_console()
     opts = DemoOptions(
+        boards=boards,
         nodes=nodes,
         kill_after_s=None if no_kill else kill_after,
         keep=keep,
@@ -406,6 +419,16 @@ def demo_cmd(
         finally:
             report.cluster.stop()
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _sigterm_stops() -> None:
+    """SIGTERM stops the demo or a benchmark as Ctrl-C does: its cluster is torn down (processes,
+    namespaces, links, cgroups) before it exits."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _demo_logging(state: CliState) -> None:

@@ -73,6 +73,9 @@ class DemoReport:
     loss_first: float | None
     loss_last: float | None
     problems: list[str] = field(default_factory=list)
+    boundaries: str = ""  # how the boards were emulated (namespaces, or the shared fallback), in words
+    namespaced: bool = False
+    link_events: list[dict[str, Any]] = field(default_factory=list)  # links cut or changed during the job
     cluster: Any = None  # the DemoCluster, for --keep
 
     @property
@@ -191,6 +194,11 @@ def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_s
         model_path=str(model) if model.exists() else None,
         loss_first=loss_first,
         loss_last=loss_last,
+        boundaries=cluster.mode_note,
+        namespaced=cluster.namespaced,
+        link_events=[
+            {"at_s": round(at - run.submitted_ts, 2), "node": n, "what": what} for at, n, what in cluster.link_events
+        ],
     )
     report.problems = _problems(report, opts)
     return report
@@ -207,6 +215,12 @@ def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster, run: JobRun
         "sample_ms": round(b.sample_ms(opts.base_sample_ms), 3),
         "killed": b.node in cluster.killed,
         "profiled_samples_per_s": round(run.profiles[b.node], 1) if b.node in run.profiles else None,
+        "link": b.link.describe() if cluster.namespaced else None,
+        "address": cluster.net.boards[b.node].address if cluster.net is not None else None,
+        "limits": cluster.net.boards[b.node].limits.describe()
+        if cluster.net is not None and cluster.net.cgroups is not None
+        else None,
+        "not_emulated": list(cluster.net.boards[b.node].shaping.missing) if cluster.net is not None else [],
     }
 
 
@@ -266,6 +280,19 @@ def render_report(r: DemoReport, console: Any) -> None:
             f"a step (median of {st.steps}): {st.median_interval_ms:.1f} ms = slowest board's compute "
             f"{st.median_compute_ms:.1f} + all-reduce {st.median_allreduce_ms:.1f} + the rest {st.median_rest_ms:.1f}",
         )
+    if r.boundaries:
+        say(console, f"boards: {esc(r.boundaries)}")
+    if r.namespaced:
+        t = Table()
+        for col in ("board", "emulates", "speed", "address", "link", "cgroup"):
+            t.add_column(col, justify="right" if col == "speed" else "left")
+        for b in r.boards:
+            link = b["link"] + (f" ({', '.join(b['not_emulated'])} not emulated)" if b["not_emulated"] else "")
+            cells = (b["node"], b["kind"], f"{b['speed']:.2f}", b["address"], link, b["limits"] or "-")
+            t.add_row(*(esc(c) for c in cells))
+        show(console, t)
+    for e in r.link_events:
+        say(console, f"link of {esc(e['node'])} at {e['at_s']:.1f} s: {esc(e['what'])}")
     profiled = [f"{b['node']} {b['profiled_samples_per_s']:.0f}" for b in r.boards if b["profiled_samples_per_s"]]
     if profiled:
         say(console, f"boards profiled before the job (samples/s at full intensity): {esc(', '.join(profiled))}")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepedge.broker_schemas import ArgValue, Topics
-from deepedge.config import BrokerConfig
 from deepedge.demo._boards import BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
@@ -26,7 +25,7 @@ from deepedge.errors import DeepEdgeError
 from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["DemoOptions", "run_cluster_job", "run_demo"]
+__all__ = ["DemoOptions", "gradient_bytes", "run_cluster_job", "run_demo"]
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -48,6 +47,16 @@ class DemoOptions:
     timeout_s: float = 600.0
     calibrate_s: float = 4.0
     profile_s: float | None = 1.5  # seconds per intensity level of each board's profile; None: no profile
+    boards: str = "auto"  # auto, namespaces or shared (deepedge.demo.DemoCluster)
+    model: str = "cnn-small"
+    learning_rate: float = 0.05
+
+
+def gradient_bytes(model: str, classes: int = 10) -> int:
+    """Bytes of one float32 gradient of ``model`` (what the all-reduce carries per step)."""
+    from deepedge.training import build_model
+
+    return 4 * sum(p.numel() for p in build_model(model, classes).parameters() if p.requires_grad)
 
 
 @dataclass
@@ -152,7 +161,6 @@ async def run_cluster_job(
 ) -> JobRun:
     """Submit one job to a running cluster and follow it to the end (killing a board if told)."""
     topics = Topics(cluster.cluster)
-    broker = BrokerConfig(url=cluster.url, keepalive_s=5)
     watch = ClusterWatch(topics, job=job)
     run = JobRun(watch)
 
@@ -161,10 +169,15 @@ async def run_cluster_job(
         if on_tick is not None:
             on_tick(run)
 
-    async with MqttTransport(broker, client_id=f"deepedge-demo-{job}"[:64]) as t:
+    async with contextlib.AsyncExitStack() as stack:
+        watching = MqttTransport(cluster.watch_config(), client_id=f"deepedge-demo-{job}"[:64])
+        t = await stack.enter_async_context(watching)
+        ops = t
+        if cluster.operator_config() != cluster.watch_config():  # commands as the operator "demo"
+            ops = await stack.enter_async_context(MqttTransport(cluster.operator_config()))
         watcher = asyncio.create_task(watch.run(t))
         try:
-            async with Requester(t, topics, timeout_s=15, sender="demo") as rpc:
+            async with Requester(ops, topics, timeout_s=15, sender="demo") as rpc:
                 tell("waiting for the coordinator and every node to be online")
                 await _wait(
                     lambda: watch.coordinator_online and all(watch.alive.get(b.node) for b in cluster.boards),
@@ -177,20 +190,20 @@ async def run_cluster_job(
                     await calibrate_lc(cluster, watch, rpc, topics, opts, run)
                     if opts.profile_s is not None:
                         tell("profiling the boards (deepedge profile: rate alone, LC p95 per intensity)")
-                    await profile_boards(cluster, rpc, topics, opts, run, "cnn-small")
+                    await profile_boards(cluster, rpc, topics, opts, run, opts.model)
                 tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
-                    "model": "cnn-small",
+                    "model": opts.model,
                     "dataset": str(dataset),
                     "dataset_size": dataset_size,
                     "output": str(output),
                     "epochs": opts.epochs,
                     "global_batch": opts.global_batch,
-                    "learning_rate": 0.05,
+                    "learning_rate": opts.learning_rate,
                     "seed": 7,
                     "split": opts.split,
-                    "model_bytes": 40_000,
+                    "model_bytes": gradient_bytes(opts.model),
                 }
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
@@ -235,8 +248,14 @@ def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | No
     data = workdir / "data"
     size = make_image_folder(data, opts.images)
     boards = cluster_profiles(opts.nodes, with_lc=opts.with_lc)
-    cluster = DemoCluster(workdir, boards, base_sample_ms=opts.base_sample_ms, broker_kind=opts.broker)
-    cluster.start()
+    cluster = DemoCluster(
+        workdir, boards, base_sample_ms=opts.base_sample_ms, broker_kind=opts.broker, boundaries=opts.boards
+    )
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
     try:
         run = asyncio.run(
             run_cluster_job(
