@@ -10,6 +10,16 @@ single machine would make on the whole batch. When a collective fails (a peer di
 waits for the next plan generation, re-forms the process group, takes parameters, optimizer state
 and step from the lowest rank that has them, and continues from the last completed step.
 
+A newer generation that only changes shares, offsets or caps (``Plan.same_group``) is taken
+without re-forming: every rank writes into control slots appended to the gradient all-reduce the
+generation it trained this step with and the newest such plan it holds; when every rank holds the
+same newer one, all switch to it after this step (see :meth:`Trainer.train_step`). A step whose
+ranks trained under different generations is never applied: the generation fails and re-forms.
+
+The gradient all-reduce carries float32, or float16 when the plan says so (``grad_dtype``: half
+the bytes on slow links; the gradient is divided by the batch size before the cast, so it cannot
+overflow, and summed in float16).
+
 What the job names (model, dataset, output, base checkpoint) is checked against this board's
 own ``[training]`` configuration (``deepedge.job_policy``) before anything is loaded.
 """
@@ -17,9 +27,13 @@ own ``[training]`` configuration (``deepedge.job_policy``) before anything is lo
 from __future__ import annotations
 
 import datetime
+import statistics
 import sys
 import time
+from collections import deque
+from typing import TYPE_CHECKING
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -37,7 +51,39 @@ from deepedge.training._rendezvous import NewPlan, Rendezvous
 from deepedge.training._state import TrainState, checkpoint_name, prune_checkpoints
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, WorkerState
 
-__all__ = ["Trainer", "slice_of"]
+if TYPE_CHECKING:
+    from deepedge.broker_schemas import Plan
+
+__all__ = ["InconsistentStep", "Trainer", "decode_slots", "encode_slots", "slice_of"]
+
+_DIGIT = 2048  # float16 holds every integer up to 2048 exactly: generations go as two such digits
+REPORT_EVERY_S = 0.2
+PENDING_REPORT_S = 1.0  # while an all-reduce waits longer than this, say so (every second)
+
+
+class InconsistentStep(RuntimeError):
+    """The ranks of a step trained under different plan generations: the step is not applied."""
+
+
+def encode_slots(values: list[int], half: bool) -> torch.Tensor:
+    """Integers as control slots of the all-reduce: float32 as they are (exact below 2**24),
+    float16 as two base-2048 digits each (exact below 2**22)."""
+    if not half:
+        return torch.tensor(values, dtype=torch.float32)
+    digits = [d for v in values for d in (v // _DIGIT, v % _DIGIT)]
+    return torch.tensor(digits, dtype=torch.float16)
+
+
+def decode_slots(slots: torch.Tensor, half: bool) -> list[int]:
+    xs = [round(float(x)) for x in slots.tolist()]
+    if not half:
+        return xs
+    return [hi * _DIGIT + lo for hi, lo in zip(xs[::2], xs[1::2], strict=True)]
+
+
+def _label(plan: Plan) -> int:
+    """The generation whose process group ``plan`` runs in (its own, unless it continues one)."""
+    return plan.group_generation if plan.same_group else plan.generation
 
 
 def slice_of(offset: int, share: int, global_batch: int, n: int) -> tuple[int, int]:
@@ -69,8 +115,8 @@ class Trainer:
         self.output = checked.output
         ensure_dir(self.output)
         timeout = datetime.timedelta(seconds=collective_timeout_s)
-        self.rendezvous = Rendezvous(first.training_address, timeout, self.newer_plan_than)
-        self.group = ProcessGroup(timeout, self.newer_plan_than)
+        self.rendezvous = Rendezvous(first.training_address, timeout, self.must_leave)
+        self.group = ProcessGroup(timeout, self.must_leave, self._waiting)
         self.data: TensorDataset = load_dataset(str(checked.dataset))
         self.batch = spec.global_batch
         if len(self.data) < self.batch:
@@ -89,6 +135,19 @@ class Trainer:
         self.accounting = AccountingLog(self.output, self.node)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         self.intensity = 0.0
+        self.group_label = -1  # the generation whose process group this worker is in
+        self._offered: PlanForWorker | None = None  # the same-group plan it offered in this step's slots
+        self.switches = 0  # generations taken without re-forming
+        # what the reports carry: this generation's step timing, the last formation's, the link
+        self._timing: deque[tuple[float, float, float]] = deque(maxlen=64)  # (compute, all-reduce, step)
+        self._last_step_end = 0.0
+        self.comm_bytes = 0
+        self.link = (0.0, 0.0)  # (bytes/s, one-way latency s) from the probe
+        self.forming_s = 0.0
+        self.startup_s = 0.0
+        self.pending_s = 0.0
+        self._pending_reported = 0.0
+        self._born = psutil.Process().create_time()
         if first.plan.resume_step > 0:
             self.resume_from_checkpoint()
 
@@ -112,6 +171,12 @@ class Trainer:
         self, state: WorkerState, samples_per_s: float = 0.0, loss: float | None = None, message: str = ""
     ) -> None:
         a = self.pfw.assignment
+        timing = list(self._timing)
+        self._timing.clear()
+
+        def median(i: int) -> float:
+            return statistics.median(t[i] for t in timing) if timing else 0.0
+
         self.channel.report(
             WorkerReport(
                 job=self.pfw.plan.job,
@@ -124,22 +189,62 @@ class Trainer:
                 intensity=self.intensity,
                 state=state,
                 message=message,
+                compute_s=median(0),
+                allreduce_s=median(1),
+                step_s=median(2),
+                comm_bytes=self.comm_bytes,
+                link_bps=self.link[0],
+                link_latency_s=self.link[1],
+                forming_s=self.forming_s,
+                startup_s=self.startup_s,
+                pending_s=self.pending_s,
             )
         )
+
+    def _waiting(self, seconds: float) -> None:
+        """An all-reduce has been pending ``seconds``: past PENDING_REPORT_S, say so once a
+        second (a link that degrades mid-step shows here before the step ends)."""
+        self.pending_s = seconds
+        if seconds >= PENDING_REPORT_S and seconds - self._pending_reported >= 1.0:
+            self._pending_reported = seconds
+            self.report("training", loss=None)
 
     # ---- process group ------------------------------------------------------------------------
 
     def form_group(self) -> None:
+        """Meet, form the process group and probe this board's link to its peers."""
         plan, a = self.pfw.plan, self.pfw.assignment
         world = len(plan.assignments)
+        self.group_label = _label(plan)
         before = thread_ids()
-        store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, plan.generation)
-        self.group.form(store, a.rank, world, plan.generation, self.pfw.comm_nice, before)
+        store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, self.group_label)
+        self.group.form(store, a.rank, world, self.group_label, self.pfw.comm_nice, before)
         self.state.add_generation(plan.generation)
+        if world > 1:
+            self.link = self.group.probe_links(a.rank, world)
 
     def newer_plan_than(self, generation: int) -> bool:
         newer = self.channel.latest()
         return newer is not None and newer.plan.generation > generation
+
+    def continues_group(self, pfw: PlanForWorker, label: int) -> bool:
+        """Whether ``pfw`` may be taken at a step boundary within the group formed at ``label``:
+        same participants at the same ranks, same rendezvous and gradient dtype."""
+        new, cur = pfw.plan, self.pfw.plan
+        return (
+            new.same_group
+            and new.group_generation == label
+            and [(x.node, x.rank) for x in new.assignments] == [(x.node, x.rank) for x in cur.assignments]
+            and (new.rendezvous_host, new.rendezvous_port, new.grad_dtype)
+            == (cur.rendezvous_host, cur.rendezvous_port, cur.grad_dtype)
+        )
+
+    def must_leave(self, label: int) -> bool:
+        """A newer plan arrived that the group formed at ``label`` cannot continue into."""
+        newer = self.channel.latest()
+        if newer is None or newer.plan.generation <= self.pfw.plan.generation:
+            return False
+        return not self.continues_group(newer, label)
 
     def sync_state(self) -> None:
         self.state.sync(self.has_state, self.total_steps)
@@ -158,30 +263,82 @@ class Trainer:
         start, end = slice_of(offset, share, self.batch, len(batch))
         return batch[start:end]
 
+    def _slots(self) -> list[int]:
+        """This rank's control slots: the generation it trains this step with, and the newest
+        plan it holds that continues this group (or the same generation)."""
+        world, rank = len(self.pfw.plan.assignments), self.pfw.assignment.rank
+        newer = self.channel.latest()
+        offer = self.pfw.plan.generation
+        self._offered = None
+        if newer is not None and newer.plan.generation > offer and self.continues_group(newer, self.group_label):
+            self._offered, offer = newer, newer.plan.generation
+        slots = [0] * (2 * world)
+        slots[rank], slots[world + rank] = self.pfw.plan.generation, offer
+        return slots
+
     def train_step(self) -> tuple[float, float]:
-        """(loss, seconds busy computing) of one global step; raises on a failed collective."""
+        """(loss, seconds busy computing) of one global step; raises on a failed collective.
+
+        The all-reduced tensor is [gradients, loss, control slots]: 2 x world integers, rank r
+        writing slot r (the generation of the assignment it trained with) and slot world + r
+        (the newest plan it holds that continues this group). Everyone sees every slot after
+        the sum; a step whose first slots differ is not applied (InconsistentStep), and when
+        every rank offered the same newer generation, all take it after this step."""
         a = self.pfw.assignment
+        half = self.pfw.plan.grad_dtype == "float16"
         epoch, batch = self.global_batch(self.step)
+        n = len(batch)
         mine = self.slice(batch, a.batch_offset, a.share)
         for p in self.params:
             p.grad = torch.zeros_like(p)
         loss_sum, busy = compute_share(self.model, self.data, mine, a.intensity_cap, self.pfw.emulated_sample_s)
         grads = [p.grad for p in self.params if p.grad is not None]
-        flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
+        slots = self._slots()
+        if half:  # divided by the batch first: a float16 sum of means cannot overflow
+            body = torch.cat([g.view(-1) for g in grads] + [loss_sum]).div_(n).half()
+        else:
+            body = torch.cat([g.view(-1) for g in grads] + [loss_sum])
+        flat = torch.cat([body, encode_slots(slots, half)])
+        self.comm_bytes = flat.numel() * flat.element_size()
         t_reduce = time.perf_counter()
+        self.pending_s = self._pending_reported = 0.0
         self.group.all_reduce_or_abandon(flat)
+        self.pending_s = 0.0
         reduce_s = time.perf_counter() - t_reduce
-        n = len(batch)
+        world = len(self.pfw.plan.assignments)
+        seen = decode_slots(flat[body.numel() :], half)
+        trained, offered = seen[:world], seen[world:]
+        if len(set(trained)) > 1:
+            raise InconsistentStep(f"step {self.step}: the ranks trained under generations {trained}; not applied")
+        summed = flat[: body.numel()].float()
+        if not half:
+            summed.div_(n)
         offset = 0
         for g in grads:
             k = g.numel()
-            g.copy_(flat[offset : offset + k].view_as(g)).div_(n)
+            g.copy_(summed[offset : offset + k].view_as(g))
             offset += k
         self.state.opt.step()
         by_node = {x.node: self.slice(batch, x.batch_offset, x.share).tolist() for x in self.pfw.plan.assignments}
         self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node, busy_s=busy, reduce_s=reduce_s)
         self.state.step += 1
-        return float(flat[-1]) / n, busy
+        now = time.perf_counter()
+        if self._last_step_end:
+            self._timing.append((busy, reduce_s, now - self._last_step_end))
+        self._last_step_end = now
+        if not self.startup_s:
+            self.startup_s = time.time() - self._born
+        if len(set(offered)) == 1 and offered[0] > self.pfw.plan.generation and self._offered is not None:
+            self.switch(self._offered)
+        return float(summed[-1]), busy
+
+    def switch(self, pfw: PlanForWorker) -> None:
+        """Take a plan of the same group at this step boundary (every rank does, at the same one)."""
+        self.pfw = pfw
+        self.state.add_generation(pfw.plan.generation)
+        self.switches += 1
+        self._timing.clear()
+        self._last_step_end = 0.0
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -198,11 +355,13 @@ class Trainer:
         )
 
     def run_generation(self) -> None:
-        gen = self.pfw.plan.generation
         last_report = 0.0
+        self._timing.clear()
+        self._last_step_end = 0.0
         while self.step < self.total_steps:
-            if self.newer_plan_than(gen):
+            if self.must_leave(self.group_label):
                 raise NewPlan
+            gen = self.pfw.plan.generation
             t0 = time.perf_counter()
             loss, busy = self.train_step()
             wall = max(1e-9, time.perf_counter() - t0)
@@ -212,8 +371,10 @@ class Trainer:
                 self.save(checkpoint_name(self.step // self.steps_per_epoch), final=False)
                 prune_checkpoints(self.output, self.pfw.policy.keep_checkpoints)
             now = time.perf_counter()
+            if self.pfw.plan.generation != gen:
+                last_report = 0.0  # switched without re-forming: say so at once
             first_of_generation = last_report == 0.0  # reported at once: recovery is visible
-            if first_of_generation or now - last_report >= 0.2 or self.step == self.total_steps:
+            if first_of_generation or now - last_report >= REPORT_EVERY_S or self.step == self.total_steps:
                 last_report = now
                 # samples/s over the whole step; / intensity = the rate at full intensity (planner)
                 self.report("training", self.pfw.assignment.share / wall, loss)
@@ -222,8 +383,10 @@ class Trainer:
         while True:
             self.report("starting")
             try:
+                t0 = time.monotonic()
                 self.form_group()
                 self.sync_state()
+                self.forming_s = time.monotonic() - t0
                 self.run_generation()
             except NewPlan:
                 self.group.leave()
