@@ -194,7 +194,11 @@ def submit_cmd(
     base_checkpoint: Annotated[str | None, typer.Option("--base-checkpoint", help="Checkpoint to fine-tune.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data permutation.")] = None,
     split: Annotated[
-        str | None, typer.Option(help="planned (default) or uniform: the same share everywhere, for comparisons.")
+        str | None,
+        typer.Option(
+            help="planned (default); for comparisons: uniform (the same share everywhere) or proportional "
+            "(every node, shares in proportion to its rate)."
+        ),
     ] = None,
     dataset_size: Annotated[
         int | None, typer.Option("--dataset-size", help="Samples (default: files in --dataset).")

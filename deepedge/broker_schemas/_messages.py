@@ -261,8 +261,10 @@ class JobSpec(_Part, frozen=True):
     base_checkpoint: Text | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0  # torch.Generator seeds derive from it
     # "planned": the interference-aware plan; "uniform": every node the same share at full
-    # intensity (what torchrun + DistributedSampler does), for comparisons
-    split: Literal["planned", "uniform"] = "planned"
+    # intensity (what torchrun + DistributedSampler does); "proportional": every node, shares in
+    # proportion to its throughput, at full intensity (LB-BSP-style, no node left out). The two
+    # baselines are for comparisons (deepedge bench makespan).
+    split: Literal["planned", "uniform", "proportional"] = "planned"
 
 
 class Assignment(_Part, frozen=True):

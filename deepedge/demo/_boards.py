@@ -41,7 +41,7 @@ class BoardProfile:
 PROFILES = (
     BoardProfile("orin-nx", "Orin NX class", 1.0, 8192, "detector", link=LinkProfile(GBIT, 0.2), cpu_quota=0.8),
     BoardProfile("xavier-nx", "Xavier NX class", 0.6, 8192, "tracker", link=LinkProfile(GBIT, 0.2), cpu_quota=0.6),
-    BoardProfile("tx2", "TX2 class", 0.4, 4096, link=LinkProfile(200 * MBIT, 2, 0.5), cpu_quota=0.5),
+    BoardProfile("tx2", "TX2 class", 0.4, 4096, link=LinkProfile(GBIT, 0.5), cpu_quota=0.5),
     BoardProfile("nano", "Nano class", 0.25, 2048, link=LinkProfile(50 * MBIT, 3, 1), cpu_quota=0.4),
 )
 
