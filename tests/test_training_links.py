@@ -71,8 +71,9 @@ def test_a_share_only_plan_is_taken_at_a_step_boundary_without_reforming(tmp_pat
             assert w.proc.wait(30) == 0, w.stderr[-5:]
     finally:
         stop_all(workers)
-    for w in workers:  # one group for the whole job: a single "starting", never a re-form
-        assert [r.state for r in w.reports].count("starting") == 1, [(r.generation, r.state) for r in w.reports]
+    for w in workers:  # one group for the whole job: never "starting" again once it trained
+        states = [r.state for r in w.reports]
+        assert "starting" not in states[states.index("training") :], [(r.generation, r.state) for r in w.reports]
     assert all(r.step < 40 for r in switched)
     records = read_records(out)
     # every rank switched at the same step: per step, one generation and the same split everywhere

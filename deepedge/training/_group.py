@@ -148,6 +148,14 @@ class ProcessGroup:
                 self._while_waiting(time.monotonic() - start)
         work.wait()
 
+    def wait(self, work: dist.Work) -> None:
+        """Wait for a collective of this group, giving it up (NewPlan) for a newer plan."""
+        done = threading.Event()
+        work.get_future().add_done_callback(lambda _f: done.set())
+        while not done.wait(ABANDON_POLL_S):
+            self._abandon_if_newer()
+        work.wait()
+
     def _abandon_if_newer(self) -> None:
         if self._newer_plan(self.generation):
             if PRIVATE_C10D:

@@ -222,6 +222,7 @@ class Trainer:
         self.state.add_generation(plan.generation)
         if world > 1:
             self.link = self.group.probe_links(a.rank, world)
+            self.report("starting")  # the probed link, before the state sync: a collapsed one re-plans now
 
     def newer_plan_than(self, generation: int) -> bool:
         newer = self.channel.latest()
@@ -247,7 +248,7 @@ class Trainer:
         return not self.continues_group(newer, label)
 
     def sync_state(self) -> None:
-        self.state.sync(self.has_state, self.total_steps)
+        self.state.sync(self.has_state, self.total_steps, self.group.wait)
         self.has_state = True
 
     # ---- one step -----------------------------------------------------------------------------
