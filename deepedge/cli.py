@@ -574,18 +574,69 @@ def bench_failover(
 @bench_app.command("makespan")
 def bench_makespan(
     ctx: typer.Context,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each job.")] = 6,
-    images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path("docs/benchmarks.md"),
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of each job (6 shared, 2 namespaced).")] = None,
+    images: Annotated[
+        int | None, typer.Option(min=200, help="Generated training images (3000 shared, 1280 namespaced).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the markdown here (docs/benchmarks.md, or docs/benchmarks/links.md namespaced)."),
+    ] = None,
+    boards: Annotated[
+        str,
+        typer.Option(
+            "--boards",
+            help="shared: the demo's boards on this machine's loopback and CPUs, cnn-small; namespaces (root): "
+            "their own namespaces, shaped links and cgroups, MobileNetV2.",
+        ),
+    ] = "shared",
+    only: Annotated[
+        str, typer.Option(help="Namespaced scenarios to run, comma-separated: makespan, load, failover.")
+    ] = "makespan,load,failover",
 ) -> None:
-    """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps."""
+    """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
+    (--boards namespaces: with shaped links, background load and link failures)."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
 
     ctx.obj.load()
+    _sigterm_stops()
+    if boards == "namespaces":
+        _bench_links(epochs or 2, images or 1280, out or Path("docs/benchmarks/links.md"), only)
+        return
+    if boards != "shared":
+        raise typer.BadParameter(f"--boards {boards}: shared or namespaces")
+    epochs, images, out = epochs or 6, images or 3000, out or Path("docs/benchmarks.md")
     typer.echo("emulated 4-board cluster: deepedge plan, then uniform split; without and with LC apps ...", err=True)
     rows = run_makespan_bench(epochs=epochs, images=images)
     text = makespan_markdown(rows, f"deepedge bench makespan --epochs {epochs} --images {images}")
     _write_bench(out, "Makespan: deepedge plan vs uniform split vs ideal bound", text)
+
+
+def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
+    from deepedge.bench import links_markdown, run_link_failover, run_links_makespan, run_load_bench
+    from deepedge.netem import why_not_usable
+
+    why = why_not_usable()
+    if why is not None:
+        raise typer.BadParameter(f"--boards namespaces: {why}")
+    wanted = {s.strip() for s in only.split(",") if s.strip()}
+    unknown = wanted - {"makespan", "load", "failover"}
+    if unknown:
+        raise typer.BadParameter(f"--only {', '.join(sorted(unknown))}: makespan, load or failover")
+    rows, load, failover = [], None, []
+    if "makespan" in wanted:
+        typer.echo("namespaced boards, MobileNetV2: proportional, uniform, then the deepedge plan ...", err=True)
+        rows = run_links_makespan(epochs=epochs, images=images)
+    if "load" in wanted:
+        typer.echo("background load toggled every 10 s on one board ...", err=True)
+        load = run_load_bench(epochs=epochs, images=int(images * 1.5))
+    if "failover" in wanted:
+        typer.echo("a participant's cable pulled, then its link degraded to 1 % ...", err=True)
+        failover = run_link_failover(epochs=epochs, images=images)
+    command = f"deepedge bench makespan --boards namespaces --epochs {epochs} --images {images} --only {only}"
+    _write_bench(
+        out, "Boards with real boundaries: links, load and link failures", links_markdown(rows, load, failover, command)
+    )
 
 
 _DEPLOY_HELP = {

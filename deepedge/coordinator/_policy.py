@@ -208,10 +208,13 @@ def on_heartbeat(
     now: float,
     beats: Mapping[str, Heartbeat] | None = None,
     known_link: float | None = None,
+    expected_step_s: float | None = None,
 ) -> list[Action]:
     """A heartbeat of a participant of ``job``'s current plan (the service checked that).
     ``beats``: every participant's latest heartbeat of this generation (for a stalled
-    all-reduce); ``known_link``: the bytes/s believed of this node's link before this heartbeat."""
+    all-reduce); ``known_link``: the bytes/s believed of this node's link before this heartbeat;
+    ``expected_step_s``: the plan's step time on what is known now (links probed since it was
+    made included; default: its prediction)."""
     if hb.state == "failed":  # its worker gave up, or the node refused the plan
         return [Exclude(job.job, hb.node, hb.message or "its worker failed without a reason")]
     if hb.state == "recovering" and job.state == JobState.RUNNING and runtime.lost_peers is None:
@@ -230,7 +233,8 @@ def on_heartbeat(
         mbit = hb.link_bps * 8 / 1e6
         return [Replan(job.job, f"link.changed {hb.node} ({mbit:.1f} Mb/s, was {known_link * 8 / 1e6:.1f})")]
     if hb.pending_s > 0 and beats is not None and runtime.stalled != job.generation:
-        limit = max(STALL_MIN_S, STALL_FACTOR * job.plan.predicted_step_s)
+        expected = expected_step_s if expected_step_s is not None else job.plan.predicted_step_s
+        limit = max(STALL_MIN_S, STALL_FACTOR * expected)
         parts = [a.node for a in job.plan.assignments]
         if all(n in beats and beats[n].pending_s >= limit for n in parts):
             return [Reform(job.job, f"link.stalled: every participant's all-reduce pending over {limit:.1f} s")]

@@ -306,8 +306,19 @@ class Coordinator:
             for a in job.plan.assignments
         ]
         current = [b for b in beats if b is not None and b.generation == job.generation]
+        expected = None
+        if hb.pending_s > 0:  # a long all-reduce: is it longer than the links known now explain?
+            nodes = node_models(self.view, self.learning, job, None, self.comm, now)
+            net = network_model(self.learning, (a.node for a in job.plan.assignments), now)
+            expected = plan_step_s(job.plan, nodes, job, net)
         actions = policy.on_heartbeat(
-            hb, job, self.runtime_of(job), now, beats={b.node: b for b in current}, known_link=known_link
+            hb,
+            job,
+            self.runtime_of(job),
+            now,
+            beats={b.node: b for b in current},
+            known_link=known_link,
+            expected_step_s=expected,
         )
         if actions:
             await self.apply(actions)

@@ -73,6 +73,7 @@ class DemoCluster:
     broker_kind: str = "auto"
     boundaries: str = "auto"  # auto, namespaces or shared (see the module's docstring)
     coordinator_extra: str = ""  # more [coordinator] keys for its config
+    data_roots: tuple[Path, ...] = ()  # where else jobs may read data (besides the workdir)
     broker: EmbeddedBroker | SecureBroker | None = None
     net: EmulatedNetwork | None = None
     mode_note: str = ""  # how the boards are emulated, in words (said by the demo and its report)
@@ -172,7 +173,9 @@ class DemoCluster:
         self._write(
             cfg,
             self._common("coordinator") + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
-            f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n{self.coordinator_extra}",
+            f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
+            # a board held to its CPU quota takes its time to import torch for a pre-flight
+             + ("preflight_timeout_s = 45.0\n" if self.namespaced else "") + self.coordinator_extra,
         )
         self._spawn("coordinator", [*exe, "--config", str(cfg), "coordinator"])
         for b in self.boards:
@@ -185,12 +188,14 @@ class DemoCluster:
             cfg,
             self._common(b.node) + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
             f"heartbeat_interval_s = {self.interval_s}\nlatency_window_s = {self.latency_window_s}\n"
-            f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
+            + ("preflight_timeout_s = 40.0\n" if self.namespaced else "")
+            + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"
             f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n"
             # what a job may name on these boards: the demo's own folders
-            f'[training]\ndata_roots = ["{self.workdir}"]\noutput_root = "{self.workdir}"\n{apps}',
+            f"[training]\ndata_roots = {json.dumps([str(p) for p in (self.workdir, *self.data_roots)])}\n"
+            f'output_root = "{self.workdir}"\n{apps}',
         )
         self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"], board=b.node)
 

@@ -177,7 +177,7 @@ async def run_cluster_job(
             ops = await stack.enter_async_context(MqttTransport(cluster.operator_config()))
         watcher = asyncio.create_task(watch.run(t))
         try:
-            async with Requester(ops, topics, timeout_s=15, sender="demo") as rpc:
+            async with Requester(ops, topics, timeout_s=90 if cluster.namespaced else 15, sender="demo") as rpc:
                 tell("waiting for the coordinator and every node to be online")
                 await _wait(
                     lambda: watch.coordinator_online and all(watch.alive.get(b.node) for b in cluster.boards),

@@ -29,7 +29,7 @@ __all__ = ["PRIVATE_C10D", "PROBE_PEERS", "ProcessGroup", "tournament"]
 
 PROBE_PEERS = 8  # a rank probes its link to at most this many peers (rounds of the tournament)
 PROBE_TARGET_S = 0.1  # the measured exchange lasts about this long (sized from a first, small one)
-PROBE_BYTES = (64 * 1024, 8 * 1024 * 1024)  # the smallest and largest exchange
+PROBE_BYTES = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)  # the first exchange; the measured one's least and most
 
 
 def tournament(world: int) -> list[list[tuple[int, int]]]:
@@ -209,13 +209,18 @@ class ProcessGroup:
             if peer is None:
                 continue
             tag = 1000 + 8 * k
-            self._exchange(peer, 8, tag)  # the two meet (the previous round ended apart)
-            latency = self._exchange(peer, 8, tag + 1)
+            first = self._exchange(peer, 8, tag)  # the two meet (the previous round ended apart)
+            latency = min(first, self._exchange(peer, 8, tag + 1))
             small = self._exchange(peer, PROBE_BYTES[0], tag + 2)
-            size = int(min(PROBE_BYTES[1], max(PROBE_BYTES[0], PROBE_BYTES[0] / small * PROBE_TARGET_S)))
-            size = self._agree(peer, size, tag + 3)  # each sized it from its own small exchange
-            took = self._exchange(peer, size, tag + 4)
-            best_rate = max(best_rate, 4 * (size // 4) / max(took - latency, 1e-6))
+            # On a slow link the first exchange took long enough to measure it (at 0.5 Mb/s a
+            # bigger one would take seconds): no second one. Each side proposes from its own
+            # first exchange; both take the larger proposal.
+            proposal = 0
+            if small < PROBE_TARGET_S:
+                proposal = int(min(PROBE_BYTES[2], max(PROBE_BYTES[1], PROBE_BYTES[0] / small * PROBE_TARGET_S)))
+            size = self._agree(peer, proposal, tag + 3)
+            took, nbytes = (self._exchange(peer, size, tag + 4), size) if size else (small, PROBE_BYTES[0])
+            best_rate = max(best_rate, 4 * (nbytes // 4) / max(took, 1e-6))
             best_latency = min(best_latency, latency)
         return best_rate, (best_latency if best_rate else 0.0)
 

@@ -96,6 +96,12 @@ class TrainState:
         done(dist.all_gather(steps, mine, async_op=True))
         values = [int(s.item()) for s in steps]
         source = values.index(max(values))
+        # Ranks that trained together hold the same state (each applied the same all-reduced
+        # update): when every rank is at the same step with the same checksum, the model need
+        # not travel again — over a 50 Mb/s link, MobileNetV2's parameters and momentum take 3 s.
+        sums = [torch.zeros(2, dtype=torch.float64) for _ in range(world)]
+        done(dist.all_gather(sums, self.checksum(), async_op=True))
+        same = min(values) >= 0 and len(set(values)) == 1 and all(torch.equal(sums[0], s) for s in sums[1:])
         header = torch.tensor([self.step, len(self.loss_curve), len(self.generations)], dtype=torch.long)
         done(dist.broadcast(header, src=source, async_op=True))
         step, n_curve, n_gen = (int(x) for x in header.tolist())
@@ -105,7 +111,7 @@ class TrainState:
                 f"{n_curve} loss points, {n_gen} generations"
             )
         received = []
-        for dtype, group in _by_dtype(self.tensors()).items():
+        for dtype, group in [] if same else _by_dtype(self.tensors()).items():
             flat = torch.cat([t.reshape(-1) for t in group]) if dist.get_rank() == source else None
             flat = flat if flat is not None else torch.empty(sum(t.numel() for t in group), dtype=dtype)
             done(dist.broadcast(flat, src=source, async_op=True))
@@ -133,6 +139,15 @@ class TrainState:
         self.loss_curve = [(int(s), float(v)) for s, v in points]
         self.generations = [int(g) for g in gens.tolist()]
         return source
+
+    def checksum(self) -> torch.Tensor:
+        """(sum, sum of squares) of every tensor of the state, in float64."""
+        total, squares = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        for t in self.tensors():
+            x = t.detach().to(torch.float64)
+            total += x.sum()
+            squares += (x * x).sum()
+        return torch.stack([total, squares])
 
     # ---- checkpoints --------------------------------------------------------------------------
 
