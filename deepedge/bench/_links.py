@@ -68,6 +68,9 @@ class LinkRow:
     grad_dtype: str
     timing: StepTiming | None
     left_out: dict[str, str] = field(default_factory=dict)
+    predicted_step_s: float | None = None  # generation 1's
+    predicted_startup_s: float | None = None  # generation 1's (since its plan)
+    startup_s: float | None = None  # actual: from submission to the first step's start
 
 
 @dataclass
@@ -179,7 +182,8 @@ def _links(runs: list[JobRun]) -> dict[str, float]:
 
 
 def ideal_with_allreduce(rates: dict[str, float], links: dict[str, float], steps: int, model_bytes: int) -> float:
-    """``steps`` x the shortest step any subset of the boards could take: its batch perfectly
+    """``steps`` x the shortest step any subset of the boards could take (the steps after the
+    first, as "training" counts from the first step's end): its batch perfectly
     balanced over its rates, plus the cheapest all-reduce deepedge can do over its links as
     probed (float16, no latency, no overhead)."""
     best = float("inf")
@@ -200,6 +204,10 @@ def _row(scenario: str, split: str, run: JobRun, ideal: float | None, output: Pa
     for e in w.events:
         if e.event == "node.left_out" and e.node:
             left[e.node] = e.message
+    timing = step_timing(output)
+    started = None
+    if first is not None and timing is not None:
+        started = round(first - run.submitted_ts - timing.median_interval_ms / 1000, 1)
     return LinkRow(
         scenario,
         split,
@@ -213,8 +221,11 @@ def _row(scenario: str, split: str, run: JobRun, ideal: float | None, output: Pa
         sum(not p.same_group for p in plans),
         tuple(a.node for a in plans[-1].assignments) if plans else (),
         plans[-1].grad_dtype if plans else "",
-        step_timing(output),
+        timing,
         left,
+        round(plans[0].predicted_step_s, 3) if plans else None,
+        round(plans[0].predicted_startup_s + (plans[0].ts - run.submitted_ts), 1) if plans else None,
+        started,
     )
 
 
@@ -238,7 +249,7 @@ def run_links_makespan(
                 r = runs[split]
                 took = round(r.finished_ts - r.submitted_ts, 1) if r.finished_ts else None
                 print(f"  {split}: {took} s ({time.monotonic() - t0:.0f} s)", flush=True)
-        steps = epochs * -(-size // BATCH)
+        steps = epochs * -(-size // BATCH) - 1  # "training" runs from the first step's end
         ideal = ideal_with_allreduce(
             _rates(list(runs.values())), _links(list(runs.values())), steps, gradient_bytes(MODEL)
         )
@@ -496,13 +507,24 @@ def links_markdown(rows: list[LinkRow], load: LoadResult | None, failover: list[
                 f"| {ratio(pro.makespan_s if pro else None, r.makespan_s)} | {ratio(r.training_s, r.ideal_s)} "
                 f"| {r.generations} / {r.reforms} | {', '.join(r.participants)} | {r.grad_dtype} |"
             )
-        lines += ["", "| split | steps | interval | compute | all-reduce | rest |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Where the time went (medians of the workers' step records), and the first plan's prediction of it: "
+            "start-up is from submission to the first step's start (pre-flight, workers starting, the group "
+            "forming).",
+            "",
+            "| split | steps | interval | compute | all-reduce | rest | predicted step | start-up "
+            "| predicted start-up |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             t = r.timing
             if t is not None:
+                pred = f"{r.predicted_step_s * 1000:.0f} ms" if r.predicted_step_s else "-"
                 lines.append(
                     f"| {r.split} | {t.steps} | {t.median_interval_ms:.0f} ms | {t.median_compute_ms:.0f} ms "
-                    f"| {t.median_allreduce_ms:.0f} ms | {t.median_rest_ms:.0f} ms |"
+                    f"| {t.median_allreduce_ms:.0f} ms | {t.median_rest_ms:.0f} ms | {pred} | {_s(r.startup_s)} "
+                    f"| {_s(r.predicted_startup_s)} |"
                 )
         for r in rows:
             for node, why in r.left_out.items():

@@ -233,8 +233,8 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     comm_bytes: NonNegInt = 0  # bytes of the tensor it all-reduces each step
     link_bps: NonNeg = 0.0  # its link to its peers in bytes/s, probed when the group formed (0: unknown)
     link_latency_s: NonNeg = 0.0  # one-way latency to its nearest peer, probed likewise
-    forming_s: NonNeg = 0.0  # the last group formation: rendezvous, process group, state sync, probe
-    startup_s: NonNeg = 0.0  # from the worker's start to its first step
+    forming_s: NonNeg = 0.0  # the last group formation once every rank met: process group, probe, state sync
+    startup_s: NonNeg = 0.0  # from the worker's start to its arrival at its first rendezvous
     pending_s: NonNeg = 0.0  # how long the current all-reduce has been waiting (0: none pending)
 
 

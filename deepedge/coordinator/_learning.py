@@ -111,7 +111,7 @@ class Ewma:
 
 LINK_MIN_BPS = 1e3  # bytes/s: a probed link is never believed slower (or a division blows up)
 LINK_MAX_BPS = 1e11
-LINK_MEMORY_S = 120.0  # a board's link is probed again (it is planned as unknown) after this long
+LINK_MEMORY_S = 600.0  # a board's link is probed again (it is planned as unknown) after this long
 
 
 @dataclass
@@ -158,7 +158,7 @@ class NodeLearning:
     training_since: tuple[int, float] | None = None  # (generation, since) of its steady training
     link: LinkModel = field(default_factory=LinkModel)
     # seconds of a step outside its compute and all-reduce; from a worker's start to its first
-    # step; to form a group (rendezvous, probe, state sync)
+    # rendezvous; to form a group once every rank is there (process group, probe, state sync)
     overhead: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, high=60.0))
     startup: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=3600.0))
     forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=600.0))
@@ -178,7 +178,7 @@ class NodeLearning:
         startup, forming = self.seen
         if hb.startup_s > 0 and hb.startup_s != startup:
             self.startup.observe(hb.startup_s)
-        elif hb.forming_s > 0 and hb.forming_s != forming:
+        if hb.forming_s > 0 and hb.forming_s != forming:
             self.forming.observe(hb.forming_s)
         self.seen = (hb.startup_s, hb.forming_s)
 

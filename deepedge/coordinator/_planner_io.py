@@ -41,8 +41,8 @@ __all__ = [
 DEFAULT_SAMPLE_BYTES = 16 * 1024 * 1024  # training memory per sample in a step, when not told
 UNKNOWN_LINK_BPS = 1e9  # bytes/s of a link not probed yet: assumed fast (its first group probes it)
 DEFAULT_LATENCY_S = 0.5e-3
-DEFAULT_STARTUP_S = 5.0  # a worker's start to its first step, before any was seen
-DEFAULT_FORMING_S = 1.0  # re-forming a running worker's group, before any was seen
+DEFAULT_STARTUP_S = 5.0  # a worker's start to its first rendezvous, before any was seen
+DEFAULT_FORMING_S = 1.0  # forming a group once every rank is there, before any was seen
 
 
 def training_address(birth: NodeBirth) -> str | None:
@@ -125,9 +125,10 @@ def node_models(
                 lc_apps=apps,
                 cap_limit=learn.cap_limit,
                 unavailable=unavailable,
+                # a running worker re-forms; a new one starts first (the slowest participant's
+                # start-up is the plan's: the others wait for it at the rendezvous)
                 startup_s=learn.forming.get(DEFAULT_FORMING_S)
-                if in_group
-                else learn.startup.get(max(DEFAULT_STARTUP_S, learn.forming.get(0.0))),
+                + (0.0 if in_group else learn.startup.get(DEFAULT_STARTUP_S)),
             )
         )
     return out

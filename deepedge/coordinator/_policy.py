@@ -78,9 +78,9 @@ REPLAN_MIN_GAIN_S = 5.0
 SHARE_RATIO = 0.92
 SHARE_MIN_GAIN_S = 0.5
 REPLAN_COOLDOWN_S = 1.0
-# An all-reduce pending on every participant for STALL_FACTOR predicted steps (and STALL_MIN_S)
+# An all-reduce pending on every participant for STALL_FACTOR expected steps (and STALL_MIN_S)
 # has stalled (a link degraded mid-step): a new group, whose formation probes every link again.
-STALL_FACTOR = 4.0
+STALL_FACTOR = 2.5
 STALL_MIN_S = 2.0
 # A participant whose newly probed link is under LINK_DROP of what was known: plan again at once.
 LINK_DROP = 0.5
@@ -236,7 +236,7 @@ def on_heartbeat(
         expected = expected_step_s if expected_step_s is not None else job.plan.predicted_step_s
         limit = max(STALL_MIN_S, STALL_FACTOR * expected)
         parts = [a.node for a in job.plan.assignments]
-        if all(n in beats and beats[n].pending_s >= limit for n in parts):
+        if all(n in beats and beats[n].state == "training" and beats[n].pending_s >= limit for n in parts):
             return [Reform(job.job, f"link.stalled: every participant's all-reduce pending over {limit:.1f} s")]
     return []
 

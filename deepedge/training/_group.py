@@ -28,7 +28,7 @@ from deepedge.training._rendezvous import ABANDON_POLL_S, NewPlan
 __all__ = ["PRIVATE_C10D", "PROBE_PEERS", "ProcessGroup", "tournament"]
 
 PROBE_PEERS = 8  # a rank probes its link to at most this many peers (rounds of the tournament)
-PROBE_TARGET_S = 0.1  # the measured exchange lasts about this long (sized from a first, small one)
+PROBE_TARGET_S = 0.05  # the measured exchange lasts about this long (sized from a first, small one)
 PROBE_BYTES = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)  # the first exchange; the measured one's least and most
 
 

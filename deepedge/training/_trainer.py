@@ -145,6 +145,7 @@ class Trainer:
         self.link = (0.0, 0.0)  # (bytes/s, one-way latency s) from the probe
         self.forming_s = 0.0
         self.startup_s = 0.0
+        self._met = 0.0
         self.pending_s = 0.0
         self._pending_reported = 0.0
         self._born = psutil.Process().create_time()
@@ -217,7 +218,10 @@ class Trainer:
         world = len(plan.assignments)
         self.group_label = _label(plan)
         before = thread_ids()
+        if not self.startup_s:  # its own start: imports, data, model (not the wait for its peers)
+            self.startup_s = time.time() - self._born
         store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, self.group_label)
+        self._met = time.monotonic()  # every rank is there: forming starts
         self.group.form(store, a.rank, world, self.group_label, self.pfw.comm_nice, before)
         self.state.add_generation(plan.generation)
         if world > 1:
@@ -277,8 +281,9 @@ class Trainer:
         slots[rank], slots[world + rank] = self.pfw.plan.generation, offer
         return slots
 
-    def train_step(self) -> tuple[float, float]:
-        """(loss, seconds busy computing) of one global step; raises on a failed collective.
+    def train_step(self) -> tuple[float, float, int]:
+        """(loss, seconds busy computing, samples this rank trained) of one global step; raises
+        on a failed collective.
 
         The all-reduced tensor is [gradients, loss, control slots]: 2 x world integers, rank r
         writing slot r (the generation of the assignment it trained with) and slot world + r
@@ -303,8 +308,10 @@ class Trainer:
         self.comm_bytes = flat.numel() * flat.element_size()
         t_reduce = time.perf_counter()
         self.pending_s = self._pending_reported = 0.0
-        self.group.all_reduce_or_abandon(flat)
-        self.pending_s = 0.0
+        try:
+            self.group.all_reduce_or_abandon(flat)
+        finally:  # done, failed or given up: nothing is pending any more
+            self.pending_s = 0.0
         reduce_s = time.perf_counter() - t_reduce
         world = len(self.pfw.plan.assignments)
         seen = decode_slots(flat[body.numel() :], half)
@@ -327,11 +334,9 @@ class Trainer:
         if self._last_step_end:
             self._timing.append((busy, reduce_s, now - self._last_step_end))
         self._last_step_end = now
-        if not self.startup_s:
-            self.startup_s = time.time() - self._born
         if len(set(offered)) == 1 and offered[0] > self.pfw.plan.generation and self._offered is not None:
             self.switch(self._offered)
-        return float(summed[-1]), busy
+        return float(summed[-1]), busy, len(mine)
 
     def switch(self, pfw: PlanForWorker) -> None:
         """Take a plan of the same group at this step boundary (every rank does, at the same one)."""
@@ -364,7 +369,7 @@ class Trainer:
                 raise NewPlan
             gen = self.pfw.plan.generation
             t0 = time.perf_counter()
-            loss, busy = self.train_step()
+            loss, busy, trained = self.train_step()
             wall = max(1e-9, time.perf_counter() - t0)
             self.intensity = min(1.0, busy / wall)  # the achieved duty cycle, waits for peers included
             self.state.add_loss(self.step, loss)
@@ -378,16 +383,16 @@ class Trainer:
             if first_of_generation or now - last_report >= REPORT_EVERY_S or self.step == self.total_steps:
                 last_report = now
                 # samples/s over the whole step; / intensity = the rate at full intensity (planner)
-                self.report("training", self.pfw.assignment.share / wall, loss)
+                # (what it trained in that step: its share then, a partial last batch's part)
+                self.report("training", trained / wall, loss)
 
     def run(self) -> None:
         while True:
             self.report("starting")
             try:
-                t0 = time.monotonic()
                 self.form_group()
                 self.sync_state()
-                self.forming_s = time.monotonic() - t0
+                self.forming_s = time.monotonic() - self._met  # process group, probe, state sync
                 self.run_generation()
             except NewPlan:
                 self.group.leave()
