@@ -34,6 +34,7 @@ __all__ = [
     "node_models",
     "plan_step_s",
     "rendezvous_port",
+    "same_assignment",
     "to_plan",
     "training_address",
 ]
@@ -172,6 +173,16 @@ def plan_step_s(plan: Plan, nodes: Iterable[NodeModel], job: JobRecord, net: Net
     nbytes = job.model_bytes // 2 if plan.grad_dtype == "float16" else job.model_bytes
     bw = min(models[a.node].bandwidth_bps for a in parts)
     return compute + allreduce_s(len(parts), nbytes, bw, net.latency_s)
+
+
+def same_assignment(plan: Plan | None, decision: PlanDecision) -> bool:
+    """Whether ``decision`` is the plan already in effect (participants, shares, caps, dtype)."""
+    if plan is None or tuple(a.node for a in plan.assignments) != decision.participants:
+        return False
+    return plan.grad_dtype == decision.grad_dtype and all(
+        a.share == decision.shares[a.node] and a.intensity_cap == round(decision.caps[a.node], 4)
+        for a in plan.assignments
+    )
 
 
 def continues_group(previous: Plan | None, decision: PlanDecision, view: ClusterView, job: str) -> bool:

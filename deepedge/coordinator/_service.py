@@ -51,6 +51,7 @@ from deepedge.coordinator._planner_io import (
     node_models,
     plan_step_s,
     rendezvous_port,
+    same_assignment,
     to_plan,
 )
 from deepedge.coordinator._store import JobStore
@@ -516,6 +517,8 @@ class Coordinator:
                 job.reason = why[:MAX_REASON]
                 await self.save(job)
             case policy.Publish():
+                if job.state == JobState.RUNNING and job.job not in self.reform and same_assignment(job.plan, decision):
+                    return  # the plan in effect already is this one (two triggers, one change)
                 await self.publish_new_plan(job, decision)
 
     async def publish_new_plan(self, job: JobRecord, decision: PlanDecision) -> None:
