@@ -591,8 +591,8 @@ def bench_makespan(
         ),
     ] = "shared",
     only: Annotated[
-        str, typer.Option(help="Namespaced scenarios to run, comma-separated: makespan, load, failover.")
-    ] = "makespan,load,failover",
+        str, typer.Option(help="Namespaced scenarios to run, comma-separated: comm, makespan, load, failover.")
+    ] = "comm,makespan,load,failover",
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
@@ -613,17 +613,20 @@ def bench_makespan(
 
 
 def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
-    from deepedge.bench import links_markdown, run_link_failover, run_links_makespan, run_load_bench
+    from deepedge.bench import links_markdown, run_comm_bench, run_link_failover, run_links_makespan, run_load_bench
     from deepedge.netem import why_not_usable
 
     why = why_not_usable()
     if why is not None:
         raise typer.BadParameter(f"--boards namespaces: {why}")
     wanted = {s.strip() for s in only.split(",") if s.strip()}
-    unknown = wanted - {"makespan", "load", "failover"}
+    unknown = wanted - {"comm", "makespan", "load", "failover"}
     if unknown:
-        raise typer.BadParameter(f"--only {', '.join(sorted(unknown))}: makespan, load or failover")
-    rows, load, failover = [], None, []
+        raise typer.BadParameter(f"--only {', '.join(sorted(unknown))}: comm, makespan, load or failover")
+    rows, load, failover, comm = [], None, [], []
+    if "comm" in wanted:
+        typer.echo("MobileNetV2's all-reduce between the namespaced boards, float32 and float16 ...", err=True)
+        comm = run_comm_bench()
     if "makespan" in wanted:
         typer.echo("namespaced boards, MobileNetV2: proportional, uniform, then the deepedge plan ...", err=True)
         rows = run_links_makespan(epochs=epochs, images=images)
@@ -635,7 +638,9 @@ def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
         failover = run_link_failover(epochs=epochs, images=images)
     command = f"deepedge bench makespan --boards namespaces --epochs {epochs} --images {images} --only {only}"
     _write_bench(
-        out, "Boards with real boundaries: links, load and link failures", links_markdown(rows, load, failover, command)
+        out,
+        "Boards with real boundaries: links, load and link failures",
+        links_markdown(rows, load, failover, command, comm),
     )
 
 

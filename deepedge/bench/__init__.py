@@ -5,10 +5,12 @@ from deepedge.bench._daemon import DaemonBenchResult, run_daemon_bench
 from deepedge.bench._failover import FailoverResult, failover_markdown, run_failover_bench
 from deepedge.bench._ingest import IngestRow, ingest_markdown, run_ingest_bench
 from deepedge.bench._links import (
+    CommRow,
     FailoverRow,
     LinkRow,
     LoadResult,
     links_markdown,
+    run_comm_bench,
     run_link_failover,
     run_links_makespan,
     run_load_bench,
@@ -17,6 +19,7 @@ from deepedge.bench._makespan import MakespanRow, makespan_markdown, run_makespa
 from deepedge.bench._planner import PlannerBenchRow, planner_markdown, random_cluster, run_planner_bench
 
 __all__ = [
+    "CommRow",
     "DaemonBenchResult",
     "FailoverResult",
     "FailoverRow",
@@ -31,6 +34,7 @@ __all__ = [
     "makespan_markdown",
     "planner_markdown",
     "random_cluster",
+    "run_comm_bench",
     "run_daemon_bench",
     "run_failover_bench",
     "run_ingest_bench",

@@ -33,13 +33,16 @@ from deepedge.coordinator.planner import JobModel, NetworkModel, NodeModel, Plan
 from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluster_job
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._run import JobRun, gradient_bytes
+from deepedge.netem import EmulatedNetwork
 from deepedge.training import StepTiming, read_records, step_timing
 
 __all__ = [
+    "CommRow",
     "FailoverRow",
     "LinkRow",
     "LoadResult",
     "links_markdown",
+    "run_comm_bench",
     "run_link_failover",
     "run_links_makespan",
     "run_load_bench",
@@ -474,7 +477,13 @@ def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f} s"
 
 
-def links_markdown(rows: list[LinkRow], load: LoadResult | None, failover: list[FailoverRow], command: str) -> str:
+def links_markdown(
+    rows: list[LinkRow],
+    load: LoadResult | None,
+    failover: list[FailoverRow],
+    command: str,
+    comm: list[CommRow] | None = None,
+) -> str:
     lines = [
         f"Command: `{command}`. Machine: {platform.machine()}, {platform.python_version()}; the demo's four boards "
         "in their own network namespaces and cgroups (deepedge.netem), links shaped with tc, the broker as "
@@ -546,6 +555,21 @@ def links_markdown(rows: list[LinkRow], load: LoadResult | None, failover: list[
             f"| {load.mean_oracle_s * 1000:.0f} ms | {load.generations} | {load.reforms} "
             f"| {'yes' if load.completed else 'NO'} |",
         ]
+    if comm:
+        lines += [
+            "",
+            "Float16 communication, measured before it was adopted: the gradient all-reduce of MobileNetV2 "
+            f"({gradient_bytes(MODEL) / 1e6:.1f} MB in float32) between the namespaced boards, gloo, median of 5 "
+            "(the slowest rank's; float16 includes the casts there and back).",
+            "",
+            "| boards | slowest link | float32 | float16 | float16 / float32 |",
+            "|---|---|---|---|---|",
+        ]
+        for c in comm:
+            lines.append(
+                f"| {', '.join(c.boards)} | {c.slowest_link} | {c.float32_s * 1000:.0f} ms "
+                f"| {c.float16_s * 1000:.0f} ms | {c.float16_s / c.float32_s:.2f} |"
+            )
     if failover:
         lines += [
             "",
@@ -563,3 +587,86 @@ def links_markdown(rows: list[LinkRow], load: LoadResult | None, failover: list[
                 f"| {'yes' if f.completed else 'NO'} | {f.note} |"
             )
     return "\n".join(lines) + "\n"
+
+
+# ---- communication: float32 vs float16 ------------------------------------------------------------
+
+_ALLREDUCE = r"""
+import datetime, json, os, statistics, sys, time
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch, torch.distributed as dist
+from deepedge.training._rendezvous import interface_of
+rank, world, port, n = (int(x) for x in sys.argv[1:5])
+host, me = sys.argv[5], sys.argv[6]
+iface = interface_of(me)
+if iface:
+    os.environ["GLOO_SOCKET_IFNAME"] = iface
+store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=datetime.timedelta(seconds=60))
+dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+torch.set_num_threads(1)
+grads = torch.randn(n)
+out = {}
+for dtype in ("float32", "float16"):
+    times = []
+    for i in range(6):
+        dist.barrier()
+        t = time.perf_counter()
+        flat = grads.div(64).half() if dtype == "float16" else grads.clone()
+        dist.all_reduce(flat)
+        flat = flat.float()
+        times.append(time.perf_counter() - t)
+    out[dtype] = statistics.median(times[1:])
+print(json.dumps(out), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def _args(rank: int, world: int, port: int, n: int, host: str, net: EmulatedNetwork, board: str) -> list[str]:
+    return [str(rank), str(world), str(port), str(n), host, net.boards[board].address]
+
+
+@dataclass
+class CommRow:
+    boards: tuple[str, ...]
+    slowest_link: str
+    float32_s: float
+    float16_s: float
+
+
+def run_comm_bench(elements: int = 0) -> list[CommRow]:
+    """The gradient all-reduce of MobileNetV2 (its float32 size) over namespaced boards' links,
+    in float32 and in float16 (the cast and back included): three wired boards, then with the
+    nano's 50 Mb/s link."""
+    import subprocess
+
+    n = elements or gradient_bytes(MODEL) // 4
+    boards = cluster_profiles(4, with_lc=False)
+    rows = []
+    with EmulatedNetwork([b.spec() for b in boards]) as net:
+        for names in (("orin-nx", "xavier-nx", "tx2"), ("orin-nx", "xavier-nx", "tx2", "nano")):
+            host = net.boards[names[0]].address
+            port = 29400 + len(names)
+            procs = [
+                subprocess.Popen(
+                    net.argv(b, [sys.executable, "-c", _ALLREDUCE, *_args(i, len(names), port, n, host, net, b)]),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    preexec_fn=net.preexec(b),
+                )
+                for i, b in enumerate(names)
+            ]
+            outs = [p.communicate(timeout=300)[0] for p in procs]
+            import json
+
+            results = [json.loads(o.strip().splitlines()[-1]) for o in outs if o.strip()]
+            slowest = min((net.boards[b].link for b in names), key=lambda lk: lk.rate_bps)
+            rows.append(
+                CommRow(
+                    names,
+                    slowest.describe(),
+                    round(max(r["float32"] for r in results), 3),
+                    round(max(r["float16"] for r in results), 3),
+                )
+            )
+    return rows
