@@ -202,7 +202,8 @@ def continues_group(previous: Plan | None, decision: PlanDecision, view: Cluster
 
 
 def job_model(job: JobRecord) -> JobModel:
-    return JobModel(job.spec.global_batch, job.dataset_size, job.spec.epochs, job.model_bytes)
+    left = max(0, job.total_steps - job.step)
+    return JobModel(job.spec.global_batch, job.dataset_size, job.spec.epochs, job.model_bytes, left)
 
 
 def rendezvous_port(job: JobRecord, jobs: Iterable[JobRecord], first: int, count: int) -> int:

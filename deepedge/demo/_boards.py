@@ -34,7 +34,14 @@ class BoardProfile:
 
     def spec(self) -> BoardSpec:
         """What ``deepedge.netem`` makes of it."""
-        limits = CgroupLimits(cpu_quota=self.cpu_quota, cpus=(self.cpu,), memory_bytes=self.memory_mb * 2**20)
+        # A board with an LC app weighs 8 others on a shared CPU: on a real board no other board's
+        # training competes with its app (the emulation puts two boards on each vCPU).
+        limits = CgroupLimits(
+            cpu_quota=self.cpu_quota,
+            cpus=(self.cpu,),
+            memory_bytes=self.memory_mb * 2**20,
+            cpu_weight=800 if self.lc_app else 100,
+        )
         return BoardSpec(self.node, self.link, limits)
 
 

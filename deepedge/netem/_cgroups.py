@@ -32,6 +32,9 @@ class CgroupLimits:
     cpus: tuple[int, ...] = ()  # CPUs it may run on (empty: any)
     memory_bytes: int | None = None
     period_us: int = 20_000  # CFS period: a quota is spent in slices of this (the default 100 ms is coarse)
+    # Its weight against the other boards when they share a CPU (v2 cpu.weight; v1 cpu.shares =
+    # weight x 1024 / 100). A real board's LC app shares its CPUs with no other board's work.
+    cpu_weight: int | None = None
 
     def describe(self) -> str:
         parts = []
@@ -108,6 +111,15 @@ class Cgroups:
         _limit(group, limits)
         return group
 
+    def weigh_run(self, tag: str, weight: int) -> None:
+        """The run's folder's CPU weight against everything else on the machine (its boards
+        share it): as many default weights as it has boards, as their processes had outside."""
+        for run in self.run_dirs(tag):
+            if self.version == 2 and (run / "cpu.weight").exists():
+                (run / "cpu.weight").write_text(str(min(10_000, max(1, weight))))
+            elif self.version == 1 and (run / "cpu.shares").exists():
+                (run / "cpu.shares").write_text(str(max(2, weight * 1024 // 100)))
+
 
 def _copy(src: Path, dst: Path, *names: str) -> None:
     for n in names:
@@ -123,6 +135,8 @@ def _limit(group: BoardCgroup, limits: CgroupLimits) -> None:
                 (d / name).write_text(value)
 
         if group.version == 2:
+            if limits.cpu_weight is not None:
+                put("cpu.weight", str(min(10_000, max(1, limits.cpu_weight))))
             if limits.cpu_quota is not None:
                 put("cpu.max", f"{max(1000, int(limits.cpu_quota * limits.period_us))} {limits.period_us}")
             if limits.cpus:
@@ -134,6 +148,8 @@ def _limit(group: BoardCgroup, limits: CgroupLimits) -> None:
         if "cpuset.cpus" in has:
             put("cpuset.cpus", ",".join(str(c) for c in limits.cpus) if limits.cpus else _read(d.parent, "cpuset.cpus"))
             put("cpuset.mems", _read(d.parent, "cpuset.mems"))
+        if "cpu.shares" in has and limits.cpu_weight is not None:
+            put("cpu.shares", str(max(2, limits.cpu_weight * 1024 // 100)))
         if "cpu.cfs_quota_us" in has and limits.cpu_quota is not None:
             put("cpu.cfs_period_us", str(limits.period_us))
             put("cpu.cfs_quota_us", str(max(1000, int(limits.cpu_quota * limits.period_us))))

@@ -130,6 +130,8 @@ class EmulatedNetwork:
 
                 board.cgroup = self.cgroups.create(self.tag, spec.name, spec.limits, note)
             self.boards[spec.name] = board
+        if self.cgroups is not None:
+            self.cgroups.weigh_run(self.tag, 100 * len(self.specs))
 
     def down(self) -> list[str]:
         """Remove everything this run made (processes still in its namespaces and cgroups are

@@ -68,7 +68,7 @@ class Planner:
         cfg = self.config
         if not (cfg.allow_half and full.feasible and job.model_bytes > 0):
             return full
-        half_job = JobModel(job.global_batch, job.dataset_size, job.epochs, job.model_bytes // 2)
+        half_job = replace(job, model_bytes=job.model_bytes // 2)
         half = self._plan(nodes, half_job, net or NetworkModel())
         if half.feasible and half.step_s <= (1 - cfg.half_gain) * full.step_s:
             return replace(half, grad_dtype="float16")
@@ -113,10 +113,14 @@ class Planner:
         bandwidth = np.array([n.bandwidth_bps for n in feasible])
         over_all = np.array([n.overhead_s for n in feasible])
         ub_all = np.array([float(n.max_share) for n in feasible])
+        # A participant that must start (or re-form) first delays the whole job once: its
+        # start-up, paid back over the steps left, counts in the step it is compared by.
+        start_all = np.array([n.startup_s for n in feasible]) / job.left
         best_cost, best_set = float("inf"), [0]
         for i in range(len(feasible)):  # one node alone: no all-reduce at all
-            if ub_all[i] >= batch and batch / rho_all[i] + over_all[i] < best_cost:
-                best_cost, best_set = batch / rho_all[i] + over_all[i], [i]
+            alone = batch / rho_all[i] + over_all[i] + start_all[i]
+            if ub_all[i] >= batch and alone < best_cost:
+                best_cost, best_set = alone, [i]
         for level in _bandwidth_levels(bandwidth):
             order = [
                 i
@@ -124,12 +128,18 @@ class Planner:
                 if bandwidth[i] >= level
             ]
             rho, over, ub = rho_all[order], over_all[order], ub_all[order]
+            start = np.maximum.accumulate(start_all[order])
 
             def cost(
-                k: int, rho: np.ndarray = rho, over: np.ndarray = over, ub: np.ndarray = ub, level: float = level
+                k: int,
+                rho: np.ndarray = rho,
+                over: np.ndarray = over,
+                ub: np.ndarray = ub,
+                level: float = level,
+                start: np.ndarray = start,
             ) -> float:
                 t = waterfill_time(rho[:k], over[:k], ub[:k], batch)
-                return t + allreduce_s(k, job.model_bytes, level, net.latency_s)
+                return t + allreduce_s(k, job.model_bytes, level, net.latency_s) + float(start[k - 1])
 
             grid = candidate_sizes(len(order))
             costs = {k: cost(k) for k in grid}
@@ -196,12 +206,7 @@ def _why_left_out(
     n = nodes[i]
     if len(nodes) > _EXACT_UP_TO:
         return "not worth its all-reduce cost"
-    arr = _Arrays(
-        rho,
-        np.array([m.overhead_s for m in nodes]),
-        np.array([float(m.max_share) for m in nodes]),
-        np.array([m.bandwidth_bps for m in nodes]),
-    )
+    arr = _arrays(rho, nodes, job)
     with_it = _set_cost(sorted({*chosen, i}), nodes, arr, batch, job, net)
     slowest = min(nodes[j].bandwidth_bps for j in chosen)
     mbit = n.bandwidth_bps * 8 / 1e6
@@ -232,6 +237,17 @@ class _Arrays:
     over: np.ndarray
     ub: np.ndarray
     bw: np.ndarray
+    start: np.ndarray  # start-up paid back per step left
+
+
+def _arrays(rho: np.ndarray, nodes: Sequence[NodeModel], job: JobModel) -> _Arrays:
+    return _Arrays(
+        rho,
+        np.array([n.overhead_s for n in nodes]),
+        np.array([float(n.max_share) for n in nodes]),
+        np.array([n.bandwidth_bps for n in nodes]),
+        np.array([n.startup_s for n in nodes]) / job.left,
+    )
 
 
 def _set_cost(
@@ -248,11 +264,11 @@ def _set_cost(
         shares = np.array(integer_shares([0.0] * len(ix), list(r), list(o), [int(u) for u in ub], batch))
         used = shares > 0
         compute = float((shares[used] / r[used] + o[used]).max())
-        k, bw = int(used.sum()), float(arr.bw[ix][used].min())
+        k, bw, start = int(used.sum()), float(arr.bw[ix][used].min()), float(arr.start[ix][used].max())
     else:  # the LP's step time
         compute = waterfill_time(arr.rho[ix], arr.over[ix], ub, batch)
-        k, bw = len(ix), float(arr.bw[ix].min())
-    return compute + allreduce_s(k, job.model_bytes, bw, net.latency_s)
+        k, bw, start = len(ix), float(arr.bw[ix].min()), float(arr.start[ix].max())
+    return compute + allreduce_s(k, job.model_bytes, bw, net.latency_s) + start
 
 
 def _improve(
@@ -263,12 +279,7 @@ def _improve(
     with little memory, a slow link not worth its all-reduce. On large clusters only the 16
     slowest or worst-connected members are tried for removal and the 16 fastest outsiders for
     addition."""
-    arr = _Arrays(
-        rho,
-        np.array([n.overhead_s for n in nodes]),
-        np.array([float(n.max_share) for n in nodes]),
-        np.array([n.bandwidth_bps for n in nodes]),
-    )
+    arr = _arrays(rho, nodes, job)
     small = len(nodes) <= _EXACT_UP_TO
     by_speed = sorted(range(len(nodes)), key=lambda i: -rho[i])
     current = set(start)

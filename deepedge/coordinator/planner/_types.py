@@ -40,10 +40,16 @@ class JobModel:
     dataset_size: int
     epochs: int
     model_bytes: int  # gradient bytes all-reduced per step
+    remaining_steps: int | None = None  # a running job's steps still to do (None: all of them)
 
     @property
     def steps(self) -> int:
         return self.epochs * -(-self.dataset_size // self.global_batch)
+
+    @property
+    def left(self) -> int:
+        """Steps over which a participant's start-up is paid back."""
+        return max(1, self.steps if self.remaining_steps is None else self.remaining_steps)
 
 
 @dataclass(frozen=True, slots=True)
