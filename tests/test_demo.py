@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from deepedge.demo import cluster_profiles
+from deepedge.demo._cluster import RUN_MARK
 from deepedge.embedded_broker import MOSQUITTO
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.skipif(MOSQUITTO is None, reason="no mosquitto")]
@@ -25,10 +26,16 @@ EXE = str(Path(sys.executable).parent / "deepedge")
 
 
 def _leftovers(workdir: Path) -> list[str]:
+    """This demo's processes still running: its workdir on their command line, or in their
+    environment (RUN_MARK: its workers and LC apps; the machine may run other demos meanwhile)."""
     out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if str(workdir) in cmd or ("deepedge.demo.lc_app" in cmd) or ("deepedge.training.worker" in cmd):
+        try:
+            mine = p.environ().get(RUN_MARK) == str(workdir)
+        except psutil.Error:
+            mine = False
+        if str(workdir) in cmd or mine:
             out.append(f"{p.info['pid']}: {cmd[:120]}")
     return out
 
@@ -91,8 +98,9 @@ def test_a_demo_interrupted_or_killed_mid_run_leaves_nothing_running(tmp_path: P
     )
     try:
         deadline = time.monotonic() + 60
-        while not any(
-            "deepedge.demo.lc_app" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+        while not any(  # this demo's LC apps (their socket is in its workdir)
+            "deepedge.demo.lc_app" in (cmd := " ".join(p.info["cmdline"] or [])) and str(workdir) in cmd
+            for p in psutil.process_iter(["cmdline"])
         ):
             assert time.monotonic() < deadline and proc.poll() is None, "the demo's LC apps did not start"
             time.sleep(0.2)

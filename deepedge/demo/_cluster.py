@@ -38,9 +38,10 @@ from deepedge.embedded_broker import die_with_parent
 from deepedge.errors import DeepEdgeError
 from deepedge.netem import EmulatedNetwork, LinkProfile, why_not_usable
 
-__all__ = ["BOUNDARIES", "DemoCluster"]
+__all__ = ["BOUNDARIES", "RUN_MARK", "DemoCluster"]
 
 BOUNDARIES = ("auto", "namespaces", "shared")
+RUN_MARK = "EDGE_DEMO_WORKDIR"  # in the environment of every process of a demo cluster (not a config key)
 
 
 def _child_setup(cpus: set[int] | None, join: Callable[[], None] | None = None) -> Callable[[], None]:
@@ -125,6 +126,7 @@ class DemoCluster:
         """Start ``argv`` (on ``board``: in its namespace and cgroup when namespaced)."""
         log = self.workdir / "logs" / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
+        env[RUN_MARK] = str(self.workdir)  # inherited by everything it starts: whose process is whose
         join = None
         if self.net is not None and board is not None:
             argv, join = self.net.argv(board, argv), self.net.preexec(board)
