@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -193,7 +194,11 @@ def submit_cmd(
     base_checkpoint: Annotated[str | None, typer.Option("--base-checkpoint", help="Checkpoint to fine-tune.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data permutation.")] = None,
     split: Annotated[
-        str | None, typer.Option(help="planned (default) or uniform: the same share everywhere, for comparisons.")
+        str | None,
+        typer.Option(
+            help="planned (default); for comparisons: uniform (the same share everywhere) or proportional "
+            "(every node, shares in proportion to its rate)."
+        ),
     ] = None,
     dataset_size: Annotated[
         int | None, typer.Option("--dataset-size", help="Samples (default: files in --dataset).")
@@ -370,19 +375,31 @@ def demo_cmd(
         str, typer.Option(help="auto (Mosquitto if installed, else amqtt), mosquitto or amqtt.")
     ] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
+    boards: Annotated[
+        str,
+        typer.Option(
+            "--boards",
+            help="namespaces (as root: a network namespace, shaped link and cgroup per board, TLS broker), "
+            "shared (one loopback, no limits) or auto (namespaces where possible).",
+        ),
+    ] = "auto",
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
-    from deepedge.demo import DEMO_EPOCHS, MODEL_BYTES, DemoOptions, render_report, run_demo
+    from deepedge.demo import DEMO_EPOCHS, DEMO_MODELS, DemoOptions, render_report, run_demo
     from deepedge.demo._live import LiveView
     from deepedge.ops import esc, make_console, say
 
-    if model not in MODEL_BYTES:
-        raise typer.BadParameter(f"one of {', '.join(MODEL_BYTES)}, not {model!r}", param_hint="--model")
+    if model not in DEMO_MODELS:
+        raise typer.BadParameter(f"one of {', '.join(DEMO_MODELS)}, not {model!r}", param_hint="--model")
     epochs = epochs or DEMO_EPOCHS.get(model, 3)
+    if boards not in ("auto", "namespaces", "shared"):
+        raise typer.BadParameter(f"auto, namespaces or shared, not {boards!r}", param_hint="--boards")
     _demo_logging(ctx.obj)
+    _sigterm_stops()
     console = make_console()
     opts = DemoOptions(
         model=model,
+        boards=boards,
         nodes=nodes,
         kill_after_s=None if no_kill else kill_after,
         keep=keep,
@@ -418,6 +435,16 @@ def demo_cmd(
         finally:
             report.cluster.stop()
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _sigterm_stops() -> None:
+    """SIGTERM stops the demo or a benchmark as Ctrl-C does: its cluster is torn down (processes,
+    namespaces, links, cgroups) before it exits."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _demo_logging(state: CliState) -> None:
@@ -559,18 +586,74 @@ def bench_failover(
 @bench_app.command("makespan")
 def bench_makespan(
     ctx: typer.Context,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each job.")] = 6,
-    images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path("docs/benchmarks.md"),
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs of each job (6 shared, 2 namespaced).")] = None,
+    images: Annotated[
+        int | None, typer.Option(min=200, help="Generated training images (3000 shared, 1280 namespaced).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the markdown here (docs/benchmarks.md, or docs/benchmarks/links.md namespaced)."),
+    ] = None,
+    boards: Annotated[
+        str,
+        typer.Option(
+            "--boards",
+            help="shared: the demo's boards on this machine's loopback and CPUs, cnn-small; namespaces (root): "
+            "their own namespaces, shaped links and cgroups, MobileNetV2.",
+        ),
+    ] = "shared",
+    only: Annotated[
+        str, typer.Option(help="Namespaced scenarios to run, comma-separated: comm, makespan, load, failover.")
+    ] = "comm,makespan,load,failover",
 ) -> None:
-    """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps."""
+    """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
+    (--boards namespaces: with shaped links, background load and link failures)."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
 
     ctx.obj.load()
+    _sigterm_stops()
+    if boards == "namespaces":
+        _bench_links(epochs or 2, images or 1280, out or Path("docs/benchmarks/links.md"), only)
+        return
+    if boards != "shared":
+        raise typer.BadParameter(f"--boards {boards}: shared or namespaces")
+    epochs, images, out = epochs or 6, images or 3000, out or Path("docs/benchmarks.md")
     typer.echo("emulated 4-board cluster: deepedge plan, then uniform split; without and with LC apps ...", err=True)
     rows = run_makespan_bench(epochs=epochs, images=images)
     text = makespan_markdown(rows, f"deepedge bench makespan --epochs {epochs} --images {images}")
     _write_bench(out, "Makespan: deepedge plan vs uniform split vs ideal bound", text)
+
+
+def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
+    from deepedge.bench import links_markdown, run_comm_bench, run_link_failover, run_links_makespan, run_load_bench
+    from deepedge.netem import why_not_usable
+
+    why = why_not_usable()
+    if why is not None:
+        raise typer.BadParameter(f"--boards namespaces: {why}")
+    wanted = {s.strip() for s in only.split(",") if s.strip()}
+    unknown = wanted - {"comm", "makespan", "load", "failover"}
+    if unknown:
+        raise typer.BadParameter(f"--only {', '.join(sorted(unknown))}: comm, makespan, load or failover")
+    rows, load, failover, comm = [], None, [], []
+    if "comm" in wanted:
+        typer.echo("MobileNetV2's all-reduce between the namespaced boards, float32 and float16 ...", err=True)
+        comm = run_comm_bench()
+    if "makespan" in wanted:
+        typer.echo("namespaced boards, MobileNetV2: proportional, uniform, then the deepedge plan ...", err=True)
+        rows = run_links_makespan(epochs=epochs, images=images)
+    if "load" in wanted:
+        typer.echo("background load toggled every 10 s on one board ...", err=True)
+        load = run_load_bench(epochs=epochs, images=int(images * 1.5))
+    if "failover" in wanted:
+        typer.echo("a participant's cable pulled, then its link degraded to 1 % ...", err=True)
+        failover = run_link_failover(epochs=epochs, images=images)
+    command = f"deepedge bench makespan --boards namespaces --epochs {epochs} --images {images} --only {only}"
+    _write_bench(
+        out,
+        "Boards with real boundaries: links, load and link failures",
+        links_markdown(rows, load, failover, command, comm),
+    )
 
 
 _DEPLOY_HELP = {

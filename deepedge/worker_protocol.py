@@ -7,7 +7,7 @@ worker prints on stdout is logged and ignored; its stderr goes to the daemon's l
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -57,6 +57,35 @@ class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
     intensity: float = 0.0
     state: WorkerState = "training"
     message: str = ""
+    # Step timing and link measurements (medians since the last report; see Heartbeat)
+    compute_s: float = 0.0
+    allreduce_s: float = 0.0
+    step_s: float = 0.0
+    comm_bytes: int = 0
+    link_bps: float = 0.0
+    link_latency_s: float = 0.0
+    forming_s: float = 0.0
+    startup_s: float = 0.0
+    pending_s: float = 0.0
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """The step timing and link fields, bounded as the wire's Heartbeat wants them (a
+        daemon copies them into the heartbeat it publishes)."""
+
+        def ok(x: float, high: float = 1e12) -> float:
+            return min(max(float(x), 0.0), high) if x == x else 0.0  # NaN -> 0
+
+        return {
+            "compute_s": ok(self.compute_s),
+            "allreduce_s": ok(self.allreduce_s),
+            "step_s": ok(self.step_s),
+            "comm_bytes": int(ok(self.comm_bytes, 2**53)),
+            "link_bps": ok(self.link_bps),
+            "link_latency_s": ok(self.link_latency_s),
+            "forming_s": ok(self.forming_s),
+            "startup_s": ok(self.startup_s),
+            "pending_s": ok(self.pending_s),
+        }
 
 
 _PLAN = msgspec.json.Decoder(PlanForWorker)

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from deepedge.demo import cluster_profiles
+from deepedge.demo._cluster import RUN_MARK
 from deepedge.embedded_broker import MOSQUITTO
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.skipif(MOSQUITTO is None, reason="no mosquitto")]
@@ -24,11 +25,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.skipif(MOSQUI
 EXE = str(Path(sys.executable).parent / "deepedge")
 
 
+def _ours(p: psutil.Process, workdir: Path) -> bool:
+    try:
+        return p.environ().get(RUN_MARK) == str(workdir)
+    except psutil.Error:
+        return False
+
+
 def _leftovers(workdir: Path) -> list[str]:
+    """This demo's processes still running: its workdir on their command line, or in their
+    environment (RUN_MARK: its workers and LC apps; the machine may run other demos meanwhile)."""
     out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if str(workdir) in cmd or ("deepedge.demo.lc_app" in cmd) or ("deepedge.training.worker" in cmd):
+        if str(workdir) in cmd or _ours(p, workdir):
             out.append(f"{p.info['pid']}: {cmd[:120]}")
     return out
 
@@ -91,8 +101,9 @@ def test_a_demo_interrupted_or_killed_mid_run_leaves_nothing_running(tmp_path: P
     )
     try:
         deadline = time.monotonic() + 90
-        while not any(  # the LC apps have been measured alone, and a board is being profiled
-            "deepedge.training.profile" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+        while not any(  # the LC apps have been measured alone, and one of this demo's boards is being profiled
+            "deepedge.training.profile" in " ".join(p.info["cmdline"] or []) and _ours(p, workdir)
+            for p in psutil.process_iter(["cmdline"])
         ):
             assert time.monotonic() < deadline and proc.poll() is None, "the demo did not get to profiling"
             time.sleep(0.2)

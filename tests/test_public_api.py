@@ -32,6 +32,7 @@ PACKAGES = [
     "deepedge.coordinator.planner",
     "deepedge.ops",
     "deepedge.training",
+    "deepedge.netem",
 ]
 SRC = Path(__file__).resolve().parent.parent / "deepedge"
 
@@ -155,6 +156,10 @@ RULES = {
     "node does not import torch": (("deepedge.node",), ("torch",)),
     "coordinator imports neither training nor torch": (("deepedge.coordinator",), ("deepedge.training", "torch")),
     "training knows nothing about MQTT": (("deepedge.training",), ("deepedge.transport", *MQTT_CLIENTS)),
+    "netem (namespaces, links, cgroups) imports no service package, MQTT client or torch": (
+        ("deepedge.netem",),
+        (*SERVICES, *MQTT_CLIENTS, "torch"),
+    ),
 }
 
 

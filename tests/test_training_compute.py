@@ -114,13 +114,12 @@ def test_mixed_precision_on_the_cpu_is_close_to_fp32_and_not_the_same(name: str)
         model = build_model("cnn-small", 4)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         p = Precision(prec, CPU)
-        _, flat, _, _ = reduce_step(model, opt, d, torch.arange(24), 1.0, lambda t: None, precision=p)
-        out[prec] = flat
+        r = reduce_step(model, opt, d, torch.arange(24), 1.0, lambda t: None, precision=p)
+        out[prec] = r.summed  # (returned only once no rank overflowed)
     ref, got = out["fp32"], out[name]
-    scale = float(ref[:-2].abs().max())
-    diff = float((ref[:-2] - got[:-2]).abs().max())
+    scale = float(ref[:-1].abs().max())
+    diff = float((ref[:-1] - got[:-1]).abs().max())
     assert 0 < diff <= 0.05 * scale, (diff, scale)  # measured: 0.018 x scale (bf16), 0.010 x scale (fp16)
-    assert float(got[-1]) == 0.0  # no overflow at the default scale
 
 
 def test_a_precision_the_device_lacks_is_a_config_error() -> None:
@@ -150,8 +149,8 @@ def overflow_rank(rank: int, init_file: str, out: object) -> None:
         dist.all_reduce(t)
 
     mine = torch.arange(0, 10) if rank == 0 else torch.arange(10, 24)
-    _, flat, _, _ = reduce_step(model, opt, data(24, size=8), mine, 1.0, all_reduce, precision=precision)
-    out.put((rank, len(reduces), reduces, precision.scale, flat.tolist()))  # type: ignore[attr-defined]
+    r = reduce_step(model, opt, data(24, size=8), mine, 1.0, all_reduce, precision=precision)
+    out.put((rank, len(reduces), reduces, precision.scale, r.summed.tolist()))  # type: ignore[attr-defined]
     dist.destroy_process_group()
 
 
@@ -178,6 +177,6 @@ def test_an_fp16_overflow_on_one_rank_makes_every_rank_redo_the_step(tmp_path: P
     torch.manual_seed(0)
     model = build_model("cnn-small", 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    _, ref, _, _ = reduce_step(model, opt, data(24, size=8), torch.arange(24), 1.0, lambda t: None)
-    diff, scale = float((ref[:-1] - flat0[:-1]).abs().max()), float(ref[:-2].abs().max())
+    ref = reduce_step(model, opt, data(24, size=8), torch.arange(24), 1.0, lambda t: None).summed
+    diff, scale = float((ref - flat0).abs().max()), float(ref[:-1].abs().max())
     assert diff <= 0.03 * scale, (diff, scale)

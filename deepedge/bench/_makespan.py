@@ -34,6 +34,7 @@ class MakespanRow:
     generations: int
     replans: tuple[str, ...] = ()  # why each plan after the first was made (its event)
     timing: StepTiming | None = None  # where each step's time went (the workers' records)
+    predicted_s: float | None = None  # generation 1's predicted makespan (from submission)
 
 
 def _rates(run: JobRun) -> dict[str, float]:
@@ -61,6 +62,7 @@ def _row(scenario: str, split: str, run: JobRun, ideal: float | None, output: Pa
         len(w.plans),
         tuple(g.why for g in plan_generations(run)[1:]),
         step_timing(output),
+        round(w.plans[min(w.plans)].predicted_makespan_s, 1) if w.plans else None,
     )
 
 
@@ -74,7 +76,8 @@ def run_makespan_bench(
     for with_lc in (False, True):
         scenario = "with 2 LC apps" if with_lc else "no LC apps"
         boards = cluster_profiles(4, with_lc=with_lc)
-        with DemoCluster(root / ("lc" if with_lc else "plain"), boards) as cluster:
+        cluster_dir = root / ("lc" if with_lc else "plain")
+        with DemoCluster(cluster_dir, boards, boundaries="shared", data_roots=(root,)) as cluster:
             ideal = None
             for split in ("planned", "uniform"):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split)
@@ -108,16 +111,18 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
         "least 2 ms / speed, workers pinned one board per CPU, nice 10, their communication threads nice 0), "
         "4 boards on this machine's CPUs.",
         "",
-        "Makespan is from submission to completion (worker start-up included); training is from the first "
+        "Makespan is from submission to completion (worker start-up included); predicted is the first plan's "
+        "(time since submission + start-up + steps x predicted step, on what the coordinator knew then: the "
+        "uniform job runs second, after the deepedge job taught it); training is from the first "
         "completed step to completion. The ideal bound is epochs x N / sum of the boards' full-intensity "
         "rates as measured from the heartbeats of the deepedge run: no start-up, no communication, no LC "
         "constraint. LC violations count node latency reports (5 s windows, every 0.5 s) whose p95 is over "
         f"the deadline ({DemoOptions().deadline_factor:g}x the app's p95 alone) once training is steady; start-up "
         "ones are counted apart.",
         "",
-        "| scenario | split | completed | makespan | training | ideal bound | uniform / this | this / ideal "
-        "| LC violations (steady / start-up) | plan generations |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | split | completed | makespan | predicted (gen 1) | training | ideal bound | uniform / this "
+        "| this / ideal | LC violations (steady / start-up) | plan generations |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         uniform = next((u for u in rows if u.scenario == r.scenario and u.split == "uniform"), None)
@@ -126,7 +131,8 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
         )
         vs_ideal = f"{r.training_s / r.ideal_s:.2f}x" if r.training_s and r.ideal_s else "-"
         lines.append(
-            f"| {r.scenario} | {r.split} | {'yes' if r.completed else 'NO'} | {r.makespan_s} s | {r.training_s} s "
+            f"| {r.scenario} | {r.split} | {'yes' if r.completed else 'NO'} | {r.makespan_s} s | {r.predicted_s} s "
+            f"| {r.training_s} s "
             f"| {r.ideal_s} s | {speedup} | {vs_ideal} | {r.lc_violations} / {r.lc_startup_violations} "
             f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
         )

@@ -88,7 +88,7 @@ class SubmitArgs(_Args, frozen=True, kw_only=True):
     learning_rate: Annotated[float, msgspec.Meta(gt=0, le=1e6)]
     base_checkpoint: Text | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
-    split: Literal["planned", "uniform"] = "planned"
+    split: Literal["planned", "uniform", "proportional"] = "planned"
     dataset_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     model_bytes: NonNegInt = 4_000_000  # gradient bytes all-reduced per step
 
@@ -266,7 +266,7 @@ class PreflightArgs(_Args, frozen=True, kw_only=True):
     learning_rate: Annotated[float, msgspec.Meta(gt=0, le=1e6)]
     base_checkpoint: Text | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
-    split: Literal["planned", "uniform"] = "planned"
+    split: Literal["planned", "uniform", "proportional"] = "planned"
 
     def spec(self) -> JobSpec:
         return JobSpec(**{f: getattr(self, f) for f in JobSpec.__struct_fields__})

@@ -236,6 +236,17 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     intensity: Fraction = 0.0  # achieved compute duty cycle
     state: Literal["starting", "training", "waiting", "recovering", "done", "failed"] = "training"
     message: Text = ""  # why, when state is "failed"
+    # Where a step's time goes on this board (medians over the steps since its last report), and
+    # what its worker measured of its link: what the coordinator learns the all-reduce from.
+    compute_s: NonNeg = 0.0  # computing its share (emulated pacing and the intensity throttle included)
+    allreduce_s: NonNeg = 0.0  # in the gradient all-reduce, waits for slower peers included
+    step_s: NonNeg = 0.0  # from one step's end to the next's
+    comm_bytes: NonNegInt = 0  # bytes of the tensor it all-reduces each step
+    link_bps: NonNeg = 0.0  # its link to its peers in bytes/s, probed when the group formed (0: unknown)
+    link_latency_s: NonNeg = 0.0  # one-way latency to its nearest peer, probed likewise
+    forming_s: NonNeg = 0.0  # the last group formation once every rank met: process group, probe, state sync
+    startup_s: NonNeg = 0.0  # from the worker's start to its arrival at its first rendezvous
+    pending_s: NonNeg = 0.0  # how long the current all-reduce has been waiting (0: none pending)
 
 
 # ---- coordinator/status ------------------------------------------------------------------------
@@ -261,8 +272,10 @@ class JobSpec(_Part, frozen=True):
     base_checkpoint: Text | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0  # torch.Generator seeds derive from it
     # "planned": the interference-aware plan; "uniform": every node the same share at full
-    # intensity (what torchrun + DistributedSampler does), for comparisons
-    split: Literal["planned", "uniform"] = "planned"
+    # intensity (what torchrun + DistributedSampler does); "proportional": every node, shares in
+    # proportion to its throughput, at full intensity (LB-BSP-style, no node left out). The two
+    # baselines are for comparisons (deepedge bench makespan).
+    split: Literal["planned", "uniform", "proportional"] = "planned"
 
 
 class Assignment(_Part, frozen=True):
@@ -290,6 +303,14 @@ class Plan(_Msg, tag="plan", frozen=True):
     predicted_step_s: NonNeg = 0.0
     predicted_makespan_s: NonNeg = 0.0
     ideal_makespan_s: NonNeg = 0.0
+    # A generation that keeps its predecessor's participants at the same ranks (only shares,
+    # offsets or caps changed) continues the process group formed at ``group_generation``:
+    # running workers switch to it at a step boundary they agree on, without re-forming.
+    same_group: bool = False
+    group_generation: NonNegInt = 0
+    grad_dtype: Literal["float32", "float16"] = "float32"  # what the gradient all-reduce carries
+    predicted_startup_s: NonNeg = 0.0  # of the predicted makespan: starting the workers or re-forming
+    predicted_allreduce_s: NonNeg = 0.0  # of the predicted step time: the all-reduce
     # The coordinator session that made this plan (its retained status carries the same): a
     # node acts only on plans of the coordinator that is online now, so a plan of an earlier
     # session, replayed or left retained, starts nothing.

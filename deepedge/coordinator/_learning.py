@@ -1,17 +1,22 @@
 """What the coordinator has learned about each node, updated online: throughput at full
 intensity (a prior, then an exponentially weighted estimate from heartbeats) and the LC latency
 model p95(u) = base + slope * u per app (a conservative default, then a least-squares fit of
-observed (intensity, p95) pairs), plus the cap limits that feedback sets."""
+observed (intensity, p95) pairs), plus the cap limits that feedback sets; its link (bandwidth and
+latency, as its worker probed them when its group formed), its per-step overhead, and how long
+its worker takes to start and to form a group. Cluster-wide: how close the all-reduces come to
+what the links promise (:class:`CommModel`)."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from deepedge.broker_schemas import Heartbeat
 from deepedge.coordinator.planner import LcAppModel
 
-__all__ = ["InterferenceModel", "NodeLearning", "ThroughputModel"]
+__all__ = ["CommModel", "Ewma", "InterferenceModel", "LinkModel", "NodeLearning", "ThroughputModel"]
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -83,6 +88,63 @@ def _spread(points: list[tuple[float, float]]) -> float:
     return max(u for u, _ in points) - min(u for u, _ in points) if points else 0.0
 
 
+@dataclass
+class Ewma:
+    """An exponentially weighted mean, bounded to [low, high]; None until observed."""
+
+    alpha: float = 0.3
+    low: float = 0.0
+    high: float = 1e6
+    value: float | None = None
+    observations: int = 0
+
+    def observe(self, x: float) -> None:
+        if math.isnan(x):
+            return
+        x = min(self.high, max(self.low, x))
+        self.value = x if self.value is None else (1 - self.alpha) * self.value + self.alpha * x
+        self.observations += 1
+
+    def get(self, default: float) -> float:
+        return self.value if self.value is not None else default
+
+
+LINK_MIN_BPS = 1e3  # bytes/s: a probed link is never believed slower (or a division blows up)
+LINK_MAX_BPS = 1e11
+LINK_MEMORY_S = 600.0  # a board's link is probed again (it is planned as unknown) after this long
+
+
+@dataclass
+class LinkModel:
+    """A board's link as its worker probed it when its group formed (the newest probe wins: a
+    link changes when a radio degrades or a cable is moved) and when that was."""
+
+    bandwidth: float | None = None  # bytes/s
+    latency: float | None = None  # s, one way
+    at: float = -1e9  # monotonic time of the probe
+
+    def observe(self, bandwidth: float, latency: float, now: float) -> None:
+        if bandwidth > 0:
+            self.bandwidth = min(LINK_MAX_BPS, max(LINK_MIN_BPS, bandwidth))
+            self.latency = min(1.0, max(0.0, latency))
+            self.at = now
+
+    def known(self, now: float) -> bool:
+        return self.bandwidth is not None and now - self.at <= LINK_MEMORY_S
+
+
+@dataclass
+class CommModel:
+    """How the all-reduces measured compare with the ring model on the probed links:
+    ``efficiency`` = measured / modelled seconds (EWMA; above 1 when gloo does not reach the
+    links' rate). The planner divides every link's bandwidth by it."""
+
+    efficiency: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, low=0.2, high=20.0))
+
+    def factor(self) -> float:
+        return self.efficiency.get(1.0)
+
+
 MAX_APPS = 64  # LC apps remembered per node (the least recently reported forgotten first)
 
 
@@ -94,6 +156,31 @@ class NodeLearning:
     good_reports: int = 0  # consecutive comfortable LC reports, for raising the cap again
     last_decrease: float = -1e9  # monotonic time the cap limit was last lowered
     training_since: tuple[int, float] | None = None  # (generation, since) of its steady training
+    link: LinkModel = field(default_factory=LinkModel)
+    # seconds of a step outside its compute and all-reduce; from a worker's start to its first
+    # rendezvous; to form a group once every rank is there (process group, probe, state sync)
+    overhead: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, high=60.0))
+    startup: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=3600.0))
+    forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=600.0))
+    seen: tuple[float, float] = (0.0, 0.0)  # the (startup_s, forming_s) last learned from, to learn each once
+
+    def observe(self, hb: Heartbeat, now: float) -> None:
+        """Learn from a heartbeat of a current participant: its rate (training ones), its link
+        (each carries its worker's last probe: a node in a group keeps its link known), its
+        per-step overhead, and, once per new value, its worker's start-up and forming times."""
+        if hb.link_bps > 0:
+            self.link.observe(hb.link_bps, hb.link_latency_s, now)
+        if hb.state != "training":
+            return
+        self.throughput.observe(hb.samples_per_s, hb.intensity)
+        if hb.step_s > 0:
+            self.overhead.observe(max(0.0, hb.step_s - hb.compute_s - hb.allreduce_s))
+        startup, forming = self.seen
+        if hb.startup_s > 0 and hb.startup_s != startup:
+            self.startup.observe(hb.startup_s)
+        if hb.forming_s > 0 and hb.forming_s != forming:
+            self.forming.observe(hb.forming_s)
+        self.seen = (hb.startup_s, hb.forming_s)
 
     def app(self, name: str) -> InterferenceModel:
         """The interference model of LC app ``name`` (bounded: MAX_APPS per node)."""

@@ -1,31 +1,52 @@
 """From the cluster view and what was learned to the planner's inputs, and from its decision
-to the wire Plan."""
+to the wire Plan.
+
+What the coordinator learned becomes the planner's numbers: each board's throughput, its link's
+bandwidth (as probed, divided by how far the measured all-reduces fall short of the ring model:
+:class:`~deepedge.coordinator._learning.CommModel`) and the slowest participant's latency, its
+per-step overhead, and how long its worker takes to start (or, already running, to re-form). A
+plan's predicted makespan is the time since submission, plus that start-up, plus the remaining
+steps at the predicted step time — what the job's actual makespan is compared with."""
 
 from __future__ import annotations
 
 import ipaddress
+import statistics
 from collections.abc import Iterable, Mapping
 
-from deepedge.broker_schemas import Assignment, NodeBirth, Plan, TorchInfo
+from deepedge.broker_schemas import Assignment, Heartbeat, NodeBirth, Plan, TorchInfo
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import MAX_RATE, InterferenceModel, NodeLearning
+from deepedge.coordinator._learning import MAX_RATE, CommModel, InterferenceModel, NodeLearning
 from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
+from deepedge.coordinator.planner import JobModel, NetworkModel, NodeModel, PlanDecision, allreduce_s
 from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
 
 __all__ = [
+    "DEFAULT_FORMING_S",
+    "DEFAULT_LATENCY_S",
     "DEFAULT_SAMPLE_BYTES",
+    "DEFAULT_STARTUP_S",
+    "UNKNOWN_LINK_BPS",
+    "allreduce_efficiency",
     "backend_choice",
     "busy_elsewhere",
+    "continues_group",
     "job_model",
+    "network_model",
     "node_models",
+    "plan_step_s",
     "rendezvous_port",
+    "same_assignment",
     "to_plan",
     "torch_unavailable",
     "training_address",
 ]
 
 DEFAULT_SAMPLE_BYTES = 16 * 1024 * 1024  # training memory per sample in a step, when not told
+UNKNOWN_LINK_BPS = 1e9  # bytes/s of a link not probed yet: assumed fast (its first group probes it)
+DEFAULT_LATENCY_S = 0.5e-3
+DEFAULT_STARTUP_S = 5.0  # a worker's start to its first rendezvous, before any was seen
+DEFAULT_FORMING_S = 1.0  # forming a group once every rank is there, before any was seen
 
 
 def training_address(birth: NodeBirth) -> str | None:
@@ -83,12 +104,20 @@ def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord)
 
 
 def node_models(
-    view: ClusterView, learning: dict[str, NodeLearning], job: JobRecord, busy: Mapping[str, str] | None = None
+    view: ClusterView,
+    learning: dict[str, NodeLearning],
+    job: JobRecord,
+    busy: Mapping[str, str] | None = None,
+    comm: CommModel | None = None,
+    now: float = 0.0,
 ) -> list[NodeModel]:
     """The planner's view of every live, undrained node; one that cannot train now (excluded
     from this job, busy with other jobs, no usable training address) says why in
-    ``unavailable``."""
+    ``unavailable``. ``now``: the coordinator's monotonic time (a link probed too long ago is
+    unknown again)."""
     out = []
+    factor = comm.factor() if comm is not None else 1.0
+    running = {a.node for a in job.plan.assignments} if job.plan is not None and not job.terminal else set()
     for state in view.alive():
         if state.drained or state.node not in learning:
             continue
@@ -121,21 +150,97 @@ def node_models(
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
             rate = min(profile.samples_per_s, MAX_RATE)  # a board's claim, clamped as its heartbeats are
+        hb = state.heartbeats.get(job.job)
+        in_group = state.node in running and hb is not None and hb.state in ("training", "starting")
+        link = learn.link.bandwidth if learn.link.known(now) and learn.link.bandwidth else UNKNOWN_LINK_BPS
         out.append(
             NodeModel(
                 state.node,
                 rate=rate,
                 max_share=min(max_share, job.spec.global_batch),
+                overhead_s=learn.overhead.get(0.0),
+                bandwidth_bps=link / factor,
                 lc_apps=apps,
                 cap_limit=learn.cap_limit,
                 unavailable=unavailable,
+                # a running worker re-forms; a new one starts first (the slowest participant's
+                # start-up is the plan's: the others wait for it at the rendezvous)
+                startup_s=learn.forming.get(DEFAULT_FORMING_S)
+                + (0.0 if in_group else learn.startup.get(DEFAULT_STARTUP_S)),
             )
         )
     return out
 
 
+def network_model(learning: Mapping[str, NodeLearning], nodes: Iterable[str], now: float = 0.0) -> NetworkModel:
+    """The all-reduce's per-message latency: the largest probed one-way latency among ``nodes``
+    (a ring waits for its slowest hop)."""
+    known: list[float] = []
+    for n in nodes:
+        link = learning[n].link if n in learning else None
+        if link is not None and link.known(now) and link.latency is not None:
+            known.append(link.latency)
+    return NetworkModel(latency_s=max(known, default=DEFAULT_LATENCY_S))
+
+
+def allreduce_efficiency(beats: Iterable[Heartbeat], learning: Mapping[str, NodeLearning]) -> float | None:
+    """Measured / modelled all-reduce seconds for one generation's heartbeats (None when it
+    cannot be told: one rank, links not probed, no timing). Measured: the least all-reduce time
+    among the ranks (the last to arrive waits for nobody: its time is the communication)."""
+    current = [b for b in beats if b.state == "training" and b.allreduce_s > 0 and b.comm_bytes > 0]
+    k = len(current)
+    links = [learning[b.node].link for b in current if b.node in learning]
+    if k < 2 or len(links) < k or any(lk.bandwidth is None or lk.latency is None for lk in links):
+        return None
+    slowest = min(lk.bandwidth or 0.0 for lk in links)
+    latency = max(lk.latency or 0.0 for lk in links)
+    modelled = allreduce_s(k, statistics.median(b.comm_bytes for b in current), slowest, latency)
+    measured = min(b.allreduce_s for b in current)
+    return measured / modelled if modelled > 0 else None
+
+
+def plan_step_s(plan: Plan, nodes: Iterable[NodeModel], job: JobRecord, net: NetworkModel) -> float:
+    """``plan``'s step time (compute of its slowest share, overhead, all-reduce) under what is
+    known now: how long its participants' steps should take at their learned rates and links."""
+    models = {n.node: n for n in nodes}
+    parts = [a for a in plan.assignments if a.share > 0]
+    if any(a.node not in models for a in parts):
+        return float("inf")
+    compute = max(a.share / max(1e-9, models[a.node].rate * a.intensity_cap) + models[a.node].overhead_s for a in parts)
+    nbytes = job.model_bytes // 2 if plan.grad_dtype == "float16" else job.model_bytes
+    bw = min(models[a.node].bandwidth_bps for a in parts)
+    return compute + allreduce_s(len(parts), nbytes, bw, net.latency_s)
+
+
+def same_assignment(plan: Plan | None, decision: PlanDecision) -> bool:
+    """Whether ``decision`` is the plan already in effect (participants, shares, caps, dtype)."""
+    if plan is None or tuple(a.node for a in plan.assignments) != decision.participants:
+        return False
+    return plan.grad_dtype == decision.grad_dtype and all(
+        a.share == decision.shares[a.node] and a.intensity_cap == round(decision.caps[a.node], 4)
+        for a in plan.assignments
+    )
+
+
+def continues_group(previous: Plan | None, decision: PlanDecision, view: ClusterView, job: str) -> bool:
+    """Whether a new plan may continue ``previous``'s process group (a share-only change): the
+    same participants at the same ranks, the same gradient dtype, and every one of them training
+    in the previous generation (a worker that is starting or recovering needs a new group)."""
+    if previous is None or tuple(a.node for a in previous.assignments) != decision.participants:
+        return False
+    if previous.grad_dtype != decision.grad_dtype:
+        return False
+    for a in previous.assignments:
+        state = view.nodes.get(a.node)
+        hb = state.heartbeats.get(job) if state is not None else None
+        if hb is None or hb.generation != previous.generation or hb.state != "training":
+            return False
+    return True
+
+
 def job_model(job: JobRecord) -> JobModel:
-    return JobModel(job.spec.global_batch, job.dataset_size, job.spec.epochs, job.model_bytes)
+    left = max(0, job.total_steps - job.step)
+    return JobModel(job.spec.global_batch, job.dataset_size, job.spec.epochs, job.model_bytes, left)
 
 
 def rendezvous_port(job: JobRecord, jobs: Iterable[JobRecord], first: int, count: int) -> int:
@@ -159,7 +264,19 @@ def to_plan(
     port: int,
     ts: float,
     session: str,
+    same_group: bool = False,
 ) -> Plan:
+    """The wire plan of ``decision``. ``same_group``: it continues the current plan's process
+    group (its rendezvous and group generation; no start-up in its prediction)."""
+    previous = job.plan
+    if same_group and previous is not None:
+        port = previous.rendezvous_port
+        group = previous.group_generation if previous.same_group else previous.generation
+    else:
+        same_group, group = False, generation
+    startup = 0.0 if same_group else decision.startup_s
+    remaining = max(0, job.total_steps - job.step)
+    elapsed = max(0.0, ts - job.created) if job.created else 0.0
     assignments = []
     offset = 0
     births = [view.nodes[n].birth for n in decision.participants]
@@ -193,7 +310,12 @@ def to_plan(
         total_steps=job.total_steps,
         resume_step=job.step,
         predicted_step_s=decision.step_s,
-        predicted_makespan_s=decision.makespan_s,
+        predicted_makespan_s=elapsed + startup + remaining * decision.step_s,
         ideal_makespan_s=decision.ideal_makespan_s,
         session=session,
+        same_group=same_group,
+        group_generation=group,
+        grad_dtype="float16" if decision.grad_dtype == "float16" else "float32",
+        predicted_startup_s=startup,
+        predicted_allreduce_s=decision.allreduce_s,
     )

@@ -10,12 +10,15 @@ Actions:
   failed or crash-looped); followed by ``Replan``, or ``Fail`` when nobody is left;
 - ``Fail(job, reason)``, ``Complete(job, why)``: terminal;
 - ``SetCap(node, limit, ...)``: the LC feedback's new cap limit for a node (AIMD);
-- ``TryImprove(job)``: ask the planner whether learned rates promise a clearly shorter job.
+- ``TryImprove(job)``: ask the planner whether learned rates and links promise a clearly
+  shorter job;
+- ``Reform(job, why)``: plan the job again in a new process group, even with the same
+  participants (its all-reduce stalled: the links must be probed again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from deepedge.broker_schemas import AppLatency, Heartbeat, JobState
@@ -28,11 +31,16 @@ __all__ = [
     "COMFORT_FRACTION",
     "COMFORT_REPORTS",
     "DECREASE_COOLDOWN_S",
+    "LINK_DROP",
     "LOST_PEERS_GRACE_S",
     "MAX_PLANS_WITHOUT_PROGRESS",
     "REPLAN_COOLDOWN_S",
     "REPLAN_MIN_GAIN_S",
     "REPLAN_RATIO",
+    "SHARE_MIN_GAIN_S",
+    "SHARE_RATIO",
+    "STALL_FACTOR",
+    "STALL_MIN_S",
     "Action",
     "Complete",
     "Exclude",
@@ -41,6 +49,7 @@ __all__ = [
     "LostPeers",
     "MarkRecovering",
     "Publish",
+    "Reform",
     "Replan",
     "SetCap",
     "TryImprove",
@@ -53,7 +62,7 @@ __all__ = [
     "on_nodes_changed",
     "on_tick",
     "should_improve",
-    "stalled",
+    "without_progress",
 ]
 
 CAP_DECREASE = 0.8  # multiplicative decrease of a node's cap when an LC deadline is missed
@@ -63,13 +72,23 @@ COMFORT_FRACTION = 0.7  # "comfortable": p95 under 70 % of the deadline
 DECREASE_COOLDOWN_S = 5.0
 LOST_PEERS_GRACE_S = 1.0  # after a worker reports lost peers, wait this long for a death notice
 # A running job is re-planned when what was learned since its plan predicts a step at least 20 %
-# shorter, saving at least REPLAN_MIN_GAIN_S over the rest of the job (re-forming costs ~1 s).
+# shorter, saving at least REPLAN_MIN_GAIN_S over the rest of the job (re-forming costs ~1 s);
+# a plan that keeps the participants (only shares and caps move: no re-form) when it predicts a
+# step 8 % shorter, saving SHARE_MIN_GAIN_S. Checked every REPLAN_COOLDOWN_S.
 REPLAN_RATIO = 0.8
 REPLAN_MIN_GAIN_S = 5.0
-REPLAN_COOLDOWN_S = 4.0
-# A job re-planned this many times in a row without completing a single step is failed: its
-# participants cannot train together (a board whose worker keeps breaking the group, a hostile
-# rank sending impossible state), and every re-plan costs every board a re-form.
+SHARE_RATIO = 0.92
+SHARE_MIN_GAIN_S = 0.5
+REPLAN_COOLDOWN_S = 1.0
+# An all-reduce pending on every participant for STALL_FACTOR expected steps (and STALL_MIN_S)
+# has stalled (a link degraded mid-step): a new group, whose formation probes every link again.
+STALL_FACTOR = 2.5
+STALL_MIN_S = 2.0
+# A participant whose newly probed link is under LINK_DROP of what was known: plan again at once.
+LINK_DROP = 0.5
+# A job whose group is re-formed this many times in a row without completing a single step is
+# failed: its participants cannot train together (a board whose worker keeps breaking the group, a
+# hostile rank sending impossible state), and every re-form costs every board a start-up.
 MAX_PLANS_WITHOUT_PROGRESS = 10
 
 
@@ -119,6 +138,12 @@ class TryImprove:
 
 
 @dataclass(frozen=True, slots=True)
+class Reform:
+    job: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class LostPeers:
     """A worker of the job's current generation reported that its peers are gone."""
 
@@ -144,7 +169,7 @@ class Wait:
     recovering: bool  # the job moves to RECOVERING (it was running)
 
 
-Action = Replan | MarkRecovering | Exclude | Fail | Complete | SetCap | TryImprove | LostPeers | Publish | Wait
+Action = Replan | MarkRecovering | Exclude | Fail | Complete | SetCap | TryImprove | LostPeers | Publish | Wait | Reform
 
 
 @dataclass
@@ -154,8 +179,10 @@ class JobRuntime:
     planned_at: float = -1e9  # monotonic time of its latest plan (or improvement check)
     lost_peers: tuple[int, float, str] | None = None  # (generation, since, reporting node)
     state_since: float = 0.0  # monotonic time of its last state change, for timeouts
-    planned_step: int = -1  # the job's step when its latest plan was published
-    plans_without_progress: int = 0  # plans in a row published with no step completed between them
+    planned_step: int = -1  # the job's step when its latest re-forming plan was published
+    plans_without_progress: int = 0  # re-forming plans in a row with no step completed between them
+    stalled: int = -1  # the generation whose stalled all-reduce was acted on (once per generation)
+    left_out: tuple[str, ...] = ()  # feasible nodes the planner leaves out for their link or all-reduce cost
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -182,8 +209,20 @@ def on_nodes_changed(node: str, why: str, jobs: Iterable[JobRecord]) -> list[Act
     return [Replan(j.job, f"{why} {node}") for j in _using(jobs, node)]
 
 
-def on_heartbeat(hb: Heartbeat, job: JobRecord, runtime: JobRuntime, now: float) -> list[Action]:
-    """A heartbeat of a participant of ``job``'s current plan (the service checked that)."""
+def on_heartbeat(
+    hb: Heartbeat,
+    job: JobRecord,
+    runtime: JobRuntime,
+    now: float,
+    beats: Mapping[str, Heartbeat] | None = None,
+    known_link: float | None = None,
+    expected_step_s: float | None = None,
+) -> list[Action]:
+    """A heartbeat of a participant of ``job``'s current plan (the service checked that).
+    ``beats``: every participant's latest heartbeat of this generation (for a stalled
+    all-reduce); ``known_link``: the bytes/s believed of this node's link before this heartbeat;
+    ``expected_step_s``: the plan's step time on what is known now (links probed since it was
+    made included; default: its prediction)."""
     if hb.state == "failed":  # its worker gave up, or the node refused the plan
         return [Exclude(job.job, hb.node, hb.message or "its worker failed without a reason")]
     if hb.state == "recovering" and job.state == JobState.RUNNING and runtime.lost_peers is None:
@@ -191,6 +230,22 @@ def on_heartbeat(hb: Heartbeat, job: JobRecord, runtime: JobRuntime, now: float)
         # worker process crashed (its daemon restarts it), nothing else will: after a short grace
         # for a death notice to arrive first, on_tick re-plans with a new generation.
         return [LostPeers(job.job, job.generation, hb.node, now)]
+    if job.state != JobState.RUNNING or job.plan is None:
+        return []
+    if (
+        hb.link_bps > 0
+        and known_link is not None
+        and hb.link_bps < LINK_DROP * known_link
+        and job.spec.split == "planned"
+    ):
+        mbit = hb.link_bps * 8 / 1e6
+        return [Replan(job.job, f"link.changed {hb.node} ({mbit:.1f} Mb/s, was {known_link * 8 / 1e6:.1f})")]
+    if hb.pending_s > 0 and beats is not None and runtime.stalled != job.generation:
+        expected = expected_step_s if expected_step_s is not None else job.plan.predicted_step_s
+        limit = max(STALL_MIN_S, STALL_FACTOR * expected)
+        parts = [a.node for a in job.plan.assignments]
+        if all(n in beats and beats[n].state == "training" and beats[n].pending_s >= limit for n in parts):
+            return [Reform(job.job, f"link.stalled: every participant's all-reduce pending over {limit:.1f} s")]
     return []
 
 
@@ -203,8 +258,8 @@ def on_latency(
     now: float,
 ) -> list[Action]:
     """The LC feedback (AIMD) for a steady report: a deadline missed lowers the node's cap
-    limit (once per cool-down) and re-plans the jobs it trains (not the uniform baseline, which
-    ignores LC apps as torchrun would); comfortable reports raise it slowly."""
+    limit (once per cool-down) and re-plans the jobs it trains (not the baselines, which
+    ignore LC apps as torchrun would); comfortable reports raise it slowly."""
     over = [a for a in apps if a.deadline_ms is not None and a.count > 0 and a.p95_ms > a.deadline_ms]
     comfortable = all(
         a.deadline_ms is None or a.count == 0 or a.p95_ms <= COMFORT_FRACTION * a.deadline_ms for a in apps
@@ -215,7 +270,7 @@ def on_latency(
         limit = round(min(learn.cap_limit, current_cap) * CAP_DECREASE, 4)
         names = ", ".join(f"{a.app} p95 {a.p95_ms:.1f} ms > {a.deadline_ms:g} ms" for a in over)
         out: list[Action] = [SetCap(node, limit, 0, now, f"{names}; cap lowered to {limit:.2f}")]
-        return out + [Replan(j.job, f"lc.violation {node}") for j in using if j.spec.split != "uniform"]
+        return out + [Replan(j.job, f"lc.violation {node}") for j in using if j.spec.split == "planned"]
     if comfortable and learn.cap_limit < 1.0:
         good = learn.good_reports + 1
         if good >= COMFORT_REPORTS:  # slow increase, applied at the next re-plan
@@ -256,12 +311,14 @@ def on_tick(
         if job.state == JobState.RECOVERING and now - rt.state_since > recovery_timeout_s:
             out.append(Replan(job.job, "recovery timeout"))
             continue
-        if job.state == JobState.RUNNING and job.spec.split != "uniform" and now - rt.planned_at >= REPLAN_COOLDOWN_S:
+        # the proportional baseline re-balances on learned rates too (as LB-BSP does); uniform never
+        adapts = job.spec.split != "uniform"
+        if job.state == JobState.RUNNING and adapts and now - rt.planned_at >= REPLAN_COOLDOWN_S:
             out.append(TryImprove(job.job))
     return out
 
 
-def stalled(job: JobRecord, runtime: JobRuntime) -> Fail | None:
+def without_progress(job: JobRecord, runtime: JobRuntime) -> Fail | None:
     """Before a new plan is published: fail the job instead when it would be the
     MAX_PLANS_WITHOUT_PROGRESS-th plan in a row with no step completed."""
     if runtime.planned_step == job.step and runtime.plans_without_progress + 1 >= MAX_PLANS_WITHOUT_PROGRESS:
@@ -286,10 +343,9 @@ def after_decision(
     return Wait(job.job, f"waiting for nodes: {reason}", recovering=job.state == JobState.RUNNING)
 
 
-def should_improve(remaining_steps: int, current_compute_s: float, new_compute_s: float) -> bool:
-    """Re-plan a running job when learned rates predict clearly shorter steps: at least 20 %
-    less compute per step and at least REPLAN_MIN_GAIN_S over the rest of the job."""
-    return (
-        new_compute_s < REPLAN_RATIO * current_compute_s
-        and remaining_steps * (current_compute_s - new_compute_s) >= REPLAN_MIN_GAIN_S
-    )
+def should_improve(remaining_steps: int, current_s: float, new_s: float, same_group: bool = False) -> bool:
+    """Re-plan a running job when what was learned predicts clearly shorter steps (compute and
+    all-reduce): at least 20 % shorter and REPLAN_MIN_GAIN_S over the rest of the job — or, for
+    a plan that keeps the group (no re-form), 8 % and SHARE_MIN_GAIN_S."""
+    ratio, gain = (SHARE_RATIO, SHARE_MIN_GAIN_S) if same_group else (REPLAN_RATIO, REPLAN_MIN_GAIN_S)
+    return new_s < ratio * current_s and remaining_steps * (current_s - new_s) >= gain

@@ -41,11 +41,22 @@ from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
 from deepedge.coordinator import _policy as policy
 from deepedge.coordinator._jobs import MAX_REASON, JobRecord
-from deepedge.coordinator._learning import NodeLearning, ThroughputModel
-from deepedge.coordinator._planner_io import busy_elsewhere, job_model, node_models, rendezvous_port, to_plan
+from deepedge.coordinator._learning import CommModel, NodeLearning, ThroughputModel
+from deepedge.coordinator._planner_io import (
+    allreduce_efficiency,
+    busy_elsewhere,
+    continues_group,
+    job_model,
+    network_model,
+    node_models,
+    plan_step_s,
+    rendezvous_port,
+    same_assignment,
+    to_plan,
+)
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan
+from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, proportional_plan, uniform_plan
 from deepedge.transport import RateLimiter, Received, Transport, TransportError
 
 __all__ = ["Coordinator"]
@@ -73,7 +84,9 @@ class Coordinator:
         self.session = session or uuid.uuid4().hex[:16]
         self.view = ClusterView(self.cfg.node_interval_s, self.cfg.missed_heartbeats, self.cfg.max_nodes)
         self.learning: dict[str, NodeLearning] = {}
-        self.planner = Planner(PlannerConfig(margin=self.cfg.lc_margin))
+        self.comm = CommModel()  # how the measured all-reduces compare with the links' model
+        self.reform: set[str] = set()  # jobs whose next plan must form a new group (a stalled all-reduce)
+        self.planner = Planner(PlannerConfig(margin=self.cfg.lc_margin, allow_half=True))
         self._planner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="planner")
         jobs, skipped = store.load_all()
         for row, error in skipped:
@@ -300,21 +313,39 @@ class Coordinator:
             return
         self.view.on_heartbeat(hb, now)
         learn = self.learning_of(hb.node)
+        known_link = learn.link.bandwidth if learn.link.known(now) else None
+        learn.observe(hb, now)
         if hb.state == "training":
-            learn.throughput.observe(hb.samples_per_s, hb.intensity)
             if learn.training_since is None or learn.training_since[0] != hb.generation:
                 learn.training_since = (hb.generation, now)
         else:
             learn.training_since = None
-        actions = policy.on_heartbeat(hb, job, self.runtime_of(job), now)
-        if actions:
-            await self.apply(actions)
-            return
         beats = [
             self.view.nodes[a.node].heartbeats.get(job.job) if a.node in self.view.nodes else None
             for a in job.plan.assignments
         ]
         current = [b for b in beats if b is not None and b.generation == job.generation]
+        expected = None
+        if hb.pending_s > 0:  # a long all-reduce: is it longer than the links known now explain?
+            nodes = node_models(self.view, self.learning, job, None, self.comm, now)
+            net = network_model(self.learning, (a.node for a in job.plan.assignments), now)
+            expected = plan_step_s(job.plan, nodes, job, net)
+        actions = policy.on_heartbeat(
+            hb,
+            job,
+            self.runtime_of(job),
+            now,
+            beats={b.node: b for b in current},
+            known_link=known_link,
+            expected_step_s=expected,
+        )
+        if actions:
+            await self.apply(actions)
+            return
+        if len(current) == len(job.plan.assignments) and hb.pending_s == 0:
+            ratio = allreduce_efficiency(current, self.learning)
+            if ratio is not None:
+                self.comm.efficiency.observe(ratio)
         if len(current) == len(job.plan.assignments):
             job.step = max(job.step, min(b.step for b in current))
             job.samples_done = job.samples_after(job.step)
@@ -366,6 +397,11 @@ class Coordinator:
                     self.move(job, JobState.RECOVERING, why)
                     await self.save(job)
             case policy.Replan():
+                self.dirty.add(job.job)
+            case policy.Reform(why=why):
+                self.runtime_of(job).stalled = job.generation
+                await self.emit("link.stalled", why, level="warning", job=job.job)
+                self.reform.add(job.job)
                 self.dirty.add(job.job)
             case policy.LostPeers(generation=gen, node=node, since=since):
                 self.runtime_of(job).lost_peers = (gen, since, node)
@@ -426,11 +462,16 @@ class Coordinator:
     # ---- planning -----------------------------------------------------------------------------
 
     async def decide(self, job: JobRecord) -> PlanDecision:
-        nodes = node_models(self.view, self.learning, job, busy_elsewhere(self.view, self.jobs.values(), job))
+        now = self.clock.monotonic()
+        busy = busy_elsewhere(self.view, self.jobs.values(), job)
+        nodes = node_models(self.view, self.learning, job, busy, self.comm, now)
+        net = network_model(self.learning, (n.node for n in nodes), now)
         if job.spec.split == "uniform":
-            return uniform_plan(nodes, job_model(job))
+            return uniform_plan(nodes, job_model(job), net)
+        if job.spec.split == "proportional":
+            return proportional_plan(nodes, job_model(job), net)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._planner_thread, self.planner.plan, nodes, job_model(job))
+        return await loop.run_in_executor(self._planner_thread, self.planner.plan, nodes, job_model(job), net)
 
     def all_excluded(self, job: JobRecord) -> bool:
         """Every live node of the cluster is left out of this job."""
@@ -438,25 +479,30 @@ class Coordinator:
         return bool(job.excluded) and all(n in job.excluded for n in alive)
 
     async def improve(self, job: JobRecord) -> None:
-        """Re-plan a running job when the throughput and interference learned since its plan
-        promise a clearly shorter rest of the job."""
+        """Re-plan a running job when the throughput, interference and links learned since its
+        plan promise a clearly shorter rest of the job (a smaller gain suffices when the
+        participants stay: the group is kept)."""
         plan, rt = job.plan, self.runtime_of(job)
         if job.state != JobState.RUNNING or plan is None:
             return
-        rt.planned_at = self.clock.monotonic()  # checked: look again after the cool-down
+        now = self.clock.monotonic()
+        rt.planned_at = now  # checked: look again after the cool-down
         learned = [self.learning.get(a.node) for a in plan.assignments]
         if any(n is None or n.throughput.observations < 2 for n in learned):
             return
-        rates = {a.node: self.learning[a.node].throughput.rate for a in plan.assignments}
-        current = max(a.share / max(1e-9, rates[a.node] * a.intensity_cap) for a in plan.assignments if a.share)
+        nodes = node_models(self.view, self.learning, job, None, self.comm, now)
+        current = plan_step_s(plan, nodes, job, network_model(self.learning, (a.node for a in plan.assignments), now))
         decision = await self.decide(job)
         if job.terminal or job.plan is not plan:
             return  # changed while the planner ran
-        if decision.feasible and policy.should_improve(max(0, job.total_steps - job.step), current, decision.compute_s):
+        keeps = continues_group(plan, decision, self.view, job.job)
+        if decision.feasible and policy.should_improve(
+            max(0, job.total_steps - job.step), current, decision.step_s, keeps
+        ):
             await self.emit(
                 "plan.improving",
-                f"learned rates predict {decision.compute_s * 1000:.0f} ms of compute per step instead of "
-                f"{current * 1000:.0f} ms",
+                f"learned rates and links predict {decision.step_s * 1000:.0f} ms per step instead of "
+                f"{current * 1000:.0f} ms" + (" (same group: no re-form)" if keeps else ""),
                 job=job.job,
             )
             await self.replan(job, decision)
@@ -489,6 +535,8 @@ class Coordinator:
                 job.reason = why[:MAX_REASON]
                 await self.save(job)
             case policy.Publish():
+                if job.state == JobState.RUNNING and job.job not in self.reform and same_assignment(job.plan, decision):
+                    return  # the plan in effect already is this one (two triggers, one change)
                 await self.publish_new_plan(job, decision)
 
     async def publish_new_plan(self, job: JobRecord, decision: PlanDecision) -> None:
@@ -499,14 +547,17 @@ class Coordinator:
             await self.save(job)
             return
         rt = self.runtime_of(job)
-        stuck = policy.stalled(job, rt)
-        if stuck is not None:
-            await self.fail(job, stuck.reason)
-            return
-        rt.plans_without_progress = rt.plans_without_progress + 1 if rt.planned_step == job.step else 0
-        rt.planned_step = job.step
+        keeps = continues_group(job.plan, decision, self.view, job.job) and job.job not in self.reform
+        if not keeps:  # only a plan that re-forms the group can keep a job from stepping
+            stuck = policy.without_progress(job, rt)
+            if stuck is not None:
+                await self.fail(job, stuck.reason)
+                return
+            rt.plans_without_progress = rt.plans_without_progress + 1 if rt.planned_step == job.step else 0
+            rt.planned_step = job.step
         generation = job.generation + 1
-        plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session)
+        self.reform.discard(job.job)
+        plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session, keeps)
         job.generation, job.plan = generation, plan
         rt.lost_peers = None
         self.forget_heartbeats(job)
@@ -522,8 +573,17 @@ class Coordinator:
             job=job.job,
             generation=generation,
             step_s=round(decision.step_s, 4),
-            makespan_s=round(decision.makespan_s, 1),
+            makespan_s=round(plan.predicted_makespan_s, 1),
+            allreduce_s=round(decision.allreduce_s, 4),
+            same_group=plan.same_group,
+            grad_dtype=plan.grad_dtype,
         )
+        rt = self.runtime_of(job)
+        left_out = {n: w for n, w in decision.excluded.items() if w.startswith("not worth")}
+        for node, why in left_out.items():
+            if node not in rt.left_out:  # said once, when the planner starts leaving it out
+                await self.emit("node.left_out", why, node=node, job=job.job, generation=generation)
+        rt.left_out = tuple(left_out)
 
     async def publish_plan(self, job: JobRecord) -> None:
         """(Re)publish the stored plan of an unfinished job under this coordinator's session: a

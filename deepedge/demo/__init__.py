@@ -3,11 +3,11 @@
 from deepedge.demo._boards import PROFILES, BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._report import DemoReport, render_report
-from deepedge.demo._run import DEMO_EPOCHS, MODEL_BYTES, DemoOptions, run_cluster_job, run_demo
+from deepedge.demo._run import DEMO_EPOCHS, DEMO_MODELS, DemoOptions, run_cluster_job, run_demo
 
 __all__ = [
     "DEMO_EPOCHS",
-    "MODEL_BYTES",
+    "DEMO_MODELS",
     "PROFILES",
     "BoardProfile",
     "DemoCluster",

@@ -1,7 +1,19 @@
 """The demo's cluster on this machine: an embedded broker, a coordinator, node daemons for the
 emulated boards and their LC apps, all real processes; killed boards, and cleanup that leaves
 nothing running or listening (also when the demo itself is killed: children get SIGTERM through
-PR_SET_PDEATHSIG)."""
+PR_SET_PDEATHSIG).
+
+Two ways to emulate the boards (``boundaries``):
+
+- ``namespaces`` (as root): each board in its own network namespace with its own address and a
+  shaped link to a bridge, and a cgroup with its CPU quota and memory (``deepedge.netem``); the
+  broker is Mosquitto set up by ``deepedge.deploy`` on the bridge's address (TLS, a password per
+  board, the shipped ACL), and each daemon and the coordinator use their generated credentials.
+- ``shared`` (the fallback): every board on this machine's loopback and CPUs, the broker
+  plaintext on loopback (which deepedge allows without credentials).
+
+``auto`` is ``namespaces`` where it can be, else ``shared``; :attr:`DemoCluster.mode_note` says
+which and why."""
 
 from __future__ import annotations
 
@@ -18,16 +30,25 @@ from pathlib import Path
 
 import psutil
 
+from deepedge.config import BrokerConfig
 from deepedge.demo._boards import BoardProfile
 from deepedge.demo._broker import EmbeddedBroker, start_broker
+from deepedge.demo._secure import SecureBroker
 from deepedge.embedded_broker import die_with_parent
+from deepedge.errors import DeepEdgeError
+from deepedge.netem import EmulatedNetwork, LinkProfile, why_not_usable
 
-__all__ = ["DemoCluster"]
+__all__ = ["BOUNDARIES", "RUN_MARK", "DemoCluster"]
+
+BOUNDARIES = ("auto", "namespaces", "shared")
+RUN_MARK = "EDGE_DEMO_WORKDIR"  # in the environment of every process of a demo cluster (not a config key)
 
 
-def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+def _child_setup(cpus: set[int] | None, join: Callable[[], None] | None = None) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec
         die_with_parent()
+        if join is not None:
+            join()  # the board's cgroup, before anything is started in it
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, cpus)
@@ -51,14 +72,36 @@ class DemoCluster:
     interval_s: float = 0.5
     latency_window_s: float = 5.0
     broker_kind: str = "auto"
-    broker: EmbeddedBroker | None = None
+    boundaries: str = "auto"  # auto, namespaces or shared (see the module's docstring)
+    coordinator_extra: str = ""  # more [coordinator] keys for its config
+    data_roots: tuple[Path, ...] = ()  # where else jobs may read data (besides the workdir)
+    broker: EmbeddedBroker | SecureBroker | None = None
+    net: EmulatedNetwork | None = None
+    mode_note: str = ""  # how the boards are emulated, in words (said by the demo and its report)
     procs: dict[str, _Proc] = field(default_factory=dict)
     killed: dict[str, float] = field(default_factory=dict)  # node -> time.time() of its SIGKILL
+    link_events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, node, what) of link changes
+
+    @property
+    def namespaced(self) -> bool:
+        return self.net is not None
 
     @property
     def url(self) -> str:
         assert self.broker is not None
         return self.broker.url
+
+    def watch_config(self) -> BrokerConfig:
+        """How the demo watches every topic (the secure broker's loopback tap, or the broker)."""
+        if isinstance(self.broker, SecureBroker):
+            return self.broker.watch_config()
+        return BrokerConfig(url=self.url, keepalive_s=5)
+
+    def operator_config(self) -> BrokerConfig:
+        """How the demo sends its commands: as the operator ``demo`` on the secure broker."""
+        if isinstance(self.broker, SecureBroker):
+            return self.broker.operator_config()
+        return BrokerConfig(url=self.url, keepalive_s=5)
 
     def socket(self, node: str) -> Path:
         return self.workdir / "run" / f"{node}.sock"
@@ -66,35 +109,75 @@ class DemoCluster:
     def config_path(self, name: str) -> Path:
         return self.workdir / "etc" / f"{name}.toml"
 
-    def _common(self) -> str:
-        return (
-            f'[cluster]\nname = "{self.cluster}"\n[broker]\nurl = "{self.url}"\nkeepalive_s = 5\n'
-            '[log]\nlevel = "info"\nformat = "json"\n'
-        )
+    def _common(self, user: str) -> str:
+        if isinstance(self.broker, SecureBroker):
+            broker = self.broker.broker_section(user)
+        else:
+            broker = f'[broker]\nurl = "{self.url}"\nkeepalive_s = 5\n'
+        return f'[cluster]\nname = "{self.cluster}"\n{broker}[log]\nlevel = "info"\nformat = "json"\n'
 
-    def _spawn(self, name: str, argv: list[str], cpus: set[int] | None = None) -> None:
+    def _write(self, path: Path, text: str) -> None:
+        """A config file: 0600 (it may hold the user's broker password)."""
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(text)
+
+    def _spawn(self, name: str, argv: list[str], cpus: set[int] | None = None, board: str | None = None) -> None:
+        """Start ``argv`` (on ``board``: in its namespace and cgroup when namespaced)."""
         log = self.workdir / "logs" / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
+        env[RUN_MARK] = str(self.workdir)  # inherited by everything it starts: whose process is whose
+        join = None
+        if self.net is not None and board is not None:
+            argv, join = self.net.argv(board, argv), self.net.preexec(board)
         with log.open("ab") as fh:
             proc = subprocess.Popen(
                 argv,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_child_setup(cpus),
+                preexec_fn=_child_setup(cpus, join),
                 start_new_session=True,
             )
         self.procs[name] = _Proc(name, proc, log)
 
+    def _boundaries(self) -> str:
+        """``namespaces`` or ``shared``, with :attr:`mode_note` saying why."""
+        why = why_not_usable()
+        if self.boundaries == "namespaces" and why is not None:
+            raise DeepEdgeError(f"--boards namespaces: {why}")
+        if self.boundaries == "shared" or why is not None:
+            reason = "as asked" if self.boundaries == "shared" else f"fallback: {why}"
+            self.mode_note = (
+                f"boards share this machine's loopback and CPUs ({reason}); the broker is plaintext on loopback"
+            )
+            return "shared"
+        return "namespaces"
+
     def start(self) -> None:
         for sub in ("etc", "logs", "run", "state"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        self.broker = start_broker(self.workdir / "broker", self.broker_kind)
+        if self._boundaries() == "namespaces":
+            self.net = EmulatedNetwork([b.spec() for b in self.boards]).up()
+            nodes = tuple(b.node for b in self.boards)
+            secure = SecureBroker(self.workdir / "broker", self.cluster, nodes, self.net.gateway)
+            self.broker = secure
+            secure.start()
+            cg = self.net.cgroups.describe() if self.net.cgroups else f"no cgroups ({self.net.cgroup_problem})"
+            self.mode_note = (
+                f"boards in their own network namespaces on bridge {self.net.bridge} ({self.net.gateway}/24), "
+                f"links shaped with tc, {cg}; broker {secure.url} (TLS, a password per board, the deploy ACL)"
+            )
+        else:
+            self.broker = start_broker(self.workdir / "broker", self.broker_kind)
         exe = [sys.executable, "-m", "deepedge.cli"]
         cfg = self.config_path("coordinator")
-        cfg.write_text(
-            self._common() + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
+        self._write(
+            cfg,
+            self._common("coordinator") + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
             f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
+            # a board held to its CPU quota takes its time to import torch for a pre-flight
+             + ("preflight_timeout_s = 45.0\n" if self.namespaced else "") + self.coordinator_extra,
         )
         self._spawn("coordinator", [*exe, "--config", str(cfg), "coordinator"])
         for b in self.boards:
@@ -103,23 +186,61 @@ class DemoCluster:
     def start_node(self, b: BoardProfile) -> None:
         cfg = self.config_path(b.node)
         apps = f'\n[[node.lc_apps]]\nname = "{b.lc_app}"\ndeadline_ms = 1000.0\n' if b.lc_app else ""
-        cfg.write_text(
-            self._common() + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
+        self._write(
+            cfg,
+            self._common(b.node) + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
             f"heartbeat_interval_s = {self.interval_s}\nlatency_window_s = {self.latency_window_s}\n"
-            f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
+            + ("preflight_timeout_s = 40.0\n" if self.namespaced else "")
+            + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"
             f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n"
             # what a job may name on these boards: the demo's own folders
-            f'[training]\ndata_roots = ["{self.workdir}"]\noutput_root = "{self.workdir}"\n{apps}'
+            f"[training]\ndata_roots = {json.dumps([str(p) for p in (self.workdir, *self.data_roots)])}\n"
+            f'output_root = "{self.workdir}"\n{apps}',
         )
-        self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"])
+        self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"], board=b.node)
 
     def start_lc_apps(self) -> None:
         for b in self.boards:
             if b.lc_app:
                 argv = [sys.executable, "-m", "deepedge.demo.lc_app", "--app", b.lc_app]
-                self._spawn(f"lc-{b.lc_app}", [*argv, "--socket", str(self.socket(b.node))], cpus={b.cpu})
+                self._spawn(f"lc-{b.lc_app}", [*argv, "--socket", str(self.socket(b.node))], cpus={b.cpu}, board=b.node)
+
+    def start_process(self, name: str, argv: list[str], board: str) -> None:
+        """Another process on ``board`` (e.g. a background-load stressor), stopped with the rest."""
+        self._spawn(name, argv, board=board)
+
+    def stop_process(self, name: str) -> None:
+        p = self.procs.pop(name, None)
+        if p is not None and p.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.proc.pid, signal.SIGKILL)
+            p.proc.wait(10)
+
+    def link_of(self, node: str) -> str:
+        """The board's link, in words ("-" when the boards are not namespaced)."""
+        if self.net is None or node not in self.net.boards:
+            return "-"
+        b = self.net.boards[node]
+        return b.link.describe() + (" (down)" if not b.up else "")
+
+    def cut_link(self, node: str) -> float:
+        """Pull the board's cable (namespaced boards only). Returns the time of the cut."""
+        if self.net is None:
+            raise DeepEdgeError("cutting a link needs namespaced boards")
+        at = self.net.cut(node)
+        self.link_events.append((at, node, "cut"))
+        return at
+
+    def set_link(self, node: str, link: LinkProfile) -> float:
+        """Change the board's link while it runs (namespaced boards only)."""
+        if self.net is None:
+            raise DeepEdgeError("changing a link needs namespaced boards")
+        self.net.reshape(node, link)
+        at = time.time()
+        self.link_events.append((at, node, link.describe()))
+        return at
 
     def kill_board(self, node: str) -> float:
         """Power loss: SIGKILL the board's daemon and everything it started (its worker, which
@@ -144,7 +265,8 @@ class DemoCluster:
     def stop(self, grace_s: float = 8.0) -> None:
         """SIGTERM everything (daemons stop their workers and say goodbye), then SIGKILL what is
         left, process groups included; then the broker."""
-        order = [n for n in self.procs if n.startswith("lc-")] + [b.node for b in self.boards] + ["coordinator"]
+        others = [n for n in self.procs if n not in {b.node for b in self.boards} | {"coordinator"}]
+        order = others + [b.node for b in self.boards] + ["coordinator"]
         for name in order:
             p = self.procs.get(name)
             if p is not None and p.proc.poll() is None:
@@ -168,6 +290,10 @@ class DemoCluster:
             p.proc.wait(10)
         if self.broker is not None:
             self.broker.stop()
+        if self.net is not None:
+            problems = self.net.down()
+            if problems:
+                print(f"demo: could not remove {'; '.join(problems)}", file=sys.stderr)
 
     def __enter__(self) -> DemoCluster:
         try:

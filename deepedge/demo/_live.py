@@ -63,8 +63,11 @@ class LiveView:
         plan = w.plan
         shares = {a.node: a for a in plan.assignments} if plan else {}
         t = Table(title=esc(self._header(run)), title_justify="left")
-        for col in ("board", "emulates", "speed", "state", "share@cap", "samples/s", "intensity", "step"):
-            t.add_column(col, justify="left" if col in ("board", "emulates", "state") else "right")
+        cols = ("board", "emulates", "speed", "link", "state", "share@cap", "samples/s", "intensity", "step")
+        for col in cols:
+            t.add_column(col, justify="left" if col in ("board", "emulates", "link", "state") else "right")
+        if cluster.mode_note:
+            t.caption = esc(cluster.mode_note)
         for b in cluster.boards:
             hb = w.heartbeats.get(b.node)
             a = shares.get(b.node)
@@ -75,6 +78,7 @@ class LiveView:
                 esc(b.node),
                 esc(b.kind),
                 f"{b.speed:.2f}",
+                esc(cluster.link_of(b.node)),
                 esc(state),
                 f"{a.share}@{a.intensity_cap:.2f}" if a else "-",
                 f"{hb.samples_per_s:.0f}" if hb else "-",
@@ -98,6 +102,9 @@ class LiveView:
 
     def _lines(self, run: JobRun, cluster: DemoCluster) -> None:
         w = run.watch
+        if cluster.mode_note and "mode" not in self._said:
+            self._said.add("mode")
+            say(self.console, esc(cluster.mode_note))
         if run.phase and f"phase:{run.phase}" not in self._said:
             self._said.add(f"phase:{run.phase}")
             say(self.console, esc(run.phase))

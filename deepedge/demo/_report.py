@@ -73,6 +73,12 @@ class DemoReport:
     loss_first: float | None
     loss_last: float | None
     problems: list[str] = field(default_factory=list)
+    prediction: dict[str, Any] = field(
+        default_factory=dict
+    )  # generation 1's parts of its prediction, and the actual ones
+    boundaries: str = ""  # how the boards were emulated (namespaces, or the shared fallback), in words
+    namespaced: bool = False
+    link_events: list[dict[str, Any]] = field(default_factory=list)  # links cut or changed during the job
     cluster: Any = None  # the DemoCluster, for --keep
 
     @property
@@ -191,9 +197,33 @@ def build_report(run: JobRun, cluster: DemoCluster, opts: DemoOptions, dataset_s
         model_path=str(model) if model.exists() else None,
         loss_first=loss_first,
         loss_last=loss_last,
+        boundaries=cluster.mode_note,
+        namespaced=cluster.namespaced,
+        link_events=[
+            {"at_s": round(at - run.submitted_ts, 2), "node": n, "what": what} for at, n, what in cluster.link_events
+        ],
     )
+    report.prediction = _prediction(run, first_plan, report)
     report.problems = _problems(report, opts)
     return report
+
+
+def _prediction(run: JobRun, plan: Any, r: DemoReport) -> dict[str, Any]:
+    """Generation 1's predicted makespan in its parts (the time to its plan, the start-up, the
+    steps at its predicted step time) against what happened (start-up: submission to the first
+    step's start; the median step)."""
+    if plan is None:
+        return {}
+    first = run.watch.first_step_ts()
+    step = r.timing.median_interval_ms / 1000 if r.timing else None
+    return {
+        "predicted_s": round(plan.predicted_makespan_s, 1),
+        "predicted_startup_s": round(plan.ts - run.submitted_ts + plan.predicted_startup_s, 1),
+        "predicted_step_ms": round(plan.predicted_step_s * 1000, 1),
+        "actual_s": r.makespan_s,
+        "actual_startup_s": round(first - run.submitted_ts - step, 1) if first and step else None,
+        "actual_step_ms": round(step * 1000, 1) if step else None,
+    }
 
 
 def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster, run: JobRun) -> dict[str, Any]:
@@ -207,6 +237,12 @@ def _board(b: BoardProfile, opts: DemoOptions, cluster: DemoCluster, run: JobRun
         "sample_ms": round(b.sample_ms(opts.base_sample_ms), 3),
         "killed": b.node in cluster.killed,
         "profiled_samples_per_s": round(run.profiles[b.node], 1) if b.node in run.profiles else None,
+        "link": b.link.describe() if cluster.namespaced else None,
+        "address": cluster.net.boards[b.node].address if cluster.net is not None else None,
+        "limits": cluster.net.boards[b.node].limits.describe()
+        if cluster.net is not None and cluster.net.cgroups is not None
+        else None,
+        "not_emulated": list(cluster.net.boards[b.node].shaping.missing) if cluster.net is not None else [],
     }
 
 
@@ -259,6 +295,15 @@ def render_report(r: DemoReport, console: Any) -> None:
         t.add_column(col, justify="right")
     t.add_row(_f(r.makespan_s), _f(r.training_s), _f(r.predicted_first_s), _f(r.predicted_learned_s), _f(r.ideal_s))
     show(console, t)
+    p = r.prediction
+    if p and p.get("actual_s"):
+        say(
+            console,
+            f"predicted by generation 1: start-up {_f(p['predicted_startup_s'])} + steps of "
+            f"{p['predicted_step_ms']:.0f} ms = {_f(p['predicted_s'])}; actual: start-up {_f(p['actual_startup_s'])}, "
+            f"steps of {p['actual_step_ms'] or 0:.0f} ms (median), {_f(p['actual_s'])} "
+            f"(predicted / actual {p['predicted_s'] / p['actual_s']:.2f})",
+        )
     if r.timing is not None:
         st = r.timing
         say(
@@ -266,6 +311,19 @@ def render_report(r: DemoReport, console: Any) -> None:
             f"a step (median of {st.steps}): {st.median_interval_ms:.1f} ms = slowest board's compute "
             f"{st.median_compute_ms:.1f} + all-reduce {st.median_allreduce_ms:.1f} + the rest {st.median_rest_ms:.1f}",
         )
+    if r.boundaries:
+        say(console, f"boards: {esc(r.boundaries)}")
+    if r.namespaced:
+        t = Table()
+        for col in ("board", "emulates", "speed", "address", "link", "cgroup"):
+            t.add_column(col, justify="right" if col == "speed" else "left")
+        for b in r.boards:
+            link = b["link"] + (f" ({', '.join(b['not_emulated'])} not emulated)" if b["not_emulated"] else "")
+            cells = (b["node"], b["kind"], f"{b['speed']:.2f}", b["address"], link, b["limits"] or "-")
+            t.add_row(*(esc(c) for c in cells))
+        show(console, t)
+    for e in r.link_events:
+        say(console, f"link of {esc(e['node'])} at {e['at_s']:.1f} s: {esc(e['what'])}")
     profiled = [f"{b['node']} {b['profiled_samples_per_s']:.0f}" for b in r.boards if b["profiled_samples_per_s"]]
     if profiled:
         say(console, f"boards profiled before the job (samples/s at full intensity): {esc(', '.join(profiled))}")
@@ -327,5 +385,5 @@ def render_report(r: DemoReport, console: Any) -> None:
             "[bold green]PASS[/]: completed, every sample trained once, failover recovered, no LC deadline missed",
         )
     else:
-        for p in r.problems:
-            say(console, f"[bold red]FAIL[/]: {esc(p)}")
+        for problem in r.problems:
+            say(console, f"[bold red]FAIL[/]: {esc(problem)}")

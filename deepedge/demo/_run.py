@@ -17,7 +17,6 @@ from pathlib import Path
 
 from deepedge import compat
 from deepedge.broker_schemas import ArgValue, Topics
-from deepedge.config import BrokerConfig
 from deepedge.demo._boards import BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
@@ -27,19 +26,14 @@ from deepedge.errors import DeepEdgeError
 from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["DEMO_EPOCHS", "MODEL_BYTES", "DemoOptions", "run_cluster_job", "run_demo"]
+__all__ = ["DEMO_EPOCHS", "DEMO_MODELS", "DemoOptions", "gradient_bytes", "run_cluster_job", "run_demo"]
 
 TERMINAL = ("completed", "failed", "cancelled")
 
-# The models the demo's job may train (the LC apps keep their own small CNN), with the bytes each
-# step all-reduces at the demo's 10 classes (their float32 parameters): the planner's cost model.
-MODEL_BYTES = {
-    "cnn-small": 40_000,
-    "resnet18": 44_726_568,  # 11.18 M parameters
-    "resnet18-gn": 44_726_568,
-    "mobilenet_v2": 8_946_728,  # 2.24 M parameters
-    "mobilenet_v2-gn": 8_946_728,
-}
+# The models the demo's job may train (the LC apps keep their own small CNN); each step all-reduces
+# its float32 parameters (``gradient_bytes``: cnn-small 40 kB, MobileNetV2 8.9 MB, ResNet-18 44.7 MB
+# at the demo's 10 classes), the planner's cost model.
+DEMO_MODELS = ("cnn-small", "resnet18", "resnet18-gn", "mobilenet_v2", "mobilenet_v2-gn")
 # Default epochs by model: ResNet-18 and MobileNetV2 take about 3 ms a sample at 32x32 on one
 # core of the development VM (cnn-small 0.24 ms), so their jobs are shorter.
 DEMO_EPOCHS = {"cnn-small": 12}
@@ -62,7 +56,16 @@ class DemoOptions:
     timeout_s: float = 600.0
     calibrate_s: float = 4.0
     profile_s: float | None = 1.5  # seconds per intensity level of each board's profile; None: no profile
-    model: str = "cnn-small"  # the job's model (MODEL_BYTES); the LC apps keep theirs
+    boards: str = "auto"  # auto, namespaces or shared (deepedge.demo.DemoCluster)
+    model: str = "cnn-small"  # the job's model (DEMO_MODELS); the LC apps keep theirs
+    learning_rate: float = 0.05
+
+
+def gradient_bytes(model: str, classes: int = 10) -> int:
+    """Bytes of one float32 gradient of ``model`` (what the all-reduce carries per step)."""
+    from deepedge.training import build_model
+
+    return 4 * sum(p.numel() for p in build_model(model, classes).parameters() if p.requires_grad)
 
 
 @dataclass
@@ -167,7 +170,6 @@ async def run_cluster_job(
 ) -> JobRun:
     """Submit one job to a running cluster and follow it to the end (killing a board if told)."""
     topics = Topics(cluster.cluster)
-    broker = BrokerConfig(url=cluster.url, keepalive_s=5)
     watch = ClusterWatch(topics, job=job)
     run = JobRun(watch)
 
@@ -176,10 +178,15 @@ async def run_cluster_job(
         if on_tick is not None:
             on_tick(run)
 
-    async with MqttTransport(broker, client_id=f"deepedge-demo-{job}"[:64]) as t:
+    async with contextlib.AsyncExitStack() as stack:
+        watching = MqttTransport(cluster.watch_config(), client_id=f"deepedge-demo-{job}"[:64])
+        t = await stack.enter_async_context(watching)
+        ops = t
+        if cluster.operator_config() != cluster.watch_config():  # commands as the operator "demo"
+            ops = await stack.enter_async_context(MqttTransport(cluster.operator_config()))
         watcher = asyncio.create_task(watch.run(t))
         try:
-            async with Requester(t, topics, timeout_s=15, sender="demo") as rpc:
+            async with Requester(ops, topics, timeout_s=90 if cluster.namespaced else 15, sender="demo") as rpc:
                 tell("waiting for the coordinator and every node to be online")
                 await _wait(
                     lambda: watch.coordinator_online and all(watch.alive.get(b.node) for b in cluster.boards),
@@ -202,10 +209,10 @@ async def run_cluster_job(
                     "output": str(output),
                     "epochs": opts.epochs,
                     "global_batch": opts.global_batch,
-                    "learning_rate": 0.05,
+                    "learning_rate": opts.learning_rate,
                     "seed": 7,
                     "split": opts.split,
-                    "model_bytes": MODEL_BYTES.get(opts.model, 40_000),
+                    "model_bytes": gradient_bytes(opts.model),
                 }
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
@@ -251,8 +258,14 @@ def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | No
     data = workdir / "data"
     size = make_image_folder(data, opts.images)
     boards = cluster_profiles(opts.nodes, with_lc=opts.with_lc)
-    cluster = DemoCluster(workdir, boards, base_sample_ms=opts.base_sample_ms, broker_kind=opts.broker)
-    cluster.start()
+    cluster = DemoCluster(
+        workdir, boards, base_sample_ms=opts.base_sample_ms, broker_kind=opts.broker, boundaries=opts.boards
+    )
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
     try:
         run = asyncio.run(
             run_cluster_job(

@@ -521,6 +521,7 @@ class NodeDaemon:
             intensity=_finite(r.intensity, 0.0, 1.0),
             state=r.state,
             message=r.message[:4000],
+            **r.heartbeat_fields(),  # step timing and link measurements (worker_protocol)
         )
 
     async def _publish_heartbeat(self, hb: Heartbeat) -> None:

@@ -1,7 +1,9 @@
 """One node's share of a step: forward and backward over micro-batches on the training device,
 paced for an emulated board and throttled to an intensity cap; and the step's all-reduce, redone
-by every rank when one of them overflowed in fp16 (``_precision``). ``compute_share`` is shared
-by the trainer and the board profiler, so a profile measures exactly what training does.
+by every rank when one of them overflowed in fp16 (``_precision``), its buffer carrying the
+ranks' control slots (``Trainer.train_step``) and sent as float16 when the plan says so.
+``compute_share`` is shared by the trainer and the board profiler, so a profile measures exactly
+what training does.
 
 On a GPU the throttle measures GPU time: each micro-batch ends with
 ``torch.cuda.synchronize(device)`` before its time is taken, so the pause after it (the LC apps'
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +30,19 @@ from torch import nn
 from deepedge.training._data import TensorDataset
 from deepedge.training._precision import MAX_TRIES, Precision, too_many_tries
 
-__all__ = ["MICRO_BATCH", "compute_share", "has_batchnorm", "micro_batches", "reduce_step"]
+__all__ = [
+    "MICRO_BATCH",
+    "Reduced",
+    "compute_share",
+    "decode_slots",
+    "encode_slots",
+    "has_batchnorm",
+    "micro_batches",
+    "reduce_step",
+]
 
 MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps between them
+_DIGIT = 2048  # float16 holds every integer up to 2048 exactly: a control slot goes as two digits
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -109,6 +122,34 @@ def compute_share(
     return loss_sum, busy
 
 
+def encode_slots(values: Sequence[int], half: bool, device: torch.device | None = None) -> torch.Tensor:
+    """Non-negative integers as control slots of the all-reduce: float32 as they are (exact
+    below 2**24), float16 as two base-2048 digits each (exact below 2**22)."""
+    if not half:
+        return torch.tensor(list(values), dtype=torch.float32, device=device)
+    digits = [d for v in values for d in (v // _DIGIT, v % _DIGIT)]
+    return torch.tensor(digits, dtype=torch.float16, device=device)
+
+
+def decode_slots(slots: torch.Tensor, half: bool) -> list[int]:
+    xs = [round(float(x)) for x in slots.tolist()]
+    if not half:
+        return xs
+    return [hi * _DIGIT + lo for hi, lo in zip(xs[::2], xs[1::2], strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class Reduced:
+    """A step's all-reduce, summed over the ranks."""
+
+    grads: list[torch.Tensor]  # this rank's gradients in the optimizer's order (not yet copied back)
+    summed: torch.Tensor  # float32 [gradients..., loss] (already divided by ``mean_over`` when given)
+    control: list[int]  # the control slots, summed
+    busy_s: float
+    reduce_s: float
+    comm_bytes: int  # bytes of the buffer all-reduced (its last try)
+
+
 def reduce_step(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -121,16 +162,21 @@ def reduce_step(
     device: torch.device | None = None,
     precision: Precision | None = None,
     step: int = 0,
-) -> tuple[list[torch.Tensor], torch.Tensor, float, float]:
-    """This rank's share of one step, all-reduced (SUM): (the gradients, in the optimizer's
-    order; the summed flat buffer ``[gradients..., loss, overflows]``; seconds busy; seconds in
-    the all-reduce). The gradients are not yet copied back from the buffer.
+    control: Sequence[int] = (),
+    half_over: int = 0,
+) -> Reduced:
+    """This rank's share of one step, all-reduced (SUM). The buffer is ``[gradients..., loss,
+    control..., overflows]``: ``control`` are integers every rank contributes to (each writes
+    its own slots), carried exactly (``encode_slots``). ``half_over``: the wire is float16, the
+    gradients and loss divided by this (the global batch) before the cast, so that the float16
+    sum of means cannot overflow; 0: float32, summed as they are.
 
-    The last element counts the ranks whose fp16 gradients overflowed; all ranks see the same
-    count, so when it is not 0 every rank computes the step again (its own scale lowered where
-    it overflowed): no rank steps alone. Raises ``TrainingError`` after ``MAX_TRIES``, and
-    whatever ``all_reduce`` raises."""
+    The last slot counts the ranks whose fp16 *training* (``training.precision``) gradients
+    overflowed; all ranks see the same count, so when it is not 0 every rank computes the step
+    again (its own scale lowered where it overflowed): no rank steps alone. Raises
+    ``TrainingError`` after ``MAX_TRIES``, and whatever ``all_reduce`` raises."""
     device = device or torch.device("cpu")
+    half = half_over > 0
     params = [p for group in opt.param_groups for p in group["params"]]
     busy = reduce_s = 0.0
     for _ in range(MAX_TRIES):
@@ -143,14 +189,18 @@ def reduce_step(
         if precision is not None:
             precision.unscale(opt)
         grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.view(-1) for g in grads] + [loss_sum, torch.zeros(1, device=device)])
-        if precision is not None and precision.overflowed(flat[:-1]):
-            flat[-1] = 1.0
+        body = torch.cat([g.view(-1) for g in grads] + [loss_sum])
+        overflowed = precision is not None and precision.overflowed(body)
+        if half:
+            body = body.div_(half_over).half()
+        flat = torch.cat([body, encode_slots([*control, int(overflowed)], half, device)])
         t0 = time.perf_counter()
         all_reduce(flat)
         reduce_s += time.perf_counter() - t0
         if precision is not None:
             precision.update()
-        if float(flat[-1]) == 0.0:
-            return grads, flat, busy, reduce_s
+        *seen, overflows = decode_slots(flat[body.numel() :], half)
+        if overflows == 0:
+            summed = flat[: body.numel()].float()
+            return Reduced(grads, summed, seen, busy, reduce_s, flat.numel() * flat.element_size())
     raise too_many_tries(step, precision or Precision("fp32", device))

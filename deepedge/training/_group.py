@@ -1,5 +1,7 @@
 """The process group of one plan generation: formed on the rendezvous store, its gradient
-all-reduce abandonable when a newer plan arrives, and left without waiting for a dead peer.
+all-reduce abandonable when a newer plan arrives, and left without waiting for a dead peer. When
+it forms, every rank probes its link to each peer (:meth:`ProcessGroup.probe_links`), which is
+how the coordinator learns each board's bandwidth and latency.
 
 Two backends, as the plan says (``Plan.backend``):
 
@@ -38,7 +40,25 @@ from torch._C._distributed_c10d import TCPStore
 from deepedge.training._priority import prioritize_threads, thread_ids
 from deepedge.training._rendezvous import ABANDON_POLL_S, NewPlan
 
-__all__ = ["PRIVATE_C10D", "ProcessGroup"]
+__all__ = ["PRIVATE_C10D", "PROBE_PEERS", "ProcessGroup", "tournament"]
+
+PROBE_PEERS = 8  # a rank probes its link to at most this many peers (rounds of the tournament)
+PROBE_TARGET_S = 0.05  # the measured exchange lasts about this long (sized from a first, small one)
+PROBE_BYTES = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)  # the first exchange; the measured one's least and most
+
+
+def tournament(world: int) -> list[list[tuple[int, int]]]:
+    """Rounds of disjoint pairs in which every rank meets every other once (the circle method;
+    with an odd world one rank sits each round out). Disjoint pairs use disjoint links, so a
+    round's exchanges do not disturb one another."""
+    n = world + (world % 2)
+    ranks = list(range(n))
+    rounds = []
+    for _ in range(n - 1):
+        pairs = [(ranks[i], ranks[n - 1 - i]) for i in range(n // 2)]
+        rounds.append([(a, b) for a, b in pairs if a < world and b < world])
+        ranks = [ranks[0], ranks[-1], *ranks[1:-1]]
+    return rounds
 
 
 def _private_c10d() -> bool:
@@ -104,13 +124,27 @@ def _abort_default_group() -> bool:
     return True
 
 
+def _started(*works: dist.Work | None) -> list[dist.Work]:
+    assert all(w is not None for w in works)
+    return [w for w in works if w is not None]
+
+
 class ProcessGroup:
     """The default process group of the current generation: gloo (its tensors on the host; a
     GPU's buffer host-staged) or NCCL (on the training device)."""
 
-    def __init__(self, timeout: datetime.timedelta, newer_plan: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        timeout: datetime.timedelta,
+        newer_plan: Callable[[int], bool],
+        while_waiting: Callable[[float], None] | None = None,
+    ) -> None:
+        """``newer_plan(generation)``: whether a plan arrived that this group (formed at
+        ``generation``) must be left for; ``while_waiting(seconds)`` is called while an
+        all-reduce has been pending that long (every ABANDON_POLL_S)."""
         self.timeout = timeout
         self._newer_plan = newer_plan
+        self._while_waiting = while_waiting
         self._set_aside: list[object] = []  # groups abandoned with an all-reduce pending
         self.generation = -1
         self.backend = "gloo"
@@ -173,25 +207,26 @@ class ProcessGroup:
         work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
         assert work is not None
         if self.backend == "nccl":
-            self._watch_nccl(work)
+            self._watch_nccl(work, self._while_waiting)
             return
         done = threading.Event()
         work.get_future().add_done_callback(lambda _f: done.set())
+        start = time.monotonic()
         while not done.wait(ABANDON_POLL_S):
-            if self._newer_plan(self.generation):
-                if PRIVATE_C10D:
-                    self._set_aside.append(_set_aside_default_group())
-                raise NewPlan
+            self._abandon_if_newer()
+            if self._while_waiting is not None:
+                self._while_waiting(time.monotonic() - start)
         work.wait()
 
-    def _watch_nccl(self, work: dist.Work) -> None:
+    def _watch_nccl(self, work: dist.Work, waiting: Callable[[float], None] | None = None) -> None:
         """Poll an NCCL work until its kernels are done; on a newer plan, or past the collective
         timeout (should the watchdog not have ended it), abort the communicator and leave."""
-        deadline = time.monotonic() + self.timeout.total_seconds() + 5.0
+        start = time.monotonic()
+        deadline = start + self.timeout.total_seconds() + 5.0
         while not work.is_completed():
-            if self._newer_plan(self.generation):
-                self._abandon_nccl()
-                raise NewPlan
+            self._abandon_if_newer()
+            if waiting is not None:
+                waiting(time.monotonic() - start)
             if time.monotonic() > deadline:
                 self._abandon_nccl()
                 raise RuntimeError(
@@ -204,6 +239,99 @@ class ProcessGroup:
     def _abandon_nccl(self) -> None:
         if not _abort_default_group() and PRIVATE_C10D and dist.is_initialized():
             self._set_aside.append(_set_aside_default_group())
+
+    def wait(self, work: dist.Work) -> None:
+        """Wait for a collective of this group, giving it up (NewPlan) for a newer plan."""
+        if self.backend == "nccl":
+            self._watch_nccl(work)
+            return
+        done = threading.Event()
+        work.get_future().add_done_callback(lambda _f: done.set())
+        while not done.wait(ABANDON_POLL_S):
+            self._abandon_if_newer()
+        work.wait()
+
+    def _abandon_if_newer(self) -> None:
+        if self._newer_plan(self.generation):
+            if self.backend == "nccl":
+                self._abandon_nccl()
+            elif PRIVATE_C10D:
+                self._set_aside.append(_set_aside_default_group())
+            raise NewPlan
+
+    def _exchange(self, peer: int, nbytes: int, tag: int) -> float:
+        """Send ``nbytes`` to ``peer`` while receiving as many from it; seconds until received."""
+        out = torch.zeros(max(1, nbytes // 4))
+        into = torch.empty_like(out)
+        start = time.perf_counter()
+        works = _started(dist.isend(out, peer, tag=tag), dist.irecv(into, peer, tag=tag))
+        received = self._done(works[1])
+        took = time.perf_counter() - start
+        works[0].wait()
+        return took - received
+
+    def _done(self, work: dist.Work) -> float:
+        """Wait for ``work``, abandoning it for a newer plan (gloo's point-to-point work has no
+        future and says it is completed only once waited for: a thread waits). Returns how long
+        after its completion this thread woke (subtracted from the measurement)."""
+        done = threading.Event()
+        at: list[float] = []
+        failed: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                work.wait()
+            except BaseException as exc:  # a peer died: raised below, in this thread
+                failed.append(exc)
+            at.append(time.perf_counter())
+            done.set()
+
+        threading.Thread(target=wait, name="probe", daemon=True).start()
+        while not done.wait(ABANDON_POLL_S):
+            self._abandon_if_newer()
+        if failed:
+            raise failed[0]
+        return time.perf_counter() - at[0]
+
+    def probe_links(self, rank: int, world: int) -> tuple[float, float]:
+        """(bytes/s, one-way latency in s) of this rank's link, from exchanges with each peer
+        (up to PROBE_PEERS, in tournament rounds; everyone takes part in every round). A pair's
+        rate is the slower of its two links, so the best pair is this rank's own link unless
+        every peer is slower — then it is the fastest peer's, which never changes the slowest
+        link of a group that includes this rank, which is what an all-reduce pays. (0, 0)
+        alone, and in an NCCL group (its point-to-point work is not host-timed this way: the
+        coordinator keeps its link unknown, and its measured all-reduces still correct the
+        model). Abandoned (NewPlan) when a newer plan arrives."""
+        if self.backend == "nccl":
+            return 0.0, 0.0
+        best_rate, best_latency = 0.0, float("inf")
+        for k, pairs in enumerate(tournament(world)[:PROBE_PEERS]):
+            peer = next((b if a == rank else a for a, b in pairs if rank in (a, b)), None)
+            if peer is None:
+                continue
+            tag = 1000 + 8 * k
+            first = self._exchange(peer, 8, tag)  # the two meet (the previous round ended apart)
+            latency = min(first, self._exchange(peer, 8, tag + 1))
+            small = self._exchange(peer, PROBE_BYTES[0], tag + 2)
+            # On a slow link the first exchange took long enough to measure it (at 0.5 Mb/s a
+            # bigger one would take seconds): no second one. Each side proposes from its own
+            # first exchange; both take the larger proposal.
+            proposal = 0
+            if small < PROBE_TARGET_S:
+                proposal = int(min(PROBE_BYTES[2], max(PROBE_BYTES[1], PROBE_BYTES[0] / small * PROBE_TARGET_S)))
+            size = self._agree(peer, proposal, tag + 3)
+            took, nbytes = (self._exchange(peer, size, tag + 4), size) if size else (small, PROBE_BYTES[0])
+            best_rate = max(best_rate, 4 * (nbytes // 4) / max(took, 1e-6))
+            best_latency = min(best_latency, latency)
+        return best_rate, (best_latency if best_rate else 0.0)
+
+    def _agree(self, peer: int, size: int, tag: int) -> int:
+        """The larger of this rank's and ``peer``'s proposed exchange sizes."""
+        mine, theirs = torch.tensor([size], dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        works = _started(dist.isend(mine, peer, tag=tag), dist.irecv(theirs, peer, tag=tag))
+        self._done(works[1])
+        works[0].wait()
+        return max(size, int(theirs.item()))
 
     def leave(self, failed: bool = False) -> None:
         """Leave the group: destroyed; an NCCL group whose collective ``failed`` is aborted (its

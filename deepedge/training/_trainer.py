@@ -10,6 +10,16 @@ single machine would make on the whole batch. When a collective fails (a peer di
 waits for the next plan generation, re-forms the process group, takes parameters, optimizer state
 and step from the lowest rank that has them, and continues from the last completed step.
 
+A newer generation that only changes shares, offsets or caps (``Plan.same_group``) is taken
+without re-forming: every rank writes into control slots appended to the gradient all-reduce the
+generation it trained this step with and the newest such plan it holds; when every rank holds the
+same newer one, all switch to it after this step (see :meth:`Trainer.train_step`). A step whose
+ranks trained under different generations is never applied: the generation fails and re-forms.
+
+The gradient all-reduce carries float32, or float16 when the plan says so (``grad_dtype``: half
+the bytes on slow links; the gradient is divided by the batch size before the cast, so it cannot
+overflow, and summed in float16).
+
 What the job names (model, dataset, output, base checkpoint) is checked against this board's
 own ``[training]`` configuration (``deepedge.job_policy``) before anything is loaded; where it
 trains (``training.device``) and in which precision (``training.precision``) come from there too,
@@ -19,9 +29,13 @@ never from the plan. The plan says only the job's backend (gloo, or NCCL on the 
 from __future__ import annotations
 
 import datetime
+import statistics
 import sys
 import time
+from collections import deque
+from typing import TYPE_CHECKING
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -29,7 +43,7 @@ from deepedge.devices import DeviceError
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import reduce_step
+from deepedge.training._compute import decode_slots, encode_slots, reduce_step
 from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
@@ -42,7 +56,22 @@ from deepedge.training._rendezvous import NewPlan, Rendezvous
 from deepedge.training._state import TrainState, checkpoint_name, prune_checkpoints
 from deepedge.worker_protocol import PlanForWorker, WorkerReport, WorkerState
 
-__all__ = ["Trainer", "slice_of"]
+if TYPE_CHECKING:
+    from deepedge.broker_schemas import Plan
+
+__all__ = ["InconsistentStep", "Trainer", "slice_of"]
+
+REPORT_EVERY_S = 0.2
+PENDING_REPORT_S = 1.0  # while an all-reduce waits longer than this, say so (every second)
+
+
+class InconsistentStep(RuntimeError):
+    """The ranks of a step trained under different plan generations: the step is not applied."""
+
+
+def _label(plan: Plan) -> int:
+    """The generation whose process group ``plan`` runs in (its own, unless it continues one)."""
+    return plan.group_generation if plan.same_group else plan.generation
 
 
 def slice_of(offset: int, share: int, global_batch: int, n: int) -> tuple[int, int]:
@@ -74,8 +103,8 @@ class Trainer:
         self.output = checked.output
         ensure_dir(self.output)
         timeout = datetime.timedelta(seconds=collective_timeout_s)
-        self.rendezvous = Rendezvous(first.training_address, timeout, self.newer_plan_than)
-        self.group = ProcessGroup(timeout, self.newer_plan_than)
+        self.rendezvous = Rendezvous(first.training_address, timeout, self.must_leave)
+        self.group = ProcessGroup(timeout, self.must_leave, self._waiting)
         self.data: TensorDataset = load_dataset(str(checked.dataset))
         self.batch = spec.global_batch
         if len(self.data) < self.batch:
@@ -103,6 +132,20 @@ class Trainer:
         self.accounting = AccountingLog(self.output, self.node)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         self.intensity = 0.0
+        self.group_label = -1  # the generation whose process group this worker is in
+        self._offered: PlanForWorker | None = None  # the same-group plan it offered in this step's slots
+        self.switches = 0  # generations taken without re-forming
+        # what the reports carry: this generation's step timing, the last formation's, the link
+        self._timing: deque[tuple[float, float, float]] = deque(maxlen=64)  # (compute, all-reduce, step)
+        self._last_step_end = 0.0
+        self.comm_bytes = 0
+        self.link = (0.0, 0.0)  # (bytes/s, one-way latency s) from the probe
+        self.forming_s = 0.0
+        self.startup_s = 0.0
+        self._met = 0.0
+        self.pending_s = 0.0
+        self._pending_reported = 0.0
+        self._born = psutil.Process().create_time()
         if first.plan.resume_step > 0:
             self.resume_from_checkpoint()
 
@@ -126,6 +169,12 @@ class Trainer:
         self, state: WorkerState, samples_per_s: float = 0.0, loss: float | None = None, message: str = ""
     ) -> None:
         a = self.pfw.assignment
+        timing = list(self._timing)
+        self._timing.clear()
+
+        def median(i: int) -> float:
+            return statistics.median(t[i] for t in timing) if timing else 0.0
+
         self.channel.report(
             WorkerReport(
                 job=self.pfw.plan.job,
@@ -138,14 +187,33 @@ class Trainer:
                 intensity=self.intensity,
                 state=state,
                 message=message,
+                compute_s=median(0),
+                allreduce_s=median(1),
+                step_s=median(2),
+                comm_bytes=self.comm_bytes,
+                link_bps=self.link[0],
+                link_latency_s=self.link[1],
+                forming_s=self.forming_s,
+                startup_s=self.startup_s,
+                pending_s=self.pending_s,
             )
         )
+
+    def _waiting(self, seconds: float) -> None:
+        """An all-reduce has been pending ``seconds``: past PENDING_REPORT_S, say so once a
+        second (a link that degrades mid-step shows here before the step ends)."""
+        self.pending_s = seconds
+        if seconds >= PENDING_REPORT_S and seconds - self._pending_reported >= 1.0:
+            self._pending_reported = seconds
+            self.report("training", loss=None)
 
     # ---- process group ------------------------------------------------------------------------
 
     def form_group(self) -> None:
+        """Meet, form the process group and probe this board's link to its peers."""
         plan, a = self.pfw.plan, self.pfw.assignment
         world = len(plan.assignments)
+        self.group_label = _label(plan)
         before = thread_ids()
         if plan.backend == "nccl" and self.device.type != "cuda":
             raise DeviceError(
@@ -154,18 +222,43 @@ class Trainer:
                 setting="training.device",
                 node=self.node,
             )
-        store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, plan.generation)
+        if not self.startup_s:  # its own start: imports, data, model (not the wait for its peers)
+            self.startup_s = time.time() - self._born
+        store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, self.group_label)
+        self._met = time.monotonic()  # every rank is there: forming starts
         self.group.form(
-            store, a.rank, world, plan.generation, self.pfw.comm_nice, before, backend=plan.backend, device=self.device
+            store, a.rank, world, self.group_label, self.pfw.comm_nice, before, backend=plan.backend, device=self.device
         )
         self.state.add_generation(plan.generation)
+        if world > 1:
+            self.link = self.group.probe_links(a.rank, world)
+            self.report("starting")  # the probed link, before the state sync: a collapsed one re-plans now
 
     def newer_plan_than(self, generation: int) -> bool:
         newer = self.channel.latest()
         return newer is not None and newer.plan.generation > generation
 
+    def continues_group(self, pfw: PlanForWorker, label: int) -> bool:
+        """Whether ``pfw`` may be taken at a step boundary within the group formed at ``label``:
+        same participants at the same ranks, same rendezvous, backend and gradient dtype."""
+        new, cur = pfw.plan, self.pfw.plan
+        return (
+            new.same_group
+            and new.group_generation == label
+            and [(x.node, x.rank) for x in new.assignments] == [(x.node, x.rank) for x in cur.assignments]
+            and (new.rendezvous_host, new.rendezvous_port, new.backend, new.grad_dtype)
+            == (cur.rendezvous_host, cur.rendezvous_port, cur.backend, cur.grad_dtype)
+        )
+
+    def must_leave(self, label: int) -> bool:
+        """A newer plan arrived that the group formed at ``label`` cannot continue into."""
+        newer = self.channel.latest()
+        if newer is None or newer.plan.generation <= self.pfw.plan.generation:
+            return False
+        return not self.continues_group(newer, label)
+
     def sync_state(self) -> None:
-        self.state.sync(self.has_state, self.total_steps, self.group.comm_device)
+        self.state.sync(self.has_state, self.total_steps, self.group.comm_device, self.group.wait)
         self.has_state = True
 
     # ---- one step -----------------------------------------------------------------------------
@@ -181,34 +274,83 @@ class Trainer:
         start, end = slice_of(offset, share, self.batch, len(batch))
         return batch[start:end]
 
-    def train_step(self) -> tuple[float, float]:
-        """(loss, seconds busy computing) of one global step; raises on a failed collective."""
+    def _slots(self) -> list[int]:
+        """This rank's control slots: the generation it trains this step with, and the newest
+        plan it holds that continues this group (or the same generation)."""
+        world, rank = len(self.pfw.plan.assignments), self.pfw.assignment.rank
+        newer = self.channel.latest()
+        offer = self.pfw.plan.generation
+        self._offered = None
+        if newer is not None and newer.plan.generation > offer and self.continues_group(newer, self.group_label):
+            self._offered, offer = newer, newer.plan.generation
+        slots = [0] * (2 * world)
+        slots[rank], slots[world + rank] = self.pfw.plan.generation, offer
+        return slots
+
+    def train_step(self) -> tuple[float, float, int]:
+        """(loss, seconds busy computing, samples this rank trained) of one global step; raises
+        on a failed collective.
+
+        The all-reduced tensor is [gradients, loss, control slots]: 2 x world integers, rank r
+        writing slot r (the generation of the assignment it trained with) and slot world + r
+        (the newest plan it holds that continues this group). Everyone sees every slot after
+        the sum; a step whose first slots differ is not applied (InconsistentStep), and when
+        every rank offered the same newer generation, all take it after this step."""
         a = self.pfw.assignment
+        half = self.pfw.plan.grad_dtype == "float16"
         epoch, batch = self.global_batch(self.step)
-        mine = self.slice(batch, a.batch_offset, a.share)
-        grads, flat, busy, reduce_s = reduce_step(
-            self.model,
-            self.state.opt,
-            self.data,
-            mine,
-            a.intensity_cap,
-            self.group.all_reduce_or_abandon,
-            emulated_sample_s=self.pfw.emulated_sample_s,
-            device=self.device,
-            precision=self.precision,
-            step=self.step,
-        )
         n = len(batch)
+        mine = self.slice(batch, a.batch_offset, a.share)
+        world = len(self.pfw.plan.assignments)
+        self.pending_s = self._pending_reported = 0.0
+        try:
+            r = reduce_step(
+                self.model,
+                self.state.opt,
+                self.data,
+                mine,
+                a.intensity_cap,
+                self.group.all_reduce_or_abandon,
+                emulated_sample_s=self.pfw.emulated_sample_s,
+                device=self.device,
+                precision=self.precision,
+                step=self.step,
+                control=self._slots(),
+                half_over=n if half else 0,
+            )
+        finally:  # done, failed or given up: nothing is pending any more
+            self.pending_s = 0.0
+        grads, summed, busy, reduce_s = r.grads, r.summed, r.busy_s, r.reduce_s
+        self.comm_bytes = r.comm_bytes
+        trained, offered = r.control[:world], r.control[world:]
+        if len(set(trained)) > 1:
+            raise InconsistentStep(f"step {self.step}: the ranks trained under generations {trained}; not applied")
+        if not half:
+            summed.div_(n)
         offset = 0
         for g in grads:
             k = g.numel()
-            g.copy_(flat[offset : offset + k].view_as(g)).div_(n)
+            g.copy_(summed[offset : offset + k].view_as(g))
             offset += k
         self.state.opt.step()
         by_node = {x.node: self.slice(batch, x.batch_offset, x.share).tolist() for x in self.pfw.plan.assignments}
         self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node, busy_s=busy, reduce_s=reduce_s)
         self.state.step += 1
-        return float(flat[-2]) / n, busy
+        now = time.perf_counter()
+        if self._last_step_end:
+            self._timing.append((busy, reduce_s, now - self._last_step_end))
+        self._last_step_end = now
+        if len(set(offered)) == 1 and offered[0] > self.pfw.plan.generation and self._offered is not None:
+            self.switch(self._offered)
+        return float(summed[-1]), busy, len(mine)
+
+    def switch(self, pfw: PlanForWorker) -> None:
+        """Take a plan of the same group at this step boundary (every rank does, at the same one)."""
+        self.pfw = pfw
+        self.state.add_generation(pfw.plan.generation)
+        self.switches += 1
+        self._timing.clear()
+        self._last_step_end = 0.0
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -225,13 +367,15 @@ class Trainer:
         )
 
     def run_generation(self) -> None:
-        gen = self.pfw.plan.generation
         last_report = 0.0
+        self._timing.clear()
+        self._last_step_end = 0.0
         while self.step < self.total_steps:
-            if self.newer_plan_than(gen):
+            if self.must_leave(self.group_label):
                 raise NewPlan
+            gen = self.pfw.plan.generation
             t0 = time.perf_counter()
-            loss, busy = self.train_step()
+            loss, busy, trained = self.train_step()
             wall = max(1e-9, time.perf_counter() - t0)
             self.intensity = min(1.0, busy / wall)  # the achieved duty cycle, waits for peers included
             self.state.add_loss(self.step, loss)
@@ -239,11 +383,14 @@ class Trainer:
                 self.save(checkpoint_name(self.step // self.steps_per_epoch), final=False)
                 prune_checkpoints(self.output, self.pfw.policy.keep_checkpoints)
             now = time.perf_counter()
+            if self.pfw.plan.generation != gen:
+                last_report = 0.0  # switched without re-forming: say so at once
             first_of_generation = last_report == 0.0  # reported at once: recovery is visible
-            if first_of_generation or now - last_report >= 0.2 or self.step == self.total_steps:
+            if first_of_generation or now - last_report >= REPORT_EVERY_S or self.step == self.total_steps:
                 last_report = now
                 # samples/s over the whole step; / intensity = the rate at full intensity (planner)
-                self.report("training", self.pfw.assignment.share / wall, loss)
+                # (what it trained in that step: its share then, a partial last batch's part)
+                self.report("training", trained / wall, loss)
 
     def run(self) -> None:
         while True:
@@ -251,6 +398,7 @@ class Trainer:
             try:
                 self.form_group()
                 self.sync_state()
+                self.forming_s = time.monotonic() - self._met  # process group, probe, state sync
                 self.run_generation()
             except NewPlan:
                 self.group.leave()

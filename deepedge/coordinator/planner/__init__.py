@@ -2,7 +2,14 @@
 
 from deepedge.coordinator.planner._caps import node_cap
 from deepedge.coordinator.planner._exhaustive import exhaustive_best_makespan
-from deepedge.coordinator.planner._planner import Planner, candidate_sizes, integer_shares, plan, uniform_plan
+from deepedge.coordinator.planner._planner import (
+    Planner,
+    candidate_sizes,
+    integer_shares,
+    plan,
+    proportional_plan,
+    uniform_plan,
+)
 from deepedge.coordinator.planner._types import (
     JobModel,
     LcAppModel,
@@ -27,6 +34,7 @@ __all__ = [
     "integer_shares",
     "node_cap",
     "plan",
+    "proportional_plan",
     "uniform_plan",
     "waterfill_time",
 ]

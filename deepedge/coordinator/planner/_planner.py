@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from deepedge.coordinator.planner._lp import ShareLp, padded_size
 from deepedge.coordinator.planner._types import JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
-__all__ = ["Planner", "candidate_sizes", "integer_shares", "plan", "uniform_plan"]
+__all__ = ["Planner", "candidate_sizes", "integer_shares", "plan", "proportional_plan", "uniform_plan"]
 
 
 def candidate_sizes(n: int) -> list[int]:
@@ -61,7 +61,20 @@ class Planner:
         return self._lps[size]
 
     def plan(self, nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None = None) -> PlanDecision:
-        net = net or NetworkModel()
+        """The plan for ``job`` on ``nodes``; with ``config.allow_half``, float16 communication
+        when it shortens the predicted step by ``half_gain`` or more (half the bytes may also
+        change who takes part: both are planned, so allowing it doubles the planning time)."""
+        full = self._plan(nodes, job, net or NetworkModel())
+        cfg = self.config
+        if not (cfg.allow_half and full.feasible and job.model_bytes > 0):
+            return full
+        half_job = replace(job, model_bytes=job.model_bytes // 2)
+        half = self._plan(nodes, half_job, net or NetworkModel())
+        if half.feasible and half.step_s <= (1 - cfg.half_gain) * full.step_s:
+            return replace(half, grad_dtype="float16")
+        return full
+
+    def _plan(self, nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel) -> PlanDecision:
         cfg = self.config
         batch = job.global_batch
         caps: dict[str, float] = {}
@@ -100,10 +113,14 @@ class Planner:
         bandwidth = np.array([n.bandwidth_bps for n in feasible])
         over_all = np.array([n.overhead_s for n in feasible])
         ub_all = np.array([float(n.max_share) for n in feasible])
+        # A participant that must start (or re-form) first delays the whole job once: its
+        # start-up, paid back over the steps left, counts in the step it is compared by.
+        start_all = np.array([n.startup_s for n in feasible]) / job.left
         best_cost, best_set = float("inf"), [0]
         for i in range(len(feasible)):  # one node alone: no all-reduce at all
-            if ub_all[i] >= batch and batch / rho_all[i] + over_all[i] < best_cost:
-                best_cost, best_set = batch / rho_all[i] + over_all[i], [i]
+            alone = batch / rho_all[i] + over_all[i] + start_all[i]
+            if ub_all[i] >= batch and alone < best_cost:
+                best_cost, best_set = alone, [i]
         for level in _bandwidth_levels(bandwidth):
             order = [
                 i
@@ -111,12 +128,18 @@ class Planner:
                 if bandwidth[i] >= level
             ]
             rho, over, ub = rho_all[order], over_all[order], ub_all[order]
+            start = np.maximum.accumulate(start_all[order])
 
             def cost(
-                k: int, rho: np.ndarray = rho, over: np.ndarray = over, ub: np.ndarray = ub, level: float = level
+                k: int,
+                rho: np.ndarray = rho,
+                over: np.ndarray = over,
+                ub: np.ndarray = ub,
+                level: float = level,
+                start: np.ndarray = start,
             ) -> float:
                 t = waterfill_time(rho[:k], over[:k], ub[:k], batch)
-                return t + allreduce_s(k, job.model_bytes, level, net.latency_s)
+                return t + allreduce_s(k, job.model_bytes, level, net.latency_s) + float(start[k - 1])
 
             grid = candidate_sizes(len(order))
             costs = {k: cost(k) for k in grid}
@@ -147,9 +170,10 @@ class Planner:
         compute = max(s / (n.rate * caps[n.node]) + n.overhead_s for n, s in final)
         ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n, _ in final), net.latency_s)
         step = compute + ar
-        for n in feasible:
+        final_idx = [next(i for i, f in enumerate(feasible) if f is n) for n, _ in final]
+        for i, n in enumerate(feasible):
             if all(n is not m for m, _ in final):
-                excluded[n.node] = "not worth its all-reduce cost"
+                excluded[n.node] = _why_left_out(i, final_idx, feasible, rho_all, batch, job, net, step)
         return PlanDecision(
             True,
             participants=tuple(n.node for n, _ in final),
@@ -163,7 +187,37 @@ class Planner:
             caps=caps,
             excluded=excluded,
             steps=job.steps,
+            startup_s=max(n.startup_s for n, _ in final),
         )
+
+
+def _why_left_out(
+    i: int,
+    chosen: list[int],
+    nodes: Sequence[NodeModel],
+    rho: np.ndarray,
+    batch: int,
+    job: JobModel,
+    net: NetworkModel,
+    step: float,
+) -> str:
+    """Why feasible node ``i`` does not train, in words: with it the step would take longer,
+    and by how much of that its link is to blame."""
+    n = nodes[i]
+    if len(nodes) > _EXACT_UP_TO:
+        return "not worth its all-reduce cost"
+    arr = _arrays(rho, nodes, job)
+    with_it = _set_cost(sorted({*chosen, i}), nodes, arr, batch, job, net)
+    slowest = min(nodes[j].bandwidth_bps for j in chosen)
+    mbit = n.bandwidth_bps * 8 / 1e6
+    if n.bandwidth_bps < slowest:
+        k = len(chosen) + 1
+        ar_with = allreduce_s(k, job.model_bytes, n.bandwidth_bps, net.latency_s)
+        return (
+            f"not worth its link: at {mbit:.0f} Mb/s every all-reduce would take {ar_with:.2f} s (a step "
+            f"{with_it:.2f} s with it, {step:.2f} s without)"
+        )
+    return f"not worth its all-reduce cost: a step {with_it:.2f} s with it, {step:.2f} s without"
 
 
 def _bandwidth_levels(bandwidth: np.ndarray, most: int = 8) -> list[float]:
@@ -183,6 +237,17 @@ class _Arrays:
     over: np.ndarray
     ub: np.ndarray
     bw: np.ndarray
+    start: np.ndarray  # start-up paid back per step left
+
+
+def _arrays(rho: np.ndarray, nodes: Sequence[NodeModel], job: JobModel) -> _Arrays:
+    return _Arrays(
+        rho,
+        np.array([n.overhead_s for n in nodes]),
+        np.array([float(n.max_share) for n in nodes]),
+        np.array([n.bandwidth_bps for n in nodes]),
+        np.array([n.startup_s for n in nodes]) / job.left,
+    )
 
 
 def _set_cost(
@@ -199,11 +264,11 @@ def _set_cost(
         shares = np.array(integer_shares([0.0] * len(ix), list(r), list(o), [int(u) for u in ub], batch))
         used = shares > 0
         compute = float((shares[used] / r[used] + o[used]).max())
-        k, bw = int(used.sum()), float(arr.bw[ix][used].min())
+        k, bw, start = int(used.sum()), float(arr.bw[ix][used].min()), float(arr.start[ix][used].max())
     else:  # the LP's step time
         compute = waterfill_time(arr.rho[ix], arr.over[ix], ub, batch)
-        k, bw = len(ix), float(arr.bw[ix].min())
-    return compute + allreduce_s(k, job.model_bytes, bw, net.latency_s)
+        k, bw, start = len(ix), float(arr.bw[ix].min()), float(arr.start[ix].max())
+    return compute + allreduce_s(k, job.model_bytes, bw, net.latency_s) + start
 
 
 def _improve(
@@ -214,12 +279,7 @@ def _improve(
     with little memory, a slow link not worth its all-reduce. On large clusters only the 16
     slowest or worst-connected members are tried for removal and the 16 fastest outsiders for
     addition."""
-    arr = _Arrays(
-        rho,
-        np.array([n.overhead_s for n in nodes]),
-        np.array([float(n.max_share) for n in nodes]),
-        np.array([n.bandwidth_bps for n in nodes]),
-    )
+    arr = _arrays(rho, nodes, job)
     small = len(nodes) <= _EXACT_UP_TO
     by_speed = sorted(range(len(nodes)), key=lambda i: -rho[i])
     current = set(start)
@@ -258,15 +318,33 @@ def uniform_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | 
     """The baseline deepedge is measured against: every node that can hold its part takes the
     same share of each global batch (the remainder to the first ranks), at full intensity, LC
     apps ignored: what torchrun with a DistributedSampler does."""
+    return _baseline(nodes, job, net, proportional=False)
+
+
+def proportional_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None = None) -> PlanDecision:
+    """The second baseline: every node trains, at full intensity, with shares in proportion to
+    its throughput (the batch sizes of LB-BSP-style load balancing: every node finishes its
+    compute together) — but no node is left out for its link and LC apps are ignored."""
+    return _baseline(nodes, job, net, proportional=True)
+
+
+def _baseline(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None, proportional: bool) -> PlanDecision:
     net = net or NetworkModel()
     usable = sorted((n for n in nodes if n.rate > 0 and n.max_share > 0 and not n.unavailable), key=lambda n: n.node)
     k = len(usable)
+    what = "a proportional" if proportional else "an even"
     if k == 0 or sum(n.max_share for n in usable) < job.global_batch:
-        return PlanDecision(False, "no nodes can hold an even split of the global batch", steps=job.steps)
-    base, extra = divmod(job.global_batch, k)
-    shares = {n.node: base + (1 if i < extra else 0) for i, n in enumerate(usable)}
+        return PlanDecision(False, f"no nodes can hold {what} split of the global batch", steps=job.steps)
+    if proportional:
+        rates = [n.rate for n in usable]
+        real = [job.global_batch * r / sum(rates) for r in rates]
+        split = integer_shares(real, rates, [0.0] * k, [n.max_share for n in usable], job.global_batch)
+        shares = {n.node: s for n, s in zip(usable, split, strict=True)}
+    else:
+        base, extra = divmod(job.global_batch, k)
+        shares = {n.node: base + (1 if i < extra else 0) for i, n in enumerate(usable)}
     if any(shares[n.node] > n.max_share for n in usable):
-        return PlanDecision(False, "an even split does not fit every node's memory", steps=job.steps)
+        return PlanDecision(False, f"{what} split does not fit every node's memory", steps=job.steps)
     final = [n for n in usable if shares[n.node] > 0]
     caps = {n.node: 1.0 for n in final}
     compute = max(shares[n.node] / n.rate + n.overhead_s for n in final)
@@ -284,6 +362,7 @@ def uniform_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | 
         ideal_makespan_s=ideal,
         uniform_makespan_s=job.steps * (compute + ar),
         steps=job.steps,
+        startup_s=max(n.startup_s for n in final),
     )
 
 

@@ -27,10 +27,11 @@ class NodeModel:
     rate: float  # samples/s training alone at full intensity
     max_share: int  # samples per step that fit in its memory
     overhead_s: float = 0.0  # per-step fixed cost (data loading, optimizer step)
-    bandwidth_bps: float = 1e9  # network bytes/s
+    bandwidth_bps: float = 1e9  # its link's bytes/s (the name is historical: bytes, not bits)
     lc_apps: tuple[LcAppModel, ...] = ()
     cap_limit: float = 1.0  # from feedback: an LC deadline was missed at a higher cap
     unavailable: str = ""  # why this known node cannot train now (busy, no training address); "" if it can
+    startup_s: float = 0.0  # until its worker trains in a new plan: start-up, or re-forming a group
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,16 @@ class JobModel:
     dataset_size: int
     epochs: int
     model_bytes: int  # gradient bytes all-reduced per step
+    remaining_steps: int | None = None  # a running job's steps still to do (None: all of them)
 
     @property
     def steps(self) -> int:
         return self.epochs * -(-self.dataset_size // self.global_batch)
+
+    @property
+    def left(self) -> int:
+        """Steps over which a participant's start-up is paid back."""
+        return max(1, self.steps if self.remaining_steps is None else self.remaining_steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,10 @@ class PlannerConfig:
     margin: float = 0.1  # caps keep predicted p95 under (1 - margin) x deadline
     min_cap: float = 0.05  # a node allowed less than this is not worth training on
     solver: str = "HIGHS"
+    # float16 gradient communication (half the bytes, ~1e-4 from float32: docs/training.md) when
+    # it shortens the predicted step by at least ``half_gain``
+    allow_half: bool = False
+    half_gain: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -72,3 +83,5 @@ class PlanDecision:
     makespan_s: float = 0.0
     ideal_makespan_s: float = 0.0  # epochs * N / sum(r_i u_i): no overheads, no communication
     uniform_makespan_s: float = float("inf")  # the same job split evenly over every feasible node
+    grad_dtype: str = "float32"  # what the all-reduce carries (float16: half the bytes)
+    startup_s: float = 0.0  # the slowest participant's start-up (or re-forming), before the first step
