@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from deepedge.broker_schemas import CommandRequest, Heartbeat, JobSpec, NodeBirth, Plan, Topics
-from deepedge.clock import FakeClock
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import Coordinator, JobRecord, JobState, JobStore
 from deepedge.coordinator import _policy as policy
@@ -31,7 +30,7 @@ from deepedge.coordinator.planner import (
     proportional_plan,
     uniform_plan,
 )
-from deepedge.testing import answer_preflights
+from deepedge.testing import FakeClock, answer_preflights
 from deepedge.transport import FakeBroker, FakeTransport, Received
 
 MB = 1e6 / 8  # bytes/s of one Mb/s
@@ -127,7 +126,7 @@ def test_the_all_reduce_efficiency_is_measured_over_modelled_on_the_probed_links
 def _job(plan_step: float = 0.5) -> JobRecord:
     spec = JobSpec(model="m", dataset="/d", output="/o", epochs=1, global_batch=32, learning_rate=0.1)
     job = JobRecord(job="j", spec=spec, dataset_size=3200, model_bytes=1, state=JobState.RUNNING, generation=1)
-    from deepedge.bench._workers import make_plan
+    from deepedge.testing.workers import make_plan
 
     job.plan = msgspec_replace(make_plan("j", 1, {"a": 16, "b": 16}, spec), predicted_step_s=plan_step)
     return job

@@ -14,11 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deepedge.bench._workers import make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.testing.workers import make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.training import build_model, read_records, verify_accounting
-from deepedge.training._group import tournament
 from deepedge.training._compute import decode_slots, encode_slots
+from deepedge.training._group import tournament
 from deepedge.worker_protocol import WorkerReport
 
 # float16 all-reduce: each step's gradient is rounded to float16 (11 significant bits) before the

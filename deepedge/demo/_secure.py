@@ -15,9 +15,10 @@ import shutil
 import socket
 import subprocess
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from deepedge.config import BrokerConfig
 from deepedge.deploy import DeploySpec, deploy_all

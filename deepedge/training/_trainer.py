@@ -43,7 +43,7 @@ from deepedge.devices import DeviceError
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import decode_slots, encode_slots, reduce_step
+from deepedge.training._compute import reduce_step
 from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
