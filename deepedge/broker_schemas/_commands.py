@@ -91,6 +91,7 @@ class SubmitArgs(_Args, frozen=True, kw_only=True):
     split: Literal["planned", "uniform"] = "planned"
     dataset_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     model_bytes: NonNegInt = 4_000_000  # gradient bytes all-reduced per step
+    lc_control: Literal["forecast", "reactive", "unaware"] = "forecast"
 
     def spec(self) -> JobSpec:
         return JobSpec(
@@ -103,6 +104,7 @@ class SubmitArgs(_Args, frozen=True, kw_only=True):
             base_checkpoint=self.base_checkpoint,
             seed=self.seed,
             split=self.split,
+            lc_control=self.lc_control,
         )
 
 
@@ -267,6 +269,7 @@ class PreflightArgs(_Args, frozen=True, kw_only=True):
     base_checkpoint: Text | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
     split: Literal["planned", "uniform"] = "planned"
+    lc_control: Literal["forecast", "reactive", "unaware"] = "forecast"
 
     def spec(self) -> JobSpec:
         return JobSpec(**{f: getattr(self, f) for f in JobSpec.__struct_fields__})

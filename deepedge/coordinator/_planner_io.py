@@ -8,14 +8,17 @@ from collections.abc import Iterable, Mapping
 
 from deepedge.broker_schemas import Assignment, NodeBirth, Plan
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import InterferenceModel, NodeLearning
-from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import JobModel, NodeModel, PlanDecision
+from deepedge.coordinator._learning import NodeLearning
+from deepedge.coordinator._view import ClusterView, NodeState
+from deepedge.coordinator.planner import JobModel, LcAppModel, NodeModel, PlanDecision
+from deepedge.profiling import TableCache, versions_key
 
 __all__ = [
     "DEFAULT_SAMPLE_BYTES",
     "busy_elsewhere",
     "job_model",
+    "knowledge_base_path",
+    "lc_models",
     "node_models",
     "rendezvous_port",
     "to_plan",
@@ -47,12 +50,53 @@ def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord)
     }
 
 
+def knowledge_base_path(db: str) -> str:
+    """The knowledge base the coordinator plans with: ``knowledge.db`` beside its job store
+    (``deepedge profile import --kb`` puts profiles there)."""
+    from pathlib import Path
+
+    return str(Path(db).with_name("knowledge.db"))
+
+
+def lc_models(
+    state: NodeState, learn: NodeLearning, job: JobRecord, tables: TableCache | None
+) -> tuple[LcAppModel, ...]:
+    """The planner's model of each LC app with a deadline on the node: with ``lc_control``
+    "forecast" and a cap table for the board's device model and app in the knowledge base, the
+    table's upper quantile at the forecast rate and the node's background CPU, corrected by live
+    reports; otherwise the linear model (fitted, joined by the board's profile points)."""
+    if job.spec.lc_control == "unaware":
+        return ()
+    profile = state.birth.profiles.get(job.spec.model)
+    profiled = profile.lc if profile is not None else ()
+    out = []
+    for a in state.latency.values():
+        if a.deadline_ms is None:
+            continue
+        model = learn.app(a.app)
+        found = None
+        if tables is not None and job.spec.lc_control == "forecast":
+            found = tables.get(state.birth.device_model, a.app, versions_key(state.birth.software))
+        if found is not None:
+            model.table, model.table_source = found[0], str(found[1])
+            rate = model.planning_rate(model.rates.last or 0.0)
+            out.append(model.surrogate_model(a.app, a.deadline_ms, found[0], rate, learn.cpu_bg))
+            continue
+        model.table = None
+        out.append(model.model(a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]))
+    return tuple(out)
+
+
 def node_models(
-    view: ClusterView, learning: dict[str, NodeLearning], job: JobRecord, busy: Mapping[str, str] | None = None
+    view: ClusterView,
+    learning: dict[str, NodeLearning],
+    job: JobRecord,
+    busy: Mapping[str, str] | None = None,
+    tables: TableCache | None = None,
 ) -> list[NodeModel]:
     """The planner's view of every live, undrained node; one that cannot train now (excluded
     from this job, busy with other jobs, no usable training address) says why in
-    ``unavailable``."""
+    ``unavailable``. ``tables``: the knowledge base's cap tables (see :func:`lc_models`)."""
     out = []
     for state in view.alive():
         if state.drained or state.node not in learning:
@@ -73,14 +117,7 @@ def node_models(
         # What ``deepedge profile`` measured on this board for this model: the prior until
         # heartbeats and latency reports say otherwise.
         profile = state.birth.profiles.get(job.spec.model)
-        profiled = profile.lc if profile is not None else ()
-        apps = tuple(
-            (learn.interference.get(a.app) or InterferenceModel()).model(
-                a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]
-            )
-            for a in state.latency.values()
-            if a.deadline_ms is not None
-        )
+        apps = lc_models(state, learn, job, tables)
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
             rate = profile.samples_per_s

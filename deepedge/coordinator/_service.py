@@ -42,10 +42,18 @@ from deepedge.config import Config
 from deepedge.coordinator import _policy as policy
 from deepedge.coordinator._jobs import MAX_REASON, JobRecord
 from deepedge.coordinator._learning import NodeLearning, ThroughputModel
-from deepedge.coordinator._planner_io import busy_elsewhere, job_model, node_models, rendezvous_port, to_plan
+from deepedge.coordinator._planner_io import (
+    busy_elsewhere,
+    job_model,
+    knowledge_base_path,
+    node_models,
+    rendezvous_port,
+    to_plan,
+)
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, uniform_plan
+from deepedge.profiling import TableCache
 from deepedge.transport import RateLimiter, Received, Transport, TransportError
 
 __all__ = ["Coordinator"]
@@ -73,6 +81,7 @@ class Coordinator:
         self.view = ClusterView(self.cfg.node_interval_s, self.cfg.missed_heartbeats, self.cfg.max_nodes)
         self.learning: dict[str, NodeLearning] = {}
         self.planner = Planner(PlannerConfig(margin=self.cfg.lc_margin))
+        self.tables = TableCache(knowledge_base_path(self.cfg.db))  # the knowledge base's surrogates
         self._planner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="planner")
         jobs, skipped = store.load_all()
         for row, error in skipped:
@@ -408,7 +417,8 @@ class Coordinator:
     # ---- planning -----------------------------------------------------------------------------
 
     async def decide(self, job: JobRecord) -> PlanDecision:
-        nodes = node_models(self.view, self.learning, job, busy_elsewhere(self.view, self.jobs.values(), job))
+        busy = busy_elsewhere(self.view, self.jobs.values(), job)
+        nodes = node_models(self.view, self.learning, job, busy, self.tables)
         if job.spec.split == "uniform":
             return uniform_plan(nodes, job_model(job))
         loop = asyncio.get_running_loop()

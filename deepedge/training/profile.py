@@ -4,7 +4,11 @@ asked for, with the worker's own step code (pacing of an emulated board, intensi
 and prints one JSON line per level: ``{"intensity", "samples_per_s", "duty", "t0", "t1"}``
 (``t0``/``t1``: wall clock, so the daemon can take its LC apps' latency over the level). One JSON
 request on stdin: ``{"model", "levels", "seconds", "image_size", "classes", "emulated_sample_s"}``.
-A bad request or an unknown model prints ``{"error": ...}`` and exits 2."""
+A bad request or an unknown model prints ``{"error": ...}`` and exits 2.
+
+With ``"interactive": true`` (interference profiling: one training process for many runs, so a
+run does not pay torch's import) it prints ``{"ready": true}`` after its warm-up, then runs one
+level per JSON line ``{"level": u, "seconds": s}`` read from stdin, until end of input."""
 
 from __future__ import annotations
 
@@ -49,8 +53,8 @@ def profile(req: dict[str, Any]) -> list[dict[str, float]]:
 
     step(0, 1.0)  # warm-up: first-call allocations are not the board's speed
     out = []
-    for level in req["levels"]:
-        cap = float(level)
+
+    def run(cap: float, seconds: float) -> None:
         t0, busy, k = time.time(), 0.0, 0
         while time.time() - t0 < seconds or k == 0:
             busy += step(k, cap)
@@ -60,13 +64,24 @@ def profile(req: dict[str, Any]) -> list[dict[str, float]]:
         rate = k * STEP_SAMPLES / wall
         out.append({"intensity": cap, "samples_per_s": rate, "duty": busy / wall, "t0": t0, "t1": t1})
         print(json.dumps(out[-1]), flush=True)
+
+    if req.get("interactive"):
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            order = json.loads(line)
+            run(max(0.01, min(1.0, float(order["level"]))), float(order.get("seconds", seconds)))
+        return out
+    for level in req["levels"]:
+        run(float(level), seconds)
     return out
 
 
 def main() -> int:
     try:
         req = json.loads(sys.stdin.readline() or "null")
-        if not isinstance(req, dict) or not isinstance(req.get("levels"), list) or not req["levels"]:
+        if not isinstance(req, dict) or (
+            not req.get("interactive") and (not isinstance(req.get("levels"), list) or not req["levels"])
+        ):
             raise ValueError("expected a JSON object with a non-empty list 'levels'")
         profile(req)
     except Exception as exc:  # the daemon reads the reason from this line
