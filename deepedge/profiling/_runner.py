@@ -160,6 +160,15 @@ class PointRunner:
         offset = time.time() - time.monotonic()
         return float(msg["t0"]) - offset, float(msg["t1"]) - offset, float(msg["duty"])  # type: ignore[arg-type]
 
+    def _trainer_cpu_s(self) -> float:
+        if self.trainer is None:
+            return 0.0
+        try:
+            t = psutil.Process(self.trainer.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(t.user + t.system)
+
     # ---- one run ------------------------------------------------------------------------------
 
     def run(self, point: Point, phase: str = "design", scenario: str = "") -> Run:
@@ -172,6 +181,8 @@ class PointRunner:
             time.sleep(cfg.settle_s)
             stress.mark()
             cpu0 = psutil.cpu_times()
+            train0 = self._trainer_cpu_s()
+            t_mark = time.monotonic()
             if point.intensity > 0:
                 start, end, duty = self._train(point.intensity, cfg.seconds)
             else:
@@ -180,17 +191,25 @@ class PointRunner:
                 end, duty = time.monotonic(), 0.0
             achieved, disk_bps, notes = stress.achieved()
             cpu1 = psutil.cpu_times()
+            train1 = self._trainer_cpu_s()
+            wall = max(1e-9, time.monotonic() - t_mark)
         busy = (sum(cpu1) - cpu1.idle - cpu1.iowait) - (sum(cpu0) - cpu0.idle - cpu0.iowait)
         total = max(1e-9, sum(cpu1) - sum(cpu0))
         lat = self.latency.samples(cfg.app, start, end)
         span = max(1e-9, end - start)
         if not lat:
             notes.append(f"no latency reports from LC app {cfg.app}")
+        # background CPU, as the coordinator sees it from telemetry: cores busy with anything but
+        # this training and the LC app (the stressors, and whatever else runs on the machine)
+        ncpu = psutil.cpu_count() or 1
+        lc_cores = len(lat) / span * percentile(lat, 50) / 1000.0
+        background = max(0.0, busy / total * ncpu - (train1 - train0) / wall - lc_cores)
         return Run(
             asked=point,
             intensity=round(min(1.0, duty), 4),
             rate=round(len(lat) / span, 3),
-            cpu=achieved.get("cpu", 0.0),
+            cpu=round(background, 4),
+            cpu_stress=achieved.get("cpu", 0.0),
             cache=achieved.get("cache", 0.0),
             mem=achieved.get("mem", 0.0),
             io=achieved.get("io", 0.0),

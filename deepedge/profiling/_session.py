@@ -49,6 +49,7 @@ def fit_runs(
         q,
         lambda feats: (best.quantile_ms(feats, q).tolist(), best.median_ms(feats).tolist()),
         (space.rate_min, space.rate_max),
+        cpu_max=max(0.5, round(max(r.cpu for r in runs) + 0.05, 1)),  # background cores seen in the runs
     )
     return best, candidates, table
 

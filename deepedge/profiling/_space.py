@@ -40,7 +40,10 @@ class Point:
 
 @dataclass(frozen=True)
 class Run:
-    """One measured run. ``intensity``, ``rate`` and the stressor levels are what was achieved."""
+    """One measured run. ``intensity``, ``rate`` and the stressor levels are what was achieved;
+    ``cpu`` is the machine's background CPU in cores (busy cores less the training's and the LC
+    app's own: the cpu stressor, the other stressors' CPU and anything else running), measured as
+    the coordinator measures it from telemetry; ``cpu_stress`` the cpu stressor's own level."""
 
     asked: Point
     intensity: float
@@ -54,6 +57,7 @@ class Run:
     count: int
     seconds: float
     gpu: float = 0.0
+    cpu_stress: float = 0.0
     machine_cpu: float = 0.0  # the machine's CPU utilisation over the run (telemetry), 0..1
     disk_bps: float = 0.0  # the machine's disk bytes/s over the run (telemetry)
     phase: str = "design"  # design | adaptive | heldout

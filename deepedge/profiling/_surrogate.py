@@ -20,6 +20,7 @@ scikit-learn is imported only when a model is fitted (the node daemon never does
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +112,9 @@ class _Gp:
             1e-2, (1e-5, 1.0)
         )
         self.model = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1, random_state=0)
-        self.model.fit(x / self.scale, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # hyperparameters at their bounds: said by the CV figures
+            self.model.fit(x / self.scale, y)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
