@@ -419,30 +419,105 @@ def _demo_logging(state: CliState) -> None:
     configure_logging(level, fmt, demote=CONNECTION_EVENTS)  # type: ignore[arg-type]  # (checked just above)
 
 
+PROFILE_VERBS = ("list", "show", "export", "import")
+
+
 @app.command("profile")
 def profile_cmd(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(help="Node id (its daemon runs the profile).")],
+    node: Annotated[
+        str, typer.Argument(help="Node id (its daemon runs the profile), or list | show | export | import.")
+    ],
+    target: Annotated[
+        str | None, typer.Argument(help="show: a profile id; export / import: a JSON file.", show_default=False)
+    ] = None,
     model: Annotated[str, typer.Option(help="Model to profile.")] = "cnn-small",
     levels: Annotated[
         str | None, typer.Option(help="Intensities, comma-separated (default 1, or 1,0.5,0.25 with LC apps).")
     ] = None,
     seconds: Annotated[
-        float | None, typer.Option(help="Seconds per level (default 3, at most the node's window).")
+        float | None, typer.Option(help="Seconds per level / run (default 3, at most the node's window).")
+    ] = None,
+    interference: Annotated[
+        bool, typer.Option("--interference", help="Designed interference runs (stressors, intensity, LC rate).")
+    ] = False,
+    lc_app: Annotated[str | None, typer.Option("--app", help="--interference: the LC app to model.")] = None,
+    budget: Annotated[int, typer.Option(help="--interference: runs in all (design + adaptive).")] = 40,
+    adaptive: Annotated[int, typer.Option(help="--interference: runs added where the model is least sure.")] = 8,
+    rate_min: Annotated[float, typer.Option(help="--interference: lowest LC request rate (req/s).")] = 10.0,
+    rate_max: Annotated[float, typer.Option(help="--interference: highest LC request rate (req/s).")] = 40.0,
+    quantile: Annotated[float, typer.Option(help="The upper quantile caps are set for.")] = 0.95,
+    kb: Annotated[
+        Path | None, typer.Option(help="Knowledge base (default: knowledge.db beside coordinator.db).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Profile a board: its training rate alone and its LC apps' p95 per intensity.
+    """Profile a board: its training rate alone and its LC apps' p95 per intensity; with
+    --interference, designed runs under stressors fitted into the knowledge base.
 
-    FECBench-style; the node keeps the result and announces it, the coordinator plans with it."""
+    FECBench-style; the node keeps the result and announces it, the coordinator plans with it.
+    `deepedge profile list | show ID | export FILE | import FILE` manage the knowledge base."""
     import asyncio
 
     from deepedge.broker_schemas import ID_PATTERN
     from deepedge.ops import profile_node
 
+    loaded = ctx.obj.load(quiet=True)
+    if node in PROFILE_VERBS or interference:
+        from deepedge.coordinator._planner_io import knowledge_base_path
+
+        kb_path = kb or Path(knowledge_base_path(loaded.config.coordinator.db))
+        if node in PROFILE_VERBS:
+            _profile_kb(node, target, kb_path, as_json)
+            return
     if ID_PATTERN.fullmatch(node) is None:
         raise typer.BadParameter(f"node id {node!r} does not match [A-Za-z0-9_.-]{{1,64}}")
-    loaded = ctx.obj.load(quiet=True)
+    if interference:
+        from deepedge.profiling._design import Space
+        from deepedge.profiling._remote import profile_interference
+
+        if not 0.5 <= quantile < 1 or budget - adaptive < 4 or not 0 < rate_min <= rate_max:
+            raise typer.BadParameter(
+                "--quantile in [0.5, 1), --budget at least --adaptive + 4, 0 < rate-min <= rate-max"
+            )
+        done = asyncio.run(
+            profile_interference(
+                loaded.config,
+                node,
+                kb_path,
+                app=lc_app,
+                budget=budget,
+                adaptive=adaptive,
+                seconds=seconds or 3.0,
+                space=Space(rate_min=rate_min, rate_max=rate_max),
+                q=quantile,
+                model=model,
+                log=None if as_json else (lambda m: typer.echo(m, err=True)),
+            )
+        )
+        summary = {
+            "key": str(done.key),
+            "profile_id": done.profile_id,
+            "knowledge_base": str(kb_path),
+            "runs": done.budget,
+            "full_grid": done.full_grid,
+            "model": done.surrogate.kind,
+            "candidates": [c.to_dict() for c in done.candidates],
+        }
+        if as_json:
+            _print_json(summary)
+            return
+        typer.echo(
+            f"{done.key}: {done.budget} runs of a {done.full_grid}-run grid; model {done.surrogate.kind} "
+            f"(cross-validated median error {done.surrogate.cv.median_ape:.1%}, 95 % interval coverage "
+            f"{done.surrogate.cv.coverage:.0%}); profile {done.profile_id} in {kb_path}"
+        )
+        for c in done.candidates:
+            typer.echo(
+                f"  {c.kind}: median error {c.median_ape:.1%}, 90th percentile {c.p90_ape:.1%}, "
+                f"coverage {c.coverage:.0%}"
+            )
+        return
     args = {"model": model, "levels": levels, "seconds": seconds}
 
     shown = [0.0]
@@ -459,6 +534,58 @@ def profile_cmd(
     typer.echo(f"node {node}, model {model}: {result['samples_per_s']:.1f} samples/s training alone at full intensity")
     for p in result["lc"]:
         typer.echo(f"  {p['app']}: p95 {p['p95_ms']:.1f} ms at intensity {p['intensity']:.2f}")
+
+
+def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> None:
+    """deepedge profile list | show ID | export FILE | import FILE."""
+    from deepedge.profiling import KnowledgeBase
+
+    if verb != "list" and not target:
+        raise typer.BadParameter(f"profile {verb} needs {'a profile id' if verb == 'show' else 'a file'}")
+    if verb in ("list", "show", "export") and not kb_path.exists():
+        raise DeepEdgeError(f"no knowledge base at {kb_path} (--kb)")
+    kbase = KnowledgeBase(kb_path)
+    if verb == "list":
+        rows = kbase.profiles()
+        if as_json:
+            _print_json([{**r.__dict__, "key": r.key.__dict__} for r in rows])
+            return
+        typer.echo(f"{len(rows)} profile(s) in {kb_path}")
+        for r in rows:
+            fig = f"{r.kind}, CV median error {r.median_ape:.1%}" if r.kind and r.median_ape is not None else "no model"
+            typer.echo(f"  {r.id}: {r.key}  {r.runs} runs, {fig}  ({r.source})")
+    elif verb == "show":
+        assert target is not None
+        try:
+            shown = kbase.show(int(target))
+        except ValueError:
+            raise typer.BadParameter(f"profile id {target!r} is not a number (see deepedge profile list)") from None
+        if shown is None:
+            raise DeepEdgeError(f"no profile {target} in {kb_path}")
+        if as_json:
+            _print_json(shown)
+            return
+        m = shown["model"]
+        typer.echo(f"profile {shown['id']}: {shown['device_model']} / {shown['app']} / {shown['versions']}")
+        typer.echo(f"  {len(shown['runs'])} runs ({shown['source']}); design of {len(shown['design'])} points")
+        if m:
+            typer.echo(
+                f"  model {m['kind']} at quantile {m['q']:g}: CV median error {m['cv']['median_ape']:.1%}, "
+                f"coverage {m['cv']['coverage']:.0%}"
+            )
+            for c in m["candidates"]:
+                typer.echo(f"    {c['kind']}: {c['median_ape']:.1%} ({c['coverage']:.0%})")
+    elif verb == "export":
+        assert target is not None
+        Path(target).write_text(json.dumps(kbase.export(), indent=1))
+        typer.echo(f"exported {len(kbase.profiles())} profile(s) to {target}", err=True)
+    else:
+        assert target is not None
+        try:
+            ids = kbase.import_(json.loads(Path(target).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeepEdgeError(f"import {target}: {exc}") from None
+        typer.echo(f"imported {len(ids)} profile(s) into {kb_path}", err=True)
 
 
 def _write_bench(out: Path | None, title: str, text: str) -> None:

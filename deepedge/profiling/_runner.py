@@ -150,6 +150,8 @@ class PointRunner:
 
     def _train(self, intensity: float, seconds: float) -> tuple[float, float, float]:
         """Train at ``intensity`` for ``seconds``: (start, end) in time.monotonic(), achieved duty."""
+        if self.trainer is not None and self.trainer.poll() is not None:  # it left after idling
+            self.close()
         proc = self.trainer or self._start_trainer()
         assert proc.stdin is not None
         proc.stdin.write(json.dumps({"level": intensity, "seconds": seconds}).encode() + b"\n")
@@ -173,11 +175,13 @@ class PointRunner:
 
     def run(self, point: Point, phase: str = "design", scenario: str = "") -> Run:
         cfg = self.cfg
-        if point.intensity > 0 and self.trainer is None:
+        if point.intensity > 0 and (self.trainer is None or self.trainer.poll() is not None):
+            self.close()
             self._start_trainer()
-        if cfg.rate_file is not None:
+        if cfg.rate_file is not None and point.rate > 0:
             write_rate(cfg.rate_file, point.rate)
-        with Stressors(point.stressors(), cfg.workdir / "stress", workers=cfg.stressor_workers) as stress:
+        timeout = cfg.settle_s + cfg.seconds + 60.0
+        with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
             time.sleep(cfg.settle_s)
             stress.mark()
             cpu0 = psutil.cpu_times()

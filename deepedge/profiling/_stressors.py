@@ -35,11 +35,12 @@ class StressorError(Exception):
     pass
 
 
-def stressor_argv(kind: str, level: float, workers: int, workdir: Path) -> list[str]:
+def stressor_argv(kind: str, level: float, workers: int, workdir: Path, timeout_s: float = 120.0) -> list[str]:
+    """stress-ng's command line; it stops by itself after ``timeout_s`` whatever happens to us."""
     exe = shutil.which(STRESS_NG)
     if exe is None:
         raise StressorError("stress-ng is not installed (apt-get install stress-ng)")
-    base = [exe, "--quiet", "--timeout", "3600"]
+    base = [exe, "--quiet", "--timeout", str(max(1, round(timeout_s)))]
     match kind:
         case "cpu":
             return [
@@ -95,6 +96,7 @@ class Stressors:
     workdir: Path
     workers: int = 1
     nice: int = 0
+    timeout_s: float = 120.0  # stress-ng ends by itself then, even if this process is killed
     _running: list[_Stressor] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -106,7 +108,7 @@ class Stressors:
         for kind, level in self.levels.items():
             if level <= 0:
                 continue
-            argv = stressor_argv(kind, min(1.0, level), self.workers, self.workdir)
+            argv = stressor_argv(kind, min(1.0, level), self.workers, self.workdir, self.timeout_s)
             nice = self.nice
 
             def setup(nice: int = nice) -> None:

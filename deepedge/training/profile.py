@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = ["main"]
 
 STEP_SAMPLES = 128  # samples per optimizer step, as a typical share of a global batch
 SYNTHETIC = 1024  # generated samples it cycles through
+IDLE_EXIT_S = 60.0  # interactive mode: no order for this long ends the process
 
 
 def profile(req: dict[str, Any]) -> list[dict[str, float]]:
@@ -67,7 +69,10 @@ def profile(req: dict[str, Any]) -> list[dict[str, float]]:
 
     if req.get("interactive"):
         print(json.dumps({"ready": True}), flush=True)
-        for line in sys.stdin:
+        while select.select([sys.stdin], [], [], IDLE_EXIT_S)[0]:  # a runner gone quiet: leave
+            line = sys.stdin.readline()
+            if not line:
+                break
             order = json.loads(line)
             run(max(0.01, min(1.0, float(order["level"]))), float(order.get("seconds", seconds)))
         return out
