@@ -32,8 +32,8 @@ import numpy as np
 from deepedge.profiling import KnowledgeBase, Point, ProfileKey, Run, versions_key
 from deepedge.profiling._design import Space
 from deepedge.profiling._runner import LatencySink, PointRunner, RunnerConfig, rate_file_for
-from deepedge.profiling._session import DEFAULT_KINDS, ProfileSession, fit_runs
-from deepedge.profiling._surrogate import fit
+from deepedge.profiling._session import DEFAULT_KINDS, ProfileSession
+from deepedge.profiling._surrogate import Surrogate, choose, fit
 
 __all__ = ["HELDOUT", "InterferenceResult", "interference_markdown", "run_interference_bench"]
 
@@ -75,8 +75,8 @@ class InterferenceResult:
     noise_ape: float | None  # repeat runs of one point: the measurement's own spread
 
 
-def _figures(kind: str, fitted_on: list[Run], heldout: list[Run]) -> ModelFigures:
-    s = fit(kind, fitted_on)
+def _figures(s: Surrogate, heldout: list[Run]) -> ModelFigures:
+    kind = s.kind
     x = [r.features() for r in heldout]
     y = np.array([r.p95_ms for r in heldout])
     med = s.median_ms(x)
@@ -113,8 +113,9 @@ def evaluate(
 ) -> tuple[str, list[ModelFigures], float | None]:
     fitted_on = [r for r in runs if r.phase in ("design", "adaptive")]
     heldout = [r for r in runs if r.phase == "heldout" and r.count > 0]
-    best, _, _ = fit_runs(APP, fitted_on, space, kinds=kinds)
-    figures = [_figures(k, fitted_on, heldout) for k in (*kinds, "linear")]
+    fitted = {k: fit(k, fitted_on) for k in (*kinds, "linear")}
+    best = choose([fitted[k] for k in kinds])
+    figures = [_figures(s, heldout) for s in fitted.values()]
     repeats = [r.p95_ms for r in runs if r.phase == "repeat"]
     noise = None
     if len(repeats) >= 3:

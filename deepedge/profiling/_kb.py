@@ -135,13 +135,28 @@ class KnowledgeBase:
             db.execute("UPDATE profiles SET updated=? WHERE id=?", (time.time(), pid))
 
     def set_model(
-        self, pid: int, kind: str, q: float, cv: dict[str, Any], candidates: list[dict[str, Any]], table: CapTable
+        self,
+        pid: int,
+        kind: str,
+        q: float,
+        cv: dict[str, Any],
+        candidates: list[dict[str, Any]],
+        table: CapTable,
+        created: float | None = None,
     ) -> None:
         with self._db() as db:
             db.execute(
                 "INSERT OR REPLACE INTO models (profile_id, kind, q, cv, candidates, cap_table, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (pid, kind, q, json.dumps(cv), json.dumps(candidates), json.dumps(table.to_dict()), time.time()),
+                (
+                    pid,
+                    kind,
+                    q,
+                    json.dumps(cv),
+                    json.dumps(candidates),
+                    json.dumps(table.to_dict()),
+                    time.time() if created is None else created,
+                ),
             )
 
     def delete(self, pid: int) -> bool:
@@ -269,7 +284,13 @@ class KnowledgeBase:
             self.add_runs(pid, runs)
             if model and table is not None:
                 self.set_model(
-                    pid, str(model["kind"]), float(model["q"]), dict(model["cv"]), list(model["candidates"]), table
+                    pid,
+                    str(model["kind"]),
+                    float(model["q"]),
+                    dict(model["cv"]),
+                    list(model["candidates"]),
+                    table,
+                    float(model.get("created", time.time())),
                 )
             ids.append(pid)
         return ids

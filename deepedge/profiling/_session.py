@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from deepedge.profiling._design import Space, adaptive_points, latin_hypercube
 from deepedge.profiling._kb import KnowledgeBase, ProfileKey
 from deepedge.profiling._space import Point, Run
-from deepedge.profiling._surrogate import CvResult, Surrogate, cross_validate, fit, gp_uncertainty
+from deepedge.profiling._surrogate import CvResult, Surrogate, choose, cross_validate, fit, gp_uncertainty
 from deepedge.profiling._table import CapTable, compile_table
 
 __all__ = ["DEFAULT_KINDS", "Measure", "ProfileSession", "SessionResult", "fit_runs"]
@@ -41,7 +41,7 @@ def fit_runs(
     """The model chosen by cross-validated error among ``kinds`` (the linear baseline is
     cross-validated too, for the record), and its cap table at quantile ``q``."""
     fitted = [fit(k, runs) for k in kinds]
-    best = min(fitted, key=lambda s: (round(s.cv.median_ape, 4), -s.cv.coverage))
+    best = choose(fitted)
     candidates = [s.cv for s in fitted] + [cross_validate("linear", runs)]
     table = compile_table(
         app,

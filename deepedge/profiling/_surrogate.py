@@ -29,7 +29,17 @@ import numpy as np
 
 from deepedge.profiling._space import FEATURES, Point, Run
 
-__all__ = ["KINDS", "CvResult", "Surrogate", "cross_validate", "fit", "gp_uncertainty", "point_features", "select"]
+__all__ = [
+    "KINDS",
+    "CvResult",
+    "Surrogate",
+    "choose",
+    "cross_validate",
+    "fit",
+    "gp_uncertainty",
+    "point_features",
+    "select",
+]
 
 KINDS = ("linear", "loglinear", "gbm", "gp")
 _U = FEATURES.index("intensity")
@@ -89,8 +99,8 @@ class _Gbm:
             loss="quantile",
             quantile=0.5,
             monotonic_cst=[1] * x.shape[1],
-            max_iter=300,
-            learning_rate=0.05,
+            max_iter=150,
+            learning_rate=0.1,
             max_leaf_nodes=6,
             min_samples_leaf=max(2, min(8, len(y) // 10)),
             l2_regularization=0.1,
@@ -221,10 +231,14 @@ def fit(kind: str, runs: Sequence[Run], folds: int = 5) -> Surrogate:
     return Surrogate(kind, _MODELS[kind]().fit(x, y), np.array(cv.residuals), cv, len(runs))
 
 
+def choose(fitted: Sequence[Surrogate]) -> Surrogate:
+    """The one with the lowest cross-validated median error (ties: the higher coverage)."""
+    return min(fitted, key=lambda s: (round(s.cv.median_ape, 4), -s.cv.coverage))
+
+
 def select(runs: Sequence[Run], kinds: Sequence[str] = ("loglinear", "gbm", "gp"), folds: int = 5) -> Surrogate:
     """The kind with the lowest cross-validated median error (ties: the higher coverage)."""
-    fitted = [fit(k, runs, folds) for k in kinds]
-    return min(fitted, key=lambda s: (round(s.cv.median_ape, 4), -s.cv.coverage))
+    return choose([fit(k, runs, folds) for k in kinds])
 
 
 def gp_uncertainty(runs: Sequence[Run]) -> Any:
