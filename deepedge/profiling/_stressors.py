@@ -193,10 +193,14 @@ class Stressors:
         if self._thread is not None:
             self._thread.join(2)
             self._thread = None
-        for s in self._running:
+        for s in self._running:  # stress-ng stops and reaps its workers on SIGTERM
             self._signal(s, signal.SIGCONT)
-            self._signal(s, signal.SIGKILL)
+            self._signal(s, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
         for s in self._running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s.proc.wait(max(0.05, deadline - time.monotonic()))
+            self._signal(s, signal.SIGKILL)  # whatever is left of its group
             with contextlib.suppress(subprocess.TimeoutExpired):
                 s.proc.wait(5)
         self._running.clear()
