@@ -26,7 +26,7 @@ import torch.distributed as dist
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import compute_share
+from deepedge.training._compute import RAMP_FLOOR, Pacer, compute_share, ramp
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import ensure_dir
@@ -71,7 +71,10 @@ class Trainer:
         timeout = datetime.timedelta(seconds=collective_timeout_s)
         self.rendezvous = Rendezvous(first.training_address, timeout, self.newer_plan_than)
         self.group = ProcessGroup(timeout, self.newer_plan_than)
-        self.data: TensorDataset = load_dataset(str(checked.dataset))
+        # paced like a slow-started step, so decoding the dataset does not hit the LC apps
+        self.data: TensorDataset = load_dataset(
+            str(checked.dataset), pace=Pacer(first.assignment.intensity_cap * RAMP_FLOOR)
+        )
         self.batch = spec.global_batch
         if len(self.data) < self.batch:
             raise TrainingError(
@@ -89,6 +92,7 @@ class Trainer:
         self.accounting = AccountingLog(self.output, self.node)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         self.intensity = 0.0
+        self.generation_started = time.monotonic()
         if first.plan.resume_step > 0:
             self.resume_from_checkpoint()
 
@@ -165,7 +169,8 @@ class Trainer:
         mine = self.slice(batch, a.batch_offset, a.share)
         for p in self.params:
             p.grad = torch.zeros_like(p)
-        loss_sum, busy = compute_share(self.model, self.data, mine, a.intensity_cap, self.pfw.emulated_sample_s)
+        cap = ramp(time.monotonic() - self.generation_started, a.intensity_cap)
+        loss_sum, busy = compute_share(self.model, self.data, mine, cap, self.pfw.emulated_sample_s)
         grads = [p.grad for p in self.params if p.grad is not None]
         flat = torch.cat([g.view(-1) for g in grads] + [loss_sum])
         t_reduce = time.perf_counter()
@@ -200,6 +205,7 @@ class Trainer:
     def run_generation(self) -> None:
         gen = self.pfw.plan.generation
         last_report = 0.0
+        self.generation_started = time.monotonic()  # the slow start (``ramp``) counts from here
         while self.step < self.total_steps:
             if self.newer_plan_than(gen):
                 raise NewPlan
