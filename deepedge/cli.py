@@ -362,6 +362,16 @@ def demo_cmd(
         str, typer.Option(help="auto (Mosquitto if installed, else amqtt), mosquitto or amqtt.")
     ] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the report as JSON here.")] = None,
+    deadline_factor: Annotated[
+        float, typer.Option(min=1.0, help="Each LC deadline: this factor x the app's p95 alone.")
+    ] = 3.5,
+    lc_trace: Annotated[
+        str | None,
+        typer.Option(help="The LC apps' request rate during the job: constant:R, step:R1,R2,T or diurnal:LOW,HIGH,P."),
+    ] = None,
+    lc_control: Annotated[
+        str, typer.Option(help="forecast (the knowledge base, the forecast), reactive (miss-then-back-off) or unaware.")
+    ] = "forecast",
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
     from deepedge.demo import DemoOptions, render_report, run_demo
@@ -378,7 +388,19 @@ def demo_cmd(
         epochs=epochs,
         images=images,
         broker=broker,
+        deadline_factor=deadline_factor,
+        lc_trace=lc_trace,
+        lc_control=lc_control,
     )
+    if lc_control not in ("forecast", "reactive", "unaware"):
+        raise typer.BadParameter("--lc-control is forecast, reactive or unaware")
+    if lc_trace is not None:
+        from deepedge.demo.lc_app import Trace
+
+        try:
+            Trace.parse(lc_trace)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     say(
         console,
         f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {epochs} epochs on {images} "
@@ -677,15 +699,82 @@ def bench_makespan(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of each job.")] = 6,
     images: Annotated[int, typer.Option(min=200, help="Generated training images.")] = 3000,
     out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path("docs/benchmarks.md"),
+    scenarios: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: the LC scenarios, comma-separated: tight (tight deadlines: uniform, LC-unaware, deepedge), "
+            "step and diurnal (request-rate traces: deepedge's forecast vs miss-then-back-off)."
+        ),
+    ] = None,
+    tight_factor: Annotated[float, typer.Option(min=1.0, help="tight: deadline = this x the p95 alone.")] = 1.75,
+    trace_factor: Annotated[float, typer.Option(min=1.0, help="step, diurnal: deadline = this x alone.")] = 2.5,
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
+
+    if scenarios is not None:
+        from deepedge.bench._lc_scenarios import lc_markdown, run_lc_scenarios
+
+        chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
+        if not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen):
+            raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
+        ctx.obj.load()
+        typer.echo(f"emulated 4-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
+        lc_rows = run_lc_scenarios(chosen, epochs, images, tight_factor, trace_factor)
+        command = (
+            f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
+            f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g}"
+        )
+        target = out if out != Path("docs/benchmarks.md") else Path("docs/benchmarks/lc-scenarios.md")
+        _write_bench(
+            target,
+            "LC deadlines: deepedge vs naive splits and today's controller",
+            lc_markdown(lc_rows, command, tight_factor, trace_factor),
+        )
+        return
 
     ctx.obj.load()
     typer.echo("emulated 4-board cluster: deepedge plan, then uniform split; without and with LC apps ...", err=True)
     rows = run_makespan_bench(epochs=epochs, images=images)
     text = makespan_markdown(rows, f"deepedge bench makespan --epochs {epochs} --images {images}")
     _write_bench(out, "Makespan: deepedge plan vs uniform split vs ideal bound", text)
+
+
+@bench_app.command("interference")
+def bench_interference(
+    ctx: typer.Context,
+    budget: Annotated[int, typer.Option(min=8, help="Runs to fit on (design + adaptive).")] = 48,
+    adaptive: Annotated[int, typer.Option(min=0, help="Of which added where the model is least sure.")] = 8,
+    per_scenario: Annotated[int, typer.Option(min=1, help="Held-out runs per co-location scenario.")] = 4,
+    seconds: Annotated[float, typer.Option(min=0.5, help="Seconds measured per run.")] = 3.0,
+    repeats: Annotated[int, typer.Option(min=0, help="Repeats of one point (the measurement's own noise).")] = 5,
+    workdir: Annotated[Path | None, typer.Option(help="Where the runs' files and knowledge base go.")] = None,
+    refit: Annotated[
+        Path | None, typer.Option(help="Recompute the figures from this knowledge base's runs (no measuring).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown here.")] = Path(
+        "docs/benchmarks/interference.md"
+    ),
+) -> None:
+    """Surrogate p95 predictions in held-out co-location scenarios (real LC app, stress-ng, training)."""
+    from deepedge.bench._interference import interference_markdown, refit_figures, run_interference_bench
+
+    ctx.obj.load()
+    if refit is not None:
+        result = refit_figures(refit)
+        command = f"deepedge bench interference --refit {refit}"
+    else:
+        if budget - adaptive < 4:
+            raise typer.BadParameter("--budget must be at least --adaptive + 4")
+        typer.echo("profiling this machine (design, adaptive, held-out scenarios) ...", err=True)
+        result = run_interference_bench(
+            budget, adaptive, per_scenario, seconds, repeats, workdir, progress=lambda m: typer.echo(m, err=True)
+        )
+        command = (
+            f"deepedge bench interference --budget {budget} --adaptive {adaptive} --per-scenario {per_scenario} "
+            f"--seconds {seconds:g} --repeats {repeats}"
+        )
+    _write_bench(out, "Interference model: held-out prediction error", interference_markdown(result, command))
 
 
 _DEPLOY_HELP = {

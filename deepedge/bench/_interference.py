@@ -35,7 +35,15 @@ from deepedge.profiling._runner import LatencySink, PointRunner, RunnerConfig, r
 from deepedge.profiling._session import DEFAULT_KINDS, ProfileSession
 from deepedge.profiling._surrogate import Surrogate, choose, fit
 
-__all__ = ["HELDOUT", "InterferenceResult", "interference_markdown", "run_interference_bench"]
+__all__ = [
+    "APP",
+    "HELDOUT",
+    "InterferenceResult",
+    "evaluate",
+    "interference_markdown",
+    "refit_figures",
+    "run_interference_bench",
+]
 
 APP = "bench-lc"
 # Held-out co-location scenarios: mixes of 3-4 stressors at once (the design has at most 2)
@@ -209,7 +217,7 @@ def run_interference_bench(
     )
 
 
-def refit(kb_path: Path, profile_id: int | None = None) -> InterferenceResult:
+def refit_figures(kb_path: Path, profile_id: int | None = None) -> InterferenceResult:
     """The figures again from a knowledge base's stored runs (no measurement)."""
     kb = KnowledgeBase(kb_path)
     pid = profile_id or max((s.id for s in kb.profiles() if s.key.app == APP), default=None)

@@ -26,7 +26,7 @@ from deepedge.errors import DeepEdgeError
 from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["DemoOptions", "run_cluster_job", "run_demo"]
+__all__ = ["DemoOptions", "follow_trace", "run_cluster_job", "run_demo"]
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -48,6 +48,8 @@ class DemoOptions:
     timeout_s: float = 600.0
     calibrate_s: float = 4.0
     profile_s: float | None = 1.5  # seconds per intensity level of each board's profile; None: no profile
+    lc_control: str = "forecast"  # the job's lc_control: forecast | reactive | unaware
+    lc_trace: str | None = None  # the LC apps' request rate from submission: constant:R | step:.. | diurnal:..
 
 
 @dataclass
@@ -139,6 +141,27 @@ async def profile_boards(
             await one(b)
 
 
+async def follow_trace(cluster: DemoCluster, spec: str) -> None:
+    """Make every LC app follow the request-rate trace ``spec`` from now on, through the rate
+    file each reads (``deepedge.demo.lc_app``); removed at the end (the apps go back to 20/s)."""
+    from deepedge.demo.lc_app import Trace
+    from deepedge.profiling._runner import rate_file_for, write_rate
+
+    trace = Trace.parse(spec)
+    files = [rate_file_for(cluster.socket(b.node), b.lc_app) for b in cluster.boards if b.lc_app]
+    t0 = time.monotonic()
+    try:
+        while True:
+            rate = trace.rate_at(time.monotonic() - t0)
+            for f in files:
+                write_rate(f, rate)
+            await asyncio.sleep(0.25)
+    finally:
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
 async def run_cluster_job(
     cluster: DemoCluster,
     opts: DemoOptions,
@@ -149,8 +172,10 @@ async def run_cluster_job(
     output: Path,
     on_tick: Callable[[JobRun], None] | None = None,
     calibrate: bool = True,
+    submit: bool = True,
 ) -> JobRun:
-    """Submit one job to a running cluster and follow it to the end (killing a board if told)."""
+    """Submit one job to a running cluster and follow it to the end (killing a board if told).
+    ``submit=False``: only set the LC deadlines and profile the boards (``calibrate``)."""
     topics = Topics(cluster.cluster)
     broker = BrokerConfig(url=cluster.url, keepalive_s=5)
     watch = ClusterWatch(topics, job=job)
@@ -178,6 +203,8 @@ async def run_cluster_job(
                     if opts.profile_s is not None:
                         tell("profiling the boards (deepedge profile: rate alone, LC p95 per intensity)")
                     await profile_boards(cluster, rpc, topics, opts, run, "cnn-small")
+                if not submit:
+                    return run
                 tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
@@ -191,9 +218,11 @@ async def run_cluster_job(
                     "seed": 7,
                     "split": opts.split,
                     "model_bytes": 40_000,
+                    "lc_control": opts.lc_control,
                 }
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
+                trace = asyncio.create_task(follow_trace(cluster, opts.lc_trace)) if opts.lc_trace else None
                 reply = await rpc.request(topics.coordinator_command("submit"), spec)
                 if not reply.ok:
                     raise DeepEdgeError(f"demo: submit refused: {reply.error}")
@@ -218,6 +247,10 @@ async def run_cluster_job(
                             await watch.changed.wait()
                 run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
                 watch.counting_lc = False
+                if trace is not None:
+                    trace.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await trace
                 await asyncio.sleep(0.3)  # the last events
                 if on_tick is not None:
                     on_tick(run)
