@@ -19,7 +19,7 @@ MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps 
 # rising linearly from RAMP_FLOOR x cap to the cap over RAMP_S, and its data loading is paced at
 # RAMP_FLOOR x cap. A worker's start (data decoding, the first steps while its peers still
 # arrive) no longer hits its board's LC apps harder than its planned cap does.
-RAMP_S = 3.0
+RAMP_S = 2.0
 RAMP_FLOOR = 0.25
 
 
