@@ -173,6 +173,8 @@ class BoardProfiler:
 
     async def measure(self, model: str, levels: list[float], seconds: float) -> ModelProfile:
         """Run the profiler process; keep and return the profile. Raises ProfileError."""
+        if self.measuring:
+            raise ProfileError("an interference run is in progress on this node")
         before = self.clock.monotonic()
         alone = self.windows.p95_between(before - seconds, before)  # nothing trains now
         proc = await asyncio.create_subprocess_exec(
