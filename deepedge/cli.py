@@ -706,8 +706,11 @@ def bench_makespan(
             "step and diurnal (request-rate traces: deepedge's forecast vs miss-then-back-off)."
         ),
     ] = None,
-    tight_factor: Annotated[float, typer.Option(min=1.0, help="tight: deadline = this x the p95 alone.")] = 1.75,
-    trace_factor: Annotated[float, typer.Option(min=1.0, help="step, diurnal: deadline = this x alone.")] = 2.5,
+    tight_factor: Annotated[float, typer.Option(min=1.0, help="tight: deadline = this x the p95 alone.")] = 1.5,
+    trace_factor: Annotated[float, typer.Option(min=1.0, help="step, diurnal: deadline = this x alone.")] = 2.0,
+    nodes: Annotated[
+        int, typer.Option(min=2, max=12, help="--scenarios: emulated boards (the first two: LC apps).")
+    ] = 2,
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
@@ -720,10 +723,10 @@ def bench_makespan(
             raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
         ctx.obj.load()
         typer.echo(f"emulated 4-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
-        lc_rows = run_lc_scenarios(chosen, epochs, images, tight_factor, trace_factor)
+        lc_rows = run_lc_scenarios(chosen, epochs, images, tight_factor, trace_factor, nodes)
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
-            f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g}"
+            f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes}"
         )
         target = out if out != Path("docs/benchmarks.md") else Path("docs/benchmarks/lc-scenarios.md")
         _write_bench(

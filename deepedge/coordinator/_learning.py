@@ -128,7 +128,7 @@ class InterferenceModel:
         for k in range(1, len(curve)):  # the floor can break monotonicity; restore it
             curve[k] = max(curve[k], curve[k - 1])
         curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
-        return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve))
+        return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve), margin=0.0)
 
     def at_risk(self, cap: float, deadline_ms: float, rate: float, cpu: float) -> float | None:
         """With a cap table: the upper-quantile p95 predicted at ``cap`` for ``rate`` (corrected);

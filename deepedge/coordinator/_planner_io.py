@@ -127,7 +127,8 @@ def node_models(
                 rate=rate,
                 max_share=min(max_share, job.spec.global_batch),
                 lc_apps=apps,
-                cap_limit=learn.cap_limit,
+                # an LC-unaware baseline ignores what LC feedback taught as well
+                cap_limit=learn.cap_limit if job.spec.lc_control != "unaware" else 1.0,
                 unavailable=unavailable,
             )
         )

@@ -35,13 +35,14 @@ def node_cap(node: NodeModel, margin: float) -> tuple[float, str]:
     cap = min(1.0, max(0.0, node.cap_limit))
     reason = "" if cap > 0 else "its cap was lowered to 0 after LC deadline misses"
     for app in node.lc_apps:
-        budget = (1.0 - margin) * app.deadline_ms
+        keep = margin if app.margin is None else app.margin
+        budget = (1.0 - keep) * app.deadline_ms
         if app.curve:
             base = app.predict_ms(0.0)
             if base > budget:
                 return 0.0, (
                     f"LC app {app.name} is predicted at {base:.1f} ms p95 (upper quantile) with no training, over "
-                    f"{budget:.1f} ms ({(1 - margin):.0%} of its {app.deadline_ms:g} ms deadline)"
+                    f"{budget:.1f} ms ({(1 - keep):.0%} of its {app.deadline_ms:g} ms deadline)"
                 )
             allowed = largest_within(app.predict_ms, budget, cap)
             if allowed < cap:
@@ -51,7 +52,7 @@ def node_cap(node: NodeModel, margin: float) -> tuple[float, str]:
         if app.base_ms > budget:
             return 0.0, (
                 f"LC app {app.name} is predicted at {app.base_ms:.1f} ms p95 with no training, over "
-                f"{budget:.1f} ms ({(1 - margin):.0%} of its {app.deadline_ms:g} ms deadline)"
+                f"{budget:.1f} ms ({(1 - keep):.0%} of its {app.deadline_ms:g} ms deadline)"
             )
         if app.slope_ms > 0:
             allowed = (budget - app.base_ms) / app.slope_ms

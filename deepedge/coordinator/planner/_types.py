@@ -20,6 +20,9 @@ class LcAppModel:
     base_ms: float
     slope_ms: float
     curve: tuple[float, ...] = ()
+    # this app's safety margin instead of the planner's: a surrogate's curve is already its upper
+    # quantile (the measured error), so the margin is not taken a second time (0)
+    margin: float | None = None
 
     def predict_ms(self, u: float) -> float:
         if len(self.curve) >= 2:
