@@ -722,7 +722,7 @@ def bench_makespan(
         if not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen):
             raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
         ctx.obj.load()
-        typer.echo(f"emulated 4-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
+        typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
         lc_rows = run_lc_scenarios(chosen, epochs, images, tight_factor, trace_factor, nodes)
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
