@@ -383,6 +383,16 @@ def demo_cmd(
             "shared (one loopback, no limits) or auto (namespaces where possible).",
         ),
     ] = "auto",
+    deadline_factor: Annotated[
+        float, typer.Option(min=1.0, help="Each LC deadline: this factor x the app's p95 alone.")
+    ] = 3.5,
+    lc_trace: Annotated[
+        str | None,
+        typer.Option(help="The LC apps' request rate during the job: constant:R, step:R1,R2,T or diurnal:LOW,HIGH,P."),
+    ] = None,
+    lc_control: Annotated[
+        str, typer.Option(help="forecast (the knowledge base, the forecast), reactive (miss-then-back-off) or unaware.")
+    ] = "forecast",
 ) -> None:
     """Run the whole loop on an emulated heterogeneous cluster on this machine (about 2 minutes)."""
     from deepedge.demo import DEMO_EPOCHS, DEMO_MODELS, DemoOptions, render_report, run_demo
@@ -394,6 +404,15 @@ def demo_cmd(
     epochs = epochs or DEMO_EPOCHS.get(model, 3)
     if boards not in ("auto", "namespaces", "shared"):
         raise typer.BadParameter(f"auto, namespaces or shared, not {boards!r}", param_hint="--boards")
+    if lc_control not in ("forecast", "reactive", "unaware"):
+        raise typer.BadParameter("--lc-control is forecast, reactive or unaware")
+    if lc_trace is not None:
+        from deepedge.demo.lc_app import Trace
+
+        try:
+            Trace.parse(lc_trace)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     _demo_logging(ctx.obj)
     _sigterm_stops()
     console = make_console()
@@ -407,6 +426,9 @@ def demo_cmd(
         epochs=epochs,
         images=images,
         broker=broker,
+        deadline_factor=deadline_factor,
+        lc_trace=lc_trace,
+        lc_control=lc_control,
     )
     say(
         console,
@@ -458,30 +480,105 @@ def _demo_logging(state: CliState) -> None:
     configure_logging(level, fmt, demote=CONNECTION_EVENTS)  # type: ignore[arg-type]  # (checked just above)
 
 
+PROFILE_VERBS = ("list", "show", "export", "import")
+
+
 @app.command("profile")
 def profile_cmd(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(help="Node id (its daemon runs the profile).")],
+    node: Annotated[
+        str, typer.Argument(help="Node id (its daemon runs the profile), or list | show | export | import.")
+    ],
+    target: Annotated[
+        str | None, typer.Argument(help="show: a profile id; export / import: a JSON file.", show_default=False)
+    ] = None,
     model: Annotated[str, typer.Option(help="Model to profile.")] = "cnn-small",
     levels: Annotated[
         str | None, typer.Option(help="Intensities, comma-separated (default 1, or 1,0.5,0.25 with LC apps).")
     ] = None,
     seconds: Annotated[
-        float | None, typer.Option(help="Seconds per level (default 3, at most the node's window).")
+        float | None, typer.Option(help="Seconds per level / run (default 3, at most the node's window).")
+    ] = None,
+    interference: Annotated[
+        bool, typer.Option("--interference", help="Designed interference runs (stressors, intensity, LC rate).")
+    ] = False,
+    lc_app: Annotated[str | None, typer.Option("--app", help="--interference: the LC app to model.")] = None,
+    budget: Annotated[int, typer.Option(help="--interference: runs in all (design + adaptive).")] = 40,
+    adaptive: Annotated[int, typer.Option(help="--interference: runs added where the model is least sure.")] = 8,
+    rate_min: Annotated[float, typer.Option(help="--interference: lowest LC request rate (req/s).")] = 10.0,
+    rate_max: Annotated[float, typer.Option(help="--interference: highest LC request rate (req/s).")] = 40.0,
+    quantile: Annotated[float, typer.Option(help="The upper quantile caps are set for.")] = 0.95,
+    kb: Annotated[
+        Path | None, typer.Option(help="Knowledge base (default: knowledge.db beside coordinator.db).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Profile a board: its training rate alone and its LC apps' p95 per intensity.
+    """Profile a board: its training rate alone and its LC apps' p95 per intensity; with
+    --interference, designed runs under stressors fitted into the knowledge base.
 
-    FECBench-style; the node keeps the result and announces it, the coordinator plans with it."""
+    FECBench-style; the node keeps the result and announces it, the coordinator plans with it.
+    `deepedge profile list | show ID | export FILE | import FILE` manage the knowledge base."""
     import asyncio
 
     from deepedge.broker_schemas import ID_PATTERN
     from deepedge.ops import profile_node
 
+    loaded = ctx.obj.load(quiet=True)
+    if node in PROFILE_VERBS or interference:
+        from deepedge.coordinator._planner_io import knowledge_base_path
+
+        kb_path = kb or Path(knowledge_base_path(loaded.config.coordinator.db))
+        if node in PROFILE_VERBS:
+            _profile_kb(node, target, kb_path, as_json)
+            return
     if ID_PATTERN.fullmatch(node) is None:
         raise typer.BadParameter(f"node id {node!r} does not match [A-Za-z0-9_.-]{{1,64}}")
-    loaded = ctx.obj.load(quiet=True)
+    if interference:
+        from deepedge.profiling._design import Space
+        from deepedge.profiling._remote import profile_interference
+
+        if not 0.5 <= quantile < 1 or budget - adaptive < 4 or not 0 < rate_min <= rate_max:
+            raise typer.BadParameter(
+                "--quantile in [0.5, 1), --budget at least --adaptive + 4, 0 < rate-min <= rate-max"
+            )
+        done = asyncio.run(
+            profile_interference(
+                loaded.config,
+                node,
+                kb_path,
+                app=lc_app,
+                budget=budget,
+                adaptive=adaptive,
+                seconds=seconds or 3.0,
+                space=Space(rate_min=rate_min, rate_max=rate_max),
+                q=quantile,
+                model=model,
+                log=None if as_json else (lambda m: typer.echo(m, err=True)),
+            )
+        )
+        summary = {
+            "key": str(done.key),
+            "profile_id": done.profile_id,
+            "knowledge_base": str(kb_path),
+            "runs": done.budget,
+            "full_grid": done.full_grid,
+            "model": done.surrogate.kind,
+            "candidates": [c.to_dict() for c in done.candidates],
+        }
+        if as_json:
+            _print_json(summary)
+            return
+        typer.echo(
+            f"{done.key}: {done.budget} runs of a {done.full_grid}-run grid; model {done.surrogate.kind} "
+            f"(cross-validated median error {done.surrogate.cv.median_ape:.1%}, 95 % interval coverage "
+            f"{done.surrogate.cv.coverage:.0%}); profile {done.profile_id} in {kb_path}"
+        )
+        for c in done.candidates:
+            typer.echo(
+                f"  {c.kind}: median error {c.median_ape:.1%}, 90th percentile {c.p90_ape:.1%}, "
+                f"coverage {c.coverage:.0%}"
+            )
+        return
     args = {"model": model, "levels": levels, "seconds": seconds}
 
     shown = [0.0]
@@ -498,6 +595,58 @@ def profile_cmd(
     typer.echo(f"node {node}, model {model}: {result['samples_per_s']:.1f} samples/s training alone at full intensity")
     for p in result["lc"]:
         typer.echo(f"  {p['app']}: p95 {p['p95_ms']:.1f} ms at intensity {p['intensity']:.2f}")
+
+
+def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> None:
+    """deepedge profile list | show ID | export FILE | import FILE."""
+    from deepedge.profiling import KnowledgeBase
+
+    if verb != "list" and not target:
+        raise typer.BadParameter(f"profile {verb} needs {'a profile id' if verb == 'show' else 'a file'}")
+    if verb in ("list", "show", "export") and not kb_path.exists():
+        raise DeepEdgeError(f"no knowledge base at {kb_path} (--kb)")
+    kbase = KnowledgeBase(kb_path)
+    if verb == "list":
+        rows = kbase.profiles()
+        if as_json:
+            _print_json([{**r.__dict__, "key": r.key.__dict__} for r in rows])
+            return
+        typer.echo(f"{len(rows)} profile(s) in {kb_path}")
+        for r in rows:
+            fig = f"{r.kind}, CV median error {r.median_ape:.1%}" if r.kind and r.median_ape is not None else "no model"
+            typer.echo(f"  {r.id}: {r.key}  {r.runs} runs, {fig}  ({r.source})")
+    elif verb == "show":
+        assert target is not None
+        try:
+            shown = kbase.show(int(target))
+        except ValueError:
+            raise typer.BadParameter(f"profile id {target!r} is not a number (see deepedge profile list)") from None
+        if shown is None:
+            raise DeepEdgeError(f"no profile {target} in {kb_path}")
+        if as_json:
+            _print_json(shown)
+            return
+        m = shown["model"]
+        typer.echo(f"profile {shown['id']}: {shown['device_model']} / {shown['app']} / {shown['versions']}")
+        typer.echo(f"  {len(shown['runs'])} runs ({shown['source']}); design of {len(shown['design'])} points")
+        if m:
+            typer.echo(
+                f"  model {m['kind']} at quantile {m['q']:g}: CV median error {m['cv']['median_ape']:.1%}, "
+                f"coverage {m['cv']['coverage']:.0%}"
+            )
+            for c in m["candidates"]:
+                typer.echo(f"    {c['kind']}: {c['median_ape']:.1%} ({c['coverage']:.0%})")
+    elif verb == "export":
+        assert target is not None
+        Path(target).write_text(json.dumps(kbase.export(), indent=1))
+        typer.echo(f"exported {len(kbase.profiles())} profile(s) to {target}", err=True)
+    else:
+        assert target is not None
+        try:
+            ids = kbase.import_(json.loads(Path(target).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeepEdgeError(f"import {target}: {exc}") from None
+        typer.echo(f"imported {len(ids)} profile(s) into {kb_path}", err=True)
 
 
 def _write_bench(out: Path | None, title: str, text: str) -> None:
@@ -592,7 +741,10 @@ def bench_makespan(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write the markdown here (docs/benchmarks.md, or docs/benchmarks/links.md namespaced)."),
+        typer.Option(
+            help="Write the markdown here (docs/benchmarks.md; docs/benchmarks/links.md namespaced; "
+            "docs/benchmarks/lc-scenarios.md with --scenarios)."
+        ),
     ] = None,
     boards: Annotated[
         str,
@@ -605,10 +757,43 @@ def bench_makespan(
     only: Annotated[
         str, typer.Option(help="Namespaced scenarios to run, comma-separated: comm, makespan, load, failover.")
     ] = "comm,makespan,load,failover",
+    scenarios: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: the LC scenarios, comma-separated: tight (tight deadlines: uniform, LC-unaware, deepedge), "
+            "step and diurnal (request-rate traces: deepedge's forecast vs miss-then-back-off)."
+        ),
+    ] = None,
+    tight_factor: Annotated[float, typer.Option(min=1.0, help="tight: deadline = this x the p95 alone.")] = 1.5,
+    trace_factor: Annotated[float, typer.Option(min=1.0, help="step, diurnal: deadline = this x alone.")] = 2.0,
+    nodes: Annotated[
+        int, typer.Option(min=2, max=12, help="--scenarios: emulated boards (the first two: LC apps).")
+    ] = 2,
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
+
+    if scenarios is not None:
+        from deepedge.bench._lc_scenarios import lc_markdown, run_lc_scenarios
+
+        chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
+        if not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen):
+            raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
+        ctx.obj.load()
+        epochs, images = epochs or 6, images or 3000
+        typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
+        lc_rows = run_lc_scenarios(chosen, epochs, images, tight_factor, trace_factor, nodes)
+        command = (
+            f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
+            f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes}"
+        )
+        _write_bench(
+            out or Path("docs/benchmarks/lc-scenarios.md"),
+            "LC deadlines: deepedge vs naive splits and today's controller",
+            lc_markdown(lc_rows, command, tight_factor, trace_factor),
+        )
+        return
 
     ctx.obj.load()
     _sigterm_stops()
@@ -654,6 +839,41 @@ def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
         "Boards with real boundaries: links, load and link failures",
         links_markdown(rows, load, failover, command, comm),
     )
+@bench_app.command("interference")
+def bench_interference(
+    ctx: typer.Context,
+    budget: Annotated[int, typer.Option(min=8, help="Runs to fit on (design + adaptive).")] = 48,
+    adaptive: Annotated[int, typer.Option(min=0, help="Of which added where the model is least sure.")] = 8,
+    per_scenario: Annotated[int, typer.Option(min=1, help="Held-out runs per co-location scenario.")] = 4,
+    seconds: Annotated[float, typer.Option(min=0.5, help="Seconds measured per run.")] = 3.0,
+    repeats: Annotated[int, typer.Option(min=0, help="Repeats of one point (the measurement's own noise).")] = 5,
+    workdir: Annotated[Path | None, typer.Option(help="Where the runs' files and knowledge base go.")] = None,
+    refit: Annotated[
+        Path | None, typer.Option(help="Recompute the figures from this knowledge base's runs (no measuring).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown here.")] = Path(
+        "docs/benchmarks/interference.md"
+    ),
+) -> None:
+    """Surrogate p95 predictions in held-out co-location scenarios (real LC app, stress-ng, training)."""
+    from deepedge.bench._interference import interference_markdown, refit_figures, run_interference_bench
+
+    ctx.obj.load()
+    if refit is not None:
+        result = refit_figures(refit)
+        command = f"deepedge bench interference --refit {refit}"
+    else:
+        if budget - adaptive < 4:
+            raise typer.BadParameter("--budget must be at least --adaptive + 4")
+        typer.echo("profiling this machine (design, adaptive, held-out scenarios) ...", err=True)
+        result = run_interference_bench(
+            budget, adaptive, per_scenario, seconds, repeats, workdir, progress=lambda m: typer.echo(m, err=True)
+        )
+        command = (
+            f"deepedge bench interference --budget {budget} --adaptive {adaptive} --per-scenario {per_scenario} "
+            f"--seconds {seconds:g} --repeats {repeats}"
+        )
+    _write_bench(out, "Interference model: held-out prediction error", interference_markdown(result, command))
 
 
 _DEPLOY_HELP = {

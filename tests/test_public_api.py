@@ -31,6 +31,7 @@ PACKAGES = [
     "deepedge.coordinator",
     "deepedge.coordinator.planner",
     "deepedge.ops",
+    "deepedge.profiling",
     "deepedge.training",
     "deepedge.netem",
 ]
@@ -160,6 +161,16 @@ RULES = {
         ("deepedge.netem",),
         (*SERVICES, *MQTT_CLIENTS, "torch"),
     ),
+    # the node daemon runs stressors and measurements; fitting (scikit-learn, statsmodels) is
+    # the profiling package's, used by the CLI and the coordinator
+    "node does not import the model fitting": (
+        ("deepedge.node",),
+        ("sklearn", "statsmodels", "scipy", "deepedge.profiling._surrogate", "deepedge.profiling._session"),
+    ),
+    "profiling knows nothing about MQTT, torch or the services": (
+        ("deepedge.profiling",),
+        ("torch", *MQTT_CLIENTS, "deepedge.node", "deepedge.coordinator", "deepedge.training"),
+    ),
 }
 
 
@@ -216,6 +227,11 @@ def test_importing_the_coordinator_loads_no_node_module(coordinator_modules: set
 def test_importing_the_wire_contract_loads_no_client_torch_or_cvxpy() -> None:
     loaded = loaded_after("import deepedge.broker_schemas")
     assert not {m for m in loaded if under(m, (*MQTT_CLIENTS, "torch", "cvxpy", *SERVICES))}
+
+
+def test_importing_the_coordinator_loads_no_model_fitting(coordinator_modules: set[str]) -> None:
+    # it plans with the knowledge base's compiled tables; statsmodels loads on a first forecast
+    assert not {m for m in coordinator_modules if under(m, ("sklearn", "statsmodels", "torch"))}
 
 
 def test_importing_training_loads_no_mqtt() -> None:

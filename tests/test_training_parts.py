@@ -115,3 +115,25 @@ def test_the_threads_started_while_a_group_forms_get_the_communication_priority(
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_the_slow_start_ramps_to_the_cap_and_paces_loading() -> None:
+    """Each generation's first RAMP_S seconds run below the cap (from RAMP_FLOOR x cap, linearly);
+    a Pacer holds a loop's duty cycle."""
+    import time
+
+    from deepedge.training._compute import RAMP_FLOOR, RAMP_S, Pacer, ramp
+
+    assert ramp(0.0, 0.8) == pytest.approx(RAMP_FLOOR * 0.8)
+    assert ramp(RAMP_S / 2, 0.8) == pytest.approx(0.8 * (RAMP_FLOOR + (1 - RAMP_FLOOR) / 2))
+    assert ramp(RAMP_S, 0.8) == 0.8 and ramp(100.0, 0.8) == 0.8
+    pace = Pacer(0.25)
+    t0, busy = time.perf_counter(), 0.0
+    while time.perf_counter() - t0 < 0.4:
+        b0 = time.perf_counter()
+        while time.perf_counter() - b0 < 0.005:  # 5 ms of work
+            pass
+        busy += time.perf_counter() - b0
+        pace()
+    duty = busy / (time.perf_counter() - t0)
+    assert 0.15 <= duty <= 0.3, duty

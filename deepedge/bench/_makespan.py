@@ -29,8 +29,8 @@ class MakespanRow:
     makespan_s: float | None  # submission to completion
     training_s: float | None  # first step to completion
     ideal_s: float | None  # epochs x N / sum of the boards' measured full-intensity rates
-    lc_violations: int
-    lc_startup_violations: int
+    lc_violations: int  # every report over the deadline while the job ran, its start included
+    lc_startup_violations: int  # of which during the workers' start
     generations: int
     replans: tuple[str, ...] = ()  # why each plan after the first was made (its event)
     timing: StepTiming | None = None  # where each step's time went (the workers' records)
@@ -117,11 +117,11 @@ def makespan_markdown(rows: list[MakespanRow], command: str) -> str:
         "completed step to completion. The ideal bound is epochs x N / sum of the boards' full-intensity "
         "rates as measured from the heartbeats of the deepedge run: no start-up, no communication, no LC "
         "constraint. LC violations count node latency reports (5 s windows, every 0.5 s) whose p95 is over "
-        f"the deadline ({DemoOptions().deadline_factor:g}x the app's p95 alone) once training is steady; start-up "
-        "ones are counted apart.",
+        f"the deadline ({DemoOptions().deadline_factor:g}x the app's p95 alone) while the job runs, the workers' "
+        "start included (each is a miss); the second figure says how many of them were during the start.",
         "",
         "| scenario | split | completed | makespan | predicted (gen 1) | training | ideal bound | uniform / this "
-        "| this / ideal | LC violations (steady / start-up) | plan generations |",
+        "| this / ideal | LC misses (all / of which start-up) | plan generations |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

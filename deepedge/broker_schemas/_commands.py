@@ -10,7 +10,17 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from deepedge.broker_schemas._messages import MAX_INT, Finite, Id, JobSpec, NonNeg, NonNegInt, ShortStr, Text
+from deepedge.broker_schemas._messages import (
+    MAX_INT,
+    Finite,
+    Fraction,
+    Id,
+    JobSpec,
+    NonNeg,
+    NonNegInt,
+    ShortStr,
+    Text,
+)
 
 __all__ = [
     "ArgsError",
@@ -19,6 +29,7 @@ __all__ = [
     "CoordinatorSummary",
     "DrainArgs",
     "DrainResult",
+    "InterferenceRunResult",
     "JobSummary",
     "LcSummary",
     "NoArgs",
@@ -91,6 +102,7 @@ class SubmitArgs(_Args, frozen=True, kw_only=True):
     split: Literal["planned", "uniform", "proportional"] = "planned"
     dataset_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     model_bytes: NonNegInt = 4_000_000  # gradient bytes all-reduced per step
+    lc_control: Literal["forecast", "reactive", "unaware"] = "forecast"
 
     def spec(self) -> JobSpec:
         return JobSpec(
@@ -103,6 +115,7 @@ class SubmitArgs(_Args, frozen=True, kw_only=True):
             base_checkpoint=self.base_checkpoint,
             seed=self.seed,
             split=self.split,
+            lc_control=self.lc_control,
         )
 
 
@@ -245,6 +258,25 @@ class ProfileArgs(_Args, frozen=True, kw_only=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "cnn-small"
     levels: ShortStr | None = None  # comma-separated intensities in (0, 1]
     seconds: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] | None = None
+    # One interference run (``deepedge profile NODE --interference`` sends one per design point):
+    # the LC app measured (default: the board's only app with a deadline), the training
+    # intensity, the LC request rate asked of the app, stressor levels, stress-ng workers each.
+    interference: bool = False
+    app: Id | None = None
+    intensity: Fraction = 0.0
+    rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
+    cpu: Fraction = 0.0
+    cache: Fraction = 0.0
+    mem: Fraction = 0.0
+    io: Fraction = 0.0
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+
+
+class InterferenceRunResult(_Result, frozen=True, kw_only=True):
+    """One interference run's raw measurement (``deepedge.profiling.Run`` as a dict)."""
+
+    node: Id
+    run: dict[ShortStr, Any]
 
 
 class ProfileStarted(_Result, frozen=True, kw_only=True):
@@ -267,6 +299,7 @@ class PreflightArgs(_Args, frozen=True, kw_only=True):
     base_checkpoint: Text | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
     split: Literal["planned", "uniform", "proportional"] = "planned"
+    lc_control: Literal["forecast", "reactive", "unaware"] = "forecast"
 
     def spec(self) -> JobSpec:
         return JobSpec(**{f: getattr(self, f) for f in JobSpec.__struct_fields__})

@@ -276,6 +276,11 @@ class JobSpec(_Part, frozen=True):
     # proportion to its throughput, at full intensity (LB-BSP-style, no node left out). The two
     # baselines are for comparisons (deepedge bench makespan).
     split: Literal["planned", "uniform", "proportional"] = "planned"
+    # How a planned job treats LC apps: "forecast" (the knowledge base's surrogate where there is
+    # one, the request-rate forecast, re-plans before a cap stops being safe), "reactive" (the
+    # linear model and miss-then-back-off only: deepedge before issue #15), "unaware" (LC apps
+    # ignored: shares in proportion to the rates at full intensity; a baseline to measure against)
+    lc_control: Literal["forecast", "reactive", "unaware"] = "forecast"
 
 
 class Assignment(_Part, frozen=True):

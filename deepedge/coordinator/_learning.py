@@ -1,10 +1,13 @@
 """What the coordinator has learned about each node, updated online: throughput at full
-intensity (a prior, then an exponentially weighted estimate from heartbeats) and the LC latency
-model p95(u) = base + slope * u per app (a conservative default, then a least-squares fit of
-observed (intensity, p95) pairs), plus the cap limits that feedback sets; its link (bandwidth and
-latency, as its worker probed them when its group formed), its per-step overhead, and how long
-its worker takes to start and to form a group. Cluster-wide: how close the all-reduces come to
-what the links promise (:class:`CommModel`)."""
+intensity (a prior, then an exponentially weighted estimate from heartbeats) and, per LC app,
+the latency model: the board's surrogate from the knowledge base (``deepedge.profiling``: a
+cap table of the upper quantile of p95 over intensity, request rate and background CPU) with a
+least-squares residual correction from live reports, or without one the line p95(u) = base +
+slope * u (a conservative default, then a least-squares fit of observed (intensity, p95)
+pairs); each app's request-rate history and forecast; plus the cap limits that feedback sets;
+its link (bandwidth and latency, as its worker probed them when its group formed), its per-step
+overhead, and how long its worker takes to start and to form a group. Cluster-wide: how close
+the all-reduces come to what the links promise (:class:`CommModel`)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,26 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from deepedge.broker_schemas import Heartbeat
+from deepedge.broker_schemas import Heartbeat, LatencyReport, Telemetry
 from deepedge.coordinator.planner import LcAppModel
+from deepedge.profiling import CapTable
+from deepedge.profiling._forecast import RateForecast
 
-__all__ = ["CommModel", "Ewma", "InterferenceModel", "LinkModel", "NodeLearning", "ThroughputModel"]
+__all__ = [
+    "CURVE_POINTS",
+    "FORECAST_EVERY_S",
+    "FORECAST_HORIZON_S",
+    "CommModel",
+    "Ewma",
+    "InterferenceModel",
+    "LinkModel",
+    "NodeLearning",
+    "ThroughputModel",
+]
+
+CURVE_POINTS = 21  # intensities 0, 0.05, ... 1 at which a surrogate's upper p95 goes to the planner
+FORECAST_HORIZON_S = 10.0  # caps hold for the forecast's upper quantile over this horizon
+FORECAST_EVERY_S = 1.0  # a forecast is refitted at most this often per app
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -57,9 +76,73 @@ class InterferenceModel:
 
     default_slope_factor: float = 2.0
     points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=200))
+    # for the surrogate's residual correction: (intensity, request rate, background CPU, p95)
+    observed: deque[tuple[float, float, float, float]] = field(default_factory=lambda: deque(maxlen=200))
+    rates: RateForecast = field(default_factory=RateForecast)
+    forecast: float | None = None  # the rate's upper quantile over FORECAST_HORIZON_S
+    forecast_at: float = -1e9
+    table: CapTable | None = None  # the knowledge base's, when the last plan found one
+    table_source: str = ""  # its key, in words
 
     def observe(self, intensity: float, p95_ms: float) -> None:
         self.points.append((max(0.0, min(1.0, intensity)), p95_ms))
+
+    def observe_load(
+        self, now: float, rate: float, intensity: float | None = None, cpu: float = 0.0, p95_ms: float = 0.0
+    ) -> None:
+        """A latency report: its request rate (for the forecast) and, when steady (``intensity``
+        given), the observation the residual correction learns from. The forecast is refitted at
+        most every FORECAST_EVERY_S (statsmodels is not free)."""
+        self.rates.observe(now, rate)
+        if intensity is not None and p95_ms > 0:
+            self.observed.append((max(0.0, min(1.0, intensity)), rate, max(0.0, cpu), p95_ms))
+        if now - self.forecast_at >= FORECAST_EVERY_S:
+            self.forecast_at = now
+            self.forecast = self.rates.upper(FORECAST_HORIZON_S)
+
+    def planning_rate(self, current: float) -> float:
+        """The request rate caps are set for: the forecast's upper quantile, at least the rate
+        reported now."""
+        return max(current, self.forecast or 0.0)
+
+    def correction(self, table: CapTable) -> tuple[float, float]:
+        """(c0, c1): the residual correction ``observed - table median = c0 + c1 * u``, least
+        squares over the live observations (c1 >= 0, so the corrected curve stays monotone);
+        (0, 0) before 3 observations."""
+        obs = list(self.observed)
+        if len(obs) < 3:
+            return 0.0, 0.0
+        res = [(u, p95 - table.median_ms(u, rate, cpu)) for u, rate, cpu, p95 in obs]
+        us = [u for u, _ in res]
+        mu, mr = sum(us) / len(us), sum(r for _, r in res) / len(res)
+        sxx = sum((u - mu) ** 2 for u in us)
+        if sxx < 0.01 * len(us):  # intensities too close together for a slope
+            return mr, 0.0
+        slope = max(0.0, sum((u - mu) * (r - mr) for u, r in res) / sxx)
+        return mr - slope * mu, slope
+
+    def surrogate_model(self, app: str, deadline_ms: float, table: CapTable, rate: float, cpu: float) -> LcAppModel:
+        """The planner's model from a cap table: its upper-quantile curve over intensity at the
+        planning rate and background CPU, plus the residual correction (never below the
+        table's median)."""
+        c0, c1 = self.correction(table)
+        curve = []
+        for k in range(CURVE_POINTS):
+            u = k / (CURVE_POINTS - 1)
+            upper, median = table.upper_ms(u, rate, cpu), table.median_ms(u, rate, cpu)
+            curve.append(max(median, upper + c0 + c1 * u))
+        for k in range(1, len(curve)):  # the floor can break monotonicity; restore it
+            curve[k] = max(curve[k], curve[k - 1])
+        curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
+        return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve), margin=0.0)
+
+    def at_risk(self, cap: float, deadline_ms: float, rate: float, cpu: float) -> float | None:
+        """With a cap table: the upper-quantile p95 predicted at ``cap`` for ``rate`` (corrected);
+        None without a table."""
+        if self.table is None:
+            return None
+        c0, c1 = self.correction(self.table)
+        return max(self.table.median_ms(cap, rate, cpu), self.table.upper_ms(cap, rate, cpu) + c0 + c1 * cap)
 
     def fit(self, profiled: Sequence[tuple[float, float]] = ()) -> tuple[float, float] | None:
         points = list(self.points)
@@ -181,6 +264,26 @@ class NodeLearning:
         if hb.forming_s > 0 and hb.forming_s != forming:
             self.forming.observe(hb.forming_s)
         self.seen = (hb.startup_s, hb.forming_s)
+    cpu_bg: float = 0.0  # cores busy with work other than its training and LC apps (telemetry)
+
+    def observe_latency(
+        self, report: LatencyReport, now: float, telemetry: Telemetry | None, cores: int, u: float, steady: bool
+    ) -> None:
+        """A latency report: each app's request rate (count / window) for its forecast, the
+        node's background CPU, and, when ``steady``, the (intensity, p95) observations of the
+        models. ``u``: the node's training intensity now."""
+        window = max(1e-3, report.window_s)
+        lc_cores = sum(a.count / window * a.p50_ms / 1000.0 for a in report.apps)
+        if telemetry is not None and telemetry.cpu_percent > 0:
+            busy = telemetry.cpu_percent / 100.0 * max(1, cores)
+            self.cpu_bg = round(max(0.0, busy - u - lc_cores), 4)
+        for a in report.apps:
+            if a.count <= 0:
+                continue
+            model = self.app(a.app)
+            if steady:
+                model.observe(u, a.p95_ms)
+            model.observe_load(now, a.count / window, u if steady else None, self.cpu_bg, a.p95_ms)
 
     def app(self, name: str) -> InterferenceModel:
         """The interference model of LC app ``name`` (bounded: MAX_APPS per node)."""

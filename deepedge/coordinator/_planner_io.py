@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping
 
 from deepedge.broker_schemas import Assignment, Heartbeat, NodeBirth, Plan, TorchInfo
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import MAX_RATE, CommModel, InterferenceModel, NodeLearning
-from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import JobModel, NetworkModel, NodeModel, PlanDecision, allreduce_s
+from deepedge.coordinator._learning import MAX_RATE, CommModel, NodeLearning
+from deepedge.coordinator._view import ClusterView, NodeState
+from deepedge.coordinator.planner import JobModel, LcAppModel, NetworkModel, NodeModel, PlanDecision, allreduce_s
 from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
+from deepedge.profiling import TableCache, versions_key
 
 __all__ = [
     "DEFAULT_FORMING_S",
@@ -33,6 +34,8 @@ __all__ = [
     "continues_group",
     "job_model",
     "network_model",
+    "knowledge_base_path",
+    "lc_models",
     "node_models",
     "plan_step_s",
     "rendezvous_port",
@@ -103,6 +106,43 @@ def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord)
     }
 
 
+def knowledge_base_path(db: str) -> str:
+    """The knowledge base the coordinator plans with: ``knowledge.db`` beside its job store
+    (``deepedge profile import --kb`` puts profiles there)."""
+    from pathlib import Path
+
+    return str(Path(db).with_name("knowledge.db"))
+
+
+def lc_models(
+    state: NodeState, learn: NodeLearning, job: JobRecord, tables: TableCache | None
+) -> tuple[LcAppModel, ...]:
+    """The planner's model of each LC app with a deadline on the node: with ``lc_control``
+    "forecast" and a cap table for the board's device model and app in the knowledge base, the
+    table's upper quantile at the forecast rate and the node's background CPU, corrected by live
+    reports; otherwise the linear model (fitted, joined by the board's profile points)."""
+    if job.spec.lc_control == "unaware":
+        return ()
+    profile = state.birth.profiles.get(job.spec.model)
+    profiled = profile.lc if profile is not None else ()
+    out = []
+    for a in state.latency.values():
+        if a.deadline_ms is None:
+            continue
+        model = learn.app(a.app)
+        found = None
+        if tables is not None and job.spec.lc_control == "forecast":
+            found = tables.get(state.birth.device_model, a.app, versions_key(state.birth.software))
+        if found is not None:
+            model.table, model.table_source = found[0], str(found[1])
+            rate = model.planning_rate(model.rates.last or 0.0)
+            out.append(model.surrogate_model(a.app, a.deadline_ms, found[0], rate, learn.cpu_bg))
+            continue
+        model.table = None
+        out.append(model.model(a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]))
+    return tuple(out)
+
+
 def node_models(
     view: ClusterView,
     learning: dict[str, NodeLearning],
@@ -110,11 +150,12 @@ def node_models(
     busy: Mapping[str, str] | None = None,
     comm: CommModel | None = None,
     now: float = 0.0,
+    tables: TableCache | None = None,
 ) -> list[NodeModel]:
     """The planner's view of every live, undrained node; one that cannot train now (excluded
     from this job, busy with other jobs, no usable training address) says why in
     ``unavailable``. ``now``: the coordinator's monotonic time (a link probed too long ago is
-    unknown again)."""
+    unknown again). ``tables``: the knowledge base's cap tables (see :func:`lc_models`)."""
     out = []
     factor = comm.factor() if comm is not None else 1.0
     running = {a.node for a in job.plan.assignments} if job.plan is not None and not job.terminal else set()
@@ -139,14 +180,7 @@ def node_models(
         # What ``deepedge profile`` measured on this board for this model: the prior until
         # heartbeats and latency reports say otherwise.
         profile = state.birth.profiles.get(job.spec.model)
-        profiled = profile.lc if profile is not None else ()
-        apps = tuple(
-            (learn.interference.get(a.app) or InterferenceModel()).model(
-                a.app, a.deadline_ms, [(p.intensity, p.p95_ms) for p in profiled if p.app == a.app]
-            )
-            for a in state.latency.values()
-            if a.deadline_ms is not None
-        )
+        apps = lc_models(state, learn, job, tables)
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
             rate = min(profile.samples_per_s, MAX_RATE)  # a board's claim, clamped as its heartbeats are
@@ -161,7 +195,8 @@ def node_models(
                 overhead_s=learn.overhead.get(0.0),
                 bandwidth_bps=link / factor,
                 lc_apps=apps,
-                cap_limit=learn.cap_limit,
+                # an LC-unaware baseline ignores what LC feedback taught as well
+                cap_limit=learn.cap_limit if job.spec.lc_control != "unaware" else 1.0,
                 unavailable=unavailable,
                 # a running worker re-forms; a new one starts first (the slowest participant's
                 # start-up is the plan's: the others wait for it at the rendezvous)

@@ -9,7 +9,8 @@ Actions:
 - ``Exclude(job, node, why)``: leave a node out of this job (it refused the plan, its worker
   failed or crash-looped); followed by ``Replan``, or ``Fail`` when nobody is left;
 - ``Fail(job, reason)``, ``Complete(job, why)``: terminal;
-- ``SetCap(node, limit, ...)``: the LC feedback's new cap limit for a node (AIMD);
+- ``SetCap(node, limit, ...)``: the LC feedback's new cap limit for a node (AIMD); also sent,
+  limit unchanged, to start the cool-down when the forecast re-plans a node before a miss;
 - ``TryImprove(job)``: ask the planner whether learned rates and links promise a clearly
   shorter job;
 - ``Reform(job, why)``: plan the job again in a new process group, even with the same
@@ -55,6 +56,7 @@ __all__ = [
     "TryImprove",
     "Wait",
     "after_decision",
+    "forecast_risk",
     "on_heartbeat",
     "on_latency",
     "on_node_joined",
@@ -264,6 +266,7 @@ def on_latency(
     comfortable = all(
         a.deadline_ms is None or a.count == 0 or a.p95_ms <= COMFORT_FRACTION * a.deadline_ms for a in apps
     )
+    using = [j for j in using if j.spec.lc_control != "unaware"]  # LC-unaware baselines get no feedback
     if over and using:
         if now - learn.last_decrease < DECREASE_COOLDOWN_S:
             return []
@@ -271,6 +274,12 @@ def on_latency(
         names = ", ".join(f"{a.app} p95 {a.p95_ms:.1f} ms > {a.deadline_ms:g} ms" for a in over)
         out: list[Action] = [SetCap(node, limit, 0, now, f"{names}; cap lowered to {limit:.2f}")]
         return out + [Replan(j.job, f"lc.violation {node}") for j in using if j.spec.split == "planned"]
+    ahead = [j for j in using if j.spec.split == "planned" and j.spec.lc_control == "forecast"]
+    if ahead and now - learn.last_decrease >= DECREASE_COOLDOWN_S:
+        risk = forecast_risk(apps, learn, current_cap)
+        if risk:  # before a miss: the forecast load makes the current cap unsafe
+            ahead_out: list[Action] = [SetCap(node, learn.cap_limit, 0, now)]
+            return ahead_out + [Replan(j.job, f"lc.forecast {node}: {risk}") for j in ahead]
     if comfortable and learn.cap_limit < 1.0:
         good = learn.good_reports + 1
         if good >= COMFORT_REPORTS:  # slow increase, applied at the next re-plan
@@ -279,6 +288,21 @@ def on_latency(
     if not comfortable and learn.good_reports:
         return [SetCap(node, learn.cap_limit, 0, learn.last_decrease)]
     return []
+
+
+def forecast_risk(apps: Sequence[AppLatency], learn: NodeLearning, cap: float) -> str:
+    """Why the node's current cap is no longer safe for the forecast load ("" if it is): an app
+    with a surrogate whose upper-quantile p95 at ``cap``, for the forecast request rate and the
+    node's background CPU, is over its deadline."""
+    for a in apps:
+        model = learn.interference.get(a.app)
+        if a.deadline_ms is None or model is None or model.table is None or model.rates.last is None:
+            continue
+        rate = model.planning_rate(model.rates.last)
+        predicted = model.at_risk(cap, a.deadline_ms, rate, learn.cpu_bg)
+        if predicted is not None and predicted > a.deadline_ms:
+            return f"{a.app} at {rate:.1f} req/s is predicted at {predicted:.1f} ms p95 > {a.deadline_ms:g} ms"
+    return ""
 
 
 def on_tick(

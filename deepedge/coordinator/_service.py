@@ -47,6 +47,7 @@ from deepedge.coordinator._planner_io import (
     busy_elsewhere,
     continues_group,
     job_model,
+    knowledge_base_path,
     network_model,
     node_models,
     plan_step_s,
@@ -57,6 +58,7 @@ from deepedge.coordinator._planner_io import (
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, proportional_plan, uniform_plan
+from deepedge.profiling import TableCache
 from deepedge.transport import RateLimiter, Received, Transport, TransportError
 
 __all__ = ["Coordinator"]
@@ -87,6 +89,7 @@ class Coordinator:
         self.comm = CommModel()  # how the measured all-reduces compare with the links' model
         self.reform: set[str] = set()  # jobs whose next plan must form a new group (a stalled all-reduce)
         self.planner = Planner(PlannerConfig(margin=self.cfg.lc_margin, allow_half=True))
+        self.tables = TableCache(knowledge_base_path(self.cfg.db))  # the knowledge base's surrogates
         self._planner_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="planner")
         jobs, skipped = store.load_all()
         for row, error in skipped:
@@ -327,7 +330,7 @@ class Coordinator:
         current = [b for b in beats if b is not None and b.generation == job.generation]
         expected = None
         if hb.pending_s > 0:  # a long all-reduce: is it longer than the links known now explain?
-            nodes = node_models(self.view, self.learning, job, None, self.comm, now)
+            nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
             net = network_model(self.learning, (a.node for a in job.plan.assignments), now)
             expected = plan_step_s(job.plan, nodes, job, net)
         actions = policy.on_heartbeat(
@@ -464,7 +467,7 @@ class Coordinator:
     async def decide(self, job: JobRecord) -> PlanDecision:
         now = self.clock.monotonic()
         busy = busy_elsewhere(self.view, self.jobs.values(), job)
-        nodes = node_models(self.view, self.learning, job, busy, self.comm, now)
+        nodes = node_models(self.view, self.learning, job, busy, self.comm, now, self.tables)
         net = network_model(self.learning, (n.node for n in nodes), now)
         if job.spec.split == "uniform":
             return uniform_plan(nodes, job_model(job), net)
@@ -490,7 +493,7 @@ class Coordinator:
         learned = [self.learning.get(a.node) for a in plan.assignments]
         if any(n is None or n.throughput.observations < 2 for n in learned):
             return
-        nodes = node_models(self.view, self.learning, job, None, self.comm, now)
+        nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
         current = plan_step_s(plan, nodes, job, network_model(self.learning, (a.node for a in plan.assignments), now))
         decision = await self.decide(job)
         if job.terminal or job.plan is not plan:

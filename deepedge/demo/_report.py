@@ -37,9 +37,9 @@ class LcResult:
     deadline_ms: float | None
     median_p95_ms: float | None
     worst_p95_ms: float | None
-    reports: int
-    violations: int
-    startup_violations: int
+    reports: int  # every report while the job ran, the workers' start included
+    violations: int  # reports over the deadline: every one is a miss, the workers' start included
+    startup_violations: int  # of which during the workers' start (their window covers it)
     over_at_s: list[float] = field(default_factory=list)  # when reports were over (after submission)
 
 
@@ -256,7 +256,8 @@ def _problems(r: DemoReport, opts: DemoOptions) -> list[str]:
         )
     for a in r.lc:
         if a.violations:
-            out.append(f"LC app {a.app}: {a.violations} reports over its {a.deadline_ms} ms deadline")
+            during = f" ({a.startup_violations} during the workers' start)" if a.startup_violations else ""
+            out.append(f"LC app {a.app}: {a.violations} reports over its {a.deadline_ms} ms deadline{during}")
     if opts.kill_after_s is not None:
         if r.failover is None:
             out.append("no board was killed (the job ended before --kill-after)")
@@ -346,11 +347,22 @@ def render_report(r: DemoReport, console: Any) -> None:
     if r.lc:
         say(
             console,
-            "LC apps: p95 over each 5 s window, reported every 0.5 s; 'over' counts reports over the deadline "
-            "once training is steady, 'start-up' those whose window covers the workers' start",
+            "LC apps: p95 over each 5 s window, reported every 0.5 s while the job runs; 'over' counts every "
+            "report over the deadline (each is a miss), 'of which start-up' those whose window covers the "
+            "workers' start",
         )
         t = Table()
-        for col in ("app", "node", "alone p95", "deadline", "median p95", "worst p95", "reports", "over", "start-up"):
+        for col in (
+            "app",
+            "node",
+            "alone p95",
+            "deadline",
+            "median p95",
+            "worst p95",
+            "reports",
+            "over",
+            "of which start-up",
+        ):
             t.add_column(col, justify="right" if col not in ("app", "node") else "left")
         for a in r.lc:
             t.add_row(

@@ -26,7 +26,7 @@ from deepedge.errors import DeepEdgeError
 from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["DEMO_EPOCHS", "DEMO_MODELS", "DemoOptions", "gradient_bytes", "run_cluster_job", "run_demo"]
+__all__ = ["DEMO_EPOCHS", "DEMO_MODELS", "DemoOptions", "follow_trace", "gradient_bytes", "run_cluster_job", "run_demo"]
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -59,6 +59,8 @@ class DemoOptions:
     boards: str = "auto"  # auto, namespaces or shared (deepedge.demo.DemoCluster)
     model: str = "cnn-small"  # the job's model (DEMO_MODELS); the LC apps keep theirs
     learning_rate: float = 0.05
+    lc_control: str = "forecast"  # the job's lc_control: forecast | reactive | unaware
+    lc_trace: str | None = None  # the LC apps' request rate from submission: constant:R | step:.. | diurnal:..
 
 
 def gradient_bytes(model: str, classes: int = 10) -> int:
@@ -157,6 +159,27 @@ async def profile_boards(
             await one(b)
 
 
+async def follow_trace(cluster: DemoCluster, spec: str) -> None:
+    """Make every LC app follow the request-rate trace ``spec`` from now on, through the rate
+    file each reads (``deepedge.demo.lc_app``); removed at the end (the apps go back to 20/s)."""
+    from deepedge.demo.lc_app import Trace
+    from deepedge.profiling._runner import rate_file_for, write_rate
+
+    trace = Trace.parse(spec)
+    files = [rate_file_for(cluster.socket(b.node), b.lc_app) for b in cluster.boards if b.lc_app]
+    t0 = time.monotonic()
+    try:
+        while True:
+            rate = trace.rate_at(time.monotonic() - t0)
+            for f in files:
+                write_rate(f, rate)
+            await asyncio.sleep(0.25)
+    finally:
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
 async def run_cluster_job(
     cluster: DemoCluster,
     opts: DemoOptions,
@@ -167,8 +190,10 @@ async def run_cluster_job(
     output: Path,
     on_tick: Callable[[JobRun], None] | None = None,
     calibrate: bool = True,
+    submit: bool = True,
 ) -> JobRun:
-    """Submit one job to a running cluster and follow it to the end (killing a board if told)."""
+    """Submit one job to a running cluster and follow it to the end (killing a board if told).
+    ``submit=False``: only set the LC deadlines and profile the boards (``calibrate``)."""
     topics = Topics(cluster.cluster)
     watch = ClusterWatch(topics, job=job)
     run = JobRun(watch)
@@ -200,6 +225,8 @@ async def run_cluster_job(
                     if opts.profile_s is not None:
                         tell("profiling the boards (deepedge profile: rate alone, LC p95 per intensity)")
                     await profile_boards(cluster, rpc, topics, opts, run, opts.model)
+                if not submit:
+                    return run
                 tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
@@ -213,12 +240,16 @@ async def run_cluster_job(
                     "seed": 7,
                     "split": opts.split,
                     "model_bytes": gradient_bytes(opts.model),
+                    "lc_control": opts.lc_control,
                 }
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
+                trace = asyncio.create_task(follow_trace(cluster, opts.lc_trace)) if opts.lc_trace else None
                 # (the coordinator asks every board for its pre-flight first)
                 reply = await rpc.request(topics.coordinator_command("submit"), spec, timeout_s=60)
                 if not reply.ok:
+                    if trace is not None:
+                        trace.cancel()
                     raise DeepEdgeError(f"demo: submit refused: {reply.error}")
                 deadline = time.monotonic() + opts.timeout_s
                 while watch.progress is None or watch.progress.state not in TERMINAL:
@@ -241,6 +272,10 @@ async def run_cluster_job(
                             await watch.changed.wait()
                 run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
                 watch.counting_lc = False
+                if trace is not None:
+                    trace.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await trace
                 await asyncio.sleep(0.3)  # the last events
                 if on_tick is not None:
                     on_tick(run)

@@ -12,6 +12,7 @@ from deepedge.broker_schemas import (
     CommandReply,
     CommandRequest,
     DrainResult,
+    InterferenceRunResult,
     NoArgs,
     PreflightArgs,
     ProfileArgs,
@@ -26,6 +27,7 @@ from deepedge.broker_schemas import (
 from deepedge.job_policy import JobRefused, check_model
 from deepedge.node._preflight import PreflightBusy
 from deepedge.node._profile import ProfileError
+from deepedge.profiling._space import Point
 from deepedge.transport import CommandFailed, ok_reply
 
 if TYPE_CHECKING:
@@ -67,6 +69,32 @@ def _levels(daemon: NodeDaemon, args: ProfileArgs) -> tuple[list[float], float]:
     return levels, seconds
 
 
+async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: ProfileArgs) -> CommandReply:
+    """One interference run: refused while training runs here (profile an idle board), when the
+    app is not one of this board's, or when another run is in progress."""
+    declared = sorted(daemon.windows.deadlines)
+    app = prof.app or (declared[0] if len(declared) == 1 else None)
+    if app is None:
+        raise CommandFailed("bad_args", f"name the LC app to measure (app): this board has {declared or 'none'}")
+    if app not in daemon.windows.deadlines:
+        raise CommandFailed("not_found", f"no LC app {app!r} with a deadline on this node (set-deadline first)")
+    busy = [j for j, s in daemon.workers.items() if s.state.value in ("running", "backoff")]
+    if busy:
+        raise CommandFailed("conflict", f"training is running here (job {', '.join(busy)}): profile an idle board")
+    window = daemon.config.node.latency_window_s
+    seconds = min(3.0, window) if prof.seconds is None else prof.seconds
+    if seconds > window:
+        raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
+    point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io)
+    try:
+        run = await daemon.profiler.run_point(app, point, seconds, prof.workers)
+    except ProfileError as exc:
+        if "already running" in str(exc):
+            raise CommandFailed("conflict", str(exc)) from None
+        raise CommandFailed("internal", str(exc)) from None
+    return _result(req, InterferenceRunResult(node=daemon.node, run=run.to_dict()))
+
+
 async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> CommandReply:
     match verb:
         case "status":
@@ -92,6 +120,8 @@ async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> 
                 check_model(prof.model, daemon.config.training)
             except JobRefused as exc:
                 raise CommandFailed("bad_args", str(exc)) from None
+            if prof.interference:
+                return await _interference_run(daemon, req, prof)
             levels, seconds = _levels(daemon, prof)
             try:
                 daemon.start_profile(prof.model, levels, seconds)

@@ -3,7 +3,13 @@ with the worker's own step code, measure the throughput and, for each LC app on 
 p95 latency at each intensity (and with nothing training). The result is kept in
 ``node.profile_path`` and announced in the node's retained birth message; the coordinator uses it
 as its prior for the board's rate and its apps' interference model, so a job's first plan is
-already the right one instead of a guess that heartbeats correct later."""
+already the right one instead of a guess that heartbeats correct later.
+
+Interference runs (``deepedge profile NODE --interference``): one design point at a time, as the
+profiling session that drives them asks: stressors at levels, the training at an intensity, the
+LC app at a request rate (its rate file), its latency from this daemon's own intake; the raw run
+goes back in the reply. Fitting happens where the session runs, never here
+(``deepedge.profiling._runner``: standard library and psutil)."""
 
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from deepedge.broker_schemas import LcPoint, ModelProfile
 from deepedge.clock import Clock
 from deepedge.config import ConfigError, NodeConfig
 from deepedge.node._latency import LatencyWindows
+from deepedge.profiling._runner import PointRunner, RunnerConfig, rate_file_for
+from deepedge.profiling._space import Point, Run
 
 __all__ = ["BoardProfiler", "ProfileError"]
 
@@ -47,6 +55,55 @@ class BoardProfiler:
         self.profiles: dict[str, ModelProfile] = self._load()
         self.task: asyncio.Task[ModelProfile] | None = None
         self.last_error = ""
+        self._point_lock = asyncio.Lock()
+        self._runner: PointRunner | None = None
+        self.interference_runs = 0
+
+    @property
+    def measuring(self) -> bool:
+        """An interference run is in progress."""
+        return self._point_lock.locked()
+
+    def _samples(self, app: str, start: float, end: float) -> list[float]:
+        window = self.windows._samples.get(app, ())  # the intake's own window (same package)
+        return [ms for t, ms in list(window) if start <= t <= end]  # list(): a copy, taken at once
+
+    async def run_point(self, app: str, point: Point, seconds: float, workers: int = 1) -> Run:
+        """One interference run (see the module's doc). Raises ProfileError when one is already
+        running, or when the run fails."""
+        if self._point_lock.locked() or self.running:
+            raise ProfileError("a profile is already running on this node")
+        async with self._point_lock:
+            cfg = RunnerConfig(
+                app=app,
+                workdir=(self.path.parent if self.path else Path("/tmp")) / f"interference-{os.getpid()}",
+                seconds=seconds,
+                cpu_affinity=tuple(self.cfg.cpu_affinity or ()),
+                worker_nice=self.cfg.worker_nice,
+                emulated_sample_s=self.cfg.emulate_sample_ms / 1000.0,
+                stressor_workers=workers,
+                rate_file=rate_file_for(self.cfg.latency_socket, app),
+            )
+            if self._runner is None or self._runner.cfg != cfg:
+                if self._runner is not None:
+                    await asyncio.to_thread(self._runner.close)
+                self._runner = PointRunner(cfg, self)
+            runner = self._runner
+            try:
+                run = await asyncio.to_thread(runner.run, point)
+            except Exception as exc:
+                await asyncio.to_thread(runner.close)
+                self._runner = None
+                raise ProfileError(f"interference run failed: {type(exc).__name__}: {exc}") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    rate_file_for(self.cfg.latency_socket, app).unlink()  # the app back to its own rate
+            self.interference_runs += 1
+            return run
+
+    def samples(self, app: str, start: float, end: float) -> list[float]:
+        """LatencySource for the runner: the intake's latencies of ``app`` in [start, end]."""
+        return self._samples(app, start, end)
 
     @property
     def running(self) -> bool:
@@ -85,7 +142,11 @@ class BoardProfiler:
         self._lock_fd = fd
 
     def close(self) -> None:
-        """Release the profile file's lock (the process's exit does too)."""
+        """Release the profile file's lock (the process's exit does too), stop a kept training
+        process of interference runs."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -112,6 +173,8 @@ class BoardProfiler:
 
     async def measure(self, model: str, levels: list[float], seconds: float) -> ModelProfile:
         """Run the profiler process; keep and return the profile. Raises ProfileError."""
+        if self.measuring:
+            raise ProfileError("an interference run is in progress on this node")
         before = self.clock.monotonic()
         alone = self.windows.p95_between(before - seconds, before)  # nothing trains now
         proc = await asyncio.create_subprocess_exec(

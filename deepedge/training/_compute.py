@@ -32,17 +32,51 @@ from deepedge.training._precision import MAX_TRIES, Precision, too_many_tries
 
 __all__ = [
     "MICRO_BATCH",
+    "RAMP_FLOOR",
+    "RAMP_S",
+    "Pacer",
     "Reduced",
     "compute_share",
     "decode_slots",
     "encode_slots",
     "has_batchnorm",
     "micro_batches",
+    "ramp",
     "reduce_step",
 ]
 
 MICRO_BATCH = 32  # samples per forward/backward; the intensity throttle sleeps between them
 _DIGIT = 2048  # float16 holds every integer up to 2048 exactly: a control slot goes as two digits
+# Slow start: a worker's first seconds of each plan generation run at a fraction of its cap,
+# rising linearly from RAMP_FLOOR x cap to the cap over RAMP_S, and its data loading is paced at
+# RAMP_FLOOR x cap. A worker's start (data decoding, the first steps while its peers still
+# arrive) no longer hits its board's LC apps harder than its planned cap does.
+RAMP_S = 2.0
+RAMP_FLOOR = 0.25
+
+
+def ramp(elapsed_s: float, cap: float) -> float:
+    """The cap in force ``elapsed_s`` after a generation started training."""
+    if elapsed_s >= RAMP_S:
+        return cap
+    return cap * (RAMP_FLOOR + (1.0 - RAMP_FLOOR) * max(0.0, elapsed_s) / RAMP_S)
+
+
+class Pacer:
+    """Hold a loop's duty cycle at ``cap``: call it after each unit of work; it sleeps
+    ``t (1/cap - 1)`` for the ``t`` seconds worked since the last call (as the step throttle)."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = max(0.01, min(1.0, cap))
+        self._since = time.perf_counter()
+
+    def __call__(self) -> None:
+        if self.cap >= 1.0:
+            return
+        worked = time.perf_counter() - self._since
+        if worked >= 0.005:  # in slices of at least 5 ms: fewer, longer sleeps
+            time.sleep(worked * (1.0 / self.cap - 1.0))
+            self._since = time.perf_counter()
 
 
 def has_batchnorm(model: nn.Module) -> bool:

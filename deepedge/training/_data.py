@@ -4,6 +4,7 @@ Caltech-256) or tensors in a file (``torch.save({"x": ..., "y": ...})``, loaded 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ class TensorDataset:
         return x, self.y[index]
 
 
-def _image_folder(root: Path, size: int) -> TensorDataset:
+def _image_folder(root: Path, size: int, pace: Callable[[], None] | None = None) -> TensorDataset:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -53,6 +54,8 @@ def _image_folder(root: Path, size: int) -> TensorDataset:
             except (OSError, UnidentifiedImageError, ValueError) as exc:
                 raise TrainingError(f"dataset {root}: unreadable image {path}: {exc}") from None
             ys.append(label)
+            if pace is not None:
+                pace()
     if not xs:
         raise TrainingError(f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return TensorDataset(torch.stack(xs).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys), classes)
@@ -70,10 +73,11 @@ def _tensor_file(path: Path) -> TensorDataset:
     return TensorDataset(data["x"], data["y"], classes)
 
 
-def load_dataset(location: str, image_size: int = 32) -> TensorDataset:
+def load_dataset(location: str, image_size: int = 32, pace: Callable[[], None] | None = None) -> TensorDataset:
+    """``pace``: called after each image decoded (the worker's slow start paces its loading)."""
     path = Path(location)
     if path.is_dir():
-        return _image_folder(path, image_size)
+        return _image_folder(path, image_size, pace)
     if path.is_file():
         return _tensor_file(path)
     raise TrainingError(f"dataset {location}: no such file or folder")

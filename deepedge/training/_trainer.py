@@ -43,7 +43,7 @@ from deepedge.devices import DeviceError
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import reduce_step
+from deepedge.training._compute import RAMP_FLOOR, Pacer, ramp, reduce_step
 from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
@@ -105,7 +105,10 @@ class Trainer:
         timeout = datetime.timedelta(seconds=collective_timeout_s)
         self.rendezvous = Rendezvous(first.training_address, timeout, self.must_leave)
         self.group = ProcessGroup(timeout, self.must_leave, self._waiting)
-        self.data: TensorDataset = load_dataset(str(checked.dataset))
+        # paced like a slow-started step, so decoding the dataset does not hit the LC apps
+        self.data: TensorDataset = load_dataset(
+            str(checked.dataset), pace=Pacer(first.assignment.intensity_cap * RAMP_FLOOR)
+        )
         self.batch = spec.global_batch
         if len(self.data) < self.batch:
             raise TrainingError(
@@ -146,6 +149,7 @@ class Trainer:
         self.pending_s = 0.0
         self._pending_reported = 0.0
         self._born = psutil.Process().create_time()
+        self.generation_started = time.monotonic()
         if first.plan.resume_step > 0:
             self.resume_from_checkpoint()
 
@@ -309,7 +313,7 @@ class Trainer:
                 self.state.opt,
                 self.data,
                 mine,
-                a.intensity_cap,
+                ramp(time.monotonic() - self.generation_started, a.intensity_cap),  # the slow start
                 self.group.all_reduce_or_abandon,
                 emulated_sample_s=self.pfw.emulated_sample_s,
                 device=self.device,
@@ -370,6 +374,7 @@ class Trainer:
         last_report = 0.0
         self._timing.clear()
         self._last_step_end = 0.0
+        self.generation_started = time.monotonic()  # the slow start (``ramp``) counts from here
         while self.step < self.total_steps:
             if self.must_leave(self.group_label):
                 raise NewPlan

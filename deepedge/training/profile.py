@@ -7,12 +7,17 @@ and prints one JSON line per level: ``{"intensity", "samples_per_s", "duty", "t0
 "emulated_sample_s", "device", "precision", "lc_memory_reserve_mb"}`` (``device``: a
 ``training.device`` setting, default ``auto``: the GPU where torch sees one, as the worker;
 ``precision`` default ``fp32``). On a GPU each micro-batch is timed to the end of its kernels,
-as in training. A bad request or an unknown model prints ``{"error": ...}`` and exits 2."""
+as in training. A bad request or an unknown model prints ``{"error": ...}`` and exits 2.
+
+With ``"interactive": true`` (interference profiling: one training process for many runs, so a
+run does not pay torch's import) it prints ``{"ready": true}`` after its warm-up, then runs one
+level per JSON line ``{"level": u, "seconds": s}`` read from stdin, until end of input."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 from typing import Any
@@ -21,6 +26,7 @@ __all__ = ["main"]
 
 STEP_SAMPLES = 128  # samples per optimizer step, as a typical share of a global batch
 SYNTHETIC = 1024  # generated samples it cycles through
+IDLE_EXIT_S = 60.0  # interactive mode: no order for this long ends the process
 
 
 def profile(req: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,8 +68,8 @@ def profile(req: dict[str, Any]) -> list[dict[str, Any]]:
 
     step(0, 1.0)  # warm-up: first-call allocations are not the board's speed
     out = []
-    for level in req["levels"]:
-        cap = float(level)
+
+    def run(cap: float, seconds: float) -> None:
         t0, busy, k = time.time(), 0.0, 0
         while time.time() - t0 < seconds or k == 0:
             busy += step(k, cap)
@@ -75,13 +81,27 @@ def profile(req: dict[str, Any]) -> list[dict[str, Any]]:
             {"intensity": cap, "samples_per_s": rate, "duty": busy / wall, "t0": t0, "t1": t1, "device": str(device)}
         )
         print(json.dumps(out[-1]), flush=True)
+
+    if req.get("interactive"):
+        print(json.dumps({"ready": True}), flush=True)
+        while select.select([sys.stdin], [], [], IDLE_EXIT_S)[0]:  # a runner gone quiet: leave
+            line = sys.stdin.readline()
+            if not line:
+                break
+            order = json.loads(line)
+            run(max(0.01, min(1.0, float(order["level"]))), float(order.get("seconds", seconds)))
+        return out
+    for level in req["levels"]:
+        run(float(level), seconds)
     return out
 
 
 def main() -> int:
     try:
         req = json.loads(sys.stdin.readline() or "null")
-        if not isinstance(req, dict) or not isinstance(req.get("levels"), list) or not req["levels"]:
+        if not isinstance(req, dict) or (
+            not req.get("interactive") and (not isinstance(req.get("levels"), list) or not req["levels"])
+        ):
             raise ValueError("expected a JSON object with a non-empty list 'levels'")
         profile(req)
     except Exception as exc:  # the daemon reads the reason from this line

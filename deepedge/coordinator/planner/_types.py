@@ -10,14 +10,25 @@ __all__ = ["JobModel", "LcAppModel", "NetworkModel", "NodeModel", "PlanDecision"
 @dataclass(frozen=True, slots=True)
 class LcAppModel:
     """An LC app's predicted p95 latency as a function of training intensity u in [0, 1]:
-    ``p95(u) = base_ms + slope_ms * u`` (fitted from observations; conservative by default)."""
+    ``curve``, when given, is the upper quantile of a surrogate model (knowledge base) at
+    ``len(curve)`` evenly spaced intensities from 0 to 1, monotone non-decreasing, interpolated
+    linearly; otherwise ``p95(u) = base_ms + slope_ms * u`` (fitted from observations;
+    conservative by default)."""
 
     name: str
     deadline_ms: float
     base_ms: float
     slope_ms: float
+    curve: tuple[float, ...] = ()
+    # this app's safety margin instead of the planner's: a surrogate's curve is already its upper
+    # quantile (the measured error), so the margin is not taken a second time (0)
+    margin: float | None = None
 
     def predict_ms(self, u: float) -> float:
+        if len(self.curve) >= 2:
+            x = min(1.0, max(0.0, u)) * (len(self.curve) - 1)
+            k = min(int(x), len(self.curve) - 2)
+            return self.curve[k] + (x - k) * (self.curve[k + 1] - self.curve[k])
         return self.base_ms + self.slope_ms * u
 
 

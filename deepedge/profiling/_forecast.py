@@ -1,0 +1,86 @@
+"""Barista-style forecast of an LC app's request rate: from its reported history, the rate an
+upper quantile of the coming horizon may reach, with statsmodels' exponential smoothing (Holt's
+damped additive trend; a seasonal term once two seasons of history exist). Caps are set for
+that rate, and the coordinator re-plans before the forecast crosses the rate at which the
+current cap stops being safe. statsmodels loads on the first forecast, not with the module."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["RateForecast", "forecast_upper"]
+
+MIN_POINTS = 8  # steps of history before a model is fitted (before: the highest rate seen)
+
+
+def forecast_upper(
+    history: list[float], horizon: int, q: float = 0.95, season: int | None = None, seed: int = 0
+) -> float:
+    """The q-quantile, over simulated futures, of the highest rate in the next ``horizon``
+    steps (at least the last observed rate)."""
+    if not history:
+        return 0.0
+    last = history[-1]
+    if len(history) < MIN_POINTS or horizon < 1:
+        return max(history[-MIN_POINTS:])
+    import numpy as np
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    y = np.asarray(history, dtype=float)
+    seasonal = "add" if season and len(y) >= 2 * season else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on short, flat series
+        if np.ptp(y) < 1e-9:
+            return float(last)
+        fitted = ExponentialSmoothing(
+            y,
+            trend="add",
+            damped_trend=True,
+            seasonal=seasonal,
+            seasonal_periods=season if seasonal else None,
+            initialization_method="estimated",
+        ).fit()
+        paths = fitted.simulate(horizon, repetitions=200, error="add", anchor="end", random_state=seed)
+    peaks = np.max(np.asarray(paths).reshape(horizon, -1), axis=0)
+    upper = float(np.quantile(peaks, q))
+    return max(float(last), upper) if math.isfinite(upper) else float(last)
+
+
+@dataclass
+class RateForecast:
+    """One app's request-rate history in ``step_s`` buckets (a bounded deque)."""
+
+    step_s: float = 1.0
+    season_s: float | None = None
+    maxlen: int = 600
+    buckets: deque[tuple[int, float, int]] = field(default_factory=deque)  # (bucket, sum, n)
+
+    def observe(self, t: float, rate: float) -> None:
+        if not (math.isfinite(rate) and rate >= 0 and math.isfinite(t)):
+            return
+        b = int(t // self.step_s)
+        if self.buckets and self.buckets[-1][0] == b:
+            _, s, n = self.buckets[-1]
+            self.buckets[-1] = (b, s + rate, n + 1)
+        elif not self.buckets or b > self.buckets[-1][0]:
+            self.buckets.append((b, rate, 1))
+            while len(self.buckets) > self.maxlen:
+                self.buckets.popleft()
+
+    def history(self) -> list[float]:
+        return [s / n for _, s, n in self.buckets]
+
+    @property
+    def last(self) -> float | None:
+        return self.history()[-1] if self.buckets else None
+
+    def upper(self, horizon_s: float, q: float = 0.95) -> float | None:
+        """The rate to plan for over the next ``horizon_s``; None without history."""
+        h = self.history()
+        if not h:
+            return None
+        season = round(self.season_s / self.step_s) if self.season_s else None
+        return forecast_upper(h, max(1, round(horizon_s / self.step_s)), q, season)

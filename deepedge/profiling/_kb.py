@@ -1,0 +1,335 @@
+"""The knowledge base (FECBench's): SQLite, keyed by device model, LC app and software
+versions; it holds each profile's design, its raw runs and the fitted model (its kind, its
+cross-validated figures and the compiled cap table). Every board of the same device model
+reuses it; ``deepedge profile list|show|export|import`` manage it; the coordinator reads it when
+it plans. Export files are JSON (nothing is pickled)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepedge.profiling._space import Run
+from deepedge.profiling._table import CapTable
+
+__all__ = ["EXPORT_FORMAT", "KnowledgeBase", "ProfileKey", "ProfileSummary", "TableCache", "versions_key"]
+
+EXPORT_FORMAT = "deepedge-knowledge-base/1"
+VERSIONED = ("deepedge", "python", "torch")  # the software an LC app's latency profile depends on
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (
+    id INTEGER PRIMARY KEY,
+    device_model TEXT NOT NULL,
+    app TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    training_model TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    space TEXT NOT NULL DEFAULT '{}',
+    design TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (device_model, app, versions)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (profile_id, seq)
+);
+CREATE TABLE IF NOT EXISTS models (
+    profile_id INTEGER PRIMARY KEY REFERENCES profiles(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    q REAL NOT NULL,
+    cv TEXT NOT NULL,
+    candidates TEXT NOT NULL,
+    cap_table TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def versions_key(software: Mapping[str, str]) -> str:
+    """``deepedge=0.1.0,python=3.11.7,torch=2.13.0`` from a birth's ``software``."""
+    return ",".join(f"{k}={software[k]}" for k in VERSIONED if k in software)
+
+
+@dataclass(frozen=True)
+class ProfileKey:
+    device_model: str
+    app: str
+    versions: str
+
+    def __str__(self) -> str:
+        return f"{self.device_model} / {self.app} / {self.versions or '-'}"
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    id: int
+    key: ProfileKey
+    training_model: str
+    runs: int
+    kind: str | None
+    median_ape: float | None
+    coverage: float | None
+    updated: float
+    source: str
+
+
+class KnowledgeBase:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10)
+        try:
+            db.execute("PRAGMA foreign_keys = ON")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def profile_id(self, key: ProfileKey, training_model: str = "", source: str = "", space: Any = None) -> int:
+        """The id of ``key``'s profile, created if new."""
+        now = time.time()
+        with self._db() as db:
+            row = db.execute(
+                "SELECT id FROM profiles WHERE device_model=? AND app=? AND versions=?",
+                (key.device_model, key.app, key.versions),
+            ).fetchone()
+            if row is not None:
+                db.execute("UPDATE profiles SET updated=? WHERE id=?", (now, row[0]))
+                return int(row[0])
+            cur = db.execute(
+                "INSERT INTO profiles (device_model, app, versions, training_model, created, updated, source, space)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.device_model, key.app, key.versions, training_model, now, now, source, json.dumps(space or {})),
+            )
+            return int(cur.lastrowid or 0)
+
+    def set_design(self, pid: int, design: list[dict[str, Any]]) -> None:
+        with self._db() as db:
+            db.execute("UPDATE profiles SET design=?, updated=? WHERE id=?", (json.dumps(design), time.time(), pid))
+
+    def add_runs(self, pid: int, runs: list[Run]) -> None:
+        with self._db() as db:
+            (last,) = db.execute("SELECT COALESCE(MAX(seq), -1) FROM runs WHERE profile_id=?", (pid,)).fetchone()
+            db.executemany(
+                "INSERT INTO runs (profile_id, seq, phase, data) VALUES (?, ?, ?, ?)",
+                [(pid, last + 1 + k, r.phase, json.dumps(r.to_dict())) for k, r in enumerate(runs)],
+            )
+            db.execute("UPDATE profiles SET updated=? WHERE id=?", (time.time(), pid))
+
+    def set_model(
+        self,
+        pid: int,
+        kind: str,
+        q: float,
+        cv: dict[str, Any],
+        candidates: list[dict[str, Any]],
+        table: CapTable,
+        created: float | None = None,
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO models (profile_id, kind, q, cv, candidates, cap_table, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pid,
+                    kind,
+                    q,
+                    json.dumps(cv),
+                    json.dumps(candidates),
+                    json.dumps(table.to_dict()),
+                    time.time() if created is None else created,
+                ),
+            )
+
+    def delete(self, pid: int) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM profiles WHERE id=?", (pid,)).rowcount > 0
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def runs(self, pid: int, phase: str | None = None) -> list[Run]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT data FROM runs WHERE profile_id=? AND (? IS NULL OR phase=?) ORDER BY seq", (pid, phase, phase)
+            ).fetchall()
+        return [Run.from_dict(json.loads(d)) for (d,) in rows]
+
+    def profiles(self) -> list[ProfileSummary]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT p.id, p.device_model, p.app, p.versions, p.training_model, p.updated, p.source,"
+                " (SELECT COUNT(*) FROM runs r WHERE r.profile_id = p.id), m.kind, m.cv"
+                " FROM profiles p LEFT JOIN models m ON m.profile_id = p.id ORDER BY p.id"
+            ).fetchall()
+        out = []
+        for pid, dm, app, ver, tm, updated, source, n, kind, cv in rows:
+            figures = json.loads(cv) if cv else {}
+            out.append(
+                ProfileSummary(
+                    pid,
+                    ProfileKey(dm, app, ver),
+                    tm,
+                    n,
+                    kind,
+                    figures.get("median_ape"),
+                    figures.get("coverage"),
+                    updated,
+                    source,
+                )
+            )
+        return out
+
+    def show(self, pid: int) -> dict[str, Any] | None:
+        """Everything about one profile: key, space, design, runs, model."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT device_model, app, versions, training_model, created, updated, source, space, design"
+                " FROM profiles WHERE id=?",
+                (pid,),
+            ).fetchone()
+            model = db.execute(
+                "SELECT kind, q, cv, candidates, cap_table, created FROM models WHERE profile_id=?", (pid,)
+            ).fetchone()
+        if row is None:
+            return None
+        dm, app, ver, tm, created, updated, source, space, design = row
+        out: dict[str, Any] = {
+            "id": pid,
+            "device_model": dm,
+            "app": app,
+            "versions": ver,
+            "training_model": tm,
+            "created": created,
+            "updated": updated,
+            "source": source,
+            "space": json.loads(space),
+            "design": json.loads(design),
+            "runs": [r.to_dict() for r in self.runs(pid)],
+            "model": None,
+        }
+        if model is not None:
+            kind, q, cv, candidates, table, mcreated = model
+            out["model"] = {
+                "kind": kind,
+                "q": q,
+                "cv": json.loads(cv),
+                "candidates": json.loads(candidates),
+                "cap_table": json.loads(table),
+                "created": mcreated,
+            }
+        return out
+
+    def table(self, device_model: str, app: str, versions: str) -> tuple[CapTable, ProfileKey] | None:
+        """The cap table for a board of ``device_model`` running ``app``: the profile with these
+        exact software versions if there is one, else the newest of that device model and app
+        (the key says which was used)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT p.versions, m.cap_table FROM profiles p JOIN models m ON m.profile_id = p.id"
+                " WHERE p.device_model=? AND p.app=? ORDER BY (p.versions = ?) DESC, p.updated DESC LIMIT 1",
+                (device_model, app, versions),
+            ).fetchall()
+        if not rows:
+            return None
+        ver, table = rows[0]
+        return CapTable.from_dict(json.loads(table)), ProfileKey(device_model, app, ver)
+
+    def mtime(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    # ---- moving between machines ----------------------------------------------------------------
+
+    def export(self, ids: list[int] | None = None) -> dict[str, Any]:
+        chosen = [s.id for s in self.profiles()] if ids is None else ids
+        profiles = [p for p in (self.show(i) for i in chosen) if p is not None]
+        return {"format": EXPORT_FORMAT, "exported": time.time(), "profiles": profiles}
+
+    def import_(self, doc: dict[str, Any]) -> list[int]:
+        """Add every profile of an export (replacing a profile with the same key). Raises
+        ValueError on a document that is not an export."""
+        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"not a deepedge knowledge-base export (format {EXPORT_FORMAT!r} expected)")
+        ids = []
+        for p in doc.get("profiles", []):
+            key = ProfileKey(str(p["device_model"]), str(p["app"]), str(p["versions"]))
+            runs = [Run.from_dict(r) for r in p.get("runs", [])]
+            model = p.get("model")
+            table = CapTable.from_dict(model["cap_table"]) if model else None
+            old = [s.id for s in self.profiles() if s.key == key]
+            for i in old:
+                self.delete(i)
+            pid = self.profile_id(key, str(p.get("training_model", "")), str(p.get("source", "")), p.get("space"))
+            self.set_design(pid, list(p.get("design", [])))
+            self.add_runs(pid, runs)
+            if model and table is not None:
+                self.set_model(
+                    pid,
+                    str(model["kind"]),
+                    float(model["q"]),
+                    dict(model["cv"]),
+                    list(model["candidates"]),
+                    table,
+                    float(model.get("created", time.time())),
+                )
+            ids.append(pid)
+        return ids
+
+
+class TableCache:
+    """The coordinator's view of a knowledge base: cap tables by (device model, app, versions),
+    read again only when the file changed (checked at most every ``check_s``). A missing or
+    unreadable file means no tables (the coordinator plans with its linear models)."""
+
+    def __init__(self, path: str | Path, check_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.check_s = check_s
+        self._checked = -1e9
+        self._mtime = -1.0
+        self._tables: dict[tuple[str, str, str], tuple[CapTable, ProfileKey] | None] = {}
+        self.error = ""
+
+    def get(
+        self, device_model: str, app: str, versions: str, now: float | None = None
+    ) -> tuple[CapTable, ProfileKey] | None:
+        now = time.monotonic() if now is None else now
+        if now - self._checked >= self.check_s:
+            self._checked = now
+            try:
+                mtime = self.path.stat().st_mtime
+            except OSError:
+                mtime = -1.0
+            if mtime != self._mtime:
+                self._mtime = mtime
+                self._tables.clear()
+        key = (device_model, app, versions)
+        if key not in self._tables:
+            if self._mtime < 0:
+                return None
+            try:
+                self._tables[key] = KnowledgeBase(self.path).table(device_model, app, versions)
+                self.error = ""
+            except (sqlite3.Error, OSError, ValueError, KeyError) as exc:
+                self.error = f"{self.path}: {exc}"
+                self._tables[key] = None
+        return self._tables[key]

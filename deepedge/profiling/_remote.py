@@ -1,0 +1,99 @@
+"""``deepedge profile NODE --interference``: a profiling session whose runs a node daemon
+measures, one ``profile`` command (``interference: true``) per design point over MQTT; the
+design, the fit and the knowledge base are here, on the operator's machine, never on the board.
+The key is the board's device model and software versions from its retained birth message, and
+the LC app's name: every board of that model reuses the result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from deepedge.broker_schemas import ArgValue, Topics
+from deepedge.config import Config
+from deepedge.errors import DeepEdgeError
+from deepedge.profiling._design import Space
+from deepedge.profiling._kb import KnowledgeBase, ProfileKey, versions_key
+from deepedge.profiling._session import ProfileSession, SessionResult
+from deepedge.profiling._space import Point, Run
+from deepedge.transport import MqttTransport, Requester
+
+__all__ = ["profile_interference"]
+
+
+async def profile_interference(
+    config: Config,
+    node: str,
+    kb_path: Path,
+    *,
+    app: str | None = None,
+    budget: int = 40,
+    adaptive: int = 8,
+    seconds: float = 3.0,
+    space: Space | None = None,
+    q: float = 0.95,
+    model: str = "cnn-small",
+    workers: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> SessionResult:
+    """Run a session against ``node``; raises DeepEdgeError with the node's reason if a run is
+    refused or fails."""
+    from deepedge.ops import node_status
+
+    say = log or (lambda _m: None)
+    topics = Topics(config.cluster.name)
+    async with MqttTransport(config.broker) as t:
+        birth = await node_status(t, config, node)
+        if birth is None:
+            raise DeepEdgeError(f"node {node!r}: its status message could not be read")
+        async with Requester(t, topics, timeout_s=seconds + 150, sender="cli") as rpc:
+            if app is None:
+                status = await rpc.request(topics.node_command(node, "status"), {})
+                apps = sorted(a for a, v in (status.result.get("lc_apps") or {}).items() if v.get("deadline_ms"))
+                if len(apps) != 1:
+                    raise DeepEdgeError(f"node {node}: name the LC app with --app (apps with a deadline: {apps})")
+                app = apps[0]
+            key = ProfileKey(birth.device_model or "unknown", app, versions_key(birth.software))
+            say(f"profiling {app} on {node} ({key})")
+            loop = asyncio.get_running_loop()
+
+            async def one(p: Point) -> Run:
+                args: dict[str, ArgValue] = {
+                    "interference": True,
+                    "app": app,
+                    "model": model,
+                    "seconds": seconds,
+                    "intensity": p.intensity,
+                    "rate": p.rate,
+                    "cpu": p.cpu,
+                    "cache": p.cache,
+                    "mem": p.mem,
+                    "io": p.io,
+                    "workers": workers,
+                }
+                reply = await rpc.request(topics.node_command(node, "profile"), args)
+                if not reply.ok:
+                    err = reply.error
+                    raise DeepEdgeError(f"node {node}: {err.code if err else '?'}: {err.message if err else ''}")
+                return Run.from_dict(dict(reply.result["run"]))
+
+            count = [0]
+
+            def measure(points: list[Point], phase: str) -> list[Run]:
+                out = []
+                for p in points:
+                    r = asyncio.run_coroutine_threadsafe(one(p), loop).result()
+                    r = Run.from_dict(r.to_dict() | {"phase": phase})
+                    count[0] += 1
+                    say(
+                        f"  run {count[0]}: u {r.intensity:.2f}, {r.rate:.0f} req/s, {p.mix()} -> p95 {r.p95_ms:.1f} ms"
+                        + (f" ({'; '.join(r.notes)})" if r.notes else "")
+                    )
+                    out.append(r)
+                return out
+
+            session = ProfileSession(
+                key, space or Space(), KnowledgeBase(kb_path), q=q, training_model=model, source=f"node {node}"
+            )
+            return await asyncio.to_thread(session.run, measure, budget, adaptive, say)

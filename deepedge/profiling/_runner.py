@@ -1,0 +1,312 @@
+"""One profiling run on this machine: an LC app's latency while training runs beside it at an
+intensity and stressors run at their levels. The node daemon runs these for ``deepedge profile
+--interference`` (through its own latency intake), ``deepedge bench interference`` directly.
+
+The training is the real thing: one ``python -m deepedge.training.profile`` process in its
+interactive mode, with the worker's step code, CPUs, priority and emulated pacing, kept for all
+runs of a session (so a run does not pay torch's import). The LC app's request rate is set
+through a rate file that the app reads (``deepedge.demo.lc_app --rate-file``); the rate that
+counts is the one that arrived. Standard library and psutil only (the node daemon uses it)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from deepedge.profiling._space import Point, Run
+from deepedge.profiling._stressors import Stressors
+
+__all__ = [
+    "LatencySink",
+    "LatencySource",
+    "PointRunner",
+    "RunnerConfig",
+    "measure",
+    "percentile",
+    "rate_file_for",
+    "write_rate",
+]
+
+
+class LatencySource(Protocol):
+    def samples(self, app: str, start: float, end: float) -> list[float]:
+        """The app's latencies (ms) that arrived in [start, end] (time.monotonic())."""
+        ...
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, as the node daemon reports it."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s), max(1, math.ceil(q / 100.0 * len(s)))) - 1]
+
+
+def rate_file_for(socket_path: str | Path, app: str) -> Path:
+    """Where an LC app reporting to the latency socket ``socket_path`` reads the request rate a
+    profile (or a benchmark's trace) asks of it: ``<socket>.<app>.rate``."""
+    p = Path(socket_path)
+    return p.with_name(f"{p.name}.{app}.rate")
+
+
+def write_rate(path: Path, rate: float) -> None:
+    """Ask the LC app for ``rate`` requests per second (it re-reads the file every 0.2 s)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{rate:.3f}\n")
+    tmp.replace(path)
+
+
+@dataclass
+class RunnerConfig:
+    app: str
+    workdir: Path
+    model: str = "cnn-small"
+    seconds: float = 3.0  # measured per run
+    settle_s: float = 0.6  # after the stressors start and the rate changes, before measuring
+    cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
+    worker_nice: int = 10
+    emulated_sample_s: float = 0.0
+    stressor_workers: int = 1
+    rate_file: Path | None = None
+
+
+class PointRunner:
+    def __init__(self, cfg: RunnerConfig, latency: LatencySource) -> None:
+        self.cfg = cfg
+        self.latency = latency
+        self.trainer: subprocess.Popen[bytes] | None = None
+
+    # ---- the training process -----------------------------------------------------------------
+
+    def _start_trainer(self) -> subprocess.Popen[bytes]:
+        cfg = self.cfg
+        affinity, nice = cfg.cpu_affinity, cfg.worker_nice
+
+        def setup() -> None:
+            with contextlib.suppress(OSError):
+                if affinity:
+                    os.sched_setaffinity(0, affinity)
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deepedge.training.profile"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=setup,
+        )
+        assert proc.stdin is not None
+        request = {"model": cfg.model, "interactive": True, "emulated_sample_s": cfg.emulated_sample_s}
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        proc.stdin.flush()
+        self.trainer = proc
+        line = self._read(120.0)
+        if not line.get("ready"):
+            self.close()
+            raise RuntimeError(f"the training profiler did not start: {line.get('error', line)}")
+        return proc
+
+    def _read(self, timeout: float) -> dict[str, object]:
+        assert self.trainer is not None and self.trainer.stdout is not None
+        out = self.trainer.stdout
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(out.fileno(), 1)  # byte by byte up to the newline: nothing is buffered past it
+            if not chunk:
+                break
+            if chunk == b"\n":
+                try:
+                    msg = json.loads(buf)
+                except ValueError:
+                    buf = b""
+                    continue
+                if isinstance(msg, dict):
+                    return msg
+                buf = b""
+                continue
+            buf += chunk
+        raise RuntimeError(f"the training profiler gave no result within {timeout:g} s")
+
+    def _train(self, intensity: float, seconds: float) -> tuple[float, float, float]:
+        """Train at ``intensity`` for ``seconds``: (start, end) in time.monotonic(), achieved duty."""
+        if self.trainer is not None and self.trainer.poll() is not None:  # it left after idling
+            self.close()
+        proc = self.trainer or self._start_trainer()
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"level": intensity, "seconds": seconds}).encode() + b"\n")
+        proc.stdin.flush()
+        msg = self._read(seconds + 60.0)
+        if "error" in msg:
+            raise RuntimeError(str(msg["error"]))
+        offset = time.time() - time.monotonic()
+        return float(msg["t0"]) - offset, float(msg["t1"]) - offset, float(msg["duty"])  # type: ignore[arg-type]
+
+    def _trainer_cpu_s(self) -> float:
+        if self.trainer is None:
+            return 0.0
+        try:
+            t = psutil.Process(self.trainer.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(t.user + t.system)
+
+    # ---- one run ------------------------------------------------------------------------------
+
+    def run(self, point: Point, phase: str = "design", scenario: str = "") -> Run:
+        cfg = self.cfg
+        if point.intensity > 0 and (self.trainer is None or self.trainer.poll() is not None):
+            self.close()
+            self._start_trainer()
+        if cfg.rate_file is not None and point.rate > 0:
+            write_rate(cfg.rate_file, point.rate)
+        timeout = cfg.settle_s + cfg.seconds + 60.0
+        with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
+            time.sleep(cfg.settle_s)
+            stress.mark()
+            cpu0 = psutil.cpu_times()
+            train0 = self._trainer_cpu_s()
+            t_mark = time.monotonic()
+            if point.intensity > 0:
+                start, end, duty = self._train(point.intensity, cfg.seconds)
+            else:
+                start = time.monotonic()
+                time.sleep(cfg.seconds)
+                end, duty = time.monotonic(), 0.0
+            achieved, disk_bps, notes = stress.achieved()
+            cpu1 = psutil.cpu_times()
+            train1 = self._trainer_cpu_s()
+            wall = max(1e-9, time.monotonic() - t_mark)
+        busy = (sum(cpu1) - cpu1.idle - cpu1.iowait) - (sum(cpu0) - cpu0.idle - cpu0.iowait)
+        total = max(1e-9, sum(cpu1) - sum(cpu0))
+        lat = self.latency.samples(cfg.app, start, end)
+        span = max(1e-9, end - start)
+        if not lat:
+            notes.append(f"no latency reports from LC app {cfg.app}")
+        # background CPU, as the coordinator sees it from telemetry: cores busy with anything but
+        # this training and the LC app (the stressors, and whatever else runs on the machine)
+        ncpu = psutil.cpu_count() or 1
+        lc_cores = len(lat) / span * percentile(lat, 50) / 1000.0
+        background = max(0.0, busy / total * ncpu - (train1 - train0) / wall - lc_cores)
+        return Run(
+            asked=point,
+            intensity=round(min(1.0, duty), 4),
+            rate=round(len(lat) / span, 3),
+            cpu=round(background, 4),
+            cpu_stress=achieved.get("cpu", 0.0),
+            cache=achieved.get("cache", 0.0),
+            mem=achieved.get("mem", 0.0),
+            io=achieved.get("io", 0.0),
+            p95_ms=round(percentile(lat, 95), 4),
+            p50_ms=round(percentile(lat, 50), 4),
+            count=len(lat),
+            seconds=round(span, 3),
+            machine_cpu=round(busy / total, 4),
+            disk_bps=round(disk_bps, 1),
+            phase=phase,
+            scenario=scenario,
+            ts=time.time(),
+            notes=tuple(notes),
+        )
+
+    def close(self) -> None:
+        proc, self.trainer = self.trainer, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self) -> PointRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LatencySink:
+    """A latency intake for runs without a node daemon (``deepedge bench interference``): a Unix
+    datagram socket that ``deepedge.lc_client`` reports to, kept per app with arrival times."""
+
+    def __init__(self, path: Path, keep_s: float = 120.0) -> None:
+        self.path = path
+        self.keep_s = keep_s
+        self._data: dict[str, deque[tuple[float, float]]] = {}
+        self._lock = threading.Lock()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="latency-sink", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            with self._lock:
+                for line in data.splitlines():
+                    parts = line.split()
+                    if len(parts) != 2:
+                        continue
+                    with contextlib.suppress(ValueError, UnicodeDecodeError):
+                        q = self._data.setdefault(parts[0].decode(), deque())
+                        q.append((now, float(parts[1])))
+                        while q and q[0][0] < now - self.keep_s:
+                            q.popleft()
+
+    def samples(self, app: str, start: float, end: float) -> list[float]:
+        with self._lock:
+            return [ms for t, ms in self._data.get(app, ()) if start <= t <= end]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(2)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def measure(
+    runner: PointRunner, points: list[Point], phase: str, on_run: Callable[[Run], None] | None = None
+) -> list[Run]:
+    """Run ``points`` in order; ``on_run`` sees each run as it is measured."""
+    out = []
+    for p in points:
+        r = runner.run(p, phase)
+        out.append(r)
+        if on_run is not None:
+            on_run(r)
+    return out

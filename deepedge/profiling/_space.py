@@ -1,0 +1,82 @@
+"""The profiling space: what a design point asks for and what a run measured.
+
+A design point names a training intensity, an LC request rate and a level in [0, 1] for each
+stressor (CPU, cache, memory bandwidth, disk I/O). A run is the raw measurement of one point on
+a board: the levels *achieved* (verified from the processes' CPU time and the machine's
+telemetry, not assumed from what was asked), the LC app's request rate as it arrived, and its
+latency percentiles. Models are fitted on what was achieved."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["FEATURES", "STRESSORS", "Point", "Run"]
+
+STRESSORS = ("cpu", "cache", "mem", "io")
+# What a model predicts from: training intensity, LC request rate (req/s), the stressors'
+# achieved levels, GPU utilisation (0 where there is no GPU).
+FEATURES = ("intensity", "rate", "cpu", "cache", "mem", "io", "gpu")
+
+
+@dataclass(frozen=True)
+class Point:
+    """A design point: what a run asks the board to do."""
+
+    intensity: float = 0.0
+    rate: float = 20.0  # LC requests per second
+    cpu: float = 0.0
+    cache: float = 0.0
+    mem: float = 0.0
+    io: float = 0.0
+
+    def stressors(self) -> dict[str, float]:
+        return {s: getattr(self, s) for s in STRESSORS}
+
+    def mix(self) -> str:
+        """Which stressors are on, e.g. ``cpu+mem`` (``none``)."""
+        return "+".join(s for s in STRESSORS if getattr(self, s) > 0) or "none"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured run. ``intensity``, ``rate`` and the stressor levels are what was achieved;
+    ``cpu`` is the machine's background CPU in cores (busy cores less the training's and the LC
+    app's own: the cpu stressor, the other stressors' CPU and anything else running), measured as
+    the coordinator measures it from telemetry; ``cpu_stress`` the cpu stressor's own level."""
+
+    asked: Point
+    intensity: float
+    rate: float
+    cpu: float
+    cache: float
+    mem: float
+    io: float
+    p95_ms: float
+    p50_ms: float
+    count: int
+    seconds: float
+    gpu: float = 0.0
+    cpu_stress: float = 0.0
+    machine_cpu: float = 0.0  # the machine's CPU utilisation over the run (telemetry), 0..1
+    disk_bps: float = 0.0  # the machine's disk bytes/s over the run (telemetry)
+    phase: str = "design"  # design | adaptive | heldout
+    scenario: str = ""  # a held-out scenario's name
+    ts: float = 0.0
+    notes: tuple[str, ...] = field(default=())  # e.g. a stressor that did not reach its level
+
+    def features(self) -> list[float]:
+        return [float(getattr(self, f)) for f in FEATURES]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Run:
+        d = dict(d)
+        asked = Point(**{k: float(v) for k, v in dict(d.pop("asked")).items() if k in Point.__dataclass_fields__})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["notes"] = tuple(str(n) for n in known.get("notes", ()))
+        return cls(asked=asked, **known)

@@ -1,0 +1,78 @@
+"""The demo's LC side after issue #15: request-rate traces, the rate file an LC app follows, and
+reports over the deadline during the workers' start counted as misses."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from deepedge.broker_schemas import AppLatency
+from deepedge.demo._boards import BoardProfile
+from deepedge.demo._run import follow_trace
+from deepedge.demo._watch import AppRecord
+from deepedge.demo.lc_app import Trace, _read_rate
+from deepedge.profiling._runner import rate_file_for, write_rate
+
+
+def test_traces_parse_and_give_the_rate_at_each_time() -> None:
+    assert Trace.parse("constant:25").rate_at(100) == 25
+    step = Trace.parse("step:20,40,30")
+    assert step.rate_at(29.9) == 20 and step.rate_at(30) == 40 and step.peak() == 40
+    day = Trace.parse("diurnal:10,40,60")
+    assert day.rate_at(0) == pytest.approx(10) and day.rate_at(30) == pytest.approx(40)
+    assert day.rate_at(15) == pytest.approx(25) and day.rate_at(60) == pytest.approx(10)
+    for bad in ("constant", "step:1,2", "diurnal:10,40,0", "weekly:1", "constant:-1", "step:a,b,c"):
+        with pytest.raises(ValueError):
+            Trace.parse(bad)
+
+
+def test_the_rate_file_is_where_the_app_looks_and_bad_contents_are_ignored(tmp_path: Path) -> None:
+    sock = tmp_path / "n1.sock"
+    path = rate_file_for(sock, "det")
+    assert path == tmp_path / "n1.sock.det.rate"  # lc_app's default --rate-file
+    assert _read_rate(path) is None
+    write_rate(path, 42.5)
+    assert _read_rate(path) == 42.5
+    for junk in ("", "fast", "-3", "nan", "0"):
+        path.write_text(junk)
+        assert _read_rate(path) is None, junk
+
+
+def test_follow_trace_drives_every_lc_app_and_cleans_up(tmp_path: Path) -> None:
+    boards = [BoardProfile("a", "x", 1.0, 1024, "det"), BoardProfile("b", "x", 1.0, 1024)]
+    cluster = SimpleNamespace(boards=boards, socket=lambda node: tmp_path / f"{node}.sock")
+    path = rate_file_for(tmp_path / "a.sock", "det")
+    seen: list[float | None] = []
+
+    async def drive() -> None:
+        task = asyncio.create_task(follow_trace(cluster, "step:20,40,0.3"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        seen.append(await asyncio.to_thread(_read_rate, path))
+        await asyncio.sleep(0.5)
+        seen.append(await asyncio.to_thread(_read_rate, path))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(drive())
+    assert seen == [20, 40] and not list(tmp_path.glob("b.sock*"))
+    assert not path.exists()  # the app goes back to its own rate
+
+
+def test_a_report_over_the_deadline_during_the_start_is_a_miss() -> None:
+    rec = AppRecord("n", "det")
+
+    def report(p95: float) -> AppLatency:
+        return AppLatency(app="det", count=50, p50_ms=5, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+
+    rec.observe(report(45.0), "idle")  # before the job: not counted
+    rec.observe(report(40.0), "startup", 1.0)
+    rec.observe(report(10.0), "startup", 1.5)
+    rec.observe(report(35.0), "steady", 2.0)
+    rec.observe(report(12.0), "steady", 2.5)
+    assert (rec.reports, rec.violations) == (4, 2)
+    assert (rec.startup_reports, rec.startup_violations) == (2, 1)
+    assert rec.worst_p95_ms == 40.0 and [ts for ts, _ in rec.over] == [1.0, 2.0]

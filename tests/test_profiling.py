@@ -1,0 +1,278 @@
+"""Interference profiling without measuring: the design, the surrogates and their honesty, the
+cap tables, the knowledge base, caps from the upper quantile, and the coordinator planning with
+a stored model (its caps change)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepedge.bench._interference import evaluate
+from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, NodeBirth, Telemetry
+from deepedge.coordinator._jobs import JobRecord
+from deepedge.coordinator._learning import NodeLearning, ThroughputModel
+from deepedge.coordinator._planner_io import lc_models, node_models
+from deepedge.coordinator._policy import forecast_risk
+from deepedge.coordinator._view import ClusterView
+from deepedge.coordinator.planner import JobModel, LcAppModel, NodeModel, Planner, PlannerConfig, node_cap
+from deepedge.coordinator.planner._caps import largest_within
+from deepedge.profiling import CapTable, KnowledgeBase, Point, ProfileKey, Run, TableCache, versions_key
+from deepedge.profiling._design import Space, adaptive_points, latin_hypercube
+from deepedge.profiling._forecast import RateForecast
+from deepedge.profiling._session import ProfileSession, fit_runs
+from deepedge.profiling._surrogate import cross_validate, fit
+
+SPACE = Space(rate_min=10, rate_max=40)
+
+
+def truth(u: float, rate: float, cpu: float, cache: float, mem: float, io: float) -> float:
+    """A synthetic LC app: latency grows with training, load and request rate."""
+    return (
+        8.0
+        * (1 + 0.9 * u + 0.3 * cpu + 0.25 * mem + 0.15 * cache + 0.05 * io + 0.01 * (rate - 10))
+        * (1 + 0.4 * u * mem)
+    )
+
+
+def synthetic(points: list[Point], noise: float = 0.03, seed: int = 0, phase: str = "design") -> list[Run]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in points:
+        y = truth(p.intensity, p.rate, p.cpu, p.cache, p.mem, p.io) * math.exp(rng.normal(0, noise))
+        out.append(
+            Run(
+                p,
+                p.intensity,
+                p.rate,
+                p.cpu,
+                p.cache,
+                p.mem,
+                p.io,
+                round(y, 4),
+                round(y * 0.7, 4),
+                100,
+                3.0,
+                phase=phase,
+            )
+        )
+    return out
+
+
+def test_the_design_fills_the_space_with_small_mixes_and_reports_the_grid() -> None:
+    pts = latin_hypercube(SPACE, 30, seed=3)
+    assert len(pts) == 30 and SPACE.full_grid == 5 * 3 * 3**4
+    assert all(sum(v > 0 for v in p.stressors().values()) <= SPACE.max_mix for p in pts)
+    # Latin hypercube: every tenth of the intensity range holds exactly three of the 30 points
+    bins = np.histogram([p.intensity for p in pts], bins=10, range=(0, 1.0001))[0]
+    assert bins.min() >= 2 and bins.max() <= 4, bins
+    assert {p.mix() for p in pts} >= {"none", "cpu", "cache", "mem", "io", "cpu+mem"}
+    assert all(SPACE.rate_min <= p.rate <= SPACE.rate_max for p in pts)
+    # the adaptive step picks where the uncertainty is largest, and not what was measured
+    extra = adaptive_points(SPACE, lambda cands: [c.intensity + c.mem for c in cands], 3, pts)
+    assert len(extra) == 3 and not set(extra) & set(pts)
+    assert min(p.intensity + p.mem for p in extra) >= 1.0
+
+
+def test_surrogates_are_cross_validated_monotone_and_their_intervals_cover() -> None:
+    runs = synthetic(latin_hypercube(SPACE, 48, seed=1))
+    for kind in ("linear", "loglinear", "gbm", "gp"):
+        s = fit(kind, runs)
+        assert s.cv.folds == 5 and len(s.residuals) == 48
+        us = [[u / 10, 25, 0.3, 0.2, 0.5, 0.0, 0.0] for u in range(11)]
+        upper, median = s.quantile_ms(us, 0.95), s.median_ms(us)
+        assert np.all(upper >= median)
+        if kind in ("loglinear", "gbm", "linear"):  # monotone by construction
+            assert np.all(np.diff(median) >= -1e-9), (kind, median)
+    best, candidates, table = fit_runs("det", runs, SPACE)
+    assert best.kind != "linear" and {c.kind for c in candidates} == {"loglinear", "gbm", "gp", "linear"}
+    assert best.cv.median_ape < 0.06, best.cv  # 3 % noise: the right model is close to it
+    assert best.cv.median_ape < next(c for c in candidates if c.kind == "linear").median_ape
+    held = synthetic(latin_hypercube(Space(10, 40, max_mix=4), 40, seed=9), seed=5)
+    lo, hi = best.interval_ms([r.features() for r in held], 0.95)
+    y = np.array([r.p95_ms for r in held])
+    assert np.mean((y >= lo) & (y <= hi)) >= 0.85
+    # the cap table is monotone along every axis, upper above median
+    assert all(a <= b + 1e-9 for a, b in zip(table.curve(25, 0.3), table.curve(25, 0.3)[1:], strict=False))
+    assert table.upper_ms(0.5, 20, 0.2) <= table.upper_ms(0.5, 30, 0.2) <= table.upper_ms(0.5, 30, 0.6)
+    assert table.upper_ms(0.5, 50, 0.2) >= table.upper_ms(0.5, 40, 0.2)  # beyond the grid: never less
+    assert all(u >= m for u, m in zip(table.upper, table.median, strict=True))
+
+
+def test_held_out_error_is_computed_on_runs_the_model_never_saw() -> None:
+    design = synthetic(latin_hypercube(SPACE, 24, seed=2))
+    held = synthetic([Point(u / 3, 25, cpu=0.5, cache=0.5, mem=0.5) for u in range(4)], seed=8, phase="heldout")
+    held = [Run.from_dict(r.to_dict() | {"scenario": "three"}) for r in held]
+    chosen, figures, _ = evaluate(design + held, SPACE)
+    # a wildly wrong held-out measurement changes the held-out error, never the fit's own figures
+    bad = [Run.from_dict(held[0].to_dict() | {"p95_ms": held[0].p95_ms * 3}), *held[1:]]
+    chosen2, figures2, _ = evaluate(design + bad, SPACE)
+    assert chosen == chosen2
+    for f, g in zip(figures, figures2, strict=True):
+        assert f.cv_median_ape == g.cv_median_ape and f.cv_coverage == g.cv_coverage
+        s = fit(f.kind, design)
+        y = np.array([r.p95_ms for r in held])
+        ape = np.abs(s.median_ms([r.features() for r in held]) - y) / y
+        assert f.median_ape == pytest.approx(float(np.median(ape)))
+        assert f.per_scenario == {"three": pytest.approx(float(np.median(ape)))}
+    # the CV figures are out-of-fold: the same as cross-validating again
+    cv = cross_validate(chosen, design)
+    assert next(f for f in figures if f.kind == chosen).cv_median_ape == pytest.approx(cv.median_ape)
+
+
+def test_the_knowledge_base_round_trips(tmp_path: Path) -> None:
+    kb = KnowledgeBase(tmp_path / "kb.db")
+    key = ProfileKey("Jetson Orin NX", "det", versions_key({"deepedge": "0.1.0", "torch": "2.13.0", "os": "x"}))
+    assert key.versions == "deepedge=0.1.0,torch=2.13.0"
+    result = ProfileSession(key, SPACE, kb, source="test").run(lambda pts, ph: synthetic(pts, phase=ph), 16, 3)
+    pid = result.profile_id
+    assert pid is not None and len(kb.runs(pid)) == 16 and len(kb.runs(pid, "adaptive")) == 3
+    [summary] = kb.profiles()
+    assert summary.key == key and summary.runs == 16 and summary.kind == result.surrogate.kind
+    table, found = kb.table("Jetson Orin NX", "det", "deepedge=0.2.0")  # other versions: the newest of the model
+    assert found == key and table == result.table
+    assert kb.table("Jetson Nano", "det", key.versions) is None
+    doc = json.loads(json.dumps(kb.export()))
+    other = KnowledgeBase(tmp_path / "other.db")
+    assert other.import_(doc) == [1]
+    a, b = kb.show(pid), other.show(1)
+    assert a is not None and b is not None
+    for k in ("device_model", "app", "versions", "design", "runs", "model", "space"):
+        assert a[k] == b[k], k
+    assert other.runs(1) == kb.runs(pid)
+    other.import_(doc)  # the same key again replaces, not duplicates
+    assert len(other.profiles()) == 1
+    with pytest.raises(ValueError):
+        other.import_({"format": "something else"})
+
+
+def _table(offset: float = 0.0) -> CapTable:
+    """upper = median + 4 ms; p95 = 10 + 20 u (+ 5 per 10 req/s above 20)."""
+    us, rates, cpus = (0.0, 0.5, 1.0), (10.0, 20.0, 40.0), (0.0, 1.0)
+    med = [10 + 20 * u + 0.5 * max(0.0, r - 20) + 2 * c + offset for u in us for r in rates for c in cpus]
+    return CapTable("det", "test", 0.95, us, rates, cpus, tuple(m + 4 for m in med), tuple(med))
+
+
+def test_caps_come_from_the_upper_quantile_by_bisection() -> None:
+    table = _table()
+    learn = NodeLearning(ThroughputModel(100.0))
+    model = learn.app("det").surrogate_model("det", 30.0, table, rate=20.0, cpu=0.0)
+    assert model.curve and model.predict_ms(0.5) == pytest.approx(24.0)  # upper: 10 + 10 + 4
+    node = NodeModel("n", 100.0, 64, lc_apps=(model,))
+    # the upper quantile is the safety: the planner's margin is not taken again (budget 30 ms)
+    assert model.margin == 0.0
+    cap, _ = node_cap(node, margin=0.1)  # upper 14 + 20 u <= 30 -> u = 0.8
+    assert cap == pytest.approx(0.8, abs=1e-6)
+    median_cap = largest_within(lambda u: table.median_ms(u, 20.0, 0.0), 30.0)
+    assert median_cap == pytest.approx(1.0) and cap < median_cap  # the median would allow more
+    # a higher forecast rate lowers the cap
+    busy = learn.app("det").surrogate_model("det", 30.0, table, rate=30.0, cpu=0.0)
+    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(busy,)), 0.1)[0] == pytest.approx(0.55, abs=1e-6)
+    # live reports 3 ms over the table's median: the residual correction lowers it again
+    im = learn.app("det")
+    for u in (0.2, 0.4, 0.6):
+        im.observed.append((u, 20.0, 0.0, table.median_ms(u, 20.0, 0.0) + 3.0))
+    corrected = im.surrogate_model("det", 30.0, table, rate=20.0, cpu=0.0)
+    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0] == pytest.approx(0.65, abs=1e-6)
+    # no room at all: the reason names the upper quantile
+    hot = LcAppModel("det", 10.0, 0, 0, curve=(12.0, 20.0), margin=0.0)
+    cap, why = node_cap(NodeModel("n", 100.0, 64, lc_apps=(hot,)), 0.1)
+    assert cap == 0 and "upper quantile" in why
+
+
+def _cluster(tmp_path: Path, with_kb: bool) -> tuple[ClusterView, dict[str, NodeLearning], JobRecord, TableCache]:
+    software = {"deepedge": "0.1.0", "torch": "2.13.0", "python": "3.11.7"}
+    view = ClusterView()
+    for node in ("a", "b"):
+        birth = NodeBirth(
+            node=node,
+            session="s",
+            ts=1.0,
+            device_model="Orin NX",
+            software=software,
+            memory_bytes=8 << 30,
+            cpu_cores=2,
+            training_address="10.0.0.1",
+        )
+        view.on_birth(birth, 0.0)
+    report = LatencyReport(
+        node="a",
+        ts=1.0,
+        window_s=5.0,
+        apps=(AppLatency(app="det", count=100, p50_ms=8, p95_ms=12, p99_ms=13, deadline_ms=30.0),),
+    )
+    view.on_latency(report, 1.0)
+    learning = {n: NodeLearning(ThroughputModel(100.0)) for n in ("a", "b")}
+    learning["a"].observe_latency(report, 1.0, Telemetry(node="a", ts=1.0, cpu_percent=20.0), 2, 0.0, True)
+    kb = KnowledgeBase(tmp_path / "knowledge.db")
+    if with_kb:
+        pid = kb.profile_id(ProfileKey("Orin NX", "det", versions_key(software)))
+        kb.set_model(pid, "test", 0.95, {"median_ape": 0.05, "coverage": 0.95}, [], _table(offset=6.0))
+    spec = JobSpec(model="cnn-small", dataset="/d", output="/o", epochs=1, global_batch=64, learning_rate=0.1)
+    job = JobRecord(job="j", spec=spec, dataset_size=6400, model_bytes=1000)
+    return view, learning, job, TableCache(tmp_path / "knowledge.db")
+
+
+def test_the_coordinator_plans_with_a_stored_model_and_its_caps_change(tmp_path: Path) -> None:
+    planner = Planner(PlannerConfig(margin=0.1))
+    caps = {}
+    for with_kb in (False, True):
+        view, learning, job, tables = _cluster(tmp_path / str(with_kb), with_kb)
+        nodes = node_models(view, learning, job, tables=tables)
+        a = next(n for n in nodes if n.node == "a")
+        assert bool(a.lc_apps[0].curve) == with_kb
+        decision = planner.plan(nodes, JobModel(64, 6400, 1, 1000))
+        assert decision.feasible
+        caps[with_kb] = decision.caps["a"]
+        if with_kb:
+            assert learning["a"].interference["det"].table_source.startswith("Orin NX / det")
+            # the reactive and LC-unaware controls ignore the knowledge base
+            for control, curve in (("reactive", False), ("unaware", None)):
+                other = JobRecord(
+                    job="k",
+                    spec=JobSpec(**{**_spec_fields(job.spec), "lc_control": control}),
+                    dataset_size=6400,
+                    model_bytes=1000,
+                )
+                apps = lc_models(view.nodes["a"], learning["a"], other, tables)
+                assert (apps == ()) if curve is None else not apps[0].curve
+    # without a model: the conservative linear default (latency triples at full intensity) -> cap
+    # (27 - 12) / 24 = 0.625; with it: the table's upper quantile 20 + 20 u (+ 0.5 ms for the
+    # background CPU) against the whole 30 ms deadline -> ~0.48
+    assert caps[False] == pytest.approx(0.625, abs=0.01)
+    assert caps[True] < caps[False] - 0.1, caps
+
+
+def _spec_fields(spec: JobSpec) -> dict[str, object]:
+    return {f: getattr(spec, f) for f in JobSpec.__struct_fields__}
+
+
+def test_the_forecast_re_plans_before_a_cap_stops_being_safe(tmp_path: Path) -> None:
+    view, learning, job, tables = _cluster(tmp_path, True)
+    node_models(view, learning, job, tables=tables)  # caches the table
+    learn, im = learning["a"], learning["a"].interference["det"]
+    app = AppLatency(app="det", count=100, p50_ms=8, p95_ms=15, p99_ms=16, deadline_ms=30.0)
+    for t in range(30):  # a steady 20 req/s: cap 0.4 is safe (upper 20 + 8 + ~background < 30)
+        im.rates.observe(float(t), 20.0)
+    im.forecast = im.rates.upper(10.0)
+    assert im.forecast == pytest.approx(20.0)
+    assert forecast_risk([app], learn, 0.4) == ""
+    for t in range(30, 40):  # the load ramps up: the forecast reaches further than the reports
+        im.rates.observe(float(t), 20.0 + 3.0 * (t - 29))
+    im.forecast = im.rates.upper(10.0)
+    assert im.forecast is not None and im.forecast > im.rates.last  # type: ignore[operator]
+    assert "req/s is predicted at" in forecast_risk([app], learn, 0.4)
+
+
+def test_the_rate_forecast_sees_a_trend_and_bounds_its_history() -> None:
+    f = RateForecast(step_s=1.0, maxlen=50)
+    assert f.upper(10) is None
+    for t in range(100):
+        f.observe(t + 0.2, 10.0 + 0.5 * t)
+        f.observe(t + 0.7, 10.0 + 0.5 * t)  # two reports a second: one bucket
+    assert len(f.history()) == 50 and f.last == pytest.approx(59.5)
+    up = f.upper(10.0)
+    assert up is not None and up > 62  # the trend continues
