@@ -839,6 +839,8 @@ def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
         "Boards with real boundaries: links, load and link failures",
         links_markdown(rows, load, failover, command, comm),
     )
+
+
 @bench_app.command("interference")
 def bench_interference(
     ctx: typer.Context,

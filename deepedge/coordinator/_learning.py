@@ -264,6 +264,7 @@ class NodeLearning:
         if hb.forming_s > 0 and hb.forming_s != forming:
             self.forming.observe(hb.forming_s)
         self.seen = (hb.startup_s, hb.forming_s)
+
     cpu_bg: float = 0.0  # cores busy with work other than its training and LC apps (telemetry)
 
     def observe_latency(
