@@ -3,12 +3,14 @@ test starts (stopped at its end), and a per-test cluster name."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from deepedge.embedded_broker import MOSQUITTO, MosquittoProcess, free_port
 from deepedge.transport import MqttTransport
@@ -17,6 +19,19 @@ from tests.helpers.node_proc import NodeProc
 __all__ = ["MOSQUITTO", "MosquittoBroker", "free_port"]
 
 MosquittoBroker = MosquittoProcess  # the name the tests use
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that runs a CLI command in-process (CliRunner, ``main([...])``) configures logging
+    onto the stream it was given, which is closed after it: every later log line in the session
+    would raise "I/O operation on closed file". Logging is put back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
