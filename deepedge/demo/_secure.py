@@ -18,8 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
+from deepedge.compat import tomllib
 from deepedge.config import BrokerConfig
 from deepedge.deploy import DeploySpec, deploy_all
 from deepedge.embedded_broker import MOSQUITTO, BrokerNotInstalled, die_with_parent, free_port, stop_process
