@@ -346,6 +346,7 @@ async def test_flags_on_the_node_command(mosquitto: MosquittoBroker, watcher: Mq
     exe = str(Path(sys.executable).parent / "deepedge")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
     env["DEEPEDGE_NODE_LATENCY_SOCKET"] = str(tmp_path / "l.sock")
+    env["DEEPEDGE_NODE_PROFILE_PATH"] = str(tmp_path / "profile.json")  # not the default one another test may hold
     status = await watcher.subscribe(Topics("flagged").node_status("board-7"))
     proc = subprocess.Popen(
         [exe, "node", "--node-id", "board-7", "--cluster", "flagged", "--broker", mosquitto.url],

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from deepedge.config import ConfigError, NodeConfig
+from deepedge.config import ConfigError, NodeConfig, TrainingConfig
 from deepedge.errors import ExitCode
 from deepedge.node import LatencyWindows, percentile
 from deepedge.node._identity import default_node_id, jetpack_release, make_birth
 from deepedge.node._latency import LatencyIntake, _held
-from deepedge.node._profile import BoardProfiler
+from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node.collectors import PsutilCollector, TelemetryDraft, parse_tegrastats, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.testing import FakeClock
@@ -235,6 +235,19 @@ def test_a_profile_path_is_locked_while_its_daemon_runs(tmp_path: Path) -> None:
     in_memory = NodeConfig(profile_path="")  # nothing to lock
     BoardProfiler(in_memory, LatencyWindows(10.0, clock), clock)
     BoardProfiler(in_memory, LatencyWindows(10.0, clock), clock)
+
+
+async def test_the_profile_trains_where_and_how_the_worker_would() -> None:
+    """The board's training.device and precision reach the profiler process: a profile of a
+    device this board lacks fails the way the worker would, instead of measuring the CPU."""
+    clock = FakeClock()
+    on_gpu = TrainingConfig(device="cuda:3", precision="bf16")
+    prof = BoardProfiler(NodeConfig(profile_path=""), LatencyWindows(10.0, clock), clock, on_gpu)
+    with pytest.raises(ProfileError, match="cuda"):
+        await prof.measure("cnn-small", [1.0], 0.5)
+    on_cpu = TrainingConfig(device="cpu", precision="bf16")
+    prof = BoardProfiler(NodeConfig(profile_path=""), LatencyWindows(10.0, clock), clock, on_cpu)
+    assert (await prof.measure("cnn-small", [1.0], 0.5)).samples_per_s > 0
 
 
 @pytest.mark.mosquitto

@@ -167,7 +167,7 @@ def test_the_demo_report_outside_a_terminal_is_whole_at_80_columns(problems: lis
             "nano 125",
             WHY,
             "xavier-nx",
-            "'start-up' those whose window covers the workers' start",
+            "'of which start-up' those whose window covers the workers' start",
             "alone p95",
             "deadline",
             "median p95",

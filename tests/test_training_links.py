@@ -151,8 +151,9 @@ def test_reports_carry_the_step_timing_and_the_probed_link(tmp_path: Path) -> No
     assert training
     for r in training:
         assert r.compute_s > 0 and r.allreduce_s > 0 and r.step_s >= r.compute_s
-        # cnn-small's float32 gradients (4 classes at 8x8 here), the loss and 2 x 2 control slots
-        assert r.comm_bytes == 4 * (params + 1 + 4), (r.comm_bytes, params)
+        # cnn-small's float32 gradients (4 classes at 8x8 here), the loss, 2 x 2 control slots and
+        # the fp16-overflow count
+        assert r.comm_bytes == 4 * (params + 1 + 4 + 1), (r.comm_bytes, params)
         assert r.link_bps > 1e6 and 0 < r.link_latency_s < 0.1  # loopback
         assert r.forming_s > 0 and r.startup_s > r.forming_s
 

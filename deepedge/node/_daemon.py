@@ -112,7 +112,7 @@ class NodeDaemon:
         cfg = config.node
         self.windows = LatencyWindows(cfg.latency_window_s, self.clock, {a.name: a.deadline_ms for a in cfg.lc_apps})
         self.intake = LatencyIntake(cfg.latency_socket, self.windows, DropLog(self.clock))
-        self.profiler = BoardProfiler(cfg, self.windows, self.clock)
+        self.profiler = BoardProfiler(cfg, self.windows, self.clock, config.training)
         self.workers: dict[str, WorkerSupervisor] = {}
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
         self.crash_events = CrashEvents(self.clock)

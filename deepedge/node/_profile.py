@@ -27,7 +27,7 @@ import structlog
 
 from deepedge.broker_schemas import LcPoint, ModelProfile
 from deepedge.clock import Clock
-from deepedge.config import ConfigError, NodeConfig
+from deepedge.config import ConfigError, NodeConfig, TrainingConfig
 from deepedge.node._latency import LatencyWindows
 from deepedge.profiling._runner import PointRunner, RunnerConfig, rate_file_for
 from deepedge.profiling._space import Point, Run
@@ -45,8 +45,11 @@ class ProfileError(Exception):
 
 
 class BoardProfiler:
-    def __init__(self, cfg: NodeConfig, windows: LatencyWindows, clock: Clock) -> None:
+    def __init__(
+        self, cfg: NodeConfig, windows: LatencyWindows, clock: Clock, training: TrainingConfig | None = None
+    ) -> None:
         self.cfg = cfg
+        self.training = training or TrainingConfig()  # where and how the worker trains: so does the profile
         self.windows = windows
         self.clock = clock
         self.path = Path(cfg.profile_path) if cfg.profile_path else None
@@ -81,6 +84,9 @@ class BoardProfiler:
                 cpu_affinity=tuple(self.cfg.cpu_affinity or ()),
                 worker_nice=self.cfg.worker_nice,
                 emulated_sample_s=self.cfg.emulate_sample_ms / 1000.0,
+                device=self.training.device,
+                precision=self.training.precision,
+                lc_memory_reserve_mb=self.training.lc_memory_reserve_mb,
                 stressor_workers=workers,
                 rate_file=rate_file_for(self.cfg.latency_socket, app),
             )
@@ -198,6 +204,9 @@ class BoardProfiler:
             "levels": levels,
             "seconds": seconds,
             "emulated_sample_s": self.cfg.emulate_sample_ms / 1000.0,
+            "device": self.training.device,
+            "precision": self.training.precision,
+            "lc_memory_reserve_mb": self.training.lc_memory_reserve_mb,
         }
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         stderr = asyncio.create_task(proc.stderr.read())  # drained all along: a full pipe would block it

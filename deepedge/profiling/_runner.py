@@ -82,6 +82,9 @@ class RunnerConfig:
     cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
     worker_nice: int = 10
     emulated_sample_s: float = 0.0
+    device: str = "auto"  # the board's training.device, precision and GPU memory reserve
+    precision: str = "fp32"
+    lc_memory_reserve_mb: int = 1024
     stressor_workers: int = 1
     rate_file: Path | None = None
 
@@ -113,7 +116,14 @@ class PointRunner:
             preexec_fn=setup,
         )
         assert proc.stdin is not None
-        request = {"model": cfg.model, "interactive": True, "emulated_sample_s": cfg.emulated_sample_s}
+        request = {
+            "model": cfg.model,
+            "interactive": True,
+            "emulated_sample_s": cfg.emulated_sample_s,
+            "device": cfg.device,
+            "precision": cfg.precision,
+            "lc_memory_reserve_mb": cfg.lc_memory_reserve_mb,
+        }
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         proc.stdin.flush()
         self.trainer = proc

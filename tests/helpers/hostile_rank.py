@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import TCPStore
 
+from deepedge.training._group import ProcessGroup
+
 
 class _Payload:
     def __init__(self, marker: str) -> None:
@@ -39,8 +41,12 @@ def main() -> int:
     while store.add("deepedge/arrived", 0) < world and time.monotonic() < deadline:
         time.sleep(0.05)
     dist.init_process_group("gloo", store=store, rank=0, world_size=world, timeout=timeout)
+    group = ProcessGroup(timeout, lambda _generation: False)
+    group.probe_links(0, world)  # the link probe every rank takes part in when a group forms
     steps = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     dist.all_gather(steps, torch.tensor([10**6], dtype=torch.long))  # "I am the furthest"
+    sums = [torch.zeros(2, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(sums, torch.tensor([1.0, 2.0], dtype=torch.float64))  # "my state differs": it must travel
     if mode == "header":
         dist.broadcast(torch.tensor([2**62, 2**40, 7], dtype=torch.long), src=0)
     else:
