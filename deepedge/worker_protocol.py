@@ -7,18 +7,17 @@ worker prints on stdout is logged and ignored; its stderr goes to the daemon's l
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from deepedge.broker_schemas import Assignment, Plan
+from deepedge.broker_schemas import Assignment, Plan, WorkerState
 from deepedge.config import TrainingConfig
 
 __all__ = [
     "COMM_THREADS",
     "PlanForWorker",
     "WorkerReport",
-    "WorkerState",
     "decode_plan_line",
     "decode_report_line",
     "encode_line",
@@ -28,8 +27,6 @@ __all__ = [
 # starts for communication: gloo's socket loop and work threads, the TCPStore's server loop.
 # Their CPU priority is the daemon's ``worker_comm_nice``, the rest of the worker's ``worker_nice``.
 COMM_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop", "pt_tcpstore")
-
-WorkerState = Literal["starting", "training", "waiting", "recovering", "done", "failed"]
 
 
 class PlanForWorker(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,7 +52,7 @@ class WorkerReport(msgspec.Struct, frozen=True, kw_only=True):
     samples_per_s: float = 0.0
     loss: float | None = None
     intensity: float = 0.0
-    state: WorkerState = "training"
+    state: WorkerState = WorkerState.TRAINING
     message: str = ""
     # Step timing and link measurements (medians since the last report; see Heartbeat)
     compute_s: float = 0.0

@@ -48,6 +48,7 @@ from deepedge.broker_schemas._messages import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     SUPPORTED_VERSIONS,
+    WORKER_NEWS,
     Accelerator,
     AppLatency,
     ArgValue,
@@ -75,6 +76,7 @@ from deepedge.broker_schemas._messages import (
     Progress,
     Telemetry,
     TorchInfo,
+    WorkerState,
 )
 from deepedge.broker_schemas._topics import (
     ID_PATTERN,
@@ -97,6 +99,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
     "VERB_PATTERN",
+    "WORKER_NEWS",
     "Accelerator",
     "AppLatency",
     "ArgValue",
@@ -155,6 +158,7 @@ __all__ = [
     "TopicKind",
     "Topics",
     "TorchInfo",
+    "WorkerState",
     "args_of",
     "decode",
     "decode_payload",

@@ -19,6 +19,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
+    "WORKER_NEWS",
     "Accelerator",
     "AppLatency",
     "ArgValue",
@@ -46,6 +47,7 @@ __all__ = [
     "Progress",
     "Telemetry",
     "TorchInfo",
+    "WorkerState",
 ]
 
 SCHEMA_VERSION = 1
@@ -223,6 +225,23 @@ class LatencyReport(_Msg, tag="latency", frozen=True):
 # ---- node/<node>/heartbeat ---------------------------------------------------------------------
 
 
+class WorkerState(StrEnum):
+    """A training worker's state: the one definition, in its reports to its daemon
+    (``deepedge.worker_protocol.WorkerReport``) and in its node's heartbeats."""
+
+    STARTING = "starting"  # started, or forming a group (its link probed, state synchronised)
+    TRAINING = "training"
+    WAITING = "waiting"  # for a plan generation that includes it
+    RECOVERING = "recovering"  # a collective failed: waiting for the next generation
+    DONE = "done"
+    FAILED = "failed"  # a TrainingError: the job cannot run here (not restarted)
+
+
+# A worker's states the coordinator acts on: its node publishes them at once (and at QoS 1)
+# rather than with the next periodic heartbeat.
+WORKER_NEWS = frozenset({WorkerState.RECOVERING, WorkerState.DONE, WorkerState.FAILED})
+
+
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     node: Id
     ts: NonNeg
@@ -234,7 +253,7 @@ class Heartbeat(_Msg, tag="heartbeat", frozen=True):
     samples_per_s: NonNeg = 0.0
     loss: Finite | None = None
     intensity: Fraction = 0.0  # achieved compute duty cycle
-    state: Literal["starting", "training", "waiting", "recovering", "done", "failed"] = "training"
+    state: WorkerState = WorkerState.TRAINING
     message: Text = ""  # why, when state is "failed"
     # Where a step's time goes on this board (medians over the steps since its last report), and
     # what its worker measured of its link: what the coordinator learns the all-reduce from.

@@ -20,6 +20,7 @@ from deepedge import __version__, compat
 from deepedge.broker_schemas import (
     ID_PATTERN,
     MAX_INT,
+    WORKER_NEWS,
     ArgValue,
     Cleared,
     CoordinatorStatus,
@@ -32,6 +33,7 @@ from deepedge.broker_schemas import (
     NodeDeath,
     Plan,
     Topics,
+    WorkerState,
 )
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config, ConfigError
@@ -324,8 +326,8 @@ class NodeDaemon:
             await self._publish_heartbeat(self._failed_heartbeat(failure))
 
     def _on_report(self, report: WorkerReport) -> None:
-        if report.state in ("done", "failed", "recovering"):  # news the coordinator acts on: say so at once
-            if report.state == "failed":
+        if report.state in WORKER_NEWS:  # the coordinator acts on it: say so at once
+            if report.state == WorkerState.FAILED:
                 log.warning("worker.reported_failed", job=report.job, message=report.message)
             self._background(self._publish_heartbeat(self._heartbeat(report.job, report)), f"heartbeat:{report.job}")
 
@@ -379,7 +381,7 @@ class NodeDaemon:
             rank=ex.rank,
             world_size=ex.world_size,
             step=min(max(0, ex.step), MAX_INT),
-            state="failed",
+            state=WorkerState.FAILED,
             message=ex.summary()[:4000],
         )
 
@@ -431,7 +433,7 @@ class NodeDaemon:
             generation=plan.generation,
             rank=rank,
             world_size=len(plan.assignments),
-            state="failed",
+            state=WorkerState.FAILED,
             message=f"{self.node} refused: {why}"[:4000],
         )
         await self._publish_heartbeat(hb)
@@ -529,7 +531,7 @@ class NodeDaemon:
             return
         try:
             await self.transport.publish(
-                self.topics.node_heartbeat(self.node), hb, qos=1 if hb.state in ("done", "failed") else 0
+                self.topics.node_heartbeat(self.node), hb, qos=1 if hb.state in WORKER_NEWS else 0
             )
         except TransportError as exc:
             log.debug("heartbeat.unsent", error=str(exc))

@@ -326,12 +326,13 @@ class ProcessGroup:
         return best_rate, (best_latency if best_rate else 0.0)
 
     def _agree(self, peer: int, size: int, tag: int) -> int:
-        """The larger of this rank's and ``peer``'s proposed exchange sizes."""
+        """The larger of this rank's and ``peer``'s proposed exchange sizes, at most
+        PROBE_BYTES[2] (a hostile peer's proposal must not size this rank's buffer)."""
         mine, theirs = torch.tensor([size], dtype=torch.long), torch.zeros(1, dtype=torch.long)
         works = _started(dist.isend(mine, peer, tag=tag), dist.irecv(theirs, peer, tag=tag))
         self._done(works[1])
         works[0].wait()
-        return max(size, int(theirs.item()))
+        return max(size, min(PROBE_BYTES[2], int(theirs.item())))
 
     def leave(self, failed: bool = False) -> None:
         """Leave the group: destroyed; an NCCL group whose collective ``failed`` is aborted (its

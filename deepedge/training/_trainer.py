@@ -39,6 +39,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from deepedge.broker_schemas import WorkerState
 from deepedge.devices import DeviceError
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
@@ -54,7 +55,7 @@ from deepedge.training._precision import Precision, check_precision
 from deepedge.training._priority import thread_ids
 from deepedge.training._rendezvous import NewPlan, Rendezvous
 from deepedge.training._state import TrainState, checkpoint_name, prune_checkpoints
-from deepedge.worker_protocol import PlanForWorker, WorkerReport, WorkerState
+from deepedge.worker_protocol import PlanForWorker, WorkerReport
 
 if TYPE_CHECKING:
     from deepedge.broker_schemas import Plan
@@ -209,7 +210,7 @@ class Trainer:
         self.pending_s = seconds
         if seconds >= PENDING_REPORT_S and seconds - self._pending_reported >= 1.0:
             self._pending_reported = seconds
-            self.report("training", loss=None)
+            self.report(WorkerState.TRAINING, loss=None)
 
     # ---- process group ------------------------------------------------------------------------
 
@@ -236,7 +237,7 @@ class Trainer:
         self.state.add_generation(plan.generation)
         if world > 1:
             self.link = self.group.probe_links(a.rank, world)
-            self.report("starting")  # the probed link, before the state sync: a collapsed one re-plans now
+            self.report(WorkerState.STARTING)  # the probed link, before the state sync: a collapsed one re-plans now
 
     def newer_plan_than(self, generation: int) -> bool:
         newer = self.channel.latest()
@@ -395,11 +396,11 @@ class Trainer:
                 last_report = now
                 # samples/s over the whole step; / intensity = the rate at full intensity (planner)
                 # (what it trained in that step: its share then, a partial last batch's part)
-                self.report("training", trained / wall, loss)
+                self.report(WorkerState.TRAINING, trained / wall, loss)
 
     def run(self) -> None:
         while True:
-            self.report("starting")
+            self.report(WorkerState.STARTING)
             try:
                 self.form_group()
                 self.sync_state()
@@ -412,7 +413,7 @@ class Trainer:
             except (RuntimeError, dist.DistError) as exc:  # a peer died, the group broke, a bad state
                 self.group.leave(failed=True)
                 gen = self.pfw.plan.generation
-                self.report("recovering", message=f"collective failed at step {self.step}: {str(exc)[:200]}")
+                self.report(WorkerState.RECOVERING, message=f"collective failed at step {self.step}: {str(exc)[:200]}")
                 newer = self.channel.wait_newer(gen, timeout=600)
                 if newer is None:
                     raise TrainingError(f"no new plan after the group of generation {gen} broke") from None
@@ -422,6 +423,6 @@ class Trainer:
         if self.pfw.assignment.rank == 0:
             self.save("model.pt", final=True)
         curve = self.state.loss_curve
-        self.report("done", loss=curve[-1][1] if curve else None)
+        self.report(WorkerState.DONE, loss=curve[-1][1] if curve else None)
         self.group.leave()
         self.accounting.close()

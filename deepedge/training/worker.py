@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 
+from deepedge.broker_schemas import WorkerState
 from deepedge.devices import DeviceError
 from deepedge.training._channel import Channel
 from deepedge.training._errors import TrainingError
@@ -36,7 +37,7 @@ def main() -> int:
                 job=first.plan.job,
                 generation=first.plan.generation,
                 rank=a.rank,
-                state="failed",
+                state=WorkerState.FAILED,
                 message=str(exc)[:4000],
             )
         )
