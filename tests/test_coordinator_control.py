@@ -16,10 +16,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from deepedge.broker_schemas import (
+    AppLatency,
     CommandRequest,
     Heartbeat,
     JobSpec,
     JobState,
+    LatencyReport,
     NodeBirth,
     NodeDeath,
     Plan,
@@ -415,3 +417,24 @@ async def test_a_job_that_keeps_re_forming_without_progress_is_failed_not_replan
     job = c.jobs["j1"]
     assert job.state is JobState.FAILED and "10 plans in a row without a step completed" in job.reason, job.reason
     assert job.generation == 10
+
+
+async def test_latency_reports_feed_each_apps_request_rate_forecast_and_the_background_cpu(cluster: Cluster) -> None:
+    """The coordinator learns an LC app's request rate from every report (count / window: what
+    its forecast is fitted on) and the node's background CPU from its telemetry, also while no
+    job runs there."""
+    await cluster.start()
+    await cluster.board("n1")
+    telemetry = Telemetry(node="n1", ts=1.0, cpu_percent=75.0)
+    await cluster.peer.publish(T.node_telemetry("n1"), telemetry)
+    for k in range(5):
+        app = AppLatency(app="det", count=40 + 10 * k, p50_ms=5.0, p95_ms=9.0, p99_ms=10.0, deadline_ms=30.0)
+        report = LatencyReport(node="n1", ts=1.0 + k, window_s=2.0, apps=(app,))
+        await cluster.peer.publish(T.node_latency("n1"), report)
+        await cluster.settle()
+        cluster.clock.advance(1.0)
+    learn = cluster.c.learning["n1"]
+    model = learn.interference["det"]
+    assert [round(r, 3) for r in model.rates.history()] == [20.0, 25.0, 30.0, 35.0, 40.0]
+    assert model.points  # no job there: every report is an observation of p95 at intensity 0
+    assert learn.cpu_bg > 0  # 75 % of its cores busy, little of it the app's

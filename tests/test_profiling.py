@@ -147,6 +147,24 @@ def test_the_knowledge_base_round_trips(tmp_path: Path) -> None:
     assert len(other.profiles()) == 1
     with pytest.raises(ValueError):
         other.import_({"format": "something else"})
+    # a crafted export: checked whole before anything is replaced (the good profile stays)
+    before = other.show(other.profiles()[0].id)
+    for bad in (
+        {"cap_table": {**doc["profiles"][0]["model"]["cap_table"], "upper": [float("nan")] * 1000}},
+        {"cap_table": {**doc["profiles"][0]["model"]["cap_table"], "intensity": list(range(100))}},
+        {"q": 1.5},
+        {"cv": "not an object"},
+    ):
+        crafted = json.loads(json.dumps(doc))
+        crafted["profiles"][0]["model"].update(bad)
+        crafted["profiles"] = [doc["profiles"][0], crafted["profiles"][0]]
+        with pytest.raises(ValueError, match="not valid"):
+            other.import_(crafted)
+        assert len(other.profiles()) == 1 and other.show(other.profiles()[0].id) == before
+    run = json.loads(json.dumps(doc))
+    run["profiles"][0]["runs"][0]["p95_ms"] = float("inf")
+    with pytest.raises(ValueError, match="not a finite non-negative number"):
+        other.import_(run)
 
 
 def _table(offset: float = 0.0) -> CapTable:
@@ -256,15 +274,13 @@ def test_the_forecast_re_plans_before_a_cap_stops_being_safe(tmp_path: Path) -> 
     learn, im = learning["a"], learning["a"].interference["det"]
     app = AppLatency(app="det", count=100, p50_ms=8, p95_ms=15, p99_ms=16, deadline_ms=30.0)
     for t in range(30):  # a steady 20 req/s: cap 0.4 is safe (upper 20 + 8 + ~background < 30)
-        im.rates.observe(float(t), 20.0)
-    im.forecast = im.rates.upper(10.0)
-    assert im.forecast == pytest.approx(20.0)
-    assert forecast_risk([app], learn, 0.4) == ""
+        im.observe_load(float(t), 20.0)
+    assert forecast_risk([app], learn, 0.4, now=30.0) == ""
+    assert im.forecast == pytest.approx(20.0)  # refitted when asked for
     for t in range(30, 40):  # the load ramps up: the forecast reaches further than the reports
-        im.rates.observe(float(t), 20.0 + 3.0 * (t - 29))
-    im.forecast = im.rates.upper(10.0)
+        im.observe_load(float(t), 20.0 + 3.0 * (t - 29))
+    assert "req/s is predicted at" in forecast_risk([app], learn, 0.4, now=40.0)
     assert im.forecast is not None and im.forecast > im.rates.last  # type: ignore[operator]
-    assert "req/s is predicted at" in forecast_risk([app], learn, 0.4)
 
 
 def test_the_rate_forecast_sees_a_trend_and_bounds_its_history() -> None:

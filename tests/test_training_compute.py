@@ -14,7 +14,16 @@ import torch.nn.functional as F
 
 from deepedge.devices import DeviceError
 from deepedge.training import TensorDataset, build_model
-from deepedge.training._compute import compute_share, has_batchnorm, micro_batches, reduce_step
+from deepedge.training._compute import (
+    InconsistentStep,
+    compute_share,
+    decode_slots,
+    encode_slots,
+    has_batchnorm,
+    micro_batches,
+    reduce_step,
+)
+from deepedge.training._errors import TrainingError
 from deepedge.training._precision import Precision, check_precision
 
 CPU = torch.device("cpu")
@@ -180,3 +189,41 @@ def test_an_fp16_overflow_on_one_rank_makes_every_rank_redo_the_step(tmp_path: P
     ref = reduce_step(model, opt, data(24, size=8), torch.arange(24), 1.0, lambda t: None).summed
     diff, scale = float((ref - flat0).abs().max()), float(ref[:-1].abs().max())
     assert diff <= 0.03 * scale, (diff, scale)
+
+
+# --- a hostile rank's sums: the generation fails, never the honest rank's job ---------------------
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_impossible_control_slots_are_an_inconsistent_step(half: bool) -> None:
+    assert decode_slots(encode_slots([3, 70000], half), half) == [3, 70000]
+    for bad in (float("nan"), float("inf"), -1.0, 2.5, 2.0**30):
+        with pytest.raises(InconsistentStep):
+            decode_slots(torch.tensor([bad], dtype=torch.float32), False)
+
+
+def _tampering(**at: float) -> object:
+    """An all-reduce whose sum a hostile peer spoiled: adds ``at[index]`` to the buffer."""
+
+    def all_reduce(t: torch.Tensor) -> None:
+        for i, v in at.items():
+            t[int(i.lstrip("_"))] += v
+
+    return all_reduce
+
+
+def test_a_hostile_overflow_count_or_a_non_finite_sum_fails_the_step_not_the_job() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn-small", 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    d = data(8, size=8)
+    with pytest.raises(InconsistentStep, match="ranks of 1 say"):  # more overflows than ranks
+        reduce_step(model, opt, d, torch.arange(8), 1.0, _tampering(**{"_-1": 5.0}))  # type: ignore[arg-type]
+    with pytest.raises(InconsistentStep, match="other ranks said"):  # "overflowed" every try: not this rank
+        reduce_step(model, opt, d, torch.arange(8), 1.0, _tampering(**{"_-1": 1.0}))  # type: ignore[arg-type]
+    with pytest.raises(InconsistentStep, match="not finite"):
+        reduce_step(model, opt, d, torch.arange(8), 1.0, _tampering(**{"_0": float("nan")}))  # type: ignore[arg-type]
+    # this rank's own fp16 overflow on every try is still the job's error (it diverged here)
+    p = Precision("fp16", CPU, init_scale=2.0**120)
+    with pytest.raises(TrainingError, match="non-finite gradients"):
+        reduce_step(model, opt, d, torch.arange(8), 1.0, lambda t: None, precision=p)

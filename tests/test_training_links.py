@@ -14,31 +14,18 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deepedge.broker_schemas import JobSpec, Plan
+from deepedge.broker_schemas import Plan
 from deepedge.testing.workers import make_plan, make_tensor_dataset, start_worker, stop_all
 from deepedge.training import build_model, read_records, verify_accounting
 from deepedge.training._compute import decode_slots, encode_slots
 from deepedge.training._group import tournament
 from deepedge.worker_protocol import WorkerReport
+from tests.test_training import spec
 
 # float16 all-reduce: each step's gradient is rounded to float16 (11 significant bits) before the
 # sum; after 4 steps of cnn-small at lr 0.05 the parameters stay this close to float32 training
 # (1.1e-4 measured, 3 workers against one).
 FP16_ATOL = 5e-4
-
-
-def spec(data: Path, out: Path, **kw: object) -> JobSpec:
-    base: dict[str, object] = {
-        "model": "cnn-small",
-        "dataset": str(data),
-        "output": str(out),
-        "epochs": 1,
-        "global_batch": 24,
-        "learning_rate": 0.05,
-        "seed": 3,
-    }
-    base.update(kw)
-    return JobSpec(**base)  # type: ignore[arg-type]
 
 
 def same_group(plan: Plan, generation: int, shares: dict[str, int], group: int) -> Plan:

@@ -91,18 +91,19 @@ class InterferenceModel:
         self, now: float, rate: float, intensity: float | None = None, cpu: float = 0.0, p95_ms: float = 0.0
     ) -> None:
         """A latency report: its request rate (for the forecast) and, when steady (``intensity``
-        given), the observation the residual correction learns from. The forecast is refitted at
-        most every FORECAST_EVERY_S (statsmodels is not free)."""
+        given), the observation the residual correction learns from."""
         self.rates.observe(now, rate)
         if intensity is not None and p95_ms > 0:
             self.observed.append((max(0.0, min(1.0, intensity)), rate, max(0.0, cpu), p95_ms))
+
+    def planning_rate(self, current: float, now: float) -> float:
+        """The request rate caps are set for: the forecast's upper quantile, at least the rate
+        reported now. The forecast is refitted when asked for (only apps with a cap table are:
+        forecast jobs on boards the knowledge base knows), at most every FORECAST_EVERY_S
+        (statsmodels is not free: ~0.1 s a fit)."""
         if now - self.forecast_at >= FORECAST_EVERY_S:
             self.forecast_at = now
             self.forecast = self.rates.upper(FORECAST_HORIZON_S)
-
-    def planning_rate(self, current: float) -> float:
-        """The request rate caps are set for: the forecast's upper quantile, at least the rate
-        reported now."""
         return max(current, self.forecast or 0.0)
 
     def correction(self, table: CapTable) -> tuple[float, float]:

@@ -115,7 +115,7 @@ def knowledge_base_path(db: str) -> str:
 
 
 def lc_models(
-    state: NodeState, learn: NodeLearning, job: JobRecord, tables: TableCache | None
+    state: NodeState, learn: NodeLearning, job: JobRecord, tables: TableCache | None, now: float = 0.0
 ) -> tuple[LcAppModel, ...]:
     """The planner's model of each LC app with a deadline on the node: with ``lc_control``
     "forecast" and a cap table for the board's device model and app in the knowledge base, the
@@ -135,7 +135,7 @@ def lc_models(
             found = tables.get(state.birth.device_model, a.app, versions_key(state.birth.software))
         if found is not None:
             model.table, model.table_source = found[0], str(found[1])
-            rate = model.planning_rate(model.rates.last or 0.0)
+            rate = model.planning_rate(model.rates.last or 0.0, now)
             out.append(model.surrogate_model(a.app, a.deadline_ms, found[0], rate, learn.cpu_bg))
             continue
         model.table = None
@@ -180,7 +180,7 @@ def node_models(
         # What ``deepedge profile`` measured on this board for this model: the prior until
         # heartbeats and latency reports say otherwise.
         profile = state.birth.profiles.get(job.spec.model)
-        apps = lc_models(state, learn, job, tables)
+        apps = lc_models(state, learn, job, tables, now)
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
             rate = min(profile.samples_per_s, MAX_RATE)  # a board's claim, clamped as its heartbeats are

@@ -276,7 +276,7 @@ def on_latency(
         return out + [Replan(j.job, f"lc.violation {node}") for j in using if j.spec.split == "planned"]
     ahead = [j for j in using if j.spec.split == "planned" and j.spec.lc_control == "forecast"]
     if ahead and now - learn.last_decrease >= DECREASE_COOLDOWN_S:
-        risk = forecast_risk(apps, learn, current_cap)
+        risk = forecast_risk(apps, learn, current_cap, now)
         if risk:  # before a miss: the forecast load makes the current cap unsafe
             ahead_out: list[Action] = [SetCap(node, learn.cap_limit, 0, now)]
             return ahead_out + [Replan(j.job, f"lc.forecast {node}: {risk}") for j in ahead]
@@ -290,7 +290,7 @@ def on_latency(
     return []
 
 
-def forecast_risk(apps: Sequence[AppLatency], learn: NodeLearning, cap: float) -> str:
+def forecast_risk(apps: Sequence[AppLatency], learn: NodeLearning, cap: float, now: float) -> str:
     """Why the node's current cap is no longer safe for the forecast load ("" if it is): an app
     with a surrogate whose upper-quantile p95 at ``cap``, for the forecast request rate and the
     node's background CPU, is over its deadline."""
@@ -298,7 +298,7 @@ def forecast_risk(apps: Sequence[AppLatency], learn: NodeLearning, cap: float) -
         model = learn.interference.get(a.app)
         if a.deadline_ms is None or model is None or model.table is None or model.rates.last is None:
             continue
-        rate = model.planning_rate(model.rates.last)
+        rate = model.planning_rate(model.rates.last, now)
         predicted = model.at_risk(cap, a.deadline_ms, rate, learn.cpu_bg)
         if predicted is not None and predicted > a.deadline_ms:
             return f"{a.app} at {rate:.1f} req/s is predicted at {predicted:.1f} ms p95 > {a.deadline_ms:g} ms"

@@ -288,12 +288,13 @@ class Coordinator:
         # window mixes the worker's start (imports, data loading, re-forming the group) with
         # training at an intensity it has not yet reported: neither an observation of p95(u) nor
         # a reason to lower the cap.
-        if using and (learn.training_since is None or now - learn.training_since[1] < report.window_s):
-            return
+        steady = not using or (learn.training_since is not None and now - learn.training_since[1] >= report.window_s)
         u = self.intensity_of(report.node) if using else 0.0
-        for app in report.apps:
-            if app.count > 0:
-                learn.app(app.app).observe(u, app.p95_ms)
+        # every report feeds the apps' request-rate forecasts and the node's background CPU; a
+        # steady one is also an observation of p95(u)
+        learn.observe_latency(report, now, state.telemetry, state.birth.cpu_cores, u, steady)
+        if not steady:
+            return
         current = max(
             (a.intensity_cap for j in using if j.plan for a in j.plan.assignments if a.node == report.node),
             default=learn.cap_limit,
@@ -468,7 +469,9 @@ class Coordinator:
         now = self.clock.monotonic()
         busy = busy_elsewhere(self.view, self.jobs.values(), job)
         nodes = node_models(self.view, self.learning, job, busy, self.comm, now, self.tables)
-        net = network_model(self.learning, (n.node for n in nodes), now)
+        # the slowest link among the nodes that can take part (not one left out or busy elsewhere:
+        # a node out of this job must not make every multi-node plan look slow)
+        net = network_model(self.learning, (n.node for n in nodes if not n.unavailable), now)
         if job.spec.split == "uniform":
             return uniform_plan(nodes, job_model(job), net)
         if job.spec.split == "proportional":

@@ -87,7 +87,7 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
         raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
     point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io)
     try:
-        run = await daemon.profiler.run_point(app, point, seconds, prof.workers)
+        run = await daemon.profiler.run_point(app, point, seconds, prof.workers, prof.model)
     except ProfileError as exc:
         if "already running" in str(exc):
             raise CommandFailed("conflict", str(exc)) from None

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -60,6 +61,7 @@ class BoardProfiler:
         self.last_error = ""
         self._point_lock = asyncio.Lock()
         self._runner: PointRunner | None = None
+        self._scratch: Path | None = None  # the interference runs' working folder
         self.interference_runs = 0
 
     @property
@@ -71,15 +73,24 @@ class BoardProfiler:
         window = self.windows._samples.get(app, ())  # the intake's own window (same package)
         return [ms for t, ms in list(window) if start <= t <= end]  # list(): a copy, taken at once
 
-    async def run_point(self, app: str, point: Point, seconds: float, workers: int = 1) -> Run:
+    async def run_point(
+        self, app: str, point: Point, seconds: float, workers: int = 1, model: str = "cnn-small"
+    ) -> Run:
         """One interference run (see the module's doc). Raises ProfileError when one is already
         running, or when the run fails."""
         if self._point_lock.locked() or self.running:
             raise ProfileError("a profile is already running on this node")
         async with self._point_lock:
+            if self._scratch is None:  # beside the profile, else a private folder of its own (not a guessable name)
+                self._scratch = (
+                    self.path.parent / f"interference-{os.getpid()}"
+                    if self.path
+                    else Path(tempfile.mkdtemp(prefix="deepedge-interference-"))
+                )
             cfg = RunnerConfig(
                 app=app,
-                workdir=(self.path.parent if self.path else Path("/tmp")) / f"interference-{os.getpid()}",
+                workdir=self._scratch,
+                model=model,
                 seconds=seconds,
                 cpu_affinity=tuple(self.cfg.cpu_affinity or ()),
                 worker_nice=self.cfg.worker_nice,
@@ -87,7 +98,7 @@ class BoardProfiler:
                 device=self.training.device,
                 precision=self.training.precision,
                 lc_memory_reserve_mb=self.training.lc_memory_reserve_mb,
-                stressor_workers=workers,
+                stressor_workers=min(workers, os.cpu_count() or 1),  # at most one per CPU of the board
                 rate_file=rate_file_for(self.cfg.latency_socket, app),
             )
             if self._runner is None or self._runner.cfg != cfg:

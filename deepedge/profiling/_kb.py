@@ -270,19 +270,18 @@ class KnowledgeBase:
         ValueError on a document that is not an export."""
         if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
             raise ValueError(f"not a deepedge knowledge-base export (format {EXPORT_FORMAT!r} expected)")
+        profiles = doc.get("profiles", [])
+        if not isinstance(profiles, list) or len(profiles) > MAX_IMPORT_PROFILES:
+            raise ValueError(f"an export holds a list of at most {MAX_IMPORT_PROFILES} profiles")
+        parsed = [_parse_profile(p) for p in profiles]  # all checked before anything is replaced
         ids = []
-        for p in doc.get("profiles", []):
-            key = ProfileKey(str(p["device_model"]), str(p["app"]), str(p["versions"]))
-            runs = [Run.from_dict(r) for r in p.get("runs", [])]
-            model = p.get("model")
-            table = CapTable.from_dict(model["cap_table"]) if model else None
-            old = [s.id for s in self.profiles() if s.key == key]
-            for i in old:
+        for key, p, runs, model, table in parsed:
+            for i in [s.id for s in self.profiles() if s.key == key]:
                 self.delete(i)
             pid = self.profile_id(key, str(p.get("training_model", "")), str(p.get("source", "")), p.get("space"))
             self.set_design(pid, list(p.get("design", [])))
             self.add_runs(pid, runs)
-            if model and table is not None:
+            if model is not None and table is not None:
                 self.set_model(
                     pid,
                     str(model["kind"]),
@@ -294,6 +293,46 @@ class KnowledgeBase:
                 )
             ids.append(pid)
         return ids
+
+
+MAX_IMPORT_PROFILES = 1000
+MAX_CACHED_TABLES = 256  # (device model, app, versions) keys the coordinator keeps looked up
+MAX_IMPORT_RUNS = 10_000  # runs of one imported profile (a session has a few dozen)
+
+
+def _parse_profile(
+    p: Any,
+) -> tuple[ProfileKey, dict[str, Any], list[Run], dict[str, Any] | None, CapTable | None]:
+    """One profile of an export, checked (ValueError): its key, runs, model and cap table."""
+    try:
+        if not isinstance(p, dict):
+            raise ValueError("a profile is not an object")
+        key = ProfileKey(str(p["device_model"])[:200], str(p["app"])[:200], str(p["versions"])[:2000])
+        raw_runs = p.get("runs", [])
+        design = p.get("design", [])
+        if not isinstance(raw_runs, list) or len(raw_runs) > MAX_IMPORT_RUNS:
+            raise ValueError(f"runs must be a list of at most {MAX_IMPORT_RUNS}")
+        if not isinstance(design, list) or len(design) > MAX_IMPORT_RUNS:
+            raise ValueError(f"design must be a list of at most {MAX_IMPORT_RUNS} points")
+        runs = [Run.from_dict(r) for r in raw_runs]
+        model = p.get("model")
+        table = None
+        if model is not None:
+            if not (
+                isinstance(model, dict)
+                and isinstance(model.get("cv"), dict)
+                and isinstance(model.get("candidates"), list)
+            ):
+                raise ValueError("its model needs cv (an object) and candidates (a list)")
+            if len(model["cv"]) > 64 or len(model["candidates"]) > 64:
+                raise ValueError("its model lists more than 64 candidates")
+            q = float(model["q"])
+            if not 0 < q < 1:
+                raise ValueError(f"quantile {q} is not in (0, 1)")
+            table = CapTable.from_dict(model["cap_table"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"a profile of the export is not valid: {type(exc).__name__}: {exc}") from None
+    return key, p, runs, model, table
 
 
 class TableCache:
@@ -329,7 +368,10 @@ class TableCache:
             try:
                 self._tables[key] = KnowledgeBase(self.path).table(device_model, app, versions)
                 self.error = ""
-            except (sqlite3.Error, OSError, ValueError, KeyError) as exc:
+            except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
                 self.error = f"{self.path}: {exc}"
                 self._tables[key] = None
+            # bounded: the key's device model and versions are what a node's birth says
+            while len(self._tables) > MAX_CACHED_TABLES:
+                del self._tables[next(iter(self._tables))]
         return self._tables[key]

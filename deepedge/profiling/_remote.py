@@ -76,7 +76,10 @@ async def profile_interference(
                 if not reply.ok:
                     err = reply.error
                     raise DeepEdgeError(f"node {node}: {err.code if err else '?'}: {err.message if err else ''}")
-                return Run.from_dict(dict(reply.result["run"]))
+                try:  # the node's measurement: checked like any peer's message
+                    return Run.from_dict(dict(reply.result["run"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise DeepEdgeError(f"node {node}: an impossible run in its reply: {exc}") from None
 
             count = [0]
 

@@ -8,6 +8,7 @@ latency percentiles. Models are fitted on what was achieved."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,8 +76,28 @@ class Run:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:
+        """A run from JSON (a knowledge-base export, a node's reply): every number finite and
+        non-negative, strings and notes bounded; ValueError (or TypeError, KeyError) otherwise."""
         d = dict(d)
-        asked = Point(**{k: float(v) for k, v in dict(d.pop("asked")).items() if k in Point.__dataclass_fields__})
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["notes"] = tuple(str(n) for n in known.get("notes", ()))
+        asked = Point(**{k: _number(k, v) for k, v in dict(d.pop("asked")).items() if k in Point.__dataclass_fields__})
+        known: dict[str, Any] = {}
+        for k, v in d.items():
+            f = cls.__dataclass_fields__.get(k)
+            if f is None:
+                continue
+            if k == "notes":
+                known[k] = tuple(str(n)[:200] for n in list(v)[:16])
+            elif f.type in ("str", str):
+                known[k] = str(v)[:100]
+            elif f.type in ("int", int):
+                known[k] = int(_number(k, v))
+            else:
+                known[k] = _number(k, v)
         return cls(asked=asked, **known)
+
+
+def _number(name: str, value: Any) -> float:
+    x = float(value)
+    if not (math.isfinite(x) and 0 <= x <= 1e15):
+        raise ValueError(f"{name} = {value!r}: not a finite non-negative number")
+    return x

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = ["CapTable", "compile_table"]
+
+MAX_GRID = 64  # points per axis of a table read from a file or the knowledge base (each is a few)
 
 
 def _locate(grid: Sequence[float], x: float) -> tuple[int, float]:
@@ -75,11 +78,18 @@ class CapTable:
             q=float(d["q"]),
             **{k: tuple(float(v) for v in d[k]) for k in ("intensity", "rate", "cpu", "upper", "median")},
         )
+        grids = (t.intensity, t.rate, t.cpu)
+        if any(len(g) > MAX_GRID for g in grids):
+            raise ValueError(f"cap table of {t.app}: more than {MAX_GRID} points on an axis")
         n = len(t.intensity) * len(t.rate) * len(t.cpu)
         if not (len(t.upper) == len(t.median) == n and n > 0):
             raise ValueError(f"cap table of {t.app}: {len(t.upper)} values for a {n}-point grid")
-        if any(list(g) != sorted(set(g)) for g in (t.intensity, t.rate, t.cpu)):
+        if not all(math.isfinite(v) and v >= 0 for g in (*grids, t.upper, t.median) for v in g):
+            raise ValueError(f"cap table of {t.app}: a value is negative or not finite")
+        if any(list(g) != sorted(set(g)) for g in grids):
             raise ValueError(f"cap table of {t.app}: a grid is not strictly increasing")
+        if not 0 < t.q < 1:
+            raise ValueError(f"cap table of {t.app}: quantile {t.q} is not in (0, 1)")
         return t
 
 

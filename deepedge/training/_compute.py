@@ -19,11 +19,13 @@ statistics are not updated from it).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -34,6 +36,7 @@ __all__ = [
     "MICRO_BATCH",
     "RAMP_FLOOR",
     "RAMP_S",
+    "InconsistentStep",
     "Pacer",
     "Reduced",
     "compute_share",
@@ -165,8 +168,19 @@ def encode_slots(values: Sequence[int], half: bool, device: torch.device | None 
     return torch.tensor(digits, dtype=torch.float16, device=device)
 
 
+class InconsistentStep(RuntimeError):
+    """The ranks of a step disagree (different plan generations, impossible control slots, a
+    non-finite sum): the step is not applied and the generation fails like a broken
+    collective — never the job (one hostile rank must not get the honest ones excluded)."""
+
+
 def decode_slots(slots: torch.Tensor, half: bool) -> list[int]:
-    xs = [round(float(x)) for x in slots.tolist()]
+    """The summed control slots; InconsistentStep for values no honest ranks can sum to
+    (non-finite, negative, not integers, past what float32 or two float16 digits hold)."""
+    raw = slots.tolist()
+    if not all(math.isfinite(x) and 0 <= x < 2**24 and x == int(x) for x in raw):
+        raise InconsistentStep("impossible control slots in the all-reduce")
+    xs = [int(x) for x in raw]
     if not half:
         return xs
     return [hi * _DIGIT + lo for hi, lo in zip(xs[::2], xs[1::2], strict=True)]
@@ -211,8 +225,10 @@ def reduce_step(
     ``TrainingError`` after ``MAX_TRIES``, and whatever ``all_reduce`` raises."""
     device = device or torch.device("cpu")
     half = half_over > 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
     params = [p for group in opt.param_groups for p in group["params"]]
     busy = reduce_s = 0.0
+    mine_every_try = True  # this rank's own gradients overflowed on every try so far
     for _ in range(MAX_TRIES):
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -234,7 +250,14 @@ def reduce_step(
         if precision is not None:
             precision.update()
         *seen, overflows = decode_slots(flat[body.numel() :], half)
+        if overflows > world:
+            raise InconsistentStep(f"step {step}: {overflows} ranks of {world} say their gradients overflowed")
+        mine_every_try = mine_every_try and bool(overflowed)
         if overflows == 0:
             summed = flat[: body.numel()].float()
+            if not bool(torch.isfinite(summed).all()):  # no honest rank sends one (overflow is said apart)
+                raise InconsistentStep(f"step {step}: the summed gradients are not finite")
             return Reduced(grads, summed, seen, busy, reduce_s, flat.numel() * flat.element_size())
+    if not mine_every_try:  # another rank kept saying so: the generation fails, not this job here
+        raise InconsistentStep(f"step {step}: other ranks said their gradients overflowed {MAX_TRIES} times in a row")
     raise too_many_tries(step, precision or Precision("fp32", device))

@@ -44,7 +44,7 @@ from deepedge.devices import DeviceError
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import RAMP_FLOOR, Pacer, ramp, reduce_step
+from deepedge.training._compute import RAMP_FLOOR, InconsistentStep, Pacer, ramp, reduce_step
 from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._errors import TrainingError
@@ -60,14 +60,10 @@ from deepedge.worker_protocol import PlanForWorker, WorkerReport
 if TYPE_CHECKING:
     from deepedge.broker_schemas import Plan
 
-__all__ = ["InconsistentStep", "Trainer", "slice_of"]
+__all__ = ["Trainer", "slice_of"]
 
 REPORT_EVERY_S = 0.2
 PENDING_REPORT_S = 1.0  # while an all-reduce waits longer than this, say so (every second)
-
-
-class InconsistentStep(RuntimeError):
-    """The ranks of a step trained under different plan generations: the step is not applied."""
 
 
 def _label(plan: Plan) -> int:
@@ -345,7 +341,11 @@ class Trainer:
         if self._last_step_end:
             self._timing.append((busy, reduce_s, now - self._last_step_end))
         self._last_step_end = now
-        if len(set(offered)) == 1 and offered[0] > self.pfw.plan.generation and self._offered is not None:
+        if (
+            len(set(offered)) == 1
+            and self._offered is not None
+            and offered[0] == self._offered.plan.generation > self.pfw.plan.generation
+        ):
             self.switch(self._offered)
         return float(summed[-1]), busy, len(mine)
 
