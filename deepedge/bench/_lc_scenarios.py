@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepedge.config import BrokerConfig, ClusterConfig, Config
+from deepedge.config import ClusterConfig, Config
 from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluster_job
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._report import plan_generations
@@ -97,7 +97,7 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
 
 
 async def _profile_lc_boards(cluster: DemoCluster, budget: int, seconds: float) -> None:
-    config = Config(cluster=ClusterConfig(name=cluster.cluster), broker=BrokerConfig(url=cluster.url))
+    config = Config(cluster=ClusterConfig(name=cluster.cluster), broker=cluster.operator_config())
     kb = cluster.workdir / "state" / "knowledge.db"  # beside coordinator.db: what the coordinator reads
     for b in cluster.boards:
         if b.lc_app:
@@ -118,7 +118,7 @@ async def _set_deadlines(cluster: DemoCluster, deadlines: dict[str, float]) -> N
     from deepedge.transport import MqttTransport, Requester
 
     topics = Topics(cluster.cluster)
-    async with MqttTransport(BrokerConfig(url=cluster.url)) as t, Requester(t, topics, timeout_s=15) as rpc:
+    async with MqttTransport(cluster.operator_config()) as t, Requester(t, topics, timeout_s=15) as rpc:
         for b in cluster.boards:
             if b.lc_app in deadlines:
                 reply = await rpc.request(
@@ -170,7 +170,8 @@ def run_lc_scenarios(
         work = root / f"cluster-{scenario}"
         data = work / "data"  # inside the boards' training.data_roots (the cluster's workdir)
         size = make_image_folder(data, images)
-        with DemoCluster(work, boards) as cluster:
+        # the shared boards, as designed (board i and its LC app on vCPU i mod 2), also as root
+        with DemoCluster(work, boards, boundaries="shared") as cluster:
             # the LC apps alone (their p95 sets the deadlines), the boards' rate profiles, and the
             # knowledge base: profiled through the LC boards' daemons on the first cluster
             calibration = asyncio.run(
