@@ -32,6 +32,7 @@ from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluste
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._report import plan_generations
 from deepedge.demo._run import JobRun
+from deepedge.errors import DeepEdgeError
 from deepedge.profiling._design import Space
 from deepedge.profiling._remote import profile_interference
 
@@ -59,6 +60,7 @@ class LcRow:
     worst_ratio: float = 0.0  # the worst p95 / its deadline over every report of the job
     median_ratio: float = 0.0  # the median p95 / deadline
     rates: dict[str, float] | None = None  # node -> full-intensity samples/s seen in this run
+    refused: str = ""  # why the coordinator refused the job at submit (it could not promise the deadlines)
 
 
 def _rates(run: JobRun) -> dict[str, float]:
@@ -196,17 +198,27 @@ def run_lc_scenarios(
                 shutil.copyfile(kb, target)
             for k, (name, opts) in enumerate(jobs):
                 asyncio.run(_set_deadlines(cluster, {a: opts.deadline_factor * p for a, p in calibration.items()}))
-                run = asyncio.run(
-                    run_cluster_job(
-                        cluster,
-                        opts,
-                        job=f"bench-lc-{k}",
-                        dataset=data,
-                        dataset_size=size,
-                        output=cluster.workdir / f"out-{k}",
-                        calibrate=False,
+                try:
+                    run = asyncio.run(
+                        run_cluster_job(
+                            cluster,
+                            opts,
+                            job=f"bench-lc-{k}",
+                            dataset=data,
+                            dataset_size=size,
+                            output=cluster.workdir / f"out-{k}",
+                            calibrate=False,
+                        )
                     )
-                )
+                except DeepEdgeError as exc:
+                    if "submit refused" not in str(exc):
+                        raise
+                    refused = LcRow(scenario, name, False, None, None, None, None, 0, 0, 0, 0.0, 0, ())
+                    refused.refused = str(exc).split("submit refused: ", 1)[-1][:400]
+                    rows.append(refused)
+                    if progress:
+                        print(f"  {scenario}, {name}: refused at submit", flush=True)
+                    continue
                 row = _row(scenario, name, run, epochs, size, len(boards))
                 rows.append(row)
                 if progress:
@@ -252,10 +264,16 @@ def lc_markdown(rows: list[LcRow], command: str, tight_factor: float, trace_fact
         )
         vs_ideal = f"{r.training_s / r.ideal_s:.2f}x" if r.training_s and r.ideal_s else "-"
         share = f"{r.misses / r.reports:.1%}" if r.reports else "-"
+        if r.refused:
+            lines.append(f"| {r.scenario} | {r.controller} | refused at submit | - | - | - | - | - | - | - | - | - |")
+            continue
         lines.append(
             f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} | {r.training_s} s | {r.makespan_s} s "
             f"| {vs_ideal} | {vs_unaware} | {r.reports} | {r.misses} ({r.startup_misses}) | {share} "
             f"| {r.median_ratio:.2f}, {r.worst_ratio:.2f} "
             f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
         )
+    for r in rows:
+        if r.refused:
+            lines += ["", f"{r.scenario}, {r.controller}: refused — {r.refused}"]
     return "\n".join(lines) + "\n"
