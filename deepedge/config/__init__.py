@@ -1,7 +1,7 @@
 """Configuration: a TOML file, ``DEEPEDGE_*`` environment variables and CLI flags, in that
 order of precedence."""
 
-from deepedge.config._load import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config
+from deepedge.config._load import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config, read_toml
 from deepedge.config._model import (
     BUILTIN_MODELS,
     BrokerConfig,
@@ -29,6 +29,7 @@ __all__ = [
     "NodeConfig",
     "TrainingConfig",
     "load_config",
+    "read_toml",
     "render_json",
     "render_toml",
 ]

@@ -19,7 +19,7 @@ from deepedge.compat import tomllib
 from deepedge.config._model import Config
 from deepedge.errors import DeepEdgeError, ExitCode
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "LoadedConfig", "load_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "LoadedConfig", "load_config", "read_toml"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/deepedge/deepedge.toml")
 ENV_PREFIX = "DEEPEDGE_"
@@ -54,23 +54,24 @@ def _section_fields() -> dict[str, tuple[str, ...]]:
 _FIELDS = _section_fields()
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    """The file's tables; every way it can be wrong is a one-line ConfigError."""
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The TOML file's tables; every way it can be wrong is a one-line ConfigError naming
+    ``what`` (a config file, a job file) and the path."""
     try:
         text = path.read_bytes().decode("utf-8")
         return tomllib.loads(text)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a file") from None
+        raise ConfigError(f"{what} {path} is a directory, not a file") from None
     except PermissionError:
-        raise ConfigError(f"config file {path} is not readable (permission denied)") from None
+        raise ConfigError(f"{what} {path} is not readable (permission denied)") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
@@ -125,7 +126,7 @@ def load_config(
 
     layers: dict[str, tuple[Any, str]] = {}
     if file is not None:
-        layers.update(_flatten(_read_file(file), f"file {file}"))
+        layers.update(_flatten(read_toml(file), f"file {file}"))
     layers.update(_env_layer(env))
     for key, value in (overrides or {}).items():
         if value is not None:

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deepedge.compat import tomllib
-from deepedge.config import ConfigError
+from deepedge.config import ConfigError, read_toml
 
 __all__ = ["JOB_ALIASES", "JOB_FIELDS", "REQUIRED_JOB_FIELDS", "job_spec", "parse_duration", "read_job_file"]
 
@@ -36,16 +35,7 @@ JOB_ALIASES = {"lr": "learning_rate"}  # as the flag --lr
 
 def read_job_file(path: Path) -> dict[str, Any]:
     """The job file's fields, aliases resolved. Raises ConfigError naming the file and the key."""
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except IsADirectoryError:
-        raise ConfigError(f"job file {path} is a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"job file {path} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"job file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"job file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "job file")
     spec: dict[str, Any] = {}
     given: dict[str, str] = {}  # field -> the key that gave it
     for key, value in data.items():
