@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepedge.bench._makespan import full_intensity_rates
 from deepedge.config import ClusterConfig, Config
 from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluster_job
 from deepedge.demo._data import make_image_folder
@@ -63,18 +64,10 @@ class LcRow:
     refused: str = ""  # why the coordinator refused the job at submit (it could not promise the deadlines)
 
 
-def _rates(run: JobRun) -> dict[str, float]:
-    per: dict[str, list[float]] = {}
-    for hb in run.watch.beats:
-        if hb.state == "training" and hb.intensity > 0.05 and hb.samples_per_s > 0:
-            per.setdefault(hb.node, []).append(hb.samples_per_s / hb.intensity)
-    return {n: statistics.median(v) for n, v in per.items()}
-
-
 def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, boards: int) -> LcRow:
     w = run.watch
     first, done = w.first_step_ts(), run.finished_ts
-    rates = _rates(run)
+    rates = full_intensity_rates(run)
     plan = w.plan
     worst = max((p - (a.deadline_ms or 0.0) for a in w.apps.values() for _, p in a.over), default=0.0)
     ratios = [p / a.deadline_ms for a in w.apps.values() if a.deadline_ms for p in a.p95s]

@@ -18,7 +18,7 @@ from deepedge.demo._report import plan_generations
 from deepedge.demo._run import JobRun
 from deepedge.training import StepTiming, step_timing
 
-__all__ = ["MakespanRow", "makespan_markdown", "run_makespan_bench"]
+__all__ = ["MakespanRow", "full_intensity_rates", "makespan_markdown", "run_makespan_bench"]
 
 
 @dataclass
@@ -37,7 +37,7 @@ class MakespanRow:
     predicted_s: float | None = None  # generation 1's predicted makespan (from submission)
 
 
-def _rates(run: JobRun) -> dict[str, float]:
+def full_intensity_rates(run: JobRun) -> dict[str, float]:
     """Each board's samples/s at full intensity, from its heartbeats (samples/s / intensity)."""
     per: dict[str, list[float]] = {}
     for hb in run.watch.beats:
@@ -95,7 +95,7 @@ def run_makespan_bench(
                     )
                 )
                 if split == "planned":
-                    rates = _rates(run)
+                    rates = full_intensity_rates(run)
                     ideal = round(epochs * size / sum(rates.values()), 1) if len(rates) == len(boards) else None
                 row = _row(scenario, split, run, ideal, output)
                 rows.append(row)
