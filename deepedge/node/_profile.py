@@ -30,7 +30,7 @@ from deepedge.broker_schemas import LcPoint, ModelProfile
 from deepedge.clock import Clock
 from deepedge.config import ConfigError, NodeConfig, TrainingConfig
 from deepedge.node._latency import LatencyWindows
-from deepedge.profiling._runner import PointRunner, RunnerConfig, rate_file_for
+from deepedge.profiling._runner import PointRunner, RunnerConfig, rate_file_for, trainer_settings
 from deepedge.profiling._space import Point, Run
 
 __all__ = ["BoardProfiler", "ProfileError"]
@@ -95,9 +95,7 @@ class BoardProfiler:
                 cpu_affinity=tuple(self.cfg.cpu_affinity or ()),
                 worker_nice=self.cfg.worker_nice,
                 emulated_sample_s=self.cfg.emulate_sample_ms / 1000.0,
-                device=self.training.device,
-                precision=self.training.precision,
-                lc_memory_reserve_mb=self.training.lc_memory_reserve_mb,
+                training=self.training,
                 stressor_workers=min(workers, os.cpu_count() or 1),  # at most one per CPU of the board
                 rate_file=rate_file_for(self.cfg.latency_socket, app),
             )
@@ -215,9 +213,7 @@ class BoardProfiler:
             "levels": levels,
             "seconds": seconds,
             "emulated_sample_s": self.cfg.emulate_sample_ms / 1000.0,
-            "device": self.training.device,
-            "precision": self.training.precision,
-            "lc_memory_reserve_mb": self.training.lc_memory_reserve_mb,
+            **trainer_settings(self.training),
         }
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         stderr = asyncio.create_task(proc.stderr.read())  # drained all along: a full pipe would block it

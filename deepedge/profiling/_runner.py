@@ -23,12 +23,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import psutil
 
+from deepedge.config import TrainingConfig
 from deepedge.profiling._space import Point, Run
 from deepedge.profiling._stressors import Stressors
 
@@ -40,6 +41,7 @@ __all__ = [
     "measure",
     "percentile",
     "rate_file_for",
+    "trainer_settings",
     "write_rate",
 ]
 
@@ -72,6 +74,16 @@ def write_rate(path: Path, rate: float) -> None:
     tmp.replace(path)
 
 
+def trainer_settings(training: TrainingConfig) -> dict[str, object]:
+    """What the profiler process (``deepedge.training.profile``) takes from the board's
+    ``[training]``: it trains where and how the board's worker would."""
+    return {
+        "device": training.device,
+        "precision": training.precision,
+        "lc_memory_reserve_mb": training.lc_memory_reserve_mb,
+    }
+
+
 @dataclass
 class RunnerConfig:
     app: str
@@ -82,9 +94,7 @@ class RunnerConfig:
     cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
     worker_nice: int = 10
     emulated_sample_s: float = 0.0
-    device: str = "auto"  # the board's training.device, precision and GPU memory reserve
-    precision: str = "fp32"
-    lc_memory_reserve_mb: int = 1024
+    training: TrainingConfig = field(default_factory=TrainingConfig)  # the board's: where and how its worker trains
     stressor_workers: int = 1
     rate_file: Path | None = None
 
@@ -120,9 +130,7 @@ class PointRunner:
             "model": cfg.model,
             "interactive": True,
             "emulated_sample_s": cfg.emulated_sample_s,
-            "device": cfg.device,
-            "precision": cfg.precision,
-            "lc_memory_reserve_mb": cfg.lc_memory_reserve_mb,
+            **trainer_settings(cfg.training),
         }
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         proc.stdin.flush()
