@@ -235,10 +235,6 @@ class Trainer:
             self.link = self.group.probe_links(a.rank, world)
             self.report(WorkerState.STARTING)  # the probed link, before the state sync: a collapsed one re-plans now
 
-    def newer_plan_than(self, generation: int) -> bool:
-        newer = self.channel.latest()
-        return newer is not None and newer.plan.generation > generation
-
     def continues_group(self, pfw: PlanForWorker, label: int) -> bool:
         """Whether ``pfw`` may be taken at a step boundary within the group formed at ``label``:
         same participants at the same ranks, same rendezvous, backend and gradient dtype."""
