@@ -14,7 +14,7 @@ import pytest
 from deepedge.bench._interference import evaluate
 from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, NodeBirth, Telemetry
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import NodeLearning, ThroughputModel
+from deepedge.coordinator._learning import InterferenceModel, NodeLearning, ThroughputModel
 from deepedge.coordinator._planner_io import lc_models, node_models
 from deepedge.coordinator._policy import forecast_risk
 from deepedge.coordinator._view import ClusterView
@@ -189,16 +189,51 @@ def test_caps_come_from_the_upper_quantile_by_bisection() -> None:
     # a higher forecast rate lowers the cap
     busy = learn.app("det").surrogate_model("det", 30.0, table, rate=30.0, cpu=0.0)
     assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(busy,)), 0.1)[0] == pytest.approx(0.55, abs=1e-6)
-    # live reports 3 ms over the table's median: the residual correction lowers it again
+    # live reports 3 ms over the table's median: anchored to them, the cap is lower again
     im = learn.app("det")
     for u in (0.2, 0.4, 0.6):
         im.observed.append((u, 20.0, 0.0, table.median_ms(u, 20.0, 0.0) + 3.0))
     corrected = im.surrogate_model("det", 30.0, table, rate=20.0, cpu=0.0)
-    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0] == pytest.approx(0.65, abs=1e-6)
+    level = sum(math.log((13 + 20 * u) / (10 + 20 * u)) for u in (0.2, 0.4, 0.6)) / 3  # log-space anchor
+    expected = ((30.0 / math.exp(level)) - 14.0) / 20.0  # (14 + 20 u) * exp(level) <= 30
+    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0] == pytest.approx(expected, abs=0.01)
+    assert expected < 0.8
     # no room at all: the reason names the upper quantile
     hot = LcAppModel("det", 10.0, 0, 0, curve=(12.0, 20.0), margin=0.0)
     cap, why = node_cap(NodeModel("n", 100.0, 64, lc_apps=(hot,)), 0.1)
     assert cap == 0 and "upper quantile" in why
+
+
+def test_a_table_is_anchored_to_what_the_app_shows_now_with_the_larger_interval() -> None:
+    """The profile's machine was busier than the board is now (its median at no training is
+    twice what the app reports): anchored to the live reports the curve comes down, keeping the
+    table's interval; a noisy app keeps its own, wider spread; a live level is believed within
+    4x of the table."""
+    table = _table()  # median 10 + 20 u at 20 req/s, upper + 4 ms
+    quiet = InterferenceModel()
+    for _ in range(20):
+        quiet.observe_load(0.0, 20.0, 0.0, 0.0, 5.0)  # half the table's 10 ms, no training
+    anchor = quiet.correction(table)
+    assert anchor.c0 == pytest.approx(math.log(0.5)) and anchor.c1 == 0 and anchor.spread == pytest.approx(0, abs=1e-9)
+    model = quiet.surrogate_model("det", 15.0, table, rate=20.0, cpu=0.0)
+    # (10 + 20 u + 4) / 2 <= 15: u <= 0.8; unanchored, (14 + 20 u) <= 15 -> 0.05
+    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(model,)), 0.1)[0] == pytest.approx(0.8, abs=0.01)
+    unanchored = InterferenceModel().surrogate_model("det", 15.0, table, rate=20.0, cpu=0.0)
+    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(unanchored,)), 0.1)[0] == pytest.approx(0.05, abs=0.01)
+    # reports of 3 and 9 ms: the live spread (log 9/5.2) is wider than the table's (log 1.4)
+    noisy = InterferenceModel()
+    for k in range(20):
+        noisy.observe_load(0.0, 20.0, 0.0, 0.0, 3.0 if k % 2 else 9.0)
+    a = noisy.correction(table)
+    assert a.spread > math.log(1.4)
+    noisy.table = table
+    assert noisy.at_risk(0.0, 15.0, 20.0, 0.0) == pytest.approx(10 * math.exp(a.c0 + a.spread))
+    assert noisy.at_risk(0.0, 15.0, 20.0, 0.0) == pytest.approx(9.0)  # not below what the app showed
+    # a level 100x below the table's is not believed: at most 4x
+    liar = InterferenceModel()
+    for _ in range(5):
+        liar.observe_load(0.0, 20.0, 0.0, 0.0, 0.1)
+    assert liar.correction(table).c0 == pytest.approx(math.log(0.25))
 
 
 def _cluster(tmp_path: Path, with_kb: bool) -> tuple[ClusterView, dict[str, NodeLearning], JobRecord, TableCache]:

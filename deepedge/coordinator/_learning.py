@@ -1,13 +1,14 @@
 """What the coordinator has learned about each node, updated online: throughput at full
 intensity (a prior, then an exponentially weighted estimate from heartbeats) and, per LC app,
 the latency model: the board's surrogate from the knowledge base (``deepedge.profiling``: a
-cap table of the upper quantile of p95 over intensity, request rate and background CPU) with a
-least-squares residual correction from live reports, or without one the line p95(u) = base +
-slope * u (a conservative default, then a least-squares fit of observed (intensity, p95)
-pairs); each app's request-rate history and forecast; plus the cap limits that feedback sets;
-its link (bandwidth and latency, as its worker probed them when its group formed), its per-step
-overhead, and how long its worker takes to start and to form a group. Cluster-wide: how close
-the all-reduces come to what the links promise (:class:`CommModel`)."""
+cap table of the upper quantile of p95 over intensity, request rate and background CPU)
+anchored to the app's live reports (their level relative to the table's median, in log
+space), or without one the line p95(u) = base + slope * u (a conservative default, then a
+least-squares fit of observed (intensity, p95) pairs); each app's request-rate history and
+forecast; plus the cap limits that feedback sets; its link (bandwidth and latency, as its
+worker probed them when its group formed), its per-step overhead, and how long its worker
+takes to start and to form a group. Cluster-wide: how close the all-reduces come to what the
+links promise (:class:`CommModel`)."""
 
 from __future__ import annotations
 
@@ -25,17 +26,35 @@ __all__ = [
     "CURVE_POINTS",
     "FORECAST_EVERY_S",
     "FORECAST_HORIZON_S",
+    "Anchor",
     "CommModel",
     "Ewma",
     "InterferenceModel",
     "LinkModel",
     "NodeLearning",
     "ThroughputModel",
+    "anchored_upper_ms",
 ]
 
 CURVE_POINTS = 21  # intensities 0, 0.05, ... 1 at which a surrogate's upper p95 goes to the planner
 FORECAST_HORIZON_S = 10.0  # caps hold for the forecast's upper quantile over this horizon
 FORECAST_EVERY_S = 1.0  # a forecast is refitted at most this often per app
+
+
+ANCHOR_OBS = 60  # the live observations a table is anchored to: ~30 s of reports every 0.5 s
+ANCHOR_RANGE = (0.25, 4.0)  # the live level is believed within this factor of the table's median
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A cap table's correction from live reports, in log space: the app's p95 now is
+    ``exp(c0 + c1 * u)`` times the table's median; ``spread`` is the live reports' own
+    upper-quantile deviation from that (log); ``n`` the observations it is taken from."""
+
+    c0: float = 0.0
+    c1: float = 0.0
+    spread: float = 0.0
+    n: int = 0
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -106,44 +125,44 @@ class InterferenceModel:
             self.forecast = self.rates.upper(FORECAST_HORIZON_S)
         return max(current, self.forecast or 0.0)
 
-    def correction(self, table: CapTable) -> tuple[float, float]:
-        """(c0, c1): the residual correction ``observed - table median = c0 + c1 * u``, least
-        squares over the live observations (c1 >= 0, so the corrected curve stays monotone);
-        (0, 0) before 3 observations."""
-        obs = list(self.observed)
+    def correction(self, table: CapTable) -> Anchor:
+        """The table anchored to what the app shows now: over the last ANCHOR_OBS steady
+        observations, ``log(observed) - log(table median) = c0 + c1 * u`` (least squares, c1 >=
+        0 so the corrected curve stays monotone; c0 bounded to ANCHOR_RANGE) and the live
+        reports' own spread around that line (the table's quantile ``q`` of what the line leaves,
+        conformal rank). No correction before 3 observations."""
+        obs = list(self.observed)[-ANCHOR_OBS:]
         if len(obs) < 3:
-            return 0.0, 0.0
-        res = [(u, p95 - table.median_ms(u, rate, cpu)) for u, rate, cpu, p95 in obs]
+            return Anchor()
+        res = [(u, math.log(p95 / max(1e-3, table.median_ms(u, rate, cpu)))) for u, rate, cpu, p95 in obs]
         us = [u for u, _ in res]
         mu, mr = sum(us) / len(us), sum(r for _, r in res) / len(res)
         sxx = sum((u - mu) ** 2 for u in us)
-        if sxx < 0.01 * len(us):  # intensities too close together for a slope
-            return mr, 0.0
-        slope = max(0.0, sum((u - mu) * (r - mr) for u, r in res) / sxx)
-        return mr - slope * mu, slope
+        slope = 0.0
+        if sxx >= 0.01 * len(us):  # intensities far enough apart for a slope
+            slope = max(0.0, sum((u - mu) * (r - mr) for u, r in res) / sxx)
+        lo, hi = (math.log(f) for f in ANCHOR_RANGE)
+        c0 = min(hi, max(lo, mr - slope * mu))
+        left = sorted(r - c0 - slope * u for u, r in res)
+        rank = min(len(left), math.ceil((len(left) + 1) * table.q))
+        return Anchor(c0, slope, max(0.0, left[rank - 1]), len(obs))
 
     def surrogate_model(self, app: str, deadline_ms: float, table: CapTable, rate: float, cpu: float) -> LcAppModel:
         """The planner's model from a cap table: its upper-quantile curve over intensity at the
-        planning rate and background CPU, plus the residual correction (never below the
-        table's median)."""
-        c0, c1 = self.correction(table)
-        curve = []
-        for k in range(CURVE_POINTS):
-            u = k / (CURVE_POINTS - 1)
-            upper, median = table.upper_ms(u, rate, cpu), table.median_ms(u, rate, cpu)
-            curve.append(max(median, upper + c0 + c1 * u))
-        for k in range(1, len(curve)):  # the floor can break monotonicity; restore it
+        planning rate and background CPU, anchored to the live reports (:meth:`correction`)."""
+        anchor = self.correction(table)
+        curve = [anchored_upper_ms(table, anchor, k / (CURVE_POINTS - 1), rate, cpu) for k in range(CURVE_POINTS)]
+        for k in range(1, len(curve)):  # a wider interval at a lower u can break monotonicity
             curve[k] = max(curve[k], curve[k - 1])
         curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
         return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve), margin=0.0)
 
     def at_risk(self, cap: float, deadline_ms: float, rate: float, cpu: float) -> float | None:
-        """With a cap table: the upper-quantile p95 predicted at ``cap`` for ``rate`` (corrected);
+        """With a cap table: the upper-quantile p95 predicted at ``cap`` for ``rate`` (anchored);
         None without a table."""
         if self.table is None:
             return None
-        c0, c1 = self.correction(self.table)
-        return max(self.table.median_ms(cap, rate, cpu), self.table.upper_ms(cap, rate, cpu) + c0 + c1 * cap)
+        return anchored_upper_ms(self.table, self.correction(self.table), cap, rate, cpu)
 
     def fit(self, profiled: Sequence[tuple[float, float]] = ()) -> tuple[float, float] | None:
         points = list(self.points)
@@ -166,6 +185,16 @@ class InterferenceModel:
         fitted = self.fit(profiled)
         base, slope = fitted if fitted is not None else (0.0, 0.0)
         return LcAppModel(app, deadline_ms, base, slope)
+
+
+def anchored_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cpu: float) -> float:
+    """The upper-quantile p95 at intensity ``u``: the table's median there, moved to the
+    live level (``anchor``), times the larger of the table's own interval (the model's
+    cross-validated error) and the live reports' spread. Without live observations, the
+    table's upper quantile as it is."""
+    median = max(1e-3, table.median_ms(u, rate, cpu))
+    width = math.log(max(median, table.upper_ms(u, rate, cpu)) / median)
+    return median * math.exp(anchor.c0 + anchor.c1 * u + max(width, anchor.spread))
 
 
 def _spread(points: list[tuple[float, float]]) -> float:
