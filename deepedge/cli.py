@@ -769,6 +769,15 @@ def bench_makespan(
     nodes: Annotated[
         int, typer.Option(min=2, max=12, help="--scenarios: emulated boards (the first two: LC apps).")
     ] = 2,
+    profile_runs: Annotated[
+        int,
+        typer.Option(
+            min=8, max=200, help="--scenarios: interference-profiling runs per LC board (the knowledge base's model)."
+        ),
+    ] = 40,
+    profile_seconds: Annotated[
+        float, typer.Option(min=0.5, max=30.0, help="--scenarios: seconds each profiling run measures.")
+    ] = 2.5,
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
@@ -783,15 +792,18 @@ def bench_makespan(
         ctx.obj.load()
         epochs, images = epochs or 6, images or 3000
         typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
-        lc_rows = run_lc_scenarios(chosen, epochs, images, tight_factor, trace_factor, nodes)
+        lc_rows = run_lc_scenarios(
+            chosen, epochs, images, tight_factor, trace_factor, nodes, profile_runs, profile_seconds
+        )
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
-            f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes}"
+            f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes} "
+            f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g}"
         )
         _write_bench(
             out or Path("docs/benchmarks/lc-scenarios.md"),
             "LC deadlines: deepedge vs naive splits and today's controller",
-            lc_markdown(lc_rows, command, tight_factor, trace_factor),
+            lc_markdown(lc_rows, command, tight_factor, trace_factor, (profile_runs, profile_seconds)),
         )
         return
 

@@ -132,8 +132,8 @@ def run_lc_scenarios(
     tight_factor: float = 1.5,
     trace_factor: float = 2.0,
     nodes: int = 2,
-    profile_budget: int = 16,
-    profile_seconds: float = 1.5,
+    profile_budget: int = 40,
+    profile_seconds: float = 2.5,
     progress: bool = True,
     workdir: Path | None = None,
 ) -> list[LcRow]:
@@ -233,14 +233,17 @@ def run_lc_scenarios(
     return rows
 
 
-def lc_markdown(rows: list[LcRow], command: str, tight_factor: float, trace_factor: float) -> str:
+def lc_markdown(
+    rows: list[LcRow], command: str, tight_factor: float, trace_factor: float, profile: tuple[int, float] = (40, 2.5)
+) -> str:
     lines = [
         f"Command: `{command}`. Machine: {platform.machine()}, Python {platform.python_version()}; the demo's "
         "emulated boards (relative speeds 1.0 / 0.6 / 0.4 / 0.25 from the first; board i and its LC app on vCPU "
         "i mod 2), two LC apps (detector on orin-nx, tracker on xavier-nx); each scenario on a fresh cluster. "
         f"Deadlines: {tight_factor:g}x each app's p95 alone in "
         f"`tight`, {trace_factor:g}x under the traces (`step` = `{STEP}`, `diurnal` = `{DIURNAL}`: req/s, from "
-        "submission). The LC boards were profiled for interference into the coordinator's knowledge base first.",
+        f"submission). The LC boards were profiled for interference into the coordinator's knowledge base first "
+        f"({profile[0]} runs of {profile[1]:g} s per app, through their daemons).",
         "",
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
         "the workers' start included. Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
