@@ -438,3 +438,13 @@ async def test_latency_reports_feed_each_apps_request_rate_forecast_and_the_back
     assert [round(r, 3) for r in model.rates.history()] == [20.0, 25.0, 30.0, 35.0, 40.0]
     assert model.points  # no job there: every report is an observation of p95 at intensity 0
     assert learn.cpu_bg > 0  # 75 % of its cores busy, little of it the app's
+    # a report whose window overlaps the node's own profiling (stressors, a driven request
+    # rate) is shown but not learned from
+    seen = (list(model.rates.history()), len(model.points), len(model.observed))
+    app = AppLatency(app="det", count=400, p50_ms=50.0, p95_ms=90.0, p99_ms=99.0, deadline_ms=30.0)
+    await cluster.peer.publish(
+        T.node_latency("n1"), LatencyReport(node="n1", ts=9.0, window_s=2.0, apps=(app,), profiling=True)
+    )
+    await cluster.settle()
+    assert (list(model.rates.history()), len(model.points), len(model.observed)) == seen
+    assert cluster.c.view.nodes["n1"].latency["det"].p95_ms == 90.0  # shown in status

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from deepedge.bench._interference import evaluate
-from deepedge.broker_schemas import NodeBirth, Topics
+from deepedge.broker_schemas import LatencyReport, NodeBirth, Topics
 from deepedge.config import BrokerConfig, ClusterConfig, Config
 from deepedge.profiling import KnowledgeBase, Run, versions_key
 from deepedge.profiling._design import Space
@@ -49,6 +49,7 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
 ) -> None:
     t = Topics(cluster)
     status = await watcher.subscribe(t.node_status("p1"))
+    latency = await watcher.subscribe(t.node_latency("p1"))
     n = start_node(tmp_path, mosquitto.url, cluster, "p1", lc_apps={"det": 200.0}, latency_window_s=5)
     nodes.append(n)
     birth = await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
@@ -102,6 +103,10 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
                 assert reply.ok, reply
                 r = Run.from_dict(reply.result["run"])
                 held.append(Run.from_dict(r.to_dict() | {"phase": "heldout", "scenario": "cpu+cache+mem"}))
+        # the board's latency reports said they were the profile's (the coordinator learns
+        # nothing from them), and say so no longer once a window has passed without a run
+        await wait_for(latency, lambda m: isinstance(m, LatencyReport) and m.profiling, 10)
+        await wait_for(latency, lambda m: isinstance(m, LatencyReport) and not m.profiling, 20)
     finally:
         lc.terminate()
         lc.wait(10)

@@ -220,6 +220,9 @@ class LatencyReport(_Msg, tag="latency", frozen=True):
     ts: NonNeg
     window_s: NonNeg
     apps: Annotated[tuple[AppLatency, ...], msgspec.Meta(max_length=64)] = ()
+    # the window overlaps the node's own profiling (stressors, a driven request rate): shown,
+    # not learned from (neither the apps' latency models nor their request-rate forecasts)
+    profiling: bool = False
 
 
 # ---- node/<node>/heartbeat ---------------------------------------------------------------------

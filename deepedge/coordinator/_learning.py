@@ -155,7 +155,9 @@ class InterferenceModel:
         for k in range(1, len(curve)):  # a wider interval at a lower u can break monotonicity
             curve[k] = max(curve[k], curve[k - 1])
         curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
-        return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve), margin=0.0)
+        live = f"x{math.exp(anchor.c0):.2f} of its median by {anchor.n} live reports" if anchor.n else "no live reports"
+        basis = f"{table.kind} model at {rate:.1f} req/s, {cpu:.2f} background cores, {live}"
+        return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve), margin=0.0, basis=basis)
 
     def at_risk(self, cap: float, deadline_ms: float, rate: float, cpu: float) -> float | None:
         """With a cap table: the upper-quantile p95 predicted at ``cap`` for ``rate`` (anchored);

@@ -280,8 +280,8 @@ class Coordinator:
     async def on_latency(self, report: LatencyReport, now: float) -> None:
         self.view.on_latency(report, now)
         state = self.view.nodes.get(report.node)
-        if state is None or not state.alive:
-            return
+        if state is None or not state.alive or report.profiling:
+            return  # a profiled board's latency is the profile's stressors' and driven rate's
         using = self.jobs_using(report.node)
         learn = self.learning_of(report.node)
         # Before the node has trained a whole latency window in its current generation, its LC

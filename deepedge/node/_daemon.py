@@ -500,7 +500,13 @@ class NodeDaemon:
                     self.telemetry_sent += 1
                     apps = self.windows.summary()
                     if apps:
-                        report = LatencyReport(node=self.node, ts=wall, window_s=self.windows.window_s, apps=apps)
+                        report = LatencyReport(
+                            node=self.node,
+                            ts=wall,
+                            window_s=self.windows.window_s,
+                            apps=apps,
+                            profiling=self.profiler.busy_within(self.windows.window_s),
+                        )
                         await self.transport.publish(self.topics.node_latency(self.node), report)
                 except TransportError as exc:
                     log.debug("telemetry.unsent", error=str(exc))

@@ -63,6 +63,14 @@ class BoardProfiler:
         self._runner: PointRunner | None = None
         self._scratch: Path | None = None  # the interference runs' working folder
         self.interference_runs = 0
+        self.last_busy = -1e18  # monotonic time a profile or interference run last ran
+
+    def busy_within(self, seconds: float) -> bool:
+        """A profile or interference run is in progress, or ended less than ``seconds`` ago:
+        the LC latency window of that length is the profile's, not the board's own load."""
+        if self.running or self.measuring:
+            self.last_busy = self.clock.monotonic()
+        return self.clock.monotonic() - self.last_busy < seconds
 
     @property
     def measuring(self) -> bool:
@@ -111,6 +119,7 @@ class BoardProfiler:
                 self._runner = None
                 raise ProfileError(f"interference run failed: {type(exc).__name__}: {exc}") from None
             finally:
+                self.last_busy = self.clock.monotonic()
                 with contextlib.suppress(OSError):
                     rate_file_for(self.cfg.latency_socket, app).unlink()  # the app back to its own rate
             self.interference_runs += 1

@@ -43,6 +43,7 @@ def node_cap(node: NodeModel, margin: float) -> tuple[float, str]:
                 return 0.0, (
                     f"LC app {app.name} is predicted at {base:.1f} ms p95 (upper quantile) with no training, over "
                     f"{budget:.1f} ms ({(1 - keep):.0%} of its {app.deadline_ms:g} ms deadline)"
+                    + (f"; {app.basis}" if app.basis else "")
                 )
             allowed = largest_within(app.predict_ms, budget, cap)
             if allowed < cap:

@@ -23,6 +23,7 @@ class LcAppModel:
     # this app's safety margin instead of the planner's: a surrogate's curve is already its upper
     # quantile (the measured error), so the margin is not taken a second time (0)
     margin: float | None = None
+    basis: str = ""  # what the prediction rests on, in words (for the reason when it leaves no room)
 
     def predict_ms(self, u: float) -> float:
         if len(self.curve) >= 2:
