@@ -91,6 +91,9 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
     )
 
 
+AFTER_PROFILE_S = 20.0  # a latency window (5 s) and the coordinator's anchor (30 reports, 15 s)
+
+
 async def _profile_lc_boards(cluster: DemoCluster, budget: int, seconds: float) -> None:
     config = Config(cluster=ClusterConfig(name=cluster.cluster), broker=cluster.operator_config())
     kb = cluster.workdir / "state" / "knowledge.db"  # beside coordinator.db: what the coordinator reads
@@ -187,6 +190,9 @@ def run_lc_scenarios(
                     print(f"  profiling the LC boards ({profile_budget} runs each) ...", flush=True)
                 asyncio.run(_profile_lc_boards(cluster, profile_budget, profile_seconds))
                 kb = target
+                # the boards share this machine: each profile's stressors loaded the other LC
+                # board too; let the coordinator see the apps' own load again before a job
+                time.sleep(AFTER_PROFILE_S)
             elif kb is not None:
                 shutil.copyfile(kb, target)
             for k, (name, opts) in enumerate(jobs):

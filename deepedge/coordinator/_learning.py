@@ -41,7 +41,7 @@ FORECAST_HORIZON_S = 10.0  # caps hold for the forecast's upper quantile over th
 FORECAST_EVERY_S = 1.0  # a forecast is refitted at most this often per app
 
 
-ANCHOR_OBS = 60  # the live observations a table is anchored to: ~30 s of reports every 0.5 s
+ANCHOR_OBS = 30  # the live observations a table is anchored to: ~15 s of reports every 0.5 s
 ANCHOR_RANGE = (0.25, 4.0)  # the live level is believed within this factor of the table's median
 
 
