@@ -327,3 +327,22 @@ def test_the_rate_forecast_sees_a_trend_and_bounds_its_history() -> None:
     assert len(f.history()) == 50 and f.last == pytest.approx(59.5)
     up = f.upper(10.0)
     assert up is not None and up > 62  # the trend continues
+
+
+def test_a_burst_of_background_cpu_does_not_set_the_planning_background() -> None:
+    """A few seconds of the board's own pre-flight checks (both cores busy) between steady
+    reports: the planning background is the median of the last ~15 s, not the latest value."""
+    learn = NodeLearning(ThroughputModel(100.0))
+    app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=8.0, p99_ms=9.0, deadline_ms=12.0)
+    report = LatencyReport(node="n", ts=1.0, window_s=5.0, apps=(app,))
+    for k in range(20):
+        learn.observe_latency(report, float(k), Telemetry(node="n", ts=1.0, cpu_percent=15.0), 2, 0.0, True)
+    quiet = learn.cpu_bg
+    assert quiet == pytest.approx(0.3 - 0.1)  # 15 % of 2 cores, less the app's 100 / 5 s x 5 ms
+    for k in range(4):
+        learn.observe_latency(report, 20.0 + k, Telemetry(node="n", ts=1.0, cpu_percent=100.0), 2, 0.0, True)
+    assert learn.cpu_bg == pytest.approx(quiet)
+    # a lasting change is followed within the window
+    for k in range(30):
+        learn.observe_latency(report, 30.0 + k, Telemetry(node="n", ts=1.0, cpu_percent=60.0), 2, 0.0, True)
+    assert learn.cpu_bg == pytest.approx(1.2 - 0.1)

@@ -165,6 +165,7 @@ class NodeSummary(_Result, frozen=True, kw_only=True):
     rate: NonNeg | None = None  # samples/s at full intensity the planner uses now
     rate_source: ShortStr = ""  # "learned", "profile <model>" or "prior"
     cap_limit: NonNeg | None = None
+    background_cores: NonNeg | None = None  # busy cores less its training and LC apps (telemetry)
     lc: dict[ShortStr, LcSummary] = {}
 
 

@@ -297,7 +297,19 @@ class NodeLearning:
             self.forming.observe(hb.forming_s)
         self.seen = (hb.startup_s, hb.forming_s)
 
-    cpu_bg: float = 0.0  # cores busy with work other than its training and LC apps (telemetry)
+    # cores busy with work other than its training and LC apps (telemetry), one per latency report
+    background: deque[float] = field(default_factory=lambda: deque(maxlen=ANCHOR_OBS))
+
+    @property
+    def cpu_bg(self) -> float:
+        """The node's background CPU (cores) models are asked at: the median of the last
+        ANCHOR_OBS reports' (~15 s), so a few seconds' burst (its own pre-flight checks, a
+        worker importing torch) does not set a plan's caps for the whole generation."""
+        if not self.background:
+            return 0.0
+        v = sorted(self.background)
+        mid = len(v) // 2
+        return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
     def observe_latency(
         self, report: LatencyReport, now: float, telemetry: Telemetry | None, cores: int, u: float, steady: bool
@@ -309,14 +321,18 @@ class NodeLearning:
         lc_cores = sum(a.count / window * a.p50_ms / 1000.0 for a in report.apps)
         if telemetry is not None and telemetry.cpu_percent > 0:
             busy = telemetry.cpu_percent / 100.0 * max(1, cores)
-            self.cpu_bg = round(max(0.0, busy - u - lc_cores), 4)
+            self.background.append(round(max(0.0, busy - u - lc_cores), 4))
+        # the background an observed p95 is paired with: the mean over about its window (reports
+        # come every 0.5 s in the default config; a window is 5 s)
+        recent = list(self.background)[-10:]
+        seen = sum(recent) / len(recent) if recent else 0.0
         for a in report.apps:
             if a.count <= 0:
                 continue
             model = self.app(a.app)
             if steady:
                 model.observe(u, a.p95_ms)
-            model.observe_load(now, a.count / window, u if steady else None, self.cpu_bg, a.p95_ms)
+            model.observe_load(now, a.count / window, u if steady else None, seen, a.p95_ms)
 
     def app(self, name: str) -> InterferenceModel:
         """The interference model of LC app ``name`` (bounded: MAX_APPS per node)."""

@@ -75,6 +75,7 @@ def node_summary(s: NodeState, learn: NodeLearning | None) -> NodeSummary:
         rate=round(rate, 2) if rate is not None else None,
         rate_source=source,
         cap_limit=learn.cap_limit if learn is not None else None,
+        background_cores=learn.cpu_bg if learn is not None else None,
         lc={a.app: LcSummary(p95_ms=a.p95_ms, deadline_ms=a.deadline_ms, count=a.count) for a in s.latency.values()},
     )
 
