@@ -400,7 +400,11 @@ class Coordinator:
                 if job.state == JobState.RUNNING:
                     self.move(job, JobState.RECOVERING, why)
                     await self.save(job)
-            case policy.Replan():
+            case policy.Replan(why=why):
+                event, _, detail = why.partition(" ")
+                if event in ("lc.forecast", "link.changed"):  # the other causes have their own events
+                    node, _, words = detail.partition(" ")
+                    await self.emit(event, words.lstrip(": ") or detail, node=node.rstrip(":"), job=job.job)
                 self.dirty.add(job.job)
             case policy.Reform(why=why):
                 self.runtime_of(job).stalled = job.generation

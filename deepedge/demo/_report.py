@@ -17,7 +17,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DemoReport", "build_report", "plan_generations", "render_report"]
 
-_REASONS = ("node.dead", "lc.violation", "plan.improving", "node.joined", "node.drained", "node.undrained")
+_REASONS = (
+    "node.dead",
+    "lc.violation",
+    "lc.forecast",
+    "link.changed",
+    "link.stalled",
+    "plan.improving",
+    "node.joined",
+    "node.drained",
+    "node.undrained",
+)
 
 
 @dataclass
