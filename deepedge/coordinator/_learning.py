@@ -43,6 +43,17 @@ FORECAST_EVERY_S = 1.0  # a forecast is refitted at most this often per app
 
 ANCHOR_OBS = 30  # the live observations a table is anchored to: ~15 s of reports every 0.5 s
 ANCHOR_RANGE = (0.25, 4.0)  # the live level is believed within this factor of the table's median
+# Online calibration of the upper bound (conformal PID control's quantile tracking, Angelopoulos
+# et al. 2023): each steady report above the bound predicted for it widens the interval by
+# WIDEN_STEP x (1 - (1 - q)), each one under it narrows it by WIDEN_STEP x (1 - q), so in the long
+# run the bound is exceeded by a share 1 - q of the reports; at most a factor WIDEN_MAX.
+WIDEN_STEP = 0.05
+# A surrogate's caps are planned for its upper bound at (1 - PLAN_HEADROOM) of the deadline, and the
+# forecast re-plans when the bound at the current cap passes the deadline itself: hysteresis, so
+# that each small move of the live anchor does not re-plan (the bound is the safety margin; this is
+# only room to move).
+PLAN_HEADROOM = 0.05
+WIDEN_MAX = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class Anchor:
     c1: float = 0.0
     spread: float = 0.0
     n: int = 0
+    widen: float = 0.0  # log: added to the interval after live reports above its upper bound
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -101,6 +113,8 @@ class InterferenceModel:
     forecast: float | None = None  # the rate's upper quantile over FORECAST_HORIZON_S
     forecast_at: float = -1e9
     table: CapTable | None = None  # the knowledge base's, when the last plan found one
+    widen: float = 0.0  # the online calibration's widening (log), see WIDEN_STEP
+    calibrated: list[int] = field(default_factory=lambda: [0, 0])  # steady reports [judged, over the bound]
     table_source: str = ""  # its key, in words
 
     def observe(self, intensity: float, p95_ms: float) -> None:
@@ -113,7 +127,14 @@ class InterferenceModel:
         given), the observation the residual correction learns from."""
         self.rates.observe(now, rate)
         if intensity is not None and p95_ms > 0:
-            self.observed.append((max(0.0, min(1.0, intensity)), rate, max(0.0, cpu), p95_ms))
+            u = max(0.0, min(1.0, intensity))
+            if self.table is not None:  # judge the bound this report was planned under, then learn
+                over = p95_ms > anchored_upper_ms(self.table, self.correction(self.table), u, rate, cpu)
+                miss = 1.0 - self.table.q
+                self.widen = min(WIDEN_MAX, max(0.0, self.widen + WIDEN_STEP * ((1.0 if over else 0.0) - miss)))
+                self.calibrated[0] += 1
+                self.calibrated[1] += over
+            self.observed.append((u, rate, max(0.0, cpu), p95_ms))
 
     def planning_rate(self, current: float, now: float) -> float:
         """The request rate caps are set for: the forecast's upper quantile, at least the rate
@@ -133,7 +154,7 @@ class InterferenceModel:
         conformal rank). No correction before 3 observations."""
         obs = list(self.observed)[-ANCHOR_OBS:]
         if len(obs) < 3:
-            return Anchor()
+            return Anchor(widen=self.widen)
         res = [(u, math.log(p95 / max(1e-3, table.median_ms(u, rate, cpu)))) for u, rate, cpu, p95 in obs]
         us = [u for u, _ in res]
         mu, mr = sum(us) / len(us), sum(r for _, r in res) / len(res)
@@ -145,7 +166,7 @@ class InterferenceModel:
         c0 = min(hi, max(lo, mr - slope * mu))
         left = sorted(r - c0 - slope * u for u, r in res)
         rank = min(len(left), math.ceil((len(left) + 1) * table.q))
-        return Anchor(c0, slope, max(0.0, left[rank - 1]), len(obs))
+        return Anchor(c0, slope, max(0.0, left[rank - 1]), len(obs), self.widen)
 
     def surrogate_model(self, app: str, deadline_ms: float, table: CapTable, rate: float, cpu: float) -> LcAppModel:
         """The planner's model from a cap table: its upper-quantile curve over intensity at the
@@ -156,8 +177,12 @@ class InterferenceModel:
             curve[k] = max(curve[k], curve[k - 1])
         curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
         live = f"x{math.exp(anchor.c0):.2f} of its median by {anchor.n} live reports" if anchor.n else "no live reports"
+        if anchor.widen > 0:
+            judged, over = self.calibrated
+            live += f", interval x{math.exp(anchor.widen):.2f} wider ({over} of {judged} reports were over it)"
         basis = f"{table.kind} model at {rate:.1f} req/s, {cpu:.2f} background cores, {live}"
-        return LcAppModel(app, deadline_ms, curve[0], curve[-1] - curve[0], curve=tuple(curve), margin=0.0, basis=basis)
+        span = curve[-1] - curve[0]
+        return LcAppModel(app, deadline_ms, curve[0], span, curve=tuple(curve), margin=PLAN_HEADROOM, basis=basis)
 
     def at_risk(self, cap: float, deadline_ms: float, rate: float, cpu: float) -> float | None:
         """With a cap table: the upper-quantile p95 predicted at ``cap`` for ``rate`` (anchored);
@@ -192,11 +217,11 @@ class InterferenceModel:
 def anchored_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cpu: float) -> float:
     """The upper-quantile p95 at intensity ``u``: the table's median there, moved to the
     live level (``anchor``), times the larger of the table's own interval (the model's
-    cross-validated error) and the live reports' spread. Without live observations, the
-    table's upper quantile as it is."""
+    cross-validated error) and the live reports' spread, widened by the online calibration.
+    Without live observations, the table's upper quantile as it is (widened)."""
     median = max(1e-3, table.median_ms(u, rate, cpu))
     width = math.log(max(median, table.upper_ms(u, rate, cpu)) / median)
-    return median * math.exp(anchor.c0 + anchor.c1 * u + max(width, anchor.spread))
+    return median * math.exp(anchor.c0 + anchor.c1 * u + max(width, anchor.spread) + anchor.widen)
 
 
 def _spread(points: list[tuple[float, float]]) -> float:
