@@ -355,7 +355,9 @@ class Coordinator:
             job.samples_done = job.samples_after(job.step)
             losses = [b.loss for b in current if b.loss is not None]
             job.loss = sum(losses) / len(losses) if losses else job.loss
-            if all(b.state == "done" for b in current) or job.step >= job.total_steps:
+            # complete once the model is saved: rank 0 writes model.pt before it reports done
+            saved = any(b.rank == 0 and b.state == "done" for b in current)
+            if all(b.state == "done" for b in current) or (job.step >= job.total_steps and saved):
                 await self.apply([policy.Complete(job.job, f"{job.step} steps, {job.samples_done} samples")])
 
     async def on_retained_plan(self, plan: Plan) -> None:
