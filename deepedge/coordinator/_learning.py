@@ -13,6 +13,7 @@ links promise (:class:`CommModel`)."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,12 +49,12 @@ ANCHOR_RANGE = (0.25, 4.0)  # the live level is believed within this factor of t
 # WIDEN_STEP x (1 - (1 - q)), each one under it narrows it by WIDEN_STEP x (1 - q), so in the long
 # run the bound is exceeded by a share 1 - q of the reports; at most a factor WIDEN_MAX.
 WIDEN_STEP = 0.05
+WIDEN_MAX = math.log(2.0)
 # A surrogate's caps are planned for its upper bound at (1 - PLAN_HEADROOM) of the deadline, and the
 # forecast re-plans when the bound at the current cap passes the deadline itself: hysteresis, so
 # that each small move of the live anchor does not re-plan (the bound is the safety margin; this is
 # only room to move).
 PLAN_HEADROOM = 0.05
-WIDEN_MAX = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -330,11 +331,7 @@ class NodeLearning:
         """The node's background CPU (cores) models are asked at: the median of the last
         ANCHOR_OBS reports' (~15 s), so a few seconds' burst (its own pre-flight checks, a
         worker importing torch) does not set a plan's caps for the whole generation."""
-        if not self.background:
-            return 0.0
-        v = sorted(self.background)
-        mid = len(v) // 2
-        return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+        return statistics.median(self.background) if self.background else 0.0
 
     def observe_latency(
         self, report: LatencyReport, now: float, telemetry: Telemetry | None, cores: int, u: float, steady: bool
