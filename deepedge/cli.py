@@ -890,6 +890,22 @@ def bench_interference(
     _write_bench(out, "Interference model: held-out prediction error", interference_markdown(result, command))
 
 
+@bench_app.command("forecast")
+def bench_forecast(
+    ctx: typer.Context,
+    horizon: Annotated[float, typer.Option(min=1.0, help="Seconds ahead the rate must cover.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated request arrivals.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown here.")] = Path("docs/benchmarks/forecast.md"),
+) -> None:
+    """The LC request-rate forecast on traces: coverage of the coming peak, over-provision, swings."""
+    from deepedge.bench._forecast import forecast_markdown, run_forecast_bench
+
+    ctx.obj.load()
+    rows = run_forecast_bench(horizon, seed, progress=lambda m: typer.echo(m, err=True))
+    command = f"deepedge bench forecast --horizon {horizon:g} --seed {seed}"
+    _write_bench(out, "LC request-rate forecast on traces", forecast_markdown(rows, command, horizon))
+
+
 _DEPLOY_HELP = {
     "certs": "The cluster's CA (reused if present), the broker's server certificate, client certificates "
     "(--client-certs) and ca.crt for every client.",

@@ -138,13 +138,14 @@ class InterferenceModel:
             self.observed.append((u, rate, max(0.0, cpu), p95_ms))
 
     def planning_rate(self, current: float, now: float) -> float:
-        """The request rate caps are set for: the forecast's upper quantile, at least the rate
-        reported now. The forecast is refitted when asked for (only apps with a cap table are:
-        forecast jobs on boards the knowledge base knows), at most every FORECAST_EVERY_S
-        (statsmodels is not free: ~0.1 s a fit)."""
+        """The request rate caps are set for: the forecast's upper quantile, bounded and held
+        (:meth:`RateForecast.planning`), at least the rate reported now. The forecast is
+        refitted when asked for (only apps with a cap table are: forecast jobs on boards the
+        knowledge base knows), at most every FORECAST_EVERY_S (statsmodels is not free: ~0.1 s
+        a fit)."""
         if now - self.forecast_at >= FORECAST_EVERY_S:
             self.forecast_at = now
-            self.forecast = self.rates.upper(FORECAST_HORIZON_S)
+            self.forecast = self.rates.planning(now, FORECAST_HORIZON_S)
         return max(current, self.forecast or 0.0)
 
     def correction(self, table: CapTable) -> Anchor:

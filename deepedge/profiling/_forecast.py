@@ -2,7 +2,15 @@
 upper quantile of the coming horizon may reach, with statsmodels' exponential smoothing (Holt's
 damped additive trend; a seasonal term once two seasons of history exist). Caps are set for
 that rate, and the coordinator re-plans before the forecast crosses the rate at which the
-current cap stops being safe. statsmodels loads on the first forecast, not with the module."""
+current cap stops being safe. statsmodels loads on the first forecast, not with the module.
+
+What the planner is given (:meth:`RateForecast.planning`) is that forecast made steady, as
+measured on request-rate traces (``deepedge bench forecast``, docs/benchmarks/forecast.md): a
+trend's extrapolation is believed at most ENVELOPE_FACTOR above the highest rate of the last
+ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak), and the rate falls only
+after STABILIZE_S below what was planned (Kubernetes' HPA scale-down stabilization window): the
+raw forecast swung down and up 39 times in 150 s of a 30 s diurnal cycle, and every swing was a
+re-plan that took capacity from the LC app or gave it back."""
 
 from __future__ import annotations
 
@@ -11,9 +19,12 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["RateForecast", "forecast_upper"]
+__all__ = ["ENVELOPE_FACTOR", "ENVELOPE_S", "STABILIZE_S", "RateForecast", "forecast_upper"]
 
 MIN_POINTS = 8  # steps of history before a model is fitted (before: the highest rate seen)
+ENVELOPE_S = 60.0  # a forecast is believed at most ENVELOPE_FACTOR x the highest rate of this long
+ENVELOPE_FACTOR = 1.25
+STABILIZE_S = 30.0  # the planning rate falls only after this long below what was planned
 
 
 def forecast_upper(
@@ -57,6 +68,7 @@ class RateForecast:
     season_s: float | None = None
     maxlen: int = 600
     buckets: deque[tuple[int, float, int]] = field(default_factory=deque)  # (bucket, sum, n)
+    planned: deque[tuple[float, float]] = field(default_factory=deque)  # (time, bounded forecast)
 
     def observe(self, t: float, rate: float) -> None:
         if not (math.isfinite(rate) and rate >= 0 and math.isfinite(t)):
@@ -84,3 +96,18 @@ class RateForecast:
             return None
         season = round(self.season_s / self.step_s) if self.season_s else None
         return forecast_upper(h, max(1, round(horizon_s / self.step_s)), q, season)
+
+    def planning(self, now: float, horizon_s: float, q: float = 0.95) -> float | None:
+        """The rate caps are planned for: :meth:`upper`, at most ENVELOPE_FACTOR x the highest
+        rate of the last ENVELOPE_S (at least the last rate), held at the highest such value of
+        the last STABILIZE_S. None without history."""
+        up = self.upper(horizon_s, q)
+        if up is None:
+            return None
+        h = self.history()
+        seen = max(h[-max(1, round(ENVELOPE_S / self.step_s)) :])
+        bounded = max(h[-1], min(up, ENVELOPE_FACTOR * seen))
+        self.planned.append((now, bounded))
+        while self.planned and self.planned[0][0] < now - STABILIZE_S:
+            self.planned.popleft()
+        return max(v for _, v in self.planned)
