@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from deepedge.coordinator.planner import JobModel, LcAppModel, NodeModel, Planne
 from deepedge.coordinator.planner._caps import largest_within
 from deepedge.profiling import CapTable, KnowledgeBase, Point, ProfileKey, Run, TableCache, versions_key
 from deepedge.profiling._design import Space, adaptive_points, latin_hypercube
-from deepedge.profiling._forecast import RateForecast
+from deepedge.profiling._forecast import ENVELOPE_FACTOR, ENVELOPE_S, STABILIZE_S, RateForecast
 from deepedge.profiling._session import ProfileSession, fit_runs
 from deepedge.profiling._surrogate import cross_validate, fit
 
@@ -330,6 +331,29 @@ def test_the_rate_forecast_sees_a_trend_and_bounds_its_history() -> None:
     assert up is not None and up > 62  # the trend continues
 
 
+def test_the_planned_rate_is_bounded_by_the_last_minute_and_held_before_it_falls() -> None:
+    """A steep ramp: the raw forecast extrapolates far past anything seen; what caps are planned
+    for stays within ENVELOPE_FACTOR of the highest rate of the last ENVELOPE_S. When the load
+    falls, the planned rate holds for STABILIZE_S (no re-plan per swing), then follows."""
+    f = RateForecast(step_s=1.0)
+    for t in range(20):
+        f.observe(float(t), 10.0 + 3.0 * t)  # up to 67 req/s
+    raw, planned = f.upper(10.0), f.planning(19.0, 10.0)
+    assert raw is not None and planned is not None
+    assert raw > ENVELOPE_FACTOR * 67.0 + 1.0  # the trend alone goes further
+    assert 67.0 <= planned <= ENVELOPE_FACTOR * 67.0 + 1e-9
+    for t in range(20, 20 + int(STABILIZE_S) - 2):  # the load drops to 10 req/s
+        f.observe(float(t), 10.0)
+        assert f.planning(float(t), 10.0) == pytest.approx(planned)  # held
+    # then it follows the load down: once the ramp is out of the last minute (the raw forecast
+    # is still wide: its error estimate includes the drop), STABILIZE_S later
+    end = 20 + int(ENVELOPE_S + STABILIZE_S) + 2
+    for t in range(20 + int(STABILIZE_S) - 2, end):
+        f.observe(float(t), 10.0)
+        last = f.planning(float(t), 10.0)
+    assert last is not None and 10.0 <= last <= ENVELOPE_FACTOR * 10.0 + 1e-9
+
+
 def test_a_burst_of_background_cpu_does_not_set_the_planning_background() -> None:
     """A few seconds of the board's own pre-flight checks (both cores busy) between steady
     reports: the planning background is the median of the last ~15 s, not the latest value."""
@@ -372,3 +396,22 @@ def test_reports_over_the_predicted_bound_widen_it_until_it_holds() -> None:
     for _ in range(10):  # back to what the table says: the widening decays, slowly
         im.observe_load(0.0, 20.0, 0.0, 0.0, 10.0)
     assert 0 < im.widen < widened
+
+
+def test_the_forecast_bench_judges_each_choice_against_the_coming_peak() -> None:
+    """The arrivals follow the trace; a rate is covered only when it is at least the next
+    horizon's highest report; the planned rate swings less than the raw forecast."""
+    from deepedge.bench._forecast import arrivals, forecast_markdown, reports, run_forecast_bench
+    from deepedge.demo.lc_app import Trace
+
+    times = arrivals(Trace.parse("step:20,40,30"), 60.0, random.Random(3))
+    assert 0.9 * 20 * 30 < sum(t < 30 for t in times) < 1.1 * 20 * 30  # ~20 req/s, then ~40
+    assert 0.9 * 40 * 30 < sum(t >= 30 for t in times) < 1.1 * 40 * 30
+    seen = reports(times, 60.0)
+    assert len(seen) == 120 and seen[-1][1] == pytest.approx(sum(t > 55 for t in times) / 5.0)
+    rows = run_forecast_bench(traces=(("diurnal:10,40,30", 90.0),))
+    by = {r.choice: r for r in rows}
+    assert by["last report"].covered < 0.5  # a rising load is always above the last report
+    assert by["planned (bounded, held)"].swings < by["raw forecast"].swings
+    assert all(r.points == 80 and 0 < r.mean_ratio <= r.max_ratio for r in rows)
+    assert "| `diurnal:10,40,30` | planned (bounded, held) | 80 |" in forecast_markdown(rows, "cmd", 10.0)
