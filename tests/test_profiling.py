@@ -15,7 +15,7 @@ import pytest
 from deepedge.bench._interference import evaluate
 from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, NodeBirth, Telemetry
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import WIDEN_MAX, InterferenceModel, NodeLearning, ThroughputModel
+from deepedge.coordinator._learning import InterferenceModel, NodeLearning, ThroughputModel
 from deepedge.coordinator._planner_io import lc_models, node_models
 from deepedge.coordinator._policy import forecast_risk
 from deepedge.coordinator._view import ClusterView
@@ -376,20 +376,18 @@ def test_a_burst_of_background_cpu_does_not_set_the_planning_background() -> Non
 def test_reports_over_the_predicted_bound_widen_it_until_it_holds() -> None:
     """Online calibration: steady reports above the upper bound predicted for them widen the
     interval (lowering the cap); reports under it narrow it again, slowly (a target of 5 %
-    over), below the profile's own interval when the app's reports keep under it, never below
-    the anchored median; the planner's reason says so."""
+    over); the planner's reason says so."""
     table = _table()  # median 10 + 20 u at 20 req/s, upper + 4 ms
     im = InterferenceModel()
     im.table = table
     for _ in range(10):  # alone, as the table says: judged, within the bound
         im.observe_load(0.0, 20.0, 0.0, 0.0, 10.0)
-    assert im.widen == pytest.approx(-10 * 0.05 * 0.05) and im.calibrated == [10, 0]
-    start = im.widen
+    assert im.widen == 0 and im.calibrated == [10, 0]
     before = node_cap(NodeModel("n", 100.0, 64, lc_apps=(im.surrogate_model("det", 30.0, table, 20.0, 0.0),)), 0.1)[0]
     for _ in range(6):  # training at 0.5 hurts more than the bound (24 ms, anchored) allows
         im.observe_load(0.0, 20.0, 0.5, 0.0, 40.0)
     over = im.calibrated[1]
-    assert over >= 1 and im.widen == pytest.approx(start + 0.05 * 0.95 * over - 0.05 * 0.05 * (6 - over))
+    assert over >= 1 and im.widen == pytest.approx(0.05 * 0.95 * over - 0.05 * 0.05 * (6 - over))
     model = im.surrogate_model("det", 30.0, table, 20.0, 0.0)
     assert "wider" in model.basis
     after = node_cap(NodeModel("n", 100.0, 64, lc_apps=(model,)), 0.1)[0]
@@ -397,12 +395,7 @@ def test_reports_over_the_predicted_bound_widen_it_until_it_holds() -> None:
     widened = im.widen
     for _ in range(10):  # back to what the table says: the widening decays, slowly
         im.observe_load(0.0, 20.0, 0.0, 0.0, 10.0)
-    assert im.widen == pytest.approx(widened - 10 * 0.05 * 0.05)
-    for _ in range(2000):  # a long quiet run: narrower than the profile's interval, down to the median
-        im.observe_load(0.0, 20.0, 0.0, 0.0, 10.0)
-    assert im.widen == pytest.approx(-WIDEN_MAX)
-    assert "narrower" in im.surrogate_model("det", 30.0, table, 20.0, 0.0).basis
-    assert im.at_risk(0.0, 30.0, 20.0, 0.0) == pytest.approx(10.0, rel=0.02)  # the anchored median
+    assert 0 < im.widen < widened
 
 
 def test_the_forecast_bench_judges_each_choice_against_the_coming_peak() -> None:

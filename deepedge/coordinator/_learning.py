@@ -47,9 +47,7 @@ ANCHOR_RANGE = (0.25, 4.0)  # the live level is believed within this factor of t
 # Online calibration of the upper bound (conformal PID control's quantile tracking, Angelopoulos
 # et al. 2023): each steady report above the bound predicted for it widens the interval by
 # WIDEN_STEP x (1 - (1 - q)), each one under it narrows it by WIDEN_STEP x (1 - q), so in the long
-# run the bound is exceeded by a share 1 - q of the reports; within a factor WIDEN_MAX either way,
-# and never below the anchored median (a profile's interval wider than the app's reports need is
-# narrowed by them, as a too narrow one is widened).
+# run the bound is exceeded by a share 1 - q of the reports; at most a factor WIDEN_MAX.
 WIDEN_STEP = 0.05
 WIDEN_MAX = math.log(2.0)
 # A surrogate's caps are planned for its upper bound at (1 - PLAN_HEADROOM) of the deadline, and the
@@ -69,7 +67,7 @@ class Anchor:
     c1: float = 0.0
     spread: float = 0.0
     n: int = 0
-    widen: float = 0.0  # log: added to the interval (taken from it when negative) by the calibration
+    widen: float = 0.0  # log: added to the interval after live reports above its upper bound
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -134,7 +132,7 @@ class InterferenceModel:
             if self.table is not None:  # judge the bound this report was planned under, then learn
                 over = p95_ms > anchored_upper_ms(self.table, self.correction(self.table), u, rate, cpu)
                 miss = 1.0 - self.table.q
-                self.widen = min(WIDEN_MAX, max(-WIDEN_MAX, self.widen + WIDEN_STEP * ((1.0 if over else 0.0) - miss)))
+                self.widen = min(WIDEN_MAX, max(0.0, self.widen + WIDEN_STEP * ((1.0 if over else 0.0) - miss)))
                 self.calibrated[0] += 1
                 self.calibrated[1] += over
             self.observed.append((u, rate, max(0.0, cpu), p95_ms))
@@ -181,10 +179,9 @@ class InterferenceModel:
             curve[k] = max(curve[k], curve[k - 1])
         curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
         live = f"x{math.exp(anchor.c0):.2f} of its median by {anchor.n} live reports" if anchor.n else "no live reports"
-        if anchor.widen:
+        if anchor.widen > 0:
             judged, over = self.calibrated
-            how = "wider" if anchor.widen > 0 else "narrower"
-            live += f", interval x{math.exp(abs(anchor.widen)):.2f} {how} ({over} of {judged} reports were over it)"
+            live += f", interval x{math.exp(anchor.widen):.2f} wider ({over} of {judged} reports were over it)"
         basis = f"{table.kind} model at {rate:.1f} req/s, {cpu:.2f} background cores, {live}"
         span = curve[-1] - curve[0]
         return LcAppModel(app, deadline_ms, curve[0], span, curve=tuple(curve), margin=PLAN_HEADROOM, basis=basis)
@@ -222,12 +219,11 @@ class InterferenceModel:
 def anchored_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cpu: float) -> float:
     """The upper-quantile p95 at intensity ``u``: the table's median there, moved to the
     live level (``anchor``), times the larger of the table's own interval (the model's
-    cross-validated error) and the live reports' spread, widened or narrowed by the online
-    calibration (never below the median). Without live observations, the table's upper
-    quantile as it is (calibrated)."""
+    cross-validated error) and the live reports' spread, widened by the online calibration.
+    Without live observations, the table's upper quantile as it is (widened)."""
     median = max(1e-3, table.median_ms(u, rate, cpu))
     width = math.log(max(median, table.upper_ms(u, rate, cpu)) / median)
-    return median * math.exp(anchor.c0 + anchor.c1 * u + max(0.0, max(width, anchor.spread) + anchor.widen))
+    return median * math.exp(anchor.c0 + anchor.c1 * u + max(width, anchor.spread) + anchor.widen)
 
 
 def _spread(points: list[tuple[float, float]]) -> float:
