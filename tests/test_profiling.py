@@ -15,7 +15,7 @@ import pytest
 from deepedge.bench._interference import evaluate
 from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, NodeBirth, Telemetry
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import InterferenceModel, NodeLearning, ThroughputModel
+from deepedge.coordinator._learning import TABLE_REACH, InterferenceModel, NodeLearning, ThroughputModel
 from deepedge.coordinator._planner_io import lc_models, node_models
 from deepedge.coordinator._policy import forecast_risk
 from deepedge.coordinator._view import ClusterView
@@ -196,10 +196,18 @@ def test_caps_come_from_the_upper_quantile_by_bisection() -> None:
     for u in (0.2, 0.4, 0.6):
         im.observed.append((u, 20.0, 0.0, table.median_ms(u, 20.0, 0.0) + 3.0))
     corrected = im.surrogate_model("det", 30.0, table, rate=20.0, cpu=0.0)
-    level = sum(math.log((13 + 20 * u) / (10 + 20 * u)) for u in (0.2, 0.4, 0.6)) / 3  # log-space anchor
-    expected = ((28.5 / math.exp(level)) - 14.0) / 20.0  # (14 + 20 u) * exp(level) <= 28.5
-    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0] == pytest.approx(expected, abs=0.01)
-    assert expected < 0.8
+    logs = [math.log((13 + 20 * u) / (10 + 20 * u)) for u in (0.2, 0.4, 0.6)]
+    level = sum(logs) / 3  # log-space anchor (the ratio falls with u: no slope)
+    spread = max(r - level for r in logs)  # the live reports' own spread (conformal rank: the largest of 3)
+    # where the reports were taken the anchor is the measurement: its own spread, not the table's 4 ms
+    assert corrected.predict_ms(0.4) == pytest.approx(18.0 * math.exp(level + spread), abs=1e-3)
+    # beyond them the table's interval comes back with the distance (all of it TABLE_REACH away)
+    far = max(spread, math.log(34 / 30) * (1.0 - 0.6) / TABLE_REACH)
+    assert corrected.predict_ms(1.0) == pytest.approx(30.0 * math.exp(level + far), abs=1e-3)
+    cap = node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0]
+    whole = ((28.5 / math.exp(level)) - 14.0) / 20.0  # (14 + 20 u) * exp(level) <= 28.5: the table's whole interval
+    anchored = ((28.5 / math.exp(level + spread)) - 10.0) / 20.0  # the anchored median and spread alone
+    assert whole < cap < anchored < 0.8
     # no room at all: the reason names the upper quantile
     hot = LcAppModel("det", 10.0, 0, 0, curve=(12.0, 20.0), margin=0.0)
     cap, why = node_cap(NodeModel("n", 100.0, 64, lc_apps=(hot,)), 0.1)

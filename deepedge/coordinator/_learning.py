@@ -55,6 +55,11 @@ WIDEN_MAX = math.log(2.0)
 # that each small move of the live anchor does not re-plan (the bound is the safety margin; this is
 # only room to move).
 PLAN_HEADROOM = 0.05
+# Where the live reports were taken (their intensities), the anchor is a measurement and its own
+# spread the interval; the table's interval (its cross-validated error) is for how far its shape
+# carries the anchor elsewhere: in proportion to the distance from the nearest intensity reported
+# at, all of it from TABLE_REACH away.
+TABLE_REACH = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Anchor:
     spread: float = 0.0
     n: int = 0
     widen: float = 0.0  # log: added to the interval after live reports above its upper bound
+    seen: tuple[float, float] = (0.0, 0.0)  # the lowest and highest intensity the reports were taken at
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -168,7 +174,7 @@ class InterferenceModel:
         c0 = min(hi, max(lo, mr - slope * mu))
         left = sorted(r - c0 - slope * u for u, r in res)
         rank = min(len(left), math.ceil((len(left) + 1) * table.q))
-        return Anchor(c0, slope, max(0.0, left[rank - 1]), len(obs), self.widen)
+        return Anchor(c0, slope, max(0.0, left[rank - 1]), len(obs), self.widen, (min(us), max(us)))
 
     def surrogate_model(self, app: str, deadline_ms: float, table: CapTable, rate: float, cpu: float) -> LcAppModel:
         """The planner's model from a cap table: its upper-quantile curve over intensity at the
@@ -218,11 +224,15 @@ class InterferenceModel:
 
 def anchored_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cpu: float) -> float:
     """The upper-quantile p95 at intensity ``u``: the table's median there, moved to the
-    live level (``anchor``), times the larger of the table's own interval (the model's
-    cross-validated error) and the live reports' spread, widened by the online calibration.
-    Without live observations, the table's upper quantile as it is (widened)."""
+    live level (``anchor``), times the larger of the live reports' spread and the table's own
+    interval (the model's cross-validated error) in proportion to how far ``u`` is from the
+    intensities reported at (TABLE_REACH), widened by the online calibration. Without live
+    observations, the table's upper quantile as it is (widened)."""
     median = max(1e-3, table.median_ms(u, rate, cpu))
     width = math.log(max(median, table.upper_ms(u, rate, cpu)) / median)
+    if anchor.n:
+        lo, hi = anchor.seen
+        width *= min(1.0, max(0.0, lo - u, u - hi) / TABLE_REACH)
     return median * math.exp(anchor.c0 + anchor.c1 * u + max(width, anchor.spread) + anchor.widen)
 
 
