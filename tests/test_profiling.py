@@ -15,7 +15,13 @@ import pytest
 from deepedge.bench._interference import evaluate
 from deepedge.broker_schemas import AppLatency, JobSpec, LatencyReport, NodeBirth, Telemetry
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import TABLE_REACH, InterferenceModel, NodeLearning, ThroughputModel
+from deepedge.coordinator._learning import (
+    TABLE_REACH,
+    InterferenceModel,
+    NodeLearning,
+    ThroughputModel,
+    anchored_upper_ms,
+)
 from deepedge.coordinator._planner_io import lc_models, node_models
 from deepedge.coordinator._policy import forecast_risk
 from deepedge.coordinator._view import ClusterView
@@ -23,7 +29,7 @@ from deepedge.coordinator.planner import JobModel, LcAppModel, NodeModel, Planne
 from deepedge.coordinator.planner._caps import largest_within
 from deepedge.profiling import CapTable, KnowledgeBase, Point, ProfileKey, Run, TableCache, versions_key
 from deepedge.profiling._design import Space, adaptive_points, latin_hypercube
-from deepedge.profiling._forecast import ENVELOPE_FACTOR, ENVELOPE_S, STABILIZE_S, RateForecast
+from deepedge.profiling._forecast import ENVELOPE_FACTOR, MAX_RATE, STABILIZE_S, RateForecast
 from deepedge.profiling._session import ProfileSession, fit_runs
 from deepedge.profiling._surrogate import cross_validate, fit
 
@@ -191,21 +197,29 @@ def test_caps_come_from_the_upper_quantile_by_bisection() -> None:
     # a higher forecast rate lowers the cap
     busy = learn.app("det").surrogate_model("det", 30.0, table, rate=30.0, cpu=0.0)
     assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(busy,)), 0.1)[0] == pytest.approx(0.475, abs=1e-6)
-    # live reports 3 ms over the table's median: anchored to them, the cap is lower again
+    # live reports 3 ms over the table's median: anchored to them, the cap is lower again; with 3
+    # reports their spread is no 95 % quantile yet: the table's whole interval
     im = learn.app("det")
     for u in (0.2, 0.4, 0.6):
         im.observed.append((u, 20.0, 0.0, table.median_ms(u, 20.0, 0.0) + 3.0))
     corrected = im.surrogate_model("det", 30.0, table, rate=20.0, cpu=0.0)
     logs = [math.log((13 + 20 * u) / (10 + 20 * u)) for u in (0.2, 0.4, 0.6)]
     level = sum(logs) / 3  # log-space anchor (the ratio falls with u: no slope)
-    spread = max(r - level for r in logs)  # the live reports' own spread (conformal rank: the largest of 3)
-    # where the reports were taken the anchor is the measurement: its own spread, not the table's 4 ms
+    whole = ((28.5 / math.exp(level)) - 14.0) / 20.0  # (14 + 20 u) * exp(level) <= 28.5
+    assert node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0] == pytest.approx(whole, abs=0.01)
+    assert whole < 0.8
+    # 21 reports (enough for a conformal 95 % quantile): where they were taken the anchor is the
+    # measurement (their own spread, not the table's 4 ms); beyond them the table's interval comes
+    # back with the distance, all of it TABLE_REACH away
+    for _ in range(6):
+        for u in (0.2, 0.4, 0.6):
+            im.observed.append((u, 20.0, 0.0, table.median_ms(u, 20.0, 0.0) + 3.0))
+    corrected = im.surrogate_model("det", 30.0, table, rate=20.0, cpu=0.0)
+    spread = max(r - level for r in logs)  # rank ceil(22 x 0.95) = 21 of 21: the largest
     assert corrected.predict_ms(0.4) == pytest.approx(18.0 * math.exp(level + spread), abs=1e-3)
-    # beyond them the table's interval comes back with the distance (all of it TABLE_REACH away)
     far = max(spread, math.log(34 / 30) * (1.0 - 0.6) / TABLE_REACH)
     assert corrected.predict_ms(1.0) == pytest.approx(30.0 * math.exp(level + far), abs=1e-3)
     cap = node_cap(NodeModel("n", 100.0, 64, lc_apps=(corrected,)), 0.1)[0]
-    whole = ((28.5 / math.exp(level)) - 14.0) / 20.0  # (14 + 20 u) * exp(level) <= 28.5: the table's whole interval
     anchored = ((28.5 / math.exp(level + spread)) - 10.0) / 20.0  # the anchored median and spread alone
     assert whole < cap < anchored < 0.8
     # no room at all: the reason names the upper quantile
@@ -340,26 +354,32 @@ def test_the_rate_forecast_sees_a_trend_and_bounds_its_history() -> None:
 
 
 def test_the_planned_rate_is_bounded_by_the_last_minute_and_held_before_it_falls() -> None:
-    """A steep ramp: the raw forecast extrapolates far past anything seen; what caps are planned
-    for stays within ENVELOPE_FACTOR of the highest rate of the last ENVELOPE_S. When the load
-    falls, the planned rate holds for STABILIZE_S (no re-plan per swing), then follows."""
+    """What caps are planned for: the forecast, at most ENVELOPE_FACTOR x the highest rate of the
+    last ENVELOPE_S, at least the last rate; when the forecast falls, the planned rate holds for
+    STABILIZE_S (no re-plan per swing), then follows; a clock that goes back starts again."""
     f = RateForecast(step_s=1.0)
     for t in range(20):
         f.observe(float(t), 10.0 + 3.0 * t)  # up to 67 req/s
-    raw, planned = f.upper(10.0), f.planning(19.0, 10.0)
-    assert raw is not None and planned is not None
-    assert raw > ENVELOPE_FACTOR * 67.0 + 1.0  # the trend alone goes further
-    assert 67.0 <= planned <= ENVELOPE_FACTOR * 67.0 + 1e-9
-    for t in range(20, 20 + int(STABILIZE_S) - 2):  # the load drops to 10 req/s
+    raw = f.upper(10.0)
+    assert raw is not None and raw > ENVELOPE_FACTOR * 67.0 + 1.0  # the trend alone goes further
+    planned = f.planning(19.0, 10.0)
+    assert planned == pytest.approx(ENVELOPE_FACTOR * 67.0)
+    assert f.steady(19.5, 5.0) == pytest.approx(planned)  # a forecast under the last rate: held
+    for t in range(20, 20 + int(STABILIZE_S) - 2):  # the load drops to 10 req/s, the forecast to 12
         f.observe(float(t), 10.0)
-        assert f.planning(float(t), 10.0) == pytest.approx(planned)  # held
-    # then it follows the load down: once the ramp is out of the last minute (the raw forecast
-    # is still wide: its error estimate includes the drop), STABILIZE_S later
-    end = 20 + int(ENVELOPE_S + STABILIZE_S) + 2
-    for t in range(20 + int(STABILIZE_S) - 2, end):
+        assert f.steady(float(t), 12.0) == pytest.approx(planned)  # held
+    for t in range(20 + int(STABILIZE_S) - 2, 20 + int(STABILIZE_S) + 2):
         f.observe(float(t), 10.0)
-        last = f.planning(float(t), 10.0)
-    assert last is not None and 10.0 <= last <= ENVELOPE_FACTOR * 10.0 + 1e-9
+        held = f.steady(float(t), 12.0)
+    assert held == pytest.approx(12.0)  # then it follows the forecast down
+    # the envelope counts buckets of the last ENVELOPE_S, not the last n buckets: after a gap in
+    # the reports, 67 req/s is out of it
+    f.observe(200.0, 10.0)
+    assert f.steady(200.0, 500.0) == pytest.approx(ENVELOPE_FACTOR * 10.0)
+    assert f.steady(100.0, 11.0) == pytest.approx(11.0)  # the clock went back: no hold from the future
+    assert f.steady(math.nan, 11.0) == pytest.approx(11.0) and not f.planned
+    f.observe(201.0, 1e300)  # a report's rate is clamped
+    assert f.last == MAX_RATE
 
 
 def test_a_burst_of_background_cpu_does_not_set_the_planning_background() -> None:
@@ -423,3 +443,41 @@ def test_the_forecast_bench_judges_each_choice_against_the_coming_peak() -> None
     assert by["planned (bounded, held)"].swings < by["raw forecast"].swings
     assert all(r.points == 80 and 0 < r.mean_ratio <= r.max_ratio for r in rows)
     assert "| `diurnal:10,40,30` | planned (bounded, held) | 80 |" in forecast_markdown(rows, "cmd", 10.0)
+
+
+def test_the_table_interval_returns_with_the_distance_from_the_nearest_reported_intensity() -> None:
+    """Reports at u = 0 and u = 0.8 (a board left out of a plan, then training): at u = 0.4,
+    0.4 from both, the table's interval is 0.4 / TABLE_REACH of itself, not dropped because 0.4
+    lies between them; the forecast's check and the calibration judge the planner's monotone
+    curve; absurd reports do not overflow."""
+    table = _table()  # median 10 + 20 u at 20 req/s, upper + 4 ms
+    im = InterferenceModel()
+    im.table = table
+    for _ in range(10):
+        for u in (0.0, 0.8):
+            im.observed.append((u, 20.0, 0.0, table.median_ms(u, 20.0, 0.0)))  # exactly the median
+    anchor = im.correction(table)
+    assert anchor.seen == (0.0, 0.8) and anchor.n == 20 and anchor.spread == pytest.approx(0.0, abs=1e-9)
+    mid = anchored_upper_ms(table, anchor, 0.4, 20.0, 0.0)
+    assert mid == pytest.approx(18.0 * math.exp(math.log(22 / 18) * 0.4 / TABLE_REACH), rel=1e-6)
+    assert anchored_upper_ms(table, anchor, 0.8, 20.0, 0.0) == pytest.approx(26.0, rel=1e-6)  # measured there
+    # on a table flat in u the bound dips where it was measured: the planner's curve is the
+    # highest bound at or below u, and so is what the forecast's check and the calibration ask
+    flat = CapTable("det", "test", 0.95, (0.0, 1.0), (10.0, 40.0), (0.0, 1.0), (14.0,) * 8, (10.0,) * 8)
+    im = InterferenceModel()
+    im.table = flat
+    for _ in range(10):
+        for u in (0.0, 0.8):
+            im.observed.append((u, 20.0, 0.0, 10.0))
+    dip = anchored_upper_ms(flat, im.correction(flat), 0.8, 20.0, 0.0)
+    highest = anchored_upper_ms(flat, im.correction(flat), 0.4, 20.0, 0.0)  # 0.4 from both
+    assert dip == pytest.approx(10.0) and highest == pytest.approx(10.0 * 1.4 ** (0.4 / TABLE_REACH))
+    model = im.surrogate_model("det", 40.0, flat, 20.0, 0.0)
+    assert model.predict_ms(0.8) == pytest.approx(highest, abs=1e-3)
+    assert im.at_risk(0.8, 40.0, 20.0, 0.0) == pytest.approx(highest, rel=1e-6)
+    before = im.widen
+    im.observe_load(1.0, 20.0, 0.8, 0.0, 0.5 * (dip + highest))  # over the dip, under the plan's bound
+    assert im.widen == pytest.approx(max(0.0, before - 0.05 * 0.05)) and im.calibrated[1] == 0
+    for p95 in (1e300, 1e-300, 1e300):
+        im.observe_load(1.0, 20.0, 1.0, 0.0, p95)
+    assert math.isfinite(im.at_risk(1.0, 40.0, 20.0, 0.0) or math.nan)

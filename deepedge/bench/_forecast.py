@@ -106,18 +106,29 @@ def run_forecast_bench(
             f.observe(t, rate)
             if abs(t - round(t)) > 1e-9:  # refitted once a second, as the coordinator does
                 continue
+            up = f.upper(horizon_s) or 0.0  # fitted once: the planned rate is this, made steady
             last.append((t, rate))
-            raw.append((t, max(rate, f.upper(horizon_s) or 0.0)))
-            planning.append((t, max(rate, f.planning(t, horizon_s) or 0.0)))
+            raw.append((t, max(rate, up)))
+            planning.append((t, max(rate, f.steady(t, up))))
         for choice, planned in (("last report", last), ("raw forecast", raw), ("planned (bounded, held)", planning)):
             rows.append(_judge(spec, choice, planned, seen, horizon_s, duration))
     return rows
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
 def forecast_markdown(rows: list[ForecastRow], command: str, horizon_s: float) -> str:
     lines = [
-        f"Command: `{command}`. Machine: {platform.machine()}, Python {platform.python_version()} "
-        "(the forecasts are computed, not timed: the figures do not depend on the machine).",
+        f"Command: `{command}`. Machine: {platform.machine()}, Python {platform.python_version()}, "
+        f"statsmodels {_version('statsmodels')}, numpy {_version('numpy')} (the forecasts are computed, "
+        "not timed: the figures depend on these versions and the seed, not on the machine's load).",
         "",
         f"Reports as a node sends them (Poisson arrivals following the trace, seeded; every {REPORT_S:g} s "
         f"the count of the last {WINDOW_S:g} s over {WINDOW_S:g} s); each second each choice names the rate "

@@ -22,6 +22,7 @@ from deepedge.broker_schemas import Heartbeat, LatencyReport, Telemetry
 from deepedge.coordinator.planner import LcAppModel
 from deepedge.profiling import CapTable
 from deepedge.profiling._forecast import RateForecast
+from deepedge.profiling._table import conformal_quantile
 
 __all__ = [
     "CURVE_POINTS",
@@ -35,6 +36,7 @@ __all__ = [
     "NodeLearning",
     "ThroughputModel",
     "anchored_upper_ms",
+    "monotone_upper_ms",
 ]
 
 CURVE_POINTS = 21  # intensities 0, 0.05, ... 1 at which a surrogate's upper p95 goes to the planner
@@ -58,8 +60,10 @@ PLAN_HEADROOM = 0.05
 # Where the live reports were taken (their intensities), the anchor is a measurement and its own
 # spread the interval; the table's interval (its cross-validated error) is for how far its shape
 # carries the anchor elsewhere: in proportion to the distance from the nearest intensity reported
-# at, all of it from TABLE_REACH away.
+# at, all of it from TABLE_REACH away. Only once the reports are enough for the spread to be a
+# conformal quantile (rank ceil((n + 1) q) <= n: 19 for q = 0.95); before, the table's interval.
 TABLE_REACH = 0.5
+MAX_LOG = 50.0  # a bound's exponent is clamped here (exp(50) ms is no deadline): no overflow
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Anchor:
     spread: float = 0.0
     n: int = 0
     widen: float = 0.0  # log: added to the interval after live reports above its upper bound
-    seen: tuple[float, float] = (0.0, 0.0)  # the lowest and highest intensity the reports were taken at
+    seen: tuple[float, ...] = ()  # the intensities the reports were taken at (distinct, to 0.01)
 
 
 MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
@@ -136,7 +140,7 @@ class InterferenceModel:
         if intensity is not None and p95_ms > 0:
             u = max(0.0, min(1.0, intensity))
             if self.table is not None:  # judge the bound this report was planned under, then learn
-                over = p95_ms > anchored_upper_ms(self.table, self.correction(self.table), u, rate, cpu)
+                over = p95_ms > monotone_upper_ms(self.table, self.correction(self.table), u, rate, cpu)
                 miss = 1.0 - self.table.q
                 self.widen = min(WIDEN_MAX, max(0.0, self.widen + WIDEN_STEP * ((1.0 if over else 0.0) - miss)))
                 self.calibrated[0] += 1
@@ -172,9 +176,9 @@ class InterferenceModel:
             slope = max(0.0, sum((u - mu) * (r - mr) for u, r in res) / sxx)
         lo, hi = (math.log(f) for f in ANCHOR_RANGE)
         c0 = min(hi, max(lo, mr - slope * mu))
-        left = sorted(r - c0 - slope * u for u, r in res)
-        rank = min(len(left), math.ceil((len(left) + 1) * table.q))
-        return Anchor(c0, slope, max(0.0, left[rank - 1]), len(obs), self.widen, (min(us), max(us)))
+        spread = conformal_quantile([r - c0 - slope * u for u, r in res], table.q)
+        seen = tuple(sorted({round(u, 2) for u in us}))
+        return Anchor(c0, slope, max(0.0, spread), len(obs), self.widen, seen)
 
     def surrogate_model(self, app: str, deadline_ms: float, table: CapTable, rate: float, cpu: float) -> LcAppModel:
         """The planner's model from a cap table: its upper-quantile curve over intensity at the
@@ -197,7 +201,7 @@ class InterferenceModel:
         None without a table."""
         if self.table is None:
             return None
-        return anchored_upper_ms(self.table, self.correction(self.table), cap, rate, cpu)
+        return monotone_upper_ms(self.table, self.correction(self.table), cap, rate, cpu)
 
     def fit(self, profiled: Sequence[tuple[float, float]] = ()) -> tuple[float, float] | None:
         points = list(self.points)
@@ -230,10 +234,17 @@ def anchored_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cp
     observations, the table's upper quantile as it is (widened)."""
     median = max(1e-3, table.median_ms(u, rate, cpu))
     width = math.log(max(median, table.upper_ms(u, rate, cpu)) / median)
-    if anchor.n:
-        lo, hi = anchor.seen
-        width *= min(1.0, max(0.0, lo - u, u - hi) / TABLE_REACH)
-    return median * math.exp(anchor.c0 + anchor.c1 * u + max(width, anchor.spread) + anchor.widen)
+    if anchor.seen and (anchor.n + 1) * table.q <= anchor.n + 1e-9:
+        width *= min(1.0, min(abs(u - s) for s in anchor.seen) / TABLE_REACH)
+    return median * math.exp(min(MAX_LOG, anchor.c0 + anchor.c1 * u + max(width, anchor.spread) + anchor.widen))
+
+
+def monotone_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cpu: float) -> float:
+    """:func:`anchored_upper_ms` made non-decreasing in ``u`` as the planner's curve is (the
+    highest bound at the curve's intensities up to ``u``), so the forecast's check and the
+    calibration judge the bound the plan was made with."""
+    below = [k / (CURVE_POINTS - 1) for k in range(CURVE_POINTS) if k / (CURVE_POINTS - 1) < u]
+    return max(anchored_upper_ms(table, anchor, v, rate, cpu) for v in (*below, u))
 
 
 def _spread(points: list[tuple[float, float]]) -> float:

@@ -9,8 +9,9 @@ measured on request-rate traces (``deepedge bench forecast``, docs/benchmarks/fo
 trend's extrapolation is believed at most ENVELOPE_FACTOR above the highest rate of the last
 ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak), and the rate falls only
 after STABILIZE_S below what was planned (Kubernetes' HPA scale-down stabilization window): the
-raw forecast swung down and up 39 times in 150 s of a 30 s diurnal cycle, and every swing was a
-re-plan that took capacity from the LC app or gave it back."""
+raw forecast moved by 10 % or more from one second to the next 74 times in 150 s of a 30 s
+diurnal cycle, and every such move was a re-plan that took capacity from the LC app or gave it
+back."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ MIN_POINTS = 8  # steps of history before a model is fitted (before: the highest
 ENVELOPE_S = 60.0  # a forecast is believed at most ENVELOPE_FACTOR x the highest rate of this long
 ENVELOPE_FACTOR = 1.25
 STABILIZE_S = 30.0  # the planning rate falls only after this long below what was planned
+MAX_RATE = 1e6  # requests/s: a higher reported rate is clamped (a report is a node's word)
 
 
 def forecast_upper(
@@ -73,6 +75,7 @@ class RateForecast:
     def observe(self, t: float, rate: float) -> None:
         if not (math.isfinite(rate) and rate >= 0 and math.isfinite(t)):
             return
+        rate = min(rate, MAX_RATE)
         b = int(t // self.step_s)
         if self.buckets and self.buckets[-1][0] == b:
             _, s, n = self.buckets[-1]
@@ -98,16 +101,25 @@ class RateForecast:
         return forecast_upper(h, max(1, round(horizon_s / self.step_s)), q, season)
 
     def planning(self, now: float, horizon_s: float, q: float = 0.95) -> float | None:
-        """The rate caps are planned for: :meth:`upper`, at most ENVELOPE_FACTOR x the highest
-        rate of the last ENVELOPE_S (at least the last rate), held at the highest such value of
-        the last STABILIZE_S. None without history."""
+        """The rate caps are planned for: :meth:`upper` made steady (:meth:`steady`). None
+        without history."""
         up = self.upper(horizon_s, q)
-        if up is None:
-            return None
-        h = self.history()
-        seen = max(h[-max(1, round(ENVELOPE_S / self.step_s)) :])
-        bounded = max(h[-1], min(up, ENVELOPE_FACTOR * seen))
+        return None if up is None else self.steady(now, up)
+
+    def steady(self, now: float, up: float) -> float:
+        """A forecast ``up`` bounded to ENVELOPE_FACTOR x the highest rate of the last
+        ENVELOPE_S (at least the last rate) and held at the highest such value of the last
+        STABILIZE_S. A clock that goes back (or is not finite) starts the hold again."""
+        if not self.buckets:
+            return up
+        last_b = self.buckets[-1][0]
+        recent = [s / n for b, s, n in self.buckets if b > last_b - ENVELOPE_S / self.step_s]
+        bounded = max(recent[-1], min(up, ENVELOPE_FACTOR * max(recent)))
+        if not math.isfinite(now) or (self.planned and now < self.planned[-1][0]):
+            self.planned.clear()
+        if not math.isfinite(now):
+            return bounded
         self.planned.append((now, bounded))
-        while self.planned and self.planned[0][0] < now - STABILIZE_S:
+        while self.planned[0][0] < now - STABILIZE_S:
             self.planned.popleft()
         return max(v for _, v in self.planned)

@@ -19,7 +19,6 @@ scikit-learn is imported only when a model is fitted (the node daemon never does
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from deepedge.profiling._space import FEATURES, Point, Run
+from deepedge.profiling._table import conformal_quantile
 
 __all__ = [
     "KINDS",
@@ -161,13 +161,8 @@ class CvResult:
 
 def _conformal(residuals: np.ndarray, q: float) -> float:
     """The q-quantile of residuals with the finite-sample correction of split conformal
-    prediction (rank ceil((n + 1) q), clamped to the sample)."""
-    r = np.sort(residuals)
-    n = len(r)
-    if n == 0:
-        return 0.0
-    rank = min(n, max(1, math.ceil((n + 1) * q)))
-    return float(r[rank - 1])
+    prediction (:func:`conformal_quantile`)."""
+    return conformal_quantile(np.asarray(residuals, dtype=float).ravel().tolist(), q)
 
 
 def cross_validate(kind: str, runs: Sequence[Run], folds: int = 5, seed: int = 0) -> CvResult:

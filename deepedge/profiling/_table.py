@@ -12,9 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["CapTable", "compile_table"]
+__all__ = ["CapTable", "compile_table", "conformal_quantile"]
 
 MAX_GRID = 64  # points per axis of a table read from a file or the knowledge base (each is a few)
+
+
+def conformal_quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of ``values`` with split conformal prediction's finite-sample correction
+    (rank ceil((n + 1) q), clamped to the sample); 0 for none."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return float(ordered[min(len(ordered), max(1, math.ceil((len(ordered) + 1) * q))) - 1])
 
 
 def _locate(grid: Sequence[float], x: float) -> tuple[int, float]:
