@@ -44,7 +44,8 @@ class ForecastRow:
 def arrivals(trace: Trace, duration_s: float, rng: random.Random) -> list[float]:
     """Request times of a Poisson process whose rate follows ``trace`` (thinning)."""
     peak = max(trace.peak(), trace.rate_at(0.0))
-    out, t = [], 0.0
+    out: list[float] = []
+    t = 0.0
     while True:
         t += rng.expovariate(peak)
         if t >= duration_s:
