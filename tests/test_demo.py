@@ -175,6 +175,35 @@ def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: 
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in meta["loss_curve"])
 
 
+@pytest.mark.timeout(120)
+def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) -> None:
+    """A job still running at the run's timeout is cancelled (the benches run several jobs on one
+    cluster: a job left running held the boards, and the next controller's submit was refused)."""
+    import asyncio
+
+    from deepedge.demo import DemoCluster, DemoOptions, run_cluster_job
+    from deepedge.demo._data import make_image_folder
+
+    workdir = tmp_path / "demo"
+    size = make_image_folder(workdir / "data", 256)
+    opts = DemoOptions(epochs=500, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=3)
+    with DemoCluster(workdir, cluster_profiles(2, with_lc=False)) as cluster:
+        run = asyncio.run(
+            run_cluster_job(
+                cluster,
+                opts,
+                job="demo-slow",
+                dataset=workdir / "data",
+                dataset_size=size,
+                output=workdir / "output",
+                calibrate=False,
+            )
+        )
+    assert run.finished_ts is None
+    progress = run.watch.progress
+    assert progress is not None and progress.state == "cancelled", progress
+
+
 @pytest.mark.parametrize(
     ("args", "model", "epochs"),
     [

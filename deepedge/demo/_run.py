@@ -272,6 +272,8 @@ async def run_cluster_job(
                             await watch.changed.wait()
                 run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
                 watch.counting_lc = False
+                if run.finished_ts is None:  # timed out: cancel it, or its workers hold the boards
+                    await _cancel(rpc, topics, job, f"demo: not finished after {opts.timeout_s:g} s", watch)
                 if trace is not None:
                     trace.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -284,6 +286,13 @@ async def run_cluster_job(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
     return run
+
+
+async def _cancel(rpc: Requester, topics: Topics, job: str, reason: str, watch: ClusterWatch) -> None:
+    """Cancel a job that did not finish and wait (15 s at most) until the coordinator says so."""
+    with contextlib.suppress(DeepEdgeError, TimeoutError):
+        await rpc.request(topics.coordinator_command("cancel"), {"job": job, "reason": reason}, timeout_s=15)
+        await _wait(lambda: watch.progress is not None and watch.progress.state in TERMINAL, watch, 15.0, "the cancel")
 
 
 def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | None = None) -> DemoReport:
