@@ -91,6 +91,10 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
     )
 
 
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds} s"
+
+
 AFTER_PROFILE_S = 20.0  # a latency window (5 s) and the coordinator's anchor (30 reports, 15 s)
 
 
@@ -222,7 +226,7 @@ def run_lc_scenarios(
                 rows.append(row)
                 if progress:
                     print(
-                        f"  {scenario}, {name}: training {row.training_s} s, {row.misses} of {row.reports} reports "
+                        f"  {scenario}, {name}: training {_s(row.training_s)}, {row.misses} of {row.reports} reports "
                         f"over the deadline ({time.monotonic() - t0:.0f} s)",
                         flush=True,
                     )
@@ -270,7 +274,8 @@ def lc_markdown(
             lines.append(f"| {r.scenario} | {r.controller} | refused at submit | - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
-            f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} | {r.training_s} s | {r.makespan_s} s "
+            f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} "
+            f"| {_s(r.training_s)} | {_s(r.makespan_s)} "
             f"| {vs_ideal} | {vs_unaware} | {r.reports} | {r.misses} ({r.startup_misses}) | {share} "
             f"| {r.median_ratio:.2f}, {r.worst_ratio:.2f} "
             f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
