@@ -184,9 +184,7 @@ class InterferenceModel:
         """The planner's model from a cap table: its upper-quantile curve over intensity at the
         planning rate and background CPU, anchored to the live reports (:meth:`correction`)."""
         anchor = self.correction(table)
-        curve = [anchored_upper_ms(table, anchor, k / (CURVE_POINTS - 1), rate, cpu) for k in range(CURVE_POINTS)]
-        for k in range(1, len(curve)):  # a wider interval at a lower u can break monotonicity
-            curve[k] = max(curve[k], curve[k - 1])
+        curve = _monotone_bounds(table, anchor, [k / (CURVE_POINTS - 1) for k in range(CURVE_POINTS)], rate, cpu)
         curve = [round(v, 4) if math.isfinite(v) else 1e9 for v in curve]
         live = f"x{math.exp(anchor.c0):.2f} of its median by {anchor.n} live reports" if anchor.n else "no live reports"
         if anchor.widen > 0:
@@ -239,12 +237,23 @@ def anchored_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cp
     return median * math.exp(min(MAX_LOG, anchor.c0 + anchor.c1 * u + max(width, anchor.spread) + anchor.widen))
 
 
+def _monotone_bounds(table: CapTable, anchor: Anchor, us: Sequence[float], rate: float, cpu: float) -> list[float]:
+    """:func:`anchored_upper_ms` at the ascending intensities ``us``, each the highest so far (a
+    wider interval at a lower u, or one narrowed where reports were taken, can break
+    monotonicity)."""
+    out: list[float] = []
+    for u in us:
+        bound = anchored_upper_ms(table, anchor, u, rate, cpu)
+        out.append(max(bound, out[-1]) if out else bound)
+    return out
+
+
 def monotone_upper_ms(table: CapTable, anchor: Anchor, u: float, rate: float, cpu: float) -> float:
     """:func:`anchored_upper_ms` made non-decreasing in ``u`` as the planner's curve is (the
     highest bound at the curve's intensities up to ``u``), so the forecast's check and the
     calibration judge the bound the plan was made with."""
     below = [k / (CURVE_POINTS - 1) for k in range(CURVE_POINTS) if k / (CURVE_POINTS - 1) < u]
-    return max(anchored_upper_ms(table, anchor, v, rate, cpu) for v in (*below, u))
+    return _monotone_bounds(table, anchor, [*below, u], rate, cpu)[-1]
 
 
 def _spread(points: list[tuple[float, float]]) -> float:

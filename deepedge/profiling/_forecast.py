@@ -115,10 +115,11 @@ class RateForecast:
         last_b = self.buckets[-1][0]
         recent = [s / n for b, s, n in self.buckets if b > last_b - ENVELOPE_S / self.step_s]
         bounded = max(recent[-1], min(up, ENVELOPE_FACTOR * max(recent)))
-        if not math.isfinite(now) or (self.planned and now < self.planned[-1][0]):
-            self.planned.clear()
         if not math.isfinite(now):
+            self.planned.clear()
             return bounded
+        if self.planned and now < self.planned[-1][0]:
+            self.planned.clear()
         self.planned.append((now, bounded))
         while self.planned[0][0] < now - STABILIZE_S:
             self.planned.popleft()
