@@ -260,6 +260,30 @@ def test_a_table_is_anchored_to_what_the_app_shows_now_with_the_larger_interval(
     assert liar.correction(table).c0 == pytest.approx(math.log(0.25))
 
 
+def test_the_anchor_is_computed_once_per_observation_and_never_stale() -> None:
+    """A report's calibration, the forecast's check and a plan share one anchor; a new
+    observation (also one appended directly), a new widening or another table makes a new one,
+    equal to what a fresh model computes from the same observations."""
+    table, other = _table(), _table(offset=5.0)
+    im = InterferenceModel()
+    im.table = table
+    for k in range(25):
+        im.observe_load(k * 0.5, 20.0, 0.3 + 0.01 * (k % 5), 0.0, 12.0 + k % 3)
+    first = im.correction(table)
+    assert im.correction(table) is first  # reused
+    im.observe_load(13.0, 20.0, 0.5, 0.0, 30.0)
+    second = im.correction(table)
+    assert second is not first and second.n == min(30, 26)
+    im.observed.append((0.9, 20.0, 0.0, 40.0))  # not through observe_load
+    assert im.correction(table) is not second
+    im.widen += 0.1
+    assert im.correction(table).widen == pytest.approx(im.widen)
+    assert im.correction(other) != im.correction(table)
+    fresh = InterferenceModel(widen=im.widen)
+    fresh.observed.extend(im.observed)
+    assert fresh.correction(table) == im.correction(table)
+
+
 def _cluster(tmp_path: Path, with_kb: bool) -> tuple[ClusterView, dict[str, NodeLearning], JobRecord, TableCache]:
     software = {"deepedge": "0.1.0", "torch": "2.13.0", "python": "3.11.7"}
     view = ClusterView()
