@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from deepedge.broker_schemas import AppLatency
+from deepedge.broker_schemas import AppLatency, Heartbeat, LatencyReport, Topics
 from deepedge.demo._boards import BoardProfile
 from deepedge.demo._run import follow_trace
-from deepedge.demo._watch import AppRecord
+from deepedge.demo._watch import HEARTBEAT_SLACK_S, AppRecord, ClusterWatch
 from deepedge.demo.lc_app import Trace, _read_rate
 from deepedge.profiling._runner import rate_file_for, write_rate
 
@@ -76,3 +76,41 @@ def test_a_report_over_the_deadline_during_the_start_is_a_miss() -> None:
     assert (rec.reports, rec.violations) == (4, 2)
     assert (rec.startup_reports, rec.startup_violations) == (2, 1)
     assert rec.worst_p95_ms == 40.0 and [ts for ts, _ in rec.over] == [1.0, 2.0]
+
+
+def test_a_miss_with_nothing_training_in_its_window_is_counted_apart() -> None:
+    """Every report over the deadline is a miss; one whose window saw no worker of the job
+    training on any board (heartbeats of state training, intensity > 0) is also the app's own."""
+    watch = ClusterWatch(Topics("c"), job="j", counting_lc=True)
+
+    def deliver(message: object) -> None:
+        watch.on(SimpleNamespace(message=message))  # type: ignore[arg-type]
+
+    def beat(ts: float, intensity: float = 0.5, node: str = "b") -> Heartbeat:
+        return Heartbeat(node=node, ts=ts, job="j", generation=1, rank=0, step=1, intensity=intensity)
+
+    def report(ts: float, p95: float) -> LatencyReport:
+        app = AppLatency(app="det", count=50, p50_ms=5, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+        return LatencyReport(node="a", ts=ts, window_s=5.0, apps=(app,))
+
+    for ts in (10.0, 10.5, 11.0):  # another board trains from 10 to 11 s
+        deliver(beat(ts))
+    deliver(beat(30.0, intensity=0.0))  # a worker idle (intensity 0): not training
+    deliver(report(12.0, 40.0))  # its window 7..12 s saw training: a miss caused, maybe, by it
+    deliver(report(11.0 + 5.0 + HEARTBEAT_SLACK_S - 0.1, 41.0))  # the last beat just within the slack
+    deliver(report(25.0, 42.0))  # window 20..25 s: nothing trained
+    deliver(report(31.0, 43.0))  # only the idle worker's beat
+    deliver(report(26.0, 10.0))  # under the deadline: no miss at all
+    rec = watch.apps["det"]
+    assert (rec.reports, rec.violations, rec.untrained_violations) == (5, 4, 2)
+    assert watch.trained_between(9.0, 10.0) and not watch.trained_between(11.1, 29.9)
+
+
+def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training() -> None:
+    from deepedge.bench._lc_scenarios import LcRow, lc_markdown
+
+    row = LcRow("tight", "deepedge", False, None, None, None, None, 40, 3, 1, 2.0, 2, ("lc.violation a",))
+    row.untrained_misses = 2
+    text = lc_markdown([row], "deepedge bench makespan --scenarios tight", 1.5, 2.0)
+    assert "| misses (start-up; nothing training) |" in text
+    assert "| 40 | 3 (1; 2) | 7.5% |" in text and "| NO | - | - |" in text

@@ -62,6 +62,7 @@ class LcRow:
     median_ratio: float = 0.0  # the median p95 / deadline
     rates: dict[str, float] | None = None  # node -> full-intensity samples/s seen in this run
     refused: str = ""  # why the coordinator refused the job at submit (it could not promise the deadlines)
+    untrained_misses: int = 0  # misses whose window saw no worker of the job training anywhere
 
 
 def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, boards: int) -> LcRow:
@@ -88,6 +89,7 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
         round(max(ratios, default=0.0), 3),
         round(statistics.median(ratios), 3) if ratios else 0.0,
         rates,
+        untrained_misses=sum(a.untrained_violations for a in w.apps.values()),
     )
 
 
@@ -256,11 +258,13 @@ def lc_markdown(
         f"({profile[0]} runs of {profile[1]:g} s per app, through their daemons).",
         "",
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
-        "the workers' start included. Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
+        "the workers' start included; in brackets, those during the workers' start, and those whose window "
+        "saw no worker of the job training on any board (the app's own: nothing the job ran caused them). "
+        "Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
         "constraint; the boards' rates pooled over the bench's runs).",
         "",
         "| scenario | controller | completed | training | makespan | vs ideal | vs LC-unaware | reports "
-        "| misses (start-up) | share missed | p95 / deadline: median, worst | plans |",
+        "| misses (start-up; nothing training) | share missed | p95 / deadline: median, worst | plans |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -276,7 +280,8 @@ def lc_markdown(
         lines.append(
             f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} "
             f"| {_s(r.training_s)} | {_s(r.makespan_s)} "
-            f"| {vs_ideal} | {vs_unaware} | {r.reports} | {r.misses} ({r.startup_misses}) | {share} "
+            f"| {vs_ideal} | {vs_unaware} | {r.reports} "
+            f"| {r.misses} ({r.startup_misses}; {r.untrained_misses}) | {share} "
             f"| {r.median_ratio:.2f}, {r.worst_ratio:.2f} "
             f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
         )

@@ -4,6 +4,7 @@ reports comes from the cluster's MQTT topics (plans, heartbeats, LC latency, eve
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from dataclasses import dataclass, field
 
@@ -23,6 +24,11 @@ from deepedge.transport import Received, Subscription, Transport
 
 __all__ = ["AppRecord", "ClusterWatch"]
 
+# A report's window counts as trained-in if a training heartbeat came up to this long before it:
+# heartbeats are periodic (the demo's every 0.5 s, a board's every few seconds), a window's first
+# training moments may fall between two.
+HEARTBEAT_SLACK_S = 2.0
+
 
 @dataclass
 class AppRecord:
@@ -30,7 +36,9 @@ class AppRecord:
     sliding window; a violation is a report whose p95 is over the deadline). Every report while
     the job runs counts, the workers' start included (a report over the deadline then is a miss
     like any other); those whose window overlaps the job's start (workers importing torch and
-    loading data) are also counted in ``startup_*``, to show where misses happen."""
+    loading data) are also counted in ``startup_*``, to show where misses happen, and those whose
+    window saw no worker of the job training anywhere in the cluster in ``untrained_violations``
+    (the app's own misses: nothing deepedge ran could have caused them)."""
 
     node: str
     app: str
@@ -40,12 +48,14 @@ class AppRecord:
     violations: int = 0
     startup_reports: int = 0
     startup_violations: int = 0
+    untrained_violations: int = 0
     worst_p95_ms: float = 0.0
     p95s: list[float] = field(default_factory=list)
     over: list[tuple[float, float]] = field(default_factory=list)  # (report ts, p95) of each violation
 
-    def observe(self, a: AppLatency, phase: str, ts: float = 0.0) -> None:
-        """``phase``: "idle" (not counted), "startup" or "steady"."""
+    def observe(self, a: AppLatency, phase: str, ts: float = 0.0, trained: bool = True) -> None:
+        """``phase``: "idle" (not counted), "startup" or "steady"; ``trained``: a worker of the
+        job trained somewhere during the report's window."""
         self.latest = a
         if a.deadline_ms is not None:
             self.deadline_ms = a.deadline_ms
@@ -60,6 +70,7 @@ class AppRecord:
         self.worst_p95_ms = max(self.worst_p95_ms, a.p95_ms)
         if over:
             self.violations += 1
+            self.untrained_violations += not trained
             self.over.append((ts, a.p95_ms))
 
 
@@ -72,6 +83,7 @@ class ClusterWatch:
     plans: dict[int, Plan] = field(default_factory=dict)
     heartbeats: dict[str, Heartbeat] = field(default_factory=dict)
     beats: list[Heartbeat] = field(default_factory=list)  # this job's, in arrival order
+    training_ts: list[float] = field(default_factory=list)  # sorted: this job's heartbeats of a worker training
     apps: dict[str, AppRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     progress: Progress | None = None
@@ -89,13 +101,16 @@ class ClusterWatch:
             case Heartbeat() as hb if hb.job == self.job:
                 self.heartbeats[hb.node] = hb
                 self.beats.append(hb)
+                if hb.state == "training" and hb.intensity > 0:
+                    bisect.insort(self.training_ts, hb.ts)
             case LatencyReport() as r:
                 first = self.first_step_ts()
                 phase = "idle" if not self.counting_lc else "startup"
                 if phase == "startup" and first is not None and r.ts >= first + r.window_s:
                     phase = "steady"
+                trained = self.trained_between(r.ts - r.window_s - HEARTBEAT_SLACK_S, r.ts)
                 for a in r.apps:
-                    self.apps.setdefault(a.app, AppRecord(r.node, a.app)).observe(a, phase, r.ts)
+                    self.apps.setdefault(a.app, AppRecord(r.node, a.app)).observe(a, phase, r.ts, trained)
             case CoordinatorStatus(state=state):
                 self.coordinator_online = state == "online"
             case Event() as e:
@@ -128,6 +143,11 @@ class ClusterWatch:
     @property
     def plan(self) -> Plan | None:
         return self.plans[max(self.plans)] if self.plans else None
+
+    def trained_between(self, t0: float, t1: float) -> bool:
+        """A worker of the job reported training (intensity > 0) at a time in [t0, t1]."""
+        i = bisect.bisect_left(self.training_ts, t0)
+        return i < len(self.training_ts) and self.training_ts[i] <= t1
 
     def first_step_ts(self) -> float | None:
         return next((hb.ts for hb in self.beats if hb.state == "training" and hb.step >= 1), None)
