@@ -282,6 +282,20 @@ def test_the_anchor_is_computed_once_per_observation_and_never_stale() -> None:
     fresh = InterferenceModel(widen=im.widen)
     fresh.observed.extend(im.observed)
     assert fresh.correction(table) == im.correction(table)
+    # random sequences of reports, checks and table changes: always what a fresh computation gives
+    rnd = random.Random(1)
+    for _ in range(40):
+        im = InterferenceModel()
+        im.table = rnd.choice([table, other])
+        for k in range(rnd.randint(0, 80)):
+            if rnd.random() < 0.7:
+                u = rnd.choice([None, rnd.random()])
+                im.observe_load(k * 0.5, 20 + 30 * rnd.random(), u, rnd.random(), 8 + 10 * rnd.random())
+            else:
+                im.table = rnd.choice([table, other])
+            asked = rnd.choice([table, other])
+            assert im.correction(asked) == im._correction(asked)
+            im.at_risk(rnd.random(), 30.0, 30.0, 0.2)
 
 
 def _cluster(tmp_path: Path, with_kb: bool) -> tuple[ClusterView, dict[str, NodeLearning], JobRecord, TableCache]:
