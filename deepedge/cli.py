@@ -384,7 +384,10 @@ def demo_cmd(
         ),
     ] = "auto",
     deadline_factor: Annotated[
-        float, typer.Option(min=1.0, help="Each LC deadline: this factor x the app's p95 alone.")
+        float,
+        typer.Option(
+            min=1.0, help="Each LC deadline: this factor x the app's p95 alone (at the --lc-trace's peak rate)."
+        ),
     ] = 3.5,
     lc_trace: Annotated[
         str | None,

@@ -114,3 +114,47 @@ def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training()
     text = lc_markdown([row], "deepedge bench makespan --scenarios tight", 1.5, 2.0)
     assert "| misses (start-up; nothing training) |" in text
     assert "| 40 | 3 (1; 2) | 7.5% |" in text and "| NO | - | - |" in text
+
+
+def test_with_a_trace_the_deadlines_are_set_from_the_p95_alone_at_its_peak_rate(tmp_path: Path) -> None:
+    """``calibrate_lc`` with ``lc_trace``: the apps run at the trace's peak rate for a whole
+    latency window before their p95 alone is taken (deadline = factor x that); the rate files are
+    gone afterwards (the apps go back to their own rate until the job's trace starts)."""
+    from deepedge.broker_schemas import Topics as _Topics
+    from deepedge.demo._run import DemoOptions, JobRun, calibrate_lc
+
+    boards = [BoardProfile("a", "x", 1.0, 1024, "det"), BoardProfile("b", "x", 1.0, 1024)]
+    cluster = SimpleNamespace(
+        boards=boards, socket=lambda node: tmp_path / f"{node}.sock", start_lc_apps=lambda: None, latency_window_s=0.3
+    )
+    path = rate_file_for(tmp_path / "a.sock", "det")
+    watch = ClusterWatch(_Topics("c"))
+    rec = watch.apps["det"] = AppRecord("a", "det")
+    rec.latest = AppLatency(app="det", count=50, p50_ms=4, p95_ms=6.5, p99_ms=7)
+    sent: list[dict[str, object]] = []
+
+    async def request(topic: str, args: dict[str, object]) -> SimpleNamespace:
+        sent.append(args)
+        rec.deadline_ms = float(args["deadline_ms"])  # type: ignore[arg-type]
+        watch.changed.set()
+        return SimpleNamespace(ok=True, error=None)
+
+    opts = DemoOptions(kill_after_s=None, lc_trace="step:20,40,12")
+    opts.deadline_factor, opts.calibrate_s = 2.0, 0.1
+    run = JobRun(watch)
+    seen: list[float | None] = []
+
+    async def drive() -> None:
+        async def poll() -> None:
+            while True:
+                seen.append(_read_rate(path))
+                await asyncio.sleep(0.02)
+
+        poller = asyncio.create_task(poll())
+        rpc = SimpleNamespace(request=request)
+        await calibrate_lc(cluster, watch, rpc, _Topics("c"), opts, run)  # type: ignore[arg-type]
+        poller.cancel()
+
+    asyncio.run(drive())
+    assert 40.0 in seen and not path.exists()
+    assert sent == [{"app": "det", "deadline_ms": 13.0}] and run.calibration == {"det": 6.5}

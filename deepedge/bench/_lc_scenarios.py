@@ -253,8 +253,9 @@ def lc_markdown(
         "emulated boards (relative speeds 1.0 / 0.6 / 0.4 / 0.25 from the first; board i and its LC app on vCPU "
         "i mod 2), two LC apps (detector on orin-nx, tracker on xavier-nx); each scenario on a fresh cluster. "
         f"Deadlines: {tight_factor:g}x each app's p95 alone in "
-        f"`tight`, {trace_factor:g}x under the traces (`step` = `{STEP}`, `diurnal` = `{DIURNAL}`: req/s, from "
-        f"submission). The LC boards were profiled for interference into the coordinator's knowledge base first "
+        f"`tight`, {trace_factor:g}x under the traces, alone at the trace's peak rate (`step` = `{STEP}`, "
+        f"`diurnal` = `{DIURNAL}`: req/s, from submission). The LC boards were profiled for interference into "
+        "the coordinator's knowledge base first "
         f"({profile[0]} runs of {profile[1]:g} s per app, through their daemons).",
         "",
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
