@@ -175,10 +175,11 @@ def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: 
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in meta["loss_curve"])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) -> None:
     """A job still running at the run's timeout is cancelled (the benches run several jobs on one
-    cluster: a job left running held the boards, and the next controller's submit was refused)."""
+    cluster: a job left running held the boards, and the next controller's submit was refused);
+    after a restart of the coordinator the next job runs."""
     import asyncio
 
     from deepedge.demo import DemoCluster, DemoOptions, run_cluster_job
@@ -199,9 +200,24 @@ def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) ->
                 calibrate=False,
             )
         )
-    assert run.finished_ts is None
-    progress = run.watch.progress
-    assert progress is not None and progress.state == "cancelled", progress
+        assert run.finished_ts is None
+        progress = run.watch.progress
+        assert progress is not None and progress.state == "cancelled", progress
+        # the LC bench restarts the coordinator between controllers: the next job runs on it
+        cluster.restart_coordinator()
+        short = DemoOptions(epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=60)
+        again = asyncio.run(
+            run_cluster_job(
+                cluster,
+                short,
+                job="demo-after-restart",
+                dataset=workdir / "data",
+                dataset_size=size,
+                output=workdir / "output-2",
+                calibrate=False,
+            )
+        )
+    assert again.watch.progress is not None and again.watch.progress.state == "completed", again.watch.progress
 
 
 @pytest.mark.parametrize(

@@ -202,6 +202,8 @@ def run_lc_scenarios(
             elif kb is not None:
                 shutil.copyfile(kb, target)
             for k, (name, opts) in enumerate(jobs):
+                if k:  # each controller starts from the same knowledge: not from the last one's learning
+                    cluster.restart_coordinator()
                 asyncio.run(_set_deadlines(cluster, {a: opts.deadline_factor * p for a, p in calibration.items()}))
                 try:
                     run = asyncio.run(

@@ -170,7 +170,6 @@ class DemoCluster:
             )
         else:
             self.broker = start_broker(self.workdir / "broker", self.broker_kind)
-        exe = [sys.executable, "-m", "deepedge.cli"]
         cfg = self.config_path("coordinator")
         self._write(
             cfg,
@@ -179,9 +178,30 @@ class DemoCluster:
             # a board held to its CPU quota takes its time to import torch for a pre-flight
              + ("preflight_timeout_s = 45.0\n" if self.namespaced else "") + self.coordinator_extra,
         )
-        self._spawn("coordinator", [*exe, "--config", str(cfg), "coordinator"])
+        self._spawn_coordinator()
         for b in self.boards:
             self.start_node(b)
+
+    def restart_coordinator(self, grace_s: float = 10.0) -> None:
+        """Stop the coordinator (SIGTERM: it publishes its status offline; SIGKILL after
+        ``grace_s``) and start it again on the same state: its jobs and the knowledge base stay,
+        what it learned of the boards (rates, latency models, forecasts) starts afresh. The LC
+        bench does this between controllers, so each starts from the same knowledge."""
+        p = self.procs.pop("coordinator", None)
+        if p is not None and p.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.proc.pid, signal.SIGTERM)
+            try:
+                p.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(10)
+        self._spawn_coordinator()
+
+    def _spawn_coordinator(self) -> None:
+        cfg = self.config_path("coordinator")
+        self._spawn("coordinator", [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "coordinator"])
 
     def start_node(self, b: BoardProfile) -> None:
         cfg = self.config_path(b.node)
