@@ -80,7 +80,7 @@ def test_a_report_over_the_deadline_during_the_start_is_a_miss() -> None:
 
 def test_a_miss_with_nothing_training_in_its_window_is_counted_apart() -> None:
     """Every report over the deadline is a miss; one whose window saw no worker of the job
-    training on any board (heartbeats of state training, intensity > 0) is also the app's own."""
+    training on any board (heartbeats of state training, intensity > 0) is counted apart too."""
     watch = ClusterWatch(Topics("c"), job="j", counting_lc=True)
 
     def deliver(message: object) -> None:

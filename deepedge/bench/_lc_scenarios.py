@@ -262,7 +262,8 @@ def lc_markdown(
         "",
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
         "the workers' start included; in brackets, those during the workers' start, and those whose window "
-        "saw no worker of the job training on any board (the app's own: nothing the job ran caused them). "
+        "saw no worker of the job training on any board (at start-up, the workers importing torch and loading "
+        "data; later, the job waiting for room, or the app's own noise: not a capped worker's training). "
         "Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
         "constraint; the boards' rates pooled over the bench's runs).",
         "",

@@ -38,7 +38,8 @@ class AppRecord:
     like any other); those whose window overlaps the job's start (workers importing torch and
     loading data) are also counted in ``startup_*``, to show where misses happen, and those whose
     window saw no worker of the job training anywhere in the cluster in ``untrained_violations``
-    (the app's own misses: nothing deepedge ran could have caused them)."""
+    (before the first step: the workers starting, importing torch and loading data; later: the job
+    waiting for room, or the app's own noise; not a capped worker's training)."""
 
     node: str
     app: str
