@@ -184,39 +184,34 @@ def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) ->
 
     from deepedge.demo import DemoCluster, DemoOptions, run_cluster_job
     from deepedge.demo._data import make_image_folder
+    from deepedge.demo._run import JobRun
 
     workdir = tmp_path / "demo"
     size = make_image_folder(workdir / "data", 256)
     opts = DemoOptions(epochs=500, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=3)
     with DemoCluster(workdir, cluster_profiles(2, with_lc=False)) as cluster:
-        run = asyncio.run(
-            run_cluster_job(
-                cluster,
-                opts,
-                job="demo-slow",
-                dataset=workdir / "data",
-                dataset_size=size,
-                output=workdir / "output",
-                calibrate=False,
+
+        def job(name: str, options: DemoOptions) -> JobRun:
+            return asyncio.run(
+                run_cluster_job(
+                    cluster,
+                    options,
+                    job=name,
+                    dataset=workdir / "data",
+                    dataset_size=size,
+                    output=workdir / f"output-{name}",
+                    calibrate=False,
+                )
             )
-        )
+
+        run = job("demo-slow", opts)
         assert run.finished_ts is None
         progress = run.watch.progress
         assert progress is not None and progress.state == "cancelled", progress
         # the LC bench restarts the coordinator between controllers: the next job runs on it
         cluster.restart_coordinator()
         short = DemoOptions(epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=60)
-        again = asyncio.run(
-            run_cluster_job(
-                cluster,
-                short,
-                job="demo-after-restart",
-                dataset=workdir / "data",
-                dataset_size=size,
-                output=workdir / "output-2",
-                calibrate=False,
-            )
-        )
+        again = job("demo-after-restart", short)
     assert again.watch.progress is not None and again.watch.progress.state == "completed", again.watch.progress
 
 
