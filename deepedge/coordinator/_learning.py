@@ -127,10 +127,7 @@ class InterferenceModel:
     widen: float = 0.0  # the online calibration's widening (log), see WIDEN_STEP
     calibrated: list[int] = field(default_factory=lambda: [0, 0])  # steady reports [judged, over the bound]
     table_source: str = ""  # its key, in words
-    learned: int = 0  # steady observations ever appended to ``observed`` (the anchor cache's key)
-    _anchor: tuple[CapTable, object, tuple[int, int, float], Anchor] | None = field(
-        default=None, repr=False, compare=False
-    )
+    _anchor: tuple[CapTable, object, tuple[int, float], Anchor] | None = field(default=None, repr=False, compare=False)
 
     def observe(self, intensity: float, p95_ms: float) -> None:
         self.points.append((max(0.0, min(1.0, intensity)), p95_ms))
@@ -150,7 +147,6 @@ class InterferenceModel:
                 self.calibrated[0] += 1
                 self.calibrated[1] += over
             self.observed.append((u, rate, max(0.0, cpu), p95_ms))
-            self.learned += 1
 
     def planning_rate(self, current: float, now: float) -> float:
         """The request rate caps are set for: the forecast's upper quantile, bounded and held
@@ -171,9 +167,10 @@ class InterferenceModel:
         conformal rank). No correction before 3 observations. Computed once per observation and
         table (a report's calibration, the forecast's check and a plan all ask for it)."""
         last = self.observed[-1] if self.observed else None
-        stamp = (self.learned, len(self.observed), self.widen)
+        stamp = (len(self.observed), self.widen)
         cached = self._anchor
-        # the table and the newest observation are held and compared by identity
+        # the table and the newest observation are held and compared by identity: every
+        # observation is a new tuple, so a new one is never the cached one
         if cached is not None and cached[0] is table and cached[1] is last and cached[2] == stamp:
             return cached[3]
         anchor = self._correction(table)
