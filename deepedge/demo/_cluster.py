@@ -187,16 +187,7 @@ class DemoCluster:
         ``grace_s``) and start it again on the same state: its jobs and the knowledge base stay,
         what it learned of the boards (rates, latency models, forecasts) starts afresh. The LC
         bench does this between controllers, so each starts from the same knowledge."""
-        p = self.procs.pop("coordinator", None)
-        if p is not None and p.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.proc.pid, signal.SIGTERM)
-            try:
-                p.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.proc.pid, signal.SIGKILL)
-                p.proc.wait(10)
+        self.stop_process("coordinator", grace_s)
         self._spawn_coordinator()
 
     def _spawn_coordinator(self) -> None:
@@ -231,12 +222,20 @@ class DemoCluster:
         """Another process on ``board`` (e.g. a background-load stressor), stopped with the rest."""
         self._spawn(name, argv, board=board)
 
-    def stop_process(self, name: str) -> None:
+    def stop_process(self, name: str, grace_s: float = 0.0) -> None:
+        """Stop a process and its group: SIGKILL, or with ``grace_s`` SIGTERM first and SIGKILL
+        only if it is still running that long after."""
         p = self.procs.pop(name, None)
         if p is not None and p.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.proc.pid, signal.SIGKILL)
-            p.proc.wait(10)
+            if grace_s > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.proc.wait(grace_s)
+            if p.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(10)
 
     def link_of(self, node: str) -> str:
         """The board's link, in words ("-" when the boards are not namespaced)."""
