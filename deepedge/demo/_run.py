@@ -111,7 +111,7 @@ async def calibrate_lc(
     alone" then means at the load the job will meet, not at the apps' default 20 req/s (under the
     step trace 20 -> 40 req/s the apps alone came within 0.8 of deadlines set at 20 req/s)."""
     from deepedge.demo.lc_app import Trace
-    from deepedge.profiling._runner import rate_file_for, write_rate
+    from deepedge.profiling._runner import write_rate
 
     apps = {b.lc_app: b for b in cluster.boards if b.lc_app}
     if not apps:
@@ -125,7 +125,7 @@ async def calibrate_lc(
         90,
         "the LC apps' first latency reports",
     )
-    files = [rate_file_for(cluster.socket(b.node), a) for a, b in apps.items()]
+    files = _rate_files(cluster)
     peak = Trace.parse(opts.lc_trace).peak() if opts.lc_trace else None
     try:
         if peak is not None:
@@ -135,9 +135,7 @@ async def calibrate_lc(
         await asyncio.sleep(opts.calibrate_s)
     finally:
         if peak is not None:
-            for f in files:
-                with contextlib.suppress(OSError):
-                    f.unlink()
+            _remove(files)
     for app, board in apps.items():
         latest = watch.apps[app].latest
         assert latest is not None
@@ -181,10 +179,10 @@ async def follow_trace(cluster: DemoCluster, spec: str) -> None:
     """Make every LC app follow the request-rate trace ``spec`` from now on, through the rate
     file each reads (``deepedge.demo.lc_app``); removed at the end (the apps go back to 20/s)."""
     from deepedge.demo.lc_app import Trace
-    from deepedge.profiling._runner import rate_file_for, write_rate
+    from deepedge.profiling._runner import write_rate
 
     trace = Trace.parse(spec)
-    files = [rate_file_for(cluster.socket(b.node), b.lc_app) for b in cluster.boards if b.lc_app]
+    files = _rate_files(cluster)
     t0 = time.monotonic()
     try:
         while True:
@@ -193,9 +191,21 @@ async def follow_trace(cluster: DemoCluster, spec: str) -> None:
                 write_rate(f, rate)
             await asyncio.sleep(0.25)
     finally:
-        for f in files:
-            with contextlib.suppress(OSError):
-                f.unlink()
+        _remove(files)
+
+
+def _rate_files(cluster: DemoCluster) -> list[Path]:
+    """The rate file each LC app of the cluster reads (``deepedge.demo.lc_app --rate-file``)."""
+    from deepedge.profiling._runner import rate_file_for
+
+    return [rate_file_for(cluster.socket(b.node), b.lc_app) for b in cluster.boards if b.lc_app]
+
+
+def _remove(files: list[Path]) -> None:
+    """Remove the rate files: each app goes back to its own rate."""
+    for f in files:
+        with contextlib.suppress(OSError):
+            f.unlink()
 
 
 async def run_cluster_job(
