@@ -781,6 +781,15 @@ def bench_makespan(
     profile_seconds: Annotated[
         float, typer.Option(min=0.5, max=30.0, help="--scenarios: seconds each profiling run measures.")
     ] = 2.5,
+    alone_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=600.0,
+            help="--scenarios: before each job, the LC apps alone this long under its trace and deadlines "
+            "(the share missed with no job; 0: not measured).",
+        ),
+    ] = 40.0,
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
@@ -796,12 +805,12 @@ def bench_makespan(
         epochs, images = epochs or 6, images or 3000
         typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
         lc_rows = run_lc_scenarios(
-            chosen, epochs, images, tight_factor, trace_factor, nodes, profile_runs, profile_seconds
+            chosen, epochs, images, tight_factor, trace_factor, nodes, profile_runs, profile_seconds, alone_seconds
         )
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
             f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes} "
-            f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g}"
+            f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g} --alone-seconds {alone_seconds:g}"
         )
         _write_bench(
             out or Path("docs/benchmarks/lc-scenarios.md"),

@@ -110,10 +110,10 @@ def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training()
     from deepedge.bench._lc_scenarios import LcRow, lc_markdown
 
     row = LcRow("tight", "deepedge", False, None, None, None, None, 40, 3, 1, 2.0, 2, ("lc.violation a",))
-    row.untrained_misses = 2
+    row.untrained_misses, row.alone_reports, row.alone_misses = 2, 80, 2
     text = lc_markdown([row], "deepedge bench makespan --scenarios tight", 1.5, 2.0)
-    assert "| misses (start-up; nothing training) |" in text
-    assert "| 40 | 3 (1; 2) | 7.5% |" in text and "| NO | - | - |" in text
+    assert "| misses (start-up; nothing training) | share missed | alone: missed |" in text
+    assert "| 40 | 3 (1; 2) | 7.5% | 2.5% of 80 |" in text and "| NO | - | - |" in text
 
 
 def test_with_a_trace_the_deadlines_are_set_from_the_p95_alone_at_its_peak_rate(tmp_path: Path) -> None:
@@ -158,3 +158,43 @@ def test_with_a_trace_the_deadlines_are_set_from_the_p95_alone_at_its_peak_rate(
     asyncio.run(drive())
     assert 40.0 in seen and not path.exists()
     assert sent == [{"app": "det", "deadline_ms": 13.0}] and run.calibration == {"det": 6.5}
+
+
+def test_the_apps_alone_are_counted_apart_under_the_jobs_trace_and_deadlines(tmp_path: Path) -> None:
+    """``apps_alone`` (the benches' floor of misses): for ``alone_s`` the LC apps follow the job's
+    trace with no job, every report counted as the job's would be; the records it returns are
+    those, the watch's start afresh (the deadline kept) and the rate files are gone."""
+    from deepedge.demo._run import DemoOptions, apps_alone
+
+    boards = [BoardProfile("a", "x", 1.0, 1024, "det")]
+    cluster = SimpleNamespace(boards=boards, socket=lambda node: tmp_path / f"{node}.sock", latency_window_s=0.05)
+    path = rate_file_for(tmp_path / "a.sock", "det")
+    watch = ClusterWatch(Topics("c"), job="j")
+    opts = DemoOptions(kill_after_s=None, lc_trace="step:20,40,0.1")
+    opts.alone_s = 0.4
+    seen: list[float | None] = []
+
+    def report(ts: float, p95: float) -> LatencyReport:
+        app = AppLatency(app="det", count=50, p50_ms=5, p95_ms=p95, p99_ms=p95, deadline_ms=13.0)
+        return LatencyReport(node="a", ts=ts, window_s=5.0, apps=(app,))
+
+    async def drive() -> dict[str, AppRecord]:
+        async def feed() -> None:
+            await asyncio.sleep(0.05)
+            for k, p95 in enumerate((9.0, 14.0, 12.0)):
+                watch.on(SimpleNamespace(message=report(float(k), p95)))  # type: ignore[arg-type]
+                seen.append(_read_rate(path))
+                await asyncio.sleep(0.1)
+
+        feeder = asyncio.create_task(feed())
+        alone = await apps_alone(cluster, watch, opts)  # type: ignore[arg-type]
+        await feeder
+        return alone
+
+    watch.on(SimpleNamespace(message=report(-1.0, 20.0)))  # type: ignore[arg-type]  # before: not counted
+    alone = asyncio.run(drive())
+    rec = alone["det"]
+    assert (rec.reports, rec.violations, rec.untrained_violations) == (3, 1, 1)
+    assert 40.0 in seen and not path.exists() and not watch.counting_lc
+    fresh = watch.apps["det"]
+    assert fresh is not rec and fresh.reports == 0 and fresh.deadline_ms == 13.0

@@ -63,6 +63,8 @@ class LcRow:
     rates: dict[str, float] | None = None  # node -> full-intensity samples/s seen in this run
     refused: str = ""  # why the coordinator refused the job at submit (it could not promise the deadlines)
     untrained_misses: int = 0  # misses whose window saw no worker of the job training anywhere
+    alone_reports: int = 0  # the LC apps alone just before, same trace and deadlines, no job
+    alone_misses: int = 0
 
 
 def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, boards: int) -> LcRow:
@@ -90,6 +92,8 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
         round(statistics.median(ratios), 3) if ratios else 0.0,
         rates,
         untrained_misses=sum(a.untrained_violations for a in w.apps.values()),
+        alone_reports=sum(a.reports for a in run.alone.values()),
+        alone_misses=sum(a.violations for a in run.alone.values()),
     )
 
 
@@ -143,12 +147,14 @@ def run_lc_scenarios(
     nodes: int = 2,
     profile_budget: int = 40,
     profile_seconds: float = 2.5,
+    alone_s: float = 40.0,
     progress: bool = True,
     workdir: Path | None = None,
 ) -> list[LcRow]:
     """Each scenario on a fresh cluster (what the LC feedback taught in one run must not carry
     into the next), deepedge first; the knowledge base profiled once, on the first cluster, and
-    copied to the others (every board of the same model reuses it)."""
+    copied to the others (every board of the same model reuses it). Before each job, the LC apps
+    alone for ``alone_s`` under the same trace and deadlines: the share they miss with no job."""
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []
@@ -160,13 +166,13 @@ def run_lc_scenarios(
             ("uniform", "uniform", "unaware"),  # (unaware: its misses must not lower the next run's caps)
         ):
             opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split, lc_control=control)
-            opts.deadline_factor = tight_factor
+            opts.deadline_factor, opts.alone_s = tight_factor, alone_s
             runs.setdefault("tight", []).append((name, opts))
     for scenario, trace in (("step", STEP), ("diurnal", DIURNAL)):
         if scenario in scenarios:
             for name, control in (("deepedge (forecast)", "forecast"), ("miss-then-back-off (today)", "reactive")):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, lc_control=control)
-                opts.deadline_factor, opts.lc_trace = trace_factor, trace
+                opts.deadline_factor, opts.lc_trace, opts.alone_s = trace_factor, trace, alone_s
                 runs.setdefault(scenario, []).append((name, opts))
     t0 = time.monotonic()
     kb: Path | None = None
@@ -264,12 +270,15 @@ def lc_markdown(
         "the workers' start included; in brackets, those during the workers' start, and those whose window "
         "saw no worker of the job training on any board (at start-up, the workers importing torch and loading "
         "data; later, the job waiting for room, or the app's own noise: not a capped worker's training). "
+        "Alone: the LC apps just before each job, with no job, under the same trace and deadlines for the "
+        "`--alone-seconds` (every report counted the same way): the share this machine misses on its own. "
         "Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
         "constraint; the boards' rates pooled over the bench's runs).",
         "",
         "| scenario | controller | completed | training | makespan | vs ideal | vs LC-unaware | reports "
-        "| misses (start-up; nothing training) | share missed | p95 / deadline: median, worst | plans |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| misses (start-up; nothing training) | share missed | alone: missed | p95 / deadline: median, worst "
+        "| plans |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         unaware = next((u for u in rows if u.scenario == r.scenario and u.controller.startswith("LC-unaware")), None)
@@ -278,14 +287,15 @@ def lc_markdown(
         )
         vs_ideal = f"{r.training_s / r.ideal_s:.2f}x" if r.training_s and r.ideal_s else "-"
         share = f"{r.misses / r.reports:.1%}" if r.reports else "-"
+        alone = f"{r.alone_misses / r.alone_reports:.1%} of {r.alone_reports}" if r.alone_reports else "-"
         if r.refused:
-            lines.append(f"| {r.scenario} | {r.controller} | refused at submit | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {r.scenario} | {r.controller} | refused at submit |" + " - |" * 10)
             continue
         lines.append(
             f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} "
             f"| {_s(r.training_s)} | {_s(r.makespan_s)} "
             f"| {vs_ideal} | {vs_unaware} | {r.reports} "
-            f"| {r.misses} ({r.startup_misses}; {r.untrained_misses}) | {share} "
+            f"| {r.misses} ({r.startup_misses}; {r.untrained_misses}) | {share} | {alone} "
             f"| {r.median_ratio:.2f}, {r.worst_ratio:.2f} "
             f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
         )

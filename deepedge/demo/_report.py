@@ -27,6 +27,9 @@ _REASONS = (
     "node.joined",
     "node.drained",
     "node.undrained",
+    "node.excluded",
+    "node.left_out",
+    "plan.infeasible",
 )
 
 
@@ -114,7 +117,9 @@ def plan_generations(run: JobRun) -> list[Generation]:
     for gen in sorted(w.plans):
         p = w.plans[gen]
         causes = [e for e in w.events if e.event in _REASONS and previous_ts - 0.5 <= e.ts <= p.ts]
-        why = "submitted" if not out else (f"{causes[-1].event} {causes[-1].node or ''}".strip() if causes else "")
+        why = "submitted" if not out else "no event"
+        if out and causes:
+            why = f"{causes[-1].event} {causes[-1].node or ''}".strip()
         if causes and causes[-1].event == "lc.violation":
             why += f" ({causes[-1].message[:60]})"
         shares = {a.node: (a.share, a.intensity_cap) for a in p.assignments}

@@ -21,7 +21,7 @@ from deepedge.demo._boards import BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._report import DemoReport, build_report
-from deepedge.demo._watch import ClusterWatch
+from deepedge.demo._watch import AppRecord, ClusterWatch
 from deepedge.errors import DeepEdgeError
 from deepedge.ops import CommandError, run_profile
 from deepedge.transport import MqttTransport, Requester
@@ -61,6 +61,9 @@ class DemoOptions:
     learning_rate: float = 0.05
     lc_control: str = "forecast"  # the job's lc_control: forecast | reactive | unaware
     lc_trace: str | None = None  # the LC apps' request rate from submission: constant:R | step:.. | diurnal:..
+    # before submitting, the LC apps alone this long under the same trace and deadlines, their
+    # reports counted apart (JobRun.alone): the share missed with no job at all (benches)
+    alone_s: float = 0.0
 
 
 def gradient_bytes(model: str, classes: int = 10) -> int:
@@ -81,6 +84,7 @@ class JobRun:
     calibration: dict[str, float] = field(default_factory=dict)  # app -> p95 alone (ms)
     deadlines: dict[str, float] = field(default_factory=dict)
     profiles: dict[str, float] = field(default_factory=dict)  # node -> profiled samples/s at full intensity
+    alone: dict[str, AppRecord] = field(default_factory=dict)  # app -> its reports with no job (DemoOptions.alone_s)
     phase: str = ""  # what the demo is doing before the job (shown by the live view)
 
 
@@ -148,6 +152,29 @@ async def calibrate_lc(
         if not reply.ok:
             raise DeepEdgeError(f"demo: set-deadline on {board.node} refused: {reply.error}")
     await _wait(lambda: all(watch.apps[a].deadline_ms == run.deadlines[a] for a in apps), watch, 30, "the LC deadlines")
+
+
+async def apps_alone(cluster: DemoCluster, watch: ClusterWatch, opts: DemoOptions) -> dict[str, AppRecord]:
+    """The LC apps alone for ``opts.alone_s`` under the job's trace (from its start, as the job will
+    meet it) and deadlines, every report counted as the job's are: the share over the deadline with
+    no job at all, the floor a controller's share is read against (this machine's own noise). The
+    watch's records start afresh afterwards, and the apps get a latency window at their own rate
+    again, so the job's first reports are as they would have been without this."""
+    before = watch.counting_lc
+    watch.counting_lc = True
+    trace = asyncio.create_task(follow_trace(cluster, opts.lc_trace)) if opts.lc_trace else None
+    try:
+        await asyncio.sleep(opts.alone_s)
+    finally:
+        watch.counting_lc = before
+        if trace is not None:
+            trace.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trace
+    alone = watch.apps
+    watch.apps = {a: AppRecord(r.node, a, r.latest, r.deadline_ms) for a, r in alone.items()}
+    await asyncio.sleep(cluster.latency_window_s)
+    return alone
 
 
 async def profile_boards(
@@ -255,6 +282,9 @@ async def run_cluster_job(
                     await profile_boards(cluster, rpc, topics, opts, run, opts.model)
                 if not submit:
                     return run
+                if opts.alone_s > 0:
+                    tell(f"the LC apps alone ({opts.alone_s:g} s, the job's trace and deadlines): the floor of misses")
+                    run.alone = await apps_alone(cluster, watch, opts)
                 tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
