@@ -519,3 +519,52 @@ def test_the_table_interval_returns_with_the_distance_from_the_nearest_reported_
     for p95 in (1e300, 1e-300, 1e300):
         im.observe_load(1.0, 20.0, 1.0, 0.0, p95)
     assert math.isfinite(im.at_risk(1.0, 40.0, 20.0, 0.0) or math.nan)
+
+
+def test_the_pressure_sampler_reads_psi_and_runnable_tasks(tmp_path: Path) -> None:
+    """Over its window: the share of time PSI says some task waited (from the cumulative "some"
+    total) and the mean runnable tasks less the sampler itself; zeros where the kernel has
+    neither file."""
+    import time
+
+    from deepedge.profiling._pressure import PressureSampler
+
+    psi, stat = tmp_path / "cpu", tmp_path / "stat"
+    line = "some avg10=1.00 avg60=1.00 avg300=1.00 total={}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    psi.write_text(line.format(5_000_000))
+    stat.write_text("cpu  1 2 3 4\nprocs_running 4\nprocs_blocked 0\n")
+    with PressureSampler(psi, stat) as s:
+        time.sleep(0.2)
+        psi.write_text(line.format(5_000_000 + 100_000))  # 0.1 s of waiting in a ~0.2 s window
+    assert 0.3 < s.result.psi < 0.55 and s.result.runnable == 3.0
+    with PressureSampler(tmp_path / "none", tmp_path / "none") as s:
+        time.sleep(0.05)
+    assert (s.result.psi, s.result.runnable) == (0.0, 0.0)
+
+
+@pytest.mark.skipif(not Path("/proc/pressure/cpu").exists(), reason="no PSI in this kernel")
+def test_the_pressure_sampler_sees_tasks_queued_on_one_cpu() -> None:
+    """Real kernel: three spinning processes on one CPU: some task waits nearly all the time and
+    at least two are runnable."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from deepedge.profiling._pressure import PressureSampler
+
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    spin = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 3: pass\n"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", spin], preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+        for _ in range(3)
+    ]
+    try:
+        time.sleep(0.5)
+        with PressureSampler() as s:
+            time.sleep(1.0)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert s.result.psi > 0.5 and s.result.runnable >= 2.0

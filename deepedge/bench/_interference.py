@@ -172,7 +172,9 @@ def run_interference_bench(
             if time.monotonic() > deadline or lc.poll() is not None:
                 raise RuntimeError("the LC app did not report within 60 s")
             time.sleep(0.2)
-        cfg = RunnerConfig(app=APP, workdir=root, seconds=seconds, rate_file=rate_file, cpu_affinity=(cpu,))
+        cfg = RunnerConfig(
+            app=APP, workdir=root, seconds=seconds, rate_file=rate_file, cpu_affinity=(cpu,), background_s=1.0
+        )
         with PointRunner(cfg, sink) as runner:
             done = [0]
 

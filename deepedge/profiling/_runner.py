@@ -30,6 +30,7 @@ from typing import Protocol
 import psutil
 
 from deepedge.config import TrainingConfig
+from deepedge.profiling._pressure import Pressure, PressureSampler
 from deepedge.profiling._space import Point, Run
 from deepedge.profiling._stressors import Stressors
 
@@ -91,6 +92,9 @@ class RunnerConfig:
     model: str = "cnn-small"
     seconds: float = 3.0  # measured per run
     settle_s: float = 0.6  # after the stressors start and the rate changes, before measuring
+    # then, before training, the machine's CPU pressure with the stressors and the LC app alone
+    # (Run.bg_psi, Run.bg_runnable); 0: not measured
+    background_s: float = 0.0
     cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
     worker_nice: int = 10
     emulated_sample_s: float = 0.0
@@ -201,16 +205,22 @@ class PointRunner:
         timeout = cfg.settle_s + cfg.seconds + 60.0
         with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
             time.sleep(cfg.settle_s)
+            background = Pressure()
+            if cfg.background_s > 0:
+                with PressureSampler() as bg:
+                    time.sleep(cfg.background_s)
+                background = bg.result
             stress.mark()
             cpu0 = psutil.cpu_times()
             train0 = self._trainer_cpu_s()
             t_mark = time.monotonic()
-            if point.intensity > 0:
-                start, end, duty = self._train(point.intensity, cfg.seconds)
-            else:
-                start = time.monotonic()
-                time.sleep(cfg.seconds)
-                end, duty = time.monotonic(), 0.0
+            with PressureSampler() as during:
+                if point.intensity > 0:
+                    start, end, duty = self._train(point.intensity, cfg.seconds)
+                else:
+                    start = time.monotonic()
+                    time.sleep(cfg.seconds)
+                    end, duty = time.monotonic(), 0.0
             achieved, disk_bps, notes = stress.achieved()
             cpu1 = psutil.cpu_times()
             train1 = self._trainer_cpu_s()
@@ -241,6 +251,10 @@ class PointRunner:
             seconds=round(span, 3),
             machine_cpu=round(busy / total, 4),
             disk_bps=round(disk_bps, 1),
+            bg_psi=background.psi,
+            bg_runnable=background.runnable,
+            psi=during.result.psi,
+            runnable=during.result.runnable,
             phase=phase,
             scenario=scenario,
             ts=time.time(),

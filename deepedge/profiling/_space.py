@@ -61,6 +61,12 @@ class Run:
     cpu_stress: float = 0.0
     machine_cpu: float = 0.0  # the machine's CPU utilisation over the run (telemetry), 0..1
     disk_bps: float = 0.0  # the machine's disk bytes/s over the run (telemetry)
+    # CPU pressure (deepedge.profiling._pressure): before training (the stressors and the LC app
+    # alone, RunnerConfig.background_s; 0 if not measured) and over the run
+    bg_psi: float = 0.0
+    bg_runnable: float = 0.0
+    psi: float = 0.0
+    runnable: float = 0.0
     phase: str = "design"  # design | adaptive | heldout
     scenario: str = ""  # a held-out scenario's name
     ts: float = 0.0
