@@ -120,6 +120,8 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
         assert 0.5 * r.asked.rate < r.rate < 1.5 * r.asked.rate, r
     stressed = [r for r in runs if r.asked.mix() != "none"]
     assert stressed and any(max(r.cache, r.mem, r.io, r.cpu_stress) > 0 for r in stressed), stressed
+    # the machine's CPU pressure over each run: at least the LC app, and the training where it ran
+    assert all(r.runnable > 0 for r in runs) and all(0 <= r.psi <= 1 for r in runs), runs
     assert any("Latin-hypercube runs of a 1215-run grid" in line for line in lines), lines
     # the knowledge base holds the design, the runs and the model, under the board's key
     kb = KnowledgeBase(kb_path)

@@ -205,11 +205,11 @@ class PointRunner:
         timeout = cfg.settle_s + cfg.seconds + 60.0
         with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
             time.sleep(cfg.settle_s)
-            background = Pressure()
+            quiet = Pressure()  # before training
             if cfg.background_s > 0:
                 with PressureSampler() as bg:
                     time.sleep(cfg.background_s)
-                background = bg.result
+                quiet = bg.result
             stress.mark()
             cpu0 = psutil.cpu_times()
             train0 = self._trainer_cpu_s()
@@ -251,8 +251,8 @@ class PointRunner:
             seconds=round(span, 3),
             machine_cpu=round(busy / total, 4),
             disk_bps=round(disk_bps, 1),
-            bg_psi=background.psi,
-            bg_runnable=background.runnable,
+            bg_psi=quiet.psi,
+            bg_runnable=quiet.runnable,
             psi=during.result.psi,
             runnable=during.result.runnable,
             phase=phase,
