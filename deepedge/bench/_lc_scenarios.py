@@ -31,7 +31,7 @@ from deepedge.bench._makespan import full_intensity_rates
 from deepedge.config import ClusterConfig, Config
 from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluster_job
 from deepedge.demo._data import make_image_folder
-from deepedge.demo._report import plan_generations
+from deepedge.demo._report import fmt, plan_generations
 from deepedge.demo._run import JobRun
 from deepedge.errors import DeepEdgeError
 from deepedge.profiling._design import Space
@@ -95,10 +95,6 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
         alone_reports=sum(a.reports for a in run.alone.values()),
         alone_misses=sum(a.violations for a in run.alone.values()),
     )
-
-
-def _s(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds} s"
 
 
 AFTER_PROFILE_S = 20.0  # a latency window (5 s) and the coordinator's anchor (30 reports, 15 s)
@@ -236,7 +232,7 @@ def run_lc_scenarios(
                 rows.append(row)
                 if progress:
                     print(
-                        f"  {scenario}, {name}: training {_s(row.training_s)}, {row.misses} of {row.reports} reports "
+                        f"  {scenario}, {name}: training {fmt(row.training_s)}, {row.misses} of {row.reports} reports "
                         f"over the deadline ({time.monotonic() - t0:.0f} s)",
                         flush=True,
                     )
@@ -293,7 +289,7 @@ def lc_markdown(
             continue
         lines.append(
             f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} "
-            f"| {_s(r.training_s)} | {_s(r.makespan_s)} "
+            f"| {fmt(r.training_s)} | {fmt(r.makespan_s)} "
             f"| {vs_ideal} | {vs_unaware} | {r.reports} "
             f"| {r.misses} ({r.startup_misses}; {r.untrained_misses}) | {share} | {alone} "
             f"| {r.median_ratio:.2f}, {r.worst_ratio:.2f} "

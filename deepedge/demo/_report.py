@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from deepedge.demo._cluster import DemoCluster
     from deepedge.demo._run import DemoOptions, JobRun
 
-__all__ = ["DemoReport", "build_report", "plan_generations", "render_report"]
+__all__ = ["DemoReport", "build_report", "fmt", "plan_generations", "render_report"]
 
 _REASONS = (
     "node.dead",
@@ -283,7 +283,8 @@ def _problems(r: DemoReport, opts: DemoOptions) -> list[str]:
     return out
 
 
-def _f(x: float | None, unit: str = " s", digits: int = 1) -> str:
+def fmt(x: float | None, unit: str = " s", digits: int = 1) -> str:
+    """``x`` with ``digits`` decimals and ``unit`` (seconds by default); "-" for None."""
     return "-" if x is None else f"{x:.{digits}f}{unit}"
 
 
@@ -298,7 +299,7 @@ def render_report(r: DemoReport, console: Any) -> None:
     say(
         console,
         f"job [bold]{esc(r.state)}[/]: {r.steps}/{r.total_steps} steps, {r.samples_done} samples; "
-        f"loss {_f(r.loss_first, '', 3)} -> {_f(r.loss_last, '', 3)}",
+        f"loss {fmt(r.loss_first, '', 3)} -> {fmt(r.loss_last, '', 3)}",
     )
     t = Table(title="makespan", show_header=True)
     for col in (
@@ -309,15 +310,16 @@ def render_report(r: DemoReport, console: Any) -> None:
         "ideal bound (last plan's rates)",
     ):
         t.add_column(col, justify="right")
-    t.add_row(_f(r.makespan_s), _f(r.training_s), _f(r.predicted_first_s), _f(r.predicted_learned_s), _f(r.ideal_s))
+    t.add_row(*(fmt(v) for v in (r.makespan_s, r.training_s, r.predicted_first_s, r.predicted_learned_s, r.ideal_s)))
     show(console, t)
     p = r.prediction
     if p and p.get("actual_s"):
         say(
             console,
-            f"predicted by generation 1: start-up {_f(p['predicted_startup_s'])} + steps of "
-            f"{p['predicted_step_ms']:.0f} ms = {_f(p['predicted_s'])}; actual: start-up {_f(p['actual_startup_s'])}, "
-            f"steps of {p['actual_step_ms'] or 0:.0f} ms (median), {_f(p['actual_s'])} "
+            f"predicted by generation 1: start-up {fmt(p['predicted_startup_s'])} + steps of "
+            f"{p['predicted_step_ms']:.0f} ms = {fmt(p['predicted_s'])}; "
+            f"actual: start-up {fmt(p['actual_startup_s'])}, "
+            f"steps of {p['actual_step_ms'] or 0:.0f} ms (median), {fmt(p['actual_s'])} "
             f"(predicted / actual {p['predicted_s'] / p['actual_s']:.2f})",
         )
     if r.timing is not None:
@@ -354,7 +356,7 @@ def render_report(r: DemoReport, console: Any) -> None:
     for g in r.generations:
         t.add_row(
             str(g.generation),
-            _f(g.at_s),
+            fmt(g.at_s),
             esc(g.why),
             *[f"{g.shares[n][0]}@{g.shares[n][1]:.2f}" if n in g.shares else "-" for n in nodes],
         )
@@ -383,10 +385,10 @@ def render_report(r: DemoReport, console: Any) -> None:
             t.add_row(
                 esc(a.app),
                 esc(a.node),
-                _f(a.alone_p95_ms, " ms"),
-                _f(a.deadline_ms, " ms"),
-                _f(a.median_p95_ms, " ms"),
-                _f(a.worst_p95_ms, " ms"),
+                fmt(a.alone_p95_ms, " ms"),
+                fmt(a.deadline_ms, " ms"),
+                fmt(a.median_p95_ms, " ms"),
+                fmt(a.worst_p95_ms, " ms"),
                 str(a.reports),
                 str(a.violations),
                 str(a.startup_violations),
@@ -396,8 +398,8 @@ def render_report(r: DemoReport, console: Any) -> None:
         f = r.failover
         say(
             console,
-            f"failover: SIGKILL {esc(f.node)} at 0.00 s -> detected {_f(f.detected_s)} -> re-planned "
-            f"{_f(f.replanned_s)} -> resumed {_f(f.resumed_s)}; steps redone: {f.steps_redone}",
+            f"failover: SIGKILL {esc(f.node)} at 0.00 s -> detected {fmt(f.detected_s)} -> re-planned "
+            f"{fmt(f.replanned_s)} -> resumed {fmt(f.resumed_s)}; steps redone: {f.steps_redone}",
         )
     acc = r.accounting
     say(
