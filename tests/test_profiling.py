@@ -568,3 +568,32 @@ def test_the_pressure_sampler_sees_tasks_queued_on_one_cpu() -> None:
             p.kill()
             p.wait()
     assert s.result.psi > 0.5 and s.result.runnable >= 2.0
+
+
+def test_feature_sets_compare_features_that_do_not_name_the_stressors() -> None:
+    """The bench's comparison of other features: where the latency follows the number of runnable
+    tasks (here: the stressors on), a model of it carries to 3-4-stressor mixes the design never
+    had better than one of the stressors' levels; no comparison without the pressure measured."""
+    from deepedge.bench._interference import FEATURE_SETS, feature_sets
+
+    def with_pressure(runs: list[Run]) -> list[Run]:
+        out = []
+        for r in runs:
+            on = sum(v > 0 for v in r.asked.stressors().values())
+            p95 = 6.0 * math.exp(0.4 * r.intensity + 0.2 * on)
+            out.append(Run.from_dict(r.to_dict() | {"bg_runnable": on, "bg_psi": 0.1 * on, "p95_ms": p95}))
+        return out
+
+    design = with_pressure(synthetic(latin_hypercube(SPACE, 30, seed=4)))
+    held = with_pressure(
+        synthetic([Point(u / 3, 25, cpu=0.4, cache=0.4, mem=0.4, io=0.4) for u in range(4)], phase="heldout")
+    )
+    held = [Run.from_dict(r.to_dict() | {"scenario": "all four"}) for r in held]
+    rows = feature_sets(design + held)
+    assert len(rows) == 3 * len(FEATURE_SETS)
+    by = {(f.features, f.kind): f for f in rows}
+    assert by[("u, rate, runnable tasks", "loglinear")].median_ape < 0.05
+    assert (
+        by[("u, rate, runnable tasks", "loglinear")].median_ape < by[(next(iter(FEATURE_SETS)), "loglinear")].median_ape
+    )
+    assert feature_sets(synthetic(latin_hypercube(SPACE, 12, seed=4)) + held) == []  # nothing measured before training

@@ -72,8 +72,9 @@ class Run:
     ts: float = 0.0
     notes: tuple[str, ...] = field(default=())  # e.g. a stressor that did not reach its level
 
-    def features(self) -> list[float]:
-        return [float(getattr(self, f)) for f in FEATURES]
+    def features(self, columns: tuple[str, ...] = FEATURES) -> list[float]:
+        """The model's features (``FEATURES``), or other fields of the run by name."""
+        return [float(getattr(self, f)) for f in columns]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -50,8 +50,8 @@ def point_features(p: Point, gpu: float = 0.0) -> list[float]:
     return [p.intensity, p.rate, p.cpu, p.cache, p.mem, p.io, gpu]
 
 
-def _xy(runs: Sequence[Run]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.array([r.features() for r in runs], dtype=float)
+def _xy(runs: Sequence[Run], columns: tuple[str, ...] = FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([r.features(columns) for r in runs], dtype=float)
     y = np.log(np.maximum(1e-3, np.array([r.p95_ms for r in runs], dtype=float)))
     return x, y
 
@@ -165,8 +165,14 @@ def _conformal(residuals: np.ndarray, q: float) -> float:
     return conformal_quantile(np.asarray(residuals, dtype=float).ravel().tolist(), q)
 
 
-def cross_validate(kind: str, runs: Sequence[Run], folds: int = 5, seed: int = 0) -> CvResult:
-    x, y = _xy(runs)
+def cross_validate(
+    kind: str, runs: Sequence[Run], folds: int = 5, seed: int = 0, columns: tuple[str, ...] = FEATURES
+) -> CvResult:
+    """Out-of-fold figures of ``kind`` on ``runs``, from the features ``columns`` (the model's by
+    default; benches compare others)."""
+    if columns[:1] != ("intensity",):
+        raise ValueError(f"features {columns}: the training intensity must come first")
+    x, y = _xy(runs, columns)
     n = len(y)
     folds = max(2, min(folds, n))
     order = np.random.default_rng(seed).permutation(n)
@@ -215,14 +221,15 @@ class Surrogate:
         return self.quantile_ms(x, a), self.quantile_ms(x, 1 - a)
 
 
-def fit(kind: str, runs: Sequence[Run], folds: int = 5) -> Surrogate:
-    """A model of ``kind`` fitted on every run, with its cross-validated residuals."""
+def fit(kind: str, runs: Sequence[Run], folds: int = 5, columns: tuple[str, ...] = FEATURES) -> Surrogate:
+    """A model of ``kind`` fitted on every run, with its cross-validated residuals; from the
+    features ``columns`` (predict from ``Run.features(columns)`` then)."""
     if kind not in _MODELS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
     if len(runs) < 4:
         raise ValueError(f"{len(runs)} runs: a model needs at least 4")
-    cv = cross_validate(kind, runs, folds)
-    x, y = _xy(runs)
+    cv = cross_validate(kind, runs, folds, columns=columns)
+    x, y = _xy(runs, columns)
     return Surrogate(kind, _MODELS[kind]().fit(x, y), np.array(cv.residuals), cv, len(runs))
 
 
