@@ -5,7 +5,8 @@ nice (10), not in the idle class (it must answer in seconds). This measures what
 LC app sharing the CPU: the demo's LC app (``deepedge.demo.lc_app``, nice -10, 40 req/s) pinned
 to the last CPU, and in alternating 10 s phases nothing else, or back to back a process that does
 the check's heavy part (import torch, build cnn-small, a forward pass) on the same CPU at nice 10,
-or in SCHED_IDLE. Per phase: the app's p95 and the worst p95 over 2 s windows (every 0.5 s).
+or in SCHED_IDLE (``--modes`` adds others: ``nice 0`` is how the node daemon, the broker and the
+demo's coordinator run). Per phase: the app's p95 and the worst p95 over 2 s windows (every 0.5 s).
 
     python scripts/exp_preflight_priority.py [--rounds 8] [--out results.json]
 
@@ -32,8 +33,8 @@ PHASE_S = 10.0
 def _check(mode: str, cpu: int) -> subprocess.Popen[bytes]:
     def setup() -> None:
         os.sched_setaffinity(0, {cpu})
-        if mode == "nice 10":
-            os.setpriority(os.PRIO_PROCESS, 0, 10)
+        if mode.startswith("nice "):
+            os.setpriority(os.PRIO_PROCESS, 0, int(mode.split()[1]))
         elif mode == "idle class":
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
@@ -45,6 +46,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--rate", type=float, default=40.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--modes",
+        default="nothing,nice 10,idle class",
+        help="comma-separated: nothing, nice N (e.g. nice 0: as the daemons and the coordinator run), idle class",
+    )
     args = ap.parse_args()
     cpu = sorted(os.sched_getaffinity(0))[-1]
     root = Path(tempfile.mkdtemp(prefix="deepedge-exp-preflight-"))
@@ -59,7 +65,7 @@ def main() -> int:
     try:
         time.sleep(8.0)  # torch imported, warmed up
         for k in range(args.rounds):
-            for mode in ("nothing", "nice 10", "idle class"):
+            for mode in [m.strip() for m in args.modes.split(",")]:
                 t0, checks = time.monotonic(), []
                 while time.monotonic() - t0 < PHASE_S:
                     if mode == "nothing":
