@@ -44,16 +44,7 @@ BOUNDARIES = ("auto", "namespaces", "shared")
 RUN_MARK = "EDGE_DEMO_WORKDIR"  # in the environment of every process of a demo cluster (not a config key)
 
 
-# The demo's node daemons and coordinator run at the workers' nice: here they all share the LC
-# apps' two vCPUs (on real boards one daemon per board, the coordinator elsewhere), and CPU bursts
-# at nice 0 or 5 beside an LC app at nice -10 raised its p95 by 40 % and 15 % on this machine's
-# kernel, at nice 10 not measurably (scripts/exp_preflight_priority.py,
-# docs/benchmarks/lc-scenarios.md). Processes they start set their own priority (workers,
-# checks, stressors at nice 0).
-DAEMON_NICE = 10
-
-
-def _child_setup(cpus: set[int] | None, join: Callable[[], None] | None = None, nice: int = 0) -> Callable[[], None]:
+def _child_setup(cpus: set[int] | None, join: Callable[[], None] | None = None) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec
         die_with_parent()
         if join is not None:
@@ -61,9 +52,6 @@ def _child_setup(cpus: set[int] | None, join: Callable[[], None] | None = None, 
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, cpus)
-        if nice:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, 0, nice)
 
     return setup
 
@@ -134,10 +122,8 @@ class DemoCluster:
         path.chmod(0o600)
         path.write_text(text)
 
-    def _spawn(
-        self, name: str, argv: list[str], cpus: set[int] | None = None, board: str | None = None, nice: int = 0
-    ) -> None:
-        """Start ``argv`` (on ``board``: in its namespace and cgroup when namespaced), at ``nice``."""
+    def _spawn(self, name: str, argv: list[str], cpus: set[int] | None = None, board: str | None = None) -> None:
+        """Start ``argv`` (on ``board``: in its namespace and cgroup when namespaced)."""
         log = self.workdir / "logs" / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
         env[RUN_MARK] = str(self.workdir)  # inherited by everything it starts: whose process is whose
@@ -150,7 +136,7 @@ class DemoCluster:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_child_setup(cpus, join, nice),
+                preexec_fn=_child_setup(cpus, join),
                 start_new_session=True,
             )
         self.procs[name] = _Proc(name, proc, log)
@@ -206,8 +192,7 @@ class DemoCluster:
 
     def _spawn_coordinator(self) -> None:
         cfg = self.config_path("coordinator")
-        argv = [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "coordinator"]
-        self._spawn("coordinator", argv, nice=DAEMON_NICE)
+        self._spawn("coordinator", [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "coordinator"])
 
     def start_node(self, b: BoardProfile) -> None:
         cfg = self.config_path(b.node)
@@ -225,8 +210,7 @@ class DemoCluster:
             f"[training]\ndata_roots = {json.dumps([str(p) for p in (self.workdir, *self.data_roots)])}\n"
             f'output_root = "{self.workdir}"\n{apps}',
         )
-        argv = [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"]
-        self._spawn(b.node, argv, board=b.node, nice=DAEMON_NICE)
+        self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"], board=b.node)
 
     def start_lc_apps(self) -> None:
         for b in self.boards:
