@@ -136,11 +136,18 @@ def _figures(s: Surrogate, heldout: list[Run]) -> ModelFigures:
     )
 
 
+def _split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """The runs models are fitted on (design, adaptive) and the held-out runs that got reports."""
+    return (
+        [r for r in runs if r.phase in ("design", "adaptive")],
+        [r for r in runs if r.phase == "heldout" and r.count > 0],
+    )
+
+
 def feature_sets(runs: list[Run], kinds: tuple[str, ...] = DEFAULT_KINDS) -> list[FeatureFigures]:
     """Each kind fitted on each of ``FEATURE_SETS``: cross-validated and held-out errors; none
     where the runs did not measure the CPU pressure before training."""
-    fitted_on = [r for r in runs if r.phase in ("design", "adaptive")]
-    heldout = [r for r in runs if r.phase == "heldout" and r.count > 0]
+    fitted_on, heldout = _split(runs)
     if not heldout or not any(r.bg_runnable > 0 or r.bg_psi > 0 for r in fitted_on):
         return []
     out = []
@@ -166,8 +173,7 @@ def heldout_points(space: Space, per_scenario: int, seed: int = 7) -> list[tuple
 def evaluate(
     runs: list[Run], space: Space, kinds: tuple[str, ...] = DEFAULT_KINDS
 ) -> tuple[str, list[ModelFigures], float | None]:
-    fitted_on = [r for r in runs if r.phase in ("design", "adaptive")]
-    heldout = [r for r in runs if r.phase == "heldout" and r.count > 0]
+    fitted_on, heldout = _split(runs)
     fitted = {k: fit(k, fitted_on) for k in (*kinds, "linear")}
     best = choose([fitted[k] for k in kinds])
     figures = [_figures(s, heldout) for s in fitted.values()]
@@ -250,7 +256,8 @@ def run_interference_bench(
         lc.terminate()
         lc.wait(10)
         sink.close()
-    chosen, figures, noise = evaluate(kb.runs(pid), space)
+    runs = kb.runs(pid)
+    chosen, figures, noise = evaluate(runs, space)
     return InterferenceResult(
         chosen,
         sum(r.phase == "design" for r in result.runs),
@@ -263,7 +270,7 @@ def run_interference_bench(
         pid,
         round(time.monotonic() - t0, 1),
         noise,
-        feature_sets(kb.runs(pid)),
+        feature_sets(runs),
     )
 
 
