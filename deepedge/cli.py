@@ -790,6 +790,13 @@ def bench_makespan(
             "(the share missed with no job; 0: not measured).",
         ),
     ] = 40.0,
+    timeline: Annotated[
+        Path | None,
+        typer.Option(
+            help="--scenarios: also write each job's run in time (LC reports, plans, events, worker states) "
+            "here, as JSON."
+        ),
+    ] = None,
 ) -> None:
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
@@ -817,6 +824,11 @@ def bench_makespan(
             "LC deadlines: deepedge vs naive splits and today's controller",
             lc_markdown(lc_rows, command, tight_factor, trace_factor, (profile_runs, profile_seconds)),
         )
+        if timeline is not None:
+            runs = [{"scenario": r.scenario, "controller": r.controller, **(r.timeline or {})} for r in lc_rows]
+            timeline.parent.mkdir(parents=True, exist_ok=True)
+            timeline.write_text(json.dumps({"command": command, "runs": runs}, indent=1) + "\n")
+            typer.echo(f"wrote {timeline}", err=True)
         return
 
     ctx.obj.load()

@@ -73,6 +73,10 @@ async def test_submit_publishes_plan_to_the_right_nodes(
     reply = await coordinator_request(loaded.config, "submit", job_args("j1", tmp_path))
     assert reply.result["state"] == "running" and reply.result["generation"] == 1
     plan = await wait_for(plans, lambda m: isinstance(m, Plan))
+    # the forecast's statsmodels was loaded before the coordinator connected, not at a job's plan
+    names = [e.get("event") for e in procs[0].log_events()]
+    assert "coordinator.forecast_loaded" in names and "mqtt.connected" in names
+    assert names.index("coordinator.forecast_loaded") < names.index("mqtt.connected")
     assert {a.node for a in plan.assignments} == {"a1", "a2", "a3"}
     assert sum(a.share for a in plan.assignments) == 32 and plan.total_steps == 100
     beating = set()

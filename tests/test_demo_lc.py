@@ -4,6 +4,7 @@ reports over the deadline during the workers' start counted as misses."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -104,6 +105,48 @@ def test_a_miss_with_nothing_training_in_its_window_is_counted_apart() -> None:
     rec = watch.apps["det"]
     assert (rec.reports, rec.violations, rec.untrained_violations) == (5, 4, 2)
     assert watch.trained_between(9.0, 10.0) and not watch.trained_between(11.1, 29.9)
+
+
+def test_the_timeline_puts_each_report_plan_and_worker_state_at_its_time_from_submission() -> None:
+    from deepedge.bench._lc_scenarios import timeline
+    from deepedge.broker_schemas import Assignment, JobSpec, Plan
+    from deepedge.demo._run import JobRun
+
+    watch = ClusterWatch(Topics("c"), job="j", counting_lc=True)
+    run = JobRun(watch, submitted_ts=100.0, finished_ts=130.0)
+
+    def deliver(message: object) -> None:
+        watch.on(SimpleNamespace(message=message))  # type: ignore[arg-type]
+
+    def report(ts: float, p95: float) -> LatencyReport:
+        app = AppLatency(app="det", count=50, p50_ms=5, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+        return LatencyReport(node="a", ts=ts, window_s=5.0, apps=(app,))
+
+    spec = JobSpec(model="cnn-small", dataset="/d", output="/o", epochs=1, global_batch=16, learning_rate=0.1)
+    deliver(
+        Plan(
+            job="j",
+            generation=1,
+            ts=101.0,
+            spec=spec,
+            rendezvous_host="127.0.0.1",
+            rendezvous_port=29500,
+            backend="gloo",
+            assignments=(Assignment(node="a", rank=0, share=16, batch_offset=0, intensity_cap=0.4),),
+            total_steps=10,
+        )
+    )
+    deliver(report(103.0, 35.0))  # over, before any worker trained
+    for ts, step in ((104.0, 0), (105.0, 1), (106.0, 2)):
+        deliver(Heartbeat(node="a", ts=ts, job="j", generation=1, rank=0, step=step, intensity=0.4))
+    deliver(report(107.0, 12.0))
+    got = timeline(run)
+    assert got["first_step_s"] == 5.0 and got["finished_s"] == 30.0
+    assert got["apps"]["det"]["reports"] == [[3.0, 35.0, False], [7.0, 12.0, True]]  # type: ignore[index]
+    assert got["plans"] == [[1, 1.0, {"a": [16, 0.4]}]]
+    # a state is listed where it changed: training before the first step, then stepping
+    assert got["worker_states"] == {"a": [[4.0, "training", 1, False], [5.0, "training", 1, True]]}
+    json.dumps(got)  # what --timeline writes
 
 
 def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training() -> None:

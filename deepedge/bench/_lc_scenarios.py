@@ -65,6 +65,46 @@ class LcRow:
     untrained_misses: int = 0  # misses whose window saw no worker of the job training anywhere
     alone_reports: int = 0  # the LC apps alone just before, same trace and deadlines, no job
     alone_misses: int = 0
+    timeline: dict[str, object] | None = None  # what happened when (:func:`timeline`), for --timeline
+
+
+def timeline(run: JobRun) -> dict[str, object]:
+    """One job's run in time, seconds from its submission: every LC report counted (its p95 and
+    whether a worker of the job trained in its window), those of the apps alone before it, the
+    plans (each node's share and cap), the events, and each node's worker states from its
+    heartbeats (where they changed). What the table's counts are made of, to see where misses
+    fall against the workers' start, the trace's steps and the re-plans."""
+    w, t0 = run.watch, run.submitted_ts
+
+    def rel(ts: float) -> float:
+        return round(ts - t0, 2)
+
+    states: dict[str, list[list[object]]] = {}
+    for hb in w.beats:
+        seen = states.setdefault(hb.node, [])
+        now = [str(hb.state), hb.generation, hb.step >= 1]  # (state, generation, stepped)
+        if not seen or seen[-1][1:] != now:
+            seen.append([rel(hb.ts), *now])
+    return {
+        "submitted_ts": round(t0, 3),
+        "first_step_s": rel(w.first_step_ts() or t0) if w.first_step_ts() else None,
+        "finished_s": rel(run.finished_ts) if run.finished_ts else None,
+        "apps": {
+            name: {
+                "node": a.node,
+                "deadline_ms": a.deadline_ms,
+                "reports": [[rel(ts), round(p, 2), trained] for ts, p, trained in a.series],
+                "alone": [[rel(ts), round(p, 2)] for ts, p, _ in run.alone[name].series] if name in run.alone else [],
+            }
+            for name, a in w.apps.items()
+        },
+        "plans": [
+            [g, rel(p.ts), {x.node: [x.share, round(x.intensity_cap, 3)] for x in p.assignments}]
+            for g, p in sorted(w.plans.items())
+        ],
+        "events": [[rel(e.ts), e.event, e.node, e.message[:200]] for e in w.events if e.ts >= t0 - 1.0],
+        "worker_states": states,  # node -> [[t, state, generation, stepped], ...] where any changed
+    }
 
 
 def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, boards: int) -> LcRow:
@@ -94,6 +134,7 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
         untrained_misses=sum(a.untrained_violations for a in w.apps.values()),
         alone_reports=sum(a.reports for a in run.alone.values()),
         alone_misses=sum(a.violations for a in run.alone.values()),
+        timeline=timeline(run),
     )
 
 

@@ -16,11 +16,24 @@ from deepedge.coordinator._commands import handle_command
 from deepedge.coordinator._service import Coordinator
 from deepedge.coordinator._store import JobStore
 from deepedge.lifecycle import run_daemon
+from deepedge.profiling._forecast import warm_up
 from deepedge.transport import MqttTransport, TransportError, Will, serve_commands
 
 __all__ = ["run_coordinator"]
 
 log = structlog.get_logger("deepedge.coordinator")
+
+
+async def _warm_up() -> None:
+    """Load the forecast's statsmodels before saying online (about a second of CPU): otherwise
+    the first job planned with a forecast pays it, on the event loop, at nice 0, while its
+    workers start beside the LC apps (docs/benchmarks/lc-scenarios.md)."""
+    try:
+        cpu_s = await asyncio.to_thread(warm_up)
+    except Exception as exc:  # a forecast that cannot load fails where it is used, with its reason
+        log.warning("coordinator.forecast_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+    else:
+        log.info("coordinator.forecast_loaded", cpu_s=round(cpu_s, 2))
 
 
 async def run_coordinator(config: Config) -> int:
@@ -37,6 +50,7 @@ async def run_coordinator(config: Config) -> int:
         exit_on_config_error=True,
     )
     c = Coordinator(config, transport, store, session=session)
+    await _warm_up()
 
     async def on_connect() -> None:
         await transport.publish(c.topics.coordinator_status(), c.status_message(), qos=1, retain=True)

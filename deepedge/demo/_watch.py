@@ -53,6 +53,7 @@ class AppRecord:
     worst_p95_ms: float = 0.0
     p95s: list[float] = field(default_factory=list)
     over: list[tuple[float, float]] = field(default_factory=list)  # (report ts, p95) of each violation
+    series: list[tuple[float, float, bool]] = field(default_factory=list)  # (report ts, p95, trained) of each counted
 
     def observe(self, a: AppLatency, phase: str, ts: float = 0.0, trained: bool = True) -> None:
         """``phase``: "idle" (not counted), "startup" or "steady"; ``trained``: a worker of the
@@ -68,6 +69,7 @@ class AppRecord:
             self.startup_violations += over
         self.reports += 1
         self.p95s.append(a.p95_ms)
+        self.series.append((ts, a.p95_ms, trained))
         self.worst_p95_ms = max(self.worst_p95_ms, a.p95_ms)
         if over:
             self.violations += 1

@@ -2,7 +2,9 @@
 upper quantile of the coming horizon may reach, with statsmodels' exponential smoothing (Holt's
 damped additive trend; a seasonal term once two seasons of history exist). Caps are set for
 that rate, and the coordinator re-plans before the forecast crosses the rate at which the
-current cap stops being safe. statsmodels loads on the first forecast, not with the module.
+current cap stops being safe. statsmodels loads on the first forecast, not with the module; the
+coordinator service loads it at its start (:func:`warm_up`), so that its first forecast job does
+not spend a second of CPU importing it on the event loop while the job's workers start.
 
 What the planner is given (:meth:`RateForecast.planning`) is that forecast made steady, as
 measured on request-rate traces (``deepedge bench forecast``, docs/benchmarks/forecast.md): a
@@ -20,7 +22,7 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["ENVELOPE_FACTOR", "ENVELOPE_S", "STABILIZE_S", "RateForecast", "forecast_upper"]
+__all__ = ["ENVELOPE_FACTOR", "ENVELOPE_S", "STABILIZE_S", "RateForecast", "forecast_upper", "warm_up"]
 
 MIN_POINTS = 8  # steps of history before a model is fitted (before: the highest rate seen)
 ENVELOPE_S = 60.0  # a forecast is believed at most ENVELOPE_FACTOR x the highest rate of this long
@@ -60,6 +62,17 @@ def forecast_upper(
     peaks = np.max(np.asarray(paths).reshape(horizon, -1), axis=0)
     upper = float(np.quantile(peaks, q))
     return max(float(last), upper) if math.isfinite(upper) else float(last)
+
+
+def warm_up() -> float:
+    """Import statsmodels and fit once (a short synthetic series), so that the first real
+    forecast costs what every later one does (~15 ms, against ~1 s of CPU for the first, measured
+    on the 2-vCPU VM). Returns the CPU seconds it took."""
+    import time
+
+    t0 = time.process_time()
+    forecast_upper([10.0 + (k % 3) for k in range(MIN_POINTS + 4)], horizon=5)
+    return time.process_time() - t0
 
 
 @dataclass
