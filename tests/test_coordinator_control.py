@@ -448,3 +448,36 @@ async def test_latency_reports_feed_each_apps_request_rate_forecast_and_the_back
     await cluster.settle()
     assert (list(model.rates.history()), len(model.points), len(model.observed)) == seen
     assert cluster.c.view.nodes["n1"].latency["det"].p95_ms == 90.0  # shown in status
+
+
+async def test_lc_reports_whose_window_saw_a_preflight_check_are_not_observations(tmp_path: Path) -> None:
+    """A board's pre-flight check (torch imported, the model run, on the board's CPU) raised its
+    LC apps' p95 1.5-2x on the 2-vCPU VM (scripts/exp_startup_burst.py); reports over that time
+    taught the coordinator's anchor a spread that refused the next job. The coordinator marks
+    each board it asks, and a report whose window overlaps the check is not an observation."""
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.board("n1")
+        assert (await cl.submit("j1")).ok
+        learn = c.learning_of("n1")
+        assert learn.checking is not None and learn.checking[1] is not None  # asked, and answered
+        await cl.command("cancel", job="j1")
+        await cl.settle()
+
+        def report(p95: float) -> LatencyReport:
+            app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+            return LatencyReport(node="n1", ts=1.0, window_s=5.0, apps=(app,))
+
+        now = cl.clock.monotonic()
+        learn.check_started(now)
+        await c.on_latency(report(25.0), now + 1.0)  # during the check
+        learn.check_done(now + 2.0)
+        await c.on_latency(report(24.0), now + 6.5)  # its window (1.5 .. 6.5 s) still saw it
+        await c.on_latency(report(9.0), now + 7.5)  # after: an observation at no training
+        model = learn.interference["det"]
+        assert [p for _, p in model.points] == [9.0]
+        assert [o[3] for o in model.observed] == [9.0]
+        assert model.rates.history()  # every report still feeds the request-rate forecast
+    finally:
+        await cl.stop()

@@ -140,11 +140,15 @@ async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str])
     async with Requester(c.transport, c.topics, timeout_s=timeout) as rpc:
 
         async def ask(node: str) -> None:
+            learn = c.learning_of(node)  # its LC reports meanwhile are not observations (in_check)
+            learn.check_started(c.clock.monotonic())
             try:
                 reply = await rpc.request(c.topics.node_command(node, "preflight"), args)
             except TransportError:
                 refused[node] = f"no pre-flight answer within {timeout:g} s"
                 return
+            finally:
+                learn.check_done(c.clock.monotonic())
             if not reply.ok:
                 if reply.error is None or reply.error.code != "unknown_verb":
                     refused[node] = reply.error.message if reply.error else "refused"

@@ -349,6 +349,25 @@ class NodeLearning:
     startup: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=3600.0))
     forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=600.0))
     seen: tuple[float, float] = (0.0, 0.0)  # the (startup_s, forming_s) last learned from, to learn each once
+    checking: tuple[float, float | None] | None = None  # (since, until: None while it runs) of its last pre-flight
+
+    def check_started(self, now: float) -> None:
+        self.checking = (now, None)
+
+    def check_done(self, now: float) -> None:
+        if self.checking is not None:
+            self.checking = (self.checking[0], now)
+
+    def in_check(self, now: float, window_s: float) -> bool:
+        """A latency report at ``now`` (monotonic) over ``window_s`` overlaps the board's last
+        pre-flight check: the checker imports torch and runs the model on the board's CPU, which
+        raised its LC apps' p95 by 1.5-2x on the 2-vCPU VM at any priority
+        (scripts/exp_startup_burst.py). Such a report says what a job's start costs, not what the
+        app shows at an intensity: not an observation for the models, nor a steady report."""
+        if self.checking is None:
+            return False
+        since, until = self.checking
+        return now >= since and (until is None or now - window_s <= until)
 
     def observe(self, hb: Heartbeat, now: float) -> None:
         """Learn from a heartbeat of a current participant: its rate (training ones), its link

@@ -288,7 +288,9 @@ class Coordinator:
         # window mixes the worker's start (imports, data loading, re-forming the group) with
         # training at an intensity it has not yet reported: neither an observation of p95(u) nor
         # a reason to lower the cap.
+        # Nor is a window that saw the board's pre-flight check for a job (see NodeLearning.in_check).
         steady = not using or (learn.training_since is not None and now - learn.training_since[1] >= report.window_s)
+        steady = steady and not learn.in_check(now, report.window_s)
         u = self.intensity_of(report.node) if using else 0.0
         # every report feeds the apps' request-rate forecasts and the node's background CPU; a
         # steady one is also an observation of p95(u)
