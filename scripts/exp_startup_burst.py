@@ -14,7 +14,9 @@ at a time and records every latency report around it:
   started directly on each board's CPU at nice 10 from its first instruction (``preexec_fn``);
 - ``direct nice 0``: the same at nice 0 (as a process starts before its nice is set);
 - ``direct idle``: the same in the idle scheduling class (SCHED_IDLE: any other task that wakes
-  on its CPU preempts it at once).
+  on its CPU preempts it at once);
+- ``warm fork``: what a fork server would leave: a process on each board's CPU at nice 10 that
+  imported torch before the round forks a child that builds the model and runs the forward pass.
 
 Per round: each app's median p95 over the 3 s before and its highest p95 in the 6 s after (the
 report window is 2 s here, so a burst shows within it and is gone before the next round).
@@ -45,11 +47,19 @@ from deepedge.profiling._runner import write_rate
 from deepedge.transport import MqttTransport, Received, Requester
 
 CHECK = "import torch\nfrom deepedge.training._models import SmallCNN\nm = SmallCNN(10)\nm(torch.rand(8, 3, 32, 32))\n"
+# a warm process (a fork server's): torch imported once, ahead; on a line on stdin, a forked child
+# builds the model and runs the forward pass (what is left of the check with torch already loaded)
+WARM = (
+    "import os, sys, torch\nfrom deepedge.training._models import SmallCNN\nprint('ready', flush=True)\n"
+    "sys.stdin.readline()\npid = os.fork()\n"
+    "if pid == 0:\n    m = SmallCNN(10)\n    m(torch.rand(8, 3, 32, 32))\n    os._exit(0)\n"
+    "os.waitpid(pid, 0)\n"
+)
 SETTLE_S = 9.0
 AFTER_S = 6.0
 
 
-def _direct(cpu: int, how: str) -> subprocess.Popen[bytes]:
+def _direct(cpu: int, how: str, code: str = CHECK) -> subprocess.Popen[bytes]:
     def setup() -> None:
         os.sched_setaffinity(0, {cpu})
         if how == "idle":
@@ -57,7 +67,8 @@ def _direct(cpu: int, how: str) -> subprocess.Popen[bytes]:
         else:
             os.setpriority(os.PRIO_PROCESS, 0, int(how.split()[1]))
 
-    return subprocess.Popen([sys.executable, "-c", CHECK], preexec_fn=setup)
+    pipes = subprocess.PIPE if code is WARM else None
+    return subprocess.Popen([sys.executable, "-c", code], preexec_fn=setup, stdin=pipes, stdout=pipes)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
@@ -89,10 +100,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             async with Requester(t, topics, timeout_s=60) as rpc:
                 for k in range(args.rounds):
                     for mode in args.modes.split(","):
+                        warm = [_direct(b.cpu, "nice 10", WARM) for b in boards] if mode == "warm fork" else []
+                        for p in warm:  # torch imported before the settling time, not in it
+                            assert p.stdout is not None
+                            await asyncio.to_thread(p.stdout.readline)
                         await asyncio.sleep(SETTLE_S)
                         t0 = time.time()
                         took = 0.0
-                        if mode == "daemon preflight":
+                        if warm:
+                            for p in warm:
+                                assert p.stdin is not None
+                                p.stdin.write(b"go\n")
+                                p.stdin.flush()
+                            for p in warm:
+                                await asyncio.to_thread(p.wait)
+                            took = time.time() - t0
+                        elif mode == "daemon preflight":
                             replies = await asyncio.gather(
                                 *(
                                     rpc.request(topics.node_command(b.node, "preflight"), {**fields, "job": f"x{k}"})

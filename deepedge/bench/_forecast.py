@@ -27,7 +27,13 @@ __all__ = ["TRACES", "ForecastRow", "forecast_markdown", "run_forecast_bench"]
 REPORT_S = 0.5  # the nodes' default report interval and window
 WINDOW_S = 5.0
 SWING = 0.10
-TRACES = (("step:20,40,12", 60.0), ("diurnal:10,40,30", 150.0), ("diurnal:10,40,120", 300.0), ("constant:25", 60.0))
+TRACES = (
+    ("step:20,40,12", 60.0),
+    ("step:20,40,12", 240.0),  # minutes after the step: what the forecast keeps of it
+    ("diurnal:10,40,30", 150.0),
+    ("diurnal:10,40,120", 300.0),
+    ("constant:25", 60.0),
+)
 
 
 @dataclass
