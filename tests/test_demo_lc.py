@@ -241,3 +241,12 @@ def test_the_apps_alone_are_counted_apart_under_the_jobs_trace_and_deadlines(tmp
     assert 40.0 in seen and not path.exists() and not watch.counting_lc
     fresh = watch.apps["det"]
     assert fresh is not rec and fresh.reports == 0 and fresh.deadline_ms == 13.0
+
+
+def test_the_lc_boards_are_profiled_up_to_the_rates_the_forecast_may_plan_for() -> None:
+    from deepedge.bench._lc_scenarios import DIURNAL, STEP, profile_rate_max
+    from deepedge.profiling._forecast import ENVELOPE_FACTOR
+
+    # the traces peak at 40 req/s; the coordinator may plan for its envelope over noisy reports
+    assert profile_rate_max((STEP, DIURNAL)) >= ENVELOPE_FACTOR * 40.0 * 1.1
+    assert profile_rate_max(()) == 45.0  # no trace (tight): the apps' own 20 req/s, as before
