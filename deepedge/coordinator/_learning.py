@@ -367,7 +367,7 @@ class NodeLearning:
         if self.checking is None:
             return False
         since, until = self.checking
-        return now >= since and (until is None or now - window_s <= until)
+        return now >= since and (until is None or now - window_s < until)
 
     def observe(self, hb: Heartbeat, now: float) -> None:
         """Learn from a heartbeat of a current participant: its rate (training ones), its link
