@@ -42,6 +42,7 @@ __all__ = ["LcRow", "lc_markdown", "run_lc_scenarios"]
 
 STEP = "step:20,40,12"
 DIURNAL = "diurnal:10,40,30"
+TRACES = {"step": STEP, "diurnal": DIURNAL}  # the scenarios that follow a request-rate trace
 
 
 @dataclass
@@ -86,9 +87,10 @@ def timeline(run: JobRun) -> dict[str, object]:
         now = [str(hb.state), hb.generation, hb.step >= 1]  # (state, generation, stepped)
         if not seen or seen[-1][1:] != now:
             seen.append([rel(hb.ts), *now])
+    first = w.first_step_ts()
     return {
         "submitted_ts": round(t0, 3),
-        "first_step_s": rel(w.first_step_ts() or t0) if w.first_step_ts() else None,
+        "first_step_s": rel(first) if first else None,
         "finished_s": rel(run.finished_ts) if run.finished_ts else None,
         "apps": {
             name: {
@@ -220,7 +222,7 @@ def run_lc_scenarios(
             opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split, lc_control=control)
             opts.deadline_factor, opts.alone_s = tight_factor, alone_s
             runs.setdefault("tight", []).append((name, opts))
-    for scenario, trace in (("step", STEP), ("diurnal", DIURNAL)):
+    for scenario, trace in TRACES.items():
         if scenario in scenarios:
             for name, control in (("deepedge (forecast)", "forecast"), ("miss-then-back-off (today)", "reactive")):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, lc_control=control)
@@ -252,7 +254,7 @@ def run_lc_scenarios(
             if kb is None and profile_budget:
                 if progress:
                     print(f"  profiling the LC boards ({profile_budget} runs each) ...", flush=True)
-                traces = tuple(o.lc_trace for js in runs.values() for _, o in js if o.lc_trace)
+                traces = tuple(TRACES[s] for s in runs if s in TRACES)
                 asyncio.run(_profile_lc_boards(cluster, profile_budget, profile_seconds, profile_rate_max(traces)))
                 kb = target
                 # the boards share this machine: each profile's stressors loaded the other LC
@@ -309,8 +311,7 @@ def run_lc_scenarios(
 def lc_markdown(
     rows: list[LcRow], command: str, tight_factor: float, trace_factor: float, profile: tuple[int, float] = (40, 2.5)
 ) -> str:
-    scenarios = {r.scenario for r in rows}
-    rate_max = profile_rate_max(tuple(t for n, t in (("step", STEP), ("diurnal", DIURNAL)) if n in scenarios))
+    rate_max = profile_rate_max(tuple(TRACES[s] for s in {r.scenario for r in rows} if s in TRACES))
     lines = [
         f"Command: `{command}`. Machine: {platform.machine()}, Python {platform.python_version()}; the demo's "
         "emulated boards (relative speeds 1.0 / 0.6 / 0.4 / 0.25 from the first; board i and its LC app on vCPU "

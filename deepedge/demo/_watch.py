@@ -51,9 +51,13 @@ class AppRecord:
     startup_violations: int = 0
     untrained_violations: int = 0
     worst_p95_ms: float = 0.0
-    p95s: list[float] = field(default_factory=list)
     over: list[tuple[float, float]] = field(default_factory=list)  # (report ts, p95) of each violation
     series: list[tuple[float, float, bool]] = field(default_factory=list)  # (report ts, p95, trained) of each counted
+
+    @property
+    def p95s(self) -> list[float]:
+        """The p95 of each counted report, in order."""
+        return [p for _, p, _ in self.series]
 
     def observe(self, a: AppLatency, phase: str, ts: float = 0.0, trained: bool = True) -> None:
         """``phase``: "idle" (not counted), "startup" or "steady"; ``trained``: a worker of the
@@ -68,7 +72,6 @@ class AppRecord:
             self.startup_reports += 1
             self.startup_violations += over
         self.reports += 1
-        self.p95s.append(a.p95_ms)
         self.series.append((ts, a.p95_ms, trained))
         self.worst_p95_ms = max(self.worst_p95_ms, a.p95_ms)
         if over:
