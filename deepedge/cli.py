@@ -884,7 +884,10 @@ def bench_interference(
     adaptive: Annotated[int, typer.Option(min=0, help="Of which added where the model is least sure.")] = 8,
     per_scenario: Annotated[int, typer.Option(min=1, help="Held-out runs per co-location scenario.")] = 4,
     seconds: Annotated[float, typer.Option(min=0.5, help="Seconds measured per run.")] = 3.0,
-    repeats: Annotated[int, typer.Option(min=0, help="Repeats of one point (the measurement's own noise).")] = 5,
+    repeats: Annotated[
+        int,
+        typer.Option(min=0, help="Runs of one point spread over the session (the measurement's own noise and drift)."),
+    ] = 5,
     workdir: Annotated[Path | None, typer.Option(help="Where the runs' files and knowledge base go.")] = None,
     refit: Annotated[
         Path | None, typer.Option(help="Recompute the figures from this knowledge base's runs (no measuring).")

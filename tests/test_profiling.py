@@ -597,3 +597,26 @@ def test_feature_sets_compare_features_that_do_not_name_the_stressors() -> None:
         by[("u, rate, runnable tasks", "loglinear")].median_ape < by[(next(iter(FEATURE_SETS)), "loglinear")].median_ape
     )
     assert feature_sets(synthetic(latin_hypercube(SPACE, 12, seed=4)) + held) == []  # nothing measured before training
+
+
+def test_the_bench_repeats_its_reference_point_through_the_session_and_reports_the_span() -> None:
+    from deepedge.bench._interference import REFERENCE, repeat_due, repeat_noise
+
+    # 72 runs planned, 5 repeats: before runs 0, 18, 36 and 54; the fifth after the last run
+    order: list[str] = []
+    taken = 0
+    for n in range(72):
+        while repeat_due(n, taken, 5, 72):
+            order.append("R")
+            taken += 1
+        order.append("x")
+    assert [i - k for k, i in enumerate(i for i, o in enumerate(order) if o == "R")] == [0, 18, 36, 54]
+    assert taken == 4  # the run loop takes the last one at the end
+    assert not any(repeat_due(n, 0, 1, 72) for n in range(72))  # a single repeat: at the end only
+
+    def rep(p95: float, ts: float) -> Run:
+        return Run(REFERENCE, 0.5, 40.0, 0.3, 0.0, 0.3, 0.0, p95, p95 / 2, 400, 10.0, phase="repeat", ts=ts)
+
+    noise, span = repeat_noise([rep(10.0, 100.0), rep(11.0, 400.0), rep(9.0, 700.0), rep(10.0, 1000.0)])
+    assert noise == pytest.approx(0.05) and span == 900.0
+    assert repeat_noise([rep(10.0, 1.0), rep(11.0, 2.0)]) == (None, 1.0)

@@ -56,6 +56,8 @@ HELDOUT: dict[str, dict[str, float]] = {
     "all four": {"cpu": 0.3, "cache": 0.3, "mem": 0.3, "io": 0.3},
     "all four, heavy": {"cpu": 0.7, "cache": 0.6, "mem": 0.7, "io": 0.5},
 }
+# The point measured again and again over the session: the measurement's own noise and drift
+REFERENCE = Point(0.5, 40.0, cpu=0.3, mem=0.3)
 
 
 # Other features than the model's, compared when the runs measured the machine's CPU pressure
@@ -106,6 +108,8 @@ class InterferenceResult:
     wall_s: float
     noise_ape: float | None  # repeat runs of one point: the measurement's own spread
     feature_sets: list[FeatureFigures] = field(default_factory=list)
+    repeat_span_s: float = 0.0  # from the first repeat run to the last (spread over the session, or not)
+    repeat_ape: float | None = None  # the chosen model's median error on the repeat runs
 
 
 def _errors(
@@ -170,6 +174,41 @@ def heldout_points(space: Space, per_scenario: int, seed: int = 7) -> list[tuple
     return out
 
 
+def repeat_due(runs_done: int, taken: int, repeats: int, planned: int) -> bool:
+    """Whether a repeat of REFERENCE comes before the next run, after ``runs_done`` of the
+    ``planned`` others and ``taken`` repeats. The repeats are spread over the session (one
+    first, then one every planned / (repeats - 1) runs; the last is measured after the others,
+    at the end), so that their spread includes the drift the held-out runs see, minutes after
+    the design, and not only how one run repeats the next."""
+    every = max(1, planned // max(1, repeats - 1))
+    return taken < repeats - 1 and runs_done >= taken * every
+
+
+def repeat_noise(runs: list[Run]) -> tuple[float | None, float]:
+    """The repeat runs' median deviation from their median (None under 3 of them), and the
+    seconds from the first to the last (``ts``): back-to-back repeats say how well one run
+    repeats the next; repeats spread over the session also include the machine's drift, which
+    the held-out runs, measured minutes after the design, see too."""
+    rep = sorted((r for r in runs if r.phase == "repeat"), key=lambda r: r.ts)
+    span = rep[-1].ts - rep[0].ts if rep else 0.0
+    if len(rep) < 3:
+        return None, span
+    m = statistics.median(r.p95_ms for r in rep)
+    return statistics.median(abs(r.p95_ms - m) / m for r in rep), span
+
+
+def _repeat_figures(runs: list[Run], chosen: str) -> tuple[float, float | None]:
+    """The repeats' span in seconds and the chosen model's median error on them (a point like
+    the design's, measured again through the session)."""
+    fitted_on, _ = _split(runs)
+    rep = [r for r in runs if r.phase == "repeat"]
+    if not rep or not fitted_on:
+        return repeat_noise(runs)[1], None
+    y = np.array([r.p95_ms for r in rep])
+    pred = fit(chosen, fitted_on).median_ms([r.features() for r in rep])
+    return repeat_noise(runs)[1], float(np.median(np.abs(pred - y) / y))
+
+
 def evaluate(
     runs: list[Run], space: Space, kinds: tuple[str, ...] = DEFAULT_KINDS
 ) -> tuple[str, list[ModelFigures], float | None]:
@@ -177,12 +216,7 @@ def evaluate(
     fitted = {k: fit(k, fitted_on) for k in (*kinds, "linear")}
     best = choose([fitted[k] for k in kinds])
     figures = [_figures(s, heldout) for s in fitted.values()]
-    repeats = [r.p95_ms for r in runs if r.phase == "repeat"]
-    noise = None
-    if len(repeats) >= 3:
-        m = statistics.median(repeats)
-        noise = statistics.median(abs(v - m) / m for v in repeats)
-    return best.kind, figures, noise
+    return best.kind, figures, repeat_noise(runs)[0]
 
 
 def run_interference_bench(
@@ -230,17 +264,24 @@ def run_interference_bench(
         )
         with PointRunner(cfg, sink) as runner:
             done = [0]
+            rep: list[Run] = []
+            planned = budget + per_scenario * len(HELDOUT)
+
+            def one(p: Point, phase: str, scenario: str = "") -> Run:
+                r = runner.run(p, phase, scenario)
+                done[0] += 1
+                say(
+                    f"  run {done[0]} ({phase}{' ' + scenario if scenario else ''}): u {r.intensity:.2f}, "
+                    f"{r.rate:.0f} req/s, {p.mix()} -> p95 {r.p95_ms:.1f} ms ({r.count} requests)"
+                )
+                return r
 
             def measure(points: list[Point], phase: str, scenario: str = "") -> list[Run]:
                 out = []
                 for p in points:
-                    r = runner.run(p, phase, scenario)
-                    out.append(r)
-                    done[0] += 1
-                    say(
-                        f"  run {done[0]} ({phase}{' ' + scenario if scenario else ''}): u {r.intensity:.2f}, "
-                        f"{r.rate:.0f} req/s, {p.mix()} -> p95 {r.p95_ms:.1f} ms ({r.count} requests)"
-                    )
+                    if repeat_due(done[0] - len(rep), len(rep), repeats, planned):
+                        rep.append(one(REFERENCE, "repeat"))
+                    out.append(one(p, phase, scenario))
                 return out
 
             session = ProfileSession(key, space, kb, source="deepedge bench interference")
@@ -250,7 +291,7 @@ def run_interference_bench(
             held: list[Run] = []
             for name, p in heldout_points(space, per_scenario):
                 held += measure([p], "heldout", name)
-            rep = measure([Point(0.5, 40.0, cpu=0.3, mem=0.3)] * repeats, "repeat") if repeats else []
+            rep += [one(REFERENCE, "repeat") for _ in range(repeats - len(rep))]
             kb.add_runs(pid, held + rep)
     finally:
         lc.terminate()
@@ -271,6 +312,7 @@ def run_interference_bench(
         round(time.monotonic() - t0, 1),
         noise,
         feature_sets(runs),
+        *_repeat_figures(runs, chosen),
     )
 
 
@@ -298,6 +340,7 @@ def refit_figures(kb_path: Path, profile_id: int | None = None) -> InterferenceR
         0.0,
         noise,
         feature_sets(runs),
+        *_repeat_figures(runs, chosen),
     )
 
 
@@ -345,8 +388,15 @@ def interference_markdown(r: InterferenceResult, command: str) -> str:
     if r.noise_ape is not None:
         lines += [
             "",
-            f"Measurement noise: the same point (u 0.5, 40 req/s, cpu 0.3, mem 0.3) measured repeatedly: median "
-            f"deviation from their median **{r.noise_ape:.1%}** — no model can be more accurate than that on average.",
+            f"Measurement noise: the same point (u 0.5, 40 req/s, cpu 0.3, mem 0.3) measured "
+            f"{'back to back' if r.repeat_span_s < 120 else 'through the session'} (first to last "
+            f"{r.repeat_span_s / 60:.1f} min): median deviation from their median **{r.noise_ape:.1%}** — no model "
+            "can be more accurate than that on average."
+            + (
+                f" The chosen model's median error on these runs: **{r.repeat_ape:.1%}**."
+                if r.repeat_ape is not None
+                else ""
+            ),
         ]
     if r.feature_sets:
         lines += [
