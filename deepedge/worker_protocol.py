@@ -16,12 +16,16 @@ from deepedge.config import TrainingConfig
 
 __all__ = [
     "COMM_THREADS",
+    "STANDBY_READY",
     "PlanForWorker",
     "WorkerReport",
     "decode_plan_line",
     "decode_report_line",
     "encode_line",
 ]
+
+# What a standby worker (``--standby``) prints on stdout once its imports are done; not a report.
+STANDBY_READY = "worker: standby ready"
 
 # Name prefixes (Linux thread names, /proc/PID/task/TID/comm) of the threads torch.distributed
 # starts for communication: gloo's socket loop and work threads, the TCPStore's server loop.

@@ -125,6 +125,9 @@ class NodeConfig(_Section, frozen=True):
     heartbeat_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
     # The training worker; empty means ``python -m deepedge.training.worker``.
     worker_command: tuple[str, ...] = ()
+    # Keep one training worker started ahead, its imports (torch) done while the board is idle,
+    # for the next job to take (docs/node.md, "Standby worker"); costs an imported torch's memory.
+    standby_worker: bool = True
     # The pre-flight checker; empty means ``python -m deepedge.training.preflight``.
     preflight_command: tuple[str, ...] = ()
     # Collectors to skip even when available, e.g. ["nvml"].

@@ -74,6 +74,7 @@ class DemoCluster:
     broker_kind: str = "auto"
     boundaries: str = "auto"  # auto, namespaces or shared (see the module's docstring)
     coordinator_extra: str = ""  # more [coordinator] keys for its config
+    node_extra: str = ""  # more [node] keys for every node's config
     data_roots: tuple[Path, ...] = ()  # where else jobs may read data (besides the workdir)
     broker: EmbeddedBroker | SecureBroker | None = None
     net: EmulatedNetwork | None = None
@@ -205,7 +206,7 @@ class DemoCluster:
             + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"
-            f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n"
+            f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n{self.node_extra}"
             # what a job may name on these boards: the demo's own folders
             f"[training]\ndata_roots = {json.dumps([str(p) for p in (self.workdir, *self.data_roots)])}\n"
             f'output_root = "{self.workdir}"\n{apps}',

@@ -45,8 +45,9 @@ from deepedge.node._latency import LatencyIntake, LatencyWindows
 from deepedge.node._plans import PlanGate
 from deepedge.node._preflight import Preflights
 from deepedge.node._profile import BoardProfiler, ProfileError
+from deepedge.node._standby import IDLE_BEFORE_S, StandbyWorker
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
-from deepedge.node._torch_probe import PROBE_TIMEOUT_S, TorchProbe, probe_command
+from deepedge.node._torch_probe import PROBE_TIMEOUT_S, WORKER_MODULE, TorchProbe, probe_command
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.tasks import cancel_and_wait
@@ -124,6 +125,7 @@ class NodeDaemon:
         self._pending: set[asyncio.Task[None]] = set()
         self.torch_probe = TorchProbe()  # started by start_torch_probe (run_node), not by tests' daemons
         self._birth_lacked_torch = False
+        self.standby: StandbyWorker | None = None  # started by start_standby (run_node), not by tests' daemons
 
     # ---- messages -----------------------------------------------------------------------------
 
@@ -152,6 +154,46 @@ class NodeDaemon:
         self.torch_probe.start(probe_command(self.worker_command()), self.config.training)
         if self.torch_probe.task is not None:
             self._background(self._birth_after_probe(), "torch-probe-birth")
+
+    def start_standby(self) -> None:
+        """Keep a standby worker (``deepedge.node._standby``) for this board's worker command,
+        when ``node.standby_worker`` is on and the command runs deepedge's worker."""
+        cfg = self.config.node
+        command = self.worker_command()
+        if not cfg.standby_worker or WORKER_MODULE not in command:
+            log.info(
+                "worker.standby_off",
+                why="node.standby_worker is off"
+                if not cfg.standby_worker
+                else "node.worker_command does not run deepedge.training.worker",
+            )
+            return
+        self.standby = StandbyWorker(command, cfg.cpu_affinity, cfg.worker_nice, cfg.worker_comm_nice)
+
+    def busy(self) -> bool:
+        """Whether a worker, a pre-flight check, a profile or the torch probe runs on this board."""
+        return (
+            any(s.state in _ACTIVE for s in self.workers.values())
+            or bool(self.preflights.running)
+            or self.profiler.running
+            or self.profiler.measuring
+            or self.torch_probe.pending
+        )
+
+    async def standby_loop(self) -> None:
+        """Start a standby worker once the board has been idle IDLE_BEFORE_S (none while a job,
+        a check or a profile runs: its import would compete with them)."""
+        assert self.standby is not None
+        idle_since: float | None = None
+        while True:
+            await self.clock.sleep(0.5)
+            if self.busy():
+                idle_since = None
+                continue
+            now = self.clock.monotonic()
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since >= IDLE_BEFORE_S:
+                await self.standby.arm()
 
     async def _birth_after_probe(self) -> None:
         await self.torch_probe.wait(PROBE_TIMEOUT_S + 10)
@@ -201,6 +243,15 @@ class NodeDaemon:
                 for job, sup in self.workers.items()
             },
             "telemetry_sent": self.telemetry_sent,
+            "standby_worker": None
+            if self.standby is None
+            else {
+                "pid": self.standby.pid,
+                "ready": self.standby.ready,
+                "started": self.standby.started,
+                "taken": self.standby.taken,
+                "disabled": self.standby.disabled,
+            },
             "preflights": {"running": sorted(self.preflights.running), "done": self.preflights.done},
             "profile": {
                 "running": self.profiler.running,
@@ -276,6 +327,7 @@ class NodeDaemon:
                 cpus=cfg.cpu_affinity,
                 nice=cfg.worker_nice,
                 comm_nice=cfg.worker_comm_nice,
+                standby=self.standby.take if self.standby is not None else None,
             )
             self.workers[job] = sup
             task = asyncio.create_task(sup.run(), name=f"worker:{job}")
@@ -629,6 +681,7 @@ class NodeDaemon:
             self.self_status_loop,
             serve,
             self.status_line_loop,
+            *([self.standby_loop] if self.standby is not None else []),
         ]
 
     async def shutdown(self) -> None:
@@ -638,6 +691,8 @@ class NodeDaemon:
             with contextlib.suppress(BaseException):
                 await self.profiler.task
         await self.torch_probe.stop()
+        if self.standby is not None:
+            await self.standby.close()
         for job, sup in self.workers.items():
             await sup.stop()
             self._worker_tasks[job].cancel()
@@ -694,6 +749,7 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
         training_address=address,
     )
     daemon.start_torch_probe()
+    daemon.start_standby()
     log.info(
         "node.starting",
         node=node,

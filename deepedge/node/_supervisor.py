@@ -51,6 +51,31 @@ EXIT_NOT_FOUND = 127  # the worker command could not be started: no such file (a
 EXIT_NOT_STARTED = 126  # ... or not executable / any other reason it could not be started
 
 
+def starting_priority(pid: int, cpus: set[int], nice: int, comm_nice: int, **context: str) -> bool:
+    """A just-started worker's CPUs, and the idle scheduling class until it trains (when
+    ``nice``), set before its interpreter has started any thread of its own (threads inherit
+    them), so that its start (imports, data loading) takes only CPU time nothing else wants; and
+    leave to let it set its communication threads to ``comm_nice`` without privilege
+    (RLIMIT_NICE; a no-op for a root worker; refused to a daemon that may not raise the limit —
+    those threads then keep ``nice``). True if it is in the idle class."""
+    idle = False
+    try:
+        if cpus:
+            os.sched_setaffinity(pid, cpus)
+        if nice:
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+            idle = True
+    except OSError as exc:
+        log.warning("worker.priority_failed", cpus=sorted(cpus), nice=nice, error=str(exc), **context)
+    if comm_nice < nice:
+        limit = 20 - comm_nice
+        with contextlib.suppress(OSError, ValueError):
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_NICE)
+            if soft < limit:
+                resource.prlimit(pid, resource.RLIMIT_NICE, (limit, max(limit, hard)))
+    return idle
+
+
 class SupervisorState(StrEnum):
     """The supervisor of one job's worker on this node.
 
@@ -197,6 +222,7 @@ class WorkerSupervisor:
         cpus: Sequence[int] = (),
         nice: int = 0,
         comm_nice: int | None = None,
+        standby: Callable[[Sequence[str]], asyncio.subprocess.Process | None] | None = None,
     ) -> None:
         if crash_limit < 1:
             raise ValueError("crash_limit must be at least 1")
@@ -212,6 +238,7 @@ class WorkerSupervisor:
         self._cpus = set(cpus)
         self._nice = nice
         self._comm_nice = nice if comm_nice is None else comm_nice
+        self._standby = standby  # a worker started ahead for this command, if there is one
         self._idle_start = False
         self._plan: PlanForWorker | None = None
         self._halted = False  # FAILED: no start until a newer generation (or a stop)
@@ -374,7 +401,11 @@ class WorkerSupervisor:
         self._step_at_crash = self._high_step
 
     async def _spawn(self) -> asyncio.subprocess.Process | int:
-        """The worker process, or the exit code that stands for "could not be started"."""
+        """The worker process, or the exit code that stands for "could not be started": the
+        node's standby worker when it has one for this command (its imports done), else a new
+        process."""
+        if self._standby is not None and self._env is None and (proc := self._standby(self.command)) is not None:
+            return proc
         try:
             return await asyncio.create_subprocess_exec(
                 *self.command,
@@ -401,21 +432,9 @@ class WorkerSupervisor:
         if self._plan is None:  # stopped while it was being started
             self._signal_group(proc.pid, signal.SIGKILL)
             return await proc.wait()
-        # Before the interpreter has started any thread of its own (threads inherit these): its
-        # CPUs, and the idle scheduling class until it trains, so that its start (imports, data
-        # loading) takes only CPU time nothing else wants; then nice (see _training_priority).
-        self._idle_start = False
-        try:
-            if self._cpus:
-                os.sched_setaffinity(proc.pid, self._cpus)
-            if self._nice:
-                os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
-                self._idle_start = True
-        except OSError as exc:
-            log.warning(
-                "worker.priority_failed", job=self.job, cpus=sorted(self._cpus), nice=self._nice, error=str(exc)
-            )
-        self._allow_comm_nice(proc.pid)
+        # its CPUs and the idle class until it trains; then nice (see _training_priority). A
+        # standby worker had them set when it started: setting them again changes nothing.
+        self._idle_start = starting_priority(proc.pid, self._cpus, self._nice, self._comm_nice, job=self.job)
         self._move(SupervisorState.RUNNING)
         log.info("worker.started", job=self.job, pid=proc.pid, generation=plan.plan.generation)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -469,18 +488,6 @@ class WorkerSupervisor:
             self._backoff.reset()
             if self._on_report is not None:
                 self._on_report(report)
-
-    def _allow_comm_nice(self, pid: int) -> None:
-        """Let the worker set the communication threads of each group it forms to ``comm_nice``
-        without privilege (RLIMIT_NICE; a no-op for a root worker; refused to a daemon that may
-        not raise the limit — those threads then keep ``nice``)."""
-        if self._comm_nice >= self._nice:
-            return
-        limit = 20 - self._comm_nice
-        with contextlib.suppress(OSError, ValueError):
-            soft, hard = resource.prlimit(pid, resource.RLIMIT_NICE)
-            if soft < limit:
-                resource.prlimit(pid, resource.RLIMIT_NICE, (limit, max(limit, hard)))
 
     def _training_priority(self) -> None:
         """From the idle class to normal scheduling, every thread of the worker: its
