@@ -1,7 +1,8 @@
 """The standby worker (``deepedge.node._standby``): a real worker started ahead imports torch in
 the idle class and waits; a job's supervisor takes it instead of starting a process; one that
-exits early is logged and given up on after three; the daemon keeps one while idle, and its
-death (SIGKILL) ends the standby too."""
+exits early is logged and given up on after three; a profile ends one that still imports; the
+daemon's first birth comes once its standby is ready, and its death (SIGKILL) ends the standby
+too."""
 
 from __future__ import annotations
 
@@ -136,21 +137,18 @@ async def test_the_daemon_keeps_a_standby_while_idle_and_its_sigkill_ends_it(
     status = await watcher.subscribe(t.node_status("n1"))
     node = start_node(tmp_path, mosquitto.url, cluster, "n1", worker=REAL_WORKER)
     nodes.append(node)
-    await wait_for(status, lambda m: isinstance(m, NodeBirth), 60)
+    await wait_for(status, lambda m: isinstance(m, NodeBirth), 90)
 
     def started() -> list[int]:
         return [int(e["pid"]) for e in node.log_events() if e.get("event") == "worker.standby_started"]
 
-    await _until(lambda: bool(started()), 90)  # after the torch probe, once the board is idle
+    # the first standby starts after the torch probe, and the first birth waits until it is ready
     pid = started()[0]
     async with Requester(watcher, t, timeout_s=5) as rpc:
-        deadline = time.monotonic() + 90
-        while True:
-            shown = (await rpc.request(t.node_command("n1", "status"))).result["standby_worker"]
-            if shown["ready"] or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
+        shown = (await rpc.request(t.node_command("n1", "status"))).result["standby_worker"]
     assert shown == {"pid": pid, "ready": True, "started": 1, "taken": 0, "disabled": False}
+    ready = [e for e in node.log_events() if e.get("event") == "worker.standby_ready"]
+    assert [e["pid"] for e in ready] == [pid] and 0 < float(ready[0]["import_s"]) < 60
     assert _alive(pid) and _torch_loaded(pid)
     node.proc.send_signal(signal.SIGKILL)
     node.proc.wait(10)

@@ -45,7 +45,7 @@ from deepedge.node._latency import LatencyIntake, LatencyWindows
 from deepedge.node._plans import PlanGate
 from deepedge.node._preflight import Preflights
 from deepedge.node._profile import BoardProfiler, ProfileError
-from deepedge.node._standby import IDLE_BEFORE_S, StandbyWorker
+from deepedge.node._standby import IDLE_BEFORE_S, STANDBY_BIRTH_WAIT_S, StandbyWorker
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
 from deepedge.node._torch_probe import PROBE_TIMEOUT_S, WORKER_MODULE, TorchProbe, probe_command
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
@@ -145,6 +145,8 @@ class NodeDaemon:
     async def publish_birth(self) -> None:
         if self.torch_probe.pending:  # the first birth says what the board's torch can do, if it can in time
             await self.torch_probe.wait(BIRTH_WAITS_FOR_PROBE_S)
+        if self.standby is not None and self.standby.started == 0:  # and comes once its standby is ready:
+            await self.standby.wait_ready(STANDBY_BIRTH_WAIT_S)  # that import is the daemon's start's
         self._birth_lacked_torch = self.torch_probe.pending
         await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
 
@@ -182,17 +184,18 @@ class NodeDaemon:
 
     async def standby_loop(self) -> None:
         """Start a standby worker once the board has been idle IDLE_BEFORE_S (none while a job,
-        a check or a profile runs: its import would compete with them)."""
+        a check or a profile runs: its import would compete with them); the first as soon as
+        the torch probe has answered (the first birth waits for it)."""
         assert self.standby is not None
         idle_since: float | None = None
         while True:
-            await self.clock.sleep(0.5)
+            await self.clock.sleep(0.1 if self.standby.started == 0 else 0.5)
             if self.busy():
                 idle_since = None
                 continue
             now = self.clock.monotonic()
             idle_since = now if idle_since is None else idle_since
-            if now - idle_since >= IDLE_BEFORE_S:
+            if self.standby.started == 0 or now - idle_since >= IDLE_BEFORE_S:
                 await self.standby.arm()
 
     async def _birth_after_probe(self) -> None:

@@ -4,13 +4,18 @@ not pay for them while the job starts (docs/node.md, "Standby worker").
 
 A worker spends its first seconds importing torch: about 2 s of CPU on the 2-vCPU VM, 5 s of
 wall time in the idle scheduling class while two LC apps run, and more on a board's eMMC. A
-standby (``python -m deepedge.training.worker --standby``) does that import in the idle class
-when no job, pre-flight check or profile runs on the board, says so on stdout ("worker:
-standby ready") and waits on stdin. A profile that starts while a standby still imports ends
-it (its import would be measured as interference; another starts once the board is idle). The next
-job's supervisor takes it instead of starting a process (same command, same CPUs and
-priority), and the daemon starts another once the board is idle again. It holds the memory of
-an imported torch meanwhile; ``node.standby_worker = false`` turns it off.
+standby (``python -m deepedge.training.worker --standby``) does that import in the idle class,
+says so on stdout ("worker: standby ready") and waits on stdin. The next job's supervisor takes
+it instead of starting a process (same command, same CPUs and priority); it holds the memory of
+an imported torch meanwhile (``node.standby_worker = false`` turns it off).
+
+- The first standby starts as soon as the daemon's torch probe has answered, and the daemon's
+  first birth waits for it (at most STANDBY_BIRTH_WAIT_S): its import is part of the daemon's
+  start, before the board is online and anything measures its LC apps.
+- Later ones start once the board has been idle IDLE_BEFORE_S: no job, pre-flight check or
+  profile running.
+- A profile that starts while a standby still imports ends it (the import would be measured as
+  interference); another starts once the board is idle.
 
 A standby that exits by itself (a broken torch, say) is logged with its last stderr line and
 started again at the next idle time; after ``MAX_EARLY_EXITS`` such exits in a row the daemon
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -31,12 +37,13 @@ from deepedge import compat
 from deepedge.node._supervisor import starting_priority
 from deepedge.worker_protocol import STANDBY_READY
 
-__all__ = ["IDLE_BEFORE_S", "MAX_EARLY_EXITS", "STANDBY_FLAG", "StandbyWorker"]
+__all__ = ["IDLE_BEFORE_S", "MAX_EARLY_EXITS", "STANDBY_BIRTH_WAIT_S", "STANDBY_FLAG", "StandbyWorker"]
 
 log = structlog.get_logger("deepedge.node")
 
 STANDBY_FLAG = "--standby"
-IDLE_BEFORE_S = 2.0  # the board idle this long before a standby is started
+IDLE_BEFORE_S = 2.0  # the board idle this long before a standby is started (but the first)
+STANDBY_BIRTH_WAIT_S = 30.0  # the daemon's first birth waits this long for the first standby
 MAX_EARLY_EXITS = 3  # standbys that exited before a job took them, in a row, before it stops trying
 
 
@@ -65,6 +72,16 @@ class StandbyWorker:
         """Whether the standby has done its imports (said so on stdout) and waits."""
         t = self._ready
         return self.pid is not None and t is not None and t.done() and not t.cancelled() and t.result()
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait at most ``timeout_s`` until a standby is ready, or has exited, or is given up on
+        (also while none has been started yet)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.disabled:
+            proc = self.proc
+            if self.ready or (proc is not None and proc.returncode is not None):
+                return
+            await asyncio.sleep(0.1)
 
     async def yield_to_measurement(self) -> None:
         """End a standby that is still importing: a measurement (a profile) is about to start."""
@@ -98,7 +115,7 @@ class StandbyWorker:
             return
         starting_priority(proc.pid, self._cpus, self._nice, self._comm_nice, standby="yes")
         self.proc = proc
-        self._ready = asyncio.create_task(_said_ready(proc), name="standby-ready")
+        self._ready = asyncio.create_task(_said_ready(proc, time.monotonic()), name="standby-ready")
         self.started += 1
         log.info("worker.standby_started", pid=proc.pid)
 
@@ -149,11 +166,14 @@ class StandbyWorker:
                 await proc.wait()
 
 
-async def _said_ready(proc: asyncio.subprocess.Process) -> bool:
+async def _said_ready(proc: asyncio.subprocess.Process, started: float) -> bool:
     """Whether the standby's first stdout line is the worker's STANDBY_READY."""
     assert proc.stdout is not None
     try:
         line = await proc.stdout.readline()
     except (ValueError, OSError):  # a line over the stream's limit, a broken pipe: not ready
         return False
-    return line.decode(errors="replace").strip() == STANDBY_READY
+    ready = line.decode(errors="replace").strip() == STANDBY_READY
+    if ready:
+        log.info("worker.standby_ready", pid=proc.pid, import_s=round(time.monotonic() - started, 2))
+    return ready
