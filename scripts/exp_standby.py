@@ -14,7 +14,7 @@ in the idle class, once the boards are idle). Per run:
 Prints each run as a JSON line and, at the end, the medians per mode (and the ratio on/off of
 each), and writes everything to ``--out``.
 
-    python scripts/exp_standby.py [--rounds 3] [--epochs 2] [--out results.json]
+    python scripts/exp_standby.py [--rounds 3] [--epochs 2] [--trace constant:40] [--out results.json]
 
 Nothing else CPU-heavy: the boards' apps and workers share this machine's CPUs."""
 
@@ -40,7 +40,13 @@ def one_run(mode: str, k: int, args: argparse.Namespace, root: Path, data: Path,
     workdir = root / f"{mode}-{k}"
     workdir.mkdir()
     opts = DemoOptions(
-        nodes=2, kill_after_s=None, epochs=args.epochs, boards="shared", alone_s=args.alone, workdir=workdir
+        nodes=2,
+        kill_after_s=None,
+        epochs=args.epochs,
+        boards="shared",
+        alone_s=args.alone,
+        workdir=workdir,
+        lc_trace=args.trace,
     )
     cluster = DemoCluster(
         workdir, cluster_profiles(2, with_lc=True), boundaries="shared", node_extra=MODES[mode], data_roots=(root,)
@@ -86,6 +92,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--alone", type=float, default=20.0)
     ap.add_argument("--window", type=float, default=10.0)
+    ap.add_argument("--trace", default=None, help="the LC apps' request rate, e.g. constant:40 (default: their own)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="deepedge-exp-standby-"))

@@ -113,7 +113,7 @@ async def test_standbys_that_exit_early_are_logged_and_given_up_after_three() ->
 
 async def test_a_profile_ends_a_standby_that_still_imports_not_a_ready_one() -> None:
     importing = StandbyWorker(["sh", "-c", "sleep 60"])
-    ready = StandbyWorker(["sh", "-c", f"echo '{STANDBY_READY}'; sleep 60"])
+    ready = StandbyWorker(["sh", "-c", f"echo 'some chatter'; echo '{STANDBY_READY}'; sleep 60"])
     try:
         for s in (importing, ready):
             await s.arm()
@@ -124,9 +124,21 @@ async def test_a_profile_ends_a_standby_that_still_imports_not_a_ready_one() -> 
             await s.yield_to_measurement()
         assert importing.pid is None and not _alive(pids[0])
         assert ready.pid == pids[1]
+        await importing.arm()  # held back while the profile starts
+        assert importing.pid is None and importing.started == 1
     finally:
         for s in (importing, ready):
             await s.close()
+
+
+async def test_waiting_for_a_standby_ends_when_none_can_come() -> None:
+    never = StandbyWorker(["sh", "-c", "exit 0"])
+    never.disabled = True
+    t0 = time.monotonic()
+    await never.wait_ready(10)  # given up on: at once
+    idle = StandbyWorker(["sh", "-c", "exit 0"])
+    await idle.wait_ready(0.3)  # never started: the timeout
+    assert time.monotonic() - t0 < 2
 
 
 @pytest.mark.mosquitto
@@ -135,7 +147,8 @@ async def test_the_daemon_keeps_a_standby_while_idle_and_its_sigkill_ends_it(
 ) -> None:
     t = Topics(cluster)
     status = await watcher.subscribe(t.node_status("n1"))
-    node = start_node(tmp_path, mosquitto.url, cluster, "n1", worker=REAL_WORKER)
+    # (at nice 0, not in the idle class: the import is not starved by whatever else this machine runs)
+    node = start_node(tmp_path, mosquitto.url, cluster, "n1", worker=REAL_WORKER, node_extra="worker_nice = 0")
     nodes.append(node)
     await wait_for(status, lambda m: isinstance(m, NodeBirth), 90)
 

@@ -126,6 +126,7 @@ class NodeDaemon:
         self.torch_probe = TorchProbe()  # started by start_torch_probe (run_node), not by tests' daemons
         self._birth_lacked_torch = False
         self.standby: StandbyWorker | None = None  # started by start_standby (run_node), not by tests' daemons
+        self._standby_waited = False  # (once, by the first birth)
 
     # ---- messages -----------------------------------------------------------------------------
 
@@ -145,8 +146,10 @@ class NodeDaemon:
     async def publish_birth(self) -> None:
         if self.torch_probe.pending:  # the first birth says what the board's torch can do, if it can in time
             await self.torch_probe.wait(BIRTH_WAITS_FOR_PROBE_S)
-        if self.standby is not None and self.standby.started == 0:  # and comes once its standby is ready:
-            await self.standby.wait_ready(STANDBY_BIRTH_WAIT_S)  # that import is the daemon's start's
+        first, self._standby_waited = not self._standby_waited, True
+        if first and self.standby is not None and not self.torch_probe.pending:
+            # the first birth comes once the first standby is ready: that import is the daemon's start's
+            await self.standby.wait_ready(STANDBY_BIRTH_WAIT_S)
         self._birth_lacked_torch = self.torch_probe.pending
         await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
 
@@ -196,7 +199,11 @@ class NodeDaemon:
             now = self.clock.monotonic()
             idle_since = now if idle_since is None else idle_since
             if self.standby.started == 0 or now - idle_since >= IDLE_BEFORE_S:
-                await self.standby.arm()
+                try:
+                    await self.standby.arm()
+                except Exception as exc:  # an optimisation must not take the daemon down
+                    self.standby.disabled = True
+                    log.error("worker.standby_disabled", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     async def _birth_after_probe(self) -> None:
         await self.torch_probe.wait(PROBE_TIMEOUT_S + 10)

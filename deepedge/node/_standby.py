@@ -60,6 +60,7 @@ class StandbyWorker:
         self.disabled = False
         self.started = 0  # standbys started
         self._ready: asyncio.Task[bool] | None = None  # reads the standby's "ready" line
+        self._held_until = 0.0  # (monotonic) no standby is started before this: a profile runs
         self.taken = 0  # ... of which a job's supervisor took
 
     @property
@@ -84,14 +85,18 @@ class StandbyWorker:
             await asyncio.sleep(0.1)
 
     async def yield_to_measurement(self) -> None:
-        """End a standby that is still importing: a measurement (a profile) is about to start."""
+        """A measurement (a profile) is about to start: end a standby that is still importing,
+        and start none for IDLE_BEFORE_S (the profile's own run then keeps the board busy)."""
+        self._held_until = time.monotonic() + IDLE_BEFORE_S
         if self.pid is not None and not self.ready:
             log.info("worker.standby_ended", pid=self.pid, why="a profile starts while it imports")
             await self.close()
 
     async def arm(self) -> None:
-        """Start a standby if there is none (and it has not been given up on)."""
-        if self.disabled or self.pid is not None:
+        """Start a standby if there is none (and it has not been given up on, nor is held back
+        by a profile that just started)."""
+        asked = time.monotonic()
+        if self.disabled or self.pid is not None or asked < self._held_until:
             return
         if self.proc is not None:  # it exited before any job took it
             self._stop_watching()
@@ -115,6 +120,9 @@ class StandbyWorker:
             return
         starting_priority(proc.pid, self._cpus, self._nice, self._comm_nice, standby="yes")
         self.proc = proc
+        if self._held_until > asked:  # a profile started while it was being started: not now
+            await self.close()
+            return
         self._ready = asyncio.create_task(_said_ready(proc, time.monotonic()), name="standby-ready")
         self.started += 1
         log.info("worker.standby_started", pid=proc.pid)
@@ -124,7 +132,7 @@ class StandbyWorker:
         with contextlib.suppress(Exception):
             assert proc.stderr is not None
             async with compat.timeout(1):
-                tail = (await proc.stderr.read(1 << 16)).decode(errors="replace").strip().splitlines()
+                tail = (await proc.stderr.read())[-(1 << 16) :].decode(errors="replace").strip().splitlines()
             why = tail[-1][:500] if tail else why
         self.early_exits += 1
         log.warning(
@@ -135,8 +143,9 @@ class StandbyWorker:
             log.error("worker.standby_disabled", error=f"{self.early_exits} standby workers in a row exited: {why}")
 
     def take(self, command: Sequence[str]) -> asyncio.subprocess.Process | None:
-        """The ready standby for a job's worker of ``command`` (the caller owns it from now on),
-        or None: none is ready, or it was started for another command."""
+        """The standby for a job's worker of ``command`` (the caller owns it from now on; it may
+        still be importing: the plan waits in its stdin), or None: there is none, or it was
+        started for another command."""
         if list(command) != self.command or self.pid is None:
             return None
         proc, self.proc = self.proc, None
@@ -169,11 +178,16 @@ class StandbyWorker:
 async def _said_ready(proc: asyncio.subprocess.Process, started: float) -> bool:
     """Whether the standby's first stdout line is the worker's STANDBY_READY."""
     assert proc.stdout is not None
-    try:
-        line = await proc.stdout.readline()
-    except (ValueError, OSError):  # a line over the stream's limit, a broken pipe: not ready
-        return False
-    ready = line.decode(errors="replace").strip() == STANDBY_READY
-    if ready:
-        log.info("worker.standby_ready", pid=proc.pid, import_s=round(time.monotonic() - started, 2))
-    return ready
+    for _ in range(100):  # lines before it (a library's chatter) are logged, not lost
+        try:
+            line = await proc.stdout.readline()
+        except (ValueError, OSError):  # a line over the stream's limit, a broken pipe: not ready
+            return False
+        if not line:
+            return False
+        text = line.decode(errors="replace").strip()
+        if text == STANDBY_READY:
+            log.info("worker.standby_ready", pid=proc.pid, import_s=round(time.monotonic() - started, 2))
+            return True
+        log.info("worker.standby_stdout", pid=proc.pid, line=text[:300])
+    return False
