@@ -148,7 +148,9 @@ async def test_the_daemon_keeps_a_standby_while_idle_and_its_sigkill_ends_it(
     t = Topics(cluster)
     status = await watcher.subscribe(t.node_status("n1"))
     # (at nice 0, not in the idle class: the import is not starved by whatever else this machine runs)
-    node = start_node(tmp_path, mosquitto.url, cluster, "n1", worker=REAL_WORKER, node_extra="worker_nice = 0")
+    node = start_node(
+        tmp_path, mosquitto.url, cluster, "n1", worker=REAL_WORKER, node_extra="worker_nice = 0\nstandby_worker = true"
+    )
     nodes.append(node)
     await wait_for(status, lambda m: isinstance(m, NodeBirth), 90)
 

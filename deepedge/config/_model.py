@@ -127,7 +127,9 @@ class NodeConfig(_Section, frozen=True):
     worker_command: tuple[str, ...] = ()
     # Keep one training worker started ahead, its imports (torch) done while the board is idle,
     # for the next job to take (docs/node.md, "Standby worker"); costs an imported torch's memory.
-    standby_worker: bool = True
+    # Off by default: it starts jobs sooner, and in the demo that made the LC apps miss more at
+    # the start (measured: 2 of 5 runs failed with it, 0 of 40 without).
+    standby_worker: bool = False
     # The pre-flight checker; empty means ``python -m deepedge.training.preflight``.
     preflight_command: tuple[str, ...] = ()
     # Collectors to skip even when available, e.g. ["nvml"].

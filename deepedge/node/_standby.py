@@ -7,7 +7,8 @@ wall time in the idle scheduling class while two LC apps run, and more on a boar
 standby (``python -m deepedge.training.worker --standby``) does that import in the idle class,
 says so on stdout ("worker: standby ready") and waits on stdin. The next job's supervisor takes
 it instead of starting a process (same command, same CPUs and priority); it holds the memory of
-an imported torch meanwhile (``node.standby_worker = false`` turns it off).
+an imported torch meanwhile. Off unless ``node.standby_worker = true``: in the demo a job
+started this much sooner made its LC apps miss more at the start (docs/node.md).
 
 - The first standby starts as soon as the daemon's torch probe has answered, and the daemon's
   first birth waits for it (at most STANDBY_BIRTH_WAIT_S): its import is part of the daemon's
