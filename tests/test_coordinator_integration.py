@@ -36,11 +36,12 @@ async def cluster_up(
     lc_apps: dict[str, float] | None = None,
     worker: list[str] | None = None,
     latency_window_s: float = 30,
+    coordinator_interval: float = 0.2,
 ) -> Any:
     t = Topics(cluster)
     coord = await watcher.subscribe(t.coordinator_status())
     births = await watcher.subscribe(t.all_nodes("status"))
-    procs.append(start_coordinator(tmp, mosquitto.url, cluster))
+    procs.append(start_coordinator(tmp, mosquitto.url, cluster, interval=coordinator_interval))
     await wait_for(coord, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
     for n in nodes:
         procs.append(
@@ -110,10 +111,16 @@ async def test_kill_9_of_a_node_replans_with_new_generation_within_3_s(
     mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
 ) -> None:
     t = Topics(cluster)
-    loaded = await cluster_up(mosquitto, watcher, tmp_path, cluster, procs, ["b1", "b2", "b3"])
+    # The killed node is found dead by its last will, at once. The survivors' liveness is judged
+    # on 3 missed heartbeats of 0.5 s, not 0.2 s. A clean-clone CI run once saw the re-plan keep
+    # only b1; the likely reason, not traced, is a 0.6 s stall of b3 on the loaded machine.
+    loaded = await cluster_up(
+        mosquitto, watcher, tmp_path, cluster, procs, ["b1", "b2", "b3"], coordinator_interval=0.5
+    )
     plans = await watcher.subscribe(t.job_plan("j1"))
     await coordinator_request(loaded.config, "submit", job_args("j1", tmp_path))
     first = await wait_for(plans, lambda m: isinstance(m, Plan))
+    assert {a.node for a in first.assignments} == {"b1", "b2", "b3"}
     victim = next(p for p in procs if p.node == "b2")
     killed = time.monotonic()
     victim.proc.send_signal(signal.SIGKILL)
