@@ -197,25 +197,28 @@ def repeat_noise(runs: list[Run]) -> tuple[float | None, float]:
     return statistics.median(abs(r.p95_ms - m) / m for r in rep), span
 
 
-def _repeat_figures(runs: list[Run], chosen: str) -> tuple[float, float | None]:
-    """The repeats' span in seconds and the chosen model's median error on them (a point like
-    the design's, measured again through the session)."""
-    fitted_on, _ = _split(runs)
+def _repeat_ape(best: Surrogate, runs: list[Run]) -> float | None:
+    """The chosen model's median error on the repeat runs (a point like the design's, measured
+    again through the session); None without them."""
     rep = [r for r in runs if r.phase == "repeat"]
-    if not rep or not fitted_on:
-        return repeat_noise(runs)[1], None
+    if not rep:
+        return None
     y = np.array([r.p95_ms for r in rep])
-    pred = fit(chosen, fitted_on).median_ms([r.features() for r in rep])
-    return repeat_noise(runs)[1], float(np.median(np.abs(pred - y) / y))
+    return float(np.median(np.abs(best.median_ms([r.features() for r in rep]) - y) / y))
+
+
+def _fitted(runs: list[Run], kinds: tuple[str, ...] = DEFAULT_KINDS) -> tuple[Surrogate, list[ModelFigures]]:
+    """Every kind (and today's linear model) fitted on the design and adaptive runs: the one
+    chosen by cross-validated error, and each one's figures on the held-out runs."""
+    fitted_on, heldout = _split(runs)
+    fitted = {k: fit(k, fitted_on) for k in (*kinds, "linear")}
+    return choose([fitted[k] for k in kinds]), [_figures(s, heldout) for s in fitted.values()]
 
 
 def evaluate(
     runs: list[Run], space: Space, kinds: tuple[str, ...] = DEFAULT_KINDS
 ) -> tuple[str, list[ModelFigures], float | None]:
-    fitted_on, heldout = _split(runs)
-    fitted = {k: fit(k, fitted_on) for k in (*kinds, "linear")}
-    best = choose([fitted[k] for k in kinds])
-    figures = [_figures(s, heldout) for s in fitted.values()]
+    best, figures = _fitted(runs, kinds)
     return best.kind, figures, repeat_noise(runs)[0]
 
 
@@ -298,9 +301,10 @@ def run_interference_bench(
         lc.wait(10)
         sink.close()
     runs = kb.runs(pid)
-    chosen, figures, noise = evaluate(runs, space)
+    best, figures = _fitted(runs)
+    noise, span = repeat_noise(runs)
     return InterferenceResult(
-        chosen,
+        best.kind,
         sum(r.phase == "design" for r in result.runs),
         sum(r.phase == "adaptive" for r in result.runs),
         len(held),
@@ -312,7 +316,8 @@ def run_interference_bench(
         round(time.monotonic() - t0, 1),
         noise,
         feature_sets(runs),
-        *_repeat_figures(runs, chosen),
+        span,
+        _repeat_ape(best, runs),
     )
 
 
@@ -326,9 +331,10 @@ def refit_figures(kb_path: Path, profile_id: int | None = None) -> InterferenceR
     assert shown is not None
     space = Space(**shown["space"]) if shown["space"] else Space(rate_min=20.0, rate_max=60.0)
     runs = kb.runs(pid)
-    chosen, figures, noise = evaluate(runs, space)
+    best, figures = _fitted(runs)
+    noise, span = repeat_noise(runs)
     return InterferenceResult(
-        chosen,
+        best.kind,
         sum(r.phase == "design" for r in runs),
         sum(r.phase == "adaptive" for r in runs),
         sum(r.phase == "heldout" for r in runs),
@@ -340,7 +346,8 @@ def refit_figures(kb_path: Path, profile_id: int | None = None) -> InterferenceR
         0.0,
         noise,
         feature_sets(runs),
-        *_repeat_figures(runs, chosen),
+        span,
+        _repeat_ape(best, runs),
     )
 
 
