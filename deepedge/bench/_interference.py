@@ -395,7 +395,8 @@ def interference_markdown(r: InterferenceResult, command: str) -> str:
     if r.noise_ape is not None:
         lines += [
             "",
-            f"Measurement noise: the same point (u 0.5, 40 req/s, cpu 0.3, mem 0.3) measured "
+            f"Measurement noise: the same point (u {REFERENCE.intensity:g}, {REFERENCE.rate:g} req/s, cpu "
+            f"{REFERENCE.cpu:g}, mem {REFERENCE.mem:g}) measured "
             f"{'back to back' if r.repeat_span_s < 120 else 'through the session'} (first to last "
             f"{r.repeat_span_s / 60:.1f} min): median deviation from their median **{r.noise_ape:.1%}** — no model "
             "can be more accurate than that on average."
