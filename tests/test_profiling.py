@@ -23,7 +23,7 @@ from deepedge.coordinator._learning import (
     anchored_upper_ms,
 )
 from deepedge.coordinator._planner_io import lc_models, node_models
-from deepedge.coordinator._policy import forecast_risk
+from deepedge.coordinator._policy import CLIMB_MIN, cap_rises, forecast_risk
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import JobModel, LcAppModel, NodeModel, Planner, PlannerConfig, node_cap
 from deepedge.coordinator.planner._caps import largest_within
@@ -226,6 +226,30 @@ def test_caps_come_from_the_upper_quantile_by_bisection() -> None:
     hot = LcAppModel("det", 10.0, 0, 0, curve=(12.0, 20.0), margin=0.0)
     cap, why = node_cap(NodeModel("n", 100.0, 64, lc_apps=(hot,)), 0.1)
     assert cap == 0 and "upper quantile" in why
+
+
+def test_a_cap_climbs_where_live_reports_at_it_show_room() -> None:
+    """The first cap is where the table's whole interval meets the deadline; once steady reports
+    at that cap show the app where the table's median says, the interval near it narrows and the
+    planner's cap is higher: a re-plan that raises it by CLIMB_MIN or more is wanted, but only
+    once every node whose cap rises has reported at its current cap."""
+    table = _table()  # median 10 + 20 u at 20 req/s, upper + 4 ms; budget 28.5 ms of 30
+    im = InterferenceModel()
+    first = node_cap(NodeModel("n", 100.0, 64, lc_apps=(im.surrogate_model("det", 30.0, table, 20.0, 0.0),)), 0.1)[0]
+    assert first == pytest.approx(0.725, abs=1e-6)
+    for _ in range(30):  # a latency window and more of steady reports at that cap, as the table says
+        im.observe_load(0.0, 20.0, first, 0.0, table.median_ms(first, 20.0, 0.0))
+    model = im.surrogate_model("det", 30.0, table, 20.0, 0.0)
+    climbed = node_cap(NodeModel("n", 100.0, 64, lc_apps=(model,)), 0.1)[0]
+    # (10 + 20 u) x exp(log((14 + 20 u) / (10 + 20 u)) x (u - 0.725) / TABLE_REACH) <= 28.5
+    assert climbed == pytest.approx(0.87, abs=0.01)
+    assert climbed - first >= CLIMB_MIN
+    assert model.predict_ms(climbed) <= 28.5 + 1e-6 and model.predict_ms(1.0) > 28.5  # not all the way
+    previous = [("a", 1.0), ("n", first)]
+    assert cap_rises(previous, {"a": 1.0, "n": climbed}, ["n"]) == [("n", first, climbed)]
+    assert cap_rises(previous, {"a": 1.0, "n": climbed}, []) == []  # not yet reported at its cap
+    assert cap_rises(previous, {"a": 1.0, "n": first + CLIMB_MIN / 2}, ["n"]) == []  # too small a move
+    assert cap_rises(previous, {"a": 0.9, "n": first}, ["a", "n"]) == []  # lower caps are no climb
 
 
 def test_a_table_is_anchored_to_what_the_app_shows_now_with_the_larger_interval() -> None:

@@ -331,6 +331,7 @@ class CommModel:
         return self.efficiency.get(1.0)
 
 
+MAX_WINDOW_S = 600.0  # a report's window is believed at most this long
 MAX_APPS = 64  # LC apps remembered per node (the least recently reported forgotten first)
 
 
@@ -350,6 +351,7 @@ class NodeLearning:
     forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=600.0))
     seen: tuple[float, float] = (0.0, 0.0)  # the (startup_s, forming_s) last learned from, to learn each once
     checking: tuple[float, float | None] | None = None  # (since, until: None while it runs) of its last pre-flight
+    window_s: float = 5.0  # the latency window of its LC reports (the last one's)
 
     def check_started(self, now: float) -> None:
         self.checking = (now, None)
@@ -404,6 +406,7 @@ class NodeLearning:
         node's background CPU, and, when ``steady``, the (intensity, p95) observations of the
         models. ``u``: the node's training intensity now."""
         window = max(1e-3, report.window_s)
+        self.window_s = min(MAX_WINDOW_S, window)
         lc_cores = sum(a.count / window * a.p50_ms / 1000.0 for a in report.apps)
         if telemetry is not None and telemetry.cpu_percent > 0:
             busy = telemetry.cpu_percent / 100.0 * max(1, cores)

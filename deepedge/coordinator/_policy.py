@@ -29,6 +29,8 @@ from deepedge.coordinator._learning import NodeLearning
 __all__ = [
     "CAP_DECREASE",
     "CAP_INCREASE",
+    "CLIMB_MIN",
+    "CLIMB_SETTLE_S",
     "COMFORT_FRACTION",
     "COMFORT_REPORTS",
     "DECREASE_COOLDOWN_S",
@@ -56,6 +58,7 @@ __all__ = [
     "TryImprove",
     "Wait",
     "after_decision",
+    "cap_rises",
     "forecast_risk",
     "on_heartbeat",
     "on_latency",
@@ -82,6 +85,13 @@ REPLAN_MIN_GAIN_S = 5.0
 SHARE_RATIO = 0.92
 SHARE_MIN_GAIN_S = 0.5
 REPLAN_COOLDOWN_S = 1.0
+# A plan that keeps the group is also published when it raises a participant's intensity cap by
+# CLIMB_MIN or more (however small the step's gain) once that participant has trained at its
+# current cap for a whole latency window and CLIMB_SETTLE_S more: its reports there narrowed the
+# surrogate's interval near that cap, so the cap may climb in steps the live reports check, where
+# the 8 % rule would keep a node that takes a small share at its first, most uncertain cap.
+CLIMB_MIN = 0.05
+CLIMB_SETTLE_S = 1.0
 # An all-reduce pending on every participant for STALL_FACTOR expected steps (and STALL_MIN_S)
 # has stalled (a link degraded mid-step): a new group, whose formation probes every link again.
 STALL_FACTOR = 2.5
@@ -373,3 +383,14 @@ def should_improve(remaining_steps: int, current_s: float, new_s: float, same_gr
     a plan that keeps the group (no re-form), 8 % and SHARE_MIN_GAIN_S."""
     ratio, gain = (SHARE_RATIO, SHARE_MIN_GAIN_S) if same_group else (REPLAN_RATIO, REPLAN_MIN_GAIN_S)
     return new_s < ratio * current_s and remaining_steps * (current_s - new_s) >= gain
+
+
+def cap_rises(
+    previous: Sequence[tuple[str, float]], caps: Mapping[str, float], settled: Iterable[str]
+) -> list[tuple[str, float, float]]:
+    """The (node, cap now, new cap) of the participants whose cap a new plan raises by CLIMB_MIN
+    or more; empty when any rising one has not ``settled`` (trained a latency window at its
+    current cap, see CLIMB_SETTLE_S). ``previous``: the plan in effect's (node, cap)."""
+    ready = set(settled)
+    rises = [(node, cap, caps.get(node, 0.0)) for node, cap in previous if caps.get(node, 0.0) >= cap + CLIMB_MIN]
+    return rises if all(node in ready for node, _, _ in rises) else []

@@ -510,16 +510,34 @@ class Coordinator:
         if job.terminal or job.plan is not plan:
             return  # changed while the planner ran
         keeps = continues_group(plan, decision, self.view, job.job)
-        if decision.feasible and policy.should_improve(
-            max(0, job.total_steps - job.step), current, decision.step_s, keeps
-        ):
-            await self.emit(
-                "plan.improving",
-                f"learned rates and links predict {decision.step_s * 1000:.0f} ms per step instead of "
-                f"{current * 1000:.0f} ms" + (" (same group: no re-form)" if keeps else ""),
-                job=job.job,
-            )
+        if not decision.feasible:
+            return
+        predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
+        if policy.should_improve(max(0, job.total_steps - job.step), current, decision.step_s, keeps):
+            what = "learned rates and links predict " + predicts + (" (same group: no re-form)" if keeps else "")
+            await self.emit("plan.improving", what, job=job.job)
             await self.replan(job, decision)
+            return
+        rises = []
+        if keeps and job.spec.lc_control == "forecast" and decision.step_s < current:
+            settled = [a.node for a in plan.assignments if self.settled(a.node, plan.generation, now)]
+            rises = policy.cap_rises([(a.node, a.intensity_cap) for a in plan.assignments], decision.caps, settled)
+        if rises:
+            moves = ", ".join(f"{node} {old:.2f} -> {new:.2f}" for node, old, new in rises)
+            what = f"live reports at the caps leave room: {moves}; {predicts} (same group: no re-form)"
+            await self.emit("plan.climbing", what, job=job.job)
+            await self.replan(job, decision)
+
+    def settled(self, node: str, generation: int, now: float) -> bool:
+        """The node's caps come from a knowledge-base surrogate and it has trained in
+        ``generation`` for a latency window and CLIMB_SETTLE_S more: its steady reports at its
+        cap have reached the model (:func:`policy.cap_rises`)."""
+        learn = self.learning.get(node)
+        if learn is None or learn.training_since is None or learn.training_since[0] != generation:
+            return False
+        if not any(m.table is not None for m in learn.interference.values()):
+            return False
+        return now - learn.training_since[1] >= learn.window_s + policy.CLIMB_SETTLE_S
 
     async def replan(self, job: JobRecord, decision: PlanDecision | None = None) -> None:
         if job.terminal:
