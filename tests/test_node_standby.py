@@ -149,22 +149,31 @@ async def test_the_daemon_keeps_a_standby_while_idle_and_its_sigkill_ends_it(
     status = await watcher.subscribe(t.node_status("n1"))
     # (at nice 0, not in the idle class: the import is not starved by whatever else this machine runs)
     node = start_node(
-        tmp_path, mosquitto.url, cluster, "n1", worker=REAL_WORKER, node_extra="worker_nice = 0\nstandby_worker = true"
+        tmp_path,
+        mosquitto.url,
+        cluster,
+        "n1",
+        worker=REAL_WORKER,
+        node_extra="worker_nice = 0\nstandby_worker = true\nstandby_checker = true",
     )
     nodes.append(node)
     await wait_for(status, lambda m: isinstance(m, NodeBirth), 90)
 
-    def started() -> list[int]:
-        return [int(e["pid"]) for e in node.log_events() if e.get("event") == "worker.standby_started"]
+    def started(kind: str) -> list[int]:
+        return [int(e["pid"]) for e in node.log_events() if e.get("event") == f"{kind}.standby_started"]
 
-    # the first standby starts after the torch probe, and the first birth waits until it is ready
-    pid = started()[0]
+    # the first standbys (worker, pre-flight checker) start after the torch probe, and the first
+    # birth waits until both are ready
+    pids = [started("worker")[0], started("preflight")[0]]
     async with Requester(watcher, t, timeout_s=5) as rpc:
-        shown = (await rpc.request(t.node_command("n1", "status"))).result["standby_worker"]
-    assert shown == {"pid": pid, "ready": True, "started": 1, "taken": 0, "disabled": False}
-    ready = [e for e in node.log_events() if e.get("event") == "worker.standby_ready"]
-    assert [e["pid"] for e in ready] == [pid] and 0 < float(ready[0]["import_s"]) < 60
-    assert _alive(pid) and _torch_loaded(pid)
+        shown = (await rpc.request(t.node_command("n1", "status"))).result
+    for pid, key in zip(pids, ("standby_worker", "standby_checker"), strict=True):
+        assert shown[key] == {"pid": pid, "ready": True, "started": 1, "taken": 0, "disabled": False}
+    for pid, kind in zip(pids, ("worker", "preflight"), strict=True):
+        ready = [e for e in node.log_events() if e.get("event") == f"{kind}.standby_ready"]
+        assert [e["pid"] for e in ready] == [pid] and 0 < float(ready[0]["import_s"]) < 60
+        assert _alive(pid) and _torch_loaded(pid)
     node.proc.send_signal(signal.SIGKILL)
     node.proc.wait(10)
-    await _until(lambda: not _alive(pid), 20)
+    for pid in pids:
+        await _until(lambda pid=pid: not _alive(pid), 20)  # type: ignore[misc]

@@ -22,6 +22,7 @@ import pytest
 from deepedge.broker_schemas import JobSpec, NodeBirth, Topics
 from deepedge.config import NodeConfig, TrainingConfig
 from deepedge.node._preflight import PreflightAnswer, PreflightBusy, Preflights
+from deepedge.node._standby import StandbyWorker
 from deepedge.training import preflight as pf
 from deepedge.transport import MqttTransport, Requester
 from tests.conftest import MosquittoBroker
@@ -338,6 +339,41 @@ def job_args(tmp: Path, **kw: Any) -> dict[str, Any]:
     }
     args.update(kw)
     return args
+
+
+async def test_a_ready_standby_checker_answers_at_the_workers_priority_without_importing_again(
+    board: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby checker (``--standby``: torch imported in the idle class, then one request) is
+    taken by the next check, moved to the worker's priority, and answers with no import of its
+    own; the next check, with none ready, starts a process as before."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    cfg = NodeConfig(cpu_affinity=(cpu,), worker_nice=10, preflight_timeout_s=60)
+    runner = Preflights("n1", cfg, policy(board))
+    runner.standby = StandbyWorker(runner.command(), cfg.cpu_affinity, nice=10, kind="preflight")
+    await runner.standby.arm()
+    pid = runner.standby.pid
+    assert pid is not None and os.sched_getscheduler(pid) == os.SCHED_IDLE
+    try:
+        await runner.standby.wait_ready(90)
+        assert runner.standby.ready
+        seen: list[tuple[int, int, int]] = []
+        real = os.setpriority
+
+        def setpriority(which: int, who: int, prio: int) -> None:  # the checker as the request reaches it
+            real(which, who, prio)
+            seen.append((who, os.sched_getscheduler(who), os.getpriority(os.PRIO_PROCESS, who)))
+
+        monkeypatch.setattr(os, "setpriority", setpriority)
+        result = await runner.run("j1", spec(board))
+        monkeypatch.undo()
+        assert result["ok"] is True and result["import_s"] < 0.05, result  # torch was imported ahead
+        assert seen == [(pid, os.SCHED_OTHER, 10)]
+        assert runner.standby.taken == 1 and runner.standby.pid is None
+        again = await runner.run("j2", spec(board))  # none ready: a process of its own, importing torch
+        assert again["ok"] is True and again["import_s"] > result["import_s"]
+    finally:
+        await runner.standby.close()
 
 
 @pytest.mark.mosquitto

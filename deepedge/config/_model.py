@@ -130,6 +130,10 @@ class NodeConfig(_Section, frozen=True):
     # Off by default: it starts jobs sooner, and in the demo that made the LC apps miss more at
     # the start (measured: 2 of 5 runs failed with it, 0 of 40 without).
     standby_worker: bool = False
+    # Keep one pre-flight checker started ahead, its torch imported while the board is idle, for
+    # the next job's check (docs/node.md, "Standby checker"): a job's check then does not import
+    # torch while the board's LC apps run. Costs an imported torch's memory.
+    standby_checker: bool = True
     # The pre-flight checker; empty means ``python -m deepedge.training.preflight``.
     preflight_command: tuple[str, ...] = ()
     # Collectors to skip even when available, e.g. ["nvml"].

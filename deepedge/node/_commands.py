@@ -86,8 +86,8 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
     if seconds > window:
         raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
     point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io)
-    if daemon.standby is not None:
-        await daemon.standby.yield_to_measurement()
+    for standby in daemon.standbys():
+        await standby.yield_to_measurement()
     try:
         run = await daemon.profiler.run_point(app, point, seconds, prof.workers, prof.model)
     except ProfileError as exc:
@@ -125,8 +125,8 @@ async def handle_command(daemon: NodeDaemon, verb: str, req: CommandRequest) -> 
             if prof.interference:
                 return await _interference_run(daemon, req, prof)
             levels, seconds = _levels(daemon, prof)
-            if daemon.standby is not None:
-                await daemon.standby.yield_to_measurement()
+            for standby in daemon.standbys():
+                await standby.yield_to_measurement()
             try:
                 daemon.start_profile(prof.model, levels, seconds)
             except ProfileError as exc:

@@ -43,7 +43,7 @@ from deepedge.node._commands import handle_command
 from deepedge.node._identity import default_node_id, make_birth, new_session, training_address
 from deepedge.node._latency import LatencyIntake, LatencyWindows
 from deepedge.node._plans import PlanGate
-from deepedge.node._preflight import Preflights
+from deepedge.node._preflight import PREFLIGHT_MODULE, Preflights
 from deepedge.node._profile import BoardProfiler, ProfileError
 from deepedge.node._standby import IDLE_BEFORE_S, STANDBY_BIRTH_WAIT_S, StandbyWorker
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
@@ -147,9 +147,10 @@ class NodeDaemon:
         if self.torch_probe.pending:  # the first birth says what the board's torch can do, if it can in time
             await self.torch_probe.wait(BIRTH_WAITS_FOR_PROBE_S)
         first, self._standby_waited = not self._standby_waited, True
-        if first and self.standby is not None and not self.torch_probe.pending:
-            # the first birth comes once the first standby is ready: that import is the daemon's start's
-            await self.standby.wait_ready(STANDBY_BIRTH_WAIT_S)
+        if first and not self.torch_probe.pending:
+            # the first birth comes once the first standbys are ready: their imports are the daemon's start's
+            for standby in self.standbys():
+                await standby.wait_ready(STANDBY_BIRTH_WAIT_S)
         self._birth_lacked_torch = self.torch_probe.pending
         await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
 
@@ -175,6 +176,24 @@ class NodeDaemon:
             return
         self.standby = StandbyWorker(command, cfg.cpu_affinity, cfg.worker_nice, cfg.worker_comm_nice)
 
+    def start_standby_checker(self) -> None:
+        """Keep a standby pre-flight checker (``deepedge.node._standby``, kind "preflight"), its
+        torch imported while the board is idle, when ``node.standby_checker`` is on and the
+        checker command runs deepedge's."""
+        cfg = self.config.node
+        command = self.preflights.command()
+        if not cfg.standby_checker or PREFLIGHT_MODULE not in command:
+            why = "node.standby_checker is off" if not cfg.standby_checker else f"the checker is not {PREFLIGHT_MODULE}"
+            log.info("preflight.standby_off", why=why)
+            return
+        self.preflights.standby = StandbyWorker(
+            command, cfg.cpu_affinity, cfg.worker_nice, cfg.worker_comm_nice, kind="preflight"
+        )
+
+    def standbys(self) -> list[StandbyWorker]:
+        """The standby worker and the standby checker this daemon keeps (those switched on)."""
+        return [s for s in (self.standby, self.preflights.standby) if s is not None]
+
     def busy(self) -> bool:
         """Whether a worker, a pre-flight check, a profile or the torch probe runs on this board."""
         return (
@@ -186,24 +205,27 @@ class NodeDaemon:
         )
 
     async def standby_loop(self) -> None:
-        """Start a standby worker once the board has been idle IDLE_BEFORE_S (none while a job,
-        a check or a profile runs: its import would compete with them); the first as soon as
-        the torch probe has answered (the first birth waits for it)."""
-        assert self.standby is not None
+        """Start a standby (worker, checker) once the board has been idle IDLE_BEFORE_S (none
+        while a job, a check or a profile runs: its import would compete with them); the first
+        as soon as the torch probe has answered (the first birth waits for it)."""
         idle_since: float | None = None
         while True:
-            await self.clock.sleep(0.1 if self.standby.started == 0 else 0.5)
+            standbys = self.standbys()
+            await self.clock.sleep(0.1 if any(s.started == 0 for s in standbys) else 0.5)
             if self.busy():
                 idle_since = None
                 continue
             now = self.clock.monotonic()
             idle_since = now if idle_since is None else idle_since
-            if self.standby.started == 0 or now - idle_since >= IDLE_BEFORE_S:
-                try:
-                    await self.standby.arm()
-                except Exception as exc:  # an optimisation must not take the daemon down
-                    self.standby.disabled = True
-                    log.error("worker.standby_disabled", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            for standby in standbys:
+                if standby.started == 0 or now - idle_since >= IDLE_BEFORE_S:
+                    try:
+                        await standby.arm()
+                    except Exception as exc:  # an optimisation must not take the daemon down
+                        standby.disabled = True
+                        log.error(
+                            f"{standby.kind}.standby_disabled", error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                        )
 
     async def _birth_after_probe(self) -> None:
         await self.torch_probe.wait(PROBE_TIMEOUT_S + 10)
@@ -253,15 +275,8 @@ class NodeDaemon:
                 for job, sup in self.workers.items()
             },
             "telemetry_sent": self.telemetry_sent,
-            "standby_worker": None
-            if self.standby is None
-            else {
-                "pid": self.standby.pid,
-                "ready": self.standby.ready,
-                "started": self.standby.started,
-                "taken": self.standby.taken,
-                "disabled": self.standby.disabled,
-            },
+            "standby_worker": _standby_status(self.standby),
+            "standby_checker": _standby_status(self.preflights.standby),
             "preflights": {"running": sorted(self.preflights.running), "done": self.preflights.done},
             "profile": {
                 "running": self.profiler.running,
@@ -691,7 +706,7 @@ class NodeDaemon:
             self.self_status_loop,
             serve,
             self.status_line_loop,
-            *([self.standby_loop] if self.standby is not None else []),
+            *([self.standby_loop] if self.standbys() else []),
         ]
 
     async def shutdown(self) -> None:
@@ -701,8 +716,8 @@ class NodeDaemon:
             with contextlib.suppress(BaseException):
                 await self.profiler.task
         await self.torch_probe.stop()
-        if self.standby is not None:
-            await self.standby.close()
+        for standby in self.standbys():
+            await standby.close()
         for job, sup in self.workers.items():
             await sup.stop()
             self._worker_tasks[job].cancel()
@@ -760,6 +775,7 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
     )
     daemon.start_torch_probe()
     daemon.start_standby()
+    daemon.start_standby_checker()
     log.info(
         "node.starting",
         node=node,
@@ -783,3 +799,15 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
         )
     finally:
         daemon.intake.close()
+
+
+def _standby_status(standby: StandbyWorker | None) -> dict[str, Any] | None:
+    if standby is None:
+        return None
+    return {
+        "pid": standby.pid,
+        "ready": standby.ready,
+        "started": standby.started,
+        "taken": standby.taken,
+        "disabled": standby.disabled,
+    }

@@ -28,12 +28,14 @@ from deepedge import compat
 from deepedge.broker_schemas import JobSpec
 from deepedge.config import NodeConfig, TrainingConfig
 from deepedge.job_policy import JobRefused, check_job
+from deepedge.node._standby import StandbyWorker
 
-__all__ = ["PreflightAnswer", "PreflightBusy", "Preflights"]
+__all__ = ["PREFLIGHT_MODULE", "PreflightAnswer", "PreflightBusy", "Preflights"]
 
 log = structlog.get_logger("deepedge.node")
 
 MAX_OUTPUT = 1 << 16  # bytes of the checker's stdout / stderr kept
+PREFLIGHT_MODULE = "deepedge.training.preflight"
 MAX_CHECKERS = 2  # checker processes at once on this board; more wait
 
 
@@ -69,6 +71,7 @@ class Preflights:
         self.done = 0
         self.checkers = 0  # processes running now (at most MAX_CHECKERS)
         self._slots: asyncio.Semaphore | None = None  # made in the daemon's loop, at first use
+        self.standby: StandbyWorker | None = None  # a checker started ahead (node.standby_checker)
 
     def refusal(self, check: str, why: str, started: float) -> dict[str, Any]:
         return {
@@ -106,27 +109,32 @@ class Preflights:
             del self.running[job]
             self.done += 1
 
+    def command(self) -> tuple[str, ...]:
+        return self.cfg.preflight_command or (sys.executable, "-m", PREFLIGHT_MODULE)
+
     async def _checker(self, job: str, spec: JobSpec, started: float) -> dict[str, Any]:
         timeout = self.cfg.preflight_timeout_s
         request = msgspec.json.encode({"node": self.node, "job": job, "spec": spec, "policy": self.training})
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *(self.cfg.preflight_command or (sys.executable, "-m", "deepedge.training.preflight")),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # its own process group, killed as one
-            )
-        except OSError as exc:
-            return self.refusal("internal", f"cannot start the preflight checker: {exc}", started)
-        try:
-            # as the training worker runs: on its CPUs, at its priority (not in the idle class: it
-            # must answer within seconds)
-            if self.cfg.cpu_affinity:
-                os.sched_setaffinity(proc.pid, self.cfg.cpu_affinity)
-            os.setpriority(os.PRIO_PROCESS, proc.pid, self.cfg.worker_nice)
-        except OSError as exc:
-            log.warning("preflight.priority_failed", job=job, error=str(exc))
+        proc = await self._standby_checker(job)
+        if proc is None:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.command(),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,  # its own process group, killed as one
+                )
+            except OSError as exc:
+                return self.refusal("internal", f"cannot start the preflight checker: {exc}", started)
+            try:
+                # as the training worker runs: on its CPUs, at its priority (not in the idle class: it
+                # must answer within seconds)
+                if self.cfg.cpu_affinity:
+                    os.sched_setaffinity(proc.pid, self.cfg.cpu_affinity)
+                os.setpriority(os.PRIO_PROCESS, proc.pid, self.cfg.worker_nice)
+            except OSError as exc:
+                log.warning("preflight.priority_failed", job=job, error=str(exc))
         try:
             async with compat.timeout(timeout):
                 out, err = await proc.communicate(request + b"\n")
@@ -156,6 +164,24 @@ class Preflights:
         result["wall_s"] = round(time.monotonic() - started, 3)
         log.info("preflight.done", job=job, ok=answer.ok, check=answer.check, wall_s=result["wall_s"])
         return result
+
+    async def _standby_checker(self, job: str) -> asyncio.subprocess.Process | None:
+        """The standby checker (its imports done, on the worker's CPUs), moved out of the idle
+        class to the worker's priority; None when there is no ready one (or it cannot be moved:
+        it is ended, and a new process checks)."""
+        standby = self.standby
+        if standby is None or not standby.ready or (proc := standby.take(self.command())) is None:
+            return None
+        try:
+            os.sched_setscheduler(proc.pid, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, proc.pid, self.cfg.worker_nice)
+        except OSError as exc:  # a daemon without the right to raise it (RLIMIT_NICE)
+            log.warning("preflight.standby_priority_failed", job=job, error=str(exc))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return None
+        return proc
 
 
 def _last_answer(out: bytes) -> PreflightAnswer | None:

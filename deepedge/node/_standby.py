@@ -51,8 +51,11 @@ MAX_EARLY_EXITS = 3  # standbys that exited before a job took them, in a row, be
 class StandbyWorker:
     """At most one worker process started ahead for ``command`` (the node's worker command)."""
 
-    def __init__(self, command: Sequence[str], cpus: Sequence[int] = (), nice: int = 0, comm_nice: int = 0) -> None:
+    def __init__(
+        self, command: Sequence[str], cpus: Sequence[int] = (), nice: int = 0, comm_nice: int = 0, kind: str = "worker"
+    ) -> None:
         self.command = list(command)
+        self.kind = kind  # "worker", or "preflight" for the pre-flight checker's standby (its log events' prefix)
         self._cpus = set(cpus)
         self._nice = nice
         self._comm_nice = comm_nice
@@ -90,7 +93,7 @@ class StandbyWorker:
         and start none for IDLE_BEFORE_S (the profile's own run then keeps the board busy)."""
         self._held_until = time.monotonic() + IDLE_BEFORE_S
         if self.pid is not None and not self.ready:
-            log.info("worker.standby_ended", pid=self.pid, why="a profile starts while it imports")
+            log.info(f"{self.kind}.standby_ended", pid=self.pid, why="a profile starts while it imports")
             await self.close()
 
     async def arm(self) -> None:
@@ -117,16 +120,16 @@ class StandbyWorker:
             )
         except (OSError, ValueError) as exc:
             self.disabled = True
-            log.error("worker.standby_disabled", command=self.command, error=f"cannot start it: {exc}")
+            log.error(f"{self.kind}.standby_disabled", command=self.command, error=f"cannot start it: {exc}")
             return
         starting_priority(proc.pid, self._cpus, self._nice, self._comm_nice, standby="yes")
         self.proc = proc
         if self._held_until > asked:  # a profile started while it was being started: not now
             await self.close()
             return
-        self._ready = asyncio.create_task(_said_ready(proc, time.monotonic()), name="standby-ready")
+        self._ready = asyncio.create_task(_said_ready(proc, time.monotonic(), self.kind), name="standby-ready")
         self.started += 1
-        log.info("worker.standby_started", pid=proc.pid)
+        log.info(f"{self.kind}.standby_started", pid=proc.pid)
 
     async def _exited(self, proc: asyncio.subprocess.Process) -> None:
         why = "no output"
@@ -137,11 +140,11 @@ class StandbyWorker:
             why = tail[-1][:500] if tail else why
         self.early_exits += 1
         log.warning(
-            "worker.standby_exited", pid=proc.pid, exit_code=proc.returncode, why=why, in_a_row=self.early_exits
+            f"{self.kind}.standby_exited", pid=proc.pid, exit_code=proc.returncode, why=why, in_a_row=self.early_exits
         )
         if self.early_exits >= MAX_EARLY_EXITS:
             self.disabled = True
-            log.error("worker.standby_disabled", error=f"{self.early_exits} standby workers in a row exited: {why}")
+            log.error(f"{self.kind}.standby_disabled", error=f"{self.early_exits} standbys in a row exited: {why}")
 
     def take(self, command: Sequence[str]) -> asyncio.subprocess.Process | None:
         """The standby for a job's worker of ``command`` (the caller owns it from now on; it may
@@ -154,7 +157,7 @@ class StandbyWorker:
         self._stop_watching()  # the supervisor reads its stdout from now on
         self.taken += 1
         self.early_exits = 0
-        log.info("worker.standby_taken", pid=proc.pid)
+        log.info(f"{self.kind}.standby_taken", pid=proc.pid)
         return proc
 
     def _stop_watching(self) -> None:
@@ -176,7 +179,7 @@ class StandbyWorker:
                 await proc.wait()
 
 
-async def _said_ready(proc: asyncio.subprocess.Process, started: float) -> bool:
+async def _said_ready(proc: asyncio.subprocess.Process, started: float, kind: str) -> bool:
     """Whether the standby's first stdout line is the worker's STANDBY_READY."""
     assert proc.stdout is not None
     for _ in range(100):  # lines before it (a library's chatter) are logged, not lost
@@ -188,7 +191,7 @@ async def _said_ready(proc: asyncio.subprocess.Process, started: float) -> bool:
             return False
         text = line.decode(errors="replace").strip()
         if text == STANDBY_READY:
-            log.info("worker.standby_ready", pid=proc.pid, import_s=round(time.monotonic() - started, 2))
+            log.info(f"{kind}.standby_ready", pid=proc.pid, import_s=round(time.monotonic() - started, 2))
             return True
-        log.info("worker.standby_stdout", pid=proc.pid, line=text[:300])
+        log.info(f"{kind}.standby_stdout", pid=proc.pid, line=text[:300])
     return False

@@ -9,6 +9,11 @@ from the job), one JSON line on stdout, exit 0 (ok) or 2 (refused):
      "free_bytes": F, "needed_bytes": X, "seconds": t, "import_s": i}
     {"ok": false, "check": "<check>", "reason": "node <id>: <check>: <why>", "seconds": t}
 
+With ``--standby`` it imports torch and the model registry first, prints the worker protocol's
+STANDBY_READY line and then waits, with no time limit, for its one request: the node daemon keeps
+one such checker ahead of a job while the board is idle (``node.standby_checker``), so that a
+job's check does not import torch while the board's LC apps run (docs/node.md).
+
 The checks, in order (the first that fails answers):
 
 - ``policy``: the board's own ``[training]`` (``deepedge.job_policy.check_job``; the reason
@@ -52,6 +57,7 @@ from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import ensure_dir, write_atomic
 from deepedge.training._folder import IMAGE_SUFFIXES, FolderError, list_classes, open_image
+from deepedge.worker_protocol import STANDBY_READY
 
 __all__ = [
     "DECODE_IMAGES",
@@ -308,8 +314,18 @@ def _refusal(node: str, check: str, why: str) -> dict[str, Any]:
     return {"ok": False, "check": check, "reason": f"node {node}: {check}: {why}"[:4000]}
 
 
-def main() -> int:
-    result, code = answer(sys.stdin.buffer.readline(1 << 20))
+def main(argv: list[str] | None = None) -> int:
+    standby = "--standby" in (sys.argv[1:] if argv is None else argv)
+    if standby:  # a standby checker (deepedge.node._standby): the imports done while the board is idle
+        import torch  # noqa: F401
+
+        import deepedge.training._models  # noqa: F401
+
+        print(STANDBY_READY, flush=True)
+    line = sys.stdin.buffer.readline(1 << 20)  # a standby's request comes whenever a job does
+    if standby and not line:
+        return 0  # stdin closed: the daemon is gone
+    result, code = answer(line)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return code
