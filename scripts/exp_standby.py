@@ -1,7 +1,10 @@
-"""What does the standby worker save at a job's start? (issue #15: start-up misses, makespan)
+"""What does a standby (the worker, or the pre-flight checker) save at a job's start? (issue #15:
+start-up misses, makespan)
 
 Runs the demo's job on its cluster (two boards with their LC apps, shared boundaries, no kill),
-in alternating rounds with ``node.standby_worker`` off and on, each on a fresh cluster. Before
+in alternating rounds with ``node.standby_worker`` (``--what worker``, the default) or
+``node.standby_checker`` (``--what checker``; the worker's standby then off) off and on, each on
+a fresh cluster; the other key at its default. Before
 each job the LC apps run alone for ``--alone`` seconds (the standby, where on, is started then,
 in the idle class, once the boards are idle). Per run:
 
@@ -14,7 +17,8 @@ in the idle class, once the boards are idle). Per run:
 Prints each run as a JSON line and, at the end, the medians per mode (and the ratio on/off of
 each), and writes everything to ``--out``.
 
-    python scripts/exp_standby.py [--rounds 3] [--epochs 2] [--trace constant:40] [--out results.json]
+    python scripts/exp_standby.py [--what worker|checker] [--rounds 3] [--epochs 2] [--trace constant:40]
+        [--out results.json]
 
 Nothing else CPU-heavy: the boards' apps and workers share this machine's CPUs."""
 
@@ -33,7 +37,9 @@ from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._run import DemoOptions, run_cluster_job
 
-MODES = {"off": "standby_worker = false\n", "on": "standby_worker = true\n"}
+MODES = ("off", "on")
+KEYS = {"worker": "standby_worker", "checker": "standby_checker"}  # --what: the node key switched
+TAKEN = {"worker": "worker.standby_taken", "checker": "preflight.standby_taken"}  # its daemons' log event
 
 
 def one_run(mode: str, k: int, args: argparse.Namespace, root: Path, data: Path, size: int) -> dict[str, object]:
@@ -49,7 +55,11 @@ def one_run(mode: str, k: int, args: argparse.Namespace, root: Path, data: Path,
         lc_trace=args.trace,
     )
     cluster = DemoCluster(
-        workdir, cluster_profiles(2, with_lc=True), boundaries="shared", node_extra=MODES[mode], data_roots=(root,)
+        workdir,
+        cluster_profiles(2, with_lc=True),
+        boundaries="shared",
+        node_extra=f"{KEYS[args.what]} = {'true' if mode == 'on' else 'false'}\n",
+        data_roots=(root,),
     )
     cluster.start()
     try:
@@ -66,9 +76,9 @@ def one_run(mode: str, k: int, args: argparse.Namespace, root: Path, data: Path,
         "round": k,
         "start_s": round(first - run.submitted_ts, 2) if first else None,
         "makespan_s": round(run.finished_ts - run.submitted_ts, 2) if run.finished_ts else None,
-        # the boards whose worker was the standby (their daemons' logs)
+        # the boards whose worker (checker) was the standby (their daemons' logs)
         "standbys_taken": sum(
-            '"worker.standby_taken"' in line
+            f'"{TAKEN[args.what]}"' in line
             for b in cluster.boards
             for line in (workdir / "logs" / f"{b.node}.log").read_text(errors="replace").splitlines()
         ),
@@ -88,6 +98,7 @@ def one_run(mode: str, k: int, args: argparse.Namespace, root: Path, data: Path,
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--what", choices=sorted(KEYS), default="worker")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--alone", type=float, default=20.0)
