@@ -481,3 +481,89 @@ async def test_lc_reports_whose_window_saw_a_preflight_check_are_not_observation
         assert model.rates.history()  # every report still feeds the request-rate forecast
     finally:
         await cl.stop()
+
+
+async def test_a_surrogate_capped_node_climbs_once_it_reported_at_its_cap(tmp_path: Path) -> None:
+    """A board whose LC app has a knowledge-base cap table starts at the cap where the table's
+    whole interval meets the deadline; once it has trained there for a latency window and its
+    reports show the app where the table's median says, the coordinator publishes a higher cap in
+    the same group (``plan.climbing``), not before."""
+    from deepedge.profiling import KnowledgeBase, ProfileKey, versions_key
+    from tests.test_profiling import _table  # median 10 + 20 u at 20 req/s, upper + 4 ms
+
+    software = {"deepedge": "0.1.0", "torch": "2.13.0", "python": "3.11.7"}
+    kb = KnowledgeBase(tmp_path / "knowledge.db")
+    pid = kb.profile_id(ProfileKey("Orin NX", "det", versions_key(software)))
+    kb.set_model(pid, "test", 0.95, {"median_ape": 0.05, "coverage": 0.95}, [], _table())
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        for n in ("n1", "n2", "n3"):  # two boards without LC apps: n1's share is small (< 8 % to gain)
+            birth = NodeBirth(
+                node=n,
+                session="s1",
+                ts=1.0,
+                memory_bytes=8 << 30,
+                training_address="127.0.0.1",
+                device_model="Orin NX",
+                software=software,
+                cpu_cores=2,
+            )
+            await cl.peer.publish(T.node_status(n), birth, qos=1, retain=True)
+        await cl.settle()
+
+        async def report(p95: float) -> None:  # 100 requests in a 5 s window: 20 req/s
+            app = AppLatency(app="det", count=100, p50_ms=p95 / 2, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+            await cl.peer.publish(T.node_latency("n1"), LatencyReport(node="n1", ts=1.0, window_s=5.0, apps=(app,)))
+
+        for _ in range(20):  # the app alone, where the table's median says (10 ms)
+            await report(10.0)
+            await cl.settle()
+            cl.clock.advance(0.5)
+        assert (await cl.submit("j1", epochs=100)).ok
+        plan = cl.retained_plan("j1")
+        assert plan is not None
+        first = {a.node: a.intensity_cap for a in plan.assignments}
+        # n1: (14 + 20 u) <= 28.5
+        assert first["n2"] == first["n3"] == 1.0 and first["n1"] == pytest.approx(0.725, abs=0.01)
+        events: list[str] = []
+        emit = c.emit
+
+        async def recording(event: str, *args: Any, **kw: Any) -> None:
+            events.append(event)
+            await emit(event, *args, **kw)
+
+        c.emit = recording  # type: ignore[method-assign]
+        for k in range(16):  # 8 s of training at the caps, reports every 0.5 s, a tick each second
+            for a in plan.assignments:
+                u = a.intensity_cap
+                hb = Heartbeat(
+                    node=a.node,
+                    ts=1.0,
+                    job="j1",
+                    generation=plan.generation,
+                    rank=a.rank,
+                    world_size=3,
+                    step=k + 1,
+                    samples_per_s=10.0 * u,
+                    intensity=u,
+                    step_s=0.3,
+                    compute_s=0.3,
+                )  # fmt: skip  (the rate the coordinator's prior says, 10 samples/s: no plan.improving)
+                await cl.peer.publish(T.node_heartbeat(a.node), hb)
+            await report(10.0 + 20.0 * first["n1"])  # the table's median at the cap
+            await cl.settle()
+            cl.clock.advance(0.5)
+            if k % 2:
+                await c.in_writer(c.tick)
+                await cl.settle()
+            if k < 10:  # not before a latency window (5 s) of training at the cap: no report there yet
+                assert "plan.climbing" not in events, (k, events)
+        assert "plan.climbing" in events, events
+        climbed = cl.retained_plan("j1")
+        assert climbed is not None and climbed.generation > plan.generation and climbed.same_group
+        caps = {a.node: a.intensity_cap for a in climbed.assignments}
+        assert caps["n1"] >= first["n1"] + 0.05 and caps["n1"] < 1.0 and caps["n2"] == caps["n3"] == 1.0
+        assert "plan.improving" not in events  # the step is less than 8 % shorter: the climb's own rule
+    finally:
+        await cl.stop()
