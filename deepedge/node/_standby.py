@@ -18,6 +18,10 @@ started this much sooner made its LC apps miss more at the start (docs/node.md).
 - A profile that starts while a standby still imports ends it (the import would be measured as
   interference); another starts once the board is idle.
 
+The same class keeps the standby pre-flight checker (``kind="preflight"``: ``python -m
+deepedge.training.preflight --standby``, ``node.standby_checker``), which the next job's check
+takes (``deepedge.node._preflight``); its log events are ``preflight.standby_*``.
+
 A standby that exits by itself (a broken torch, say) is logged with its last stderr line and
 started again at the next idle time; after ``MAX_EARLY_EXITS`` such exits in a row the daemon
 stops trying (the job's own worker then fails the usual way, with its reason). The daemon's

@@ -55,8 +55,8 @@ def start_node(
     """``node_extra``: more TOML lines for the [node] section; ``prefix``: a command it runs
     under (e.g. ``ip netns exec NS``); ``stand_in_preflight``: answer pre-flights with
     tests/helpers/stand_in_preflight.py (for jobs of the stand-in worker's ``test:*`` models).
-    The standby checker is off unless ``node_extra`` sets it: its torch import would slow every
-    test node's first birth (the demo's tests run it, as the product's default)."""
+    The standby checker is off unless ``node_extra`` sets it (as by default; said here so that
+    its torch import never slows every test node's first birth)."""
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
     apps = "".join(f'\n[[node.lc_apps]]\nname = "{a}"\ndeadline_ms = {d}\n' for a, d in (lc_apps or {}).items())
