@@ -24,6 +24,7 @@ _REASONS = (
     "link.changed",
     "link.stalled",
     "plan.improving",
+    "plan.climbing",
     "node.joined",
     "node.drained",
     "node.undrained",
