@@ -567,3 +567,20 @@ async def test_a_surrogate_capped_node_climbs_once_it_reported_at_its_cap(tmp_pa
         assert "plan.improving" not in events  # the step is less than 8 % shorter: the climb's own rule
     finally:
         await cl.stop()
+
+
+async def test_a_node_settles_for_a_climb_after_a_window_and_a_steady_report_at_its_cap(cluster: Cluster) -> None:
+    """``settled``: trained in the plan's generation for a latency window and CLIMB_SETTLE_S (1 s)
+    more, with a steady report at its cap since; ``surrogate_capped``: only with a cap table."""
+    c = await cluster.start()
+    learn = c.learning_of("n1")
+    learn.window_s = 5.0
+    assert not c.settled("n1", 2, 100.0)  # never trained
+    learn.training_since = (2, 100.0)
+    learn.steady_at = 105.0
+    assert not c.settled("n1", 3, 200.0)  # another generation
+    assert not c.settled("n1", 2, 105.9)  # a window and 1 s: not yet
+    assert c.settled("n1", 2, 106.0)
+    learn.steady_at = 104.9  # no report since a window after its start (that one mixed the start in)
+    assert not c.settled("n1", 2, 120.0)
+    assert not c.surrogate_capped("n1") and not c.surrogate_capped("nobody")

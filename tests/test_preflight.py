@@ -341,37 +341,72 @@ def job_args(tmp: Path, **kw: Any) -> dict[str, Any]:
     return args
 
 
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leaving the idle class needs root or RLIMIT_NICE")
 async def test_a_ready_standby_checker_answers_at_the_workers_priority_without_importing_again(
     board: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A standby checker (``--standby``: torch imported in the idle class, then one request) is
-    taken by the next check, moved to the worker's priority, and answers with no import of its
-    own; the next check, with none ready, starts a process as before."""
-    cpu = sorted(os.sched_getaffinity(0))[0]
-    cfg = NodeConfig(cpu_affinity=(cpu,), worker_nice=10, preflight_timeout_s=60)
+    taken by the next check, every thread of it moved to the worker's priority, and answers with
+    no import of its own; the next check, with none ready, starts a process as before."""
+    cfg = NodeConfig(worker_nice=10, preflight_timeout_s=60)
     runner = Preflights("n1", cfg, policy(board))
-    runner.standby = StandbyWorker(runner.command(), cfg.cpu_affinity, nice=10, kind="preflight")
+    # (not pinned to one CPU: in the idle class, on a loaded machine, the import would starve)
+    runner.standby = StandbyWorker(runner.command(), nice=10, kind="preflight")
     await runner.standby.arm()
     pid = runner.standby.pid
     assert pid is not None and os.sched_getscheduler(pid) == os.SCHED_IDLE
     try:
-        await runner.standby.wait_ready(90)
+        await runner.standby.wait_ready(120)
         assert runner.standby.ready
         seen: list[tuple[int, int, int]] = []
-        real = os.setpriority
+        real = os.sched_setscheduler
 
-        def setpriority(which: int, who: int, prio: int) -> None:  # the checker as the request reaches it
-            real(which, who, prio)
+        def moved(who: int, policy: int, param: Any) -> None:  # each thread as the request reaches it
+            real(who, policy, param)
             seen.append((who, os.sched_getscheduler(who), os.getpriority(os.PRIO_PROCESS, who)))
 
-        monkeypatch.setattr(os, "setpriority", setpriority)
+        monkeypatch.setattr(os, "sched_setscheduler", moved)
         result = await runner.run("j1", spec(board))
         monkeypatch.undo()
         assert result["ok"] is True and result["import_s"] < 0.05, result  # torch was imported ahead
-        assert seen == [(pid, os.SCHED_OTHER, 10)]
-        assert runner.standby.taken == 1 and runner.standby.pid is None
+        assert (pid, os.SCHED_OTHER, 10) in seen and {s[1:] for s in seen} == {(os.SCHED_OTHER, 10)}
+        assert runner.standby.taken == 1 and runner.standby.pid is None and not runner.standby.disabled
         again = await runner.run("j2", spec(board))  # none ready: a process of its own, importing torch
         assert again["ok"] is True and again["import_s"] > result["import_s"]
+    finally:
+        await runner.standby.close()
+
+
+async def test_a_standby_checker_that_cannot_leave_the_idle_class_is_ended_and_not_started_again(
+    board: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon whose RLIMIT_NICE does not allow the worker's priority: the standby it took is
+    killed, not counted as taken, no standby checker is started again, and the check is made by a
+    process of its own (the job is not refused for it)."""
+    runner = Preflights("n1", NodeConfig(worker_nice=10, preflight_timeout_s=60), policy(board))
+    runner.standby = StandbyWorker(runner.command(), nice=10, kind="preflight")
+    await runner.standby.arm()
+    pid = runner.standby.pid
+    assert pid is not None
+    try:
+        await runner.standby.wait_ready(120)
+        assert runner.standby.ready
+
+        def refused(who: int, policy: int, param: Any) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "sched_setscheduler", refused)
+        result = await runner.run("j1", spec(board))
+        monkeypatch.undo()
+        assert result["ok"] is True and result["import_s"] > 0  # checked by a process of its own
+        assert runner.standby.disabled and runner.standby.taken == 0 and runner.standby.pid is None
+        assert _gone(pid)  # killed and reaped
+        await runner.standby.arm()
+        assert runner.standby.pid is None and runner.standby.started == 1  # disabled: none again
     finally:
         await runner.standby.close()
 

@@ -351,7 +351,8 @@ class NodeLearning:
     forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=600.0))
     seen: tuple[float, float] = (0.0, 0.0)  # the (startup_s, forming_s) last learned from, to learn each once
     checking: tuple[float, float | None] | None = None  # (since, until: None while it runs) of its last pre-flight
-    window_s: float = 5.0  # the latency window of its LC reports (the last one's)
+    window_s: float = 10.0  # the latency window of its LC reports (the last one's; the config's default before)
+    steady_at: float = -1e9  # monotonic time of its last steady latency report while it trained
 
     def check_started(self, now: float) -> None:
         self.checking = (now, None)

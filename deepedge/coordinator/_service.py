@@ -297,6 +297,8 @@ class Coordinator:
         learn.observe_latency(report, now, state.telemetry, state.birth.cpu_cores, u, steady)
         if not steady:
             return
+        if using:
+            learn.steady_at = now  # an observation at the node's current cap (see settled)
         current = max(
             (a.intensity_cap for j in using if j.plan for a in j.plan.assignments if a.node == report.node),
             default=learn.cap_limit,
@@ -520,24 +522,30 @@ class Coordinator:
             return
         rises = []
         if keeps and job.spec.lc_control == "forecast" and decision.step_s < current:
-            settled = [a.node for a in plan.assignments if self.settled(a.node, plan.generation, now)]
-            rises = policy.cap_rises([(a.node, a.intensity_cap) for a in plan.assignments], decision.caps, settled)
+            # only caps a knowledge-base surrogate sets climb (a linear model's rise neither counts nor blocks)
+            climbers = [(a.node, a.intensity_cap) for a in plan.assignments if self.surrogate_capped(a.node)]
+            settled = [node for node, _ in climbers if self.settled(node, plan.generation, now)]
+            rises = policy.cap_rises(climbers, decision.caps, settled)
         if rises:
             moves = ", ".join(f"{node} {old:.2f} -> {new:.2f}" for node, old, new in rises)
             what = f"live reports at the caps leave room: {moves}; {predicts} (same group: no re-form)"
             await self.emit("plan.climbing", what, job=job.job)
             await self.replan(job, decision)
 
+    def surrogate_capped(self, node: str) -> bool:
+        """The node's LC caps came from a knowledge-base cap table at the last plan."""
+        learn = self.learning.get(node)
+        return learn is not None and any(m.table is not None for m in learn.interference.values())
+
     def settled(self, node: str, generation: int, now: float) -> bool:
-        """The node's caps come from a knowledge-base surrogate and it has trained in
-        ``generation`` for a latency window and CLIMB_SETTLE_S more: its steady reports at its
-        cap have reached the model (:func:`policy.cap_rises`)."""
+        """The node has trained in ``generation`` for a latency window and CLIMB_SETTLE_S more,
+        and a steady report taken at its cap in that time has reached the models
+        (:func:`policy.cap_rises`)."""
         learn = self.learning.get(node)
         if learn is None or learn.training_since is None or learn.training_since[0] != generation:
             return False
-        if not any(m.table is not None for m in learn.interference.values()):
-            return False
-        return now - learn.training_since[1] >= learn.window_s + policy.CLIMB_SETTLE_S
+        since = learn.training_since[1]
+        return now - since >= learn.window_s + policy.CLIMB_SETTLE_S and learn.steady_at >= since + learn.window_s
 
     async def replan(self, job: JobRecord, decision: PlanDecision | None = None) -> None:
         if job.terminal:

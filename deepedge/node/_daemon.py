@@ -149,8 +149,9 @@ class NodeDaemon:
         first, self._standby_waited = not self._standby_waited, True
         if first and not self.torch_probe.pending:
             # the first birth comes once the first standbys are ready: their imports are the daemon's start's
+            until = time.monotonic() + STANDBY_BIRTH_WAIT_S  # one wait for all of them (as wait_ready counts)
             for standby in self.standbys():
-                await standby.wait_ready(STANDBY_BIRTH_WAIT_S)
+                await standby.wait_ready(max(0.0, until - time.monotonic()))
         self._birth_lacked_torch = self.torch_probe.pending
         await self.transport.publish(self.topics.node_status(self.node), self.birth(), qos=1, retain=True)
 
@@ -210,7 +211,7 @@ class NodeDaemon:
         as soon as the torch probe has answered (the first birth waits for it)."""
         idle_since: float | None = None
         while True:
-            standbys = self.standbys()
+            standbys = [s for s in self.standbys() if not s.disabled]
             await self.clock.sleep(0.1 if any(s.started == 0 for s in standbys) else 0.5)
             if self.busy():
                 idle_since = None
@@ -218,6 +219,8 @@ class NodeDaemon:
             now = self.clock.monotonic()
             idle_since = now if idle_since is None else idle_since
             for standby in standbys:
+                if self.busy():  # a check or a job came while the one before was being started
+                    break
                 if standby.started == 0 or now - idle_since >= IDLE_BEFORE_S:
                     try:
                         await standby.arm()

@@ -166,20 +166,28 @@ class Preflights:
         return result
 
     async def _standby_checker(self, job: str) -> asyncio.subprocess.Process | None:
-        """The standby checker (its imports done, on the worker's CPUs), moved out of the idle
-        class to the worker's priority; None when there is no ready one (or it cannot be moved:
-        it is ended, and a new process checks)."""
+        """The standby checker (its imports done, on the worker's CPUs), every thread of it moved
+        out of the idle class to the worker's priority; None when there is no ready one. One that
+        cannot be moved (a daemon whose RLIMIT_NICE does not allow ``worker_nice``) is ended, and
+        no standby checker is started again: a process of its own checks, as without one."""
         standby = self.standby
         if standby is None or not standby.ready or (proc := standby.take(self.command())) is None:
             return None
         try:
-            os.sched_setscheduler(proc.pid, os.SCHED_OTHER, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, proc.pid, self.cfg.worker_nice)
-        except OSError as exc:  # a daemon without the right to raise it (RLIMIT_NICE)
+            for tid in (int(t) for t in os.listdir(f"/proc/{proc.pid}/task")):
+                try:  # the nice value first: leaving the idle class then needs only RLIMIT_NICE for it
+                    os.setpriority(os.PRIO_PROCESS, tid, self.cfg.worker_nice)
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                except ProcessLookupError:
+                    continue  # a thread that ended meanwhile
+        except OSError as exc:
+            standby.unusable(f"cannot move it out of the idle class to nice {self.cfg.worker_nice}: {exc}")
             log.warning("preflight.standby_priority_failed", job=job, error=str(exc))
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            with contextlib.suppress(TimeoutError):
+                async with compat.timeout(5):
+                    await proc.wait()
             return None
         return proc
 

@@ -164,6 +164,14 @@ class StandbyWorker:
         log.info(f"{self.kind}.standby_taken", pid=proc.pid)
         return proc
 
+    def unusable(self, why: str) -> None:
+        """A standby just taken could not be used (its taker could not give it the priority it
+        needs): not counted as taken, and no more standbys, since every one would fail the same
+        way. The taker ends it."""
+        self.taken -= 1
+        self.disabled = True
+        log.error(f"{self.kind}.standby_disabled", error=why)
+
     def _stop_watching(self) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()  # a pending readline consumes nothing when cancelled
