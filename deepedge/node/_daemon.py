@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -165,31 +165,26 @@ class NodeDaemon:
     def start_standby(self) -> None:
         """Keep a standby worker (``deepedge.node._standby``) for this board's worker command,
         when ``node.standby_worker`` is on and the command runs deepedge's worker."""
-        cfg = self.config.node
-        command = self.worker_command()
-        if not cfg.standby_worker or WORKER_MODULE not in command:
-            log.info(
-                "worker.standby_off",
-                why="node.standby_worker is off"
-                if not cfg.standby_worker
-                else "node.worker_command does not run deepedge.training.worker",
-            )
-            return
-        self.standby = StandbyWorker(command, cfg.cpu_affinity, cfg.worker_nice, cfg.worker_comm_nice)
+        on = self.config.node.standby_worker
+        self.standby = self._new_standby("worker", on, "node.standby_worker", self.worker_command(), WORKER_MODULE)
 
     def start_standby_checker(self) -> None:
-        """Keep a standby pre-flight checker (``deepedge.node._standby``, kind "preflight"), its
-        torch imported while the board is idle, when ``node.standby_checker`` is on and the
-        checker command runs deepedge's."""
-        cfg = self.config.node
+        """Keep a standby pre-flight checker (kind "preflight"), its torch imported while the
+        board is idle, when ``node.standby_checker`` is on and the checker command runs deepedge's."""
+        on = self.config.node.standby_checker
         command = self.preflights.command()
-        if not cfg.standby_checker or PREFLIGHT_MODULE not in command:
-            why = "node.standby_checker is off" if not cfg.standby_checker else f"the checker is not {PREFLIGHT_MODULE}"
-            log.info("preflight.standby_off", why=why)
-            return
-        self.preflights.standby = StandbyWorker(
-            command, cfg.cpu_affinity, cfg.worker_nice, cfg.worker_comm_nice, kind="preflight"
-        )
+        self.preflights.standby = self._new_standby("preflight", on, "node.standby_checker", command, PREFLIGHT_MODULE)
+
+    def _new_standby(
+        self, kind: str, on: bool, switch: str, command: Sequence[str], module: str
+    ) -> StandbyWorker | None:
+        """A standby of ``kind`` for ``command``, on the worker's CPUs and at its priority; None
+        (and why, logged) when ``switch`` is off or ``command`` does not run deepedge's ``module``."""
+        if not on or module not in command:
+            log.info(f"{kind}.standby_off", why=f"{switch} is off" if not on else f"its command does not run {module}")
+            return None
+        cfg = self.config.node
+        return StandbyWorker(command, cfg.cpu_affinity, cfg.worker_nice, cfg.worker_comm_nice, kind=kind)
 
     def standbys(self) -> list[StandbyWorker]:
         """The standby worker and the standby checker this daemon keeps (those switched on)."""

@@ -181,13 +181,8 @@ class Preflights:
                 except ProcessLookupError:
                     continue  # a thread that ended meanwhile
         except OSError as exc:
-            standby.unusable(f"cannot move it out of the idle class to nice {self.cfg.worker_nice}: {exc}")
             log.warning("preflight.standby_priority_failed", job=job, error=str(exc))
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                async with compat.timeout(5):
-                    await proc.wait()
+            await standby.unusable(proc, f"cannot move it out of the idle class to nice {self.cfg.worker_nice}: {exc}")
             return None
         return proc
 

@@ -164,13 +164,14 @@ class StandbyWorker:
         log.info(f"{self.kind}.standby_taken", pid=proc.pid)
         return proc
 
-    def unusable(self, why: str) -> None:
-        """A standby just taken could not be used (its taker could not give it the priority it
-        needs): not counted as taken, and no more standbys, since every one would fail the same
-        way. The taker ends it."""
+    async def unusable(self, proc: asyncio.subprocess.Process, why: str) -> None:
+        """A standby just taken (``proc``) could not be used (its taker could not give it the
+        priority it needs): ended, not counted as taken, and no more standbys, since every one
+        would fail the same way."""
         self.taken -= 1
         self.disabled = True
         log.error(f"{self.kind}.standby_disabled", error=why)
+        await _end(proc)
 
     def _stop_watching(self) -> None:
         if self._ready is not None and not self._ready.done():
@@ -181,14 +182,18 @@ class StandbyWorker:
         """Kill the standby (its whole process group) and reap it."""
         self._stop_watching()
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            async with compat.timeout(5):
-                await proc.wait()
+        if proc is not None:
+            await _end(proc)
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kill a standby's whole process group and reap it (at most 5 s)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        async with compat.timeout(5):
+            await proc.wait()
 
 
 async def _said_ready(proc: asyncio.subprocess.Process, started: float, kind: str) -> bool:

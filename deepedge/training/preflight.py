@@ -12,8 +12,8 @@ from the job), one JSON line on stdout, exit 0 (ok) or 2 (refused):
 With ``--standby`` it imports torch and the model registry first, prints the worker protocol's
 STANDBY_READY line and then waits, with no time limit, for its one request: the node daemon keeps
 one such checker ahead of a job while the board is idle (``node.standby_checker``, off by
-default), so that a
-job's check does not import torch while the board's LC apps run (docs/node.md).
+default), so that a job's check does not import torch while the board's LC apps run
+(docs/node.md).
 
 The checks, in order (the first that fails answers):
 

@@ -54,9 +54,7 @@ def start_node(
 ) -> NodeProc:
     """``node_extra``: more TOML lines for the [node] section; ``prefix``: a command it runs
     under (e.g. ``ip netns exec NS``); ``stand_in_preflight``: answer pre-flights with
-    tests/helpers/stand_in_preflight.py (for jobs of the stand-in worker's ``test:*`` models).
-    The standby checker is off unless ``node_extra`` sets it (as by default; said here so that
-    its torch import never slows every test node's first birth)."""
+    tests/helpers/stand_in_preflight.py (for jobs of the stand-in worker's ``test:*`` models)."""
     sock = tmp / f"{node}.sock"
     cfg = tmp / f"{node}.toml"
     apps = "".join(f'\n[[node.lc_apps]]\nname = "{a}"\ndeadline_ms = {d}\n' for a, d in (lc_apps or {}).items())
@@ -68,7 +66,6 @@ def start_node(
         f'profile_path = "{tmp / node}-profile.json"\n'
         f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n"
         + (f"preflight_command = {json.dumps(PREFLIGHT)}\n" if stand_in_preflight else "")
-        + ("" if "standby_checker" in node_extra else "standby_checker = false\n")
         + f"{node_extra}\n"
         f'[training]\nmodel_modules = ["test"]\ndata_roots = ["{tmp}"]\n'
         f'output_root = "{tmp}"\n{apps}'
