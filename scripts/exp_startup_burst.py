@@ -9,7 +9,10 @@ at a time and records every latency report around it:
 - ``nothing``: waits (the machine's own noise);
 - ``daemon preflight``: the ``preflight`` command to both boards' node daemons, as the coordinator
   sends it at a submission (the daemon starts ``python -m deepedge.training.preflight`` on the
-  board's CPU at the worker's nice);
+  board's CPU at the worker's nice), for a job the boards have not checked before (its seed is
+  new every round, so the pre-flight cache, ``node.preflight_cache_s``, has no entry for it);
+- ``daemon preflight cached``: the same for a job the boards checked before the first round (the
+  check's torch part answered from the cache);
 - ``direct nice 10``: the checker's heavy part (import torch, build cnn-small, a forward pass),
   started directly on each board's CPU at nice 10 from its first instruction (``preexec_fn``);
 - ``direct nice 0``: the same at nice 0 (as a process starts before its nice is set);
@@ -56,6 +59,7 @@ WARM = (
     "os.waitpid(pid, 0)\n"
 )
 SETTLE_S = 9.0
+CACHED_SEED = 7  # the "daemon preflight cached" job's seed (checked once before the rounds)
 AFTER_S = 6.0
 
 
@@ -97,7 +101,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             out = str(root / "out")
             spec = JobSpec(model="cnn-small", dataset=str(data), output=out, epochs=1, global_batch=32, learning_rate=1)
             fields = {f: getattr(spec, f) for f in JobSpec.__struct_fields__}
+
+            async def preflights(job: str, seed: int) -> list[str]:
+                replies = await asyncio.gather(
+                    *(
+                        rpc.request(topics.node_command(b.node, "preflight"), {**fields, "job": job, "seed": seed})
+                        for b in boards
+                    )
+                )
+                assert all(r.ok and r.result["ok"] for r in replies), replies
+                return [str(r.result.get("cache")) for r in replies]
+
             async with Requester(t, topics, timeout_s=60) as rpc:
+                if "daemon preflight cached" in args.modes.split(","):
+                    print("warm-up check:", await preflights("warm-up", CACHED_SEED), flush=True)
                 for k in range(args.rounds):
                     for mode in args.modes.split(","):
                         warm = [_direct(b.cpu, "nice 10", WARM) for b in boards] if mode == "warm fork" else []
@@ -107,6 +124,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                         await asyncio.sleep(SETTLE_S)
                         t0 = time.time()
                         took = 0.0
+                        cache: list[str] = []
                         if warm:
                             for p in warm:
                                 assert p.stdin is not None
@@ -115,15 +133,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                             for p in warm:
                                 await asyncio.to_thread(p.wait)
                             took = time.time() - t0
-                        elif mode == "daemon preflight":
-                            replies = await asyncio.gather(
-                                *(
-                                    rpc.request(topics.node_command(b.node, "preflight"), {**fields, "job": f"x{k}"})
-                                    for b in boards
-                                )
-                            )
+                        elif mode.startswith("daemon preflight"):
+                            cached = mode == "daemon preflight cached"
+                            cache = await preflights(f"x{k}", CACHED_SEED if cached else 1000 + k)
                             took = time.time() - t0
-                            assert all(r.ok for r in replies), replies
                         elif mode.startswith("direct "):
                             procs = [_direct(b.cpu, mode.split(" ", 1)[1]) for b in boards]
                             for p in procs:
@@ -133,6 +146,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                             raise SystemExit(f"unknown mode {mode!r}")
                         await asyncio.sleep(max(0.0, AFTER_S - (time.time() - t0)))
                         row: dict[str, object] = {"round": k, "mode": mode, "took_s": round(took, 2)}
+                        if mode.startswith("daemon preflight"):
+                            row["cache"] = cache
                         for app in sorted({a for _, a, _ in reports}):
                             before = [p for ts, a, p in reports if a == app and t0 - 3 <= ts < t0]
                             after = [p for ts, a, p in reports if a == app and t0 <= ts < t0 + AFTER_S]
@@ -148,7 +163,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             for r in rounds
             if r["mode"] == mode
             for key, v in r.items()
-            if isinstance(v, list) and v[0] and v[1]
+            if key != "cache" and isinstance(v, list) and v[0] and v[1]
         ]
         summary[mode] = {"median_rise": round(statistics.median(rises), 3), "worst_rise": round(max(rises), 3)}
     return {"command": " ".join(sys.argv), "rate": args.rate, "window_s": args.window, "rounds": rounds} | {

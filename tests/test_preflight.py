@@ -277,7 +277,7 @@ async def test_the_runner_times_out_and_refuses_a_second_preflight_of_the_same_j
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the checker imports the slow factory from tests/
     runner = Preflights(
         "n1",
-        NodeConfig(preflight_timeout_s=1.5),
+        NodeConfig(preflight_timeout_s=1.5, preflight_cache_path=""),
         policy(board, model_modules=("tests.helpers.stand_in_worker",)),
     )
     slow = asyncio.create_task(runner.run("j1", spec(board, model=SLOW_MODEL)))
@@ -302,7 +302,7 @@ async def test_at_most_two_checker_processes_run_at_once_and_the_rest_wait_their
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     runner = Preflights(
         "n1",
-        NodeConfig(preflight_timeout_s=1.0),
+        NodeConfig(preflight_timeout_s=1.0, preflight_cache_path=""),
         policy(board, model_modules=("tests.helpers.stand_in_worker",)),
     )
     jobs = [asyncio.create_task(runner.run(f"j{i}", spec(board, model=SLOW_MODEL))) for i in range(4)]
@@ -352,7 +352,7 @@ async def test_a_ready_standby_checker_answers_at_the_workers_priority_without_i
     """A standby checker (``--standby``: torch imported in the idle class, then one request) is
     taken by the next check, every thread of it moved to the worker's priority, and answers with
     no import of its own; the next check, with none ready, starts a process as before."""
-    cfg = NodeConfig(worker_nice=10, preflight_timeout_s=60)
+    cfg = NodeConfig(worker_nice=10, preflight_timeout_s=60, preflight_cache_path="")
     runner = Preflights("n1", cfg, policy(board))
     # (not pinned to one CPU: in the idle class, on a loaded machine, the import would starve)
     runner.standby = StandbyWorker(runner.command(), nice=10, kind="preflight")
@@ -387,7 +387,9 @@ async def test_a_standby_checker_that_cannot_leave_the_idle_class_is_ended_and_n
     """A daemon whose RLIMIT_NICE does not allow the worker's priority: the standby it took is
     killed, not counted as taken, no standby checker is started again, and the check is made by a
     process of its own (the job is not refused for it)."""
-    runner = Preflights("n1", NodeConfig(worker_nice=10, preflight_timeout_s=60), policy(board))
+    runner = Preflights(
+        "n1", NodeConfig(worker_nice=10, preflight_timeout_s=60, preflight_cache_path=""), policy(board)
+    )
     runner.standby = StandbyWorker(runner.command(), nice=10, kind="preflight")
     await runner.standby.arm()
     pid = runner.standby.pid
@@ -423,6 +425,17 @@ async def test_the_preflight_command_of_a_node(
         r = await rpc.request(topic, job_args(tmp_path))
         assert r.ok and r.result["ok"] is True and r.result["node"] == "n1", r
         assert (r.result["samples"], r.result["classes"]) == (40, 4) and r.result["wall_s"] < 8
+        assert r.result["cache"] == "stored" and r.result["import_s"] > 0
+        again = await rpc.request(topic, job_args(tmp_path))  # the same job again: torch is not run
+        assert again.result == {
+            **r.result,
+            "cache": "hit",
+            "import_s": 0,
+            "seconds": again.result["seconds"],
+            "wall_s": again.result["wall_s"],
+            "free_bytes": again.result["free_bytes"],
+        }
+        assert (tmp_path / "n1-preflight-cache.json").is_file()
         r = await rpc.request(topic, job_args(tmp_path, global_batch=64))
         assert r.ok and r.result["ok"] is False and r.result["check"] == "dataset"
         assert (
@@ -441,7 +454,7 @@ async def test_the_preflight_command_of_a_node(
             r = await rpc.request(topic, args)
             assert not r.ok and r.error is not None and r.error.code == "bad_args" and needle in r.error.message
         r = await rpc.request(t.node_command("n1", "status"))
-        assert r.result["preflights"] == {"running": [], "done": 3}
+        assert r.result["preflights"] == {"running": [], "done": 4}
         assert (await rpc.request(t.node_command("n1", "drain"))).ok
         r = await rpc.request(topic, job_args(tmp_path))
         assert r.result == {**r.result, "ok": False, "check": "drained"}, r.result

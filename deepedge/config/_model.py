@@ -163,6 +163,12 @@ class NodeConfig(_Section, frozen=True):
     worker_crash_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     # How long the ``preflight`` command's checks may take before it answers "timeout".
     preflight_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 8.0
+    # The pre-flight check's cache (docs/node.md, "Pre-flight cache"): a job whose model, samples,
+    # base checkpoint, seeds and software passed a check here within this many seconds is not
+    # checked with torch again (the torch-free checks always run). 0: off.
+    preflight_cache_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 3600.0
+    # Where that cache is kept (empty: no cache); written by this board's checker only.
+    preflight_cache_path: str = "/var/lib/deepedge/preflight-cache.json"
 
     def __post_init__(self) -> None:
         if self.training_address:

@@ -205,6 +205,7 @@ class DemoCluster:
             + ("preflight_timeout_s = 40.0\n" if self.namespaced else "")
             + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
+            f'preflight_cache_path = "{self.workdir / b.node}-preflight-cache.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"
             f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n{self.node_extra}"
             # what a job may name on these boards: the demo's own folders

@@ -1,8 +1,10 @@
 """The ``preflight`` command's work on the node: before a job's first plan, check on this board
 what can be checked here and answer within a few seconds.
 
-The board's policy (``[training]``) is checked here first, without torch. The rest needs torch,
-which the daemon never imports: it runs ``python -m deepedge.training.preflight`` (one JSON
+The board's policy (``[training]``) is checked here first, without torch. Then, with the
+pre-flight cache on (``node.preflight_cache_s``), the torch-free checks and the cache's key, in a
+thread: a job whose torch part passed here before is answered without a process. The rest needs
+torch, which the daemon never imports: it runs ``python -m deepedge.training.preflight`` (one JSON
 request on stdin: this node, the job, its spec, this board's own ``[training]``; one JSON line
 back) on the training worker's CPUs and at its priority, killed (its whole process group) after
 ``node.preflight_timeout_s``. One preflight per job at a time; a second one of the same job while
@@ -29,6 +31,7 @@ from deepedge.broker_schemas import JobSpec
 from deepedge.config import NodeConfig, TrainingConfig
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.node._standby import StandbyWorker
+from deepedge.training.preflight import cached_answer
 
 __all__ = ["PREFLIGHT_MODULE", "PreflightAnswer", "PreflightBusy", "Preflights"]
 
@@ -53,6 +56,7 @@ class PreflightAnswer(msgspec.Struct, frozen=True, kw_only=True):
     needed_bytes: int = 0
     seconds: float = 0.0  # the checker's own time, from reading the request to answering
     import_s: float = 0.0  # of which importing torch and the model registry
+    cache: str = ""  # hit, stored, unwritable, uncacheable or off (node.preflight_cache_s)
 
 
 _ANSWER = msgspec.json.Decoder(PreflightAnswer)
@@ -97,12 +101,18 @@ class Preflights:
                 check_job(spec, self.training)  # torch-free and instant: no process for a refusal
             except JobRefused as exc:
                 return self.refusal("policy", str(exc), started)
+            request = self._request(job, spec)
+            if self.cfg.preflight_cache_s > 0 and self.cfg.preflight_cache_path:
+                # torch-free: answered here, without a process, when the torch part is cached
+                quick = await asyncio.to_thread(cached_answer, request)
+                if quick is not None:
+                    return self._result(job, msgspec.convert(quick[0], PreflightAnswer), started)
             if self._slots is None:
                 self._slots = asyncio.Semaphore(MAX_CHECKERS)
             async with self._slots:
                 self.checkers += 1
                 try:
-                    return await self._checker(job, spec, started)
+                    return await self._checker(job, request, started)
                 finally:
                     self.checkers -= 1
         finally:
@@ -112,9 +122,21 @@ class Preflights:
     def command(self) -> tuple[str, ...]:
         return self.cfg.preflight_command or (sys.executable, "-m", PREFLIGHT_MODULE)
 
-    async def _checker(self, job: str, spec: JobSpec, started: float) -> dict[str, Any]:
+    def _request(self, job: str, spec: JobSpec) -> bytes:
+        """The checker's request: this node, the job, and this board's own policy and cache."""
+        return msgspec.json.encode(
+            {
+                "node": self.node,
+                "job": job,
+                "spec": spec,
+                "policy": self.training,
+                "cache": self.cfg.preflight_cache_path,
+                "cache_s": self.cfg.preflight_cache_s,
+            }
+        )
+
+    async def _checker(self, job: str, request: bytes, started: float) -> dict[str, Any]:
         timeout = self.cfg.preflight_timeout_s
-        request = msgspec.json.encode({"node": self.node, "job": job, "spec": spec, "policy": self.training})
         proc = await self._standby_checker(job)
         if proc is None:
             try:
@@ -155,6 +177,9 @@ class Preflights:
             return self.refusal(
                 "internal", f"the preflight checker exited {proc.returncode} without an answer: {why}", started
             )
+        return self._result(job, answer, started)
+
+    def _result(self, job: str, answer: PreflightAnswer, started: float) -> dict[str, Any]:
         result: dict[str, Any] = {"ok": answer.ok, "node": self.node}
         if answer.ok:
             result.update(msgspec.structs.asdict(answer))
@@ -162,7 +187,9 @@ class Preflights:
         else:
             result.update(check=answer.check, reason=answer.reason[:4000], seconds=answer.seconds)
         result["wall_s"] = round(time.monotonic() - started, 3)
-        log.info("preflight.done", job=job, ok=answer.ok, check=answer.check, wall_s=result["wall_s"])
+        log.info(
+            "preflight.done", job=job, ok=answer.ok, check=answer.check, cache=answer.cache, wall_s=result["wall_s"]
+        )
         return result
 
     async def _standby_checker(self, job: str) -> asyncio.subprocess.Process | None:

@@ -6,7 +6,7 @@ board's own ``[training]`` policy — passed by the daemon from its configuratio
 from the job), one JSON line on stdout, exit 0 (ok) or 2 (refused):
 
     {"ok": true, "samples": N, "classes": C, "params": P, "checkpoint_bytes": B,
-     "free_bytes": F, "needed_bytes": X, "seconds": t, "import_s": i}
+     "free_bytes": F, "needed_bytes": X, "seconds": t, "import_s": i, "cache": "hit"}
     {"ok": false, "check": "<check>", "reason": "node <id>: <check>: <why>", "seconds": t}
 
 With ``--standby`` it imports torch and the model registry first, prints the worker protocol's
@@ -34,6 +34,12 @@ The checks, in order (the first that fails answers):
   at the end), each parameters + buffers + momentum, and this node's accounting log, with a
   margin (``needed_bytes``).
 
+``cache`` says whether the torch part (model, base_checkpoint, sample, seed) ran: "hit" (a check
+of the same model, samples, base checkpoint, seeds and software passed here within
+``node.preflight_cache_s``: not run again, ``deepedge.training._preflight_cache``), "stored" (run,
+and cached), "unwritable" (run; the cache file could not be written), "uncacheable" (run: a
+``module:callable`` model) or "off".
+
 It imports nothing from ``deepedge.node`` or ``deepedge.transport``; torch only once the
 torch-free checks have passed.
 """
@@ -48,16 +54,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from deepedge.broker_schemas import JobSpec
 from deepedge.config import TrainingConfig
-from deepedge.job_policy import JobRefused, check_job
+from deepedge.job_policy import CheckedJob, JobRefused, check_job
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import ensure_dir, write_atomic
 from deepedge.training._folder import IMAGE_SUFFIXES, FolderError, list_classes, open_image
+from deepedge.training._preflight_cache import Cached, cache_key, lookup, store
 from deepedge.worker_protocol import STANDBY_READY
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "IMAGE_SIZE",
     "PreflightRequest",
     "Refused",
+    "cached_answer",
     "free_bytes",
     "main",
     "needed_bytes",
@@ -83,6 +91,8 @@ class PreflightRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     job: str
     spec: JobSpec
     policy: TrainingConfig  # the board's own [training], from its daemon's configuration
+    cache: str = ""  # node.preflight_cache_path: the torch part's cache (empty: none)
+    cache_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 0.0  # node.preflight_cache_s
 
 
 class Refused(Exception):
@@ -108,7 +118,7 @@ class _Folder:
     root: Path
     count: int
     classes: list[str]
-    images: list[bytes]  # decoded RGB samples, IMAGE_SIZE x IMAGE_SIZE x 3
+    firsts: list[Path]  # the first image of each class (at most DECODE_IMAGES): decoded for the checks
 
 
 def free_bytes(path: Path) -> int:
@@ -157,7 +167,7 @@ def _image_folder(root: Path, global_batch: int) -> _Folder:
         raise Refused("dataset", f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if count < global_batch:
         raise Refused("dataset", f"dataset {root} has {count} samples, fewer than the global batch {global_batch}")
-    return _Folder(root, count, [name for name, _ in listed], [_decode(path, root) for path in firsts])
+    return _Folder(root, count, [name for name, _ in listed], firsts)
 
 
 def _decode(path: Path, root: Path) -> bytes:
@@ -172,13 +182,11 @@ def _decode(path: Path, root: Path) -> bytes:
         raise Refused("dataset", f"dataset {root}: unreadable image {path}: {exc}") from None
 
 
-def _folder_samples(folder: _Folder) -> _Samples:
+def _folder_samples(folder: _Folder, images: list[bytes]) -> _Samples:
     import torch
 
-    x = torch.stack(
-        [torch.frombuffer(bytearray(b), dtype=torch.uint8).view(IMAGE_SIZE, IMAGE_SIZE, 3) for b in folder.images]
-    )
-    shown = f"{len(folder.images)} images (the first of each class)"
+    x = torch.stack([torch.frombuffer(bytearray(b), dtype=torch.uint8).view(IMAGE_SIZE, IMAGE_SIZE, 3) for b in images])
+    shown = f"{len(images)} images (the first of each class)"
     return _Samples(folder.count, folder.classes, x.permute(0, 3, 1, 2).contiguous(), shown)
 
 
@@ -229,22 +237,22 @@ def _forward(model: Any, samples: _Samples) -> None:
         raise Refused("sample", f"the model's output for {samples.shown} is not finite")
 
 
-def preflight(req: PreflightRequest) -> dict[str, Any]:
-    """Run the checks; the answer (without ``seconds``). Raises Refused."""
-    spec = req.spec
-    try:
-        checked = check_job(spec, req.policy)
-    except JobRefused as exc:
-        raise Refused("policy", str(exc)) from None
-    _check_output(checked.output, req.node)
-    dataset = _dataset(checked.dataset, spec.global_batch)
+def _torch_checks(
+    spec: JobSpec, checked: CheckedJob, dataset: _Folder | Path, seeds: list[int]
+) -> tuple[Cached, float]:
+    """The checks that need torch (model, base_checkpoint, sample, seed), an image folder's
+    samples decoded first (without torch): their figures and the seconds torch and the model
+    registry took to import."""
+    images = [_decode(path, dataset.root) for path in dataset.firsts] if isinstance(dataset, _Folder) else []
     t = time.perf_counter()
     import torch
 
     from deepedge.training._models import build_model, load_checkpoint
 
     import_s = time.perf_counter() - t
-    samples = _folder_samples(dataset) if isinstance(dataset, _Folder) else _tensor_file(dataset, spec.global_batch)
+    samples = (
+        _folder_samples(dataset, images) if isinstance(dataset, _Folder) else _tensor_file(dataset, spec.global_batch)
+    )
     try:
         model = build_model(spec.model, len(samples.classes))
     except TrainingError as exc:
@@ -258,15 +266,68 @@ def preflight(req: PreflightRequest) -> dict[str, Any]:
             raise Refused("base_checkpoint", str(exc)) from None
     _forward(model, samples)
     try:
-        for epoch in (0, spec.epochs - 1):
-            torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch)  # as the trainer draws its permutations
+        for seed in seeds:
+            torch.Generator().manual_seed(seed)
     except (RuntimeError, OverflowError, ValueError) as exc:
         raise Refused("seed", f"seed {spec.seed} does not make a torch.Generator seed: {exc}") from None
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     momentum = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    checkpoint = state + momentum
-    needed = needed_bytes(checkpoint, req.policy.keep_checkpoints, samples.count, spec.epochs, spec.global_batch)
+    figures = Cached(
+        at=time.time(),
+        params=params,
+        checkpoint_bytes=state + momentum,
+        samples=samples.count,
+        classes=len(samples.classes),
+    )
+    return figures, import_s
+
+
+def preflight(req: PreflightRequest, torch: bool = True) -> dict[str, Any] | None:
+    """Run the checks; the answer (without ``seconds``). Raises Refused. With ``torch=False``
+    (the daemon's own try at the cache, without a process) None where the torch part would run."""
+    spec = req.spec
+    try:
+        checked = check_job(spec, req.policy)
+    except JobRefused as exc:
+        raise Refused("policy", str(exc)) from None
+    _check_output(checked.output, req.node)
+    dataset = _dataset(checked.dataset, spec.global_batch)
+    seeds = [spec.seed * 1_000_003 + epoch for epoch in (0, spec.epochs - 1)]  # as the trainer draws its permutations
+    cache = Path(req.cache) if req.cache and req.cache_s > 0 else None
+    key = None
+    if cache is not None:
+        folder = dataset if isinstance(dataset, _Folder) else None
+        key = cache_key(
+            spec.model,
+            folder.classes if folder else None,
+            folder.firsts if folder else None,
+            None if folder else checked.dataset,
+            checked.base_checkpoint,
+            seeds,
+            IMAGE_SIZE,
+        )
+    figures = lookup(cache, key, req.cache_s) if cache is not None and key is not None else None
+    import_s = 0.0
+    if figures is not None:
+        how = "hit"
+    elif not torch:
+        return None
+    else:
+        figures, import_s = _torch_checks(spec, checked, dataset, seeds)
+        if cache is None:
+            how = "off"
+        elif key is None:
+            how = "uncacheable"
+        else:
+            how = "stored" if store(cache, key, figures, req.cache_s) else "unwritable"
+    count = dataset.count if isinstance(dataset, _Folder) else figures.samples
+    if count < spec.global_batch:  # a cached tensor file's count, against this job's batch
+        raise Refused(
+            "dataset", f"dataset {checked.dataset} has {count} samples, fewer than the global batch {spec.global_batch}"
+        )
+    checkpoint = figures.checkpoint_bytes
+    needed = needed_bytes(checkpoint, req.policy.keep_checkpoints, count, spec.epochs, spec.global_batch)
     try:
         free = free_bytes(checked.output)
     except OSError as exc:
@@ -279,25 +340,41 @@ def preflight(req: PreflightRequest) -> dict[str, Any]:
         )
     return {
         "ok": True,
-        "samples": samples.count,
-        "classes": len(samples.classes),
-        "params": params,
+        "samples": count,
+        "classes": figures.classes,
+        "params": figures.params,
         "checkpoint_bytes": checkpoint,
         "free_bytes": free,
         "needed_bytes": needed,
         "import_s": round(import_s, 3),
+        "cache": how,
     }
 
 
 def answer(raw: bytes) -> tuple[dict[str, Any], int]:
     """The JSON answer to one request line and the exit code."""
+    result = _answer(raw, torch=True)
+    assert result is not None  # with torch, every request has an answer
+    return result
+
+
+def cached_answer(raw: bytes) -> tuple[dict[str, Any], int] | None:
+    """:func:`answer` without torch, for the daemon to try before it starts a checker: the answer
+    of a request whose torch part is in the cache, or whose torch-free checks refuse it; None
+    where the torch part must run."""
+    return _answer(raw, torch=False)
+
+
+def _answer(raw: bytes, torch: bool) -> tuple[dict[str, Any], int] | None:
     t0 = time.perf_counter()
     node = "?"
     try:
         req = msgspec.json.decode(raw, type=PreflightRequest)
         node = req.node
-        result = preflight(req)
-        code = 0
+        passed = preflight(req, torch)
+        if passed is None:
+            return None
+        result, code = passed, 0
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         result, code = _refusal(node, "request", f"not a preflight request: {exc}"), 2
     except Refused as exc:

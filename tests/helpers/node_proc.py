@@ -64,6 +64,7 @@ def start_node(
         f'[node]\nid = "{node}"\ntelemetry_interval_s = {interval}\nheartbeat_interval_s = {interval}\n'
         f'latency_window_s = {latency_window_s}\nlatency_socket = "{sock}"\n'
         f'profile_path = "{tmp / node}-profile.json"\n'
+        f'preflight_cache_path = "{tmp / node}-preflight-cache.json"\n'
         f"worker_command = {json.dumps(WORKER if worker is None else worker)}\n"
         + (f"preflight_command = {json.dumps(PREFLIGHT)}\n" if stand_in_preflight else "")
         + f"{node_extra}\n"
