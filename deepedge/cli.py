@@ -790,6 +790,15 @@ def bench_makespan(
             "(the share missed with no job; 0: not measured).",
         ),
     ] = 40.0,
+    cold_preflight: Annotated[
+        bool,
+        typer.Option(
+            "--cold-preflight",
+            help="--scenarios: no board checks a job before its submission, so the first job of each cluster "
+            "pays its pre-flight's torch part (default: every board checks each job once before, as for a "
+            "retraining it ran before, and its pre-flight is answered from node.preflight_cache_s's cache).",
+        ),
+    ] = False,
     timeline: Annotated[
         Path | None,
         typer.Option(
@@ -812,17 +821,29 @@ def bench_makespan(
         epochs, images = epochs or 6, images or 3000
         typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
         lc_rows = run_lc_scenarios(
-            chosen, epochs, images, tight_factor, trace_factor, nodes, profile_runs, profile_seconds, alone_seconds
+            chosen,
+            epochs,
+            images,
+            tight_factor,
+            trace_factor,
+            nodes,
+            profile_runs,
+            profile_seconds,
+            alone_seconds,
+            checked_before=not cold_preflight,
         )
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
             f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes} "
             f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g} --alone-seconds {alone_seconds:g}"
+            + (" --cold-preflight" if cold_preflight else "")
         )
         _write_bench(
             out or Path("docs/benchmarks/lc-scenarios.md"),
             "LC deadlines: deepedge vs naive splits and today's controller",
-            lc_markdown(lc_rows, command, tight_factor, trace_factor, (profile_runs, profile_seconds)),
+            lc_markdown(
+                lc_rows, command, tight_factor, trace_factor, (profile_runs, profile_seconds), not cold_preflight
+            ),
         )
         if timeline is not None:
             runs = [{"scenario": r.scenario, "controller": r.controller, **(r.timeline or {})} for r in lc_rows]

@@ -197,8 +197,8 @@ async def test_the_daemon_answers_a_cached_check_without_starting_a_checker(
     from tests.test_preflight import spec
 
     cache = tmp_path / "cache.json"
-    cfg = NodeConfig(preflight_command=("false",), preflight_cache_path=str(cache))
-    runner = Preflights("n1", cfg, policy(board))
+    runner = Preflights("n1", NodeConfig(preflight_cache_path=str(cache)), policy(board))
+    runner.command = lambda: ("false",)  # type: ignore[method-assign]  # deepedge's checker, unable to answer
     miss = await runner.run("j1", spec(board))
     assert miss["ok"] is False and miss["check"] == "internal", miss  # the checker ran: `false`
     assert ok(cached_request(board, cache, epochs=1))["cache"] == "stored"  # as a real checker would
@@ -208,9 +208,9 @@ async def test_the_daemon_answers_a_cached_check_without_starting_a_checker(
     # torch-free refusals are answered the same way, with the cache's key not needed
     small = await runner.run("j2", spec(board, global_batch=64))
     assert small["check"] == "dataset" and "fewer than the global batch 64" in small["reason"]
-    off = Preflights(
-        "n1",
-        NodeConfig(preflight_command=("false",), preflight_cache_s=0, preflight_cache_path=str(cache)),
-        policy(board),
-    )
+    off = Preflights("n1", NodeConfig(preflight_cache_s=0, preflight_cache_path=str(cache)), policy(board))
+    off.command = lambda: ("false",)  # type: ignore[method-assign]
     assert (await off.run("j1", spec(board)))["check"] == "internal"  # cache off: always the checker
+    # an operator's own checker is never bypassed: it answers even what the cache holds
+    theirs = Preflights("n1", NodeConfig(preflight_command=("false",), preflight_cache_path=str(cache)), policy(board))
+    assert (await theirs.run("j1", spec(board)))["check"] == "internal"

@@ -29,7 +29,7 @@ from deepedge.coordinator.planner import JobModel, LcAppModel, NodeModel, Planne
 from deepedge.coordinator.planner._caps import largest_within
 from deepedge.profiling import CapTable, KnowledgeBase, Point, ProfileKey, Run, TableCache, versions_key
 from deepedge.profiling._design import Space, adaptive_points, latin_hypercube
-from deepedge.profiling._forecast import ENVELOPE_FACTOR, MAX_RATE, STABILIZE_S, RateForecast
+from deepedge.profiling._forecast import ENVELOPE_FACTOR, MAX_RATE, STABILIZE_S, TREND_MARGIN, RateForecast
 from deepedge.profiling._session import ProfileSession, fit_runs
 from deepedge.profiling._surrogate import cross_validate, fit
 
@@ -644,3 +644,34 @@ def test_the_bench_repeats_its_reference_point_through_the_session_and_reports_t
     noise, span = repeat_noise([rep(10.0, 100.0), rep(11.0, 400.0), rep(9.0, 700.0), rep(10.0, 1000.0)])
     assert noise == pytest.approx(0.05) and span == 900.0
     assert repeat_noise([rep(10.0, 1.0), rep(11.0, 2.0)]) == (None, 1.0)
+
+
+def test_above_the_last_minute_the_planned_rate_follows_the_trend_not_the_noise() -> None:
+    """A steady 40 req/s as a node reports it (Poisson arrivals, 5 s windows every 0.5 s): the
+    noise alone kept the upper quantile at the envelope (1.25x the last minute's highest rate);
+    bounded by the trend's rise + TREND_MARGIN, the planned rate stays near the load. A ramp's
+    rise is still planned for ahead of the reports."""
+    from deepedge.bench._forecast import arrivals, reports
+    from deepedge.demo.lc_app import Trace
+
+    seen = reports(arrivals(Trace.parse("constant:40"), 150.0, random.Random(1)), 150.0)
+    new, old = RateForecast(step_s=1.0), RateForecast(step_s=1.0)
+    planned_new, planned_old = [], []
+    for t, rate in seen:
+        new.observe(t, rate)
+        old.observe(t, rate)
+        if t >= 90 and t == int(t):
+            up, rise = new.bounds(10.0) or (0.0, 0.0)
+            planned_new.append(new.steady(t, up, rise))
+            planned_old.append(old.steady(t, up))  # the envelope alone (before TREND_MARGIN)
+    highest = max(r for _, r in seen)
+    assert sum(planned_old) / len(planned_old) > 1.2 * 40  # the envelope binds: ~1.25x the load
+    assert min(planned_new) >= 40 and max(planned_new) <= TREND_MARGIN * highest + 2.0
+    assert sum(planned_new) / len(planned_new) < 0.92 * sum(planned_old) / len(planned_old)
+    ramp = RateForecast(step_s=1.0)
+    for t in range(40):
+        ramp.observe(float(t), 10.0 + 1.0 * t)  # +1 req/s every second, up to 49
+    up, rise = ramp.bounds(10.0) or (0.0, 0.0)
+    assert rise > 5.0  # the damped trend still climbs over the horizon
+    planned = ramp.planning(40.0, 10.0)
+    assert planned is not None and planned >= 49.0 + 5.0  # ahead of the reports, by the trend

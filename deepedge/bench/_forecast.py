@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deepedge.demo.lc_app import Trace
-from deepedge.profiling._forecast import ENVELOPE_FACTOR, ENVELOPE_S, STABILIZE_S, RateForecast
+from deepedge.profiling._forecast import ENVELOPE_FACTOR, ENVELOPE_S, STABILIZE_S, TREND_MARGIN, RateForecast
 
 __all__ = ["TRACES", "ForecastRow", "forecast_markdown", "run_forecast_bench"]
 
@@ -113,10 +113,10 @@ def run_forecast_bench(
             f.observe(t, rate)
             if abs(t - round(t)) > 1e-9:  # refitted once a second, as the coordinator does
                 continue
-            up = f.upper(horizon_s) or 0.0  # fitted once: the planned rate is this, made steady
+            up, point = f.bounds(horizon_s) or (0.0, 0.0)  # fitted once: the planned rate is this, made steady
             last.append((t, rate))
             raw.append((t, max(rate, up)))
-            planning.append((t, max(rate, f.steady(t, up))))
+            planning.append((t, max(rate, f.steady(t, up, point))))
         for choice, planned in (("last report", last), ("raw forecast", raw), ("planned (bounded, held)", planning)):
             rows.append(_judge(spec, choice, planned, seen, horizon_s, duration))
     return rows
@@ -142,7 +142,8 @@ def forecast_markdown(rows: list[ForecastRow], command: str, horizon_s: float) -
         f"caps are planned for. *Covered*: at least the highest report of the next {horizon_s:g} s (the "
         "forecast horizon). *Planned / peak*: that rate over the highest report. *Swings*: seconds where "
         f"the rate moved by {SWING:.0%} or more (each one a re-plan that moves caps). Planned: the raw "
-        f"forecast bounded to {ENVELOPE_FACTOR:g}x the highest rate of the last {ENVELOPE_S:g} s and held "
+        f"forecast bounded to {ENVELOPE_FACTOR:g}x the highest rate of the last {ENVELOPE_S:g} s and to "
+        f"{TREND_MARGIN:g}x the higher of that rate and the point forecast's peak over the horizon, and held "
         f"{STABILIZE_S:g} s before it falls.",
         "",
         "| trace | rate planned for | seconds judged | covered | planned / peak: mean | max | swings |",

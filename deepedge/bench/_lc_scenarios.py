@@ -204,11 +204,16 @@ def run_lc_scenarios(
     alone_s: float = 40.0,
     progress: bool = True,
     workdir: Path | None = None,
+    checked_before: bool = True,
 ) -> list[LcRow]:
     """Each scenario on a fresh cluster (what the LC feedback taught in one run must not carry
     into the next), deepedge first; the knowledge base profiled once, on the first cluster, and
     copied to the others (every board of the same model reuses it). Before each job, the LC apps
-    alone for ``alone_s`` under the same trace and deadlines: the share they miss with no job."""
+    alone for ``alone_s`` under the same trace and deadlines: the share they miss with no job.
+    ``checked_before``: every board checks each job once before its alone period, so that every
+    controller's job meets the boards' pre-flight cache alike (a retraining these boards ran
+    before); without it the first job of each cluster pays the check's torch part and the next
+    ones do not."""
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []
@@ -220,13 +225,14 @@ def run_lc_scenarios(
             ("uniform", "uniform", "unaware"),  # (unaware: its misses must not lower the next run's caps)
         ):
             opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split, lc_control=control)
-            opts.deadline_factor, opts.alone_s = tight_factor, alone_s
+            opts.deadline_factor, opts.alone_s, opts.checked_before = tight_factor, alone_s, checked_before
             runs.setdefault("tight", []).append((name, opts))
     for scenario, trace in TRACES.items():
         if scenario in scenarios:
             for name, control in (("deepedge (forecast)", "forecast"), ("miss-then-back-off (today)", "reactive")):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, lc_control=control)
                 opts.deadline_factor, opts.lc_trace, opts.alone_s = trace_factor, trace, alone_s
+                opts.checked_before = checked_before
                 runs.setdefault(scenario, []).append((name, opts))
     t0 = time.monotonic()
     kb: Path | None = None
@@ -309,7 +315,12 @@ def run_lc_scenarios(
 
 
 def lc_markdown(
-    rows: list[LcRow], command: str, tight_factor: float, trace_factor: float, profile: tuple[int, float] = (40, 2.5)
+    rows: list[LcRow],
+    command: str,
+    tight_factor: float,
+    trace_factor: float,
+    profile: tuple[int, float] = (40, 2.5),
+    checked_before: bool = True,
 ) -> str:
     rate_max = profile_rate_max(tuple(TRACES[s] for s in {r.scenario for r in rows} if s in TRACES))
     lines = [
@@ -320,7 +331,14 @@ def lc_markdown(
         f"`tight`, {trace_factor:g}x under the traces, alone at the trace's peak rate (`step` = `{STEP}`, "
         f"`diurnal` = `{DIURNAL}`: req/s, from submission). The LC boards were profiled for interference into "
         "the coordinator's knowledge base first "
-        f"({profile[0]} runs of {profile[1]:g} s per app at 10-{rate_max:g} req/s, through their daemons).",
+        f"({profile[0]} runs of {profile[1]:g} s per app at 10-{rate_max:g} req/s, through their daemons). "
+        + (
+            "Every board checked each job once before its alone period, so the job's own pre-flight was answered "
+            "from the boards' pre-flight cache (a retraining these boards ran before; `node.preflight_cache_s`)."
+            if checked_before
+            else "No board checked a job before (`--cold-preflight`): each cluster's first job paid its pre-flight's "
+            "torch part, the next ones found it in the boards' pre-flight cache."
+        ),
         "",
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
         "the workers' start included; in brackets, those during the workers' start, and those whose window "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepedge import compat
-from deepedge.broker_schemas import ArgValue, Topics
+from deepedge.broker_schemas import ArgValue, JobSpec, Topics
 from deepedge.demo._boards import BoardProfile, cluster_profiles
 from deepedge.demo._cluster import DemoCluster
 from deepedge.demo._data import make_image_folder
@@ -64,6 +64,10 @@ class DemoOptions:
     # before submitting, the LC apps alone this long under the same trace and deadlines, their
     # reports counted apart (JobRun.alone): the share missed with no job at all (benches)
     alone_s: float = 0.0
+    # before the alone period, every board checks the job once (the ``preflight`` command), so the
+    # job's own pre-flight is answered from the boards' pre-flight cache: a job these boards
+    # trained before, as a recurring retraining is (benches; node.preflight_cache_s)
+    checked_before: bool = False
 
 
 def gradient_bytes(model: str, classes: int = 10) -> int:
@@ -235,6 +239,18 @@ def _remove(files: list[Path]) -> None:
             f.unlink()
 
 
+async def check_before(cluster: DemoCluster, rpc: Requester, topics: Topics, spec: dict[str, ArgValue]) -> None:
+    """Every board's pre-flight of the job (``DemoOptions.checked_before``), as the coordinator
+    sends it at a submission; a refusal or a check not cached fails the run."""
+    args = {k: v for k, v in spec.items() if k in JobSpec.__struct_fields__} | {"job": f"{spec['job']}-before"}
+    replies = await asyncio.gather(
+        *(rpc.request(topics.node_command(b.node, "preflight"), args) for b in cluster.boards)
+    )
+    for b, reply in zip(cluster.boards, replies, strict=True):
+        if not reply.ok or not reply.result.get("ok") or reply.result.get("cache") not in ("stored", "hit"):
+            raise DeepEdgeError(f"demo: {b.node}'s pre-flight before the job: {reply.error or reply.result}")
+
+
 async def run_cluster_job(
     cluster: DemoCluster,
     opts: DemoOptions,
@@ -282,10 +298,6 @@ async def run_cluster_job(
                     await profile_boards(cluster, rpc, topics, opts, run, opts.model)
                 if not submit:
                     return run
-                if opts.alone_s > 0:
-                    tell(f"the LC apps alone ({opts.alone_s:g} s, the job's trace and deadlines): the floor of misses")
-                    run.alone = await apps_alone(cluster, watch, opts)
-                tell("submitting the job")
                 spec: dict[str, ArgValue] = {
                     "job": job,
                     "model": opts.model,
@@ -300,6 +312,13 @@ async def run_cluster_job(
                     "model_bytes": gradient_bytes(opts.model),
                     "lc_control": opts.lc_control,
                 }
+                if opts.checked_before:
+                    tell("every board checks the job once (its pre-flight cached, as for a job trained before)")
+                    await check_before(cluster, rpc, topics, spec)
+                if opts.alone_s > 0:
+                    tell(f"the LC apps alone ({opts.alone_s:g} s, the job's trace and deadlines): the floor of misses")
+                    run.alone = await apps_alone(cluster, watch, opts)
+                tell("submitting the job")
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
                 trace = asyncio.create_task(follow_trace(cluster, opts.lc_trace)) if opts.lc_trace else None

@@ -102,8 +102,9 @@ class Preflights:
             except JobRefused as exc:
                 return self.refusal("policy", str(exc), started)
             request = self._request(job, spec)
-            if self.cfg.preflight_cache_s > 0 and self.cfg.preflight_cache_path:
-                # torch-free: answered here, without a process, when the torch part is cached
+            if self.cfg.preflight_cache_s > 0 and self.cfg.preflight_cache_path and not self.cfg.preflight_command:
+                # deepedge's own checks, torch-free: answered here, without a process, when the torch
+                # part is cached (never in place of an operator's preflight_command)
                 quick = await asyncio.to_thread(cached_answer, request)
                 if quick is not None:
                     return self._result(job, msgspec.convert(quick[0], PreflightAnswer), started)

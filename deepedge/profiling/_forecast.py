@@ -9,7 +9,9 @@ not spend a second of CPU importing it on the event loop while the job's workers
 What the planner is given (:meth:`RateForecast.planning`) is that forecast made steady, as
 measured on request-rate traces (``deepedge bench forecast``, docs/benchmarks/forecast.md): a
 trend's extrapolation is believed at most ENVELOPE_FACTOR above the highest rate of the last
-ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak), and the rate falls only
+ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak) and at most TREND_MARGIN
+above the higher of that highest rate and the point forecast's peak over the horizon (a steady
+load's report noise alone held the upper quantile at the envelope, 1.25x), and the rate falls only
 after STABILIZE_S below what was planned (Kubernetes' HPA scale-down stabilization window): the
 raw forecast moved by 10 % or more from one second to the next 74 times in 150 s of a 30 s
 diurnal cycle, and every such move was a re-plan that took capacity from the LC app or gave it
@@ -22,11 +24,24 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["ENVELOPE_FACTOR", "ENVELOPE_S", "STABILIZE_S", "RateForecast", "forecast_upper", "warm_up"]
+__all__ = [
+    "ENVELOPE_FACTOR",
+    "ENVELOPE_S",
+    "STABILIZE_S",
+    "TREND_MARGIN",
+    "RateForecast",
+    "forecast_bounds",
+    "forecast_upper",
+    "warm_up",
+]
 
 MIN_POINTS = 8  # steps of history before a model is fitted (before: the highest rate seen)
 ENVELOPE_S = 60.0  # a forecast is believed at most ENVELOPE_FACTOR x the highest rate of this long
 ENVELOPE_FACTOR = 1.25
+# ... and at most this x the higher of that highest rate and the point forecast's peak: a steady
+# load's report noise alone kept the upper quantile at the envelope (1.25x) for good
+TREND_MARGIN = 1.05
+RISING_BUCKETS = 3  # "rising to new highs": the last rate is the highest, after this many rises in a row
 STABILIZE_S = 30.0  # the planning rate falls only after this long below what was planned
 MAX_RATE = 1e6  # requests/s: a higher reported rate is clamped (a report is a node's word)
 
@@ -36,11 +51,20 @@ def forecast_upper(
 ) -> float:
     """The q-quantile, over simulated futures, of the highest rate in the next ``horizon``
     steps (at least the last observed rate)."""
+    return forecast_bounds(history, horizon, q, season, seed)[0]
+
+
+def forecast_bounds(
+    history: list[float], horizon: int, q: float = 0.95, season: int | None = None, seed: int = 0
+) -> tuple[float, float]:
+    """:func:`forecast_upper` and the point forecast's peak: the highest rate the fitted model's
+    point forecast reaches within the horizon (without a model: the rate the upper is)."""
     if not history:
-        return 0.0
+        return 0.0, 0.0
     last = history[-1]
     if len(history) < MIN_POINTS or horizon < 1:
-        return max(history[-MIN_POINTS:])
+        highest = max(history[-MIN_POINTS:])
+        return highest, highest
     import numpy as np
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
@@ -49,7 +73,7 @@ def forecast_upper(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on short, flat series
         if np.ptp(y) < 1e-9:
-            return float(last)
+            return float(last), float(last)
         fitted = ExponentialSmoothing(
             y,
             trend="add",
@@ -59,9 +83,11 @@ def forecast_upper(
             initialization_method="estimated",
         ).fit()
         paths = fitted.simulate(horizon, repetitions=200, error="add", anchor="end", random_state=seed)
+        point = float(np.max(fitted.forecast(horizon)))
     peaks = np.max(np.asarray(paths).reshape(horizon, -1), axis=0)
     upper = float(np.quantile(peaks, q))
-    return max(float(last), upper) if math.isfinite(upper) else float(last)
+    upper = max(float(last), upper) if math.isfinite(upper) else float(last)
+    return upper, (min(point, upper) if math.isfinite(point) else upper)
 
 
 def warm_up() -> float:
@@ -107,27 +133,43 @@ class RateForecast:
 
     def upper(self, horizon_s: float, q: float = 0.95) -> float | None:
         """The rate to plan for over the next ``horizon_s``; None without history."""
+        bounds = self.bounds(horizon_s, q)
+        return None if bounds is None else bounds[0]
+
+    def bounds(self, horizon_s: float, q: float = 0.95) -> tuple[float, float] | None:
+        """:func:`forecast_bounds` of this history: (upper, point peak); None without history."""
         h = self.history()
         if not h:
             return None
         season = round(self.season_s / self.step_s) if self.season_s else None
-        return forecast_upper(h, max(1, round(horizon_s / self.step_s)), q, season)
+        return forecast_bounds(h, max(1, round(horizon_s / self.step_s)), q, season)
 
     def planning(self, now: float, horizon_s: float, q: float = 0.95) -> float | None:
-        """The rate caps are planned for: :meth:`upper` made steady (:meth:`steady`). None
-        without history."""
-        up = self.upper(horizon_s, q)
-        return None if up is None else self.steady(now, up)
+        """The rate caps are planned for: :meth:`upper` made steady (:meth:`steady`), its
+        point forecast's peak bounding it. None without history."""
+        bounds = self.bounds(horizon_s, q)
+        return None if bounds is None else self.steady(now, *bounds)
 
-    def steady(self, now: float, up: float) -> float:
+    def steady(self, now: float, up: float, point: float | None = None) -> float:
         """A forecast ``up`` bounded to ENVELOPE_FACTOR x the highest rate of the last
-        ENVELOPE_S (at least the last rate) and held at the highest such value of the last
-        STABILIZE_S. A clock that goes back (or is not finite) starts the hold again."""
+        ENVELOPE_S and, given the point forecast's peak ``point``, to TREND_MARGIN x the higher
+        of that peak and that highest rate (at least the last rate), held at the highest such
+        value of the last STABILIZE_S. A clock that goes back (or is not finite) starts the hold
+        again."""
         if not self.buckets:
             return up
         last_b = self.buckets[-1][0]
         recent = [s / n for b, s, n in self.buckets if b > last_b - ENVELOPE_S / self.step_s]
-        bounded = max(recent[-1], min(up, ENVELOPE_FACTOR * max(recent)))
+        bound = ENVELOPE_FACTOR * max(recent)
+        if point is not None and math.isfinite(point):
+            # a point forecast above the last minute's highest rate is believed only while the
+            # rate rises to new highs (RISING_BUCKETS rises in a row, the last the highest): not on
+            # the way back up to a peak the minute saw, nor on a steady rate's noise
+            rising = len(recent) > RISING_BUCKETS and recent[-1] >= max(recent) and all(
+                a < b for a, b in zip(recent[-RISING_BUCKETS - 1 :], recent[-RISING_BUCKETS:], strict=False)
+            )
+            bound = min(bound, TREND_MARGIN * max(max(recent), point if rising else 0.0))
+        bounded = max(recent[-1], min(up, bound))
         if not math.isfinite(now):
             self.planned.clear()
             return bounded
