@@ -45,13 +45,17 @@ def image_folder(root: Path, classes: int = 4, per_class: int = 10, size: tuple[
     return root
 
 
-@pytest.fixture
-def board(tmp_path: Path) -> dict[str, Path]:
+def make_board(tmp_path: Path) -> dict[str, Path]:
     """A data root with a 40-image folder, and an output root."""
     data, out = tmp_path / "data", tmp_path / "out"
     out.mkdir()
     image_folder(data / "imgs")
     return {"data": data, "out": out, "imgs": data / "imgs"}
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> dict[str, Path]:
+    return make_board(tmp_path)
 
 
 def policy(board: dict[str, Path], **kw: Any) -> TrainingConfig:

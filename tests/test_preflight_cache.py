@@ -18,18 +18,14 @@ from PIL import Image
 
 from deepedge.training import _preflight_cache as pc
 from deepedge.training import preflight as pf
-from tests.test_preflight import image_folder, policy, request
+from tests.test_preflight import make_board, policy, request
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def board(tmp_path: Path) -> dict[str, Path]:
-    """A data root with a 40-image folder, and an output root (as tests/test_preflight.py's)."""
-    data, out = tmp_path / "data", tmp_path / "out"
-    out.mkdir()
-    image_folder(data / "imgs")
-    return {"data": data, "out": out, "imgs": data / "imgs"}
+    return make_board(tmp_path)
 
 
 def cached_request(board: dict[str, Path], cache: Path, cache_s: float = 3600.0, **spec: Any) -> bytes:

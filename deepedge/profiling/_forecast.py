@@ -165,8 +165,10 @@ class RateForecast:
             # a point forecast above the last minute's highest rate is believed only while the
             # rate rises to new highs (RISING_BUCKETS rises in a row, the last the highest): not on
             # the way back up to a peak the minute saw, nor on a steady rate's noise
-            rising = len(recent) > RISING_BUCKETS and recent[-1] >= max(recent) and all(
-                a < b for a, b in zip(recent[-RISING_BUCKETS - 1 :], recent[-RISING_BUCKETS:], strict=False)
+            rising = (
+                len(recent) > RISING_BUCKETS
+                and recent[-1] >= max(recent)
+                and all(a < b for a, b in zip(recent[-RISING_BUCKETS - 1 :], recent[-RISING_BUCKETS:], strict=False))
             )
             bound = min(bound, TREND_MARGIN * max(max(recent), point if rising else 0.0))
         bounded = max(recent[-1], min(up, bound))
