@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,47 @@ async def test_the_daemon_answers_a_cached_check_without_starting_a_checker(
     # an operator's own checker is never bypassed: it answers even what the cache holds
     theirs = Preflights("n1", NodeConfig(preflight_command=("false",), preflight_cache_path=str(cache)), policy(board))
     assert (await theirs.run("j1", spec(board)))["check"] == "internal"
+
+
+def test_a_cache_file_others_could_write_or_a_symlinked_checkpoint_is_not_trusted(
+    board: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from deepedge.training import build_model
+
+    cache = tmp_path / "cache.json"
+    assert ok(cached_request(board, cache))["cache"] == "stored"
+    cache.chmod(0o620)  # group-writable: another user could plant entries
+    assert ok(cached_request(board, cache))["cache"] == "stored"  # not read, written anew (0600)
+    assert ok(cached_request(board, cache))["cache"] == "hit"
+    base = board["data"] / "base.pt"
+    torch.save(build_model("cnn-small", 4).state_dict(), base)
+    assert ok(cached_request(board, cache, base_checkpoint=str(base)))["cache"] == "stored"
+    real = board["data"] / "real.pt"
+    base.rename(real)
+    base.symlink_to(real)  # the same bytes behind a symlink: the symlink's own identity, checked again
+    assert ok(cached_request(board, cache, base_checkpoint=str(base)))["cache"] == "stored"
+
+
+async def test_a_hung_torch_free_check_in_the_daemon_answers_timeout(
+    board: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepedge.config import NodeConfig
+    from deepedge.node import _preflight
+    from deepedge.node._preflight import Preflights
+    from tests.test_preflight import spec
+
+    release = threading.Event()
+
+    def hung(raw: bytes) -> None:  # as on a hung network mount
+        release.wait(10)
+
+    monkeypatch.setattr(_preflight, "cached_answer", hung)
+    cfg = NodeConfig(preflight_timeout_s=1.0, preflight_cache_path=str(tmp_path / "c.json"))
+    runner = Preflights("n1", cfg, policy(board))
+    t0 = time.monotonic()
+    result = await runner.run("j1", spec(board))
+    release.set()
+    assert result["check"] == "timeout" and "torch-free checks" in result["reason"], result
+    assert time.monotonic() - t0 < 3 and runner.running == {} and runner.checkers == 0

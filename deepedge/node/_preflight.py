@@ -101,16 +101,30 @@ class Preflights:
                 check_job(spec, self.training)  # torch-free and instant: no process for a refusal
             except JobRefused as exc:
                 return self.refusal("policy", str(exc), started)
-            request = self._request(job, spec)
-            if self.cfg.preflight_cache_s > 0 and self.cfg.preflight_cache_path and not self.cfg.preflight_command:
-                # deepedge's own checks, torch-free: answered here, without a process, when the torch
-                # part is cached (never in place of an operator's preflight_command)
-                quick = await asyncio.to_thread(cached_answer, request)
-                if quick is not None:
-                    return self._result(job, msgspec.convert(quick[0], PreflightAnswer), started)
+            cached = self.cfg.preflight_cache_s > 0 and bool(self.cfg.preflight_cache_path)
+            ours = not self.cfg.preflight_command  # never in place of an operator's own checker
+            request = self._request(job, spec, cached and ours)
             if self._slots is None:
                 self._slots = asyncio.Semaphore(MAX_CHECKERS)
             async with self._slots:
+                if cached and ours:
+                    # deepedge's own checks, torch-free, in a thread: answered here, without a
+                    # process, when the torch part is cached
+                    try:
+                        async with compat.timeout(self.cfg.preflight_timeout_s):
+                            quick = await asyncio.to_thread(cached_answer, request)
+                    except TimeoutError:
+                        log.warning(
+                            "preflight.timeout", job=job, timeout_s=self.cfg.preflight_timeout_s, part="torch-free"
+                        )
+                        return self.refusal(
+                            "timeout",
+                            f"the torch-free checks did not answer within {self.cfg.preflight_timeout_s:g} s "
+                            "(node.preflight_timeout_s): a hung file system at the output or dataset?",
+                            started,
+                        )
+                    if quick is not None:
+                        return self._result(job, msgspec.convert(quick[0], PreflightAnswer), started)
                 self.checkers += 1
                 try:
                     return await self._checker(job, request, started)
@@ -123,18 +137,13 @@ class Preflights:
     def command(self) -> tuple[str, ...]:
         return self.cfg.preflight_command or (sys.executable, "-m", PREFLIGHT_MODULE)
 
-    def _request(self, job: str, spec: JobSpec) -> bytes:
-        """The checker's request: this node, the job, and this board's own policy and cache."""
-        return msgspec.json.encode(
-            {
-                "node": self.node,
-                "job": job,
-                "spec": spec,
-                "policy": self.training,
-                "cache": self.cfg.preflight_cache_path,
-                "cache_s": self.cfg.preflight_cache_s,
-            }
-        )
+    def _request(self, job: str, spec: JobSpec, cached: bool) -> bytes:
+        """The checker's request: this node, the job, and this board's own policy and (for
+        deepedge's own checker, with the cache on) its cache."""
+        request: dict[str, Any] = {"node": self.node, "job": job, "spec": spec, "policy": self.training}
+        if cached:
+            request |= {"cache": self.cfg.preflight_cache_path, "cache_s": self.cfg.preflight_cache_s}
+        return msgspec.json.encode(request)
 
     async def _checker(self, job: str, request: bytes, started: float) -> dict[str, Any]:
         timeout = self.cfg.preflight_timeout_s

@@ -10,8 +10,10 @@ What the planner is given (:meth:`RateForecast.planning`) is that forecast made 
 measured on request-rate traces (``deepedge bench forecast``, docs/benchmarks/forecast.md): a
 trend's extrapolation is believed at most ENVELOPE_FACTOR above the highest rate of the last
 ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak) and at most TREND_MARGIN
-above the higher of that highest rate and the point forecast's peak over the horizon (a steady
-load's report noise alone held the upper quantile at the envelope, 1.25x), and the rate falls only
+above the higher of that highest rate and the point forecast's peak over the horizon, the point
+forecast counting only while the rate rises to new highs (RISING_BUCKETS rises in a row, the last
+the highest; a steady load's report noise alone held the upper quantile at the envelope, 1.25x),
+and the rate falls only
 after STABILIZE_S below what was planned (Kubernetes' HPA scale-down stabilization window): the
 raw forecast moved by 10 % or more from one second to the next 74 times in 150 s of a 30 s
 diurnal cycle, and every such move was a re-plan that took capacity from the LC app or gave it
@@ -153,7 +155,8 @@ class RateForecast:
     def steady(self, now: float, up: float, point: float | None = None) -> float:
         """A forecast ``up`` bounded to ENVELOPE_FACTOR x the highest rate of the last
         ENVELOPE_S and, given the point forecast's peak ``point``, to TREND_MARGIN x the higher
-        of that peak and that highest rate (at least the last rate), held at the highest such
+        of that peak (only while the rate rises to new highs) and that highest rate (at least
+        the last rate), held at the highest such
         value of the last STABILIZE_S. A clock that goes back (or is not finite) starts the hold
         again."""
         if not self.buckets:

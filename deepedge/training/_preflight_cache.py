@@ -9,16 +9,19 @@ measured to raise the board's LC apps' p95 1.4 to 2x at a job's start: docs/benc
 and a fleet retrains the same model on the same data again and again.
 
 The key is a hash of everything the torch part's outcome depends on: the model's name, the
-class names, the identity (device, inode, size, modification time) of the sample images the check
-decodes (an image folder's first of each class) or of the tensor file, the base checkpoint's
-identity, the seeds it checks, the versions of torch, Python and deepedge, and the identity of the
-models' source file (an editable install keeps its version while its code changes). Nothing is
-decoded for the key, so the node daemon computes it too and answers a hit without starting a
-checker process (``deepedge.training.preflight.cached_answer``): measured, a checker process
-that only answered from the cache still raised the LC apps' p95 (docs/node.md, "Pre-flight
-cache"). A ``module:callable`` model is never cached: its code is the operator's, outside the key.
-The file is this board's own (written by its checker, replaced atomically, at most MAX_ENTRIES
-entries); one that does not decode is ignored."""
+class names, the identity of the sample images the check decodes (an image folder's first of
+each class) or of the tensor file, the base checkpoint's identity, the seeds it checks, the
+versions of torch, torchvision, Pillow, Python and deepedge, and the identity of the builtin
+models' source files (an editable install keeps its version while its code changes). An identity
+is (device, inode, mode, size, mtime, ctime) of the path itself, not of a symlink's target (the
+checks open files without following symlinks); ctime is what ``touch -r`` cannot set back.
+Nothing is decoded for the key, so the node daemon computes it too and answers a hit without
+starting a checker process (``deepedge.training.preflight.cached_answer``): measured, a checker
+process that only answered from the cache still raised the LC apps' p95 (docs/node.md,
+"Pre-flight cache"). A ``module:callable`` model is never cached (its code is the operator's,
+outside the key), nor is a check whose inputs cannot be stat'ed. The file is this board's own
+(written by its checker, replaced atomically, at most MAX_ENTRIES entries); one that does not
+decode, or is not the daemon user's own regular file writable by it alone, is ignored."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -37,7 +41,8 @@ __all__ = ["MAX_ENTRIES", "Cached", "cache_key", "lookup", "store"]
 
 MAX_ENTRIES = 64
 MAX_FILE_BYTES = 1 << 20
-MODELS_SOURCE = Path(__file__).with_name("_models.py")  # deepedge.training._models: the builtin models
+# the builtin models' source (not imported: they import torch)
+MODELS_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_models.py", "_nets.py", "_data.py"))
 _Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 
 
@@ -55,8 +60,9 @@ _FILE = msgspec.json.Decoder(dict[Annotated[str, msgspec.Meta(max_length=64)], C
 
 
 def _identity(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    """The path's own identity (a symlink's, not its target's)."""
+    st = path.lstat()
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _version(package: str) -> str:
@@ -94,9 +100,11 @@ def cache_key(
             "seeds": seeds,
             "image_size": image_size,
             "torch": _version("torch"),
+            "torchvision": _version("torchvision"),
+            "pillow": _version("pillow"),
             "python": sys.version,
             "deepedge": deepedge.__version__,
-            "models_source": _identity(MODELS_SOURCE),  # not imported: it imports torch
+            "models_source": [_identity(path) for path in MODELS_SOURCES],
         }
     except OSError:
         return None
@@ -104,11 +112,20 @@ def cache_key(
 
 
 def _read(path: Path) -> dict[str, Cached]:
+    """The entries, or none: a file that is not this user's own regular file, writable by no one
+    else (a symlink, a FIFO, one another user could plant entries in), is not read."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return {}
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return {}
+        try:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        except OSError:
+            return {}
     if len(raw) > MAX_FILE_BYTES:
         return {}
     try:

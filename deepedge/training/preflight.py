@@ -50,6 +50,7 @@ import errno
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ def _mb(n: int) -> str:
 def _check_output(output: Path, node: str) -> None:
     try:
         ensure_dir(output)
-        probe = output / f".preflight-{node}-{os.getpid()}"
+        probe = output / f".preflight-{node}-{os.getpid()}-{secrets.token_hex(4)}"  # the daemon checks in threads
         with write_atomic(probe) as fh:
             fh.write(b"deepedge preflight\n")
         probe.unlink(missing_ok=True)
