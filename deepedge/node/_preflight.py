@@ -31,7 +31,6 @@ from deepedge.broker_schemas import JobSpec
 from deepedge.config import NodeConfig, TrainingConfig
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.node._standby import StandbyWorker
-from deepedge.training.preflight import cached_answer
 
 __all__ = ["PREFLIGHT_MODULE", "PreflightAnswer", "PreflightBusy", "Preflights"]
 
@@ -40,6 +39,14 @@ log = structlog.get_logger("deepedge.node")
 MAX_OUTPUT = 1 << 16  # bytes of the checker's stdout / stderr kept
 PREFLIGHT_MODULE = "deepedge.training.preflight"
 MAX_CHECKERS = 2  # checker processes at once on this board; more wait
+
+
+def cached_answer(raw: bytes) -> tuple[dict[str, Any], int] | None:
+    """The pre-flight cache's torch-free answer, imported only when a check
+    asks for it: the daemon does not load deepedge.training at start."""
+    from deepedge.training.preflight import cached_answer as answer
+
+    return answer(raw)
 
 
 class PreflightAnswer(msgspec.Struct, frozen=True, kw_only=True):
