@@ -483,6 +483,140 @@ async def test_lc_reports_whose_window_saw_a_preflight_check_are_not_observation
         await cl.stop()
 
 
+async def test_a_node_put_back_into_a_plan_is_not_steady_on_its_old_generations_training(tmp_path: Path) -> None:
+    """A node left out of a plan keeps the training_since of the generation it last trained in
+    (a non-participant's heartbeats are not read). Put back into a later plan, its new worker's
+    start once passed for steady training at once (the LC bench's diurnal runs re-planned 0.5 s
+    after such a re-add): its reports then are not observations and lower no cap until it trains
+    a window in the current generation."""
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.board("n1")
+        assert (await cl.submit("j1", epochs=100)).ok
+        plan = cl.retained_plan("j1")
+        assert plan is not None and [a.node for a in plan.assignments] == ["n1"]
+        learn = c.learning_of("n1")
+        now = cl.clock.monotonic() + 10.0  # after the window that saw its pre-flight check
+        learn.training_since = (plan.generation - 1, now - 100.0)  # trained in an older generation
+        limit = learn.cap_limit
+
+        def report(p95: float) -> LatencyReport:
+            app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+            return LatencyReport(node="n1", ts=1.0, window_s=5.0, apps=(app,))
+
+        await c.on_latency(report(45.0), now)  # its new worker starting: over the deadline
+        model = learn.interference["det"]
+        assert not model.points and not model.observed and learn.cap_limit == limit
+        hb = Heartbeat(node="n1", ts=1.0, job="j1", generation=plan.generation, rank=0, world_size=1, step=1,
+                       samples_per_s=10.0, intensity=1.0, step_s=0.3, compute_s=0.3)  # fmt: skip
+        await cl.peer.publish(T.node_heartbeat("n1"), hb)
+        await cl.settle()
+        assert learn.training_since is not None and learn.training_since[0] == plan.generation
+        await c.on_latency(report(12.0), learn.training_since[1] + 5.0)  # a window of training in this generation
+        assert [p for _, p in model.points] == [12.0]
+    finally:
+        await cl.stop()
+
+
+def test_an_lc_hold_doubles_with_each_drop_in_a_row_and_stops_only_improvements() -> None:
+    from deepedge.coordinator import _policy as policy
+
+    first = policy.lc_hold(None, 100.0)
+    assert first == (100.0 + policy.LC_HOLD_S, 1)
+    second = policy.lc_hold(first, 130.0)  # dropped again soon after: twice as long
+    assert second == (130.0 + 2 * policy.LC_HOLD_S, 2)
+    long = (0.0, 6)
+    assert policy.lc_hold(long, 1.0)[0] == 1.0 + policy.LC_HOLD_MAX_S  # at most the maximum
+    later = policy.lc_hold(second, second[0] + policy.LC_HOLD_MAX_S + 1.0)  # it stayed in: back to the start
+    assert later[1] == 1
+    holds = {"n1": (120.0, 1), "n3": (50.0, 1)}
+    # an improvement that puts n1 back while it is held; n2 stays in; n3's hold is over
+    assert policy.held_back(["n2"], ["n1", "n2", "n3"], holds, 100.0) == ["n1"]
+    assert policy.held_back(["n1", "n2"], ["n1", "n2"], holds, 100.0) == []  # kept, not put back
+    assert policy.held_back(["n2"], ["n1", "n2"], holds, 120.0) == []
+
+
+async def test_a_node_left_out_for_its_lc_app_is_not_put_back_by_an_improvement_while_held(tmp_path: Path) -> None:
+    """A participant the plan leaves out right after its LC app re-planned the job (lc.violation,
+    lc.forecast) is held: an improvement that would put it back waits LC_HOLD_S, twice that after
+    a second drop in a row (the LC bench's diurnal runs swapped the job between two boards 39
+    times, each re-add undone by the next report); a forced re-plan is not held."""
+    import dataclasses
+
+    from deepedge.coordinator import _policy as policy
+    from deepedge.coordinator.planner import PlanDecision
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+
+    async def drained(node: str, flag: bool) -> None:  # what a node's drain command publishes
+        birth = NodeBirth(node=node, session="s1", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1",
+                          drained=flag)  # fmt: skip
+        await cl.peer.publish(T.node_status(node), birth, qos=1, retain=True)
+        await cl.settle()
+        await c.in_writer(c.tick)
+        await cl.settle()
+
+    async def training(node: str, generation: int, world: int) -> None:  # two heartbeats: its rate is known
+        for k in range(2):
+            hb = Heartbeat(node=node, ts=1.0, job="j1", generation=generation, rank=0, world_size=world, step=k + 1,
+                           samples_per_s=10.0, intensity=1.0, step_s=0.3, compute_s=0.3)  # fmt: skip
+            await cl.peer.publish(T.node_heartbeat(node), hb)
+        await cl.settle()
+
+    def nodes() -> set[str]:
+        plan = c.jobs["j1"].plan
+        return {a.node for a in plan.assignments} if plan is not None else set()
+
+    try:
+        await cl.board("n1")
+        await cl.board("n2")
+        await cl.alive(4, "n1", "n2")  # past the failure-detection period: ticks act
+        assert (await cl.submit("j1", epochs=100)).ok
+        assert nodes() == {"n1", "n2"}
+        job = c.jobs["j1"]
+        events: list[tuple[str, str]] = []
+        emit = c.emit
+
+        async def recording(event: str, *args: Any, **kw: Any) -> None:
+            events.append((event, str(kw.get("node"))))
+            await emit(event, *args, **kw)
+
+        c.emit = recording  # type: ignore[method-assign]
+        await c.apply([policy.Replan("j1", "lc.violation n1")])  # n1's app missed: re-plan ...
+        await drained("n1", True)  # ... and the plan leaves n1 out
+        assert nodes() == {"n2"} and ("lc.hold", "n1") in events
+        until, strikes = c.runtime_of(job).holds["n1"]
+        assert strikes == 1 and until == pytest.approx(cl.clock.monotonic() + policy.LC_HOLD_S)
+        birth = c.view.nodes["n1"].birth
+        c.view.nodes["n1"].birth = msgspec.structs.replace(birth, drained=False)  # back, without a re-plan
+        assert job.plan is not None
+        only_n2 = job.plan
+        await training("n2", only_n2.generation, 1)
+        decide = c.decide
+
+        async def faster_with_n1(job: JobRecord) -> PlanDecision:  # n1 back promises 10x shorter steps
+            d = await decide(job)
+            assert d.feasible and set(d.participants) == {"n1", "n2"}, d
+            return dataclasses.replace(d, step_s=d.step_s / 10)
+
+        c.decide = faster_with_n1  # type: ignore[method-assign]
+        await cl.alive(int(policy.LC_HOLD_S) - 2, "n1", "n2")  # a tick each second: improvements tried
+        assert job.plan is only_n2  # held: no improvement
+        await cl.alive(3, "n1", "n2")
+        assert nodes() == {"n1", "n2"}
+        assert ("plan.improving", "None") in events
+        c.decide = decide
+        await c.apply([policy.Replan("j1", "lc.forecast n1: det at risk")])  # dropped again, soon after
+        await drained("n1", True)
+        assert nodes() == {"n2"}
+        until, strikes = c.runtime_of(job).holds["n1"]
+        assert strikes == 2 and until == pytest.approx(cl.clock.monotonic() + 2 * policy.LC_HOLD_S)
+    finally:
+        await cl.stop()
+
+
 async def test_a_surrogate_capped_node_climbs_once_it_reported_at_its_cap(tmp_path: Path) -> None:
     """A board whose LC app has a knowledge-base cap table starts at the cap where the table's
     whole interval meets the deadline; once it has trained there for a latency window and its

@@ -20,7 +20,7 @@ Actions:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deepedge.broker_schemas import AppLatency, Heartbeat, JobState
 from deepedge.coordinator._jobs import JobRecord
@@ -34,6 +34,8 @@ __all__ = [
     "COMFORT_FRACTION",
     "COMFORT_REPORTS",
     "DECREASE_COOLDOWN_S",
+    "LC_HOLD_MAX_S",
+    "LC_HOLD_S",
     "LINK_DROP",
     "LOST_PEERS_GRACE_S",
     "MAX_PLANS_WITHOUT_PROGRESS",
@@ -60,6 +62,8 @@ __all__ = [
     "after_decision",
     "cap_rises",
     "forecast_risk",
+    "held_back",
+    "lc_hold",
     "on_heartbeat",
     "on_latency",
     "on_node_joined",
@@ -102,6 +106,14 @@ LINK_DROP = 0.5
 # failed: its participants cannot train together (a board whose worker keeps breaking the group, a
 # hostile rank sending impossible state), and every re-form costs every board a start-up.
 MAX_PLANS_WITHOUT_PROGRESS = 10
+# A node a plan left out because its LC app was at risk there (lc.forecast, lc.violation) is not
+# put back by an improvement for LC_HOLD_S, doubled for each such drop in a row (at most
+# LC_HOLD_MAX_S): route-flap damping (RFC 2439). The LC bench's diurnal runs swapped the job between
+# two boards 39 times in 587 s, each swap a re-form with every worker's start, and each re-add a
+# plan the next steady report undid. A forced re-plan (a death, a miss, a forecast risk elsewhere)
+# may still use a held node: a hold only stops the improvements.
+LC_HOLD_S = 15.0
+LC_HOLD_MAX_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +207,8 @@ class JobRuntime:
     plans_without_progress: int = 0  # re-forming plans in a row with no step completed between them
     stalled: int = -1  # the generation whose stalled all-reduce was acted on (once per generation)
     left_out: tuple[str, ...] = ()  # feasible nodes the planner leaves out for their link or all-reduce cost
+    lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
+    holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -394,3 +408,22 @@ def cap_rises(
     ready = set(settled)
     rises = [(node, cap, caps.get(node, 0.0)) for node, cap in previous if caps.get(node, 0.0) >= cap + CLIMB_MIN]
     return rises if all(node in ready for node, _, _ in rises) else []
+
+
+def lc_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]:
+    """The (held until, drops in a row) of a node a plan just left out for its LC app's risk:
+    LC_HOLD_S, doubled for each drop that came within LC_HOLD_MAX_S of the last hold's end (at
+    most LC_HOLD_MAX_S); a node that stayed in for that long starts again at LC_HOLD_S."""
+    strikes = 1
+    if previous is not None and now - previous[0] < LC_HOLD_MAX_S:
+        strikes = previous[1] + 1
+    return now + min(LC_HOLD_MAX_S, LC_HOLD_S * 2 ** (strikes - 1)), strikes
+
+
+def held_back(
+    current: Iterable[str], proposed: Iterable[str], holds: Mapping[str, tuple[float, int]], now: float
+) -> list[str]:
+    """The nodes an improvement would put into the job while their LC hold lasts (:func:`lc_hold`):
+    such an improvement waits."""
+    kept = set(current)
+    return sorted(n for n in proposed if n not in kept and n in holds and now < holds[n][0])

@@ -70,6 +70,9 @@ Work = tuple[Callable[[], Awaitable[Any]], "asyncio.Future[Any] | None"]
 INBOX = 100_000  # units of work waiting for the writer; beyond it, node messages are dropped (counted)
 PUBLISH_TIMEOUT_S = 2.0  # the writer never waits longer on the broker
 MAX_FINISHED_IN_MEMORY = 1000  # finished jobs kept in memory for status (all stay in the store)
+# a participant a plan leaves out within this long of its LC app's re-plan (lc.forecast,
+# lc.violation) was left out for that app: it is held (policy.lc_hold)
+LC_RISK_S = 5.0
 PER_NODE_PER_S = 50.0  # messages a second taken from one node's topics (a burst of 4 s of them)
 
 
@@ -289,7 +292,13 @@ class Coordinator:
         # training at an intensity it has not yet reported: neither an observation of p95(u) nor
         # a reason to lower the cap.
         # Nor is a window that saw the board's pre-flight check for a job (see NodeLearning.in_check).
-        steady = not using or (learn.training_since is not None and now - learn.training_since[1] >= report.window_s)
+        # Its training must be of a current plan's generation: a node left out of a plan and put
+        # back into a later one kept the training_since of its old generation (a non-participant's
+        # heartbeats are not read), so its new worker's start passed for steady training: an
+        # observation at a cap it did not run, a forecast check and a miss that re-planned at once.
+        gens = {j.generation for j in using}
+        since = learn.training_since
+        steady = not using or (since is not None and since[0] in gens and now - since[1] >= report.window_s)
         steady = steady and not learn.in_check(now, report.window_s)
         u = self.intensity_of(report.node) if using else 0.0
         # every report feeds the apps' request-rate forecasts and the node's background CPU; a
@@ -408,8 +417,10 @@ class Coordinator:
                     await self.save(job)
             case policy.Replan(why=why):
                 event, _, detail = why.partition(" ")
+                node, _, words = detail.partition(" ")
+                if event in ("lc.forecast", "lc.violation"):  # a node left out now is held (policy.lc_hold)
+                    self.runtime_of(job).lc_risk[node.rstrip(":")] = self.clock.monotonic()
                 if event in ("lc.forecast", "link.changed"):  # the other causes have their own events
-                    node, _, words = detail.partition(" ")
                     await self.emit(event, words.lstrip(": ") or detail, node=node.rstrip(":"), job=job.job)
                 self.dirty.add(job.job)
             case policy.Reform(why=why):
@@ -514,6 +525,9 @@ class Coordinator:
         keeps = continues_group(plan, decision, self.view, job.job)
         if not decision.feasible:
             return
+        held = policy.held_back((a.node for a in plan.assignments), decision.participants, rt.holds, now)
+        if held:
+            return  # it would put back a node its LC app took out a moment ago (the next check looks again)
         predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
         if policy.should_improve(max(0, job.total_steps - job.step), current, decision.step_s, keeps):
             what = "learned rates and links predict " + predicts + (" (same group: no re-form)" if keeps else "")
@@ -597,6 +611,7 @@ class Coordinator:
             rt.planned_step = job.step
         generation = job.generation + 1
         self.reform.discard(job.job)
+        await self.hold_lc_drops(job, rt, decision)
         plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session, keeps)
         job.generation, job.plan = generation, plan
         rt.lost_peers = None
@@ -624,6 +639,20 @@ class Coordinator:
             if node not in rt.left_out:  # said once, when the planner starts leaving it out
                 await self.emit("node.left_out", why, node=node, job=job.job, generation=generation)
         rt.left_out = tuple(left_out)
+
+    async def hold_lc_drops(self, job: JobRecord, rt: policy.JobRuntime, decision: PlanDecision) -> None:
+        """The participants this plan leaves out because their LC app re-planned the job (within
+        the last LC_RISK_S) are held out of its improvements (:func:`policy.lc_hold`)."""
+        now = self.clock.monotonic()
+        before = [a.node for a in job.plan.assignments] if job.plan is not None else []
+        for node in before:
+            if node in decision.participants or now - rt.lc_risk.get(node, -1e9) > LC_RISK_S:
+                continue
+            rt.holds[node] = policy.lc_hold(rt.holds.get(node), now)
+            until, strikes = rt.holds[node]
+            what = f"left out for its LC app: not put back by an improvement for {until - now:.0f} s"
+            what += f" (drop {strikes} in a row)"
+            await self.emit("lc.hold", what, node=node, job=job.job)
 
     async def publish_plan(self, job: JobRecord) -> None:
         """(Re)publish the stored plan of an unfinished job under this coordinator's session: a
