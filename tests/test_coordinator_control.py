@@ -617,6 +617,66 @@ async def test_a_node_left_out_for_its_lc_app_is_not_put_back_by_an_improvement_
         await cl.stop()
 
 
+async def test_with_no_room_for_lc_apps_the_group_pauses_in_place_instead_of_training_at_an_unsafe_cap(
+    tmp_path: Path,
+) -> None:
+    """A re-plan that finds no feasible plan because LC apps leave no room (an lc.forecast or
+    lc.violation re-plan) once left the plan in effect training at the cap just found unsafe
+    (the LC bench's diurnal run missed 10 reports in a row so). Now the participants left out for
+    their LC app go on at PAUSE_CAP in the same group (no worker restarts) and the job stays
+    running, so improvements look for room each second; another cause waits as before."""
+    from deepedge.coordinator import _policy as policy
+    from deepedge.coordinator.planner import PlanDecision
+
+    assert policy.paused_caps([("a", 0.6), ("b", 0.3)], {"a": "LC app det leaves no room"}) == (
+        {"a": policy.PAUSE_CAP, "b": 0.3},
+        True,
+    )
+    assert policy.paused_caps([("a", 0.04)], {"a": "LC app det leaves no room"}) == ({"a": 0.04}, False)
+    assert policy.paused_caps([("a", 0.6)], {"a": "drained"}) is None
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.board("n1")
+        await cl.board("n2")
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        plan = job.plan
+        assert plan is not None and job.state == JobState.RUNNING
+        for a in plan.assignments:  # the group trains
+            u = a.intensity_cap
+            hb = Heartbeat(node=a.node, ts=1.0, job="j1", generation=plan.generation, rank=a.rank, world_size=2,
+                           step=1, samples_per_s=10.0, intensity=u, step_s=0.3, compute_s=0.3)  # fmt: skip
+            await cl.peer.publish(T.node_heartbeat(a.node), hb)
+        await cl.settle()
+        events: list[str] = []
+        emit = c.emit
+
+        async def recording(event: str, *args: Any, **kw: Any) -> None:
+            events.append(event)
+            await emit(event, *args, **kw)
+
+        c.emit = recording  # type: ignore[method-assign]
+        why = "LC app det is predicted at 21.7 ms p95 (upper quantile) with no training, over 20.3 ms"
+        no_room = PlanDecision(feasible=False, reason=f"no node can train (n1: {why})", excluded={"n1": why})
+        await c.in_writer(lambda: c.replan(job, no_room))
+        paused = cl.retained_plan("j1")
+        assert paused is not None and paused.generation == plan.generation + 1 and paused.same_group
+        caps = {a.node: a.intensity_cap for a in paused.assignments}
+        before = {a.node: a.intensity_cap for a in plan.assignments}
+        assert caps == {"n1": policy.PAUSE_CAP, "n2": before["n2"]}
+        assert [(a.node, a.share) for a in paused.assignments] == [(a.node, a.share) for a in plan.assignments]
+        assert job.state == JobState.RUNNING and "plan.paused" in events and "plan.infeasible" not in events
+        await c.in_writer(lambda: c.replan(job, no_room))  # paused already: nothing new, still running
+        assert job.plan is not None and job.plan.generation == paused.generation and job.state == JobState.RUNNING
+        other = PlanDecision(feasible=False, reason="no node can train (n1: drained)", excluded={"n1": "drained"})
+        await c.in_writer(lambda: c.replan(job, other))  # not an LC cause: waits as before
+        assert job.state == JobState.RECOVERING and "plan.infeasible" in events
+    finally:
+        await cl.stop()
+
+
 async def test_a_surrogate_capped_node_climbs_once_it_reported_at_its_cap(tmp_path: Path) -> None:
     """A board whose LC app has a knowledge-base cap table starts at the cap where the table's
     whole interval meets the deadline; once it has trained there for a latency window and its

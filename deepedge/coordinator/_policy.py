@@ -39,6 +39,7 @@ __all__ = [
     "LINK_DROP",
     "LOST_PEERS_GRACE_S",
     "MAX_PLANS_WITHOUT_PROGRESS",
+    "PAUSE_CAP",
     "REPLAN_COOLDOWN_S",
     "REPLAN_MIN_GAIN_S",
     "REPLAN_RATIO",
@@ -70,6 +71,7 @@ __all__ = [
     "on_node_lost",
     "on_nodes_changed",
     "on_tick",
+    "paused_caps",
     "should_improve",
     "without_progress",
 ]
@@ -113,6 +115,10 @@ MAX_PLANS_WITHOUT_PROGRESS = 10
 # plan the next steady report undid. A forced re-plan (a death, a miss, a forecast risk elsewhere)
 # may still use a held node: a hold only stops the improvements.
 LC_HOLD_S = 15.0
+# When no plan is feasible because LC apps leave no room, the participants the planner left out
+# for their LC app train at this cap in the same group (a pause in place) instead of going on at
+# the cap that was just found unsafe; the group stays, so room coming back costs no worker's start.
+PAUSE_CAP = 0.05
 LC_HOLD_MAX_S = 120.0
 
 
@@ -427,3 +433,17 @@ def held_back(
     such an improvement waits."""
     kept = set(current)
     return sorted(n for n in proposed if n not in kept and n in holds and now < holds[n][0])
+
+
+def paused_caps(
+    current: Sequence[tuple[str, float]], excluded: Mapping[str, str]
+) -> tuple[dict[str, float], bool] | None:
+    """When the planner found no feasible plan: the caps of the plan in effect (``current``: its
+    (node, cap) in rank order) with each participant it left out for an LC app (``excluded``:
+    node -> why) lowered to PAUSE_CAP, and whether any was lowered; None when it left none of
+    them out for an LC app (another cause: the job waits as before)."""
+    lc = {n for n, _ in current if "LC app" in excluded.get(n, "")}
+    if not lc:
+        return None
+    caps = {n: (min(c, PAUSE_CAP) if n in lc else c) for n, c in current}
+    return caps, any(caps[n] < c for n, c in current)

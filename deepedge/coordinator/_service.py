@@ -583,6 +583,8 @@ class Coordinator:
             case policy.Fail(reason=why):
                 await self.fail(job, why)
             case policy.Wait(reason=why, recovering=recovering):
+                if recovering and await self.pause_for_lc(job, decision):
+                    return
                 if recovering:  # e.g. its last node drained: the current plan stays in effect
                     self.move(job, JobState.RECOVERING)
                     await self.emit("plan.infeasible", reason, level="warning", job=job.job)
@@ -592,6 +594,42 @@ class Coordinator:
                 if job.state == JobState.RUNNING and job.job not in self.reform and same_assignment(job.plan, decision):
                     return  # the plan in effect already is this one (two triggers, one change)
                 await self.publish_new_plan(job, decision)
+
+    async def pause_for_lc(self, job: JobRecord, decision: PlanDecision) -> bool:
+        """No feasible plan because LC apps leave no room, while the job's group trains: the
+        participants left out for their LC app go on at PAUSE_CAP in the same group
+        (``plan.paused``) instead of at the cap just found unsafe; the job stays running, so
+        improvements look for room every second. False where this does not apply (another
+        cause, an LC-unaware job, a group not intact): the job waits as before."""
+        plan = job.plan
+        if plan is None or job.spec.lc_control == "unaware" or job.spec.split != "planned":
+            return False
+        paused = policy.paused_caps([(a.node, a.intensity_cap) for a in plan.assignments], decision.excluded)
+        if paused is None:
+            return False
+        caps, lowered = paused
+        slower = max(a.intensity_cap / max(1e-6, caps[a.node]) for a in plan.assignments)
+        same = PlanDecision(
+            feasible=True,
+            participants=tuple(a.node for a in plan.assignments),
+            shares={a.node: a.share for a in plan.assignments},
+            caps=caps,
+            step_s=plan.predicted_step_s * slower,  # compute-bound: at most this much slower
+            allreduce_s=plan.predicted_allreduce_s,
+            ideal_makespan_s=plan.ideal_makespan_s,
+            grad_dtype=plan.grad_dtype,
+        )
+        if lowered and not continues_group(plan, same, self.view, job.job):
+            return False
+        job.reason = f"paused for LC apps: {decision.reason}"[:MAX_REASON]
+        if not lowered:  # paused already: it stays so until an improvement finds room
+            await self.save(job)
+            return True
+        nodes = ", ".join(n for n in same.participants if caps[n] < 1e-9 + policy.PAUSE_CAP)
+        what = f"no plan keeps every LC app under its deadline ({decision.reason}); {nodes} at {policy.PAUSE_CAP:g}"
+        await self.emit("plan.paused", what + " in the same group until there is room", level="warning", job=job.job)
+        await self.publish_new_plan(job, same)
+        return True
 
     async def publish_new_plan(self, job: JobRecord, decision: PlanDecision) -> None:
         try:

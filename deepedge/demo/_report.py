@@ -31,6 +31,7 @@ _REASONS = (
     "node.excluded",
     "node.left_out",
     "plan.infeasible",
+    "plan.paused",
 )
 
 
