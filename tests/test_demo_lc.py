@@ -250,3 +250,33 @@ def test_the_lc_boards_are_profiled_up_to_the_rates_the_forecast_may_plan_for() 
     # the traces peak at 40 req/s; the coordinator may plan for its envelope over noisy reports
     assert profile_rate_max((STEP, DIURNAL)) >= ENVELOPE_FACTOR * 40.0 * 1.1
     assert profile_rate_max(()) == 45.0  # no trace (tight): the apps' own 20 req/s, as before
+
+
+def test_the_bench_states_each_apps_model_and_the_cap_it_starts_from(tmp_path: Path) -> None:
+    """The LC bench writes, per scenario, what the knowledge base gives the planner at the
+    trace's peak rate: the model's CV figures, its upper bound's width and the table's cap (upper
+    p95 under 95 % of the deadline), so that runs whose caps differ can be told apart."""
+    from deepedge.bench._lc_scenarios import knowledge_line, knowledge_summary
+    from deepedge.profiling import KnowledgeBase, ProfileKey
+    from tests.test_profiling import _table  # median 10 + 20 u (+ 0.5 per req/s over 20), upper + 4
+
+    kb = KnowledgeBase(tmp_path / "knowledge.db")
+    pid = kb.profile_id(ProfileKey("Orin NX", "det", "deepedge=0.1.0"))
+    kb.set_model(pid, "gbm", 0.95, {"median_ape": 0.05, "coverage": 0.9}, [], _table())
+    got = knowledge_summary(tmp_path / "knowledge.db", {"det": 30.0, "other": 10.0}, rate=20.0)
+    assert set(got) == {"det"}  # only the apps with a deadline and a model
+    det = got["det"]
+    assert det["median_ms_at_0.6"] == pytest.approx(22.0) and det["upper_ms_at_0.6"] == pytest.approx(26.0)
+    assert det["width_at_0.6"] == pytest.approx(26 / 22, abs=1e-3)
+    assert det["table_cap"] == 0.7  # 14 + 20 u <= 28.5: 0.725, in steps of 0.05
+    # a higher rate (0.5 ms per req/s over 20) lowers it; a deadline under the bound at u 0: 0
+    assert knowledge_summary(tmp_path / "knowledge.db", {"det": 30.0}, rate=30.0)["det"]["table_cap"] == 0.45
+    assert knowledge_summary(tmp_path / "knowledge.db", {"det": 12.0}, rate=20.0)["det"]["table_cap"] == 0.0
+    line = knowledge_line("step", got)
+    assert "det gbm" in line and "table cap 0.70 for 30.0 ms" in line and "1.18x" in line
+    json.dumps(got)  # into the timeline
+    from deepedge.bench._lc_scenarios import LcRow, lc_markdown
+
+    row = LcRow("step", "deepedge (forecast)", True, 30.0, 25.0, None, None, 40, 0, 0, 0.0, 1, ())
+    row.knowledge = got
+    assert f"- {line}" in lc_markdown([row], "deepedge bench makespan", 1.5, 2.0)

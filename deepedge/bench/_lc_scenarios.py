@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deepedge.bench._makespan import full_intensity_rates
 from deepedge.config import ClusterConfig, Config
@@ -33,6 +34,7 @@ from deepedge.demo import DemoCluster, DemoOptions, cluster_profiles, run_cluste
 from deepedge.demo._data import make_image_folder
 from deepedge.demo._report import fmt, plan_generations
 from deepedge.demo._run import JobRun
+from deepedge.demo.lc_app import Trace
 from deepedge.errors import DeepEdgeError
 from deepedge.profiling._design import Space
 from deepedge.profiling._forecast import ENVELOPE_FACTOR
@@ -68,6 +70,7 @@ class LcRow:
     alone_reports: int = 0  # the LC apps alone just before, same trace and deadlines, no job
     alone_misses: int = 0
     timeline: dict[str, object] | None = None  # what happened when (:func:`timeline`), for --timeline
+    knowledge: dict[str, dict[str, Any]] | None = None  # the LC apps' models at start (knowledge_summary)
 
 
 def timeline(run: JobRun) -> dict[str, object]:
@@ -141,6 +144,54 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
     )
 
 
+def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> dict[str, dict[str, Any]]:
+    """Each LC app's knowledge-base model as the planner first meets it at ``rate`` (req/s) with
+    no background load: its kind and cross-validated figures, the width of its upper bound (upper
+    / median at u = 0.6), and the table's cap: the highest intensity, in steps of 0.05, whose upper
+    p95 stays under (1 - PLAN_HEADROOM) x the app's deadline (0 if none). The caps a job starts
+    from; the live reports move them later. What makes one run's caps differ from another's."""
+    from deepedge.coordinator._learning import PLAN_HEADROOM
+    from deepedge.profiling import CapTable, KnowledgeBase
+
+    kb = KnowledgeBase(path)
+    out: dict[str, dict[str, Any]] = {}
+    for s in kb.profiles():
+        app = s.key.app
+        doc = kb.show(s.id) or {}
+        model = doc.get("model")
+        if app not in deadlines or not model:
+            continue
+        table = CapTable.from_dict(model["cap_table"])
+        limit = (1 - PLAN_HEADROOM) * deadlines[app]
+        steps = [k / 20 for k in range(21)]
+        fits = [u for u in steps if table.upper_ms(u, rate) <= limit]
+        out[app] = {
+            "kind": model["kind"],
+            "runs": s.runs,
+            "cv_median_ape": round(float(model["cv"]["median_ape"]), 4),
+            "cv_coverage": round(float(model["cv"]["coverage"]), 3),
+            "rate": rate,
+            "median_ms_at_0.6": round(table.median_ms(0.6, rate), 2),
+            "upper_ms_at_0.6": round(table.upper_ms(0.6, rate), 2),
+            "width_at_0.6": round(table.upper_ms(0.6, rate) / max(table.median_ms(0.6, rate), 1e-9), 3),
+            "deadline_ms": round(deadlines[app], 2),
+            "table_cap": max(fits, default=0.0),
+        }
+    return out
+
+
+def knowledge_line(scenario: str, knowledge: dict[str, dict[str, Any]]) -> str:
+    """One sentence of :func:`knowledge_summary` for the markdown."""
+    parts = [
+        f"{app} {k['kind']} (CV median error {k['cv_median_ape']:.1%}, coverage {k['cv_coverage']:.0%}; "
+        f"at u 0.6 and {k['rate']} req/s {k['median_ms_at_0.6']} ms median, upper bound "
+        f"{k['width_at_0.6']:.2f}x; table cap {k['table_cap']:.2f} for {k['deadline_ms']} ms)"
+        for app, k in sorted(knowledge.items())
+    ]
+    return f"{scenario}: " + "; ".join(parts) if parts else f"{scenario}: no knowledge-base model"
+
+
+DEFAULT_LC_RATE = 20.0  # req/s of the demo's LC apps with no trace (lc_app --period-ms 50)
 AFTER_PROFILE_S = 20.0  # a latency window (5 s) and the coordinator's anchor (30 reports, 15 s)
 # The profiles' request rates reach past the traces' peak by what the coordinator may plan for:
 # its forecast's envelope (ENVELOPE_FACTOR x the last minute's highest rate) over reports that
@@ -152,8 +203,6 @@ RATE_REACH = ENVELOPE_FACTOR * 1.2
 
 def profile_rate_max(traces: tuple[str, ...]) -> float:
     """The highest request rate the LC boards are profiled at for these traces (at least 45)."""
-    from deepedge.demo.lc_app import Trace
-
     peak = max((Trace.parse(t).peak() for t in traces), default=0.0)
     return max(45.0, round(RATE_REACH * peak, 1))
 
@@ -271,7 +320,10 @@ def run_lc_scenarios(
             for k, (name, opts) in enumerate(jobs):
                 if k:  # each controller starts from the same knowledge: not from the last one's learning
                     cluster.restart_coordinator()
-                asyncio.run(_set_deadlines(cluster, {a: opts.deadline_factor * p for a, p in calibration.items()}))
+                deadlines = {a: opts.deadline_factor * p for a, p in calibration.items()}
+                asyncio.run(_set_deadlines(cluster, deadlines))
+                rate = Trace.parse(opts.lc_trace).peak() if opts.lc_trace else DEFAULT_LC_RATE
+                knowledge = knowledge_summary(target, deadlines, rate) if target.exists() else {}
                 try:
                     run = asyncio.run(
                         run_cluster_job(
@@ -294,6 +346,9 @@ def run_lc_scenarios(
                         print(f"  {scenario}, {name}: refused at submit", flush=True)
                     continue
                 row = _row(scenario, name, run, epochs, size, len(boards))
+                row.knowledge = knowledge
+                if row.timeline is not None:
+                    row.timeline["knowledge"] = knowledge
                 rows.append(row)
                 if progress:
                     print(
@@ -376,4 +431,8 @@ def lc_markdown(
     for r in rows:
         if r.refused:
             lines += ["", f"{r.scenario}, {r.controller}: refused — {r.refused}"]
+    seen = {r.scenario: r.knowledge for r in rows if r.knowledge is not None}
+    if seen:
+        lines += ["", "The knowledge base at each scenario's start (the trace's peak rate, no background load):", ""]
+        lines += [f"- {knowledge_line(s, k)}" for s, k in seen.items()]
     return "\n".join(lines) + "\n"
