@@ -280,3 +280,43 @@ def test_the_bench_states_each_apps_model_and_the_cap_it_starts_from(tmp_path: P
     row = LcRow("step", "deepedge (forecast)", True, 30.0, 25.0, None, None, 40, 0, 0, 0.0, 1, ())
     row.knowledge = got
     assert f"- {line}" in lc_markdown([row], "deepedge bench makespan", 1.5, 2.0)
+
+
+def test_the_p95_alone_is_the_median_of_disjoint_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``calibrate_windows`` 3 the deadline is set from the median of the p95 alone in three
+    reports a latency window apart, not the last one: one noisy window (20 ms here) moves it no
+    more than the others allow."""
+    from deepedge.broker_schemas import Topics as _Topics
+    from deepedge.demo import _run
+    from deepedge.demo._run import DemoOptions, JobRun, calibrate_lc
+
+    boards = [BoardProfile("a", "x", 1.0, 1024, "det")]
+    cluster = SimpleNamespace(
+        boards=boards, socket=lambda node: tmp_path / f"{node}.sock", start_lc_apps=lambda: None, latency_window_s=5.0
+    )
+    watch = ClusterWatch(_Topics("c"))
+    rec = watch.apps["det"] = AppRecord("a", "det")
+    p95s = iter([7.0, 20.0, 8.0])  # what the app reports next, one per window slept
+    rec.latest = AppLatency(app="det", count=50, p50_ms=4, p95_ms=next(p95s), p99_ms=30)
+    sleep = asyncio.sleep
+
+    async def next_window(s: float) -> None:
+        if s == cluster.latency_window_s:
+            rec.latest = AppLatency(app="det", count=50, p50_ms=4, p95_ms=next(p95s), p99_ms=30)
+        await sleep(0)
+
+    monkeypatch.setattr(_run.asyncio, "sleep", next_window)
+    sent: list[dict[str, object]] = []
+
+    async def request(topic: str, args: dict[str, object]) -> SimpleNamespace:
+        sent.append(args)
+        rec.deadline_ms = float(args["deadline_ms"])  # type: ignore[arg-type]
+        watch.changed.set()
+        return SimpleNamespace(ok=True, error=None)
+
+    opts = DemoOptions(kill_after_s=None)
+    opts.deadline_factor, opts.calibrate_s, opts.calibrate_windows = 2.0, 0.1, 3
+    run = JobRun(watch)
+    rpc = SimpleNamespace(request=request)
+    asyncio.run(calibrate_lc(cluster, watch, rpc, _Topics("c"), opts, run))  # type: ignore[arg-type]
+    assert run.calibration == {"det": 8.0} and sent == [{"app": "det", "deadline_ms": 16.0}]
