@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,20 @@ def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training()
     assert "| 40 | 3 (1; 2) | 7.5% | 2.5% of 80 |" in text and "| NO | - | - |" in text
 
 
+def _set_deadline_rpc(rec: AppRecord, watch: ClusterWatch, sent: list[dict[str, object]]) -> Any:
+    """A node's set-deadline command, answered at once: the deadline reaches the app's record
+    (as its next latency report would carry it) and each request's arguments are kept in
+    ``sent``."""
+
+    async def request(topic: str, args: dict[str, object]) -> SimpleNamespace:
+        sent.append(args)
+        rec.deadline_ms = float(args["deadline_ms"])  # type: ignore[arg-type]
+        watch.changed.set()
+        return SimpleNamespace(ok=True, error=None)
+
+    return request
+
+
 def test_with_a_trace_the_deadlines_are_set_from_the_p95_alone_at_its_peak_rate(tmp_path: Path) -> None:
     """``calibrate_lc`` with ``lc_trace``: the apps run at the trace's peak rate for a whole
     latency window before their p95 alone is taken (deadline = factor x that); the rate files are
@@ -175,12 +190,7 @@ def test_with_a_trace_the_deadlines_are_set_from_the_p95_alone_at_its_peak_rate(
     rec = watch.apps["det"] = AppRecord("a", "det")
     rec.latest = AppLatency(app="det", count=50, p50_ms=4, p95_ms=6.5, p99_ms=7)
     sent: list[dict[str, object]] = []
-
-    async def request(topic: str, args: dict[str, object]) -> SimpleNamespace:
-        sent.append(args)
-        rec.deadline_ms = float(args["deadline_ms"])  # type: ignore[arg-type]
-        watch.changed.set()
-        return SimpleNamespace(ok=True, error=None)
+    request = _set_deadline_rpc(rec, watch, sent)
 
     opts = DemoOptions(kill_after_s=None, lc_trace="step:20,40,12")
     opts.deadline_factor, opts.calibrate_s = 2.0, 0.1
@@ -307,12 +317,7 @@ def test_the_p95_alone_is_the_median_of_disjoint_windows(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(_run.asyncio, "sleep", next_window)
     sent: list[dict[str, object]] = []
-
-    async def request(topic: str, args: dict[str, object]) -> SimpleNamespace:
-        sent.append(args)
-        rec.deadline_ms = float(args["deadline_ms"])  # type: ignore[arg-type]
-        watch.changed.set()
-        return SimpleNamespace(ok=True, error=None)
+    request = _set_deadline_rpc(rec, watch, sent)
 
     opts = DemoOptions(kill_after_s=None)
     opts.deadline_factor, opts.calibrate_s, opts.calibrate_windows = 2.0, 0.1, 3

@@ -165,15 +165,16 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
         limit = (1 - PLAN_HEADROOM) * deadlines[app]
         steps = [k / 20 for k in range(21)]
         fits = [u for u in steps if table.upper_ms(u, rate) <= limit]
+        upper, median = table.upper_ms(0.6, rate), table.median_ms(0.6, rate)
         out[app] = {
             "kind": model["kind"],
             "runs": s.runs,
             "cv_median_ape": round(float(model["cv"]["median_ape"]), 4),
             "cv_coverage": round(float(model["cv"]["coverage"]), 3),
             "rate": rate,
-            "median_ms_at_0.6": round(table.median_ms(0.6, rate), 2),
-            "upper_ms_at_0.6": round(table.upper_ms(0.6, rate), 2),
-            "width_at_0.6": round(table.upper_ms(0.6, rate) / max(table.median_ms(0.6, rate), 1e-9), 3),
+            "median_ms_at_0.6": round(median, 2),
+            "upper_ms_at_0.6": round(upper, 2),
+            "width_at_0.6": round(upper / max(median, 1e-9), 3),
             "deadline_ms": round(deadlines[app], 2),
             "table_cap": max(fits, default=0.0),
         }
