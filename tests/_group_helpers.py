@@ -27,3 +27,28 @@ def leave_then_rejoin(rank: int, ports: tuple[int, int], set_aside: bool, out: o
     dist.all_reduce(t)
     out.put((rank, float(t[0])))  # type: ignore[attr-defined]
     del kept
+
+
+def fail_to_form_then_form(rank: int, ports: tuple[int, int], out: object) -> None:
+    """Rank 0 first fails to form a 2-rank group (rank 1 never comes: init_process_group times
+    out), then both form the next generation's group with deepedge's ProcessGroup and
+    all-reduce in it, as a worker that lost its peers does with a freshly started one."""
+    from torch._C._distributed_c10d import TCPStore
+
+    from deepedge.training._group import ProcessGroup
+
+    if rank == 0:
+        lonely = TCPStore("127.0.0.1", ports[0], 2, is_master=True, wait_for_workers=False)
+        try:
+            dist.init_process_group("gloo", store=lonely, rank=0, world_size=2, timeout=datetime.timedelta(seconds=1))
+        except Exception:  # the peer never came
+            pass
+        else:
+            raise AssertionError("formed a 2-rank group alone")
+    store = TCPStore("127.0.0.1", ports[1], 2, is_master=rank == 0, wait_for_workers=False)
+    group = ProcessGroup(datetime.timedelta(seconds=10), lambda _gen: False)
+    group.form(store, rank, 2, 7, None, set())
+    t = torch.ones(4)
+    dist.all_reduce(t)
+    out.put((rank, float(t[0])))  # type: ignore[attr-defined]
+    group.leave()

@@ -444,6 +444,28 @@ def test_a_rank_that_set_its_group_aside_reforms_with_one_that_destroyed_its_own
     assert sorted(out.get(timeout=5) for _ in procs) == [(0, 2.0), (1, 2.0)]
 
 
+def test_a_rank_whose_last_group_failed_to_form_meets_a_freshly_started_one() -> None:
+    """A rank whose init_process_group timed out (its peer was still starting) and a worker
+    started afresh must form the next group together. (The LC bench once saw a job re-plan 13
+    times in 140 s until it failed: the failed init had counted a group torch never registered,
+    so the two ranks posted their gloo addresses under different store prefixes.)"""
+    import torch.multiprocessing as mp
+
+    from deepedge.embedded_broker import free_port
+    from tests._group_helpers import fail_to_form_then_form
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ports = (free_port(), free_port())
+    procs = [ctx.Process(target=fail_to_form_then_form, args=(r, ports, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(out.get(timeout=5) for _ in procs) == [(0, 2.0), (1, 2.0)]
+
+
 def thread_nices(pid: int) -> dict[int, tuple[str, int]]:
     """tid -> (thread name, nice) of every thread of ``pid``."""
     out = {}

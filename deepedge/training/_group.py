@@ -107,6 +107,21 @@ def _set_aside_default_group() -> object:
     return group
 
 
+def _name_the_next_group_alike() -> None:
+    """Every rank names the group it is about to form "0" (the store prefix its gloo or NCCL
+    rendezvous keys on), whatever this process formed before. Destroying a group resets torch's
+    group-name counter, but an ``init_process_group`` that *failed* (a peer that never connected
+    within the timeout) has already counted a group it never registered: that rank would look
+    for its peers under "1" while a fresh worker posts under "0", and the two would time out
+    generation after generation (measured: a job stuck 140 s, 13 plans, until it failed). Only
+    called with no group formed: each generation's group is the process's only one."""
+    from torch.distributed import distributed_c10d as c10d
+
+    world = getattr(c10d, "_world", None)
+    if world is not None and hasattr(world, "group_count") and not dist.is_initialized():
+        world.group_count = 0
+
+
 def _abort_default_group() -> bool:
     """Abort every NCCL communicator of this process and unregister the groups (torch's
     ``_abort_process_group``: also resets the group-name counter, as destroying does). False
@@ -173,6 +188,7 @@ class ProcessGroup:
         before the rendezvous: its store's, gloo's) run at ``comm_nice``. ``backend`` "nccl"
         needs ``device`` to be a CUDA device."""
         device = device or torch.device("cpu")
+        _name_the_next_group_alike()
         if backend == "nccl":
             # read when the NCCL group is made: abort the communicator on errors, keep the process
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
