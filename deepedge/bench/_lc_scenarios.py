@@ -147,10 +147,11 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
 def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> dict[str, dict[str, Any]]:
     """Each LC app's knowledge-base model as the planner first meets it at ``rate`` (req/s) with
     no background load: its kind and cross-validated figures, the width of its upper bound (upper
-    / median at u = 0.6), and the table's cap: the highest intensity, in steps of 0.05, whose upper
-    p95 stays under (1 - PLAN_HEADROOM) x the app's deadline (0 if none). The caps a job starts
+    / median at u = 0.6), and the table's cap: the highest intensity whose upper p95 stays under
+    (1 - PLAN_HEADROOM) x the app's deadline, found by the planner's own bisection (0 if none). The caps a job starts
     from; the live reports move them later. What makes one run's caps differ from another's."""
     from deepedge.coordinator._learning import PLAN_HEADROOM
+    from deepedge.coordinator.planner._caps import largest_within
     from deepedge.profiling import CapTable, KnowledgeBase
 
     kb = KnowledgeBase(path)
@@ -163,8 +164,6 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
             continue
         table = CapTable.from_dict(model["cap_table"])
         limit = (1 - PLAN_HEADROOM) * deadlines[app]
-        steps = [k / 20 for k in range(21)]
-        fits = [u for u in steps if table.upper_ms(u, rate) <= limit]
         upper, median = table.upper_ms(0.6, rate), table.median_ms(0.6, rate)
         out[app] = {
             "kind": model["kind"],
@@ -176,7 +175,7 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
             "upper_ms_at_0.6": round(upper, 2),
             "width_at_0.6": round(upper / max(median, 1e-9), 3),
             "deadline_ms": round(deadlines[app], 2),
-            "table_cap": max(fits, default=0.0),
+            "table_cap": round(largest_within(lambda u, t=table: t.upper_ms(u, rate), limit), 3),
         }
     return out
 
