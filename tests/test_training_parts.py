@@ -137,3 +137,38 @@ def test_the_slow_start_ramps_to_the_cap_and_paces_loading() -> None:
         pace()
     duty = busy / (time.perf_counter() - t0)
     assert 0.15 <= duty <= 0.3, duty
+
+
+def test_ranks_wait_for_a_late_peer_past_the_collective_timeout_until_the_arrival_limit() -> None:
+    """A worker started at a low cap loads its data paced and reaches the rendezvous well after
+    its peers: they wait for it past the store's (collective) timeout, up to the arrival limit,
+    and a rank later than that is given up on with a message that says how many came."""
+    import datetime
+    import time
+
+    from deepedge.embedded_broker import free_port
+    from deepedge.training._rendezvous import Rendezvous
+
+    def meet(port: int, late_s: float, arrival_s: float) -> tuple[object, object]:
+        timeout, arrival = datetime.timedelta(seconds=0.5), datetime.timedelta(seconds=arrival_s)
+        got: dict[int, object] = {}
+
+        def rank(r: int) -> None:
+            if r == 1:
+                time.sleep(late_s)
+            try:
+                got[r] = Rendezvous("127.0.0.1", timeout, lambda _g: False, arrival).join("127.0.0.1", port, r, 2, 1)
+            except RuntimeError as exc:
+                got[r] = exc
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return got[0], got.get(1)
+
+    first, second = meet(free_port(), late_s=1.5, arrival_s=6.0)  # 3x the store's timeout late
+    assert not isinstance(first, Exception) and not isinstance(second, Exception), (first, second)
+    alone, _ = meet(free_port(), late_s=3.0, arrival_s=1.0)
+    assert isinstance(alone, RuntimeError) and "1 of 2 ranks arrived within 1 s" in str(alone)

@@ -2,7 +2,10 @@
 own training address (its board's ``node.training_address``), on the port the plan names. Every
 rank counts itself in and waits until all are there, looking for a newer plan between short
 tries, so a peer that died before it arrived does not hold the others up until the collective
-timeout (the generation is abandoned instead: :class:`NewPlan`).
+timeout (the generation is abandoned instead: :class:`NewPlan`). Ranks wait for one another up
+to ARRIVAL_S, longer than the collective timeout: a worker that starts at a low cap loads its
+data paced (the slow start) and may arrive 20 s or more after its peers; a peer that died or
+whose worker failed brings a newer plan, which ends the wait at once.
 
 Like torch elastic's ``RendezvousHandler``: ``join`` one generation, get a store, rank and world
 size, abandonable. The store carries only the rendezvous counter and gloo's own connection
@@ -20,8 +23,9 @@ from collections.abc import Callable
 import psutil
 from torch._C._distributed_c10d import TCPStore
 
-__all__ = ["ABANDON_POLL_S", "NewPlan", "Rendezvous", "interface_of"]
+__all__ = ["ABANDON_POLL_S", "ARRIVAL_S", "NewPlan", "Rendezvous", "interface_of"]
 
+ARRIVAL_S = 60.0  # how long the ranks of a generation wait for one another (a newer plan ends it)
 ABANDON_POLL_S = 0.05  # how often a pending rendezvous or all-reduce looks for a newer plan
 _TRY = datetime.timedelta(seconds=1)  # one try to reach rank 0's store
 _ARRIVED = "deepedge/arrived"  # ranks of this generation at the rendezvous
@@ -60,9 +64,14 @@ class Rendezvous:
         bind_address: str,
         timeout: datetime.timedelta,
         newer_plan: Callable[[int], bool],
+        arrival: datetime.timedelta | None = None,
     ) -> None:
+        """``timeout``: the store's, for every operation once all ranks are there (gloo's own
+        exchange of addresses included); ``arrival``: how long to wait for every rank to arrive
+        (``timeout`` if None)."""
         self.bind_address = bind_address
         self.timeout = timeout
+        self.arrival = arrival or timeout
         self._newer_plan = newer_plan
         iface = interface_of(bind_address)
         if iface is not None:  # gloo binds its sockets to this interface's address, not to all
@@ -86,8 +95,8 @@ class Rendezvous:
 
     def join(self, host: str, port: int, rank: int, world: int, generation: int) -> TCPStore:
         """The store of this generation once every rank is there. Raises NewPlan when a newer
-        generation arrives first; RuntimeError after the timeout."""
-        deadline = time.monotonic() + self.timeout.total_seconds()
+        generation arrives first; RuntimeError when not every rank arrived within ``arrival``."""
+        deadline = time.monotonic() + self.arrival.total_seconds()
         store: TCPStore | None = None
         arrived = 0
         last_error = ""
@@ -108,6 +117,6 @@ class Rendezvous:
                 where = f"{self.bind_address}:{port} (this board)" if rank == 0 else f"{host}:{port}"
                 raise RuntimeError(
                     f"rendezvous of generation {generation} at {where}: {arrived} of {world} ranks arrived "
-                    f"within {self.timeout.total_seconds():g} s" + (f" ({last_error})" if last_error else "")
+                    f"within {self.arrival.total_seconds():g} s" + (f" ({last_error})" if last_error else "")
                 )
             time.sleep(ABANDON_POLL_S)

@@ -53,7 +53,7 @@ from deepedge.training._group import ProcessGroup
 from deepedge.training._models import build_model, load_checkpoint
 from deepedge.training._precision import Precision, check_precision
 from deepedge.training._priority import thread_ids
-from deepedge.training._rendezvous import NewPlan, Rendezvous
+from deepedge.training._rendezvous import ARRIVAL_S, NewPlan, Rendezvous
 from deepedge.training._state import TrainState, checkpoint_name, prune_checkpoints
 from deepedge.worker_protocol import PlanForWorker, WorkerReport
 
@@ -100,7 +100,8 @@ class Trainer:
         self.output = checked.output
         ensure_dir(self.output)
         timeout = datetime.timedelta(seconds=collective_timeout_s)
-        self.rendezvous = Rendezvous(first.training_address, timeout, self.must_leave)
+        arrival = datetime.timedelta(seconds=max(collective_timeout_s, ARRIVAL_S))
+        self.rendezvous = Rendezvous(first.training_address, timeout, self.must_leave, arrival)
         self.group = ProcessGroup(timeout, self.must_leave, self._waiting)
         # paced like a slow-started step, so decoding the dataset does not hit the LC apps
         self.data: TensorDataset = load_dataset(
