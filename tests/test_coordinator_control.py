@@ -721,10 +721,13 @@ async def test_a_surrogate_capped_node_climbs_once_it_reported_at_its_cap(tmp_pa
         # n1: (14 + 20 u) <= 28.5
         assert first["n2"] == first["n3"] == 1.0 and first["n1"] == pytest.approx(0.725, abs=0.01)
         events: list[str] = []
+        published: list[dict[str, Any]] = []
         emit = c.emit
 
         async def recording(event: str, *args: Any, **kw: Any) -> None:
             events.append(event)
+            if event == "plan.published":
+                published.append(kw)
             await emit(event, *args, **kw)
 
         c.emit = recording  # type: ignore[method-assign]
@@ -759,6 +762,9 @@ async def test_a_surrogate_capped_node_climbs_once_it_reported_at_its_cap(tmp_pa
         caps = {a.node: a.intensity_cap for a in climbed.assignments}
         assert caps["n1"] >= first["n1"] + 0.05 and caps["n1"] < 1.0 and caps["n2"] == caps["n3"] == 1.0
         assert "plan.improving" not in events  # the step is less than 8 % shorter: the climb's own rule
+        # the plan says what its caps were planned from: the table, its rate and the live anchor
+        said = published[-1]["lc_models"]
+        assert said.startswith("n1/det: test model at 20.0 req/s") and "live reports" in said, said
     finally:
         await cl.stop()
 

@@ -110,7 +110,7 @@ def test_a_miss_with_nothing_training_in_its_window_is_counted_apart() -> None:
 
 def test_the_timeline_puts_each_report_plan_and_worker_state_at_its_time_from_submission() -> None:
     from deepedge.bench._lc_scenarios import timeline
-    from deepedge.broker_schemas import Assignment, JobSpec, Plan
+    from deepedge.broker_schemas import Assignment, Event, JobSpec, Plan
     from deepedge.demo._run import JobRun
 
     watch = ClusterWatch(Topics("c"), job="j", counting_lc=True)
@@ -141,7 +141,10 @@ def test_the_timeline_puts_each_report_plan_and_worker_state_at_its_time_from_su
     for ts, step in ((104.0, 0), (105.0, 1), (106.0, 2)):
         deliver(Heartbeat(node="a", ts=ts, job="j", generation=1, rank=0, step=step, intensity=0.4))
     deliver(report(107.0, 12.0))
+    said = "a/det: gbm model at 20.0 req/s, 0.00 background cores, x0.80 of its median by 12 live reports"
+    deliver(Event(ts=101.0, source="coordinator", event="plan.published", fields={"generation": 1, "lc_models": said}))
     got = timeline(run)
+    assert got["lc_models"] == {"1": said}  # why each plan's caps were what they were
     assert got["first_step_s"] == 5.0 and got["finished_s"] == 30.0
     assert got["apps"]["det"]["reports"] == [[3.0, 35.0, False], [7.0, 12.0, True]]  # type: ignore[index]
     assert got["plans"] == [[1, 1.0, {"a": [16, 0.4]}]]

@@ -76,9 +76,10 @@ class LcRow:
 def timeline(run: JobRun) -> dict[str, object]:
     """One job's run in time, seconds from its submission: every LC report counted (its p95 and
     whether a worker of the job trained in its window), those of the apps alone before it, the
-    plans (each node's share and cap), the events, and each node's worker states from its
-    heartbeats (where they changed). What the table's counts are made of, to see where misses
-    fall against the workers' start, the trace's steps and the re-plans."""
+    plans (each node's share and cap), the events, each node's worker states from its heartbeats
+    (where they changed) and the LC models each plan's caps came from. What the table's counts
+    are made of, to see where misses fall against the workers' start, the trace's steps and the
+    re-plans, and why a cap was what it was."""
     w, t0 = run.watch, run.submitted_ts
 
     def rel(ts: float) -> float:
@@ -109,6 +110,12 @@ def timeline(run: JobRun) -> dict[str, object]:
             for g, p in sorted(w.plans.items())
         ],
         "events": [[rel(e.ts), e.event, e.node, e.message[:200]] for e in w.events if e.ts >= t0 - 1.0],
+        # generation -> the LC models its caps were planned from (plan.published's lc_models)
+        "lc_models": {
+            str(e.fields.get("generation")): e.fields.get("lc_models")
+            for e in w.events
+            if e.event == "plan.published" and e.fields.get("lc_models")
+        },
         "worker_states": states,  # node -> [[t, state, generation, stepped], ...] where any changed
     }
 

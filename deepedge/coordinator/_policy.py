@@ -215,6 +215,7 @@ class JobRuntime:
     left_out: tuple[str, ...] = ()  # feasible nodes the planner leaves out for their link or all-reduce cost
     lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
+    lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:

@@ -73,6 +73,7 @@ MAX_FINISHED_IN_MEMORY = 1000  # finished jobs kept in memory for status (all st
 # a participant a plan leaves out within this long of its LC app's re-plan (lc.forecast,
 # lc.violation) was left out for that app: it is held (policy.lc_hold)
 LC_RISK_S = 5.0
+MAX_LC_MODELS = 2000  # characters of plan.published's lc_models (every LC app's model, in words)
 PER_NODE_PER_S = 50.0  # messages a second taken from one node's topics (a burst of 4 s of them)
 
 
@@ -490,6 +491,10 @@ class Coordinator:
         now = self.clock.monotonic()
         busy = busy_elsewhere(self.view, self.jobs.values(), job)
         nodes = node_models(self.view, self.learning, job, busy, self.comm, now, self.tables)
+        # what each LC cap was planned from (the model, its live anchor and widening): said with
+        # the plan, so that a run whose caps look low can be read afterwards
+        bases = [f"{n.node}/{a.name}: {a.basis}" for n in nodes for a in n.lc_apps if a.basis]
+        self.runtime_of(job).lc_models = "; ".join(bases)[:MAX_LC_MODELS]
         # the slowest link among the nodes that can take part (not one left out or busy elsewhere:
         # a node out of this job must not make every multi-node plan look slow)
         net = network_model(self.learning, (n.node for n in nodes if not n.unavailable), now)
@@ -670,6 +675,7 @@ class Coordinator:
             allreduce_s=round(decision.allreduce_s, 4),
             same_group=plan.same_group,
             grad_dtype=plan.grad_dtype,
+            lc_models=rt.lc_models,
         )
         rt = self.runtime_of(job)
         left_out = {n: w for n, w in decision.excluded.items() if w.startswith("not worth")}
