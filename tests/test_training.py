@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -422,26 +422,33 @@ def test_a_full_disk_fails_the_job_with_the_node_and_path_not_a_recovery_loop(tm
     assert str(small_disk) in failed.message
 
 
-def test_a_rank_that_set_its_group_aside_reforms_with_one_that_destroyed_its_own() -> None:
-    """After a failure some survivors' all-reduce raised (they destroy the group) while others
-    abandoned a pending one (they set it aside): they must still agree on the next group. (The
-    demo once looped for minutes re-planning because they did not: init_process_group's barrier
-    keys on a per-process group counter that only destroying reset.)"""
+def _two_ranks_all_reduce(target: Callable[..., None], *args: object) -> list[tuple[int, float]]:
+    """Run ``target(rank, ports, *args, out)`` in two spawned processes (two free ports for their
+    groups); what each put on ``out``: (rank, the all-reduced value)."""
     import torch.multiprocessing as mp
 
     from deepedge.embedded_broker import free_port
-    from tests._group_helpers import leave_then_rejoin
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     ports = (free_port(), free_port())
-    procs = [ctx.Process(target=leave_then_rejoin, args=(r, ports, True, out)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, ports, *args, out)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert sorted(out.get(timeout=5) for _ in procs) == [(0, 2.0), (1, 2.0)]
+    return sorted(out.get(timeout=5) for _ in procs)
+
+
+def test_a_rank_that_set_its_group_aside_reforms_with_one_that_destroyed_its_own() -> None:
+    """After a failure some survivors' all-reduce raised (they destroy the group) while others
+    abandoned a pending one (they set it aside): they must still agree on the next group. (The
+    demo once looped for minutes re-planning because they did not: init_process_group's barrier
+    keys on a per-process group counter that only destroying reset.)"""
+    from tests._group_helpers import leave_then_rejoin
+
+    assert _two_ranks_all_reduce(leave_then_rejoin, True) == [(0, 2.0), (1, 2.0)]
 
 
 def test_a_rank_whose_last_group_failed_to_form_meets_a_freshly_started_one() -> None:
@@ -449,21 +456,9 @@ def test_a_rank_whose_last_group_failed_to_form_meets_a_freshly_started_one() ->
     started afresh must form the next group together. (The LC bench once saw a job re-plan 13
     times in 140 s until it failed: the failed init had counted a group torch never registered,
     so the two ranks posted their gloo addresses under different store prefixes.)"""
-    import torch.multiprocessing as mp
-
-    from deepedge.embedded_broker import free_port
     from tests._group_helpers import fail_to_form_then_form
 
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    ports = (free_port(), free_port())
-    procs = [ctx.Process(target=fail_to_form_then_form, args=(r, ports, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert sorted(out.get(timeout=5) for _ in procs) == [(0, 2.0), (1, 2.0)]
+    assert _two_ranks_all_reduce(fail_to_form_then_form) == [(0, 2.0), (1, 2.0)]
 
 
 def thread_nices(pid: int) -> dict[int, tuple[str, int]]:
