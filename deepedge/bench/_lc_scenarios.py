@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,10 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
     )
 
 
+def _upper_at(table: Any, u: float, rate: float) -> float:
+    return float(table.upper_ms(u, rate))
+
+
 def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> dict[str, dict[str, Any]]:
     """Each LC app's knowledge-base model as the planner first meets it at ``rate`` (req/s) with
     no background load: its kind and cross-validated figures, the width of its upper bound (upper
@@ -182,7 +187,7 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
             "upper_ms_at_0.6": round(upper, 2),
             "width_at_0.6": round(upper / max(median, 1e-9), 3),
             "deadline_ms": round(deadlines[app], 2),
-            "table_cap": round(largest_within(lambda u, t=table: t.upper_ms(u, rate), limit), 3),
+            "table_cap": round(largest_within(partial(_upper_at, table, rate=rate), limit), 3),
         }
     return out
 
