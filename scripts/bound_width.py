@@ -14,8 +14,8 @@ under it. No measurement; about 15 s.
 
 from __future__ import annotations
 
+import json
 import math
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -57,10 +57,8 @@ def main(paths: list[str]) -> None:
     print("|---|---|---|---|---|---|")
     for path in paths:
         with tempfile.TemporaryDirectory() as tmp:
-            kb_path = Path(tmp) / "kb.db"
-            cmd = [sys.executable, "-m", "deepedge.cli", "profile", "import", path, "--kb", str(kb_path)]
-            subprocess.run(cmd, check=True, capture_output=True)
-            kb = KnowledgeBase(kb_path)
+            kb = KnowledgeBase(Path(tmp) / "kb.db")
+            kb.import_(json.loads(Path(path).read_text()))
             pid = max(s.id for s in kb.profiles() if s.key.app == APP)
             fitted_on, held = _split(kb.runs(pid))
         y = np.log([r.p95_ms for r in held])
