@@ -25,7 +25,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,17 +151,15 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
     )
 
 
-def _upper_at(table: Any, u: float, rate: float) -> float:
-    return float(table.upper_ms(u, rate))
-
-
 def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> dict[str, dict[str, Any]]:
     """Each LC app's knowledge-base model as the planner first meets it at ``rate`` (req/s) with
     no background load: its kind and cross-validated figures, the width of its upper bound (upper
-    / median at u = 0.6), and the table's cap: the highest intensity whose upper p95 stays under
-    (1 - PLAN_HEADROOM) x the app's deadline, found by the planner's own bisection (0 if none). The caps a job starts
-    from; the live reports move them later. What makes one run's caps differ from another's."""
-    from deepedge.coordinator._learning import PLAN_HEADROOM
+    / median at u = 0.6), and the table's cap: what the planner's first plan reads from it, the
+    highest intensity whose upper p95 (the curve the coordinator hands the planner, no live reports
+    yet) stays under (1 - PLAN_HEADROOM) x the app's deadline, by the planner's bisection (0 if
+    none). The caps a job starts from; the live reports move them later. What makes one run's caps
+    differ from another's."""
+    from deepedge.coordinator._learning import PLAN_HEADROOM, InterferenceModel
     from deepedge.coordinator.planner._caps import largest_within
     from deepedge.profiling import CapTable, KnowledgeBase
 
@@ -177,6 +174,7 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
         table = CapTable.from_dict(model["cap_table"])
         limit = (1 - PLAN_HEADROOM) * deadlines[app]
         upper, median = table.upper_ms(0.6, rate), table.median_ms(0.6, rate)
+        first = InterferenceModel().surrogate_model(app, deadlines[app], table, rate, 0.0)
         out[app] = {
             "kind": model["kind"],
             "runs": s.runs,
@@ -187,7 +185,7 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
             "upper_ms_at_0.6": round(upper, 2),
             "width_at_0.6": round(upper / max(median, 1e-9), 3),
             "deadline_ms": round(deadlines[app], 2),
-            "table_cap": round(largest_within(partial(_upper_at, table, rate=rate), limit), 3),
+            "table_cap": round(largest_within(first.predict_ms, limit), 3),
         }
     return out
 
