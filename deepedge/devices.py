@@ -17,6 +17,8 @@ directly and passes in what its torch reports
 - :func:`memory_fraction`: what to pass to ``torch.cuda.set_per_process_memory_fraction`` so
   the training worker's caching allocator leaves the LC apps their reserve.
 - :func:`max_share`: how many samples one forward/backward pass may hold in the memory left.
+- :func:`board_cpus`: which of this machine's CPUs a board is (``node.emulate_cpus``: the demo's
+  boards share one machine, a vCPU each).
 - :func:`read_meminfo`, :func:`jetson_memory`: a Jetson's GPU memory is the board's RAM
   (``/proc/meminfo``'s ``MemAvailable``, not ``cudaMemGetInfo``'s free, which leaves out memory
   the kernel could reclaim or swap out).
@@ -41,6 +43,7 @@ __all__ = [
     "DeviceKind",
     "DeviceMemory",
     "Participant",
+    "board_cpus",
     "check_device_setting",
     "choose_backend",
     "device_kind",
@@ -276,3 +279,11 @@ def jetson_memory(meminfo: Mapping[str, int], total: int | None = None) -> Devic
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+def board_cpus(emulate: Sequence[int], count: int) -> tuple[int, ...]:
+    """The CPUs (indices into this machine's ``count``) a board's CPU figures cover: those of
+    ``emulate`` (``node.emulate_cpus``) that exist, in order, each once; all of them when none
+    is named or none exists (an emulated board is never a board of no CPU)."""
+    named = tuple(dict.fromkeys(c for c in emulate if 0 <= c < count))
+    return named or tuple(range(max(0, count)))

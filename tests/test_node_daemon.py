@@ -67,6 +67,22 @@ async def test_birth_retained_and_telemetry_at_configured_rate(
     assert 12 <= count <= 18  # 5 Hz for 3 s
 
 
+async def test_an_emulated_board_of_one_cpu_reports_that_cpu_only(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, nodes: list[NodeProc], tmp_path: Path, cluster: str
+) -> None:
+    """node.emulate_cpus (the demo's boards, a vCPU each): the birth's core count and the
+    telemetry's CPU figures are that CPU's, so the coordinator does not read another emulated
+    board's load as this one's background."""
+    t = Topics(cluster)
+    status = await watcher.subscribe(t.node_status("n1"))
+    tele = await watcher.subscribe(t.node_telemetry("n1"))
+    await boot(nodes, tmp_path, mosquitto, cluster, interval=0.2, node_extra="emulate_cpus = [0]")
+    birth = await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
+    assert birth.cpu_cores == 1
+    msg = await wait_for(tele, lambda m: isinstance(m, Telemetry))
+    assert len(msg.cpu_per_core) == 1 and msg.cpu_percent == msg.cpu_per_core[0]
+
+
 async def test_sigkill_gives_offline_by_last_will(
     mosquitto: MosquittoBroker, watcher: MqttTransport, nodes: list[NodeProc], tmp_path: Path, cluster: str
 ) -> None:

@@ -12,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from structlog.testing import capture_logs
 
 from deepedge.config import ConfigError, NodeConfig, TrainingConfig
+from deepedge.devices import board_cpus
 from deepedge.errors import ExitCode
 from deepedge.node import LatencyWindows, percentile
 from deepedge.node._identity import default_node_id, jetpack_release, make_birth
@@ -168,6 +170,40 @@ def test_psutil_collector_gives_rates_after_two_samples() -> None:
     t = d2.freeze("n1", 5.0)
     assert t.mem_total_bytes > 0 and len(t.cpu_per_core) >= 1 and len(t.load_avg) == 3
     assert t.net_rx_bps >= 0 and t.disk_read_bps >= 0
+
+
+def test_an_emulated_board_of_some_cpus_reports_their_cpu_figures_only() -> None:
+    d = TelemetryDraft()
+    d.cpu_per_core, d.cpu_percent = (10.0, 90.0, 50.0), 50.0
+    d.emulate_cpus(())  # not emulated: the whole machine, as collected
+    assert d.cpu_per_core == (10.0, 90.0, 50.0) and d.cpu_percent == 50.0
+    d.emulate_cpus((1, 1, 7))  # CPU 7 is not on this machine; 1 named twice counts once
+    t = d.freeze("n1", 1.0)
+    assert t.cpu_per_core == (90.0,) and t.cpu_percent == 90.0
+    assert board_cpus((9,), 2) == (0, 1)  # none of them exists: the whole machine, never no CPU
+    assert board_cpus((2, 0), 4) == (2, 0) and board_cpus((), 3) == (0, 1, 2)
+
+
+SPIN_ON_CPU1 = "import os, time\nos.sched_setaffinity(0, {1})\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+
+
+@pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="needs CPUs 0 and 1")
+def test_a_profile_run_counts_busy_time_on_the_boards_cpus_only() -> None:
+    """The profiling runner's background CPU covers the board's CPUs (node.emulate_cpus): a
+    process spinning on CPU 1 is busy time on CPU 1's board, not on CPU 0's."""
+    from deepedge.profiling._runner import _busy_total
+
+    spin = subprocess.Popen([sys.executable, "-c", SPIN_ON_CPU1])
+    try:
+        time.sleep(0.3)  # it is spinning
+        before = {cpus: _busy_total(cpus) for cpus in ((0,), (1,), ())}
+        time.sleep(1.0)
+        after = {cpus: _busy_total(cpus) for cpus in ((0,), (1,), ())}
+    finally:
+        spin.wait(10)
+    share = {c: (after[c][0] - before[c][0]) / (after[c][1] - before[c][1]) for c in before}
+    assert after[(0,)][2] == 1 and after[()][2] == len(psutil.cpu_times(percpu=True))
+    assert share[(1,)] > 0.8 and share[(0,)] < share[(1,)] - 0.4, share
 
 
 def test_identity() -> None:

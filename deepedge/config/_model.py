@@ -150,6 +150,12 @@ class NodeConfig(_Section, frozen=True):
     # this long (0: off), and the board reports this much memory (0: the real amount).
     emulate_sample_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     emulate_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Emulation of a board made of some of this machine's CPUs (the demo's boards share one
+    # machine, a vCPU each): its telemetry's CPU figures, its reported core count and its
+    # profiles' background CPU cover these only (empty: the whole machine). Measured: one board's
+    # training on the other vCPU raised an LC app's p95 by 1-9 %, on its own vCPU by 2.1-2.3x
+    # (docs/benchmarks/lc-scenarios.md, "The other board's training").
+    emulate_cpus: tuple[Annotated[int, msgspec.Meta(ge=0, le=4095)], ...] = ()
     # Where ``deepedge profile`` keeps this board's measurements (empty: in memory only).
     profile_path: str = "/var/lib/deepedge/node-profile.json"
     # The address this board's training worker listens on (an IP literal; empty: the address

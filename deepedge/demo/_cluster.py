@@ -203,7 +203,7 @@ class DemoCluster:
             self._common(b.node) + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
             f"heartbeat_interval_s = {self.interval_s}\nlatency_window_s = {self.latency_window_s}\n"
             + ("preflight_timeout_s = 40.0\n" if self.namespaced else "")
-            + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\n'
+            + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\nemulate_cpus = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f'preflight_cache_path = "{self.workdir / b.node}-preflight-cache.json"\n'
             f"emulate_sample_ms = {b.sample_ms(self.base_sample_ms):.4f}\nemulate_memory_mb = {b.memory_mb}\n"

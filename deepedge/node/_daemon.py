@@ -37,6 +37,7 @@ from deepedge.broker_schemas import (
 )
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config, ConfigError
+from deepedge.devices import board_cpus
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.lifecycle import run_daemon
 from deepedge.node._commands import handle_command
@@ -139,6 +140,10 @@ class NodeDaemon:
             max_workers=self.config.node.max_workers,
             torch=self.torch_probe.info,
         )
+        if self.config.node.emulate_cpus:
+            birth = msgspec.structs.replace(
+                birth, cpu_cores=len(board_cpus(self.config.node.emulate_cpus, os.cpu_count() or 1))
+            )
         if self.config.node.emulate_memory_mb:
             return msgspec.structs.replace(birth, memory_bytes=self.config.node.emulate_memory_mb << 20)
         return birth
@@ -568,6 +573,7 @@ class NodeDaemon:
                 except Exception as exc:  # a sensor failing must never stop telemetry
                     log.warning("collector.failed", collector=c.name, error=str(exc))
             draft.emulate_memory(self.config.node.emulate_memory_mb << 20)
+            draft.emulate_cpus(self.config.node.emulate_cpus)
             wall = self.clock.time()
             if self.transport.connected:
                 try:

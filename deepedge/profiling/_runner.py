@@ -30,6 +30,7 @@ from typing import Protocol
 import psutil
 
 from deepedge.config import TrainingConfig
+from deepedge.devices import board_cpus
 from deepedge.profiling._pressure import Pressure, PressureSampler
 from deepedge.profiling._space import Point, Run
 from deepedge.profiling._stressors import Stressors
@@ -75,6 +76,15 @@ def write_rate(path: Path, rate: float) -> None:
     tmp.replace(path)
 
 
+def _busy_total(cpus: tuple[int, ...]) -> tuple[float, float, int]:
+    """(busy, total) CPU seconds so far over the board's CPUs (``board_cpus``: all when none
+    named), and how many CPUs that is: what its telemetry's CPU figures cover."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    picked = [per_cpu[c] for c in board_cpus(cpus, len(per_cpu))]
+    busy = sum(sum(t) - t.idle - t.iowait for t in picked)
+    return busy, sum(sum(t) for t in picked), len(picked)
+
+
 def trainer_settings(training: TrainingConfig) -> dict[str, object]:
     """What the profiler process (``deepedge.training.profile``) takes from the board's
     ``[training]``: it trains where and how the board's worker would."""
@@ -96,6 +106,7 @@ class RunnerConfig:
     # (Run.bg_psi, Run.bg_runnable); 0: not measured
     background_s: float = 0.0
     cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
+    board_cpus: tuple[int, ...] = ()  # the CPUs the board is (node.emulate_cpus; empty: all)
     worker_nice: int = 10
     emulated_sample_s: float = 0.0
     training: TrainingConfig = field(default_factory=TrainingConfig)  # the board's: where and how its worker trains
@@ -211,7 +222,7 @@ class PointRunner:
                     time.sleep(cfg.background_s)
                 quiet = bg.result
             stress.mark()
-            cpu0 = psutil.cpu_times()
+            cpu0 = _busy_total(cfg.board_cpus)
             train0 = self._trainer_cpu_s()
             t_mark = time.monotonic()
             with PressureSampler() as during:
@@ -222,18 +233,18 @@ class PointRunner:
                     time.sleep(cfg.seconds)
                     end, duty = time.monotonic(), 0.0
             achieved, disk_bps, notes = stress.achieved()
-            cpu1 = psutil.cpu_times()
+            cpu1 = _busy_total(cfg.board_cpus)
             train1 = self._trainer_cpu_s()
             wall = max(1e-9, time.monotonic() - t_mark)
-        busy = (sum(cpu1) - cpu1.idle - cpu1.iowait) - (sum(cpu0) - cpu0.idle - cpu0.iowait)
-        total = max(1e-9, sum(cpu1) - sum(cpu0))
+        busy = cpu1[0] - cpu0[0]
+        total = max(1e-9, cpu1[1] - cpu0[1])
         lat = self.latency.samples(cfg.app, start, end)
         span = max(1e-9, end - start)
         if not lat:
             notes.append(f"no latency reports from LC app {cfg.app}")
         # background CPU, as the coordinator sees it from telemetry: cores busy with anything but
-        # this training and the LC app (the stressors, and whatever else runs on the machine)
-        ncpu = psutil.cpu_count() or 1
+        # this training and the LC app (the stressors, and whatever else runs on the board)
+        ncpu = cpu0[2]
         lc_cores = len(lat) / span * percentile(lat, 50) / 1000.0
         background = max(0.0, busy / total * ncpu - (train1 - train0) / wall - lc_cores)
         return Run(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import msgspec
 import msgspec.inspect as mi
 
 from deepedge.broker_schemas import Telemetry
+from deepedge.devices import board_cpus
 
 __all__ = ["Collector", "CollectorUnavailable", "TelemetryDraft"]
 
@@ -54,8 +56,10 @@ class TelemetryDraft:
     that fills it); setting any other name is an error. ``freeze`` fits every value into the
     bounds the schema sets."""
 
-    mem_total_bytes: int  # (the two this class itself uses)
+    mem_total_bytes: int  # (those this class itself uses)
     mem_used_bytes: int
+    cpu_per_core: tuple[float, ...]
+    cpu_percent: float
 
     def __init__(self) -> None:
         for name in _FILLED:
@@ -74,6 +78,15 @@ class TelemetryDraft:
         if total_bytes > 0:
             fraction = self.mem_used_bytes / self.mem_total_bytes if self.mem_total_bytes else 0.0
             self.mem_total_bytes, self.mem_used_bytes = total_bytes, int(fraction * total_bytes)
+
+    def emulate_cpus(self, cpus: Sequence[int]) -> None:
+        """An emulated board made of this machine's CPUs ``cpus`` (``node.emulate_cpus``): the
+        CPU figures over those only (empty: the whole machine, as collected)."""
+        if not cpus or not self.cpu_per_core:
+            return
+        per_core = [self.cpu_per_core[c] for c in board_cpus(cpus, len(self.cpu_per_core))]
+        self.cpu_per_core = tuple(per_core)
+        self.cpu_percent = sum(per_core) / len(per_core)
 
     def freeze(self, node: str, ts: float) -> Telemetry:
         values = {name: _fit(getattr(self, name), _INFO[name].type) for name in _FILLED}
