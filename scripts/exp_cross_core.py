@@ -34,12 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepedge.broker_schemas import LatencyReport, Topics
-from deepedge.demo._boards import cluster_profiles
-from deepedge.demo._cluster import DemoCluster
-from deepedge.demo._run import _rate_files
-from deepedge.profiling._runner import PointRunner, RunnerConfig, write_rate
-from deepedge.transport import MqttTransport, Received
+from _lc_cluster import lc_boards, lc_cluster
+
+from deepedge.profiling._runner import PointRunner, RunnerConfig
 
 
 class _NoLatency:
@@ -49,9 +46,8 @@ class _NoLatency:
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="deepedge-exp-cross-"))
-    boards = cluster_profiles(2, with_lc=True)
+    boards = lc_boards()
     cpus = sorted({b.cpu for b in boards})
-    reports: list[tuple[float, str, float]] = []
     rounds: list[dict[str, object]] = []
     trainers = {
         c: PointRunner(RunnerConfig(app="-", workdir=root, cpu_affinity=(c,), worker_nice=10), _NoLatency())
@@ -59,40 +55,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     }
     app_cpu = {b.lc_app: b.cpu for b in boards if b.lc_app}
     modes = ["nothing", *(f"train cpu{c}" for c in cpus)]
-    with DemoCluster(root, boards, boundaries="shared", latency_window_s=args.window) as cluster:
-        topics = Topics(cluster.cluster)
-        async with MqttTransport(cluster.operator_config()) as t:
-            sub = await t.subscribe(topics.all_nodes(), maxsize=100_000)
-
-            async def pump() -> None:
-                async for item in sub:
-                    if isinstance(item, Received) and isinstance(item.message, LatencyReport):
-                        for a in item.message.apps:
-                            reports.append((item.message.ts, a.app, a.p95_ms))
-
-            pumping = asyncio.create_task(pump())
-            cluster.start_lc_apps()
-            for f in _rate_files(cluster):
-                write_rate(f, args.rate)
-            for r in trainers.values():  # torch imported before the rounds, not in them
-                await asyncio.to_thread(r._start_trainer)
-            await asyncio.sleep(15.0)  # the nodes online, the apps' windows full
-            for k in range(args.rounds):
-                for mode in modes:
-                    t0 = time.time()
-                    if mode == "nothing":
-                        await asyncio.sleep(args.hold)
-                    else:
-                        await asyncio.to_thread(trainers[int(mode[len("train cpu") :])]._train, 1.0, args.hold)
-                    t1 = time.time()
-                    row: dict[str, object] = {"round": k, "mode": mode}
-                    for app in sorted(app_cpu):
-                        seen = [p for ts, a, p in reports if a == app and (t0 + t1) / 2 <= ts < t1]
-                        row[app] = round(statistics.median(seen), 2) if seen else None
-                    rounds.append(row)
-                    print(json.dumps(row), flush=True)
-                    await asyncio.sleep(args.window)  # the next round's windows start clean
-            pumping.cancel()
+    async with lc_cluster(root, boards, args.window, args.rate) as (_, _, reports):
+        for r in trainers.values():  # torch imported before the rounds, not in them
+            await asyncio.to_thread(r._start_trainer)
+        await asyncio.sleep(15.0)  # the nodes online, the apps' windows full
+        for k in range(args.rounds):
+            for mode in modes:
+                t0 = time.time()
+                if mode == "nothing":
+                    await asyncio.sleep(args.hold)
+                else:
+                    await asyncio.to_thread(trainers[int(mode[len("train cpu") :])]._train, 1.0, args.hold)
+                t1 = time.time()
+                row: dict[str, object] = {"round": k, "mode": mode}
+                for app in sorted(app_cpu):
+                    seen = [p for ts, a, p in reports if a == app and (t0 + t1) / 2 <= ts < t1]
+                    row[app] = round(statistics.median(seen), 2) if seen else None
+                rounds.append(row)
+                print(json.dumps(row), flush=True)
+                await asyncio.sleep(args.window)  # the next round's windows start clean
     for r in trainers.values():
         r.close()
     summary: dict[str, dict[str, list[float]]] = {}

@@ -41,13 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepedge.broker_schemas import JobSpec, LatencyReport, Topics
-from deepedge.demo._boards import cluster_profiles
-from deepedge.demo._cluster import DemoCluster
+from _lc_cluster import lc_boards, lc_cluster
+
+from deepedge.broker_schemas import JobSpec, Topics
 from deepedge.demo._data import make_image_folder
-from deepedge.demo._run import _rate_files
-from deepedge.profiling._runner import write_rate
-from deepedge.transport import MqttTransport, Received, Requester
+from deepedge.transport import Requester
 
 CHECK = "import torch\nfrom deepedge.training._models import SmallCNN\nm = SmallCNN(10)\nm(torch.rand(8, 3, 32, 32))\n"
 # a warm process (a fork server's): torch imported once, ahead; on a line on stdin, a forked child
@@ -77,85 +75,70 @@ def _direct(cpu: int, how: str, code: str = CHECK) -> subprocess.Popen[bytes]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="deepedge-exp-startup-"))
-    boards = cluster_profiles(2, with_lc=True)
+    boards = lc_boards()
     data = root / "data"
     make_image_folder(data, 300)
-    reports: list[tuple[float, str, float]] = []
     rounds: list[dict[str, object]] = []
-    with DemoCluster(root, boards, boundaries="shared", latency_window_s=args.window) as cluster:
+    async with lc_cluster(root, boards, args.window, args.rate) as (cluster, t, reports):
         topics = Topics(cluster.cluster)
-        async with MqttTransport(cluster.operator_config()) as t:
-            sub = await t.subscribe(topics.all_nodes(), maxsize=100_000)
+        await asyncio.sleep(15.0)  # the nodes online, the apps' windows full
+        out = str(root / "out")
+        spec = JobSpec(model="cnn-small", dataset=str(data), output=out, epochs=1, global_batch=32, learning_rate=1)
+        fields = {f: getattr(spec, f) for f in JobSpec.__struct_fields__}
 
-            async def pump() -> None:
-                async for item in sub:
-                    if isinstance(item, Received) and isinstance(item.message, LatencyReport):
-                        for a in item.message.apps:
-                            reports.append((item.message.ts, a.app, a.p95_ms))
-
-            pumping = asyncio.create_task(pump())
-            cluster.start_lc_apps()
-            for f in _rate_files(cluster):
-                write_rate(f, args.rate)
-            await asyncio.sleep(15.0)  # the nodes online, the apps' windows full
-            out = str(root / "out")
-            spec = JobSpec(model="cnn-small", dataset=str(data), output=out, epochs=1, global_batch=32, learning_rate=1)
-            fields = {f: getattr(spec, f) for f in JobSpec.__struct_fields__}
-
-            async def preflights(job: str, seed: int) -> list[str]:
-                replies = await asyncio.gather(
-                    *(
-                        rpc.request(topics.node_command(b.node, "preflight"), {**fields, "job": job, "seed": seed})
-                        for b in boards
-                    )
+        async def preflights(job: str, seed: int) -> list[str]:
+            replies = await asyncio.gather(
+                *(
+                    rpc.request(topics.node_command(b.node, "preflight"), {**fields, "job": job, "seed": seed})
+                    for b in boards
                 )
-                assert all(r.ok and r.result["ok"] for r in replies), replies
-                return [str(r.result.get("cache")) for r in replies]
+            )
+            assert all(r.ok and r.result["ok"] for r in replies), replies
+            return [str(r.result.get("cache")) for r in replies]
 
-            async with Requester(t, topics, timeout_s=60) as rpc:
-                if "daemon preflight cached" in args.modes.split(","):
-                    print("warm-up check:", await preflights("warm-up", CACHED_SEED), flush=True)
-                for k in range(args.rounds):
-                    for mode in args.modes.split(","):
-                        warm = [_direct(b.cpu, "nice 10", WARM) for b in boards] if mode == "warm fork" else []
-                        for p in warm:  # torch imported before the settling time, not in it
-                            assert p.stdout is not None
-                            await asyncio.to_thread(p.stdout.readline)
-                        await asyncio.sleep(SETTLE_S)
-                        t0 = time.time()
-                        took = 0.0
-                        cache: list[str] = []
-                        if warm:
-                            for p in warm:
-                                assert p.stdin is not None
-                                p.stdin.write(b"go\n")
-                                p.stdin.flush()
-                            for p in warm:
-                                await asyncio.to_thread(p.wait)
-                            took = time.time() - t0
-                        elif mode.startswith("daemon preflight"):
-                            cached = mode == "daemon preflight cached"
-                            cache = await preflights(f"x{k}", CACHED_SEED if cached else 1000 + k)
-                            took = time.time() - t0
-                        elif mode.startswith("direct "):
-                            procs = [_direct(b.cpu, mode.split(" ", 1)[1]) for b in boards]
-                            for p in procs:
-                                await asyncio.to_thread(p.wait)
-                            took = time.time() - t0
-                        elif mode != "nothing":
-                            raise SystemExit(f"unknown mode {mode!r}")
-                        await asyncio.sleep(max(0.0, AFTER_S - (time.time() - t0)))
-                        row: dict[str, object] = {"round": k, "mode": mode, "took_s": round(took, 2)}
-                        if mode.startswith("daemon preflight"):
-                            row["cache"] = cache
-                        for app in sorted({a for _, a, _ in reports}):
-                            before = [p for ts, a, p in reports if a == app and t0 - 3 <= ts < t0]
-                            after = [p for ts, a, p in reports if a == app and t0 <= ts < t0 + AFTER_S]
-                            median = round(statistics.median(before), 2) if before else None
-                            row[app] = [median, max(after, default=None)]
-                        rounds.append(row)
-                        print(json.dumps(row), flush=True)
-            pumping.cancel()
+        async with Requester(t, topics, timeout_s=60) as rpc:
+            if "daemon preflight cached" in args.modes.split(","):
+                print("warm-up check:", await preflights("warm-up", CACHED_SEED), flush=True)
+            for k in range(args.rounds):
+                for mode in args.modes.split(","):
+                    warm = [_direct(b.cpu, "nice 10", WARM) for b in boards] if mode == "warm fork" else []
+                    for p in warm:  # torch imported before the settling time, not in it
+                        assert p.stdout is not None
+                        await asyncio.to_thread(p.stdout.readline)
+                    await asyncio.sleep(SETTLE_S)
+                    t0 = time.time()
+                    took = 0.0
+                    cache: list[str] = []
+                    if warm:
+                        for p in warm:
+                            assert p.stdin is not None
+                            p.stdin.write(b"go\n")
+                            p.stdin.flush()
+                        for p in warm:
+                            await asyncio.to_thread(p.wait)
+                        took = time.time() - t0
+                    elif mode.startswith("daemon preflight"):
+                        cached = mode == "daemon preflight cached"
+                        cache = await preflights(f"x{k}", CACHED_SEED if cached else 1000 + k)
+                        took = time.time() - t0
+                    elif mode.startswith("direct "):
+                        procs = [_direct(b.cpu, mode.split(" ", 1)[1]) for b in boards]
+                        for p in procs:
+                            await asyncio.to_thread(p.wait)
+                        took = time.time() - t0
+                    elif mode != "nothing":
+                        raise SystemExit(f"unknown mode {mode!r}")
+                    await asyncio.sleep(max(0.0, AFTER_S - (time.time() - t0)))
+                    row: dict[str, object] = {"round": k, "mode": mode, "took_s": round(took, 2)}
+                    if mode.startswith("daemon preflight"):
+                        row["cache"] = cache
+                    for app in sorted({a for _, a, _ in reports}):
+                        before = [p for ts, a, p in reports if a == app and t0 - 3 <= ts < t0]
+                        after = [p for ts, a, p in reports if a == app and t0 <= ts < t0 + AFTER_S]
+                        median = round(statistics.median(before), 2) if before else None
+                        row[app] = [median, max(after, default=None)]
+                    rounds.append(row)
+                    print(json.dumps(row), flush=True)
     summary: dict[str, dict[str, float]] = {}
     for mode in args.modes.split(","):
         rises = [
