@@ -182,6 +182,41 @@ async def test_drain_of_the_only_participant_then_its_worker_finishes_completes_
     assert cluster.retained_plan("j1") is None
 
 
+async def test_a_rank_0_done_from_the_generation_before_completes_the_job(cluster: Cluster) -> None:
+    """The wedge of the LC bench at 06:52 (2026-12-04): a plan was published while the last step
+    ran; the worker finished it and reported done under the generation it trained in, which the
+    coordinator, a generation ahead, took for a sign of life; the node's worker was gone, so no
+    report of the new generation ever came and the job waited 600 s to be cancelled."""
+    c = await cluster.start()
+    for n in ("n1", "n2"):
+        await cluster.board(n)
+    await cluster.submit("j1")
+    first = cluster.retained_plan("j1")
+    assert first is not None and len(first.assignments) == 2
+    rank0 = next(a.node for a in first.assignments if a.rank == 0)
+    other = next(a.node for a in first.assignments if a.rank != 0)
+    await cluster.peer.publish(T.node_status(other), NodeDeath(node=other, session="s1"), qos=1, retain=True)
+    await cluster.alive(3, rank0)
+    second = cluster.retained_plan("j1")
+    assert second is not None and second.generation > first.generation
+    assert [a.node for a in second.assignments] == [rank0]
+    total = c.jobs["j1"].total_steps
+
+    def done(step: int, rank: int = 0, generation: int = first.generation) -> Heartbeat:
+        return Heartbeat(node=rank0, ts=3.0, job="j1", generation=generation, rank=rank, step=step, state="done")
+
+    for hb in (done(total - 1), done(total, rank=1), done(total, generation=second.generation + 1)):
+        await cluster.peer.publish(T.node_heartbeat(rank0), hb)  # not all steps, not rank 0, a generation to come
+        await cluster.settle()
+        assert c.jobs["j1"].state is not JobState.COMPLETED, hb
+    await cluster.peer.publish(T.node_heartbeat(rank0), done(total))
+    await cluster.settle()
+    job = c.jobs["j1"]
+    assert job.state is JobState.COMPLETED and job.step == total and job.samples_done == 320
+    assert f"done in generation {first.generation}" in (job.reason or "")
+    assert cluster.retained_plan("j1") is None
+
+
 async def test_a_cancel_while_the_planner_runs_leaves_no_plan_behind(cluster: Cluster) -> None:
     c = await cluster.start()
     for n in ("n1", "n2"):

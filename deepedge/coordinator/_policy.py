@@ -62,6 +62,7 @@ __all__ = [
     "Wait",
     "after_decision",
     "cap_rises",
+    "finished_earlier",
     "forecast_risk",
     "held_back",
     "lc_hold",
@@ -240,6 +241,23 @@ def on_node_joined(node: str, jobs: Iterable[JobRecord]) -> list[Action]:
 def on_nodes_changed(node: str, why: str, jobs: Iterable[JobRecord]) -> list[Action]:
     """A node was drained or undrained: re-plan the jobs it is in."""
     return [Replan(j.job, f"{why} {node}") for j in _using(jobs, node)]
+
+
+def finished_earlier(hb: Heartbeat, job: JobRecord) -> bool:
+    """``hb`` says that ``job``'s model is saved, from a generation before the current one: its
+    rank 0 reported done after the last step while a newer plan was on its way (a same-group plan
+    published as the last step ran; the LC bench's step run of 2026-12-04 06:52 waited 600 s for
+    a completion that had come). The node must be in the current plan: a board the job has left
+    is not heard about it."""
+    return (
+        not job.terminal
+        and job.plan is not None
+        and hb.state == "done"
+        and hb.rank == 0
+        and hb.generation < job.generation
+        and hb.step >= job.total_steps
+        and any(a.node == hb.node for a in job.plan.assignments)
+    )
 
 
 def on_heartbeat(

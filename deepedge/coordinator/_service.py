@@ -318,6 +318,13 @@ class Coordinator:
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         job = self.jobs.get(hb.job)
         member = self.view.nodes.get(hb.node)
+        if member is not None and member.alive and job is not None and policy.finished_earlier(hb, job):
+            self.view.touch(hb.node, now)
+            job.step = job.total_steps
+            job.samples_done = job.samples_after(job.step)
+            why = f"{job.step} steps, {job.samples_done} samples (done in generation {hb.generation})"
+            await self.apply([policy.Complete(job.job, why)])
+            return
         if (
             member is None  # no birth yet (e.g. after a restart): it must say hello first
             or not member.alive
