@@ -205,10 +205,16 @@ async def test_a_rank_0_done_from_the_generation_before_completes_the_job(cluste
     def done(step: int, rank: int = 0, generation: int = first.generation) -> Heartbeat:
         return Heartbeat(node=rank0, ts=3.0, job="j1", generation=generation, rank=rank, step=step, state="done")
 
-    for hb in (done(total - 1), done(total, rank=1), done(total, generation=second.generation + 1)):
-        await cluster.peer.publish(T.node_heartbeat(rank0), hb)  # not all steps, not rank 0, a generation to come
+    wrong = (done(total - 1), done(total, rank=1), done(total, generation=second.generation + 1))
+    for hb in wrong:  # not all steps, not rank 0, a generation to come
+        await cluster.peer.publish(T.node_heartbeat(rank0), hb)
         await cluster.settle()
         assert c.jobs["j1"].state is not JobState.COMPLETED, hb
+    await cluster.board("n3")  # alive, not rank 0 of that generation: not believed
+    claim = msgspec.structs.replace(done(total), node="n3")
+    await cluster.peer.publish(T.node_heartbeat("n3"), claim)
+    await cluster.settle()
+    assert c.jobs["j1"].state is not JobState.COMPLETED
     await cluster.peer.publish(T.node_heartbeat(rank0), done(total))
     await cluster.settle()
     job = c.jobs["j1"]

@@ -318,7 +318,12 @@ class Coordinator:
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         job = self.jobs.get(hb.job)
         member = self.view.nodes.get(hb.node)
-        if member is not None and member.alive and job is not None and policy.finished_earlier(hb, job):
+        if (
+            member is not None
+            and member.alive
+            and job is not None
+            and policy.finished_earlier(hb, job, self.runtime_of(job).rank0)
+        ):
             self.view.touch(hb.node, now)
             job.step = job.total_steps
             job.samples_done = job.samples_after(job.step)
@@ -663,6 +668,8 @@ class Coordinator:
         self.reform.discard(job.job)
         await self.hold_lc_drops(job, rt, decision)
         plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session, keeps)
+        if job.plan is not None:  # who may still report the job done from the plan it replaces
+            rt.remember_rank0(job.generation, job.plan)
         job.generation, job.plan = generation, plan
         rt.lost_peers = None
         self.forget_heartbeats(job)
