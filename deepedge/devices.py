@@ -284,6 +284,8 @@ def _mib(n: int) -> str:
 def board_cpus(emulate: Sequence[int], count: int) -> tuple[int, ...]:
     """The CPUs (indices into this machine's ``count``) a board's CPU figures cover: those of
     ``emulate`` (``node.emulate_cpus``) that exist, in order, each once; all of them when none
-    is named or none exists (an emulated board is never a board of no CPU)."""
+    is named or none exists (an emulated board is never a board of no CPU). The node daemon
+    refuses to start on a configuration that names an absent CPU; this is the telemetry's
+    fallback if one goes offline."""
     named = tuple(dict.fromkeys(c for c in emulate if 0 <= c < count))
     return named or tuple(range(max(0, count)))

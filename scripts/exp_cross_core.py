@@ -36,6 +36,7 @@ from pathlib import Path
 
 from _lc_cluster import lc_boards, lc_cluster
 
+from deepedge.demo._boards import BoardProfile
 from deepedge.profiling._runner import PointRunner, RunnerConfig
 
 
@@ -48,13 +49,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="deepedge-exp-cross-"))
     boards = lc_boards()
     cpus = sorted({b.cpu for b in boards})
-    rounds: list[dict[str, object]] = []
     trainers = {
         c: PointRunner(RunnerConfig(app="-", workdir=root, cpu_affinity=(c,), worker_nice=10), _NoLatency())
         for c in cpus
     }
     app_cpu = {b.lc_app: b.cpu for b in boards if b.lc_app}
     modes = ["nothing", *(f"train cpu{c}" for c in cpus)]
+    try:
+        return await _rounds(args, root, boards, trainers, app_cpu, modes)
+    finally:
+        for r in trainers.values():  # (their own sessions: not stopped with this one by a Ctrl-C)
+            r.close()
+
+
+async def _rounds(
+    args: argparse.Namespace,
+    root: Path,
+    boards: list[BoardProfile],
+    trainers: dict[int, PointRunner],
+    app_cpu: dict[str, int],
+    modes: list[str],
+) -> dict[str, object]:
+    cpus = sorted(trainers)
+    rounds: list[dict[str, object]] = []
     async with lc_cluster(root, boards, args.window, args.rate) as (_, _, reports):
         for r in trainers.values():  # torch imported before the rounds, not in them
             await asyncio.to_thread(r._start_trainer)
@@ -74,8 +91,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 rounds.append(row)
                 print(json.dumps(row), flush=True)
                 await asyncio.sleep(args.window)  # the next round's windows start clean
-    for r in trainers.values():
-        r.close()
     summary: dict[str, dict[str, list[float]]] = {}
     for app, cpu in app_cpu.items():
         for k in range(args.rounds):

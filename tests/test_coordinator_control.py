@@ -182,44 +182,55 @@ async def test_drain_of_the_only_participant_then_its_worker_finishes_completes_
     assert cluster.retained_plan("j1") is None
 
 
-async def test_a_rank_0_done_from_the_generation_before_completes_the_job(cluster: Cluster) -> None:
-    """The wedge of the LC bench at 06:52 (2026-12-04): a plan was published while the last step
-    ran; the worker finished it and reported done under the generation it trained in, which the
-    coordinator, a generation ahead, took for a sign of life; the node's worker was gone, so no
-    report of the new generation ever came and the job waited 600 s to be cancelled."""
+async def test_a_rank_0_done_from_earlier_in_the_same_group_completes_the_job(cluster: Cluster) -> None:
+    """The wedge of the LC bench at 06:52 (2026-12-04): a same-group plan (new caps) was
+    published while the last step ran; the worker finished it and reported done under the
+    generation it trained in, which the coordinator, a generation ahead, took for a sign of life;
+    the worker was gone, so no report of the new generation came and the job waited 600 s to be
+    cancelled. Only the group's rank 0 is believed, for a generation of that group."""
     c = await cluster.start()
     for n in ("n1", "n2"):
         await cluster.board(n)
     await cluster.submit("j1")
-    first = cluster.retained_plan("j1")
-    assert first is not None and len(first.assignments) == 2
-    rank0 = next(a.node for a in first.assignments if a.rank == 0)
-    other = next(a.node for a in first.assignments if a.rank != 0)
-    await cluster.peer.publish(T.node_status(other), NodeDeath(node=other, session="s1"), qos=1, retain=True)
-    await cluster.alive(3, rank0)
-    second = cluster.retained_plan("j1")
-    assert second is not None and second.generation > first.generation
-    assert [a.node for a in second.assignments] == [rank0]
-    total = c.jobs["j1"].total_steps
-
-    def done(step: int, rank: int = 0, generation: int = first.generation) -> Heartbeat:
-        return Heartbeat(node=rank0, ts=3.0, job="j1", generation=generation, rank=rank, step=step, state="done")
-
-    wrong = (done(total - 1), done(total, rank=1), done(total, generation=second.generation + 1))
-    for hb in wrong:  # not all steps, not rank 0, a generation to come
-        await cluster.peer.publish(T.node_heartbeat(rank0), hb)
-        await cluster.settle()
-        assert c.jobs["j1"].state is not JobState.COMPLETED, hb
-    await cluster.board("n3")  # alive, not rank 0 of that generation: not believed
-    claim = msgspec.structs.replace(done(total), node="n3")
-    await cluster.peer.publish(T.node_heartbeat("n3"), claim)
-    await cluster.settle()
-    assert c.jobs["j1"].state is not JobState.COMPLETED
-    await cluster.peer.publish(T.node_heartbeat(rank0), done(total))
-    await cluster.settle()
     job = c.jobs["j1"]
-    assert job.state is JobState.COMPLETED and job.step == total and job.samples_done == 320
-    assert f"done in generation {first.generation}" in (job.reason or "")
+    assert job.plan is not None and len(job.plan.assignments) == 2
+    rank0 = next(a.node for a in job.plan.assignments if a.rank == 0)
+    rank1 = next(a.node for a in job.plan.assignments if a.rank == 1)
+    total, first = job.total_steps, job.generation
+
+    async def next_plan(same_group: bool) -> int:
+        """A new generation as publish_new_plan makes it: shares or caps only (same group) or not."""
+
+        async def bump() -> None:
+            assert job.plan is not None
+            g = job.generation + 1
+            group = (job.plan.group_generation if job.plan.same_group else job.generation) if same_group else g
+            job.plan = msgspec.structs.replace(job.plan, generation=g, same_group=same_group, group_generation=group)
+            job.generation = g
+
+        await c.in_writer(bump)
+        return job.generation
+
+    async def heard(node: str, generation: int, step: int = total, rank: int = 0) -> JobState:
+        hb = Heartbeat(node=node, ts=3.0, job="j1", generation=generation, rank=rank, step=step, state="done", loss=0.5)
+        await cluster.peer.publish(T.node_heartbeat(node), hb)
+        await cluster.settle()
+        return c.jobs["j1"].state
+
+    reformed = await next_plan(same_group=False)  # a new group: the first generation's done is not its
+    assert await heard(rank0, first) is JobState.RUNNING
+    await next_plan(same_group=True)  # caps only: the group formed at `reformed` goes on
+    assert await heard(rank0, first) is JobState.RUNNING  # before the group was formed
+    assert await heard(rank0, reformed, step=total - 1) is JobState.RUNNING  # not every step
+    assert await heard(rank0, reformed, rank=1) is JobState.RUNNING  # not as rank 0
+    assert await heard(rank1, reformed) is JobState.RUNNING  # rank 1 claiming rank 0
+    assert await heard(rank0, job.generation + 1) is JobState.RUNNING  # a generation to come
+    job.excluded[rank0] = "left out"
+    assert await heard(rank0, reformed) is JobState.RUNNING  # excluded: not heard about the job
+    del job.excluded[rank0]
+    assert await heard(rank0, reformed) is JobState.COMPLETED
+    assert job.step == total and job.samples_done == 320 and job.loss == 0.5
+    assert f"done in generation {reformed}" in job.reason
     assert cluster.retained_plan("j1") is None
 
 

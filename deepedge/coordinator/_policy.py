@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from deepedge.broker_schemas import AppLatency, Heartbeat, JobState, Plan
+from deepedge.broker_schemas import AppLatency, Heartbeat, JobState
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._learning import NodeLearning
 
@@ -40,7 +40,6 @@ __all__ = [
     "LOST_PEERS_GRACE_S",
     "MAX_PLANS_WITHOUT_PROGRESS",
     "PAUSE_CAP",
-    "RANK0_KEPT",
     "REPLAN_COOLDOWN_S",
     "REPLAN_MIN_GAIN_S",
     "REPLAN_RATIO",
@@ -122,8 +121,6 @@ LC_HOLD_S = 15.0
 # the cap that was just found unsafe; the group stays, so room coming back costs no worker's start.
 PAUSE_CAP = 0.05
 LC_HOLD_MAX_S = 120.0
-# replaced generations whose rank 0 may still report their job done (finished_earlier)
-RANK0_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,16 +217,6 @@ class JobRuntime:
     lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
-    rank0: dict[int, str] = field(default_factory=dict)  # generation -> its rank 0, of the plans replaced
-
-    def remember_rank0(self, generation: int, plan: Plan) -> None:
-        """The rank-0 node of ``plan`` (generation ``generation``), being replaced: the one that
-        may still report the job done from it (:func:`finished_earlier`). The last RANK0_KEPT."""
-        for a in plan.assignments:
-            if a.rank == 0:
-                self.rank0[generation] = a.node
-        for old in sorted(self.rank0)[:-RANK0_KEPT]:
-            del self.rank0[old]
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -256,20 +243,24 @@ def on_nodes_changed(node: str, why: str, jobs: Iterable[JobRecord]) -> list[Act
     return [Replan(j.job, f"{why} {node}") for j in _using(jobs, node)]
 
 
-def finished_earlier(hb: Heartbeat, job: JobRecord, rank0: Mapping[int, str]) -> bool:
-    """``hb`` says that ``job``'s model is saved, from a generation before the current one: its
-    rank 0 reported done after the last step while a newer plan was on its way (a same-group plan
-    published as the last step ran; the LC bench's step run of 2026-12-04 06:52 waited 600 s for
-    a completion that had come). ``rank0``: each replaced generation's rank-0 node
-    (:meth:`JobRuntime.remember_rank0`); only that node is believed, for that generation."""
+def finished_earlier(hb: Heartbeat, job: JobRecord) -> bool:
+    """``hb`` says that ``job``'s model is saved, from an earlier generation of the process group
+    the current plan continues: its rank 0 reported done after the last step while a same-group
+    plan (new shares or caps, the same participants at the same ranks) was on its way, so no
+    report of the new generation would come (the LC bench's step job of 2026-12-04 06:52 waited
+    600 s to be cancelled). The node must be the current plan's rank 0 — the rank 0 of every
+    generation of that group — and not excluded from the job."""
+    plan = job.plan
     return (
         not job.terminal
-        and job.plan is not None
+        and plan is not None
+        and plan.same_group
+        and plan.group_generation <= hb.generation < job.generation
         and hb.state == "done"
         and hb.rank == 0
-        and hb.generation < job.generation
         and hb.step >= job.total_steps
-        and rank0.get(hb.generation) == hb.node
+        and hb.node not in job.excluded
+        and any(a.node == hb.node and a.rank == 0 for a in plan.assignments)
     )
 
 

@@ -318,15 +318,12 @@ class Coordinator:
     async def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         job = self.jobs.get(hb.job)
         member = self.view.nodes.get(hb.node)
-        if (
-            member is not None
-            and member.alive
-            and job is not None
-            and policy.finished_earlier(hb, job, self.runtime_of(job).rank0)
-        ):
-            self.view.touch(hb.node, now)
+        if member is not None and job is not None and policy.finished_earlier(hb, job):
+            self.view.touch(hb.node, now)  # (a node thought dead by silence is alive again)
+            self.learning_of(hb.node).training_since = None
             job.step = job.total_steps
             job.samples_done = job.samples_after(job.step)
+            job.loss = hb.loss if hb.loss is not None else job.loss
             why = f"{job.step} steps, {job.samples_done} samples (done in generation {hb.generation})"
             await self.apply([policy.Complete(job.job, why)])
             return
@@ -668,8 +665,6 @@ class Coordinator:
         self.reform.discard(job.job)
         await self.hold_lc_drops(job, rt, decision)
         plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session, keeps)
-        if job.plan is not None:  # who may still report the job done from the plan it replaces
-            rt.remember_rank0(job.generation, job.plan)
         job.generation, job.plan = generation, plan
         rt.lost_peers = None
         self.forget_heartbeats(job)

@@ -328,11 +328,12 @@ async def run_cluster_job(
                 if opts.checked_before:
                     tell("every board checks the job once (its pre-flight cached, as for a job trained before)")
                     await check_before(cluster, rpc, topics, spec)
-                    # a latency window for the checks' torch imports to leave the apps' windows:
-                    # the alone period's first reports held them (p95 ~2x alone for ~5 s at 06:44
-                    # on 2026-12-04: up to 11 % of its reports "missed" with no job)
-                    await asyncio.sleep(cluster.latency_window_s)
                 if opts.alone_s > 0:
+                    if opts.checked_before:
+                        # a latency window for the checks' torch imports to leave the apps'
+                        # windows: the alone period's first reports held them (p95 ~2x alone for
+                        # ~5 s at 06:44 on 2026-12-04: up to 11 % of its reports over, no job)
+                        await asyncio.sleep(cluster.latency_window_s)
                     tell(f"the LC apps alone ({opts.alone_s:g} s, the job's trace and deadlines): the floor of misses")
                     run.alone = await apps_alone(cluster, watch, opts)
                 tell("submitting the job")

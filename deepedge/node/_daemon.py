@@ -743,6 +743,23 @@ def _finite(x: float, low: float, high: float) -> float:
     return min(high, max(low, x)) if math.isfinite(x) else low
 
 
+def _check_cpus(config: Config) -> None:
+    """``node.emulate_cpus`` must name CPUs this machine has (ConfigError); a training worker
+    pinned outside them (``node.cpu_affinity``) is warned about: its CPU time would be taken off
+    the board's busy time as if it ran there."""
+    emulate, count = config.node.emulate_cpus, os.cpu_count() or 1
+    absent = sorted({c for c in emulate if c >= count})
+    if absent:
+        raise ConfigError(f"node.emulate_cpus names CPUs this machine does not have: {absent} (it has 0-{count - 1})")
+    outside = sorted(set(config.node.cpu_affinity) - set(emulate)) if emulate else []
+    if outside:
+        log.warning(
+            "config.cpu_affinity_outside_board",
+            message=f"node.cpu_affinity {outside} is outside node.emulate_cpus {list(emulate)}: the board's "
+            "background CPU will read low",
+        )
+
+
 async def run_node(config: Config, *, node_id: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (``deepedge.lifecycle``); returns the exit code."""
     node = node_id or config.node.id or default_node_id()
@@ -753,6 +770,7 @@ async def run_node(config: Config, *, node_id: str | None = None) -> int:
             f"node id {node!r} is not broker.username {config.broker.username!r}: the broker lets a node publish "
             "only under its own user name (set node.id to it)"
         )
+    _check_cpus(config)
     session = new_session()
     notifier = SystemdNotifier()
     transport = MqttTransport(

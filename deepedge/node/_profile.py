@@ -29,6 +29,7 @@ import structlog
 from deepedge.broker_schemas import LcPoint, ModelProfile
 from deepedge.clock import Clock
 from deepedge.config import ConfigError, NodeConfig, TrainingConfig
+from deepedge.devices import board_cpus
 from deepedge.node._latency import LatencyWindows
 from deepedge.profiling._runner import PointRunner, RunnerConfig, rate_file_for, trainer_settings
 from deepedge.profiling._space import Point, Run
@@ -95,17 +96,18 @@ class BoardProfiler:
                     if self.path
                     else Path(tempfile.mkdtemp(prefix="deepedge-interference-"))
                 )
+            cpus = board_cpus(self.cfg.emulate_cpus, os.cpu_count() or 1)
             cfg = RunnerConfig(
                 app=app,
                 workdir=self._scratch,
                 model=model,
                 seconds=seconds,
                 cpu_affinity=tuple(self.cfg.cpu_affinity or ()),
-                board_cpus=tuple(self.cfg.emulate_cpus),
+                board_cpus=cpus if self.cfg.emulate_cpus else (),
                 worker_nice=self.cfg.worker_nice,
                 emulated_sample_s=self.cfg.emulate_sample_ms / 1000.0,
                 training=self.training,
-                stressor_workers=min(workers, os.cpu_count() or 1),  # at most one per CPU of the board
+                stressor_workers=min(workers, len(cpus)),  # at most one per CPU of the board
                 rate_file=rate_file_for(self.cfg.latency_socket, app),
             )
             if self._runner is None or self._runner.cfg != cfg:

@@ -106,7 +106,9 @@ class RunnerConfig:
     # (Run.bg_psi, Run.bg_runnable); 0: not measured
     background_s: float = 0.0
     cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
-    board_cpus: tuple[int, ...] = ()  # the CPUs the board is (node.emulate_cpus; empty: all)
+    # the CPUs the board is (node.emulate_cpus; empty: all): its stressors run there, and the
+    # background CPU is measured there
+    board_cpus: tuple[int, ...] = ()
     worker_nice: int = 10
     emulated_sample_s: float = 0.0
     training: TrainingConfig = field(default_factory=TrainingConfig)  # the board's: where and how its worker trains
@@ -214,7 +216,10 @@ class PointRunner:
         if cfg.rate_file is not None and point.rate > 0:
             write_rate(cfg.rate_file, point.rate)
         timeout = cfg.settle_s + cfg.seconds + 60.0
-        with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
+        stressors = Stressors(
+            point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout, cpus=cfg.board_cpus
+        )
+        with stressors as stress:
             time.sleep(cfg.settle_s)
             quiet = Pressure()  # before training
             if cfg.background_s > 0:

@@ -42,9 +42,10 @@ class Point:
 @dataclass(frozen=True)
 class Run:
     """One measured run. ``intensity``, ``rate`` and the stressor levels are what was achieved;
-    ``cpu`` is the machine's background CPU in cores (busy cores less the training's and the LC
+    ``cpu`` is the board's background CPU in cores (busy cores less the training's and the LC
     app's own: the cpu stressor, the other stressors' CPU and anything else running), measured as
-    the coordinator measures it from telemetry; ``cpu_stress`` the cpu stressor's own level."""
+    the coordinator measures it from telemetry: over the whole machine, or over an emulated
+    board's CPUs (``node.emulate_cpus``); ``cpu_stress`` the cpu stressor's own level."""
 
     asked: Point
     intensity: float
@@ -59,7 +60,7 @@ class Run:
     seconds: float
     gpu: float = 0.0
     cpu_stress: float = 0.0
-    machine_cpu: float = 0.0  # the machine's CPU utilisation over the run (telemetry), 0..1
+    machine_cpu: float = 0.0  # the board's CPU utilisation over the run (telemetry, as ``cpu``), 0..1
     disk_bps: float = 0.0  # the machine's disk bytes/s over the run (telemetry)
     # CPU pressure (deepedge.profiling._pressure): before training (the stressors and the LC app
     # alone, RunnerConfig.background_s; 0 if not measured) and over the run
