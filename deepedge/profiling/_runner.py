@@ -106,8 +106,10 @@ class RunnerConfig:
     # (Run.bg_psi, Run.bg_runnable); 0: not measured
     background_s: float = 0.0
     cpu_affinity: tuple[int, ...] = ()  # the training's CPUs (the worker's)
-    # the CPUs the board is (node.emulate_cpus; empty: all): its stressors run there, and the
-    # background CPU is measured there
+    # the CPUs the board is (node.emulate_cpus; empty: all): where the background CPU is measured.
+    # The stressors are not pinned there: pinned to an emulated board's one vCPU (08:00 on
+    # 2026-12-04) they made the knowledge base's CV error 18-20 % and its caps 0 at the LC bench's
+    # deadlines (docs/benchmarks/lc-scenarios.md)
     board_cpus: tuple[int, ...] = ()
     worker_nice: int = 10
     emulated_sample_s: float = 0.0
@@ -216,10 +218,7 @@ class PointRunner:
         if cfg.rate_file is not None and point.rate > 0:
             write_rate(cfg.rate_file, point.rate)
         timeout = cfg.settle_s + cfg.seconds + 60.0
-        stressors = Stressors(
-            point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout, cpus=cfg.board_cpus
-        )
-        with stressors as stress:
+        with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
             time.sleep(cfg.settle_s)
             quiet = Pressure()  # before training
             if cfg.background_s > 0:

@@ -97,7 +97,6 @@ class Stressors:
     workers: int = 1
     nice: int = 0
     timeout_s: float = 120.0  # stress-ng ends by itself then, even if this process is killed
-    cpus: tuple[int, ...] = ()  # the CPUs they run on (an emulated board's: node.emulate_cpus); empty: any
     _running: list[_Stressor] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -110,13 +109,11 @@ class Stressors:
             if level <= 0:
                 continue
             argv = stressor_argv(kind, min(1.0, level), self.workers, self.workdir, self.timeout_s)
-            nice, cpus = self.nice, self.cpus
+            nice = self.nice
 
-            def setup(nice: int = nice, cpus: tuple[int, ...] = cpus) -> None:
+            def setup(nice: int = nice) -> None:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, 0, nice)
-                    if cpus:
-                        os.sched_setaffinity(0, cpus)
 
             proc = subprocess.Popen(
                 argv,
