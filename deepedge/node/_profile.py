@@ -103,7 +103,7 @@ class BoardProfiler:
                 model=model,
                 seconds=seconds,
                 cpu_affinity=tuple(self.cfg.cpu_affinity or ()),
-                board_cpus=cpus if self.cfg.emulate_cpus else (),
+                board_cpus=cpus,
                 worker_nice=self.cfg.worker_nice,
                 emulated_sample_s=self.cfg.emulate_sample_ms / 1000.0,
                 training=self.training,
