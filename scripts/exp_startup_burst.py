@@ -18,11 +18,17 @@ at a time and records every latency report around it:
 - ``direct nice 0``: the same at nice 0 (as a process starts before its nice is set);
 - ``direct idle``: the same in the idle scheduling class (SCHED_IDLE: any other task that wakes
   on its CPU preempts it at once);
+- ``direct paced U[@P]``: the same in the idle class, paced from outside at a duty cycle of U
+  (SIGSTOP / SIGCONT, P s per cycle, default ``PACE_PERIOD_S``), as a daemon can pace a process it cannot
+  change (an interpreter importing torch);
+- ``decode D``: a worker's data loading (the dataset decoded, torch imported ahead) paced in
+  the process at a duty cycle of D, as the worker's slow start paces it, in the idle class;
 - ``warm fork``: what a fork server would leave: a process on each board's CPU at nice 10 that
   imported torch before the round forks a child that builds the model and runs the forward pass.
 
-Per round: each app's median p95 over the 3 s before and its highest p95 in the 6 s after (the
-report window is 2 s here, so a burst shows within it and is gone before the next round).
+Per round: each app's median p95 over the 3 s before and its highest p95 in the 6 s after, or
+until a window after the thing ended if it took longer (the report window is 2 s here, so a
+burst shows within it and is gone before the next round).
 
     python scripts/exp_startup_burst.py [--rounds 4] [--out results.json]
 
@@ -34,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,28 +63,49 @@ WARM = (
     "if pid == 0:\n    m = SmallCNN(10)\n    m(torch.rand(8, 3, 32, 32))\n    os._exit(0)\n"
     "os.waitpid(pid, 0)\n"
 )
+# a worker's data loading, torch imported ahead: on a line on stdin, decode the dataset with the
+# worker's in-process pacer at the duty cycle given in argv (1 = unpaced)
+DECODE = (
+    "import sys\nfrom deepedge.training._compute import Pacer\nfrom deepedge.training._data import load_dataset\n"
+    "print('ready', flush=True)\nsys.stdin.readline()\n"
+    "load_dataset(sys.argv[2], pace=Pacer(float(sys.argv[1])))\n"
+)
 SETTLE_S = 9.0
 CACHED_SEED = 7  # the "daemon preflight cached" job's seed (checked once before the rounds)
 AFTER_S = 6.0
+PACE_PERIOD_S = 0.1
 
 
-def _direct(cpu: int, how: str, code: str = CHECK) -> subprocess.Popen[bytes]:
+async def _paced(procs: list[subprocess.Popen[bytes]], duty: float, period: float = PACE_PERIOD_S) -> None:
+    """Run ``procs`` ``duty`` of each ``period``, stopped the rest, until they exit."""
+    while any(p.poll() is None for p in procs):
+        await asyncio.sleep(duty * period)
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGSTOP)
+        await asyncio.sleep((1 - duty) * period)
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+
+
+def _direct(cpu: int, how: str, code: str = CHECK, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     def setup() -> None:
         os.sched_setaffinity(0, {cpu})
-        if how == "idle":
+        if how == "idle" or how.startswith("paced"):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         else:
             os.setpriority(os.PRIO_PROCESS, 0, int(how.split()[1]))
 
-    pipes = subprocess.PIPE if code is WARM else None
-    return subprocess.Popen([sys.executable, "-c", code], preexec_fn=setup, stdin=pipes, stdout=pipes)
+    pipes = subprocess.PIPE if code in (WARM, DECODE) else None
+    return subprocess.Popen([sys.executable, "-c", code, *args], preexec_fn=setup, stdin=pipes, stdout=pipes)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="deepedge-exp-startup-"))
     boards = lc_boards()
     data = root / "data"
-    make_image_folder(data, 300)
+    make_image_folder(data, args.images)
     rounds: list[dict[str, object]] = []
     async with lc_cluster(root, boards, args.window, args.rate) as (cluster, t, reports):
         topics = Topics(cluster.cluster)
@@ -102,6 +130,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             for k in range(args.rounds):
                 for mode in args.modes.split(","):
                     warm = [_direct(b.cpu, "nice 10", WARM) for b in boards] if mode == "warm fork" else []
+                    if mode.startswith("decode "):
+                        warm = [_direct(b.cpu, "idle", DECODE, (mode.split()[1], str(data))) for b in boards]
                     for p in warm:  # torch imported before the settling time, not in it
                         assert p.stdout is not None
                         await asyncio.to_thread(p.stdout.readline)
@@ -122,19 +152,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                         cache = await preflights(f"x{k}", CACHED_SEED if cached else 1000 + k)
                         took = time.time() - t0
                     elif mode.startswith("direct "):
-                        procs = [_direct(b.cpu, mode.split(" ", 1)[1]) for b in boards]
+                        how = mode.split(" ", 1)[1]
+                        procs = [_direct(b.cpu, how) for b in boards]
+                        if how.startswith("paced "):
+                            duty, _, period = how.split()[1].partition("@")
+                            await _paced(procs, float(duty), float(period or PACE_PERIOD_S))
                         for p in procs:
                             await asyncio.to_thread(p.wait)
                         took = time.time() - t0
                     elif mode != "nothing":
                         raise SystemExit(f"unknown mode {mode!r}")
-                    await asyncio.sleep(max(0.0, AFTER_S - (time.time() - t0)))
+                    after_s = max(AFTER_S, took + args.window + 1.0)  # the whole start, and a window
+                    await asyncio.sleep(max(0.0, after_s - (time.time() - t0)))
                     row: dict[str, object] = {"round": k, "mode": mode, "took_s": round(took, 2)}
                     if mode.startswith("daemon preflight"):
                         row["cache"] = cache
                     for app in sorted({a for _, a, _ in reports}):
                         before = [p for ts, a, p in reports if a == app and t0 - 3 <= ts < t0]
-                        after = [p for ts, a, p in reports if a == app and t0 <= ts < t0 + AFTER_S]
+                        after = [p for ts, a, p in reports if a == app and t0 <= ts < t0 + after_s]
                         median = round(statistics.median(before), 2) if before else None
                         row[app] = [median, max(after, default=None)]
                     rounds.append(row)
@@ -159,6 +194,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--images", type=int, default=300, help="the dataset's size (the decode modes)")
     ap.add_argument("--modes", default="nothing,daemon preflight,direct nice 10,direct nice 0,direct idle")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

@@ -212,11 +212,18 @@ class TrainingConfig(_Section, frozen=True):
     # free at its start less this (torch.cuda.set_per_process_memory_fraction). On a Jetson the
     # GPU memory is the board's RAM, so this is RAM the LC apps keep.
     lc_memory_reserve_mb: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 1024
+    # The decoded-dataset cache (docs/training.md): an image folder decoded once by a worker is
+    # kept here (created, mode 0700; its parent must exist) so that the next worker of the same
+    # images loads it instead of decoding again. Empty or data_cache_mb = 0: off.
+    data_cache_dir: str = "/var/lib/deepedge/data-cache"
+    data_cache_mb: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 2048
 
     def __post_init__(self) -> None:
         for root in (*self.data_roots, self.output_root):
             if not root.startswith("/"):
                 raise ValueError(f"training roots must be absolute paths, not {root!r}")
+        if self.data_cache_dir and not self.data_cache_dir.startswith("/"):
+            raise ValueError(f"training.data_cache_dir must be an absolute path, not {self.data_cache_dir!r}")
         try:
             check_device_setting(self.device)
         except DeviceError as exc:

@@ -210,7 +210,7 @@ class DemoCluster:
             f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n{self.node_extra}"
             # what a job may name on these boards: the demo's own folders
             f"[training]\ndata_roots = {json.dumps([str(p) for p in (self.workdir, *self.data_roots)])}\n"
-            f'output_root = "{self.workdir}"\n{apps}',
+            f'output_root = "{self.workdir}"\ndata_cache_dir = "{self.workdir / b.node}-data-cache"\n{apps}',
         )
         self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"], board=b.node)
 

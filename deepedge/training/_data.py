@@ -4,11 +4,13 @@ Caltech-256) or tensors in a file (``torch.save({"x": ..., "y": ...})``, loaded 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from deepedge.training._data_cache import DataCache, folder_key
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import load_weights
 from deepedge.training._folder import IMAGE_SUFFIXES, FolderError, list_classes, open_image
@@ -23,6 +25,7 @@ class TensorDataset:
         if len(x) != len(y):
             raise TrainingError(f"dataset: {len(x)} inputs but {len(y)} labels")
         self.x, self.y, self.classes = x, y.long(), classes
+        self.origin = ""  # how it was loaded, for the worker's log
 
     def __len__(self) -> int:
         return len(self.y)
@@ -34,16 +37,25 @@ class TensorDataset:
         return x, self.y[index]
 
 
-def _image_folder(root: Path, size: int, pace: Callable[[], None] | None = None) -> TensorDataset:
+def _image_folder(
+    root: Path, size: int, pace: Callable[[], None] | None = None, cache: DataCache | None = None
+) -> TensorDataset:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - pillow is a dependency
         raise TrainingError("reading an image folder needs pillow (pip install pillow)") from None
+    started = time.monotonic()  # listing and the cache's key included
     try:
         listed = list_classes(root)
     except FolderError as exc:
         raise TrainingError(str(exc)) from None
     classes = [name for name, _ in listed]
+    count = sum(len(paths) for _, paths in listed)
+    key = folder_key(listed, size) if cache is not None else None
+    if cache is not None and key is not None and (hit := cache.load(key, classes, count, size)) is not None:
+        ds = TensorDataset(*hit, classes)
+        ds.origin = f"{count} images from the decoded cache in {time.monotonic() - started:.2f} s"
+        return ds
     xs, ys = [], []
     for label, (_, paths) in enumerate(listed):
         for path in paths:
@@ -58,7 +70,14 @@ def _image_folder(root: Path, size: int, pace: Callable[[], None] | None = None)
                 pace()
     if not xs:
         raise TrainingError(f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return TensorDataset(torch.stack(xs).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys), classes)
+    ds = TensorDataset(torch.stack(xs).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys), classes)
+    ds.origin = f"{count} images decoded in {time.monotonic() - started:.2f} s"
+    if cache is not None and key is not None:
+        kept = cache.store(key, ds.x, ds.y, classes)
+        ds.origin += "; kept in the decoded cache" if kept else f"; not cached ({cache.note})"
+    elif cache is not None:
+        ds.origin += "; not cached (an image could not be stat'ed)"
+    return ds
 
 
 def _tensor_file(path: Path) -> TensorDataset:
@@ -73,11 +92,14 @@ def _tensor_file(path: Path) -> TensorDataset:
     return TensorDataset(data["x"], data["y"], classes)
 
 
-def load_dataset(location: str, image_size: int = 32, pace: Callable[[], None] | None = None) -> TensorDataset:
-    """``pace``: called after each image decoded (the worker's slow start paces its loading)."""
+def load_dataset(
+    location: str, image_size: int = 32, pace: Callable[[], None] | None = None, cache: DataCache | None = None
+) -> TensorDataset:
+    """``pace``: called after each image decoded (the worker's slow start paces its loading).
+    ``cache``: the board's decoded-dataset cache, for an image folder (``_data_cache``)."""
     path = Path(location)
     if path.is_dir():
-        return _image_folder(path, image_size, pace)
+        return _image_folder(path, image_size, pace, cache)
     if path.is_file():
         return _tensor_file(path)
     raise TrainingError(f"dataset {location}: no such file or folder")

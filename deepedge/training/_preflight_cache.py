@@ -37,7 +37,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["MAX_ENTRIES", "Cached", "cache_key", "lookup", "store"]
+__all__ = ["MAX_ENTRIES", "Cached", "cache_key", "identity", "lookup", "package_version", "store"]
 
 MAX_ENTRIES = 64
 MAX_FILE_BYTES = 1 << 20
@@ -59,13 +59,13 @@ class Cached(msgspec.Struct, frozen=True, kw_only=True):
 _FILE = msgspec.json.Decoder(dict[Annotated[str, msgspec.Meta(max_length=64)], Cached])
 
 
-def _identity(path: Path) -> list[int]:
+def identity(path: Path) -> list[int]:
     """The path's own identity (a symlink's, not its target's)."""
     st = path.lstat()
     return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -94,17 +94,17 @@ def cache_key(
         parts: dict[str, Any] = {
             "model": model,
             "classes": classes,
-            "tensor_file": _identity(tensor_file) if tensor_file is not None else None,
-            "images": [_identity(path) for path in images or ()],
-            "base_checkpoint": _identity(base_checkpoint) if base_checkpoint is not None else None,
+            "tensor_file": identity(tensor_file) if tensor_file is not None else None,
+            "images": [identity(path) for path in images or ()],
+            "base_checkpoint": identity(base_checkpoint) if base_checkpoint is not None else None,
             "seeds": seeds,
             "image_size": image_size,
-            "torch": _version("torch"),
-            "torchvision": _version("torchvision"),
-            "pillow": _version("pillow"),
+            "torch": package_version("torch"),
+            "torchvision": package_version("torchvision"),
+            "pillow": package_version("pillow"),
             "python": sys.version,
             "deepedge": deepedge.__version__,
-            "models_source": [_identity(path) for path in MODELS_SOURCES],
+            "models_source": [identity(path) for path in MODELS_SOURCES],
         }
     except OSError:
         return None

@@ -47,6 +47,7 @@ from deepedge.training._channel import Channel
 from deepedge.training._compute import RAMP_FLOOR, InconsistentStep, Pacer, ramp, reduce_step
 from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
+from deepedge.training._data_cache import DataCache
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import ensure_dir
 from deepedge.training._group import ProcessGroup
@@ -105,8 +106,12 @@ class Trainer:
         self.group = ProcessGroup(timeout, self.must_leave, self._waiting)
         # paced like a slow-started step, so decoding the dataset does not hit the LC apps
         self.data: TensorDataset = load_dataset(
-            str(checked.dataset), pace=Pacer(first.assignment.intensity_cap * RAMP_FLOOR)
+            str(checked.dataset),
+            pace=Pacer(first.assignment.intensity_cap * RAMP_FLOOR),
+            cache=DataCache(first.policy.data_cache_dir, first.policy.data_cache_mb),
         )
+        if self.data.origin:
+            print(f"worker: dataset {spec.dataset}: {self.data.origin}", file=sys.stderr, flush=True)
         self.batch = spec.global_batch
         if len(self.data) < self.batch:
             raise TrainingError(

@@ -69,7 +69,7 @@ def start_node(
         + (f"preflight_command = {json.dumps(PREFLIGHT)}\n" if stand_in_preflight else "")
         + f"{node_extra}\n"
         f'[training]\nmodel_modules = ["test"]\ndata_roots = ["{tmp}"]\n'
-        f'output_root = "{tmp}"\n{apps}'
+        f'output_root = "{tmp}"\ndata_cache_dir = "{tmp / node}-data-cache"\n{apps}'
     )
     log = tmp / f"{node}.log"
     return NodeProc(node, _spawn(cfg, "node", log, env, prefix), sock, log)
