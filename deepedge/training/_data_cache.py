@@ -12,7 +12,7 @@ The key is a hash of every listed image's own identity (name, device, inode, mod
 ctime: an image added, removed, replaced or touched changes it), the class names, the image size,
 Pillow's and deepedge's versions and the decoding code's identity. Nothing is decoded to compute
 it. An entry is ``ds-<key>.pt`` holding ``{"x": uint8 (N, 3, S, S), "y": int64 (N,), "classes":
-[...]}``, written by this board's worker (mode 0600, to a temporary file, then renamed) and read
+[...]}``, written by this board's worker (mode 0600, to a temporary file created with O_EXCL, then renamed) and read
 with ``torch.load(weights_only=True)`` (no code runs) only when it is this user's own regular file
 writable by no one else, in a folder likewise; an entry whose shapes, labels or classes do not
 match the listing is ignored and written anew. The oldest entries (by last use) are removed to
@@ -148,8 +148,10 @@ class DataCache:
             return False
         self._make_room(size, path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # left by an earlier process of this pid
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 torch.save({"x": x.contiguous(), "y": y, "classes": list(classes)}, fh)
             os.replace(tmp, path)
