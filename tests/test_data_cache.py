@@ -12,8 +12,15 @@ import torch
 
 from deepedge.config import TrainingConfig
 from deepedge.demo._data import make_image_folder
+from deepedge.training import _data_cache as data_cache
 from deepedge.training._data import load_dataset
-from deepedge.training._data_cache import OVERHEAD, DataCache
+from deepedge.training._data_cache import OVERHEAD, STALE_TMP_S, DataCache
+
+
+@pytest.fixture(autouse=True)
+def not_racy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The images are made just before they are decoded: no wait for the racy window."""
+    monkeypatch.setattr(data_cache, "RACY_S", 0.0)
 
 
 @pytest.fixture
@@ -147,3 +154,48 @@ def test_the_cache_is_off_when_empty_or_zero_and_its_folder_must_be_absolute(fol
         TrainingConfig(data_cache_dir="cache")
     _, _, origin, _ = _load(folder, DataCache(str(tmp_path / "no" / "parent"), 64))
     assert "not cached" in origin and "No such file" in origin
+
+
+def test_a_folder_changed_just_before_it_was_listed_is_decoded_but_not_cached(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_cache, "RACY_S", 3600.0)  # every image is "recent"
+    cache = DataCache(str(tmp_path / "cache"), 64)
+    _, _, origin, _ = _load(folder, cache)
+    assert "not cached (an image changed less than" in origin
+    assert not _entries(tmp_path / "cache")
+
+
+def test_an_image_replaced_while_the_folder_is_decoded_is_not_cached(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A class folder swapped for another with the same names while the decoder works: swapped
+    back later, the folder would look as listed, but what was decoded was not it."""
+    cls = sorted(p for p in folder.iterdir())[1]
+    make_image_folder(tmp_path / "other", 60)
+    poisoned = sorted(p for p in (tmp_path / "other").iterdir())[0]
+    for a, b in zip(sorted(poisoned.iterdir()), sorted(cls.iterdir()), strict=False):
+        a.rename(poisoned / b.name)
+    swaps = []
+
+    def pace() -> None:
+        if not swaps:  # after the first image: the class folder swapped
+            cls.rename(tmp_path / "away")
+            poisoned.rename(cls)
+            swaps.append(1)
+
+    cache = DataCache(str(tmp_path / "cache"), 64)
+    ds = load_dataset(str(folder), pace=pace, cache=cache)
+    assert "not cached (an image was replaced while the folder was decoded)" in ds.origin
+    assert not _entries(tmp_path / "cache")
+
+
+def test_temporary_files_of_killed_writers_are_removed_once_stale(folder: Path, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    stale, fresh = cache_dir / ".ds-aa.pt.111.tmp", cache_dir / ".ds-bb.pt.222.tmp"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"x" * 1000)
+    os.utime(stale, (0, os.stat(stale).st_mtime - STALE_TMP_S - 10))
+    _load(folder, DataCache(str(cache_dir), 64))
+    assert not stale.exists() and fresh.exists() and len(_entries(cache_dir)) == 1

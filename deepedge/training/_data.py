@@ -10,7 +10,14 @@ from pathlib import Path
 
 import torch
 
-from deepedge.training._data_cache import DataCache, folder_key
+from deepedge.training._data_cache import (
+    RACY_S,
+    DataCache,
+    folder_identities,
+    folder_key,
+    opened_as_listed,
+    racy,
+)
 from deepedge.training._errors import TrainingError
 from deepedge.training._files import load_weights
 from deepedge.training._folder import IMAGE_SUFFIXES, FolderError, list_classes, open_image
@@ -51,16 +58,22 @@ def _image_folder(
         raise TrainingError(str(exc)) from None
     classes = [name for name, _ in listed]
     count = sum(len(paths) for _, paths in listed)
-    key = folder_key(listed, size) if cache is not None else None
+    identities = folder_identities(listed) if cache is not None else None
+    listed_ns = time.time_ns()
+    key = folder_key(listed, size, identities) if identities is not None else None
     if cache is not None and key is not None and (hit := cache.load(key, classes, count, size)) is not None:
         ds = TensorDataset(*hit, classes)
         ds.origin = f"{count} images from the decoded cache in {time.monotonic() - started:.2f} s"
         return ds
-    xs, ys = [], []
+    xs: list[torch.Tensor] = []
+    ys: list[int] = []
+    changed = False  # an image opened is not the one listed (replaced since): not cached
     for label, (_, paths) in enumerate(listed):
         for path in paths:
             try:
                 with open_image(path) as fh, Image.open(fh) as img:
+                    if identities is not None and not opened_as_listed(fh.fileno(), identities[len(xs)]):
+                        changed = True
                     rgb = img.convert("RGB").resize((size, size))
                     xs.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3))
             except (OSError, UnidentifiedImageError, ValueError) as exc:
@@ -72,11 +85,17 @@ def _image_folder(
         raise TrainingError(f"dataset {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     ds = TensorDataset(torch.stack(xs).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys), classes)
     ds.origin = f"{count} images decoded in {time.monotonic() - started:.2f} s"
-    if cache is not None and key is not None:
+    if cache is None:
+        return ds
+    if identities is None or key is None:
+        ds.origin += "; not cached (an image could not be stat'ed)"
+    elif changed:
+        ds.origin += "; not cached (an image was replaced while the folder was decoded)"
+    elif racy(identities, listed_ns):
+        ds.origin += f"; not cached (an image changed less than {RACY_S:.0f} s before it was listed)"
+    else:
         kept = cache.store(key, ds.x, ds.y, classes)
         ds.origin += "; kept in the decoded cache" if kept else f"; not cached ({cache.note})"
-    elif cache is not None:
-        ds.origin += "; not cached (an image could not be stat'ed)"
     return ds
 
 

@@ -25,22 +25,35 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import torch
 
+from deepedge.training._files import safe_torch
 from deepedge.training._preflight_cache import identity, package_version
 
-__all__ = ["DataCache", "folder_key"]
+__all__ = ["RACY_S", "DataCache", "folder_identities", "folder_key", "opened_as_listed", "racy"]
 
 VERSION = 1
 PREFIX, SUFFIX = "ds-", ".pt"
+RACY_S = 3.0  # an image changed this recently: not cached (racy)
+STALE_TMP_S = 600.0  # a temporary file this old was left by a worker killed while writing
 OVERHEAD = 16 << 10  # bytes of a tensor file beyond its tensors' (its zip records), for the budget
 DECODING_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_data.py", "_folder.py"))
 
 
-def folder_key(listed: list[tuple[str, list[Path]]], image_size: int) -> str | None:
-    """The key of an image folder's decoding (None: an image could not be stat'ed)."""
+def folder_identities(listed: list[tuple[str, list[Path]]]) -> list[list[int]] | None:
+    """Each listed image's own identity (``identity``), in listing order (None: one could not be
+    stat'ed). The decoder checks every image it opens against these."""
+    try:
+        return [identity(path) for _, paths in listed for path in paths]
+    except OSError:
+        return None
+
+
+def folder_key(listed: list[tuple[str, list[Path]]], image_size: int, identities: list[list[int]]) -> str | None:
+    """The key of an image folder's decoding, from its listing and ``folder_identities``."""
     import deepedge
 
     h = hashlib.sha256()
@@ -53,13 +66,27 @@ def folder_key(listed: list[tuple[str, list[Path]]], image_size: int) -> str | N
             "source": [identity(p) for p in DECODING_SOURCES],
             "classes": [name for name, _ in listed],
         }
-        h.update(json.dumps(head, sort_keys=True).encode())
-        for name, paths in listed:
-            for path in paths:
-                h.update(json.dumps([name, path.name, identity(path)]).encode())
     except OSError:
         return None
+    h.update(json.dumps(head, sort_keys=True).encode())
+    paths = (f"{name}/{path.name}" for name, group in listed for path in group)
+    for name, ident in zip(paths, identities, strict=True):
+        h.update(json.dumps([name, ident]).encode())
     return h.hexdigest()
+
+
+def opened_as_listed(fd: int, listed: list[int]) -> bool:
+    """Is the file open on ``fd`` the one whose identity was listed (not replaced since)?"""
+    st = os.fstat(fd)
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns] == listed
+
+
+def racy(identities: list[list[int]], listed_ns: int) -> bool:
+    """Was an image changed within ``RACY_S`` before it was listed (``listed_ns``, as
+    ``time.time_ns()``)? On a file system whose timestamps are coarse (FAT: 2 s) a rewrite of the
+    same size in the same tick keeps its identity, so such a folder is decoded but not cached
+    (git's "racily clean" files)."""
+    return any(listed_ns - max(ident[4], ident[5]) < RACY_S * 1e9 for ident in identities)
 
 
 def _own(st: os.stat_result) -> bool:
@@ -77,6 +104,9 @@ class DataCache:
     def _usable(self) -> Path | None:
         if self.folder is None or self.max_bytes == 0:
             self.note = "off"
+            return None
+        if not safe_torch(torch.__version__):  # weights_only is not a safe loader before 2.6
+            self.note = f"off: torch {torch.__version__} is older than 2.6"
             return None
         with contextlib.suppress(FileExistsError, OSError):
             os.mkdir(self.folder, 0o700)
@@ -154,6 +184,12 @@ class DataCache:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 torch.save({"x": x.contiguous(), "y": y, "classes": list(classes)}, fh)
+                fh.flush()
+                written = os.fstat(fh.fileno()).st_size
+            if written > self.max_bytes:  # the estimate was short: it would not be read back
+                tmp.unlink()
+                self.note = f"{written >> 20} MiB written is more than training.data_cache_mb: not cached"
+                return False
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -163,15 +199,24 @@ class DataCache:
         return True
 
     def _make_room(self, size: int, keep: Path) -> None:
-        """Remove the least recently used entries until ``size`` more bytes fit."""
+        """Remove the least recently used entries until ``size`` more bytes fit, and temporary
+        files left by workers killed while writing (older than ``STALE_TMP_S``); younger ones
+        (another worker writing now) count against the budget."""
         assert self.folder is not None
-        entries = []
-        for p in self.folder.glob(f"{PREFIX}*{SUFFIX}"):
+        entries, total, now = [], 0, time.time()
+        for p in (*self.folder.glob(f"{PREFIX}*{SUFFIX}"), *self.folder.glob(f".{PREFIX}*.tmp")):
             with contextlib.suppress(OSError):
                 st = p.lstat()
-                if stat.S_ISREG(st.st_mode) and p != keep:
-                    entries.append((st.st_mtime, st.st_size, p))
-        total = sum(s for _, s, _ in entries)
+                if not stat.S_ISREG(st.st_mode) or p == keep:
+                    continue
+                if p.name.startswith("."):
+                    if now - st.st_mtime > STALE_TMP_S:
+                        p.unlink()
+                    else:
+                        total += st.st_size
+                    continue
+                entries.append((st.st_mtime, st.st_size, p))
+        total += sum(s for _, s, _ in entries)
         for _, s, p in sorted(entries, key=lambda e: e[0]):
             if total + size <= self.max_bytes:
                 break
