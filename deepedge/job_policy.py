@@ -65,6 +65,14 @@ def check_job(spec: JobSpec, policy: TrainingConfig) -> CheckedJob:
     check_model(spec.model, policy)
     dataset = inside(spec.dataset, policy.data_roots, "dataset", "training.data_roots")
     output = inside(spec.output, (policy.output_root,), "output", "training.output_root")
+    if policy.data_cache_dir:
+        cache = Path(os.path.realpath(policy.data_cache_dir))
+        for what, path in (("output", output), ("dataset", dataset)):
+            if path == cache or cache in path.parents:
+                raise JobRefused(
+                    f"{what} {getattr(spec, what)} overlaps training.data_cache_dir ({policy.data_cache_dir}) on "
+                    "this board: the decoded-dataset cache is the workers' own"
+                )
     base = None
     if spec.base_checkpoint:
         base = inside(

@@ -150,6 +150,16 @@ def test_what_the_board_does_not_allow_is_refused_naming_the_key(
     assert got == check and needle in reason, reason
 
 
+def test_an_output_or_dataset_inside_the_boards_decoded_cache_is_refused(board: dict[str, Path]) -> None:
+    cache = board["out"] / "data-cache"
+    pol = policy(board, data_cache_dir=str(cache))
+    got, reason = refused(request(board, pol, output=str(cache / "job")))
+    assert got == "policy" and "overlaps training.data_cache_dir" in reason, reason
+    pol = policy(board, data_cache_dir=str(board["data"]))
+    got, reason = refused(request(board, pol, dataset=str(board["data"])))
+    assert got == "policy" and "dataset" in reason and "overlaps training.data_cache_dir" in reason, reason
+
+
 def test_dataset_problems(board: dict[str, Path]) -> None:
     check, reason = refused(request(board, dataset=str(board["data"] / "missing")))
     assert check == "dataset" and "no such file or folder" in reason
