@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from deepedge.broker_schemas import (
     AppLatency,
+    Assignment,
     CommandRequest,
     Heartbeat,
     JobSpec,
@@ -52,7 +53,7 @@ class Cluster:
         self.clock = clock or FakeClock()
         self.tasks: list[asyncio.Task[Any]] = []
 
-    async def start(self, **cfg: Any) -> Coordinator:
+    async def start(self, connect_after_s: float = 0.0, **cfg: Any) -> Coordinator:
         self.transport = FakeTransport(self.broker)
         await self.transport.__aenter__()
         config = Config(coordinator=CoordinatorConfig(db=str(self.db), node_interval_s=1.0, **cfg))
@@ -66,6 +67,7 @@ class Cluster:
         self.peer = FakeTransport(self.broker)
         await self.peer.__aenter__()
         await self.settle()
+        self.clock.advance(connect_after_s)  # loading and connecting took this long
         await self.c.in_writer(self.c.reconcile)
         return self.c
 
@@ -288,6 +290,44 @@ async def test_a_restart_republishes_unfinished_plans_and_clears_finished_ones(c
     now = cluster.retained_plan("running")
     assert now is not None and now.generation == 3 and now.session == c.session
     assert cluster.retained_plan("done") is None and cluster.retained_plan("stranger") is None
+
+
+async def test_a_restart_judges_plans_a_detection_period_after_it_connected_not_after_it_started(
+    cluster: Cluster,
+) -> None:
+    """A restarted coordinator whose start took longer than the failure-detection period
+    (loading the forecast, connecting: a loaded CI machine) must still wait that period after it
+    connected before it judges a running job's plan; judged before the boards' births and
+    heartbeats arrived, it re-planned a healthy job."""
+    store = JobStore(cluster.db)
+    plan = Plan(
+        job="running",
+        generation=3,
+        ts=1.0,
+        spec=SPEC,
+        rendezvous_host="127.0.0.1",
+        rendezvous_port=29500,
+        backend="gloo",
+        assignments=tuple(
+            Assignment(node=n, rank=i, share=16, batch_offset=16 * i, intensity_cap=1.0)
+            for i, n in enumerate(["b1", "b2"])
+        ),
+        total_steps=10,
+        session="old",
+    )
+    store.save(JobRecord(job="running", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.RUNNING,
+                         generation=3, plan=plan))  # fmt: skip
+    store.close()
+    c = await cluster.start(connect_after_s=10.0)  # > 3 intervals of 1 s
+    await c.in_writer(c.tick)  # the first tick, before any board was heard of
+    await cluster.settle()
+    await cluster.board("b1")
+    await cluster.board("b2")
+    await cluster.alive(4, "b1", "b2")
+    job = c.jobs["running"]
+    assert job.state == JobState.RUNNING and job.generation == 3
+    now = cluster.retained_plan("running")
+    assert now is not None and now.generation == 3
 
 
 async def test_an_unreadable_row_is_skipped_not_fatal(cluster: Cluster) -> None:
