@@ -260,11 +260,9 @@ async def test_a_cancel_while_the_planner_runs_leaves_no_plan_behind(cluster: Cl
     assert cluster.retained_plan("j1") is None
 
 
-async def test_a_restart_republishes_unfinished_plans_and_clears_finished_ones(cluster: Cluster) -> None:
-    """kill -9 between saving a plan and publishing it: the next coordinator publishes the
-    stored one (under its own session); a finished job's retained plan is cleared, and so is a
-    retained plan of a job the store does not know."""
-    store = JobStore(cluster.db)
+def _store_running(store: JobStore, nodes: tuple[str, ...]) -> Plan:
+    """A job "running" at generation 3 on ``nodes`` (16 samples each), as a coordinator killed
+    with -9 left it in its store; its plan."""
     plan = Plan(
         job="running",
         generation=3,
@@ -273,12 +271,23 @@ async def test_a_restart_republishes_unfinished_plans_and_clears_finished_ones(c
         rendezvous_host="127.0.0.1",
         rendezvous_port=29500,
         backend="gloo",
-        assignments=(),
+        assignments=tuple(
+            Assignment(node=n, rank=i, share=16, batch_offset=16 * i, intensity_cap=1.0) for i, n in enumerate(nodes)
+        ),
         total_steps=10,
         session="old",
     )
     store.save(JobRecord(job="running", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.RUNNING,
                          generation=3, plan=plan))  # fmt: skip
+    return plan
+
+
+async def test_a_restart_republishes_unfinished_plans_and_clears_finished_ones(cluster: Cluster) -> None:
+    """kill -9 between saving a plan and publishing it: the next coordinator publishes the
+    stored one (under its own session); a finished job's retained plan is cleared, and so is a
+    retained plan of a job the store does not know."""
+    store = JobStore(cluster.db)
+    plan = _store_running(store, ())
     store.save(JobRecord(job="done", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.COMPLETED))
     store.close()
     old = msgspec.structs.replace(plan, generation=2)  # the broker is one generation behind
@@ -300,23 +309,7 @@ async def test_a_restart_judges_plans_a_detection_period_after_it_connected_not_
     connected before it judges a running job's plan; judged before the boards' births and
     heartbeats arrived, it re-planned a healthy job."""
     store = JobStore(cluster.db)
-    plan = Plan(
-        job="running",
-        generation=3,
-        ts=1.0,
-        spec=SPEC,
-        rendezvous_host="127.0.0.1",
-        rendezvous_port=29500,
-        backend="gloo",
-        assignments=tuple(
-            Assignment(node=n, rank=i, share=16, batch_offset=16 * i, intensity_cap=1.0)
-            for i, n in enumerate(["b1", "b2"])
-        ),
-        total_steps=10,
-        session="old",
-    )
-    store.save(JobRecord(job="running", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.RUNNING,
-                         generation=3, plan=plan))  # fmt: skip
+    _store_running(store, ("b1", "b2"))
     store.close()
     c = await cluster.start(connect_after_s=10.0)  # > 3 intervals of 1 s
     await c.in_writer(c.tick)  # the first tick, before any board was heard of
