@@ -103,11 +103,11 @@ class Coordinator:
         self.dirty: set[str] = set()  # jobs to re-plan at the next tick
         self.started = self.clock.monotonic()
         self._warm = False  # after a restart, wait one failure-detection period before judging plans
-        # ... counted from the first connection's reconcile, not from the process's start: loading
-        # the forecast and connecting can take longer than the period itself (a loaded CI machine
-        # saw a restarted coordinator judge a running job before any heartbeat and re-plan it)
-        self._warm_since = self.started
-        self._reconciled = False
+        # ... counted from the first connection's reconcile (None: not yet; until then from the
+        # start), not from the process's start: loading the forecast and connecting can take longer
+        # than the period itself (a loaded CI machine saw a restarted coordinator judge a running
+        # job before any heartbeat and re-plan it)
+        self._warm_since: float | None = None
         self.inbox: asyncio.Queue[Work] = asyncio.Queue(INBOX)
         self.dropped = 0  # node messages dropped because the writer fell behind by INBOX units
         self._errors = RateLimiter(1 / 60, 1, max_keys=1000, global_rate=1.0, global_burst=10)
@@ -728,7 +728,8 @@ class Coordinator:
             await self.node_lost(node, self.view.nodes[node].death_reason)
         warm_start = False
         if not self._warm:
-            if now - self._warm_since < self.cfg.missed_heartbeats * self.cfg.node_interval_s:
+            since = self.started if self._warm_since is None else self._warm_since
+            if now - since < self.cfg.missed_heartbeats * self.cfg.node_interval_s:
                 return
             self._warm = warm_start = True
         alive = {s.node for s in self.view.alive()}
@@ -780,8 +781,7 @@ class Coordinator:
         memory is cleared, once per start. A retained plan the store does not know is cleared
         when it arrives (``on_retained_plan``)."""
         self.stale = False
-        if not self._reconciled:
-            self._reconciled = True
+        if self._warm_since is None:
             self._warm_since = self.clock.monotonic()
         for job in list(self.jobs.values()):
             if not job.terminal:

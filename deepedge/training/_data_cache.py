@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from deepedge.training._files import safe_torch
-from deepedge.training._preflight_cache import identity, package_version
+from deepedge.training._preflight_cache import identity, only_mine, package_version, stat_identity
 
 __all__ = ["RACY_S", "DataCache", "folder_identities", "folder_key", "opened_as_listed", "racy"]
 
@@ -77,8 +77,7 @@ def folder_key(listed: list[tuple[str, list[Path]]], image_size: int, identities
 
 def opened_as_listed(fd: int, listed: list[int]) -> bool:
     """Is the file open on ``fd`` the one whose identity was listed (not replaced since)?"""
-    st = os.fstat(fd)
-    return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns] == listed
+    return stat_identity(os.fstat(fd)) == listed
 
 
 def racy(identities: list[list[int]], listed_ns: int) -> bool:
@@ -87,10 +86,6 @@ def racy(identities: list[list[int]], listed_ns: int) -> bool:
     same size in the same tick keeps its identity, so such a folder is decoded but not cached
     (git's "racily clean" files)."""
     return any(listed_ns - max(ident[4], ident[5]) < RACY_S * 1e9 for ident in identities)
-
-
-def _own(st: os.stat_result) -> bool:
-    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 class DataCache:
@@ -115,7 +110,7 @@ class DataCache:
         except OSError as exc:
             self.note = f"{self.folder}: {exc.strerror or exc}"
             return None
-        if not stat.S_ISDIR(st.st_mode) or not _own(st):
+        if not stat.S_ISDIR(st.st_mode) or not only_mine(st):
             self.note = f"{self.folder}: not a folder of this user's that no one else may write"
             return None
         return self.folder
@@ -142,7 +137,7 @@ class DataCache:
             return None
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or not _own(st) or st.st_size > self.max_bytes:
+            if not stat.S_ISREG(st.st_mode) or not only_mine(st) or st.st_size > self.max_bytes:
                 self.note = f"{path}: not this user's own regular file within the cache's size (ignored)"
                 return None
             try:

@@ -37,7 +37,17 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["MAX_ENTRIES", "Cached", "cache_key", "identity", "lookup", "package_version", "store"]
+__all__ = [
+    "MAX_ENTRIES",
+    "Cached",
+    "cache_key",
+    "identity",
+    "lookup",
+    "only_mine",
+    "package_version",
+    "stat_identity",
+    "store",
+]
 
 MAX_ENTRIES = 64
 MAX_FILE_BYTES = 1 << 20
@@ -59,10 +69,19 @@ class Cached(msgspec.Struct, frozen=True, kw_only=True):
 _FILE = msgspec.json.Decoder(dict[Annotated[str, msgspec.Meta(max_length=64)], Cached])
 
 
+def stat_identity(st: os.stat_result) -> list[int]:
+    """A file's identity from its stat: (device, inode, mode, size, mtime, ctime)."""
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def identity(path: Path) -> list[int]:
     """The path's own identity (a symlink's, not its target's)."""
-    st = path.lstat()
-    return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return stat_identity(path.lstat())
+
+
+def only_mine(st: os.stat_result) -> bool:
+    """This user's own, and writable by no one else (no one else can plant what it holds)."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def package_version(package: str) -> str:
@@ -120,7 +139,7 @@ def _read(path: Path) -> dict[str, Cached]:
         return {}
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        if not stat.S_ISREG(st.st_mode) or not only_mine(st):
             return {}
         try:
             raw = fh.read(MAX_FILE_BYTES + 1)
