@@ -909,6 +909,15 @@ def bench_interference(
         int,
         typer.Option(min=0, help="Runs of one point spread over the session (the measurement's own noise and drift)."),
     ] = 5,
+    max_mix: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=4,
+            help="Stressors on at once in a design point (2: every held-out mix is new; 3: the mixes of three "
+            "were in the design at other levels).",
+        ),
+    ] = 2,
     workdir: Annotated[Path | None, typer.Option(help="Where the runs' files and knowledge base go.")] = None,
     refit: Annotated[
         Path | None, typer.Option(help="Recompute the figures from this knowledge base's runs (no measuring).")
@@ -929,11 +938,18 @@ def bench_interference(
             raise typer.BadParameter("--budget must be at least --adaptive + 4")
         typer.echo("profiling this machine (design, adaptive, held-out scenarios) ...", err=True)
         result = run_interference_bench(
-            budget, adaptive, per_scenario, seconds, repeats, workdir, progress=lambda m: typer.echo(m, err=True)
+            budget,
+            adaptive,
+            per_scenario,
+            seconds,
+            repeats,
+            workdir,
+            progress=lambda m: typer.echo(m, err=True),
+            max_mix=max_mix,
         )
         command = (
             f"deepedge bench interference --budget {budget} --adaptive {adaptive} --per-scenario {per_scenario} "
-            f"--seconds {seconds:g} --repeats {repeats}"
+            f"--seconds {seconds:g} --repeats {repeats}" + (f" --max-mix {max_mix}" if max_mix != 2 else "")
         )
     _write_bench(out, "Interference model: held-out prediction error", interference_markdown(result, command))
 

@@ -130,6 +130,31 @@ def test_held_out_error_is_computed_on_runs_the_model_never_saw() -> None:
     assert next(f for f in figures if f.kind == chosen).cv_median_ape == pytest.approx(cv.median_ape)
 
 
+def test_held_out_error_is_split_by_whether_the_design_had_the_stressor_set() -> None:
+    three = Space(rate_min=10, rate_max=40, max_mix=3)
+    design = synthetic(latin_hypercube(three, 32, seed=2))
+    seen_mixes = {r.asked.mix() for r in design}
+    assert "cpu+cache+mem" in seen_mixes and "cpu+cache+mem+io" not in seen_mixes
+    held = synthetic(
+        [Point(u / 3, 25, cpu=0.5, cache=0.5, mem=0.5) for u in range(4)]
+        + [Point(u / 3, 25, cpu=0.5, cache=0.5, mem=0.5, io=0.5) for u in range(4)],
+        seed=8,
+        phase="heldout",
+    )
+    held = [Run.from_dict(r.to_dict() | {"scenario": r.asked.mix()}) for r in held]
+    _, figures, _ = evaluate(design + held, three)
+    for f in figures:
+        s = fit(f.kind, design)
+        y = np.array([r.p95_ms for r in held])
+        ape = np.abs(s.median_ms([r.features() for r in held]) - y) / y
+        assert list(f.by_set) == ["seen set", "new set"]
+        assert f.by_set["seen set"] == pytest.approx(float(np.median(ape[:4])))
+        assert f.by_set["new set"] == pytest.approx(float(np.median(ape[4:])))
+    # a design of at most two: every held-out set is new, nothing to split
+    _, figures2, _ = evaluate(synthetic(latin_hypercube(SPACE, 24, seed=2)) + held, SPACE)
+    assert all(f.by_set == {} for f in figures2)
+
+
 def test_the_knowledge_base_round_trips(tmp_path: Path) -> None:
     kb = KnowledgeBase(tmp_path / "kb.db")
     key = ProfileKey("Jetson Orin NX", "det", versions_key({"deepedge": "0.1.0", "torch": "2.13.0", "os": "x"}))
