@@ -580,6 +580,7 @@ def profile_cmd(
             typer.echo(
                 f"  {c.kind}: median error {c.median_ape:.1%}, 90th percentile {c.p90_ape:.1%}, "
                 f"coverage {c.coverage:.0%}"
+                + (f"; leave-one-mix-out {c.mix_median_ape:.1%}" if c.mix_median_ape is not None else "")
             )
         return
     args = {"model": model, "levels": levels, "seconds": seconds}
@@ -638,7 +639,11 @@ def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> 
                 f"coverage {m['cv']['coverage']:.0%}"
             )
             for c in m["candidates"]:
-                typer.echo(f"    {c['kind']}: {c['median_ape']:.1%} ({c['coverage']:.0%})")
+                mix = c.get("mix_median_ape")
+                typer.echo(
+                    f"    {c['kind']}: {c['median_ape']:.1%} ({c['coverage']:.0%})"
+                    + (f"; leave-one-mix-out {mix:.1%}" if isinstance(mix, float) else "")
+                )
     elif verb == "export":
         assert target is not None
         Path(target).write_text(json.dumps(kbase.export(), indent=1))
@@ -914,10 +919,10 @@ def bench_interference(
         typer.Option(
             min=1,
             max=4,
-            help="Stressors on at once in a design point (2: every held-out mix is new; 3: the mixes of three "
-            "were in the design at other levels).",
+            help="Stressors on at once in a design point (3, as deepedge profile: the held-out mixes of three "
+            "were in the design at other levels, all four never; 2: every held-out mix is new).",
         ),
-    ] = 2,
+    ] = 3,
     workdir: Annotated[Path | None, typer.Option(help="Where the runs' files and knowledge base go.")] = None,
     refit: Annotated[
         Path | None, typer.Option(help="Recompute the figures from this knowledge base's runs (no measuring).")
@@ -949,7 +954,7 @@ def bench_interference(
         )
         command = (
             f"deepedge bench interference --budget {budget} --adaptive {adaptive} --per-scenario {per_scenario} "
-            f"--seconds {seconds:g} --repeats {repeats}" + (f" --max-mix {max_mix}" if max_mix != 2 else "")
+            f"--seconds {seconds:g} --repeats {repeats}" + (f" --max-mix {max_mix}" if max_mix != 3 else "")
         )
     _write_bench(out, "Interference model: held-out prediction error", interference_markdown(result, command))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from deepedge.profiling import CapTable, KnowledgeBase, Point, ProfileKey, Run, 
 from deepedge.profiling._design import Space, adaptive_points, latin_hypercube
 from deepedge.profiling._forecast import ENVELOPE_FACTOR, MAX_RATE, STABILIZE_S, TREND_MARGIN, RateForecast
 from deepedge.profiling._session import ProfileSession, fit_runs
-from deepedge.profiling._surrogate import cross_validate, fit
+from deepedge.profiling._surrogate import choose, cross_validate, fit
 
 SPACE = Space(rate_min=10, rate_max=40)
 
@@ -151,8 +152,33 @@ def test_held_out_error_is_split_by_whether_the_design_had_the_stressor_set() ->
         assert f.by_set["seen set"] == pytest.approx(float(np.median(ape[:4])))
         assert f.by_set["new set"] == pytest.approx(float(np.median(ape[4:])))
     # a design of at most two: every held-out set is new, nothing to split
-    _, figures2, _ = evaluate(synthetic(latin_hypercube(SPACE, 24, seed=2)) + held, SPACE)
+    two = Space(rate_min=10, rate_max=40, max_mix=2)
+    _, figures2, _ = evaluate(synthetic(latin_hypercube(two, 24, seed=2)) + held, two)
     assert all(f.by_set == {} for f in figures2)
+
+
+def test_the_choice_is_made_on_each_stressor_mix_left_out_in_turn() -> None:
+    runs = synthetic(latin_hypercube(SPACE, 30, seed=4))
+    cv = cross_validate("loglinear", runs)
+    # leave-one-mix-out by hand: each mix's runs predicted by the model fitted on the others
+    errors = []
+    for mix in sorted({r.asked.mix() for r in runs}):
+        inside = [r for r in runs if r.asked.mix() == mix]
+        s = fit("loglinear", [r for r in runs if r.asked.mix() != mix])
+        y = np.array([r.p95_ms for r in inside])
+        errors += list(np.abs(s.median_ms([r.features() for r in inside]) - y) / y)
+    assert cv.mix_median_ape == pytest.approx(float(np.median(errors)))
+    assert cv.choice_ape == cv.mix_median_ape and cv.to_dict()["mix_median_ape"] == cv.mix_median_ape
+    # under three mixes there is nothing to leave out: the random folds' error decides
+    few = [r for r in runs if r.asked.mix() in ("none", "cpu")]
+    assert cross_validate("loglinear", few).mix_median_ape is None
+    # the lower leave-one-mix-out error wins over the lower random-fold error
+    a, b = fit("loglinear", runs), fit("gbm", runs)
+    a.cv = replace(a.cv, median_ape=0.05, mix_median_ape=0.20)
+    b.cv = replace(b.cv, median_ape=0.10, mix_median_ape=0.12)
+    assert choose([a, b]) is b and choose([b, a]) is b
+    b.cv = replace(b.cv, mix_median_ape=None, median_ape=0.25)  # no mix figure: its own error counts
+    assert choose([a, b]) is a
 
 
 def test_the_knowledge_base_round_trips(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ class SessionResult:
 def fit_runs(
     app: str, runs: Sequence[Run], space: Space, q: float = 0.95, kinds: Sequence[str] = DEFAULT_KINDS
 ) -> tuple[Surrogate, list[CvResult], CapTable]:
-    """The model chosen by cross-validated error among ``kinds`` (the linear baseline is
+    """The model chosen by cross-validated error (leave-one-mix-out, ``choose``) among ``kinds`` (the linear baseline is
     cross-validated too, for the record), and its cap table at quantile ``q``."""
     fitted = [fit(k, runs) for k in kinds]
     best = choose(fitted)
@@ -91,7 +91,12 @@ class ProfileSession:
         best, candidates, table = fit_runs(self.key.app, runs, self.space, self.q, self.kinds)
         say(
             "model: "
-            + ", ".join(f"{c.kind} {c.median_ape:.1%} (coverage {c.coverage:.0%})" for c in candidates)
+            + ", ".join(
+                f"{c.kind} {c.median_ape:.1%}"
+                + (f", leave-one-mix-out {c.mix_median_ape:.1%}" if c.mix_median_ape is not None else "")
+                + f" (coverage {c.coverage:.0%})"
+                for c in candidates
+            )
             + f" -> {best.kind}"
         )
         pid = None
