@@ -13,15 +13,13 @@ beside "training adds nothing" (the anchor's p95 itself). About 20 s.
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from deepedge.bench._interference import APP, _split
-from deepedge.profiling import KnowledgeBase, Run
+from deepedge.bench._interference import split_export
+from deepedge.profiling import Run
 from deepedge.profiling._surrogate import fit
 
 KINDS = ("gbm", "loglinear", "gp", "linear")
@@ -37,11 +35,7 @@ def main(paths: list[str]) -> None:
     print("| runs | model | plain: median | worst scenario | anchored: median | worst scenario |")
     print("|---|---|---|---|---|---|")
     for path in paths:
-        with tempfile.TemporaryDirectory() as tmp:
-            kb = KnowledgeBase(Path(tmp) / "kb.db")
-            kb.import_(json.loads(Path(path).read_text()))
-            pid = max(s.id for s in kb.profiles() if s.key.app == APP)
-            fitted_on, held = _split(kb.runs(pid))
+        fitted_on, held = split_export(Path(path))
         scenarios: dict[str, list[Run]] = {}
         for r in held:
             scenarios.setdefault(r.scenario, []).append(r)

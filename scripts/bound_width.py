@@ -14,18 +14,15 @@ under it. No measurement; about 15 s.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import beta, norm
 
-from deepedge.bench._interference import APP, _split
-from deepedge.profiling import KnowledgeBase
+from deepedge.bench._interference import split_export
 from deepedge.profiling._surrogate import fit
 from deepedge.profiling._table import conformal_quantile
 
@@ -56,11 +53,7 @@ def main(paths: list[str]) -> None:
     print("| runs | model | estimate | width | bootstrap sd (log) | held-out under it |")
     print("|---|---|---|---|---|---|")
     for path in paths:
-        with tempfile.TemporaryDirectory() as tmp:
-            kb = KnowledgeBase(Path(tmp) / "kb.db")
-            kb.import_(json.loads(Path(path).read_text()))
-            pid = max(s.id for s in kb.profiles() if s.key.app == APP)
-            fitted_on, held = _split(kb.runs(pid))
+        fitted_on, held = split_export(Path(path))
         y = np.log([r.p95_ms for r in held])
         for kind in ("gbm", "loglinear"):
             s = fit(kind, fitted_on)

@@ -46,6 +46,7 @@ __all__ = [
     "interference_markdown",
     "refit_figures",
     "run_interference_bench",
+    "split_export",
 ]
 
 APP = "bench-lc"
@@ -165,6 +166,18 @@ def _split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
         [r for r in runs if r.phase in ("design", "adaptive")],
         [r for r in runs if r.phase == "heldout" and r.count > 0],
     )
+
+
+def split_export(path: Path) -> tuple[list[Run], list[Run]]:
+    """The fitted-on and held-out runs of the newest bench profile in a knowledge-base export
+    (``docs/benchmarks/data/interference-runs*.json``), for analyses that do not measure."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kb = KnowledgeBase(Path(tmp) / "kb.db")
+        kb.import_(json.loads(Path(path).read_text()))
+        pid = max(s.id for s in kb.profiles() if s.key.app == APP)
+        return _split(kb.runs(pid))
 
 
 def feature_sets(runs: list[Run], kinds: tuple[str, ...] = DEFAULT_KINDS) -> list[FeatureFigures]:
