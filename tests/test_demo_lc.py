@@ -288,6 +288,10 @@ def test_the_bench_states_each_apps_model_and_the_cap_it_starts_from(tmp_path: P
     assert knowledge_summary(tmp_path / "knowledge.db", {"det": 12.0}, rate=20.0)["det"]["table_cap"] == 0.0
     line = knowledge_line("step", got)
     assert "det gbm" in line and "table cap 0.72 for 30.0 ms" in line and "1.18x" in line
+    assert det["cv_mix_ape"] is None and "leaving each" not in line  # a profile from before the rule
+    kb.set_model(pid, "gbm", 0.95, {"median_ape": 0.05, "coverage": 0.9, "mix_median_ape": 0.08}, [], _table())
+    mixed = knowledge_summary(tmp_path / "knowledge.db", {"det": 30.0}, rate=20.0)
+    assert "leaving each stressor mix out 8.0%" in knowledge_line("step", mixed)
     json.dumps(got)  # into the timeline
     from deepedge.bench._lc_scenarios import LcRow, lc_markdown
 

@@ -175,11 +175,14 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
         limit = (1 - PLAN_HEADROOM) * deadlines[app]
         upper, median = table.upper_ms(0.6, rate), table.median_ms(0.6, rate)
         first = InterferenceModel().surrogate_model(app, deadlines[app], table, rate, 0.0)
+        mix = model["cv"].get("mix_median_ape")
         out[app] = {
             "kind": model["kind"],
             "runs": s.runs,
             "cv_median_ape": round(float(model["cv"]["median_ape"]), 4),
             "cv_coverage": round(float(model["cv"]["coverage"]), 3),
+            # leave-one-mix-out (what the choice was made on); None in profiles from before it
+            "cv_mix_ape": None if mix is None else round(float(mix), 4),
             "rate": rate,
             "median_ms_at_0.6": round(median, 2),
             "upper_ms_at_0.6": round(upper, 2),
@@ -193,7 +196,9 @@ def knowledge_summary(path: Path, deadlines: dict[str, float], rate: float) -> d
 def knowledge_line(scenario: str, knowledge: dict[str, dict[str, Any]]) -> str:
     """One sentence of :func:`knowledge_summary` for the markdown."""
     parts = [
-        f"{app} {k['kind']} (CV median error {k['cv_median_ape']:.1%}, coverage {k['cv_coverage']:.0%}; "
+        f"{app} {k['kind']} (CV median error {k['cv_median_ape']:.1%}"
+        + ("" if k.get("cv_mix_ape") is None else f", leaving each stressor mix out {k['cv_mix_ape']:.1%}")
+        + f", coverage {k['cv_coverage']:.0%}; "
         f"at u 0.6 and {k['rate']} req/s {k['median_ms_at_0.6']} ms median, upper bound "
         f"{k['width_at_0.6']:.2f}x; table cap {k['table_cap']:.2f} for {k['deadline_ms']} ms)"
         for app, k in sorted(knowledge.items())
