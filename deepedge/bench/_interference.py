@@ -18,6 +18,7 @@ previous run's measurements without measuring again."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -171,8 +172,6 @@ def _split(runs: list[Run]) -> tuple[list[Run], list[Run]]:
 def split_export(path: Path) -> tuple[list[Run], list[Run]]:
     """The fitted-on and held-out runs of the newest bench profile in a knowledge-base export
     (``docs/benchmarks/data/interference-runs*.json``), for analyses that do not measure."""
-    import json
-
     with tempfile.TemporaryDirectory() as tmp:
         kb = KnowledgeBase(Path(tmp) / "kb.db")
         kb.import_(json.loads(Path(path).read_text()))

@@ -38,8 +38,9 @@ class SessionResult:
 def fit_runs(
     app: str, runs: Sequence[Run], space: Space, q: float = 0.95, kinds: Sequence[str] = DEFAULT_KINDS
 ) -> tuple[Surrogate, list[CvResult], CapTable]:
-    """The model chosen by cross-validated error (leave-one-mix-out, ``choose``) among ``kinds`` (the linear baseline is
-    cross-validated too, for the record), and its cap table at quantile ``q``."""
+    """The model chosen by cross-validated error (leave-one-mix-out, ``choose``) among ``kinds``
+    (the linear baseline is cross-validated too, for the record), and its cap table at quantile
+    ``q``."""
     fitted = [fit(k, runs) for k in kinds]
     best = choose(fitted)
     candidates = [s.cv for s in fitted] + [cross_validate("linear", runs)]

@@ -48,7 +48,6 @@ __all__ = [
     "cross_validate",
     "fit",
     "gp_uncertainty",
-    "mix_median_ape",
     "point_features",
     "select",
 ]
@@ -203,17 +202,12 @@ def _ape(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(np.abs(np.exp(pred) - np.exp(y)) / np.exp(y))
 
 
-def mix_median_ape(kind: str, runs: Sequence[Run], columns: tuple[str, ...] = FEATURES) -> float | None:
-    """Leave-one-mix-out: the median error of each stressor mix's runs predicted by ``kind``
-    fitted on the runs of the other mixes; None under ``MIX_CV_MIN`` mixes."""
-    mixes = [r.asked.mix() for r in runs]
-    names = sorted(set(mixes))
-    if len(names) < MIX_CV_MIN:
-        return None
-    x, y = _xy(runs, columns)
-    groups = np.array(mixes)
-    pred = _out_of_fold(kind, x, y, [np.flatnonzero(groups == m) for m in names])
-    return float(np.median(_ape(pred, y)))
+def _mix_folds(runs: Sequence[Run]) -> list[np.ndarray] | None:
+    """Leave-one-mix-out test sets: the indices of each stressor mix's runs; None under
+    ``MIX_CV_MIN`` mixes."""
+    mixes = np.array([r.asked.mix() for r in runs])
+    names = sorted(set(mixes.tolist()))
+    return None if len(names) < MIX_CV_MIN else [np.flatnonzero(mixes == m) for m in names]
 
 
 def cross_validate(
@@ -231,6 +225,8 @@ def cross_validate(
     pred = _out_of_fold(kind, x, y, [order[k::folds] for k in range(folds)])
     res = y - pred
     ape = _ape(pred, y)
+    mix_folds = _mix_folds(runs)
+    mix_ape = None if mix_folds is None else float(np.median(_ape(_out_of_fold(kind, x, y, mix_folds), y)))
     # coverage of the 95 % interval, each run judged by residuals of the other runs
     inside = 0
     for i in range(n):
@@ -244,7 +240,7 @@ def cross_validate(
         float(np.quantile(ape, 0.9)),
         inside / n,
         [float(v) for v in res],
-        mix_median_ape(kind, runs, columns),
+        mix_ape,
     )
 
 
