@@ -5,8 +5,9 @@ that adds the candidates where the fitted model is least certain.
 Stressor *mixes* matter as much as levels: a design point switches on at most ``max_mix``
 stressors (the others are 0), cycling through every mix of up to that many. Three by default:
 designs of at most two left the models extrapolating to a machine with three or four loads at
-once, and they erred most there (worst held-out scenario 18-27 % against 13-15 % with three,
-docs/benchmarks/interference.md); all four stressors together stay out of the design, so
+once, and they erred most there (the chosen model's worst held-out scenario 12.9-22.0 % in three
+bench runs with three, 17.1-29.7 % in four with two: a trend, docs/benchmarks/interference.md);
+all four stressors together stay out of the design, so
 ``deepedge bench interference`` still tests a mix the model never saw."""
 
 from __future__ import annotations
