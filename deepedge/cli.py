@@ -657,13 +657,27 @@ def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> 
         typer.echo(f"imported {len(ids)} profile(s) into {kb_path}", err=True)
 
 
-def _write_bench(out: Path | None, title: str, text: str) -> None:
-    """Print a benchmark's markdown and write it where the docs cite it."""
+_BENCH_OUT_HELP = (
+    "Write the markdown here (default: bench-results/{page}-<UTC time>.md; docs/benchmarks/ is written by "
+    "hand from such files and never overwritten unless named here)."
+)
+
+
+def bench_results_path(page: str, now: float | None = None) -> Path:
+    """Where a benchmark's markdown goes when ``--out`` is not given: a new file per run under
+    ./bench-results (the docs' pages keep every earlier run with its reading; a default that
+    overwrote them lost that history)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return Path("bench-results") / f"{page}-{stamp}.md"
+
+
+def _write_bench(out: Path | None, page: str, title: str, text: str) -> None:
+    """Print a benchmark's markdown and write it to ``out``, else to a new file under ./bench-results."""
     typer.echo(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(f"# {title}\n\n{text}")
-        typer.echo(f"written to {out}", err=True)
+    target = out if out is not None else bench_results_path(page)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"# {title}\n\n{text}")
+    typer.echo(f"written to {target}", err=True)
 
 
 @bench_app.command("daemon")
@@ -671,9 +685,7 @@ def bench_daemon(
     ctx: typer.Context,
     seconds: Annotated[float, typer.Option(help="How long to measure.")] = 60.0,
     interval: Annotated[float, typer.Option(help="Telemetry interval in seconds.")] = 1.0,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path(
-        "docs/benchmarks/daemon.md"
-    ),
+    out: Annotated[Path | None, typer.Option(help=_BENCH_OUT_HELP.format(page="daemon"))] = None,
 ) -> None:
     """The node daemon's CPU share and RSS against a real Mosquitto, beside a bare paho agent."""
     from deepedge.bench import run_daemon_bench
@@ -683,16 +695,14 @@ def bench_daemon(
     typer.echo(f"measuring the node daemon and the baseline agent for {seconds:g} s ...", err=True)
     result = run_daemon_bench(seconds, interval)
     text = result.markdown(f"deepedge bench daemon --seconds {seconds:g} --interval {interval:g}")
-    _write_bench(out, "Node daemon footprint", text)
+    _write_bench(out, "daemon", "Node daemon footprint", text)
 
 
 @bench_app.command("planner")
 def bench_planner(
     ctx: typer.Context,
     replans: Annotated[int, typer.Option(help="Warm re-plans per cluster size.")] = 20,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path(
-        "docs/benchmarks/planner.md"
-    ),
+    out: Annotated[Path | None, typer.Option(help=_BENCH_OUT_HELP.format(page="planner"))] = None,
 ) -> None:
     """Warm re-plan time and plan quality at 10 to 10,000 nodes, and against exhaustive search."""
     from deepedge.bench import planner_markdown, run_planner_bench
@@ -701,7 +711,7 @@ def bench_planner(
     typer.echo("planning random clusters of 10 to 10,000 nodes ...", err=True)
     rows, worst, trials = run_planner_bench(replans=replans)
     text = planner_markdown(rows, worst, trials, f"deepedge bench planner --replans {replans}")
-    _write_bench(out, "Planner benchmark", text)
+    _write_bench(out, "planner", "Planner benchmark", text)
 
 
 @bench_app.command("ingest")
@@ -709,9 +719,7 @@ def bench_ingest(
     ctx: typer.Context,
     seconds: Annotated[float, typer.Option(help="Seconds of load per rate.")] = 5.0,
     rates: Annotated[str, typer.Option(help="Offered rates, messages/s, comma-separated.")] = "2000,5000,10000,20000",
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path(
-        "docs/benchmarks/ingest.md"
-    ),
+    out: Annotated[Path | None, typer.Option(help=_BENCH_OUT_HELP.format(page="ingest"))] = None,
 ) -> None:
     """Telemetry rate the coordinator keeps up with through Mosquitto, and its lag."""
     from deepedge.bench import ingest_markdown, run_ingest_bench
@@ -722,22 +730,22 @@ def bench_ingest(
     text = ingest_markdown(
         run_ingest_bench(offered, seconds), f"deepedge bench ingest --seconds {seconds:g} --rates {rates}"
     )
-    _write_bench(out, "Coordinator ingest benchmark", text)
+    _write_bench(out, "ingest", "Coordinator ingest benchmark", text)
 
 
 @bench_app.command("failover")
 def bench_failover(
     ctx: typer.Context,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = Path(
-        "docs/benchmarks/failover.md"
-    ),
+    out: Annotated[Path | None, typer.Option(help=_BENCH_OUT_HELP.format(page="failover"))] = None,
 ) -> None:
     """Recovery after SIGKILL of one of 3 gloo workers, against torchrun's elastic agent."""
     from deepedge.bench import failover_markdown, run_failover_bench
 
     ctx.obj.load()
     typer.echo("training with 3 workers, killing one, for deepedge and then torchrun ...", err=True)
-    _write_bench(out, "Failover benchmark", failover_markdown(run_failover_bench(), "deepedge bench failover"))
+    _write_bench(
+        out, "failover", "Failover benchmark", failover_markdown(run_failover_bench(), "deepedge bench failover")
+    )
 
 
 @bench_app.command("makespan")
@@ -750,8 +758,8 @@ def bench_makespan(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Write the markdown here (docs/benchmarks.md; docs/benchmarks/links.md namespaced; "
-            "docs/benchmarks/lc-scenarios.md with --scenarios)."
+            help=_BENCH_OUT_HELP.format(page="makespan")
+            + " The page is makespan, links with --boards namespaces, lc-scenarios with --scenarios."
         ),
     ] = None,
     boards: Annotated[
@@ -844,7 +852,8 @@ def bench_makespan(
             + (" --cold-preflight" if cold_preflight else "")
         )
         _write_bench(
-            out or Path("docs/benchmarks/lc-scenarios.md"),
+            out,
+            "lc-scenarios",
             "LC deadlines: deepedge vs naive splits and today's controller",
             lc_markdown(
                 lc_rows, command, tight_factor, trace_factor, (profile_runs, profile_seconds), not cold_preflight
@@ -860,18 +869,18 @@ def bench_makespan(
     ctx.obj.load()
     _sigterm_stops()
     if boards == "namespaces":
-        _bench_links(epochs or 2, images or 1280, out or Path("docs/benchmarks/links.md"), only)
+        _bench_links(epochs or 2, images or 1280, out, only)
         return
     if boards != "shared":
         raise typer.BadParameter(f"--boards {boards}: shared or namespaces")
-    epochs, images, out = epochs or 6, images or 3000, out or Path("docs/benchmarks.md")
+    epochs, images = epochs or 6, images or 3000
     typer.echo("emulated 4-board cluster: deepedge plan, then uniform split; without and with LC apps ...", err=True)
     rows = run_makespan_bench(epochs=epochs, images=images)
     text = makespan_markdown(rows, f"deepedge bench makespan --epochs {epochs} --images {images}")
-    _write_bench(out, "Makespan: deepedge plan vs uniform split vs ideal bound", text)
+    _write_bench(out, "makespan", "Makespan: deepedge plan vs uniform split vs ideal bound", text)
 
 
-def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
+def _bench_links(epochs: int, images: int, out: Path | None, only: str) -> None:
     from deepedge.bench import links_markdown, run_comm_bench, run_link_failover, run_links_makespan, run_load_bench
     from deepedge.netem import why_not_usable
 
@@ -898,6 +907,7 @@ def _bench_links(epochs: int, images: int, out: Path, only: str) -> None:
     command = f"deepedge bench makespan --boards namespaces --epochs {epochs} --images {images} --only {only}"
     _write_bench(
         out,
+        "links",
         "Boards with real boundaries: links, load and link failures",
         links_markdown(rows, load, failover, command, comm),
     )
@@ -927,9 +937,7 @@ def bench_interference(
     refit: Annotated[
         Path | None, typer.Option(help="Recompute the figures from this knowledge base's runs (no measuring).")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown here.")] = Path(
-        "docs/benchmarks/interference.md"
-    ),
+    out: Annotated[Path | None, typer.Option(help=_BENCH_OUT_HELP.format(page="interference"))] = None,
 ) -> None:
     """Surrogate p95 predictions in held-out co-location scenarios (real LC app, stress-ng, training)."""
     from deepedge.bench._interference import interference_markdown, refit_figures, run_interference_bench
@@ -956,7 +964,9 @@ def bench_interference(
             f"deepedge bench interference --budget {budget} --adaptive {adaptive} --per-scenario {per_scenario} "
             f"--seconds {seconds:g} --repeats {repeats}" + (f" --max-mix {max_mix}" if max_mix != 3 else "")
         )
-    _write_bench(out, "Interference model: held-out prediction error", interference_markdown(result, command))
+    _write_bench(
+        out, "interference", "Interference model: held-out prediction error", interference_markdown(result, command)
+    )
 
 
 @bench_app.command("forecast")
@@ -964,7 +974,7 @@ def bench_forecast(
     ctx: typer.Context,
     horizon: Annotated[float, typer.Option(min=1.0, help="Seconds ahead the rate must cover.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated request arrivals.")] = 1,
-    out: Annotated[Path | None, typer.Option(help="Write the markdown here.")] = Path("docs/benchmarks/forecast.md"),
+    out: Annotated[Path | None, typer.Option(help=_BENCH_OUT_HELP.format(page="forecast"))] = None,
 ) -> None:
     """The LC request-rate forecast on traces: coverage of the coming peak, over-provision, swings."""
     from deepedge.bench._forecast import forecast_markdown, run_forecast_bench
@@ -972,7 +982,7 @@ def bench_forecast(
     ctx.obj.load()
     rows = run_forecast_bench(horizon, seed, progress=lambda m: typer.echo(m, err=True))
     command = f"deepedge bench forecast --horizon {horizon:g} --seed {seed}"
-    _write_bench(out, "LC request-rate forecast on traces", forecast_markdown(rows, command, horizon))
+    _write_bench(out, "forecast", "LC request-rate forecast on traces", forecast_markdown(rows, command, horizon))
 
 
 _DEPLOY_HELP = {

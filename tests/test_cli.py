@@ -236,3 +236,28 @@ def test_bench_daemon_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "`deepedge node`" in text and "baseline" in text and "ratio daemon / baseline" in text
+
+
+@pytest.mark.mosquitto
+def test_a_bench_without_out_never_overwrites_the_docs_page(tmp_path: Path) -> None:
+    """The pages under docs/benchmarks/ keep every earlier run with its reading: a bench run in the
+    repository without --out writes a new file under ./bench-results and leaves them alone."""
+    page = tmp_path / "docs" / "benchmarks" / "daemon.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("# curated by hand\n")
+    assert EXE is not None
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DEEPEDGE_")}
+    r = subprocess.run(
+        [EXE, "--log-level", "warning", "bench", "daemon", "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        env=clean,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert page.read_text() == "# curated by hand\n"
+    written = list((tmp_path / "bench-results").glob("daemon-*.md"))
+    assert len(written) == 1 and re.fullmatch(r"daemon-\d{8}-\d{6}\.md", written[0].name)
+    assert "ratio daemon / baseline" in written[0].read_text()
+    assert f"written to {Path('bench-results') / written[0].name}" in r.stderr
