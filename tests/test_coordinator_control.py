@@ -702,6 +702,82 @@ async def test_a_node_left_out_for_its_lc_app_is_not_put_back_by_an_improvement_
         await cl.stop()
 
 
+async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_room_for_a_start(tmp_path: Path) -> None:
+    """A plan that puts a node back into a running job starts a worker there, which raised the
+    node's LC app a median 1.42x (90 % under START_RISE) in the stored LC-bench runs, 30 of 62
+    times over its deadline. So an improvement waits while one of that node's apps reports a p95
+    over deadline / START_RISE (said once, lc.no_room), and goes ahead once it is under."""
+    import dataclasses
+
+    from deepedge.coordinator import _policy as policy
+    from deepedge.coordinator.planner import PlanDecision
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+
+    async def drained(node: str, flag: bool) -> None:
+        birth = NodeBirth(node=node, session="s1", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1",
+                          drained=flag)  # fmt: skip
+        await cl.peer.publish(T.node_status(node), birth, qos=1, retain=True)
+        await cl.settle()
+        await c.in_writer(c.tick)
+        await cl.settle()
+
+    async def report(node: str, p95: float) -> None:  # its app, with a 30 ms deadline
+        app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+        await cl.peer.publish(T.node_latency(node), LatencyReport(node=node, ts=1.0, window_s=2.0, apps=(app,)))
+        await cl.settle()
+
+    def nodes() -> set[str]:
+        plan = c.jobs["j1"].plan
+        return {a.node for a in plan.assignments} if plan is not None else set()
+
+    try:
+        await cl.board("n1")
+        await cl.board("n2")
+        await cl.alive(4, "n1", "n2")
+        await drained("n1", True)  # out before the job (no LC hold)
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        assert nodes() == {"n2"} and job.plan is not None
+        only_n2 = job.plan
+        events: list[tuple[str, str]] = []
+        emit = c.emit
+
+        async def recording(event: str, *args: Any, **kw: Any) -> None:
+            events.append((event, str(args[0]) if args else ""))
+            await emit(event, *args, **kw)
+
+        c.emit = recording  # type: ignore[method-assign]
+        for k in range(2):  # n2's rate is known: improvements are tried
+            hb = Heartbeat(node="n2", ts=1.0, job="j1", generation=only_n2.generation, rank=0, world_size=1,
+                           step=k + 1, samples_per_s=10.0, intensity=1.0, step_s=0.3, compute_s=0.3)  # fmt: skip
+            await cl.peer.publish(T.node_heartbeat("n2"), hb)
+        await cl.settle()
+        birth = c.view.nodes["n1"].birth
+        c.view.nodes["n1"].birth = msgspec.structs.replace(birth, drained=False)  # back, without a re-plan
+        decide = c.decide
+
+        async def faster_with_n1(job: JobRecord) -> PlanDecision:  # n1 back promises 10x shorter steps
+            d = await decide(job)
+            assert d.feasible and set(d.participants) == {"n1", "n2"}, d
+            return dataclasses.replace(d, step_s=d.step_s / 10)
+
+        c.decide = faster_with_n1  # type: ignore[method-assign]
+        crowded = 30.0 / policy.START_RISE + 0.5  # a start would take it over 30 ms
+        await report("n1", crowded)
+        await cl.alive(5, "n1", "n2")  # a tick each second: improvements tried, and held back
+        assert job.plan is only_n2
+        said = [what for event, what in events if event == "lc.no_room"]
+        assert len(said) == 1 and f"n1: det at {crowded:.1f} ms of 30.0 ms" in said[0], events
+        await report("n1", 30.0 / policy.START_RISE - 0.5)  # room for a start now
+        await cl.alive(2, "n1", "n2")
+        assert nodes() == {"n1", "n2"}
+        assert any(event == "plan.improving" for event, _ in events)
+    finally:
+        await cl.stop()
+
+
 async def test_with_no_room_for_lc_apps_the_group_pauses_in_place_instead_of_training_at_an_unsafe_cap(
     tmp_path: Path,
 ) -> None:

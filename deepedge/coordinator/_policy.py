@@ -47,6 +47,7 @@ __all__ = [
     "SHARE_RATIO",
     "STALL_FACTOR",
     "STALL_MIN_S",
+    "START_RISE",
     "Action",
     "Complete",
     "Exclude",
@@ -66,6 +67,7 @@ __all__ = [
     "forecast_risk",
     "held_back",
     "lc_hold",
+    "no_room_to_start",
     "on_heartbeat",
     "on_latency",
     "on_node_joined",
@@ -116,6 +118,13 @@ MAX_PLANS_WITHOUT_PROGRESS = 10
 # plan the next steady report undid. A forced re-plan (a death, a miss, a forecast risk elsewhere)
 # may still use a held node: a hold only stops the improvements.
 LC_HOLD_S = 15.0
+# An improvement that puts a node into a running job (a re-form, and its worker's start beside its
+# LC apps) waits while one of that node's LC apps has less room than such a start takes: its p95
+# now times START_RISE over its deadline (forecast jobs; a forced re-plan does not wait). Measured
+# over the 62 times a plan put a node back in the stored LC-bench timelines (2026-12-02..04,
+# docs/benchmarks/lc-scenarios.md): the re-added board's app rose a median 1.42x, 90 % of them
+# under 1.75x, in the 10 s after, and 30 of the 62 went over their deadline.
+START_RISE = 1.75
 # When no plan is feasible because LC apps leave no room, the participants the planner left out
 # for their LC app train at this cap in the same group (a pause in place) instead of going on at
 # the cap that was just found unsafe; the group stays, so room coming back costs no worker's start.
@@ -217,6 +226,7 @@ class JobRuntime:
     lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
+    crowded: tuple[str, ...] = ()  # nodes an improvement waits for: no room in their LC apps for a start
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -456,6 +466,21 @@ def held_back(
     such an improvement waits."""
     kept = set(current)
     return sorted(n for n in proposed if n not in kept and n in holds and now < holds[n][0])
+
+
+def no_room_to_start(
+    current: Iterable[str], proposed: Iterable[str], apps: Mapping[str, Iterable[tuple[str, float, float | None]]]
+) -> list[str]:
+    """The nodes an improvement would put into the job (in ``proposed``, not in ``current``) with
+    an LC app that has no room for a worker's start: ``apps`` maps a node to its apps' (name, p95
+    now in ms, deadline in ms or None), and one whose p95 x START_RISE is over its deadline
+    leaves no room. Such an improvement waits (the next check looks again)."""
+    kept = set(current)
+    return sorted(
+        n
+        for n in proposed
+        if n not in kept and any(dl is not None and dl > 0 and p95 * START_RISE > dl for _, p95, dl in apps.get(n, ()))
+    )
 
 
 def paused_caps(

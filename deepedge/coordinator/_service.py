@@ -547,6 +547,8 @@ class Coordinator:
         held = policy.held_back((a.node for a in plan.assignments), decision.participants, rt.holds, now)
         if held:
             return  # it would put back a node its LC app took out a moment ago (the next check looks again)
+        if job.spec.lc_control == "forecast" and not await self.room_to_start(job, plan, decision):
+            return
         predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
         if policy.should_improve(max(0, job.total_steps - job.step), current, decision.step_s, keeps):
             what = "learned rates and links predict " + predicts + (" (same group: no re-form)" if keeps else "")
@@ -564,6 +566,31 @@ class Coordinator:
             what = f"live reports at the caps leave room: {moves}; {predicts} (same group: no re-form)"
             await self.emit("plan.climbing", what, job=job.job)
             await self.replan(job, decision)
+
+    async def room_to_start(self, job: JobRecord, plan: Plan, decision: PlanDecision) -> bool:
+        """Whether the nodes ``decision`` puts into the job have room in their LC apps for a
+        worker's start (:func:`policy.no_room_to_start`); said once per set of nodes without it."""
+        apps = {
+            n: [(a.app, a.p95_ms, a.deadline_ms) for a in state.latency.values() if a.count > 0]
+            for n in decision.participants
+            if (state := self.view.nodes.get(n)) is not None
+        }
+        crowded = tuple(policy.no_room_to_start((a.node for a in plan.assignments), decision.participants, apps))
+        rt = self.runtime_of(job)
+        if crowded and crowded != rt.crowded:
+            what = ", ".join(
+                f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms"
+                for n in crowded
+                for app, p95, dl in apps[n]
+                if dl is not None and dl > 0 and p95 * policy.START_RISE > dl
+            )
+            await self.emit(
+                "lc.no_room",
+                f"not put back while a worker's start (x{policy.START_RISE:g}) would take its LC app over: {what}",
+                job=job.job,
+            )
+        rt.crowded = crowded
+        return not crowded
 
     def surrogate_capped(self, node: str) -> bool:
         """The node's LC caps came from a knowledge-base cap table at the last plan."""
