@@ -4,10 +4,11 @@ once stopped or wedged the coordinator."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from deepedge.broker_schemas import (
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import Coordinator, JobRecord, JobStore
 from deepedge.coordinator._commands import handle_command
+from deepedge.coordinator.planner import PlanDecision
 from deepedge.testing import FakeClock, answer_preflights
 from deepedge.transport import CommandFailed, FakeBroker, FakeTransport, Received
 
@@ -100,6 +102,47 @@ class Cluster:
             self.clock.advance(1.0)
             await self.c.in_writer(self.c.tick)
         await self.settle()
+
+    async def boards(self, *nodes: str) -> None:
+        for node in nodes:
+            await self.board(node)
+
+    def participants(self, job: str) -> set[str]:
+        plan = self.c.jobs[job].plan
+        return {a.node for a in plan.assignments} if plan is not None else set()
+
+    async def drained(self, node: str, flag: bool) -> None:
+        """What a node's drain (undrain) command publishes, then a tick."""
+        birth = NodeBirth(node=node, session="s1", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1",
+                          drained=flag)  # fmt: skip
+        await self.peer.publish(T.node_status(node), birth, qos=1, retain=True)
+        await self.settle()
+        await self.c.in_writer(self.c.tick)
+        await self.settle()
+
+    async def training(self, node: str, job: str, generation: int, world: int) -> None:
+        """Two heartbeats of ``node`` training in ``job``: its rate is known (improvements are tried)."""
+        for k in range(2):
+            hb = Heartbeat(node=node, ts=1.0, job=job, generation=generation, rank=0, world_size=world, step=k + 1,
+                           samples_per_s=10.0, intensity=1.0, step_s=0.3, compute_s=0.3)  # fmt: skip
+            await self.peer.publish(T.node_heartbeat(node), hb)
+        await self.settle()
+
+    def back_and_faster(self, node: str, participants: set[str]) -> Callable[[JobRecord], Awaitable[PlanDecision]]:
+        """``node`` undrained in the view without a re-plan, and every decision from now on one
+        that puts it back and promises 10x shorter steps (an improvement in waiting); returns the
+        real ``decide``, to put back."""
+        c = self.c
+        c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
+        decide = c.decide
+
+        async def faster(job: JobRecord) -> PlanDecision:
+            d = await decide(job)
+            assert d.feasible and set(d.participants) == participants, d
+            return dataclasses.replace(d, step_s=d.step_s / 10)
+
+        c.decide = faster  # type: ignore[method-assign]
+        return decide
 
     async def command(self, verb: str, **args: Any) -> Any:
         return await handle_command(self.c, verb, CommandRequest(request_id="r", reply_to="op", args=args))
@@ -627,36 +670,17 @@ async def test_a_node_left_out_for_its_lc_app_is_not_put_back_by_an_improvement_
     lc.forecast) is held: an improvement that would put it back waits LC_HOLD_S, twice that after
     a second drop in a row (the LC bench's diurnal runs swapped the job between two boards 39
     times, each re-add undone by the next report); a forced re-plan is not held."""
-    import dataclasses
 
     from deepedge.coordinator import _policy as policy
-    from deepedge.coordinator.planner import PlanDecision
 
     cl = Cluster(tmp_path / "jobs.db")
     c = await cl.start()
 
-    async def drained(node: str, flag: bool) -> None:  # what a node's drain command publishes
-        birth = NodeBirth(node=node, session="s1", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1",
-                          drained=flag)  # fmt: skip
-        await cl.peer.publish(T.node_status(node), birth, qos=1, retain=True)
-        await cl.settle()
-        await c.in_writer(c.tick)
-        await cl.settle()
-
-    async def training(node: str, generation: int, world: int) -> None:  # two heartbeats: its rate is known
-        for k in range(2):
-            hb = Heartbeat(node=node, ts=1.0, job="j1", generation=generation, rank=0, world_size=world, step=k + 1,
-                           samples_per_s=10.0, intensity=1.0, step_s=0.3, compute_s=0.3)  # fmt: skip
-            await cl.peer.publish(T.node_heartbeat(node), hb)
-        await cl.settle()
-
     def nodes() -> set[str]:
-        plan = c.jobs["j1"].plan
-        return {a.node for a in plan.assignments} if plan is not None else set()
+        return cl.participants("j1")
 
     try:
-        await cl.board("n1")
-        await cl.board("n2")
+        await cl.boards("n1", "n2")
         await cl.alive(4, "n1", "n2")  # past the failure-detection period: ticks act
         assert (await cl.submit("j1", epochs=100)).ok
         assert nodes() == {"n1", "n2"}
@@ -670,31 +694,22 @@ async def test_a_node_left_out_for_its_lc_app_is_not_put_back_by_an_improvement_
 
         c.emit = recording  # type: ignore[method-assign]
         await c.apply([policy.Replan("j1", "lc.violation n1")])  # n1's app missed: re-plan ...
-        await drained("n1", True)  # ... and the plan leaves n1 out
+        await cl.drained("n1", True)  # ... and the plan leaves n1 out
         assert nodes() == {"n2"} and ("lc.hold", "n1") in events
         until, strikes = c.runtime_of(job).holds["n1"]
         assert strikes == 1 and until == pytest.approx(cl.clock.monotonic() + policy.LC_HOLD_S)
-        birth = c.view.nodes["n1"].birth
-        c.view.nodes["n1"].birth = msgspec.structs.replace(birth, drained=False)  # back, without a re-plan
         assert job.plan is not None
         only_n2 = job.plan
-        await training("n2", only_n2.generation, 1)
-        decide = c.decide
-
-        async def faster_with_n1(job: JobRecord) -> PlanDecision:  # n1 back promises 10x shorter steps
-            d = await decide(job)
-            assert d.feasible and set(d.participants) == {"n1", "n2"}, d
-            return dataclasses.replace(d, step_s=d.step_s / 10)
-
-        c.decide = faster_with_n1  # type: ignore[method-assign]
+        await cl.training("n2", "j1", only_n2.generation, 1)
+        decide = cl.back_and_faster("n1", {"n1", "n2"})
         await cl.alive(int(policy.LC_HOLD_S) - 2, "n1", "n2")  # a tick each second: improvements tried
         assert job.plan is only_n2  # held: no improvement
         await cl.alive(3, "n1", "n2")
         assert nodes() == {"n1", "n2"}
         assert ("plan.improving", "None") in events
-        c.decide = decide
+        c.decide = decide  # type: ignore[method-assign,assignment]
         await c.apply([policy.Replan("j1", "lc.forecast n1: det at risk")])  # dropped again, soon after
-        await drained("n1", True)
+        await cl.drained("n1", True)
         assert nodes() == {"n2"}
         until, strikes = c.runtime_of(job).holds["n1"]
         assert strikes == 2 and until == pytest.approx(cl.clock.monotonic() + 2 * policy.LC_HOLD_S)
@@ -707,21 +722,11 @@ async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_r
     node's LC app a median 1.42x (90 % under START_RISE) in the stored LC-bench runs, 30 of 62
     times over its deadline. So an improvement waits while one of that node's apps reports a p95
     over deadline / START_RISE (said once, lc.no_room), and goes ahead once it is under."""
-    import dataclasses
 
     from deepedge.coordinator import _policy as policy
-    from deepedge.coordinator.planner import PlanDecision
 
     cl = Cluster(tmp_path / "jobs.db")
     c = await cl.start()
-
-    async def drained(node: str, flag: bool) -> None:
-        birth = NodeBirth(node=node, session="s1", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.1",
-                          drained=flag)  # fmt: skip
-        await cl.peer.publish(T.node_status(node), birth, qos=1, retain=True)
-        await cl.settle()
-        await c.in_writer(c.tick)
-        await cl.settle()
 
     async def report(node: str, p95: float) -> None:  # its app, with a 30 ms deadline
         app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
@@ -729,14 +734,12 @@ async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_r
         await cl.settle()
 
     def nodes() -> set[str]:
-        plan = c.jobs["j1"].plan
-        return {a.node for a in plan.assignments} if plan is not None else set()
+        return cl.participants("j1")
 
     try:
-        await cl.board("n1")
-        await cl.board("n2")
+        await cl.boards("n1", "n2")
         await cl.alive(4, "n1", "n2")
-        await drained("n1", True)  # out before the job (no LC hold)
+        await cl.drained("n1", True)  # out before the job (no LC hold)
         assert (await cl.submit("j1", epochs=100)).ok
         job = c.jobs["j1"]
         assert nodes() == {"n2"} and job.plan is not None
@@ -749,21 +752,8 @@ async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_r
             await emit(event, *args, **kw)
 
         c.emit = recording  # type: ignore[method-assign]
-        for k in range(2):  # n2's rate is known: improvements are tried
-            hb = Heartbeat(node="n2", ts=1.0, job="j1", generation=only_n2.generation, rank=0, world_size=1,
-                           step=k + 1, samples_per_s=10.0, intensity=1.0, step_s=0.3, compute_s=0.3)  # fmt: skip
-            await cl.peer.publish(T.node_heartbeat("n2"), hb)
-        await cl.settle()
-        birth = c.view.nodes["n1"].birth
-        c.view.nodes["n1"].birth = msgspec.structs.replace(birth, drained=False)  # back, without a re-plan
-        decide = c.decide
-
-        async def faster_with_n1(job: JobRecord) -> PlanDecision:  # n1 back promises 10x shorter steps
-            d = await decide(job)
-            assert d.feasible and set(d.participants) == {"n1", "n2"}, d
-            return dataclasses.replace(d, step_s=d.step_s / 10)
-
-        c.decide = faster_with_n1  # type: ignore[method-assign]
+        await cl.training("n2", "j1", only_n2.generation, 1)
+        cl.back_and_faster("n1", {"n1", "n2"})
         crowded = 30.0 / policy.START_RISE + 0.5  # a start would take it over 30 ms
         await report("n1", crowded)
         await cl.alive(5, "n1", "n2")  # a tick each second: improvements tried, and held back
