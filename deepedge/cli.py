@@ -663,11 +663,11 @@ _BENCH_OUT_HELP = (
 )
 
 
-def bench_results_path(page: str, now: float | None = None) -> Path:
+def bench_results_path(page: str) -> Path:
     """Where a benchmark's markdown goes when ``--out`` is not given: a new file per run under
     ./bench-results (the docs' pages keep every earlier run with its reading; a default that
     overwrote them lost that history)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return Path("bench-results") / f"{page}-{stamp}.md"
 
 

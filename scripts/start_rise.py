@@ -34,15 +34,14 @@ def changes(path: Path) -> dict[str, list[tuple[float, float, float]]]:
                     after = [p for ts, p, *_ in reports if t < ts <= t + AFTER_S]
                     if not before or not after or not deadline:
                         continue
-                    role = (
-                        "added"
-                        if app["node"] in nodes - before_nodes
-                        else "kept"
-                        if app["node"] in nodes
-                        else "dropped"
-                        if app["node"] in before_nodes
-                        else ""
-                    )
+                    if app["node"] in nodes - before_nodes:
+                        role = "added"
+                    elif app["node"] in nodes:
+                        role = "kept"
+                    elif app["node"] in before_nodes:
+                        role = "dropped"
+                    else:
+                        role = ""
                     if role:
                         out[role].append((max(after) / before[-1], before[-1] / deadline, max(after) / deadline))
             before_nodes = nodes

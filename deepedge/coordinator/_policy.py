@@ -470,17 +470,19 @@ def held_back(
 
 def no_room_to_start(
     current: Iterable[str], proposed: Iterable[str], apps: Mapping[str, Iterable[tuple[str, float, float | None]]]
-) -> list[str]:
+) -> dict[str, list[tuple[str, float, float]]]:
     """The nodes an improvement would put into the job (in ``proposed``, not in ``current``) with
-    an LC app that has no room for a worker's start: ``apps`` maps a node to its apps' (name, p95
-    now in ms, deadline in ms or None), and one whose p95 x START_RISE is over its deadline
-    leaves no room. Such an improvement waits (the next check looks again)."""
+    an LC app that has no room for a worker's start, each with those apps' (name, p95, deadline):
+    ``apps`` maps a node to its apps' (name, p95 now in ms, deadline in ms or None), and one whose
+    p95 x START_RISE is over its deadline leaves no room. Such an improvement waits (the next
+    check looks again)."""
     kept = set(current)
-    return sorted(
-        n
-        for n in proposed
-        if n not in kept and any(dl is not None and dl > 0 and p95 * START_RISE > dl for _, p95, dl in apps.get(n, ()))
-    )
+    out: dict[str, list[tuple[str, float, float]]] = {}
+    for n in sorted(set(proposed) - kept):
+        over = [(a, p95, dl) for a, p95, dl in apps.get(n, ()) if dl is not None and dl > 0 and p95 * START_RISE > dl]
+        if over:
+            out[n] = over
+    return out
 
 
 def paused_caps(

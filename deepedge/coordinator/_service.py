@@ -575,14 +575,12 @@ class Coordinator:
             for n in decision.participants
             if (state := self.view.nodes.get(n)) is not None
         }
-        crowded = tuple(policy.no_room_to_start((a.node for a in plan.assignments), decision.participants, apps))
+        over = policy.no_room_to_start((a.node for a in plan.assignments), decision.participants, apps)
+        crowded = tuple(over)
         rt = self.runtime_of(job)
         if crowded and crowded != rt.crowded:
             what = ", ".join(
-                f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms"
-                for n in crowded
-                for app, p95, dl in apps[n]
-                if dl is not None and dl > 0 and p95 * policy.START_RISE > dl
+                f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms" for n, a in over.items() for app, p95, dl in a
             )
             await self.emit(
                 "lc.no_room",
