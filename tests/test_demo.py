@@ -136,6 +136,25 @@ def test_board_layout_puts_each_lc_app_on_its_own_boards_cpu() -> None:
     assert all(b.lc_app is None for b in cluster_profiles(3, with_lc=False))
 
 
+def test_forget_decoded_empties_every_boards_decoded_dataset_cache(tmp_path: Path) -> None:
+    """A bench empties the caches before each job, so that every controller's job decodes its
+    images (the first job of a cluster used to decode and the next ones to load what it kept)."""
+    import torch
+
+    from deepedge.demo._cluster import DemoCluster
+    from deepedge.training._data_cache import DataCache
+
+    cluster = DemoCluster(tmp_path, cluster_profiles(2))
+    x, y = torch.zeros((4, 3, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    caches = {b.node: DataCache(str(cluster.data_cache(b.node)), 16) for b in cluster.boards}
+    for cache in caches.values():
+        assert cache.store("k" * 64, x, y, ["a", "b"])
+        assert cache.load("k" * 64, ["a", "b"], 4, 8) is not None
+    assert cluster.forget_decoded() == 2
+    assert all(cache.load("k" * 64, ["a", "b"], 4, 8) is None for cache in caches.values())
+    assert cluster.forget_decoded() == 0
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
 def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: Path, model: str) -> None:

@@ -280,7 +280,9 @@ def run_lc_scenarios(
     ``checked_before``: every board checks each job once before its alone period, so that every
     controller's job meets the boards' pre-flight cache alike (a retraining these boards ran
     before); without it the first job of each cluster pays the check's torch part and the next
-    ones do not."""
+    ones do not. Every job decodes its images: the boards' decoded-dataset caches are emptied
+    before each (until 2026-12-04 the first job of a cluster, deepedge's, decoded them and the
+    next ones loaded what it kept: a start that cost only the first controller)."""
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []
@@ -339,6 +341,7 @@ def run_lc_scenarios(
             for k, (name, opts) in enumerate(jobs):
                 if k:  # each controller starts from the same knowledge: not from the last one's learning
                     cluster.restart_coordinator()
+                cluster.forget_decoded()  # and decodes its images, as the first job did
                 deadlines = {a: opts.deadline_factor * p for a, p in calibration.items()}
                 asyncio.run(_set_deadlines(cluster, deadlines))
                 rate = Trace.parse(opts.lc_trace).peak() if opts.lc_trace else DEFAULT_LC_RATE
@@ -413,7 +416,9 @@ def lc_markdown(
             if checked_before
             else "No board checked a job before (`--cold-preflight`): each cluster's first job paid its pre-flight's "
             "torch part, the next ones found it in the boards' pre-flight cache."
-        ),
+        )
+        + " Every job decoded its images (the boards' decoded-dataset caches emptied before it, as for a "
+        "retraining on new data).",
         "",
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
         "the workers' start included; in brackets, those during the workers' start, and those whose window "

@@ -210,9 +210,25 @@ class DemoCluster:
             f"disabled_collectors = {json.dumps(['nvml', 'tegrastats'])}\n{self.node_extra}"
             # what a job may name on these boards: the demo's own folders
             f"[training]\ndata_roots = {json.dumps([str(p) for p in (self.workdir, *self.data_roots)])}\n"
-            f'output_root = "{self.workdir}"\ndata_cache_dir = "{self.workdir / b.node}-data-cache"\n{apps}',
+            f'output_root = "{self.workdir}"\ndata_cache_dir = "{self.data_cache(b.node)}"\n{apps}',
         )
         self._spawn(b.node, [sys.executable, "-m", "deepedge.cli", "--config", str(cfg), "node"], board=b.node)
+
+    def data_cache(self, node: str) -> Path:
+        """The board's decoded-dataset cache (``training.data_cache_dir``)."""
+        return self.workdir / f"{node}-data-cache"
+
+    def forget_decoded(self) -> int:
+        """Empty every board's decoded-dataset cache, so that the next job decodes its images as a
+        retraining on new data does (a bench's jobs must meet the boards alike: otherwise the
+        first job on a cluster decodes and the next ones load what it kept). Entries removed."""
+        removed = 0
+        for b in self.boards:
+            for entry in self.data_cache(b.node).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
+                    removed += 1
+        return removed
 
     def start_lc_apps(self) -> None:
         for b in self.boards:
