@@ -768,6 +768,40 @@ async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_r
         await cl.stop()
 
 
+async def test_an_improvement_that_re_forms_the_group_waits_while_its_start_up_would_eat_the_gain(
+    tmp_path: Path,
+) -> None:
+    """Putting a node back re-forms the group and starts a worker: the new plan's predicted
+    start-up (learned from the workers) is a cost the shorter steps must pay back first (a group
+    change took 4-12 s on the demo's cluster, where the rule had assumed ~1 s)."""
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.boards("n1", "n2")
+        await cl.alive(4, "n1", "n2")
+        await cl.drained("n1", True)
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        assert cl.participants("j1") == {"n2"} and job.plan is not None
+        only_n2 = job.plan
+        await cl.training("n2", "j1", only_n2.generation, 1)
+        cl.back_and_faster("n1", {"n1", "n2"})  # 10x shorter steps
+        faster = c.decide
+        start_up = 1e6  # longer than anything the shorter steps could save
+
+        async def costly(j: JobRecord) -> PlanDecision:
+            return dataclasses.replace(await faster(j), startup_s=start_up)
+
+        c.decide = costly  # type: ignore[method-assign]
+        await cl.alive(3, "n1", "n2")  # a tick each second: improvements tried
+        assert job.plan is only_n2
+        start_up = 2.0
+        await cl.alive(2, "n1", "n2")
+        assert cl.participants("j1") == {"n1", "n2"}
+    finally:
+        await cl.stop()
+
+
 async def test_with_no_room_for_lc_apps_the_group_pauses_in_place_instead_of_training_at_an_unsafe_cap(
     tmp_path: Path,
 ) -> None:

@@ -550,7 +550,8 @@ class Coordinator:
         if job.spec.lc_control == "forecast" and not await self.room_to_start(job, plan, decision):
             return
         predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
-        if policy.should_improve(max(0, job.total_steps - job.step), current, decision.step_s, keeps):
+        left = max(0, job.total_steps - job.step)
+        if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
             what = "learned rates and links predict " + predicts + (" (same group: no re-form)" if keeps else "")
             await self.emit("plan.improving", what, job=job.job)
             await self.replan(job, decision)
