@@ -8,7 +8,7 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +136,12 @@ class Cluster:
         c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
         decide = c.decide
 
-        async def faster(job: JobRecord) -> PlanDecision:
-            d = await decide(job)
-            assert d.feasible and set(d.participants) == participants, d
+        async def faster(job: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+            d = await decide(job, keep_out)
+            assert d.feasible, d
+            if set(d.participants) != participants:  # planned without it (kept out): as the planner says
+                assert keep_out and node in keep_out, (d, keep_out)
+                return d
             return dataclasses.replace(d, step_s=d.step_s / 10)
 
         c.decide = faster  # type: ignore[method-assign]
@@ -768,6 +771,50 @@ async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_r
         await cl.stop()
 
 
+async def test_a_node_without_room_for_a_start_does_not_keep_another_node_out(tmp_path: Path) -> None:
+    """The improvement that would add a crowded node is planned again without it: another node
+    that has room still joins (one node's LC reports, honest or not, must not hold every
+    improvement of the job)."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.boards("n1", "n2", "n3")
+        await cl.alive(4, "n1", "n2", "n3")
+        await cl.drained("n1", True)
+        await cl.drained("n3", True)
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        assert cl.participants("j1") == {"n2"} and job.plan is not None
+        await cl.training("n2", "j1", job.plan.generation, 1)
+        for node in ("n1", "n3"):
+            c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
+        decide = c.decide
+
+        async def faster(j: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+            d = await decide(j, keep_out)  # more nodes: much shorter steps
+            return dataclasses.replace(d, step_s=d.step_s / 10) if len(d.participants) > 1 else d
+
+        c.decide = faster  # type: ignore[method-assign]
+        events: list[str] = []
+        emit = c.emit
+
+        async def recording(event: str, *args: Any, **kw: Any) -> None:
+            events.append(event)
+            await emit(event, *args, **kw)
+
+        c.emit = recording  # type: ignore[method-assign]
+        crowded = 30.0 / policy.START_RISE + 0.5  # a start would take it over 30 ms
+        app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=crowded, p99_ms=crowded, deadline_ms=30.0)
+        await cl.peer.publish(T.node_latency("n1"), LatencyReport(node="n1", ts=1.0, window_s=2.0, apps=(app,)))
+        await cl.alive(2, "n1", "n2", "n3")
+        assert "lc.no_room" in events  # the first plan wanted n1
+        assert cl.participants("j1") == {"n2", "n3"}
+    finally:
+        await cl.stop()
+
+
 async def test_an_improvement_that_re_forms_the_group_waits_while_its_start_up_would_eat_the_gain(
     tmp_path: Path,
 ) -> None:
@@ -780,17 +827,17 @@ async def test_an_improvement_that_re_forms_the_group_waits_while_its_start_up_w
         await cl.boards("n1", "n2")
         await cl.alive(4, "n1", "n2")
         await cl.drained("n1", True)
-        assert (await cl.submit("j1", epochs=100)).ok
+        assert (await cl.submit("j1", epochs=2)).ok  # 20 steps of 3.2 s
         job = c.jobs["j1"]
         assert cl.participants("j1") == {"n2"} and job.plan is not None
         only_n2 = job.plan
         await cl.training("n2", "j1", only_n2.generation, 1)
-        cl.back_and_faster("n1", {"n1", "n2"})  # 10x shorter steps
+        cl.back_and_faster("n1", {"n1", "n2"})  # 10x shorter steps: about 57 s saved over the 20
         faster = c.decide
-        start_up = 1e6  # longer than anything the shorter steps could save
+        start_up = 1e6  # counted as REFORM_MAX_S (60 s): more than the shorter steps save
 
-        async def costly(j: JobRecord) -> PlanDecision:
-            return dataclasses.replace(await faster(j), startup_s=start_up)
+        async def costly(j: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+            return dataclasses.replace(await faster(j, keep_out), startup_s=start_up)
 
         c.decide = costly  # type: ignore[method-assign]
         await cl.alive(3, "n1", "n2")  # a tick each second: improvements tried

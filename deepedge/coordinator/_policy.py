@@ -39,7 +39,9 @@ __all__ = [
     "LINK_DROP",
     "LOST_PEERS_GRACE_S",
     "MAX_PLANS_WITHOUT_PROGRESS",
+    "NO_ROOM_REPEAT_S",
     "PAUSE_CAP",
+    "REFORM_MAX_S",
     "REPLAN_COOLDOWN_S",
     "REPLAN_MIN_GAIN_S",
     "REPLAN_RATIO",
@@ -96,6 +98,10 @@ REPLAN_MIN_GAIN_S = 5.0
 SHARE_RATIO = 0.92
 SHARE_MIN_GAIN_S = 0.5
 REPLAN_COOLDOWN_S = 1.0
+# What re-forming may count against an improvement at most: the start-up estimate comes from the
+# participants' own heartbeats (up to an hour), and one that reported an absurd one must not
+# switch improvements off for the job.
+REFORM_MAX_S = 60.0
 # A plan that keeps the group is also published when it raises a participant's intensity cap by
 # CLIMB_MIN or more (however small the step's gain) once that participant has trained at its
 # current cap for a whole latency window and CLIMB_SETTLE_S more: its reports there narrowed the
@@ -120,13 +126,17 @@ MAX_PLANS_WITHOUT_PROGRESS = 10
 # plan the next steady report undid. A forced re-plan (a death, a miss, a forecast risk elsewhere)
 # may still use a held node: a hold only stops the improvements.
 LC_HOLD_S = 15.0
-# An improvement that puts a node into a running job (a re-form, and its worker's start beside its
-# LC apps) waits while one of that node's LC apps has less room than such a start takes: its p95
-# now times START_RISE over its deadline (forecast jobs; a forced re-plan does not wait). Measured
-# over the 62 times a plan put a node back in the stored LC-bench timelines (2026-12-02..04,
-# docs/benchmarks/lc-scenarios.md): the re-added board's app rose a median 1.42x, 90 % of them
-# under 1.75x, in the 10 s after, and 30 of the 62 went over their deadline.
+# An improvement does not put a node into a running job (a re-form, and its worker's start beside
+# its LC apps) while one of that node's LC apps has less room than such a start takes: its p95
+# now times START_RISE over its deadline (forecast jobs; a forced re-plan does not wait). The
+# improvement is planned again without it (lc.no_room, said again for another set of nodes or
+# NO_ROOM_REPEAT_S later). Measured over the 62 times a plan put a node back in the stored
+# LC-bench timelines (2026-12-02..04, docs/benchmarks/lc-scenarios.md): the re-added board's app
+# rose a median 1.42x, 90 % of them under 1.75x, in the 10 s after, and 30 of the 62 went over
+# their deadline. Where a deadline is under START_RISE x the app's p95 alone (the bench's `tight`,
+# 1.5x), no improvement puts that node back until its app runs faster than alone.
 START_RISE = 1.75
+NO_ROOM_REPEAT_S = 60.0
 # When no plan is feasible because LC apps leave no room, the participants the planner left out
 # for their LC app train at this cap in the same group (a pause in place) instead of going on at
 # the cap that was just found unsafe; the group stays, so room coming back costs no worker's start.
@@ -228,7 +238,8 @@ class JobRuntime:
     lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
-    crowded: tuple[str, ...] = ()  # nodes an improvement waits for: no room in their LC apps for a start
+    crowded: tuple[str, ...] = ()  # the nodes lc.no_room last named (no room in their LC apps for a start)
+    crowded_said_at: float = float("-inf")  # when
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -440,7 +451,7 @@ def should_improve(
     ``reform_s``, what re-forming the group costs (the new plan's predicted start-up) — or, for a
     plan that keeps the group (no re-form, ``reform_s`` not counted), 8 % and SHARE_MIN_GAIN_S."""
     ratio, gain = (SHARE_RATIO, SHARE_MIN_GAIN_S) if same_group else (REPLAN_RATIO, REPLAN_MIN_GAIN_S)
-    cost = 0.0 if same_group else max(0.0, reform_s)
+    cost = 0.0 if same_group else min(REFORM_MAX_S, max(0.0, reform_s))
     return new_s < ratio * current_s and remaining_steps * (current_s - new_s) - cost >= gain
 
 

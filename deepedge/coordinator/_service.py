@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -501,9 +501,11 @@ class Coordinator:
 
     # ---- planning -----------------------------------------------------------------------------
 
-    async def decide(self, job: JobRecord) -> PlanDecision:
+    async def decide(self, job: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+        """The planner's decision for ``job`` now; ``keep_out``: nodes that may not take part in
+        it (node -> why), besides those left out of the job or busy with other jobs."""
         now = self.clock.monotonic()
-        busy = busy_elsewhere(self.view, self.jobs.values(), job)
+        busy = busy_elsewhere(self.view, self.jobs.values(), job) | dict(keep_out or {})
         nodes = node_models(self.view, self.learning, job, busy, self.comm, now, self.tables)
         # what each LC cap was planned from (the model, its live anchor and widening): said with
         # the plan, so that a run whose caps look low can be read afterwards
@@ -539,18 +541,25 @@ class Coordinator:
         nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
         current = plan_step_s(plan, nodes, job, network_model(self.learning, (a.node for a in plan.assignments), now))
         decision = await self.decide(job)
-        if job.terminal or job.plan is not plan:
-            return  # changed while the planner ran
-        keeps = continues_group(plan, decision, self.view, job.job)
-        if not decision.feasible:
-            return
-        held = policy.held_back((a.node for a in plan.assignments), decision.participants, rt.holds, now)
-        if held:
-            return  # it would put back a node its LC app took out a moment ago (the next check looks again)
-        if job.spec.lc_control == "forecast" and not await self.room_to_start(job, plan, decision):
-            return
-        predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
+        if job.terminal or job.plan is not plan or not decision.feasible:
+            return  # changed while the planner ran, or nothing to improve to
         left = max(0, job.total_steps - job.step)
+        # nodes this plan would put into the job that must stay out for now: an LC hold (its LC
+        # app took it out a moment ago), or no room in its LC apps for a worker's start. The
+        # improvement is planned again without them (another node may still join; shares move).
+        held = policy.held_back((a.node for a in plan.assignments), decision.participants, rt.holds, now)
+        keep_out = {n: "its LC hold lasts" for n in held}
+        crowded = self.crowded(plan, decision) if job.spec.lc_control == "forecast" else {}
+        keep_out |= {n: "no room in its LC apps for a worker's start" for n in crowded}
+        if keep_out:
+            keeps = continues_group(plan, decision, self.view, job.job)
+            if crowded and policy.should_improve(left, current, decision.step_s, keeps, decision.startup_s):
+                await self.say_no_room(job, crowded, now)  # an improvement waits for them
+            decision = await self.decide(job, keep_out)
+            if job.terminal or job.plan is not plan or not decision.feasible:
+                return
+        keeps = continues_group(plan, decision, self.view, job.job)
+        predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
         if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
             what = "learned rates and links predict " + predicts + (" (same group: no re-form)" if keeps else "")
             await self.emit("plan.improving", what, job=job.job)
@@ -568,28 +577,30 @@ class Coordinator:
             await self.emit("plan.climbing", what, job=job.job)
             await self.replan(job, decision)
 
-    async def room_to_start(self, job: JobRecord, plan: Plan, decision: PlanDecision) -> bool:
-        """Whether the nodes ``decision`` puts into the job have room in their LC apps for a
-        worker's start (:func:`policy.no_room_to_start`); said once per set of nodes without it."""
+    def crowded(self, plan: Plan, decision: PlanDecision) -> dict[str, list[tuple[str, float, float]]]:
+        """The nodes ``decision`` would put into the job without room in their LC apps for a
+        worker's start (:func:`policy.no_room_to_start`), with those apps."""
+        current = {a.node for a in plan.assignments}
         apps = {
             n: [(a.app, a.p95_ms, a.deadline_ms) for a in state.latency.values() if a.count > 0]
             for n in decision.participants
-            if (state := self.view.nodes.get(n)) is not None
+            if n not in current and (state := self.view.nodes.get(n)) is not None
         }
-        over = policy.no_room_to_start((a.node for a in plan.assignments), decision.participants, apps)
-        crowded = tuple(over)
-        rt = self.runtime_of(job)
-        if crowded and crowded != rt.crowded:
-            what = ", ".join(
-                f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms" for n, a in over.items() for app, p95, dl in a
-            )
-            await self.emit(
-                "lc.no_room",
-                f"not put back while a worker's start (x{policy.START_RISE:g}) would take its LC app over: {what}",
-                job=job.job,
-            )
-        rt.crowded = crowded
-        return not crowded
+        return policy.no_room_to_start(current, decision.participants, apps)
+
+    async def say_no_room(self, job: JobRecord, crowded: dict[str, list[tuple[str, float, float]]], now: float) -> None:
+        """``lc.no_room``: an improvement would put these nodes into the job but waits for room in
+        their LC apps. Said again only for another set of nodes, or NO_ROOM_REPEAT_S later."""
+        rt, nodes = self.runtime_of(job), tuple(crowded)
+        if nodes == rt.crowded and now - rt.crowded_said_at < policy.NO_ROOM_REPEAT_S:
+            return
+        rt.crowded, rt.crowded_said_at = nodes, now
+        what = ", ".join(f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms" for n, a in crowded.items() for app, p95, dl in a)
+        await self.emit(
+            "lc.no_room",
+            f"not put into the job while a worker's start (x{policy.START_RISE:g}) would take its LC app over: {what}",
+            job=job.job,
+        )
 
     def surrogate_capped(self, node: str) -> bool:
         """The node's LC caps came from a knowledge-base cap table at the last plan."""
