@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import json
+import os
 import signal
 import sys
 import time
@@ -672,11 +673,28 @@ def bench_results_path(page: str) -> Path:
 
 
 def _write_bench(out: Path | None, page: str, title: str, text: str) -> None:
-    """Print a benchmark's markdown and write it to ``out``, else to a new file under ./bench-results."""
+    """Print a benchmark's markdown and write it to ``out``, else to a new file under ./bench-results
+    (created, never an existing file or a link there: a second run in the same second gets -2)."""
     typer.echo(text)
-    target = out if out is not None else bench_results_path(page)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(f"# {title}\n\n{text}")
+    body = f"# {title}\n\n{text}"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body)
+        target = out
+    else:
+        first = bench_results_path(page)
+        first.parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 100):
+            target = first if n == 1 else first.with_name(f"{first.stem}-{n}.md")
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+            break
+        else:
+            raise DeepEdgeError(f"{first.parent}: 99 results of {page} in the same second; not written")
     typer.echo(f"written to {target}", err=True)
 
 

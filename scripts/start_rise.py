@@ -32,7 +32,7 @@ def changes(path: Path) -> dict[str, list[tuple[float, float, float]]]:
                     reports, deadline = app["reports"], app["deadline_ms"]
                     before = [p for ts, p, *_ in reports if t - 1.0 <= ts <= t]
                     after = [p for ts, p, *_ in reports if t < ts <= t + AFTER_S]
-                    if not before or not after or not deadline:
+                    if not before or not after or not deadline or before[-1] <= 0:
                         continue
                     if app["node"] in nodes - before_nodes:
                         role = "added"

@@ -239,6 +239,26 @@ def test_bench_daemon_runs_and_writes_its_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.mosquitto
+def test_bench_results_are_new_files_never_an_existing_one_or_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs in the same second keep both results; a link planted at the path is not followed."""
+    from deepedge import cli
+
+    monkeypatch.chdir(tmp_path)
+    fixed = Path("bench-results") / "daemon-20261204-000000.md"
+    monkeypatch.setattr(cli, "bench_results_path", lambda page: fixed)
+    victim = tmp_path / "victim.md"
+    victim.write_text("keep me\n")
+    (tmp_path / "bench-results").mkdir()
+    (tmp_path / fixed).symlink_to(victim)
+    cli._write_bench(None, "daemon", "Daemon", "first")
+    cli._write_bench(None, "daemon", "Daemon", "second")
+    assert victim.read_text() == "keep me\n"
+    assert (tmp_path / "bench-results" / "daemon-20261204-000000-2.md").read_text() == "# Daemon\n\nfirst"
+    assert (tmp_path / "bench-results" / "daemon-20261204-000000-3.md").read_text() == "# Daemon\n\nsecond"
+
+
 def test_a_bench_without_out_never_overwrites_the_docs_page(tmp_path: Path) -> None:
     """The pages under docs/benchmarks/ keep every earlier run with its reading: a bench run in the
     repository without --out writes a new file under ./bench-results and leaves them alone."""

@@ -150,9 +150,14 @@ def test_forget_decoded_empties_every_boards_decoded_dataset_cache(tmp_path: Pat
     for cache in caches.values():
         assert cache.store("k" * 64, x, y, ["a", "b"])
         assert cache.load("k" * 64, ["a", "b"], 4, 8) is not None
+    other = tmp_path / "notes.txt"  # anything else in a cache folder, or behind a link, stays
+    other.write_text("keep")
+    (cluster.data_cache("orin-nx") / "notes.txt").write_text("keep")
+    (cluster.data_cache("orin-nx") / "ds-link.pt").symlink_to(other)
     assert cluster.forget_decoded() == 2
     assert all(cache.load("k" * 64, ["a", "b"], 4, 8) is None for cache in caches.values())
     assert cluster.forget_decoded() == 0
+    assert other.read_text() == "keep" and (cluster.data_cache("orin-nx") / "notes.txt").exists()
 
 
 @pytest.mark.timeout(150)

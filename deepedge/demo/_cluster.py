@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -222,10 +223,15 @@ class DemoCluster:
         """Empty every board's decoded-dataset cache, so that the next job decodes its images as a
         retraining on new data does (a bench's jobs must meet the boards alike: otherwise the
         first job on a cluster decodes and the next ones load what it kept). Entries removed."""
+        from deepedge.training._data_cache import PREFIX, SUFFIX
+
         removed = 0
         for b in self.boards:
-            for entry in self.data_cache(b.node).glob("*"):
-                if entry.is_file():
+            folder = self.data_cache(b.node)
+            if folder.is_symlink() or not folder.is_dir():
+                continue  # not a cache this cluster made (the cache refuses a linked folder too)
+            for entry in folder.glob(f"{PREFIX}*{SUFFIX}"):
+                if stat.S_ISREG(entry.lstat().st_mode):
                     entry.unlink()
                     removed += 1
         return removed
