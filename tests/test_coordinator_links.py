@@ -9,6 +9,7 @@ and a plan's predicted makespan counts start-up and the time since submission.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -158,6 +159,16 @@ def test_a_link_probed_at_half_what_was_known_re_plans_at_once() -> None:
     acts = policy.on_heartbeat(beat, job, policy.JobRuntime(), 1.0, known_link=50e6)
     assert len(acts) == 1 and isinstance(acts[0], policy.Replan) and acts[0].why.startswith("link.changed a")
     assert policy.on_heartbeat(beat, job, policy.JobRuntime(), 1.0, known_link=1.5e6) == []
+
+
+def test_a_board_left_out_for_its_start_up_is_not_blamed_on_its_link() -> None:
+    """A board whose worker must start first, with few steps left, is left out for that start,
+    and the plan says so (it once read "not worth its link ... all-reduce 0.00 s")."""
+    nodes = [*boards(1000 * MB)[:3], NodeModel("nano", rate=31, max_share=64, bandwidth_bps=500 * MB, startup_s=30.0)]
+    job = dataclasses.replace(MOBILENET, remaining_steps=5)
+    d = Planner().plan(nodes, job, NetworkModel(latency_s=1e-3))
+    assert "nano" not in d.participants
+    assert d.excluded["nano"].startswith("not worth its start-up: 30.0 s before it trains, over the 5 steps left")
 
 
 def test_share_only_plans_need_a_smaller_gain() -> None:

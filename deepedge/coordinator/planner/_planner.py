@@ -173,7 +173,7 @@ class Planner:
         final_idx = [next(i for i, f in enumerate(feasible) if f is n) for n, _ in final]
         for i, n in enumerate(feasible):
             if all(n is not m for m, _ in final):
-                excluded[n.node] = _why_left_out(i, final_idx, feasible, rho_all, batch, job, net, step)
+                excluded[n.node] = _why_left_out(i, final_idx, feasible, rho_all, batch, job, net)
         return PlanDecision(
             True,
             participants=tuple(n.node for n, _ in final),
@@ -199,25 +199,34 @@ def _why_left_out(
     batch: int,
     job: JobModel,
     net: NetworkModel,
-    step: float,
 ) -> str:
-    """Why feasible node ``i`` does not train, in words: with it the step would take longer,
-    and by how much of that its link is to blame."""
+    """Why feasible node ``i`` does not train, in words: with it the step (its start-up paid
+    back over the steps left included) would take longer, and which part grew most."""
     n = nodes[i]
     if len(nodes) > _EXACT_UP_TO:
         return "not worth its all-reduce cost"
     arr = _arrays(rho, nodes, job)
-    with_it = _set_cost(sorted({*chosen, i}), nodes, arr, batch, job, net)
-    slowest = min(nodes[j].bandwidth_bps for j in chosen)
-    mbit = n.bandwidth_bps * 8 / 1e6
-    if n.bandwidth_bps < slowest:
-        k = len(chosen) + 1
-        ar_with = allreduce_s(k, job.model_bytes, n.bandwidth_bps, net.latency_s)
+    with_it = _set_parts(sorted({*chosen, i}), nodes, arr, batch, job, net)
+    without = _set_parts(chosen, nodes, arr, batch, job, net)
+    if with_it is None or without is None:
+        return "not worth it: the step would not be shorter with it"
+    # what grew most with it: the compute (its rate at its cap), the all-reduce (its link, one
+    # more member) or the start-up it must pay first, spread over the steps left
+    grew = [w - o for w, o in zip(with_it, without, strict=True)]
+    cause = max(range(3), key=lambda k: grew[k])
+    step_with = f"a step {sum(with_it):.2f} s with it, {sum(without):.2f} s without"
+    if cause == 1:
+        mbit = n.bandwidth_bps * 8 / 1e6
+        if n.bandwidth_bps < min(nodes[j].bandwidth_bps for j in chosen):
+            ar = with_it[1]
+            return f"not worth its link: at {mbit:.0f} Mb/s every all-reduce would take {ar:.2f} s ({step_with})"
+        return f"not worth its all-reduce cost: {with_it[1]:.2f} s with it, {without[1]:.2f} s without ({step_with})"
+    if cause == 2:
         return (
-            f"not worth its link: at {mbit:.0f} Mb/s every all-reduce would take {ar_with:.2f} s (a step "
-            f"{with_it:.2f} s with it, {step:.2f} s without)"
+            f"not worth its start-up: {n.startup_s:.1f} s before it trains, over the {job.left} steps left "
+            f"{with_it[2]:.2f} s a step ({step_with})"
         )
-    return f"not worth its all-reduce cost: a step {with_it:.2f} s with it, {step:.2f} s without"
+    return f"not worth its compute: at its rate and cap its share would take {with_it[0]:.2f} s ({step_with})"
 
 
 def _bandwidth_levels(bandwidth: np.ndarray, most: int = 8) -> list[float]:
@@ -250,15 +259,17 @@ def _arrays(rho: np.ndarray, nodes: Sequence[NodeModel], job: JobModel) -> _Arra
     )
 
 
-def _set_cost(
+def _set_parts(
     idx: Sequence[int], nodes: Sequence[NodeModel], arr: _Arrays, batch: int, job: JobModel, net: NetworkModel
-) -> float:
+) -> tuple[float, float, float] | None:
+    """A participant set's step: (compute, all-reduce, start-up paid back per step); None when
+    the set cannot hold the batch."""
     if not idx:
-        return float("inf")
+        return None
     ix = np.fromiter(idx, dtype=np.intp, count=len(idx))
     ub = arr.ub[ix]
     if ub.sum() < batch:
-        return float("inf")
+        return None
     if len(nodes) <= _EXACT_UP_TO:  # exact integer step time
         r, o = arr.rho[ix], arr.over[ix]
         shares = np.array(integer_shares([0.0] * len(ix), list(r), list(o), [int(u) for u in ub], batch))
@@ -268,7 +279,14 @@ def _set_cost(
     else:  # the LP's step time
         compute = waterfill_time(arr.rho[ix], arr.over[ix], ub, batch)
         k, bw, start = len(ix), float(arr.bw[ix].min()), float(arr.start[ix].max())
-    return compute + allreduce_s(k, job.model_bytes, bw, net.latency_s) + start
+    return compute, allreduce_s(k, job.model_bytes, bw, net.latency_s), start
+
+
+def _set_cost(
+    idx: Sequence[int], nodes: Sequence[NodeModel], arr: _Arrays, batch: int, job: JobModel, net: NetworkModel
+) -> float:
+    parts = _set_parts(idx, nodes, arr, batch, job, net)
+    return float("inf") if parts is None else sum(parts)
 
 
 def _improve(
