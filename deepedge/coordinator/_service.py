@@ -540,21 +540,22 @@ class Coordinator:
             return
         nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
         current = plan_step_s(plan, nodes, job, network_model(self.learning, (a.node for a in plan.assignments), now))
-        decision = await self.decide(job)
+        # nodes that must stay out of this improvement: an LC hold (its LC app took the node out
+        # a moment ago) is known before planning; no room in its LC apps for a worker's start only
+        # once a plan would put the node in, and then the improvement is planned again without it
+        # (another node may still join; shares move)
+        holds = policy.held_back((a.node for a in plan.assignments), rt.holds, rt.holds, now)
+        keep_out = {n: "its LC hold lasts" for n in holds}
+        decision = await self.decide(job, keep_out)
         if job.terminal or job.plan is not plan or not decision.feasible:
             return  # changed while the planner ran, or nothing to improve to
         left = max(0, job.total_steps - job.step)
-        # nodes this plan would put into the job that must stay out for now: an LC hold (its LC
-        # app took it out a moment ago), or no room in its LC apps for a worker's start. The
-        # improvement is planned again without them (another node may still join; shares move).
-        held = policy.held_back((a.node for a in plan.assignments), decision.participants, rt.holds, now)
-        keep_out = {n: "its LC hold lasts" for n in held}
         crowded = self.crowded(plan, decision) if job.spec.lc_control == "forecast" else {}
-        keep_out |= {n: "no room in its LC apps for a worker's start" for n in crowded}
-        if keep_out:
+        if crowded:
             keeps = continues_group(plan, decision, self.view, job.job)
-            if crowded and policy.should_improve(left, current, decision.step_s, keeps, decision.startup_s):
+            if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
                 await self.say_no_room(job, crowded, now)  # an improvement waits for them
+            keep_out |= {n: "no room in its LC apps for a worker's start" for n in crowded}
             decision = await self.decide(job, keep_out)
             if job.terminal or job.plan is not plan or not decision.feasible:
                 return
