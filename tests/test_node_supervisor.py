@@ -24,7 +24,7 @@ from deepedge.broker_schemas import (
 )
 from deepedge.config import Config, NodeConfig, TrainingConfig
 from deepedge.node import NodeDaemon, SupervisorState, WorkerSupervisor
-from deepedge.node._daemon import CrashEvents
+from deepedge.node._daemon import PROFILING, CrashEvents
 from deepedge.node._supervisor import IllegalTransition, WorkerExit, crash_reason
 from deepedge.testing import FakeClock
 from deepedge.transport import FakeBroker, FakeTransport
@@ -339,5 +339,31 @@ async def test_a_supervision_task_that_dies_is_logged_and_reported(tmp_path: Pat
         assert daemon.workers["j"].state is SupervisorState.FAILED
         # a newer plan gets a new supervisor (the dead task is not reused)
         await daemon.act_on(make_plan(2, out=tmp_path).plan)
+        await until(lambda: daemon.workers["j"].state is SupervisorState.RUNNING)
+        await daemon.shutdown()
+
+
+async def test_a_board_being_profiled_refuses_a_jobs_pre_flight_and_plan_and_takes_the_next_after(
+    tmp_path: Path,
+) -> None:
+    """A worker started beside a profile would load the LC apps with the profile's stressors and
+    the job at once, and the profile would measure the job: while a profile or an interference run
+    goes on, the board refuses the job's pre-flight and its plan, with the reason. Before, it
+    started the worker."""
+    broker = FakeBroker()
+    async with FakeTransport(broker, client_id="n1") as transport:
+        daemon = NodeDaemon(
+            daemon_config(tmp_path, sh("sleep 30")), transport, node="n1", session="s", collectors=[], clock=FakeClock()
+        )
+        plan = make_plan(out=tmp_path).plan
+        async with daemon.profiler._point_lock:  # an interference run is being measured
+            check = await daemon.preflight("j", plan.spec)
+            assert not check["ok"] and check["check"] == "profiling" and "being profiled" in check["reason"]
+            await daemon.act_on(plan)
+        assert "j" not in daemon.workers or daemon.workers["j"].state is SupervisorState.IDLE
+        (hb,) = published(broker, Heartbeat)
+        assert hb.state == "failed" and hb.message == f"n1 refused: {PROFILING}"
+        assert any(e.event == "job.refused" and e.message == PROFILING for e in published(broker, Event))
+        await daemon.act_on(make_plan(2, out=tmp_path).plan)  # the run is over: the next plan is run
         await until(lambda: daemon.workers["j"].state is SupervisorState.RUNNING)
         await daemon.shutdown()

@@ -62,6 +62,9 @@ log = structlog.get_logger("deepedge.node")
 BIRTH_WAITS_FOR_PROBE_S = 20.0  # the first birth waits this long for the torch probe, then goes without
 CRASH_EVENT_INTERVAL_S = 5.0  # at most one worker.crashed event per job this often (the rest are counted)
 _ACTIVE = (SupervisorState.RUNNING, SupervisorState.BACKOFF)  # a worker runs, or is about to again
+# why a board being profiled refuses a job's pre-flight and plan: a worker beside the profile's
+# stressors and training would hit its LC apps with both, and the profile would measure the job
+PROFILING = "this board is being profiled (deepedge profile): it takes no job until the profile ends"
 
 
 class CrashEvents:
@@ -194,6 +197,11 @@ class NodeDaemon:
     def standbys(self) -> list[StandbyWorker]:
         """The standby worker and the standby checker this daemon keeps (those switched on)."""
         return [s for s in (self.standby, self.preflights.standby) if s is not None]
+
+    def profiling(self) -> bool:
+        """A profile or an interference run is in progress: this board takes no job meanwhile.
+        (Between two runs of a session it does; the session's next run is then refused.)"""
+        return self.profiler.running or self.profiler.measuring
 
     def busy(self) -> bool:
         """Whether a worker, a pre-flight check, a profile or the torch probe runs on this board."""
@@ -470,6 +478,8 @@ class NodeDaemon:
         drained node says so: it would ignore the job's plan."""
         if self.drained:
             result = self.preflights.refusal("drained", "this node is drained (deepedge undrain)", time.monotonic())
+        elif self.profiling():
+            result = self.preflights.refusal("profiling", PROFILING, time.monotonic())
         else:
             result = await self.preflights.run(job, spec)
         if not result["ok"]:
@@ -539,6 +549,9 @@ class NodeDaemon:
                     f"this node already runs {len(busy)} training worker(s) (job {', '.join(busy)}; node.max_workers "
                     f"= {self.config.node.max_workers})",
                 )
+                return
+            if self.profiling():  # (its pre-flight said so too, unless the profile began since)
+                await self.refuse(plan, mine.rank, PROFILING)
                 return
             try:
                 check_job(plan.spec, self.config.training)
