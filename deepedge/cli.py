@@ -445,7 +445,7 @@ def demo_cmd(
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if keep and report.cluster is not None:
-        cfg = report.cluster.config_path("coordinator")
+        cfg = report.cluster.config_path("operator")
         say(
             console,
             esc(

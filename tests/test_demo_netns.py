@@ -90,8 +90,8 @@ def test_a_reduced_namespaced_demo_reports_each_board_link_and_leaves_nothing(tm
 
 
 @namespaced
-@pytest.mark.timeout(180)
-def test_a_namespaced_demo_stopped_with_sigterm_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.timeout(240)
+def test_a_namespaced_demo_answers_the_operators_cli_and_stopped_with_sigterm_leaves_nothing(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = subprocess.Popen(
         [EXE, "demo", "--boards", "namespaces", "--workdir", str(workdir)],
@@ -106,6 +106,17 @@ def test_a_namespaced_demo_stopped_with_sigterm_leaves_nothing(tmp_path: Path) -
         while "profiling the boards" not in seen:  # the cluster is up and busy
             assert time.monotonic() < deadline and proc.poll() is None, seen[-2000:]
             seen += proc.stdout.readline()
+        # the CLI as the operator (what --keep tells one to use) asks the coordinator without
+        # taking over its connection (with the coordinator's own login, `status` said the
+        # coordinator was offline: its client id taken over, its last will fired)
+        status = subprocess.run(
+            [EXE, "--config", str(workdir / "etc" / "operator.toml"), "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stdout[-1000:] + status.stderr[-1000:]
+        assert "mqtt.disconnected" not in (workdir / "logs" / "coordinator.log").read_text()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         tag = _tag(seen)

@@ -34,7 +34,7 @@ import psutil
 from deepedge.config import BrokerConfig
 from deepedge.demo._boards import BoardProfile
 from deepedge.demo._broker import EmbeddedBroker, start_broker
-from deepedge.demo._secure import SecureBroker
+from deepedge.demo._secure import OPERATOR, SecureBroker
 from deepedge.embedded_broker import die_with_parent
 from deepedge.errors import DeepEdgeError
 from deepedge.netem import EmulatedNetwork, LinkProfile, why_not_usable
@@ -179,6 +179,13 @@ class DemoCluster:
             f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
             # a board held to its CPU quota takes its time to import torch for a pre-flight
              + ("preflight_timeout_s = 45.0\n" if self.namespaced else "") + self.coordinator_extra,
+        )
+        # the operator's: the CLI as the operator ``demo`` (the coordinator's own login would take
+        # over the coordinator's client id on the secure broker, whose last will would then fire),
+        # the coordinator's db named so that `profile --kb` defaults to the demo's knowledge base
+        self._write(
+            self.config_path("operator"),
+            self._common(OPERATOR) + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n',
         )
         self._spawn_coordinator()
         for b in self.boards:
