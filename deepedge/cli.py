@@ -507,7 +507,9 @@ def profile_cmd(
         bool, typer.Option("--interference", help="Designed interference runs (stressors, intensity, LC rate).")
     ] = False,
     lc_app: Annotated[str | None, typer.Option("--app", help="--interference: the LC app to model.")] = None,
-    budget: Annotated[int, typer.Option(help="--interference: runs in all (design + adaptive).")] = 40,
+    budget: Annotated[
+        int, typer.Option(help="--interference: runs in all (design + adaptive; at least --adaptive + 4).")
+    ] = 40,
     adaptive: Annotated[int, typer.Option(help="--interference: runs added where the model is least sure.")] = 8,
     rate_min: Annotated[float, typer.Option(help="--interference: lowest LC request rate (req/s).")] = 10.0,
     rate_max: Annotated[float, typer.Option(help="--interference: highest LC request rate (req/s).")] = 40.0,
@@ -541,10 +543,14 @@ def profile_cmd(
         from deepedge.profiling._design import Space
         from deepedge.profiling._remote import profile_interference
 
-        if not 0.5 <= quantile < 1 or budget - adaptive < 4 or not 0 < rate_min <= rate_max:
-            raise typer.BadParameter(
-                "--quantile in [0.5, 1), --budget at least --adaptive + 4, 0 < rate-min <= rate-max"
-            )
+        for wrong, why in (
+            (not 0.5 <= quantile < 1, f"--quantile {quantile:g} is not in [0.5, 1)"),
+            (adaptive < 0, f"--adaptive {adaptive} is negative"),
+            (budget - adaptive < 4, f"--budget {budget} is under --adaptive + 4 = {adaptive + 4} (the design's least)"),
+            (not 0 < rate_min <= rate_max, f"--rate-min {rate_min:g} / --rate-max {rate_max:g}: need 0 < min <= max"),
+        ):
+            if wrong:
+                raise typer.BadParameter(why)
         done = asyncio.run(
             profile_interference(
                 loaded.config,
@@ -553,7 +559,7 @@ def profile_cmd(
                 app=lc_app,
                 budget=budget,
                 adaptive=adaptive,
-                seconds=seconds or 3.0,
+                seconds=3.0 if seconds is None else seconds,
                 space=Space(rate_min=rate_min, rate_max=rate_max),
                 q=quantile,
                 model=model,
@@ -604,13 +610,11 @@ def profile_cmd(
 
 def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> None:
     """deepedge profile list | show ID | export FILE | import FILE."""
-    from deepedge.profiling import KnowledgeBase
+    from deepedge.profiling import KnowledgeBase, KnowledgeBaseError
 
     if verb != "list" and not target:
         raise typer.BadParameter(f"profile {verb} needs {'a profile id' if verb == 'show' else 'a file'}")
-    if verb in ("list", "show", "export") and not kb_path.exists():
-        raise DeepEdgeError(f"no knowledge base at {kb_path} (--kb)")
-    kbase = KnowledgeBase(kb_path)
+    kbase = KnowledgeBase(kb_path, create=verb == "import")  # the others only read it
     if verb == "list":
         rows = kbase.profiles()
         if as_json:
@@ -627,7 +631,7 @@ def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> 
         except ValueError:
             raise typer.BadParameter(f"profile id {target!r} is not a number (see deepedge profile list)") from None
         if shown is None:
-            raise DeepEdgeError(f"no profile {target} in {kb_path}")
+            raise typer.BadParameter(f"no profile {target} in {kb_path} (see deepedge profile list)")
         if as_json:
             _print_json(shown)
             return
@@ -647,14 +651,19 @@ def _profile_kb(verb: str, target: str | None, kb_path: Path, as_json: bool) -> 
                 )
     elif verb == "export":
         assert target is not None
-        Path(target).write_text(json.dumps(kbase.export(), indent=1))
+        try:
+            Path(target).write_text(json.dumps(kbase.export(), indent=1))
+        except OSError as exc:
+            raise KnowledgeBaseError(f"export to {target}: {exc.strerror or exc}") from None
         typer.echo(f"exported {len(kbase.profiles())} profile(s) to {target}", err=True)
     else:
         assert target is not None
         try:
             ids = kbase.import_(json.loads(Path(target).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DeepEdgeError(f"import {target}: {exc}") from None
+        except OSError as exc:
+            raise KnowledgeBaseError(f"import {target}: {exc.strerror or exc}") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise KnowledgeBaseError(f"import {target}: {exc}") from None
         typer.echo(f"imported {len(ids)} profile(s) into {kb_path}", err=True)
 
 

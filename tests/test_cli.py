@@ -224,6 +224,26 @@ def test_an_unusable_config_file_is_one_line_and_exit_78(tmp_path: Path, what: s
     assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"deepedge: error: config file {path} "), r.stderr
 
 
+def test_the_knowledge_base_verbs_answer_a_wrong_file_in_one_line_with_its_exit_code(tmp_path: Path) -> None:
+    """A new operator's review: a folder, a text file, an export into a missing folder gave
+    tracebacks (exit 1); an unknown profile id exit 1 (a bug's code)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database " * 20)
+    kb = tmp_path / "kb.db"
+    assert run("profile", "import", str(text), "--kb", str(kb)).returncode == ExitCode.CONFIG  # not JSON
+    cases = [
+        (["list", "--kb", str(tmp_path)], ExitCode.CONFIG, "is a folder"),
+        (["list", "--kb", str(text)], ExitCode.CONFIG, "is not a knowledge base"),
+        (["list", "--kb", str(tmp_path / "none.db")], ExitCode.CONFIG, "no knowledge base at"),
+        (["export", str(tmp_path / "no" / "x.json"), "--kb", str(kb)], ExitCode.CONFIG, "No such file or directory"),
+        (["show", "99", "--kb", str(kb)], ExitCode.USAGE, "no profile 99"),
+    ]
+    for args, code, needle in cases:
+        r = run("profile", *args)
+        assert r.returncode == code and needle in r.stderr, (args, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+
+
 def test_usage_error_exits_2() -> None:
     r = run("config", "show", "--no-such-flag")
     assert r.returncode == ExitCode.USAGE

@@ -1003,3 +1003,38 @@ async def test_a_node_settles_for_a_climb_after_a_window_and_a_steady_report_at_
     learn.steady_at = 104.9  # no report since a window after its start (that one mixed the start in)
     assert not c.settled("n1", 2, 120.0)
     assert not c.surrogate_capped("n1") and not c.surrogate_capped("nobody")
+
+
+async def test_a_node_claiming_a_vanishing_rate_or_latency_fails_no_other_job(cluster: Cluster) -> None:
+    """(an attacker's review) A node in no job claimed a profile of 5e-324 samples/s (a legal
+    float) and pinned its own cap at 0.3 with an LC report: rate x cap underflowed to 0 and every
+    plan of every job raised ZeroDivisionError; a p95 of 5e-324 made log(0) raise the same way.
+    Now such a rate counts as MIN_RATE, the p95 is clamped, a node whose LC models fail is only
+    unavailable itself, and a submit whose first plan raises fails that job with the reason
+    (it stayed `planning` for ever)."""
+    from deepedge.broker_schemas import ModelProfile
+
+    c = await cluster.start()
+    await cluster.board("n1")
+    await cluster.submit("j1")
+    await cluster.training("n1", "j1", c.jobs["j1"].generation, 1)
+    evil = NodeBirth(node="evil", session="s1", ts=1.0, memory_bytes=8 << 30, training_address="127.0.0.2",
+                     profiles={"cnn-small": ModelProfile(samples_per_s=5e-324)})  # fmt: skip
+    await cluster.peer.publish(T.node_status("evil"), evil, qos=1, retain=True)
+    for p95 in (56.25, 5e-324, 5e-324, 5e-324, 5e-324):
+        app = AppLatency(app="x", count=10, p50_ms=50, p95_ms=p95, p99_ms=60, deadline_ms=100.0)
+        await cluster.peer.publish(
+            T.node_latency("evil"), LatencyReport(node="evil", ts=1.0, window_s=5.0, apps=(app,))
+        )
+    await cluster.alive(3, "n1", "evil")
+    assert c.jobs["j1"].state == JobState.RUNNING, c.jobs["j1"].reason
+    await cluster.peer.publish(T.node_status("evil"), NodeDeath(node="evil", session="s1", reason="x"), retain=True)
+    await cluster.settle()
+
+    async def broken(job: JobRecord, decision: Any = None) -> None:
+        raise KeyError("a bug")
+
+    c.replan = broken  # type: ignore[method-assign]
+    with pytest.raises(CommandFailed, match="internal error while planning: KeyError"):
+        await cluster.submit("j2")
+    assert c.jobs["j2"].state == JobState.FAILED

@@ -212,6 +212,10 @@ def test_the_knowledge_base_round_trips(tmp_path: Path) -> None:
         {"cap_table": {**doc["profiles"][0]["model"]["cap_table"], "intensity": list(range(100))}},
         {"q": 1.5},
         {"cv": "not an object"},
+        # (an attacker's review) extrapolated to inf at a higher rate: every forecast job failed
+        {"cap_table": {**doc["profiles"][0]["model"]["cap_table"], "upper": [1e308] * 1000}},
+        # NaN (json reads it) failed after the good profile was deleted: it was left without a model
+        {"created": float("nan")},
     ):
         crafted = json.loads(json.dumps(doc))
         crafted["profiles"][0]["model"].update(bad)
@@ -223,6 +227,56 @@ def test_the_knowledge_base_round_trips(tmp_path: Path) -> None:
     run["profiles"][0]["runs"][0]["p95_ms"] = float("inf")
     with pytest.raises(ValueError, match="not a finite non-negative number"):
         other.import_(run)
+
+
+def test_a_knowledge_base_is_only_a_file_that_is_one_and_reading_one_never_writes(tmp_path: Path) -> None:
+    """`profile list --kb` named the coordinator's job store by mistake wrote the knowledge base's
+    tables into it, and a folder or a text file gave a traceback: now a clear error, and reading
+    opens the file read-only."""
+    import sqlite3
+
+    from deepedge.profiling import KnowledgeBaseError
+
+    store = tmp_path / "coordinator.db"
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE jobs (id TEXT)")
+    for create in (False, True):
+        with pytest.raises(KnowledgeBaseError, match=r"not a knowledge base \(its tables: jobs"):
+            KnowledgeBase(store, create=create)
+    with sqlite3.connect(store) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["jobs"]
+    (tmp_path / "notes.txt").write_text("not a database, but long enough to have a header........" * 4)
+    for path, why in (
+        (tmp_path / "notes.txt", "not a knowledge base"),
+        (tmp_path, "a folder"),
+        (tmp_path / "none.db", "no knowledge base at"),
+    ):
+        with pytest.raises(KnowledgeBaseError, match=why):
+            KnowledgeBase(path, create=False)
+    assert not (tmp_path / "none.db").exists()
+    kb = KnowledgeBase(tmp_path / "kb.db")
+    kb.profile_id(ProfileKey("m", "det", "v"))
+    mtime = (tmp_path / "kb.db").stat().st_mtime_ns
+    reader = KnowledgeBase(tmp_path / "kb.db", create=False)
+    assert [p.key.app for p in reader.profiles()] == ["det"]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.profile_id(ProfileKey("m", "other", "v"))
+    assert (tmp_path / "kb.db").stat().st_mtime_ns == mtime
+
+
+def test_a_table_never_predicts_more_than_its_bound_and_an_anchor_survives_any_reported_p95() -> None:
+    """(an attacker's review) A node's p95 of 5e-324, a legal float, made log(0) raise in the
+    anchor of every plan that read its app: every forecast job failed."""
+    from deepedge.profiling._table import MAX_TABLE_VALUE
+
+    table = _table()
+    assert table.upper_ms(1.0, 1e300) == MAX_TABLE_VALUE  # far beyond the grid: bounded
+    model = InterferenceModel()
+    model.table = table
+    for k in range(4):
+        model.observe_load(float(k), 20.0, 0.5, 0.0, 5e-324)
+    anchor = model.correction(table)
+    assert all(math.isfinite(x) for x in (anchor.c0, anchor.c1, anchor.spread))
 
 
 def _table(offset: float = 0.0) -> CapTable:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from deepedge.broker_schemas import Heartbeat, LatencyReport, Telemetry
-from deepedge.coordinator.planner import LcAppModel
+from deepedge.coordinator.planner import MIN_RATE, LcAppModel
 from deepedge.profiling import CapTable
 from deepedge.profiling._forecast import RateForecast
 from deepedge.profiling._table import conformal_quantile
@@ -80,7 +80,8 @@ class Anchor:
     seen: tuple[float, ...] = ()  # the intensities the reports were taken at (distinct, to 0.01)
 
 
-MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped
+MAX_RATE = 1e6  # samples/s: no board trains faster; a higher claim is clamped (a lower one than
+# the planner's MIN_RATE counts as MIN_RATE: a node's 5e-324 crashed every plan, a ZeroDivisionError)
 MAX_STEP_UP = 10.0  # after the first, an observation counts at most this factor above the estimate
 
 
@@ -97,7 +98,7 @@ class ThroughputModel:
         about its speed can steer the shares, not blow up the planner)."""
         if not samples_per_s > 0 or not intensity >= 0.05:
             return
-        full = min(samples_per_s / min(1.0, intensity), MAX_RATE)
+        full = min(max(samples_per_s / min(1.0, intensity), MIN_RATE), MAX_RATE)
         if self.estimate is not None:
             full = min(full, MAX_STEP_UP * self.estimate)
         self.estimate = full if self.estimate is None else (1 - self.alpha) * self.estimate + self.alpha * full
@@ -181,7 +182,8 @@ class InterferenceModel:
         obs = list(self.observed)[-ANCHOR_OBS:]
         if len(obs) < 3:
             return Anchor(widen=self.widen)
-        res = [(u, math.log(p95 / max(1e-3, table.median_ms(u, rate, cpu)))) for u, rate, cpu, p95 in obs]
+        # both clamped: a node's p95 of 5e-324 (a legal float) made log(0) raise for every job
+        res = [(u, math.log(max(1e-3, p95) / max(1e-3, table.median_ms(u, rate, cpu)))) for u, rate, cpu, p95 in obs]
         us = [u for u, _ in res]
         mu, mr = sum(us) / len(us), sum(r for _, r in res) / len(res)
         sxx = sum((u - mu) ** 2 for u in us)

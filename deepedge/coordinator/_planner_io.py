@@ -14,13 +14,25 @@ import ipaddress
 import statistics
 from collections.abc import Iterable, Mapping
 
+import structlog
+
 from deepedge.broker_schemas import Assignment, Heartbeat, NodeBirth, Plan, TorchInfo
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._learning import MAX_RATE, CommModel, NodeLearning
 from deepedge.coordinator._view import ClusterView, NodeState
-from deepedge.coordinator.planner import JobModel, LcAppModel, NetworkModel, NodeModel, PlanDecision, allreduce_s
+from deepedge.coordinator.planner import (
+    MIN_RATE,
+    JobModel,
+    LcAppModel,
+    NetworkModel,
+    NodeModel,
+    PlanDecision,
+    allreduce_s,
+)
 from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
 from deepedge.profiling import TableCache, versions_key
+
+log = structlog.get_logger("deepedge.coordinator")
 
 __all__ = [
     "DEFAULT_FORMING_S",
@@ -180,10 +192,14 @@ def node_models(
         # What ``deepedge profile`` measured on this board for this model: the prior until
         # heartbeats and latency reports say otherwise.
         profile = state.birth.profiles.get(job.spec.model)
-        apps = lc_models(state, learn, job, tables, now)
+        try:
+            apps = lc_models(state, learn, job, tables, now)
+        except Exception as exc:  # one node's state must never fail the plans of every job
+            log.error("lc_models.failed", node=state.node, job=job.job, error=f"{type(exc).__name__}: {exc}")
+            apps, unavailable = (), unavailable or f"its LC models could not be computed: {type(exc).__name__}"
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
-            rate = min(profile.samples_per_s, MAX_RATE)  # a board's claim, clamped as its heartbeats are
+            rate = min(max(profile.samples_per_s, MIN_RATE), MAX_RATE)  # a board's claim, clamped as its heartbeats are
         hb = state.heartbeats.get(job.job)
         in_group = state.node in running and hb is not None and hb.state in ("training", "starting")
         link = learn.link.bandwidth if learn.link.known(now) and learn.link.bandwidth else UNKNOWN_LINK_BPS

@@ -10,7 +10,15 @@ from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from deepedge.profiling._kb import EXPORT_FORMAT, KnowledgeBase, ProfileKey, ProfileSummary, TableCache, versions_key
+from deepedge.profiling._kb import (
+    EXPORT_FORMAT,
+    KnowledgeBase,
+    KnowledgeBaseError,
+    ProfileKey,
+    ProfileSummary,
+    TableCache,
+    versions_key,
+)
 from deepedge.profiling._space import FEATURES, STRESSORS, Point, Run
 from deepedge.profiling._table import CapTable
 
@@ -64,6 +72,7 @@ __all__ = [
     "STRESSORS",
     "CapTable",
     "KnowledgeBase",
+    "KnowledgeBaseError",
     "LatencySink",
     "Point",
     "PointRunner",

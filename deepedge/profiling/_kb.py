@@ -15,10 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepedge.errors import DeepEdgeError, ExitCode
 from deepedge.profiling._space import Run
 from deepedge.profiling._table import CapTable
 
-__all__ = ["EXPORT_FORMAT", "KnowledgeBase", "ProfileKey", "ProfileSummary", "TableCache", "versions_key"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "KnowledgeBase",
+    "KnowledgeBaseError",
+    "ProfileKey",
+    "ProfileSummary",
+    "TableCache",
+    "versions_key",
+]
 
 EXPORT_FORMAT = "deepedge-knowledge-base/1"
 VERSIONED = ("deepedge", "python", "torch")  # the software an LC app's latency profile depends on
@@ -84,16 +93,48 @@ class ProfileSummary:
     source: str
 
 
+_TABLES = frozenset({"profiles", "runs", "models"})
+
+
+class KnowledgeBaseError(DeepEdgeError):
+    """A file that is not a knowledge base deepedge can use (or cannot be written)."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class KnowledgeBase:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        """Open the knowledge base at ``path``; ``create``: make it (and its tables) if missing,
+        else only read it (``profile list | show | export``: opened read-only, so a wrong
+        ``--kb`` never changes another program's file). Raises KnowledgeBaseError for a path
+        that is not one: a folder, a file that is not SQLite, or an SQLite database with tables
+        of its own (the coordinator's job store named by mistake is never written to)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        self.readonly = not create
+        if self.path.is_dir():
+            raise KnowledgeBaseError(f"{self.path} is a folder, not a knowledge base (--kb names its file)")
+        if not create and not self.path.is_file():
+            raise KnowledgeBaseError(f"no knowledge base at {self.path} (--kb)")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._db() as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                foreign = tables - _TABLES - {"sqlite_sequence"}
+                if foreign or (not create and not tables >= _TABLES):
+                    what = f"its tables: {', '.join(sorted(tables))}" if tables else "no tables"
+                    raise KnowledgeBaseError(f"{self.path} is an SQLite database but not a knowledge base ({what})")
+                if create:
+                    db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # not a database, unreadable, ...
+            raise KnowledgeBaseError(f"{self.path} is not a knowledge base: {exc}") from None
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
+        if self.readonly:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        else:
+            db = sqlite3.connect(self.path, timeout=10)
         try:
             db.execute("PRAGMA foreign_keys = ON")
             with db:
@@ -282,15 +323,8 @@ class KnowledgeBase:
             self.set_design(pid, list(p.get("design", [])))
             self.add_runs(pid, runs)
             if model is not None and table is not None:
-                self.set_model(
-                    pid,
-                    str(model["kind"]),
-                    float(model["q"]),
-                    dict(model["cv"]),
-                    list(model["candidates"]),
-                    table,
-                    float(model.get("created", time.time())),
-                )
+                cv, candidates = dict(model["cv"]), list(model["candidates"])
+                self.set_model(pid, model["kind"], model["q"], cv, candidates, table, model["created"])
             ids.append(pid)
         return ids
 
@@ -329,6 +363,11 @@ def _parse_profile(
             q = float(model["q"])
             if not 0 < q < 1:
                 raise ValueError(f"quantile {q} is not in (0, 1)")
+            created = float(model.get("created", time.time()))
+            if not 0 <= created < 1e11:  # (NaN, which json reads, included)
+                raise ValueError(f"created {created} is not a time")
+            # every value the import writes, as it writes it: nothing fails after a profile is replaced
+            model = model | {"kind": str(model["kind"]), "q": q, "created": created}
             table = CapTable.from_dict(model["cap_table"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"a profile of the export is not valid: {type(exc).__name__}: {exc}") from None
@@ -366,9 +405,9 @@ class TableCache:
             if self._mtime < 0:
                 return None
             try:
-                self._tables[key] = KnowledgeBase(self.path).table(device_model, app, versions)
+                self._tables[key] = KnowledgeBase(self.path, create=False).table(device_model, app, versions)
                 self.error = ""
-            except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
+            except (KnowledgeBaseError, sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
                 self.error = f"{self.path}: {exc}"
                 self._tables[key] = None
             # bounded: the key's device model and versions are what a node's birth says

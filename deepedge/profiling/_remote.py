@@ -12,14 +12,20 @@ from pathlib import Path
 
 from deepedge.broker_schemas import ArgValue, Topics
 from deepedge.config import Config
-from deepedge.errors import DeepEdgeError
+from deepedge.errors import DeepEdgeError, ExitCode
 from deepedge.profiling._design import Space
 from deepedge.profiling._kb import KnowledgeBase, ProfileKey, versions_key
 from deepedge.profiling._session import ProfileSession, SessionResult
 from deepedge.profiling._space import Point, Run
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["profile_interference"]
+__all__ = ["NameTheApp", "profile_interference"]
+
+
+class NameTheApp(DeepEdgeError):
+    """The node has no LC app with a deadline, or several: --app must name one (a usage error)."""
+
+    exit_code = ExitCode.USAGE
 
 
 async def profile_interference(
@@ -39,7 +45,7 @@ async def profile_interference(
 ) -> SessionResult:
     """Run a session against ``node``; raises DeepEdgeError with the node's reason if a run is
     refused or fails."""
-    from deepedge.ops import node_status
+    from deepedge.ops import CommandError, node_status
 
     say = log or (lambda _m: None)
     topics = Topics(config.cluster.name)
@@ -50,9 +56,17 @@ async def profile_interference(
         async with Requester(t, topics, timeout_s=seconds + 150, sender="cli") as rpc:
             if app is None:
                 status = await rpc.request(topics.node_command(node, "status"), {})
-                apps = sorted(a for a, v in (status.result.get("lc_apps") or {}).items() if v.get("deadline_ms"))
+                if not status.ok:
+                    err = status.error
+                    raise CommandError(err.code if err else "?", f"node {node}: {err.message if err else ''}")
+                lc = status.result.get("lc_apps")  # a peer's reply: its shape is not trusted
+                apps = (
+                    sorted(a for a, v in lc.items() if isinstance(v, dict) and v.get("deadline_ms"))
+                    if isinstance(lc, dict)
+                    else []
+                )
                 if len(apps) != 1:
-                    raise DeepEdgeError(f"node {node}: name the LC app with --app (apps with a deadline: {apps})")
+                    raise NameTheApp(f"node {node}: name the LC app with --app (apps with a deadline: {apps[:20]})")
                 app = apps[0]
             key = ProfileKey(birth.device_model or "unknown", app, versions_key(birth.software))
             say(f"profiling {app} on {node} ({key})")
@@ -75,7 +89,7 @@ async def profile_interference(
                 reply = await rpc.request(topics.node_command(node, "profile"), args)
                 if not reply.ok:
                     err = reply.error
-                    raise DeepEdgeError(f"node {node}: {err.code if err else '?'}: {err.message if err else ''}")
+                    raise CommandError(err.code if err else "?", f"node {node}: {err.message if err else ''}")
                 try:  # the node's measurement: checked like any peer's message
                     return Run.from_dict(dict(reply.result["run"]))
                 except (KeyError, TypeError, ValueError) as exc:

@@ -15,6 +15,9 @@ from typing import Any
 __all__ = ["CapTable", "compile_table", "conformal_quantile"]
 
 MAX_GRID = 64  # points per axis of a table read from a file or the knowledge base (each is a few)
+# the largest latency (ms) and grid value a table holds or predicts: an imported table with 1e308
+# at its last rate extrapolated to inf, and log(p95 / inf) failed every job on that device model
+MAX_TABLE_VALUE = 1e7
 
 
 def conformal_quantile(values: Sequence[float], q: float) -> float:
@@ -64,7 +67,7 @@ class CapTable:
             # there is >= 0 (monotone table), so a higher rate or load never predicts less
             w = (tu if du else 1 - tu) * (tr if dr else 1 - tr) * (tc if dc else 1 - tc)
             out += w * values[(ju * nr + jr) * nc + jc]
-        return out
+        return min(out, MAX_TABLE_VALUE) if out == out else MAX_TABLE_VALUE  # bounded, never NaN
 
     def upper_ms(self, u: float, rate: float, cpu: float = 0.0) -> float:
         return self._at(self.upper, u, rate, cpu)
@@ -93,8 +96,8 @@ class CapTable:
         n = len(t.intensity) * len(t.rate) * len(t.cpu)
         if not (len(t.upper) == len(t.median) == n and n > 0):
             raise ValueError(f"cap table of {t.app}: {len(t.upper)} values for a {n}-point grid")
-        if not all(math.isfinite(v) and v >= 0 for g in (*grids, t.upper, t.median) for v in g):
-            raise ValueError(f"cap table of {t.app}: a value is negative or not finite")
+        if not all(0 <= v <= MAX_TABLE_VALUE for g in (*grids, t.upper, t.median) for v in g):
+            raise ValueError(f"cap table of {t.app}: a value is negative, not finite or over {MAX_TABLE_VALUE:g}")
         if any(list(g) != sorted(set(g)) for g in grids):
             raise ValueError(f"cap table of {t.app}: a grid is not strictly increasing")
         if not 0 < t.q < 1:

@@ -11,6 +11,7 @@ from deepedge.coordinator.planner._planner import (
     uniform_plan,
 )
 from deepedge.coordinator.planner._types import (
+    MIN_RATE,
     JobModel,
     LcAppModel,
     NetworkModel,
@@ -21,6 +22,7 @@ from deepedge.coordinator.planner._types import (
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
 __all__ = [
+    "MIN_RATE",
     "JobModel",
     "LcAppModel",
     "NetworkModel",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from deepedge.coordinator.planner._caps import node_cap
 from deepedge.coordinator.planner._planner import integer_shares
-from deepedge.coordinator.planner._types import JobModel, NetworkModel, NodeModel, PlannerConfig
+from deepedge.coordinator.planner._types import MIN_RATE, JobModel, NetworkModel, NodeModel, PlannerConfig
 from deepedge.coordinator.planner._waterfill import allreduce_s
 
 __all__ = ["exhaustive_best_makespan"]
@@ -22,7 +22,7 @@ def exhaustive_best_makespan(
     feasible = []
     for n in nodes:
         cap, _ = node_cap(n, config.margin)
-        if cap >= config.min_cap and n.rate > 0 and n.max_share > 0:
+        if cap >= config.min_cap and n.rate >= MIN_RATE and n.max_share > 0:
             feasible.append((n, n.rate * cap))
     best = math.inf
     for k in range(1, len(feasible) + 1):

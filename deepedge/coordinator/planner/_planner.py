@@ -13,7 +13,7 @@ import numpy as np
 
 from deepedge.coordinator.planner._caps import node_cap
 from deepedge.coordinator.planner._lp import ShareLp, padded_size
-from deepedge.coordinator.planner._types import JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
+from deepedge.coordinator.planner._types import MIN_RATE, JobModel, NetworkModel, NodeModel, PlanDecision, PlannerConfig
 from deepedge.coordinator.planner._waterfill import allreduce_s, waterfill_time
 
 __all__ = ["Planner", "candidate_sizes", "integer_shares", "plan", "proportional_plan", "uniform_plan"]
@@ -87,8 +87,9 @@ class Planner:
                 continue
             cap, why = node_cap(node, cfg.margin)
             caps[node.node] = cap
-            if node.rate <= 0 or node.max_share <= 0:
-                excluded[node.node] = "no measured throughput" if node.rate <= 0 else "no memory for a sample"
+            slow = not node.rate >= MIN_RATE  # (NaN included)
+            if slow or node.max_share <= 0:
+                excluded[node.node] = "no measured throughput" if slow else "no memory for a sample"
             elif cap < cfg.min_cap:
                 excluded[node.node] = why or f"cap {cap:.2f} is under the minimum {cfg.min_cap}"
             else:
@@ -348,7 +349,9 @@ def proportional_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkMod
 
 def _baseline(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None, proportional: bool) -> PlanDecision:
     net = net or NetworkModel()
-    usable = sorted((n for n in nodes if n.rate > 0 and n.max_share > 0 and not n.unavailable), key=lambda n: n.node)
+    usable = sorted(
+        (n for n in nodes if n.rate >= MIN_RATE and n.max_share > 0 and not n.unavailable), key=lambda n: n.node
+    )
     k = len(usable)
     what = "a proportional" if proportional else "an even"
     if k == 0 or sum(n.max_share for n in usable) < job.global_batch:

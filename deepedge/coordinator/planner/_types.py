@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["JobModel", "LcAppModel", "NetworkModel", "NodeModel", "PlanDecision", "PlannerConfig"]
+__all__ = ["MIN_RATE", "JobModel", "LcAppModel", "NetworkModel", "NodeModel", "PlanDecision", "PlannerConfig"]
+
+# samples/s at full intensity under which a node counts as without a measured throughput: a rate
+# such as 5e-324 (a legal float a node may claim) times a cap underflows to 0 and divided by zero
+MIN_RATE = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
