@@ -1038,3 +1038,32 @@ async def test_a_node_claiming_a_vanishing_rate_or_latency_fails_no_other_job(cl
     with pytest.raises(CommandFailed, match="internal error while planning: KeyError"):
         await cluster.submit("j2")
     assert c.jobs["j2"].state == JobState.FAILED
+
+
+async def test_a_jobs_progress_counts_the_lc_misses_of_its_own_boards_within_the_wire_bound(cluster: Cluster) -> None:
+    """(an attacker's review) Progress summed every live node's LC misses: a node in no job
+    reporting 2**53 on two apps made every job's progress undecodable (and with enough nodes the
+    sum passed 2**64, encoding raised and the tick loop died). Now only the job's own boards
+    count, capped at the wire bound, and a message out of bounds is dropped, never a loop."""
+    from deepedge.broker_schemas import MAX_INT, Progress
+
+    c = await cluster.start()
+    await cluster.boards("n1", "evil")
+    await cluster.drained("evil", True)
+    await cluster.submit("j")
+    assert cluster.participants("j") == {"n1"}
+    for node, n in (("n1", 3), ("evil", 2**53)):
+        apps = tuple(
+            AppLatency(app=a, count=1, p50_ms=1, p95_ms=1, p99_ms=1, deadline_ms=30.0, violations=n) for a in ("a", "b")
+        )
+        await cluster.peer.publish(T.node_latency(node), LatencyReport(node=node, ts=1.0, window_s=2.0, apps=apps))
+    await cluster.settle()
+    await c.in_writer(lambda: c.publish_progress(c.jobs["j"]))
+    await cluster.settle()
+    progress = decode(T.job_progress("j"), cluster.broker.retained[T.job_progress("j")]).message
+    assert isinstance(progress, Progress) and progress.deadline_violations == 6
+    c.view.nodes["n1"].latency["a"] = msgspec.structs.replace(c.view.nodes["n1"].latency["a"], violations=MAX_INT)
+    await c.in_writer(lambda: c.publish_progress(c.jobs["j"]))
+    await cluster.settle()
+    progress = decode(T.job_progress("j"), cluster.broker.retained[T.job_progress("j")]).message
+    assert isinstance(progress, Progress) and progress.deadline_violations == MAX_INT

@@ -22,6 +22,7 @@ import structlog
 
 from deepedge import __version__, compat
 from deepedge.broker_schemas import (
+    MAX_INT,
     ArgValue,
     Cleared,
     CoordinatorStatus,
@@ -34,6 +35,7 @@ from deepedge.broker_schemas import (
     NodeDeath,
     Plan,
     Progress,
+    SchemaError,
     Telemetry,
     Topics,
 )
@@ -172,6 +174,9 @@ class Coordinator:
                 return True
             except (TransportError, TimeoutError) as exc:
                 log.debug("publish.failed", topic=topic, error=str(exc) or "timed out")
+            except SchemaError as exc:  # a message out of its bounds: dropped and said, never a dead loop
+                log.error("publish.refused", topic=topic, error=str(exc))
+                return False
         if retain:
             self.stale = True
         return False
@@ -795,7 +800,11 @@ class Coordinator:
                     rate += hb.samples_per_s
         remaining = max(0, job.total_steps - job.step) * job.spec.global_batch
         eta = remaining / rate if rate > 0 and not job.terminal else None
-        violations = sum(a.violations for s in self.view.alive() for a in s.latency.values())
+        # the LC misses on this job's own boards (each node's own count: bounded by the wire, a
+        # sum of many is capped: 2**53 from two apps made every job's progress undecodable)
+        mine = {a.node for a in job.plan.assignments} if job.plan is not None else set()
+        counted = (s for s in self.view.alive() if s.node in mine)
+        violations = min(MAX_INT, sum(a.violations for s in counted for a in s.latency.values()))
         progress = Progress(
             job=job.job,
             state=job.state,
