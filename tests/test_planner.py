@@ -48,6 +48,7 @@ def clusters(draw: st.DrawFn, max_nodes: int = 12) -> list[NodeModel]:
                 bandwidth_bps=draw(st.sampled_from([1e7, 1e8, 1e9])),
                 lc_apps=apps,
                 cap_limit=draw(st.sampled_from([1.0, 1.0, 0.5, 0.0])),
+                latency_s=draw(st.sampled_from([None, None, 1e-4, 0.01, 0.2])),
             )
         )
     return nodes
@@ -133,6 +134,22 @@ def test_within_2_percent_of_exhaustive_search_on_small_clusters(nodes: list[Nod
         return
     assert d.feasible
     assert d.makespan_s <= best * 1.02
+
+
+def test_a_node_the_plan_does_not_choose_does_not_slow_it_with_its_link_latency() -> None:
+    """(an attacker's review) The all-reduce latency was the largest among every node that could
+    train: one that could but was not chosen (here: no memory to spare) made every plan's
+    all-reduce wait for its 1 s link. Each set now pays for its own slowest hop only."""
+    job = JobModel(global_batch=64, dataset_size=6400, epochs=1, model_bytes=4_000_000)
+    honest = [NodeModel(f"n{i}", rate=100.0, max_share=64, bandwidth_bps=1e8) for i in (1, 2)]
+    slow = NodeModel("evil", rate=100.0, max_share=0, bandwidth_bps=1e8, latency_s=1.0)
+    alone = PLANNER.plan(honest, job, NET)
+    with_it = PLANNER.plan([*honest, slow], job, NET)
+    assert with_it.participants == alone.participants == ("n1", "n2")
+    assert with_it.step_s == alone.step_s
+    # a chosen node's latency counts: the same node with room is weighed with its 1 s hop
+    far = NodeModel("n3", rate=100.0, max_share=64, bandwidth_bps=1e8, latency_s=1.0)
+    assert "n3" not in PLANNER.plan([*honest, far], job, NET).participants
 
 
 def test_infeasible_reason_names_the_app() -> None:

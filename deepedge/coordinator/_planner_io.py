@@ -218,6 +218,7 @@ def node_models(
                 # start-up is the plan's: the others wait for it at the rendezvous)
                 startup_s=learn.forming.get(DEFAULT_FORMING_S)
                 + (0.0 if in_group else learn.startup.get(DEFAULT_STARTUP_S)),
+                latency_s=learn.link.latency if learn.link.known(now) else None,
             )
         )
     return out

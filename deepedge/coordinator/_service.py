@@ -45,6 +45,7 @@ from deepedge.coordinator import _policy as policy
 from deepedge.coordinator._jobs import MAX_REASON, JobRecord
 from deepedge.coordinator._learning import CommModel, NodeLearning, ThroughputModel
 from deepedge.coordinator._planner_io import (
+    DEFAULT_LATENCY_S,
     allreduce_efficiency,
     busy_elsewhere,
     continues_group,
@@ -59,7 +60,14 @@ from deepedge.coordinator._planner_io import (
 )
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
-from deepedge.coordinator.planner import PlanDecision, Planner, PlannerConfig, proportional_plan, uniform_plan
+from deepedge.coordinator.planner import (
+    NetworkModel,
+    PlanDecision,
+    Planner,
+    PlannerConfig,
+    proportional_plan,
+    uniform_plan,
+)
 from deepedge.profiling import TableCache
 from deepedge.transport import RateLimiter, Received, Transport, TransportError
 
@@ -516,9 +524,10 @@ class Coordinator:
         # the plan, so that a run whose caps look low can be read afterwards
         bases = [f"{n.node}/{a.name}: {a.basis}" for n in nodes for a in n.lc_apps if a.basis]
         self.runtime_of(job).lc_models = "; ".join(bases)[:MAX_LC_MODELS]
-        # the slowest link among the nodes that can take part (not one left out or busy elsewhere:
-        # a node out of this job must not make every multi-node plan look slow)
-        net = network_model(self.learning, (n.node for n in nodes if not n.unavailable), now)
+        # each node's link latency is its own (NodeModel.latency_s): the planner takes the largest
+        # of each participant set it weighs, so a node it does not choose slows no plan; this is
+        # the latency of a node whose link is not probed yet
+        net = NetworkModel(latency_s=DEFAULT_LATENCY_S)
         if job.spec.split == "uniform":
             return uniform_plan(nodes, job_model(job), net)
         if job.spec.split == "proportional":

@@ -34,6 +34,7 @@ def exhaustive_best_makespan(
             shares = integer_shares([0.0] * k, rho, [n.overhead_s for n, _ in subset], ub, job.global_batch)
             used = [(n, s, r) for (n, r), s in zip(subset, shares, strict=True) if s > 0]
             compute = max(s / r + n.overhead_s for n, s, r in used)
-            ar = allreduce_s(len(used), job.model_bytes, min(n.bandwidth_bps for n, _, _ in used), net.latency_s)
+            slowest = max(n.latency(net.latency_s) for n, _, _ in used)
+            ar = allreduce_s(len(used), job.model_bytes, min(n.bandwidth_bps for n, _, _ in used), slowest)
             best = min(best, job.steps * (compute + ar))
     return best

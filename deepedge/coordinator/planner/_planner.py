@@ -117,6 +117,7 @@ class Planner:
         # A participant that must start (or re-form) first delays the whole job once: its
         # start-up, paid back over the steps left, counts in the step it is compared by.
         start_all = np.array([n.startup_s for n in feasible]) / job.left
+        lat_all = np.array([n.latency(net.latency_s) for n in feasible])
         best_cost, best_set = float("inf"), [0]
         for i in range(len(feasible)):  # one node alone: no all-reduce at all
             alone = batch / rho_all[i] + over_all[i] + start_all[i]
@@ -130,6 +131,7 @@ class Planner:
             ]
             rho, over, ub = rho_all[order], over_all[order], ub_all[order]
             start = np.maximum.accumulate(start_all[order])
+            lat = np.maximum.accumulate(lat_all[order])
 
             def cost(
                 k: int,
@@ -138,9 +140,10 @@ class Planner:
                 ub: np.ndarray = ub,
                 level: float = level,
                 start: np.ndarray = start,
+                lat: np.ndarray = lat,
             ) -> float:
                 t = waterfill_time(rho[:k], over[:k], ub[:k], batch)
-                return t + allreduce_s(k, job.model_bytes, level, net.latency_s) + float(start[k - 1])
+                return t + allreduce_s(k, job.model_bytes, level, float(lat[k - 1])) + float(start[k - 1])
 
             grid = candidate_sizes(len(order))
             costs = {k: cost(k) for k in grid}
@@ -169,7 +172,8 @@ class Planner:
         shares = integer_shares(list(real), list(c_rho), list(c_over), [n.max_share for n in chosen], batch)
         final = [(n, s) for n, s in zip(chosen, shares, strict=True) if s > 0]
         compute = max(s / (n.rate * caps[n.node]) + n.overhead_s for n, s in final)
-        ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n, _ in final), net.latency_s)
+        slowest = max(n.latency(net.latency_s) for n, _ in final)
+        ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n, _ in final), slowest)
         step = compute + ar
         final_idx = [next(i for i, f in enumerate(feasible) if f is n) for n, _ in final]
         for i, n in enumerate(feasible):
@@ -206,7 +210,7 @@ def _why_left_out(
     n = nodes[i]
     if len(nodes) > _EXACT_UP_TO:
         return "not worth its all-reduce cost"
-    arr = _arrays(rho, nodes, job)
+    arr = _arrays(rho, nodes, job, net)
     with_it = _set_parts(sorted({*chosen, i}), nodes, arr, batch, job, net)
     without = _set_parts(chosen, nodes, arr, batch, job, net)
     if with_it is None or without is None:
@@ -248,15 +252,17 @@ class _Arrays:
     ub: np.ndarray
     bw: np.ndarray
     start: np.ndarray  # start-up paid back per step left
+    lat: np.ndarray  # each node's link latency (the network model's where unknown)
 
 
-def _arrays(rho: np.ndarray, nodes: Sequence[NodeModel], job: JobModel) -> _Arrays:
+def _arrays(rho: np.ndarray, nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel) -> _Arrays:
     return _Arrays(
         rho,
         np.array([n.overhead_s for n in nodes]),
         np.array([float(n.max_share) for n in nodes]),
         np.array([n.bandwidth_bps for n in nodes]),
         np.array([n.startup_s for n in nodes]) / job.left,
+        np.array([n.latency(net.latency_s) for n in nodes]),
     )
 
 
@@ -277,10 +283,11 @@ def _set_parts(
         used = shares > 0
         compute = float((shares[used] / r[used] + o[used]).max())
         k, bw, start = int(used.sum()), float(arr.bw[ix][used].min()), float(arr.start[ix][used].max())
+        lat = float(arr.lat[ix][used].max())
     else:  # the LP's step time
         compute = waterfill_time(arr.rho[ix], arr.over[ix], ub, batch)
-        k, bw, start = len(ix), float(arr.bw[ix].min()), float(arr.start[ix].max())
-    return compute, allreduce_s(k, job.model_bytes, bw, net.latency_s), start
+        k, bw, start, lat = len(ix), float(arr.bw[ix].min()), float(arr.start[ix].max()), float(arr.lat[ix].max())
+    return compute, allreduce_s(k, job.model_bytes, bw, lat), start
 
 
 def _set_cost(
@@ -298,7 +305,7 @@ def _improve(
     with little memory, a slow link not worth its all-reduce. On large clusters only the 16
     slowest or worst-connected members are tried for removal and the 16 fastest outsiders for
     addition."""
-    arr = _arrays(rho, nodes, job)
+    arr = _arrays(rho, nodes, job, net)
     small = len(nodes) <= _EXACT_UP_TO
     by_speed = sorted(range(len(nodes)), key=lambda i: -rho[i])
     current = set(start)
@@ -330,7 +337,8 @@ def _uniform_step(nodes: Sequence[NodeModel], caps: dict[str, float], job: JobMo
     if any(share > n.max_share for n in nodes):
         return float("inf")
     compute = max(share / (n.rate * caps[n.node]) + n.overhead_s for n in nodes)
-    return compute + allreduce_s(k, job.model_bytes, min(n.bandwidth_bps for n in nodes), net.latency_s)
+    slowest = max(n.latency(net.latency_s) for n in nodes)
+    return compute + allreduce_s(k, job.model_bytes, min(n.bandwidth_bps for n in nodes), slowest)
 
 
 def uniform_plan(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | None = None) -> PlanDecision:
@@ -369,7 +377,8 @@ def _baseline(nodes: Sequence[NodeModel], job: JobModel, net: NetworkModel | Non
     final = [n for n in usable if shares[n.node] > 0]
     caps = {n.node: 1.0 for n in final}
     compute = max(shares[n.node] / n.rate + n.overhead_s for n in final)
-    ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n in final), net.latency_s)
+    slowest = max(n.latency(net.latency_s) for n in final)
+    ar = allreduce_s(len(final), job.model_bytes, min(n.bandwidth_bps for n in final), slowest)
     ideal = job.epochs * job.dataset_size / sum(n.rate for n in usable)
     return PlanDecision(
         True,

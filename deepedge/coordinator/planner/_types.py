@@ -48,6 +48,13 @@ class NodeModel:
     cap_limit: float = 1.0  # from feedback: an LC deadline was missed at a higher cap
     unavailable: str = ""  # why this known node cannot train now (busy, no training address); "" if it can
     startup_s: float = 0.0  # until its worker trains in a new plan: start-up, or re-forming a group
+    # its link's probed one-way latency (s); None: unknown, the NetworkModel's is assumed. A set's
+    # all-reduce waits for its slowest hop: the largest among the set's own nodes, never a node
+    # outside it (one that could train but was not chosen slowed every plan ~2x: attacker review)
+    latency_s: float | None = None
+
+    def latency(self, default: float) -> float:
+        return self.latency_s if self.latency_s is not None else default
 
 
 @dataclass(frozen=True, slots=True)
