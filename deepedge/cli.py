@@ -176,6 +176,12 @@ def _count_samples(dataset: str) -> int | None:
     return sum(1 for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _count_classes(dataset: str) -> int:
+    """The class folders of a local image-folder dataset (0 if it is not one here)."""
+    path = Path(dataset)
+    return sum(1 for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else 0
+
+
 @app.command("submit")
 def submit_cmd(
     ctx: typer.Context,
@@ -204,11 +210,26 @@ def submit_cmd(
     dataset_size: Annotated[
         int | None, typer.Option("--dataset-size", help="Samples (default: files in --dataset).")
     ] = None,
-    model_bytes: Annotated[int | None, typer.Option("--model-bytes", help="Gradient bytes per step.")] = None,
+    model_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--model-bytes",
+            help="Gradient bytes per step (default: counted for a built-in model and a local --dataset's "
+            "classes, else 4 MB).",
+        ),
+    ] = None,
+    lc_control: Annotated[
+        str | None,
+        typer.Option(
+            "--lc-control",
+            help="forecast (default: caps for the forecast load, re-plan before a miss); reactive (lower a cap "
+            "after a miss); unaware (LC apps ignored: for comparisons).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Submit a retraining job (flags, or a TOML file that flags override)."""
-    from deepedge.ops import job_spec, read_job_file
+    from deepedge.ops import builtin_gradient_bytes, job_spec, read_job_file
 
     flags = {
         "job": job,
@@ -223,6 +244,7 @@ def submit_cmd(
         "split": split,
         "dataset_size": dataset_size,
         "model_bytes": model_bytes,
+        "lc_control": lc_control,
     }
     spec, missing = job_spec(read_job_file(file) if file is not None else {}, flags)
     if missing:
@@ -235,6 +257,10 @@ def submit_cmd(
         if counted is None:
             raise typer.BadParameter("--dataset-size is needed when --dataset is not a local folder")
         spec["dataset_size"] = counted
+    if "model_bytes" not in spec:  # the planner weighs each all-reduce by it: 4 MB left 3 of 4 boards out
+        counted_bytes = builtin_gradient_bytes(str(spec["model"]), _count_classes(str(spec["dataset"])))
+        if counted_bytes is not None:
+            spec["model_bytes"] = counted_bytes
     # the coordinator asks every candidate node for its pre-flight first (up to its
     # coordinator.preflight_timeout_s), then plans
     result = _request(ctx, "submit", spec, timeout_s=45.0)
@@ -588,6 +614,13 @@ def profile_cmd(
                 f"  {c.kind}: median error {c.median_ape:.1%}, 90th percentile {c.p90_ape:.1%}, "
                 f"coverage {c.coverage:.0%}"
                 + (f"; leave-one-mix-out {c.mix_median_ape:.1%}" if c.mix_median_ape is not None else "")
+            )
+        if done.surrogate.cv.coverage < quantile - 0.1:  # stored all the same: the caps widen online
+            typer.echo(
+                f"warning: its {quantile:.0%} intervals covered {done.surrogate.cv.coverage:.0%} of the runs they "
+                f"were not fitted on ({done.budget} runs): the caps it sets are less safe than stated until live "
+                "reports widen them; a larger --budget narrows the doubt",
+                err=True,
             )
         return
     args = {"model": model, "levels": levels, "seconds": seconds}

@@ -175,6 +175,36 @@ def test_a_job_file_uses_the_flags_names(tmp_path: Path, key: str) -> None:
     assert r.returncode == ExitCode.TEMPFAIL, r.stderr
 
 
+def test_lc_control_is_a_flag_and_a_job_file_key(tmp_path: Path) -> None:
+    """A new operator's review: coordinator.md calls lc_control part of a job spec, but neither
+    `submit` nor a job file took it."""
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()]
+    r = run("submit", *flags, "--lr", "0.1", "--lc-control", "reactive", env=UNREACHABLE)
+    assert r.returncode == ExitCode.TEMPFAIL, r.stderr
+    r = run("submit", "--file", str(job_file(tmp_path, **JOB, lr=0.1, lc_control="unaware")), env=UNREACHABLE)
+    assert r.returncode == ExitCode.TEMPFAIL, r.stderr
+
+
+def test_the_cli_counts_a_built_in_models_gradient_bytes_as_the_model_has_them(tmp_path: Path) -> None:
+    """Without --model-bytes the planner weighed cnn-small's 41 kB all-reduce as 4 MB and left
+    three of four boards out; the CLI now counts a built-in model's (torch-free table, checked
+    here against the models themselves) for the classes of a local dataset."""
+    from deepedge.cli import _count_classes
+    from deepedge.ops import builtin_gradient_bytes
+    from deepedge.ops._job import _BUILTIN_PARAMS
+    from deepedge.training import build_model
+
+    for name in _BUILTIN_PARAMS:
+        for classes in (2, 10):
+            real = 4 * sum(p.numel() for p in build_model(name, classes).parameters() if p.requires_grad)
+            assert builtin_gradient_bytes(name, classes) == real, (name, classes)
+    assert builtin_gradient_bytes("cnn-small", 10) == 41256
+    assert builtin_gradient_bytes("mypkg:net", 10) is None and builtin_gradient_bytes("cnn-small", 0) is None
+    for c in ("cat", "dog", ".hidden"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+    assert _count_classes(str(tmp_path / "data")) == 2 and _count_classes("/no/such/folder") == 0
+
+
 def test_a_job_file_missing_a_field_names_the_flag_and_the_key(tmp_path: Path) -> None:
     f = job_file(tmp_path, **JOB)
     r = run("submit", "--file", str(f))

@@ -1067,3 +1067,15 @@ async def test_a_jobs_progress_counts_the_lc_misses_of_its_own_boards_within_the
     await cluster.settle()
     progress = decode(T.job_progress("j"), cluster.broker.retained[T.job_progress("j")]).message
     assert isinstance(progress, Progress) and progress.deadline_violations == MAX_INT
+
+
+async def test_submit_and_status_predict_the_makespan_with_the_workers_start(cluster: Cluster) -> None:
+    """A new operator's review: `submit` said "predicted makespan 7 s" where the plan's event
+    said 18.2 s (the workers' start-up) and the job took 15.4 s: before a plan's first step the
+    summary now counts what the plan predicted, start-up included."""
+    c = await cluster.start()
+    await cluster.boards("n1", "n2")
+    reply = await cluster.submit("j")
+    plan = c.jobs["j"].plan
+    assert plan is not None and plan.predicted_startup_s > 0
+    assert reply.result["predicted_makespan_s"] == pytest.approx(plan.predicted_makespan_s, abs=0.01)

@@ -38,6 +38,8 @@ def job_summary(job: JobRecord, now: float) -> JobSummary:
     elif plan is not None and not job.terminal:
         rest = max(0, job.total_steps - job.step) * plan.predicted_step_s
         makespan = max(0.0, now - job.created) + rest
+        if job.step <= plan.resume_step:  # no step of this plan yet: its workers' start is still to come
+            makespan = max(makespan, plan.predicted_makespan_s)
     return JobSummary(
         job=job.job,
         state=job.state.value,

@@ -411,10 +411,8 @@ def render_report(r: DemoReport, console: Any) -> None:
     )
     say(console, f"model: {esc(r.model_path or '(none)')}")
     if r.ok:
-        say(
-            console,
-            "[bold green]PASS[/]: completed, every sample trained once, failover recovered, no LC deadline missed",
-        )
+        failover = "failover recovered, " if r.failover is not None else "(no board killed: --no-kill), "
+        say(console, f"[bold green]PASS[/]: completed, every sample trained once, {failover}no LC deadline missed")
     else:
         for problem in r.problems:
             say(console, f"[bold red]FAIL[/]: {esc(problem)}")

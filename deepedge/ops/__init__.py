@@ -2,7 +2,15 @@
 checked first), job specs, tables, output outside a terminal, event tailing."""
 
 from deepedge.ops._console import esc, make_console, say, show
-from deepedge.ops._job import JOB_ALIASES, JOB_FIELDS, REQUIRED_JOB_FIELDS, job_spec, parse_duration, read_job_file
+from deepedge.ops._job import (
+    JOB_ALIASES,
+    JOB_FIELDS,
+    REQUIRED_JOB_FIELDS,
+    builtin_gradient_bytes,
+    job_spec,
+    parse_duration,
+    read_job_file,
+)
 from deepedge.ops._logs import format_event, tail_events
 from deepedge.ops._request import (
     STATUS_WAIT_S,
@@ -23,6 +31,7 @@ __all__ = [
     "STATUS_WAIT_S",
     "CommandError",
     "Unavailable",
+    "builtin_gradient_bytes",
     "coordinator_request",
     "coordinator_status",
     "esc",

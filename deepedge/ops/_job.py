@@ -13,7 +13,15 @@ from typing import Any
 
 from deepedge.config import ConfigError, read_toml
 
-__all__ = ["JOB_ALIASES", "JOB_FIELDS", "REQUIRED_JOB_FIELDS", "job_spec", "parse_duration", "read_job_file"]
+__all__ = [
+    "JOB_ALIASES",
+    "JOB_FIELDS",
+    "REQUIRED_JOB_FIELDS",
+    "builtin_gradient_bytes",
+    "job_spec",
+    "parse_duration",
+    "read_job_file",
+]
 
 JOB_FIELDS = (
     "job",
@@ -28,9 +36,29 @@ JOB_FIELDS = (
     "split",
     "dataset_size",
     "model_bytes",
+    "lc_control",
 )
 REQUIRED_JOB_FIELDS = ("model", "dataset", "output", "epochs", "global_batch", "learning_rate")
 JOB_ALIASES = {"lr": "learning_rate"}  # as the flag --lr
+
+# the built-in models' trainable parameters: (the rest, per class of the head), counted from
+# deepedge.training.build_model (tests/test_cli.py keeps them so); torch-free, for the CLI
+_BUILTIN_PARAMS = {
+    "cnn-small": (5184, 513),
+    "resnet18": (11176512, 513),
+    "resnet18-gn": (11176512, 513),
+    "mobilenet_v2": (2223872, 1281),
+    "mobilenet_v2-gn": (2223872, 1281),
+}
+
+
+def builtin_gradient_bytes(model: str, classes: int) -> int | None:
+    """Bytes of one float32 gradient of a built-in ``model`` with ``classes`` outputs (what
+    ``model_bytes`` is: the all-reduce's payload per step); None for any other model."""
+    if model not in _BUILTIN_PARAMS or classes < 1:
+        return None
+    rest, per_class = _BUILTIN_PARAMS[model]
+    return 4 * (rest + per_class * classes)
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
