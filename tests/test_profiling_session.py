@@ -17,13 +17,14 @@ import psutil
 import pytest
 
 from deepedge.bench._interference import evaluate
-from deepedge.broker_schemas import LatencyReport, NodeBirth, Topics
+from deepedge.broker_schemas import Event, LatencyReport, NodeBirth, Topics
 from deepedge.config import BrokerConfig, ClusterConfig, Config
+from deepedge.ops import CommandError
 from deepedge.profiling import KnowledgeBase, Run, versions_key
 from deepedge.profiling._design import Space
 from deepedge.profiling._remote import profile_interference
 from deepedge.profiling._surrogate import cross_validate, fit
-from deepedge.transport import MqttTransport, Requester
+from deepedge.transport import MqttTransport, Received, Requester
 from tests.conftest import MosquittoBroker
 from tests.helpers.node_proc import NodeProc, start_node
 from tests.helpers.wait import wait_for
@@ -50,6 +51,7 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
     t = Topics(cluster)
     status = await watcher.subscribe(t.node_status("p1"))
     latency = await watcher.subscribe(t.node_latency("p1"))
+    events = await watcher.subscribe(t.events("p1"))
     n = start_node(tmp_path, mosquitto.url, cluster, "p1", lc_apps={"det": 200.0}, latency_window_s=5)
     nodes.append(n)
     birth = await wait_for(status, lambda m: isinstance(m, NodeBirth), 30)
@@ -75,6 +77,10 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
             for bad in ({"interference": True, "app": "nope"}, {"interference": True, "cpu": 2}):
                 reply = await rpc.request(t.node_command("p1", "profile"), bad)
                 assert not reply.ok and reply.error is not None and reply.error.code in ("not_found", "bad_args")
+        # an app the board does not have: said before anything is designed, run or stored
+        with pytest.raises(CommandError, match="no LC app 'nope'") as refused:
+            await profile_interference(config, "p1", kb_path, app="nope", budget=7, adaptive=1, seconds=1.0)
+        assert refused.value.exit_code == 69 and not kb_path.exists()
         lines: list[str] = []
         result = await profile_interference(
             config,
@@ -107,6 +113,13 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
         # nothing from them), and say so no longer once a window has passed without a run
         await wait_for(latency, lambda m: isinstance(m, LatencyReport) and m.profiling, 10)
         await wait_for(latency, lambda m: isinstance(m, LatencyReport) and not m.profiling, 20)
+        # each run is an event `deepedge logs -f` shows (a session was silent there)
+        said = []
+        while not events._queue.empty():  # (what arrived so far: the events came before the reports)
+            item = await events.get(0)
+            if isinstance(item, Received) and isinstance(item.message, Event) and item.message.event == "profile.run":
+                said.append(item.message)
+        assert len(said) == 9 and all("det: u " in e.message and "-> p95 " in e.message for e in said), said
     finally:
         lc.terminate()
         lc.wait(10)

@@ -94,6 +94,15 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
         if "already running" in str(exc):
             raise CommandFailed("conflict", str(exc)) from None
         raise CommandFailed("internal", str(exc)) from None
+    # what `deepedge logs -f` shows of a session (one event a run; a session has a few dozen)
+    load = ", ".join(f"{s} {getattr(run, s):.2f}" for s in ("cache", "mem", "io") if getattr(run, s) > 0)
+    await daemon.emit(
+        "profile.run",
+        f"{app}: u {run.intensity:.2f}, {run.rate:.0f} req/s, background {run.cpu:.2f} cores"
+        + (f", {load}" if load else "")
+        + f" -> p95 {run.p95_ms:.1f} ms ({run.count} requests)",
+        app=app,
+    )
     return _result(req, InterferenceRunResult(node=daemon.node, run=run.to_dict()))
 
 

@@ -54,17 +54,20 @@ async def profile_interference(
         if birth is None:
             raise DeepEdgeError(f"node {node!r}: its status message could not be read")
         async with Requester(t, topics, timeout_s=seconds + 150, sender="cli") as rpc:
+            # the app is checked before anything is designed, run or stored
+            status = await rpc.request(topics.node_command(node, "status"), {})
+            if not status.ok:
+                err = status.error
+                raise CommandError(err.code if err else "?", f"node {node}: {err.message if err else ''}")
+            lc = status.result.get("lc_apps")  # a peer's reply: its shape is not trusted
+            apps = (
+                sorted(str(a) for a, v in lc.items() if isinstance(v, dict) and v.get("deadline_ms"))
+                if isinstance(lc, dict)
+                else []
+            )
+            if app is not None and app not in apps:
+                raise CommandError("not_found", f"node {node}: no LC app {app!r} with a deadline (it has {apps[:20]})")
             if app is None:
-                status = await rpc.request(topics.node_command(node, "status"), {})
-                if not status.ok:
-                    err = status.error
-                    raise CommandError(err.code if err else "?", f"node {node}: {err.message if err else ''}")
-                lc = status.result.get("lc_apps")  # a peer's reply: its shape is not trusted
-                apps = (
-                    sorted(a for a, v in lc.items() if isinstance(v, dict) and v.get("deadline_ms"))
-                    if isinstance(lc, dict)
-                    else []
-                )
                 if len(apps) != 1:
                     raise NameTheApp(f"node {node}: name the LC app with --app (apps with a deadline: {apps[:20]})")
                 app = apps[0]
