@@ -120,6 +120,26 @@ def test_undeclared_apps_are_tracked_but_bounded() -> None:
     assert not w.add("one-too-many", 1.0)
 
 
+def test_the_windows_hold_a_bounded_number_of_samples_over_every_app() -> None:
+    """(an attacker's review) Each app held up to 200,000 samples, so a local writer filling 64
+    apps made every summary sort 12.8 million values on the daemon's loop (seconds a report).
+    All apps together now hold MAX_SAMPLES; past it an app makes room with its own oldest (a flood
+    of one app never evicts another's), and one without samples of its own is dropped."""
+    from deepedge.node._latency import MAX_SAMPLES
+
+    clock = FakeClock()
+    w = LatencyWindows(10.0, clock, {"det": 20.0})
+    w.add("det", 5.0)
+    for k in range(MAX_SAMPLES + 10):
+        w.add(f"flood{k % 3}", 1.0)
+    assert not w.add("new-app", 1.0)  # no room, and none of its own
+    assert w.add("det", 6.0)  # its own oldest goes
+    counts = {a.app: a.count for a in w.summary()}
+    assert sum(counts.values()) == MAX_SAMPLES and counts["det"] == 1
+    clock.advance(11)  # every window slides out: room again
+    assert all(a.count == 0 for a in w.summary()) and w.add("new-app", 1.0)
+
+
 def test_intake_drops_bad_lines_and_keeps_good_ones() -> None:
     clock = FakeClock()
     w = LatencyWindows(10.0, clock)
