@@ -261,6 +261,10 @@ def test_the_knowledge_base_verbs_answer_a_wrong_file_in_one_line_with_its_exit_
     text.write_text("not a database " * 20)
     kb = tmp_path / "kb.db"
     assert run("profile", "import", str(text), "--kb", str(kb)).returncode == ExitCode.CONFIG  # not JSON
+    assert not kb.exists()  # a failed import leaves no empty knowledge base
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"format": "deepedge-knowledge-base/1", "profiles": []}))
+    assert run("profile", "import", str(empty), "--kb", str(kb)).returncode == 0 and kb.exists()
     cases = [
         (["list", "--kb", str(tmp_path)], ExitCode.CONFIG, "is a folder"),
         (["list", "--kb", str(text)], ExitCode.CONFIG, "is not a knowledge base"),

@@ -147,9 +147,18 @@ def test_a_node_the_plan_does_not_choose_does_not_slow_it_with_its_link_latency(
     with_it = PLANNER.plan([*honest, slow], job, NET)
     assert with_it.participants == alone.participants == ("n1", "n2")
     assert with_it.step_s == alone.step_s
-    # a chosen node's latency counts: the same node with room is weighed with its 1 s hop
-    far = NodeModel("n3", rate=100.0, max_share=64, bandwidth_bps=1e8, latency_s=1.0)
-    assert "n3" not in PLANNER.plan([*honest, far], job, NET).participants
+    # a node that could take part is weighed with its own 1 s hop, whether it sorts first or last
+    # and however fast (a review found the prefix search kept it in every set it headed)
+    for name, rate in (("n3", 100.0), ("a-far", 100.0), ("n3", 101.0), ("a-far", 150.0)):
+        far = NodeModel(name, rate=rate, max_share=64, bandwidth_bps=1e8, latency_s=1.0)
+        d = PLANNER.plan([*honest, far], job, NET)
+        assert d.participants == ("n1", "n2"), (name, rate, d.participants)
+    # the review's case against exhaustive search: one fast node with a 0.2 s hop
+    nodes = [NodeModel("f", rate=200.0, max_share=128, bandwidth_bps=1e9, latency_s=0.2)]
+    nodes += [NodeModel(f"s{i}", rate=100.0, max_share=128, bandwidth_bps=1e9) for i in range(3)]
+    job = JobModel(global_batch=128, dataset_size=1280, epochs=1, model_bytes=100_000)
+    best = exhaustive_best_makespan(nodes, job, NET, PlannerConfig())
+    assert PLANNER.plan(nodes, job, NET).makespan_s <= 1.02 * best
 
 
 def test_infeasible_reason_names_the_app() -> None:

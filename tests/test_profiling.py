@@ -262,6 +262,23 @@ def test_a_knowledge_base_is_only_a_file_that_is_one_and_reading_one_never_write
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader.profile_id(ProfileKey("m", "other", "v"))
     assert (tmp_path / "kb.db").stat().st_mtime_ns == mtime
+    # a review's cases: the statistics tables ANALYZE leaves are SQLite's own, not foreign; a
+    # writer killed mid-transaction leaves a hot journal only a writable connection rolls back
+    with sqlite3.connect(tmp_path / "kb.db") as db:
+        db.execute("ANALYZE")
+    assert [p.key.app for p in KnowledgeBase(tmp_path / "kb.db", create=False).profiles()] == ["det"]
+    import subprocess
+    import sys
+
+    killed = (
+        "import os, sqlite3; db = sqlite3.connect(os.environ['KB'], isolation_level=None); "
+        "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN'); "
+        "db.executemany('INSERT INTO runs VALUES (1, ?, \"design\", ?)', [(i, 'x' * 4000) for i in range(500)]); "
+        "os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", killed], env={"KB": str(tmp_path / "kb.db")}, check=True)
+    assert (tmp_path / "kb.db-journal").exists()
+    assert [p.key.app for p in KnowledgeBase(tmp_path / "kb.db", create=False).profiles()] == ["det"]
 
 
 def test_a_table_never_predicts_more_than_its_bound_and_an_anchor_survives_any_reported_p95() -> None:

@@ -47,7 +47,6 @@ __all__ = [
     "job_model",
     "knowledge_base_path",
     "lc_models",
-    "network_model",
     "node_models",
     "plan_step_s",
     "rendezvous_port",
@@ -224,17 +223,6 @@ def node_models(
     return out
 
 
-def network_model(learning: Mapping[str, NodeLearning], nodes: Iterable[str], now: float = 0.0) -> NetworkModel:
-    """The all-reduce's per-message latency: the largest probed one-way latency among ``nodes``
-    (a ring waits for its slowest hop)."""
-    known: list[float] = []
-    for n in nodes:
-        link = learning[n].link if n in learning else None
-        if link is not None and link.known(now) and link.latency is not None:
-            known.append(link.latency)
-    return NetworkModel(latency_s=max(known, default=DEFAULT_LATENCY_S))
-
-
 def allreduce_efficiency(beats: Iterable[Heartbeat], learning: Mapping[str, NodeLearning]) -> float | None:
     """Measured / modelled all-reduce seconds for one generation's heartbeats (None when it
     cannot be told: one rank, links not probed, no timing). Measured: the least all-reduce time
@@ -261,7 +249,8 @@ def plan_step_s(plan: Plan, nodes: Iterable[NodeModel], job: JobRecord, net: Net
     compute = max(a.share / max(1e-9, models[a.node].rate * a.intensity_cap) + models[a.node].overhead_s for a in parts)
     nbytes = job.model_bytes // 2 if plan.grad_dtype == "float16" else job.model_bytes
     bw = min(models[a.node].bandwidth_bps for a in parts)
-    return compute + allreduce_s(len(parts), nbytes, bw, net.latency_s)
+    slowest = max(models[a.node].latency(net.latency_s) for a in parts)  # as the planner weighs a set
+    return compute + allreduce_s(len(parts), nbytes, bw, slowest)
 
 
 def same_assignment(plan: Plan | None, decision: PlanDecision) -> bool:

@@ -22,6 +22,7 @@ import structlog
 
 from deepedge import __version__, compat
 from deepedge.broker_schemas import (
+    MAX_FLOAT,
     MAX_INT,
     ArgValue,
     Cleared,
@@ -51,7 +52,6 @@ from deepedge.coordinator._planner_io import (
     continues_group,
     job_model,
     knowledge_base_path,
-    network_model,
     node_models,
     plan_step_s,
     rendezvous_port,
@@ -373,8 +373,7 @@ class Coordinator:
         expected = None
         if hb.pending_s > 0:  # a long all-reduce: is it longer than the links known now explain?
             nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
-            net = network_model(self.learning, (a.node for a in job.plan.assignments), now)
-            expected = plan_step_s(job.plan, nodes, job, net)
+            expected = plan_step_s(job.plan, nodes, job, NetworkModel(latency_s=DEFAULT_LATENCY_S))
         actions = policy.on_heartbeat(
             hb,
             job,
@@ -553,7 +552,7 @@ class Coordinator:
         if any(n is None or n.throughput.observations < 2 for n in learned):
             return
         nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
-        current = plan_step_s(plan, nodes, job, network_model(self.learning, (a.node for a in plan.assignments), now))
+        current = plan_step_s(plan, nodes, job, NetworkModel(latency_s=DEFAULT_LATENCY_S))
         # nodes that must stay out of this improvement: an LC hold (its LC app took the node out
         # a moment ago) is known before planning; no room in its LC apps for a worker's start only
         # once a plan would put the node in, and then the improvement is planned again without it
@@ -806,7 +805,7 @@ class Coordinator:
                 state = self.view.nodes.get(a.node)
                 hb = state.heartbeats.get(job.job) if state else None
                 if hb is not None and hb.generation == job.generation:
-                    rate += hb.samples_per_s
+                    rate = min(MAX_FLOAT, rate + hb.samples_per_s)  # each bounded, the sum too
         remaining = max(0, job.total_steps - job.step) * job.spec.global_batch
         eta = remaining / rate if rate > 0 and not job.terminal else None
         # the LC misses on this job's own boards (each node's own count: bounded by the wire, a

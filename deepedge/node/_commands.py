@@ -78,9 +78,6 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
         raise CommandFailed("bad_args", f"name the LC app to measure (app): this board has {declared or 'none'}")
     if app not in daemon.windows.deadlines:
         raise CommandFailed("not_found", f"no LC app {app!r} with a deadline on this node (set-deadline first)")
-    busy = [j for j, s in daemon.workers.items() if s.state.value in ("running", "backoff")]
-    if busy:
-        raise CommandFailed("conflict", f"training is running here (job {', '.join(busy)}): profile an idle board")
     window = daemon.config.node.latency_window_s
     seconds = min(3.0, window) if prof.seconds is None else prof.seconds
     if seconds > window:
@@ -88,6 +85,11 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
     point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io)
     for standby in daemon.standbys():
         await standby.yield_to_measurement()
+    # checked after the awaits above (a plan that came meanwhile started a worker) and with no
+    # await before run_point takes its lock, from which on a plan is refused (NodeDaemon.profiling)
+    busy = [j for j, s in daemon.workers.items() if s.state.value in ("running", "backoff")]
+    if busy:
+        raise CommandFailed("conflict", f"training is running here (job {', '.join(busy)}): profile an idle board")
     try:
         run = await daemon.profiler.run_point(app, point, seconds, prof.workers, prof.model)
     except ProfileError as exc:

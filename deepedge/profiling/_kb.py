@@ -94,6 +94,7 @@ class ProfileSummary:
 
 
 _TABLES = frozenset({"profiles", "runs", "models"})
+_SQLITE_READONLY_ROLLBACK = 776  # a hot journal a read-only connection cannot roll back
 
 
 class KnowledgeBaseError(DeepEdgeError):
@@ -115,12 +116,21 @@ class KnowledgeBase:
             raise KnowledgeBaseError(f"{self.path} is a folder, not a knowledge base (--kb names its file)")
         if not create and not self.path.is_file():
             raise KnowledgeBaseError(f"no knowledge base at {self.path} (--kb)")
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tables = self._tables_in()
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != _SQLITE_READONLY_ROLLBACK:
+                    raise
+                # a writer died mid-transaction: its journal is rolled back by a writable
+                # connection (a read-only one cannot); the file is checked as ever after it
+                self.readonly = False
+                tables = self._tables_in()
+                self.readonly = not create
             with self._db() as db:
-                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                foreign = tables - _TABLES - {"sqlite_sequence"}
+                foreign = {t for t in tables - _TABLES if not t.startswith("sqlite_")}
                 if foreign or (not create and not tables >= _TABLES):
                     what = f"its tables: {', '.join(sorted(tables))}" if tables else "no tables"
                     raise KnowledgeBaseError(f"{self.path} is an SQLite database but not a knowledge base ({what})")
@@ -128,6 +138,12 @@ class KnowledgeBase:
                     db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:  # not a database, unreadable, ...
             raise KnowledgeBaseError(f"{self.path} is not a knowledge base: {exc}") from None
+        except OSError as exc:
+            raise KnowledgeBaseError(f"{self.path}: {exc.strerror or exc}") from None
+
+    def _tables_in(self) -> set[str]:
+        with self._db() as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

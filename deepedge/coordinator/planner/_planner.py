@@ -123,12 +123,17 @@ class Planner:
             alone = batch / rho_all[i] + over_all[i] + start_all[i]
             if ub_all[i] >= batch and alone < best_cost:
                 best_cost, best_set = alone, [i]
-        for level in _bandwidth_levels(bandwidth):
+        # ... and for each link-latency level (a ring waits for its slowest hop: a fast node with a
+        # slow hop must not be in every prefix it heads), those with at most that latency
+        levels = [(bw, lat) for bw in _bandwidth_levels(bandwidth) for lat in _latency_levels(lat_all)]
+        for level, lat_level in levels:
             order = [
                 i
                 for i in sorted(range(len(feasible)), key=lambda i: (-rho_all[i], feasible[i].node))
-                if bandwidth[i] >= level
+                if bandwidth[i] >= level and lat_all[i] <= lat_level
             ]
+            if not order:
+                continue
             rho, over, ub = rho_all[order], over_all[order], ub_all[order]
             start = np.maximum.accumulate(start_all[order])
             lat = np.maximum.accumulate(lat_all[order])
@@ -234,6 +239,15 @@ def _why_left_out(
     return f"not worth its compute: at its rate and cap its share would take {with_it[0]:.2f} s ({step_with})"
 
 
+def _latency_levels(latency: np.ndarray, most: int = 4) -> list[float]:
+    """The distinct link latencies (at most ``most`` quantiles of them, always the largest),
+    lowest first: one level when the links are alike (unprobed ones all are)."""
+    levels = np.unique(latency)
+    if len(levels) > most:
+        levels = np.unique(np.quantile(latency, np.linspace(0, 1, most), method="higher"))
+    return [float(x) for x in levels]
+
+
 def _bandwidth_levels(bandwidth: np.ndarray, most: int = 8) -> list[float]:
     """The distinct link speeds (at most ``most`` quantiles of them), slowest first."""
     levels = np.unique(bandwidth)
@@ -303,8 +317,8 @@ def _improve(
     """Local search from the best prefix of the fastest nodes: drop one, add one, or swap (small
     clusters), while the step time improves. It finds what the prefix order misses: a fast node
     with little memory, a slow link not worth its all-reduce. On large clusters only the 16
-    slowest or worst-connected members are tried for removal and the 16 fastest outsiders for
-    addition."""
+    slowest, lowest-bandwidth or highest-latency members are tried for removal and the 16 fastest
+    outsiders for addition."""
     arr = _arrays(rho, nodes, job, net)
     small = len(nodes) <= _EXACT_UP_TO
     by_speed = sorted(range(len(nodes)), key=lambda i: -rho[i])
@@ -314,7 +328,8 @@ def _improve(
         outside = [i for i in by_speed if i not in current][: (64 if small else 16)]
         members = sorted(current, key=lambda i: rho[i])
         if not small:
-            members = list(dict.fromkeys(members[:16] + sorted(current, key=lambda i: arr.bw[i])[:16]))
+            worst = sorted(current, key=lambda i: arr.bw[i])[:16] + sorted(current, key=lambda i: -arr.lat[i])[:16]
+            members = list(dict.fromkeys(members[:16] + worst))
         moves: list[set[int]] = [current - {i} for i in members if len(current) > 1]
         moves += [current | {j} for j in outside]
         if len(nodes) <= 16:
