@@ -1079,3 +1079,37 @@ async def test_submit_and_status_predict_the_makespan_with_the_workers_start(clu
     plan = c.jobs["j"].plan
     assert plan is not None and plan.predicted_startup_s > 0
     assert reply.result["predicted_makespan_s"] == pytest.approx(plan.predicted_makespan_s, abs=0.01)
+
+
+async def test_an_improvement_leaves_out_a_board_whose_reports_say_it_is_being_profiled(tmp_path: Path) -> None:
+    """A board being profiled refuses a plan (tests/test_node_supervisor.py), and a refusal keeps
+    it out of the job for good (a review: an improvement could add it, the job re-formed twice
+    and lost the board). An improvement leaves it out while its LC reports say `profiling`, and
+    takes it once one does not."""
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+
+    async def report(node: str, profiling: bool) -> None:
+        app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=6.0, p99_ms=7.0, deadline_ms=30.0)
+        msg = LatencyReport(node=node, ts=1.0, window_s=2.0, apps=(app,), profiling=profiling)
+        await cl.peer.publish(T.node_latency(node), msg)
+        await cl.settle()
+
+    try:
+        await cl.boards("n1", "n2")
+        await cl.alive(4, "n1", "n2")
+        await cl.drained("n1", True)
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        only_n2 = job.plan
+        assert cl.participants("j1") == {"n2"} and only_n2 is not None
+        await cl.training("n2", "j1", only_n2.generation, 1)
+        cl.back_and_faster("n1", {"n1", "n2"})
+        await report("n1", True)
+        await cl.alive(5, "n1", "n2")  # improvements tried each second: n1 left out
+        assert job.plan is only_n2
+        await report("n1", False)
+        await cl.alive(2, "n1", "n2")
+        assert cl.participants("j1") == {"n1", "n2"}
+    finally:
+        await cl.stop()

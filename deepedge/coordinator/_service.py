@@ -559,6 +559,12 @@ class Coordinator:
         # (another node may still join; shares move)
         holds = policy.held_back((a.node for a in plan.assignments), rt.holds, rt.holds, now)
         keep_out = {n: "its LC hold lasts" for n in holds}
+        # a board being profiled would refuse the plan, and a refusal keeps it out of the job for
+        # good: an improvement (which can wait) leaves it out while its reports say so. (Not the
+        # submit nor a forced re-plan: the flag outlasts the run by a latency window, and a job
+        # submitted right after a profile, as the demo's is, would lose that board.)
+        current_nodes = {a.node for a in plan.assignments}
+        keep_out |= {s.node: "being profiled" for s in self.view.alive() if s.profiling and s.node not in current_nodes}
         decision = await self.decide(job, keep_out)
         if job.terminal or job.plan is not plan or not decision.feasible:
             return  # changed while the planner ran, or nothing to improve to

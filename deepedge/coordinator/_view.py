@@ -22,6 +22,7 @@ class NodeState:
     heartbeats: dict[str, Heartbeat] = field(default_factory=dict)  # job -> latest
     death_reason: str = ""
     silent: bool = False  # dead only because nothing was heard for a while: it may speak again
+    profiling: bool = False  # its last LC report's window overlapped its own profiling
 
     @property
     def session(self) -> str:
@@ -98,6 +99,7 @@ class ClusterView:
         state = self._touch(report.node, now)
         if state is None:
             return []
+        state.profiling = report.profiling
         over = []
         for app in report.apps:
             state.latency.pop(app.app, None)
