@@ -60,9 +60,19 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) ->
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: every socket is held until all are chosen (one closed before the
+    next is bound may be handed out again: a test broker got the same port for two listeners)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(n):
+            s = held.enter_context(socket.socket())
+            s.bind((host, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def wait_listening(port: int, timeout: float) -> bool:

@@ -25,7 +25,7 @@ import pytest
 
 from deepedge.config import BrokerConfig, ConfigError, load_config
 from deepedge.deploy import DeploySpec, deploy_all, write_users
-from deepedge.embedded_broker import MOSQUITTO, free_port, stop_process, wait_listening
+from deepedge.embedded_broker import MOSQUITTO, free_ports, stop_process, wait_listening
 from deepedge.transport import MqttTransport, Subscription, TransportError
 
 pytestmark = pytest.mark.mosquitto
@@ -65,13 +65,14 @@ def secure_broker(work: Path, *, client_certs: bool = False) -> Iterator[SecureB
             pytest.fail("mosquitto is not installed; CI must install it (apt-get install mosquitto)")
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     out = work / "deploy"
+    daemon_port, operator_port, watch = free_ports(3)
     spec = DeploySpec(
         cluster="lab",
         nodes=("orin-1", "nano-2"),
         operators=("alice", "bob"),
         broker_hosts=("localhost", "127.0.0.1"),
-        daemon_port=free_port(),
-        operator_port=free_port(),
+        daemon_port=daemon_port,
+        operator_port=operator_port,
         bind_address="127.0.0.1",
         broker_dir=str(out / "mosquitto"),
         client_dir=str(out / "clients" / "{user}"),
@@ -81,7 +82,6 @@ def secure_broker(work: Path, *, client_certs: bool = False) -> Iterator[SecureB
     confd = work / "conf.d"
     confd.mkdir()
     shutil.copy(out / "mosquitto" / "deepedge.conf", confd / "deepedge.conf")
-    watch = free_port()
     (work / "data").mkdir()
     conf = work / "mosquitto.conf"
     conf.write_text(

@@ -21,18 +21,19 @@ from pathlib import Path
 from deepedge.compat import tomllib
 from deepedge.config import BrokerConfig
 from deepedge.deploy import DeploySpec, deploy_all
-from deepedge.embedded_broker import MOSQUITTO, BrokerNotInstalled, die_with_parent, free_port, stop_process
+from deepedge.embedded_broker import (
+    MOSQUITTO,
+    BrokerNotInstalled,
+    die_with_parent,
+    free_port,
+    free_ports,
+    stop_process,
+)
 from deepedge.errors import DeepEdgeError
 
 __all__ = ["OPERATOR", "SecureBroker"]
 
 OPERATOR = "demo"  # the demo's operator user (its commands: set-deadline, profile, submit)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(host: str, port: int, timeout: float) -> bool:
@@ -73,13 +74,14 @@ class SecureBroker:
             why = "namespaced boards need mosquitto and mosquitto_passwd: apt-get install mosquitto"
             raise BrokerNotInstalled(why)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        daemon_port, operator_port = free_ports(2, self.host)
         self.spec = DeploySpec(
             cluster=self.cluster,
             nodes=self.nodes,
             operators=(OPERATOR,),
             broker_hosts=(self.host,),
-            daemon_port=_free_port(self.host),
-            operator_port=_free_port(self.host),
+            daemon_port=daemon_port,
+            operator_port=operator_port,
             bind_address=self.host,
             broker_dir=str(self.out / "mosquitto"),
             client_dir=str(self.out / "clients" / "{user}"),
@@ -90,7 +92,7 @@ class SecureBroker:
         confd.mkdir(exist_ok=True)
         shutil.copy(self.out / "mosquitto" / "deepedge.conf", confd / "deepedge.conf")
         (self.workdir / "data").mkdir(exist_ok=True)
-        self.watch_port = free_port()
+        self.watch_port = next(p for p in iter(free_port, None) if p not in (daemon_port, operator_port))
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"user {getpass.getuser()}\n"
