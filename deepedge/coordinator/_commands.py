@@ -184,12 +184,7 @@ async def _create(
         why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items()))
         await c.fail(job, f"refused by every node: {why}")
     else:
-        try:
-            await c.replan(job)
-        except Exception as exc:  # about this job: it fails with the reason (it stayed `planning` for ever)
-            c.log_error("replan.failed", exc, job=name)
-            if not job.terminal:
-                await c.fail(job, f"internal error while planning: {type(exc).__name__}: {exc}")
+        await c.replan_or_fail(job)
     return job
 
 

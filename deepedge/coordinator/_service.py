@@ -797,12 +797,17 @@ class Coordinator:
             self.dirty.discard(name)
             job = self.jobs.get(name)
             if job is not None:
-                try:
-                    await self.replan(job)
-                except Exception as exc:  # about this job: it fails, nothing else does
-                    self.log_error("replan.failed", exc, job=name)
-                    if not job.terminal:
-                        await self.fail(job, f"internal error while planning: {type(exc).__name__}: {exc}")
+                await self.replan_or_fail(job)
+
+    async def replan_or_fail(self, job: JobRecord) -> None:
+        """:meth:`replan`; an error while planning fails this job with the reason, nothing else
+        (a submit whose first plan raised stayed `planning` for ever)."""
+        try:
+            await self.replan(job)
+        except Exception as exc:
+            self.log_error("replan.failed", exc, job=job.job)
+            if not job.terminal:
+                await self.fail(job, f"internal error while planning: {type(exc).__name__}: {exc}")
 
     async def publish_progress(self, job: JobRecord) -> None:
         rate = 0.0
