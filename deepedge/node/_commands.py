@@ -87,7 +87,7 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
         await standby.yield_to_measurement()
     # checked after the awaits above (a plan that came meanwhile started a worker) and with no
     # await before run_point takes its lock, from which on a plan is refused (NodeDaemon.profiling)
-    busy = [j for j, s in daemon.workers.items() if s.state.value in ("running", "backoff")]
+    busy = daemon.active_jobs()
     if busy:
         raise CommandFailed("conflict", f"training is running here (job {', '.join(busy)}): profile an idle board")
     try:

@@ -18,6 +18,7 @@ import structlog
 
 from deepedge import __version__, compat
 from deepedge.broker_schemas import (
+    BEING_PROFILED,
     ID_PATTERN,
     MAX_INT,
     WORKER_NEWS,
@@ -62,9 +63,6 @@ log = structlog.get_logger("deepedge.node")
 BIRTH_WAITS_FOR_PROBE_S = 20.0  # the first birth waits this long for the torch probe, then goes without
 CRASH_EVENT_INTERVAL_S = 5.0  # at most one worker.crashed event per job this often (the rest are counted)
 _ACTIVE = (SupervisorState.RUNNING, SupervisorState.BACKOFF)  # a worker runs, or is about to again
-# why a board being profiled refuses a job's pre-flight and plan: a worker beside the profile's
-# stressors and training would hit its LC apps with both, and the profile would measure the job
-PROFILING = "this board is being profiled (deepedge profile): it takes no job until the profile ends"
 
 
 class CrashEvents:
@@ -203,10 +201,14 @@ class NodeDaemon:
         (Between two runs of a session it does; the session's next run is then refused.)"""
         return self.profiler.running or self.profiler.measuring
 
+    def active_jobs(self) -> list[str]:
+        """The jobs whose worker runs here, or is about to again (in back-off)."""
+        return [job for job, sup in self.workers.items() if sup.state in _ACTIVE]
+
     def busy(self) -> bool:
         """Whether a worker, a pre-flight check, a profile or the torch probe runs on this board."""
         return (
-            any(s.state in _ACTIVE for s in self.workers.values())
+            bool(self.active_jobs())
             or bool(self.preflights.running)
             or self.profiler.running
             or self.profiler.measuring
@@ -313,7 +315,7 @@ class NodeDaemon:
         Raises ProfileError if a profile or a training worker is running."""
         if self.profiler.running:
             raise ProfileError("a profile is already running on this node")
-        busy = [j for j, s in self.workers.items() if s.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF)]
+        busy = self.active_jobs()
         if busy:
             raise ProfileError(f"training is running here (job {', '.join(busy)}): profile an idle board")
 
@@ -479,7 +481,7 @@ class NodeDaemon:
         if self.drained:
             result = self.preflights.refusal("drained", "this node is drained (deepedge undrain)", time.monotonic())
         elif self.profiling():
-            result = self.preflights.refusal("profiling", PROFILING, time.monotonic())
+            result = self.preflights.refusal("profiling", BEING_PROFILED, time.monotonic())
         else:
             result = await self.preflights.run(job, spec)
         if not result["ok"]:
@@ -536,12 +538,12 @@ class NodeDaemon:
             await self._stop_job(job, f"not in generation {plan.generation}")
             return
         sup = self.workers.get(job)
-        running = sup is not None and sup.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF)
+        running = sup is not None and sup.state in _ACTIVE
         if self.drained and not running:
             log.info("plan.ignored_drained", job=job, generation=plan.generation)
             return
         if not running:
-            busy = [j for j, s in self.workers.items() if s.state in (SupervisorState.RUNNING, SupervisorState.BACKOFF)]
+            busy = self.active_jobs()
             if len(busy) >= self.config.node.max_workers:
                 await self.refuse(
                     plan,
@@ -551,7 +553,7 @@ class NodeDaemon:
                 )
                 return
             if self.profiling():  # (its pre-flight said so too, unless the profile began since)
-                await self.refuse(plan, mine.rank, PROFILING)
+                await self.refuse(plan, mine.rank, BEING_PROFILED)
                 return
             try:
                 check_job(plan.spec, self.config.training)
