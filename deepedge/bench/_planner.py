@@ -10,7 +10,7 @@ import platform
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deepedge.coordinator.planner import (
     JobModel,
@@ -24,8 +24,13 @@ from deepedge.coordinator.planner import (
 __all__ = ["PlannerBenchRow", "random_cluster", "run_planner_bench"]
 
 
+# one-way latency (s) of each link kind: Wi-Fi-class 100 Mb/s, 1 Gb/s and 10 Gb/s wired
+_LINK_LATENCY = {12.5e6: (2e-3, 10e-3), 125e6: (0.2e-3, 1e-3), 1.25e9: (0.05e-3, 0.2e-3)}
+
+
 def random_cluster(n: int, rng: random.Random) -> list[NodeModel]:
-    """Boards from a Jetson Nano to an AGX Orin (20x apart), mixed links, 0-2 LC apps each."""
+    """Boards from a Jetson Nano to an AGX Orin (20x apart), mixed links (each with its own
+    latency, as probed links have), 0-2 LC apps each."""
     nodes = []
     for i in range(n):
         apps = tuple(
@@ -34,14 +39,17 @@ def random_cluster(n: int, rng: random.Random) -> list[NodeModel]:
             )
             for j in range(rng.randint(0, 2))
         )
+        link = rng.choice([12.5e6, 125e6, 1.25e9])
         nodes.append(
             NodeModel(
                 f"n{i:05d}",
                 rate=rng.uniform(10, 200),
                 max_share=rng.choice([32, 64, 128, 256]),
                 overhead_s=rng.uniform(0.002, 0.02),
-                bandwidth_bps=rng.choice([12.5e6, 125e6, 1.25e9]),
+                bandwidth_bps=link,
                 lc_apps=apps,
+                # drawn apart from ``rng``, so the clusters are those of the runs before latencies
+                latency_s=random.Random(f"latency {n} {i}").uniform(*_LINK_LATENCY[link]),
             )
         )
     return nodes
@@ -79,7 +87,7 @@ def run_planner_bench(
             changed = [c for i, c in enumerate(cluster) if i != lost]
             j = rng.randrange(len(changed))
             c = changed[j]
-            changed[j] = NodeModel(c.node, c.rate, c.max_share, c.overhead_s, c.bandwidth_bps, c.lc_apps, cap_limit=0.5)
+            changed[j] = replace(c, cap_limit=0.5)
             t0 = time.perf_counter()
             planner.plan(changed, job, net)
             warm.append((time.perf_counter() - t0) * 1e3)
@@ -127,7 +135,8 @@ def planner_markdown(rows: list[PlannerBenchRow], worst: float, trials: int, com
         f"Command: `{command}`  ",
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}. Random heterogeneous clusters (rates 10-200 samples/s, links "
-        "100 Mb/s-10 Gb/s, 0-2 LC apps a node); job: 5 epochs of 30,607 samples, global batch 1,024, 11 MB of "
+        "100 Mb/s-10 Gb/s, each with its own one-way latency: 2-10 ms at 100 Mb/s, 0.2-1 ms at 1 Gb/s, "
+        "0.05-0.2 ms at 10 Gb/s; 0-2 LC apps a node); job: 5 epochs of 30,607 samples, global batch 1,024, 11 MB of "
         "gradients. Warm = re-plan after a node is lost and another's cap lowered (20 re-plans); cold = the "
         "first plan, which compiles the cvxpy problem: the baseline of the timing ratio.",
         "",
