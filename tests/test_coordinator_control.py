@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from deepedge.broker_schemas import (
+    BEING_PROFILED,
     AppLatency,
     Assignment,
     CommandRequest,
@@ -66,6 +67,7 @@ class Cluster:
         self.broker = broker or FakeBroker()
         self.clock = clock or FakeClock()
         self.tasks: list[asyncio.Task[Any]] = []
+        self.refusals: dict[str, str] = {}  # node -> why its pre-flight refuses (none: it passes)
 
     async def start(self, connect_after_s: float = 0.0, **cfg: Any) -> Coordinator:
         self.transport = FakeTransport(self.broker)
@@ -76,7 +78,7 @@ class Cluster:
             asyncio.create_task(self.c.writer_loop()),
             asyncio.create_task(self.c.ingest_loop()),
             asyncio.create_task(self.c.plan_watch_loop()),
-            asyncio.create_task(answer_preflights(self.broker, T)),
+            asyncio.create_task(answer_preflights(self.broker, T, lambda node, _: self.refusals.get(node, ""))),
         ]
         self.peer = FakeTransport(self.broker)
         await self.peer.__aenter__()
@@ -1113,3 +1115,56 @@ async def test_an_improvement_leaves_out_a_board_whose_reports_say_it_is_being_p
         assert cl.participants("j1") == {"n1", "n2"}
     finally:
         await cl.stop()
+
+
+async def test_a_board_that_refuses_a_job_while_being_profiled_is_left_out_for_a_while(cluster: Cluster) -> None:
+    """A board being profiled refuses a job's pre-flight and plan. Busy is not unfit: it used to
+    be excluded from the job for good (a review: a forced re-plan or a submit during a profile
+    lost the board for the whole job). It is now left out for PROFILE_HOLD_S, then asked again;
+    its third such refusal in the job excludes it like any other."""
+    from deepedge.coordinator._policy import PROFILE_HOLD_S
+
+    c = await cluster.start()
+    events = cluster.record_events()
+    await cluster.boards("n1", "n2", "n3")
+    await cluster.alive(4, "n1", "n2", "n3")
+    cluster.refusals["n3"] = f"node n3: profiling: {BEING_PROFILED}"  # as PreflightRunner.refusal words it
+    assert (await cluster.submit("j1", epochs=100)).ok
+    job = c.jobs["j1"]
+    assert cluster.participants("j1") == {"n1", "n2"} and not job.excluded  # n3: held, not excluded
+    await cluster.drained("n3", True)  # (out of the way: the rest is about n1)
+    decide = c.decide
+
+    async def faster(job: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+        d = await decide(job, keep_out)  # every plan with n1 promises 10x shorter steps
+        return dataclasses.replace(d, step_s=d.step_s / 10) if "n1" in d.participants else d
+
+    c.decide = faster  # type: ignore[method-assign]
+
+    async def refuse(plan: Plan | None) -> None:
+        assert plan is not None
+        rank = next(a.rank for a in plan.assignments if a.node == "n1")
+        why = f"n1 refused: {BEING_PROFILED}"
+        hb = Heartbeat(node="n1", ts=1.0, job="j1", generation=plan.generation, rank=rank,
+                       world_size=len(plan.assignments), state="failed", message=why)  # fmt: skip
+        await cluster.peer.publish(T.node_heartbeat("n1"), hb, qos=1)
+        await cluster.settle()
+        await c.in_writer(c.tick)
+        await cluster.settle()
+
+    for strike in (1, 2):
+        refused = job.plan
+        await refuse(refused)
+        await refuse(refused)  # the same refusal again (QoS 1 redelivery, a plan replayed): one strike
+        assert "n1" not in cluster.participants("j1") and "n1" not in job.excluded
+        held = [e.message for e in events if e.event == "node.held" and e.node == "n1"]
+        assert held[-1].startswith("being profiled: left out of this job for 30 s, then asked again")
+        assert f"(refusal {strike} of 3 before it is excluded for good)" in held[-1]
+        await cluster.training("n2", "j1", job.generation, 1)
+        await cluster.alive(PROFILE_HOLD_S - 5, "n1", "n2", "n3")
+        assert "n1" not in cluster.participants("j1")  # improvements tried each second: n1 held
+        await cluster.alive(10, "n1", "n2", "n3")
+        assert "n1" in cluster.participants("j1")  # then an improvement takes it back
+    await refuse(job.plan)
+    assert job.excluded["n1"] == f"n1 refused: {BEING_PROFILED}" and "n1" not in cluster.participants("j1")
+    assert [e.node for e in events if e.event == "node.held"] == ["n3", "n1", "n1"]

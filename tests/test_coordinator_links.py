@@ -19,7 +19,7 @@ from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import Coordinator, JobRecord, JobState, JobStore
 from deepedge.coordinator import _policy as policy
 from deepedge.coordinator._commands import handle_command
-from deepedge.coordinator._learning import NodeLearning, ThroughputModel
+from deepedge.coordinator._learning import LINK_CONFIRM, LinkModel, NodeLearning, ThroughputModel, ring_floor_bps
 from deepedge.coordinator._planner_io import allreduce_efficiency
 from deepedge.coordinator.planner import (
     JobModel,
@@ -153,12 +153,48 @@ def test_a_stall_needs_every_participant_pending_and_fires_once_per_generation()
     assert policy.on_heartbeat(a, slow_plan, policy.JobRuntime(), 10.0, beats={"a": a, "b": b}) == []
 
 
-def test_a_link_probed_at_half_what_was_known_re_plans_at_once() -> None:
+def test_a_confirmed_link_drop_re_plans_at_once() -> None:
     job = _job()
     beat = _hb("a", state="training", link_bps=1e6)
-    acts = policy.on_heartbeat(beat, job, policy.JobRuntime(), 1.0, known_link=50e6)
-    assert len(acts) == 1 and isinstance(acts[0], policy.Replan) and acts[0].why.startswith("link.changed a")
-    assert policy.on_heartbeat(beat, job, policy.JobRuntime(), 1.0, known_link=1.5e6) == []
+    acts = policy.on_heartbeat(beat, job, policy.JobRuntime(), 1.0, link_drop=(1e6, 50e6))
+    assert len(acts) == 1 and isinstance(acts[0], policy.Replan)
+    assert acts[0].why == "link.changed a (8.0 Mb/s, was 400.0)"
+    assert policy.on_heartbeat(beat, job, policy.JobRuntime(), 1.0) == []
+
+
+def test_a_probe_under_half_the_link_is_believed_once_the_all_reduces_confirm_it() -> None:
+    """The workers probe their links while they start; a board short of CPU then (the demo's
+    nano) probed 24 Mb/s of its 50 Mb/s and was re-planned out of the job at once, while its
+    all-reduces went at full speed. A drop is now believed after LINK_CONFIRM heartbeats whose
+    all-reduces the low link explains; an all-reduce faster than a probe allows raises the link."""
+    link = LinkModel()
+    link.observe(6.25e6, 0.001, 0.0)  # 50 Mb/s
+    assert link.believed == 6.25e6 and link.confirmed_drop() is None
+    link.observe(3.0e6, 0.001, 1.0)  # 24 Mb/s, probed while the board was short of CPU
+    fast = ring_floor_bps(3, 40_000, 0.009)  # a 40 kB all-reduce over 3 ranks in 9 ms
+    assert fast == pytest.approx(2 * 2 / 3 * 40_000 / 0.009)
+    for _ in range(LINK_CONFIRM):
+        assert link.believed == 6.25e6  # the old link until confirmed
+        assert link.confirmed_drop() is None
+        link.bound(fast, own=True)
+    assert link.confirmed_drop() is None  # the all-reduces contradict the probe: no drop
+    assert link.believed == pytest.approx(fast) and link.was is None
+    link.observe(3.0e6, 0.001, 2.0)  # each heartbeat repeats the probe: not a new one
+    assert link.believed == pytest.approx(fast)
+    # a real drop: the all-reduces take as long as the new probe says
+    link.observe(1.0e6, 0.001, 3.0)
+    slow = ring_floor_bps(3, 40_000, 0.1)
+    link.bound(slow, own=False)  # another rank's measure does not confirm this node's probe
+    for _ in range(LINK_CONFIRM):
+        assert link.confirmed_drop() is None
+        link.bound(slow, own=True)
+    assert link.confirmed_drop() == pytest.approx(fast)  # said once
+    assert link.confirmed_drop() is None and link.believed == 1.0e6
+    link.observe(0.01e6, 0.001, 4.0)  # collapsed: an all-reduce pending too long confirms it at once
+    assert link.believed == 1.0e6
+    link.stalled()
+    assert link.believed == 0.01e6 and link.confirmed_drop() == 1.0e6
+    assert ring_floor_bps(1, 40_000, 0.1) == 0.0 and ring_floor_bps(3, 40_000, 0.0) == 0.0
 
 
 def test_a_board_left_out_for_its_start_up_is_not_blamed_on_its_link() -> None:
@@ -204,7 +240,7 @@ def _birth(node: str) -> NodeBirth:
     return NodeBirth(node=node, session="s1", ts=1.0, memory_bytes=8 << 30, training_address="10.0.0.1")
 
 
-async def _cluster() -> tuple[Coordinator, FakeClock, asyncio.Queue[Received]]:
+async def _cluster(model_bytes: int = 8_000_000) -> tuple[Coordinator, FakeClock, asyncio.Queue[Received]]:
     broker, clock = FakeBroker(), FakeClock()
     t = FakeTransport(broker)
     await t.__aenter__()
@@ -226,7 +262,7 @@ async def _cluster() -> tuple[Coordinator, FakeClock, asyncio.Queue[Received]]:
         "global_batch": 64,
         "learning_rate": 0.1,
         "dataset_size": 6400,
-        "model_bytes": 8_000_000,
+        "model_bytes": model_bytes,
     }
     reply = await handle_command(c, "submit", CommandRequest(request_id="r", reply_to="cli", args=args))
     assert reply.ok, reply.error
@@ -308,3 +344,47 @@ async def test_a_link_learned_slow_is_left_out_a_share_change_keeps_the_group_an
     assert fourth.predicted_makespan_s == pytest.approx(
         (fourth.ts - c.jobs["j"].created) + fourth.predicted_startup_s + (1000 - 5) * fourth.predicted_step_s, rel=0.01
     )
+
+
+async def test_a_board_that_probes_its_link_low_while_it_starts_stays_in_the_job() -> None:
+    """The demo's run of 2026-12-05 01:58: the group re-formed after a board died, nano (a
+    0.4-CPU cgroup) probed 24.2 Mb/s of its 50 Mb/s while the workers started, and the
+    coordinator re-planned at once without it, while its all-reduces took 7 ms. The drop now
+    waits for the all-reduces: fast ones keep nano in and raise its link; slow ones re-plan."""
+    c, _, sub = await _cluster(model_bytes=40_000)
+    first = await _next_plan(sub)
+    assert {a.node for a in first.assignments} == {"orin", "nano", "tx2"}
+    links = {"orin": 125e6, "nano": 6.25e6, "tx2": 125e6}
+
+    async def beats(nano_link: float, allreduce_s: float, pending_s: float = 0.0) -> None:
+        for n, link in links.items():
+            link = nano_link if n == "nano" else link
+            await _beat(c, first, n, step=3, samples_per_s=100.0, link_bps=link, link_latency_s=2e-4,
+                        allreduce_s=allreduce_s, comm_bytes=40_000, pending_s=pending_s)  # fmt: skip
+
+    await beats(6.25e6, 0.009)
+    await beats(3.0e6, 0.009)  # a new probe at 24 Mb/s; the all-reduce still takes 9 ms
+    nano = c.learning["nano"].link
+    assert nano.believed == 6.25e6 and nano.was == 6.25e6
+    for _ in range(LINK_CONFIRM):
+        await beats(3.0e6, 0.009)
+    assert c.jobs["j"].generation == first.generation  # no re-plan: the link is what it was
+    assert nano.was is None and nano.believed == pytest.approx(ring_floor_bps(3, 40_000, 0.009))
+    # a link that collapsed: a new probe at 2 Mb/s, and every rank's all-reduce pending 1.5 s (the
+    # 40 kB take 9 ms at what was believed) confirms it at once: no three steps across it first
+    events = []
+    emit = c.emit
+
+    async def recording(event: str, *args: object, **kw: object) -> None:
+        events.append((event, args[0] if args else ""))
+        await emit(event, *args, **kw)  # type: ignore[arg-type]
+
+    c.emit = recording  # type: ignore[method-assign]
+    await beats(0.25e6, 0.0)
+    assert c.jobs["j"].generation == first.generation
+    for _ in range(2):  # (the last heartbeat of a round finds every rank waiting; nano's next says so)
+        await beats(0.25e6, 0.0, pending_s=1.5)
+    await c.tick()  # (a re-plan goes out at the next tick)
+    plan = await _next_plan(sub)
+    assert plan.generation > first.generation and nano.believed == 0.25e6
+    assert ("link.changed", "(2.0 Mb/s, was 47.4)") in events, events

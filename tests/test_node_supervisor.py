@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from deepedge.broker_schemas import (
+    BEING_PROFILED,
     Assignment,
     Event,
     Heartbeat,
@@ -24,7 +25,7 @@ from deepedge.broker_schemas import (
 )
 from deepedge.config import Config, NodeConfig, TrainingConfig
 from deepedge.node import NodeDaemon, SupervisorState, WorkerSupervisor
-from deepedge.node._daemon import PROFILING, CrashEvents
+from deepedge.node._daemon import CrashEvents
 from deepedge.node._supervisor import IllegalTransition, WorkerExit, crash_reason
 from deepedge.testing import FakeClock
 from deepedge.transport import FakeBroker, FakeTransport
@@ -362,8 +363,8 @@ async def test_a_board_being_profiled_refuses_a_jobs_pre_flight_and_plan_and_tak
             await daemon.act_on(plan)
         assert "j" not in daemon.workers or daemon.workers["j"].state is SupervisorState.IDLE
         (hb,) = published(broker, Heartbeat)
-        assert hb.state == "failed" and hb.message == f"n1 refused: {PROFILING}"
-        assert any(e.event == "job.refused" and e.message == PROFILING for e in published(broker, Event))
+        assert hb.state == "failed" and hb.message == f"n1 refused: {BEING_PROFILED}"
+        assert any(e.event == "job.refused" and e.message == BEING_PROFILED for e in published(broker, Event))
         await daemon.act_on(make_plan(2, out=tmp_path).plan)  # the run is over: the next plan is run
         await until(lambda: daemon.workers["j"].state is SupervisorState.RUNNING)
         await daemon.shutdown()

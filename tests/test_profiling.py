@@ -507,6 +507,30 @@ def test_the_coordinator_plans_with_a_stored_model_and_its_caps_change(tmp_path:
     assert caps[True] < caps[False] - 0.1, caps
 
 
+def test_a_node_whose_lc_models_fail_is_unavailable_and_said_once_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose LC models raise is left out of this plan only (the others still plan), and
+    the error is logged once a minute per node, not at every plan of every job."""
+    from structlog.testing import capture_logs
+
+    import deepedge.coordinator._planner_io as io
+
+    view, learning, job, tables = _cluster(tmp_path, True)
+
+    def broken(*args: object) -> tuple[LcAppModel, ...]:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(io, "lc_models", broken)
+    monkeypatch.setattr(io, "_lc_errors", io.RateLimiter(1 / 60, 1))
+    with capture_logs() as logs:
+        for now in (0.0, 1.0, 30.0, 61.0):
+            a = next(n for n in node_models(view, learning, job, now=now, tables=tables) if n.node == "a")
+            assert a.unavailable == "its LC models could not be computed: ValueError"
+    said = [e for e in logs if e["event"] == "lc_models.failed" and e["node"] == "a"]
+    assert len(said) == 2 and said[0]["error"] == "ValueError: a bug", logs
+
+
 def _spec_fields(spec: JobSpec) -> dict[str, object]:
     return {f: getattr(spec, f) for f in JobSpec.__struct_fields__}
 

@@ -43,6 +43,7 @@ from deepedge.broker_schemas._commands import (
 )
 from deepedge.broker_schemas._errors import SchemaError, SchemaErrorReason
 from deepedge.broker_schemas._messages import (
+    BEING_PROFILED,
     MAX_FLOAT,
     MAX_INT,
     MESSAGE_TYPES,
@@ -90,6 +91,7 @@ from deepedge.broker_schemas._topics import (
 )
 
 __all__ = [
+    "BEING_PROFILED",
     "ID_PATTERN",
     "MAX_FLOAT",
     "MAX_INT",

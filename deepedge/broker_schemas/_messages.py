@@ -243,6 +243,11 @@ class WorkerState(StrEnum):
 # A worker's states the coordinator acts on: its node publishes them at once (and at QoS 1)
 # rather than with the next periodic heartbeat.
 WORKER_NEWS = frozenset({WorkerState.RECOVERING, WorkerState.DONE, WorkerState.FAILED})
+# Why a board being profiled refuses a job's pre-flight and plan (the end of its failed
+# heartbeat's message): it is busy, not unfit, so the coordinator leaves it out of the job for a
+# while instead of for good. A worker beside the profile's stressors and training would hit its
+# LC apps with both, and the profile would measure the job.
+BEING_PROFILED = "this board is being profiled (deepedge profile): it takes no job until the profile ends"
 
 
 class Heartbeat(_Msg, tag="heartbeat", frozen=True):

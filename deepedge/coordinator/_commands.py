@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from deepedge.broker_schemas import (
+    BEING_PROFILED,
     ArgsError,
     CancelArgs,
     CancelResult,
@@ -166,6 +167,8 @@ async def _create(
     refused, it is stored as failed with every reason (``status`` and ``logs`` say why; ``rm``
     frees the id)."""
     now = c.clock.time()
+    # a board being profiled is busy, not unfit: left out for a while, not for good
+    profiled = [n for n, why in refused.items() if why.endswith(BEING_PROFILED)]
     job = JobRecord(
         job=name,
         spec=spec,
@@ -173,13 +176,15 @@ async def _create(
         model_bytes=args.model_bytes,
         created=now,
         updated=now,
-        excluded=refused,
+        excluded={n: why for n, why in refused.items() if n not in profiled},
     )
     c.jobs[name] = job
     await c.save(job)
     await c.emit("job.submitted", f"{spec.model} on {spec.dataset}", job=name)
-    for node, why in refused.items():
+    for node, why in job.excluded.items():
         await c.emit("node.excluded", f"pre-flight: {why}", level="warning", node=node, job=name)
+    for node in profiled:
+        await c.hold_profiled(job, node)
     if refused and every:
         why = "; ".join(f"{n}: {r}" for n, r in sorted(refused.items()))
         await c.fail(job, f"refused by every node: {why}")

@@ -28,6 +28,9 @@ __all__ = [
     "CURVE_POINTS",
     "FORECAST_EVERY_S",
     "FORECAST_HORIZON_S",
+    "LINK_CONFIRM",
+    "LINK_DROP",
+    "LINK_PENDING_CONFIRM_S",
     "Anchor",
     "CommModel",
     "Ewma",
@@ -37,6 +40,7 @@ __all__ = [
     "ThroughputModel",
     "anchored_upper_ms",
     "monotone_upper_ms",
+    "ring_floor_bps",
 ]
 
 CURVE_POINTS = 21  # intensities 0, 0.05, ... 1 at which a surrogate's upper p95 goes to the planner
@@ -300,22 +304,89 @@ class Ewma:
 LINK_MIN_BPS = 1e3  # bytes/s: a probed link is never believed slower (or a division blows up)
 LINK_MAX_BPS = 1e11
 LINK_MEMORY_S = 600.0  # a board's link is probed again (it is planned as unknown) after this long
+# A newly probed link under LINK_DROP of what was believed is a drop, re-planned at once — once
+# LINK_CONFIRM of the node's own heartbeats since the probe measured all-reduces that the low
+# link explains. Until then the link believed is the old one: the probe runs while the workers
+# start, and a board short of CPU then (the demo's nano, a 0.4-CPU cgroup) probed 24 Mb/s of its
+# 50 Mb/s; the re-plan it caused left nano out for the rest of the job (2026-12-05, run 1 of the
+# first 20-run series), while its all-reduces went at full speed.
+# Every participant's all-reduce pending for LINK_PENDING_CONFIRM_S (and two of the plan's
+# predicted steps) confirms it at once: a link that collapsed (the links bench degrades one to
+# 1 %) must not wait for three steps across it, each of which takes seconds. (Every one: a rank
+# waits in its all-reduce while a peer still computes, e.g. a first step on a starved board.)
+LINK_DROP = 0.5
+LINK_CONFIRM = 3
+LINK_PENDING_CONFIRM_S = 1.0
+
+
+def ring_floor_bps(world: int, nbytes: int, seconds: float) -> float:
+    """The slowest link (bytes/s) that a ring all-reduce of ``nbytes`` over ``world`` ranks
+    needs to have taken ``seconds`` (the planner's ring model without its latency term, so the
+    link it gives is never more than the model needs): every link of the group is at least this
+    fast. 0 when nothing can be told."""
+    if world < 2 or nbytes <= 0 or not seconds > 0:
+        return 0.0
+    return 2 * (world - 1) / world * nbytes / seconds
 
 
 @dataclass
 class LinkModel:
-    """A board's link as its worker probed it when its group formed (the newest probe wins: a
-    link changes when a radio degrades or a cable is moved) and when that was."""
+    """A board's link: as its worker probed it when its group formed (the newest probe wins: a
+    link changes when a radio degrades or a cable is moved) and when that was, raised by what
+    the all-reduces measured since showed it to be at least (``floor``). A probe under
+    LINK_DROP of what was believed is believed once LINK_CONFIRM of the node's heartbeats with
+    measured all-reduces do not contradict it (``was`` holds the old link until then)."""
 
-    bandwidth: float | None = None  # bytes/s
+    bandwidth: float | None = None  # bytes/s, the newest probe
     latency: float | None = None  # s, one way
-    at: float = -1e9  # monotonic time of the probe
+    at: float = -1e9  # monotonic time of the probe (each heartbeat repeats it)
+    floor: float = 0.0  # bytes/s the all-reduces measured since the newest probe show at least
+    measured: int = 0  # the node's heartbeats with a measured all-reduce since the newest probe
+    was: float | None = None  # the link believed before a probe that says it dropped, until confirmed
 
     def observe(self, bandwidth: float, latency: float, now: float) -> None:
-        if bandwidth > 0:
-            self.bandwidth = min(LINK_MAX_BPS, max(LINK_MIN_BPS, bandwidth))
-            self.latency = min(1.0, max(0.0, latency))
-            self.at = now
+        if not bandwidth > 0:
+            return
+        bandwidth = min(LINK_MAX_BPS, max(LINK_MIN_BPS, bandwidth))
+        if bandwidth != self.bandwidth:  # a new probe (a heartbeat repeats its worker's last one)
+            before = self.believed if self.known(now) else None
+            self.was = before if before is not None and bandwidth < LINK_DROP * before else None
+            self.floor, self.measured = 0.0, 0
+        self.bandwidth = bandwidth
+        self.latency = min(1.0, max(0.0, latency))
+        self.at = now
+
+    def bound(self, floor_bps: float, own: bool) -> None:
+        """An all-reduce of a group this node trains in was measured: its link is at least
+        ``floor_bps`` (:func:`ring_floor_bps`); ``own``: measured by this node's heartbeat."""
+        if self.bandwidth is None or not floor_bps > 0:  # (one rank: nothing measured)
+            return
+        self.floor = max(self.floor, min(LINK_MAX_BPS, floor_bps))
+        self.measured += int(own)
+
+    def stalled(self) -> None:
+        """An all-reduce of this node has been pending too long for the link believed: a drop
+        its newest probe found is confirmed."""
+        self.measured = max(self.measured, LINK_CONFIRM)
+
+    @property
+    def believed(self) -> float | None:
+        """The bytes/s planned with: the newest probe or what the all-reduces showed, whichever
+        is more; the old link while a drop is not confirmed yet."""
+        if self.bandwidth is None:
+            return None
+        if self.was is not None and self.measured < LINK_CONFIRM:
+            return self.was
+        return max(self.bandwidth, self.floor)
+
+    def confirmed_drop(self) -> float | None:
+        """The link believed before the newest probe, once that probe's drop is confirmed (said
+        once); None when there is no drop, it is not confirmed yet, or the all-reduces measured
+        since showed the probe wrong (the old link's ``was`` is then forgotten)."""
+        if self.was is None or self.measured < LINK_CONFIRM:
+            return None
+        was, self.was = self.was, None
+        return was if max(self.bandwidth or 0.0, self.floor) < LINK_DROP * was else None
 
     def known(self, now: float) -> bool:
         return self.bandwidth is not None and now - self.at <= LINK_MEMORY_S

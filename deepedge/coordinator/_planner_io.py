@@ -31,8 +31,11 @@ from deepedge.coordinator.planner import (
 )
 from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
 from deepedge.profiling import TableCache, versions_key
+from deepedge.transport import RateLimiter
 
 log = structlog.get_logger("deepedge.coordinator")
+# a node whose LC models keep failing is asked at every plan of every job: said once a minute per node
+_lc_errors = RateLimiter(1 / 60, 1, max_keys=1000, global_rate=1.0, global_burst=10)
 
 __all__ = [
     "DEFAULT_FORMING_S",
@@ -194,14 +197,15 @@ def node_models(
         try:
             apps = lc_models(state, learn, job, tables, now)
         except Exception as exc:  # one node's state must never fail the plans of every job
-            log.error("lc_models.failed", node=state.node, job=job.job, error=f"{type(exc).__name__}: {exc}")
+            if _lc_errors.allow(state.node, now):
+                log.error("lc_models.failed", node=state.node, job=job.job, error=f"{type(exc).__name__}: {exc}"[:500])
             apps, unavailable = (), unavailable or f"its LC models could not be computed: {type(exc).__name__}"
         rate = learn.throughput.rate
         if learn.throughput.estimate is None and profile is not None and profile.samples_per_s > 0:
             rate = min(max(profile.samples_per_s, MIN_RATE), MAX_RATE)  # a board's claim, clamped as its heartbeats are
         hb = state.heartbeats.get(job.job)
         in_group = state.node in running and hb is not None and hb.state in ("training", "starting")
-        link = learn.link.bandwidth if learn.link.known(now) and learn.link.bandwidth else UNKNOWN_LINK_BPS
+        link = (learn.link.believed if learn.link.known(now) else None) or UNKNOWN_LINK_BPS
         out.append(
             NodeModel(
                 state.node,
@@ -230,9 +234,9 @@ def allreduce_efficiency(beats: Iterable[Heartbeat], learning: Mapping[str, Node
     current = [b for b in beats if b.state == "training" and b.allreduce_s > 0 and b.comm_bytes > 0]
     k = len(current)
     links = [learning[b.node].link for b in current if b.node in learning]
-    if k < 2 or len(links) < k or any(lk.bandwidth is None or lk.latency is None for lk in links):
+    if k < 2 or len(links) < k or any(lk.believed is None or lk.latency is None for lk in links):
         return None
-    slowest = min(lk.bandwidth or 0.0 for lk in links)
+    slowest = min(lk.believed or 0.0 for lk in links)
     latency = max(lk.latency or 0.0 for lk in links)
     modelled = allreduce_s(k, statistics.median(b.comm_bytes for b in current), slowest, latency)
     measured = min(b.allreduce_s for b in current)

@@ -8,6 +8,8 @@ Actions:
 - ``MarkRecovering(job, why)``: a participant is gone; the current plan cannot complete;
 - ``Exclude(job, node, why)``: leave a node out of this job (it refused the plan, its worker
   failed or crash-looped); followed by ``Replan``, or ``Fail`` when nobody is left;
+- ``Hold(job, node, why)``: leave a node out of this job's plans for PROFILE_HOLD_S (it refused
+  the plan because it is being profiled: busy, not unfit); followed by ``Replan``;
 - ``Fail(job, reason)``, ``Complete(job, why)``: terminal;
 - ``SetCap(node, limit, ...)``: the LC feedback's new cap limit for a node (AIMD); also sent,
   limit unchanged, to start the cool-down when the forecast re-plans a node before a miss;
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from deepedge.broker_schemas import AppLatency, Heartbeat, JobState
+from deepedge.broker_schemas import BEING_PROFILED, AppLatency, Heartbeat, JobState
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._learning import NodeLearning
 
@@ -36,11 +38,12 @@ __all__ = [
     "DECREASE_COOLDOWN_S",
     "LC_HOLD_MAX_S",
     "LC_HOLD_S",
-    "LINK_DROP",
     "LOST_PEERS_GRACE_S",
     "MAX_PLANS_WITHOUT_PROGRESS",
     "NO_ROOM_REPEAT_S",
     "PAUSE_CAP",
+    "PROFILE_HOLD_S",
+    "PROFILE_STRIKES",
     "REFORM_MAX_S",
     "REPLAN_COOLDOWN_S",
     "REPLAN_MIN_GAIN_S",
@@ -54,6 +57,7 @@ __all__ = [
     "Complete",
     "Exclude",
     "Fail",
+    "Hold",
     "JobRuntime",
     "LostPeers",
     "MarkRecovering",
@@ -77,6 +81,8 @@ __all__ = [
     "on_nodes_changed",
     "on_tick",
     "paused_caps",
+    "profile_hold",
+    "profiled_out",
     "should_improve",
     "without_progress",
 ]
@@ -113,8 +119,6 @@ CLIMB_SETTLE_S = 1.0
 # has stalled (a link degraded mid-step): a new group, whose formation probes every link again.
 STALL_FACTOR = 2.5
 STALL_MIN_S = 2.0
-# A participant whose newly probed link is under LINK_DROP of what was known: plan again at once.
-LINK_DROP = 0.5
 # A job whose group is re-formed this many times in a row without completing a single step is
 # failed: its participants cannot train together (a board whose worker keeps breaking the group, a
 # hostile rank sending impossible state), and every re-form costs every board a start-up.
@@ -141,6 +145,13 @@ NO_ROOM_REPEAT_S = 60.0
 # for their LC app train at this cap in the same group (a pause in place) instead of going on at
 # the cap that was just found unsafe; the group stays, so room coming back costs no worker's start.
 PAUSE_CAP = 0.05
+# A node that refuses a plan because it is being profiled (BEING_PROFILED) is left out of the job's
+# plans for PROFILE_HOLD_S, not for good: the job's next improvement after that (which also leaves
+# out a node whose LC reports still say profiling) may take it back. Its PROFILE_STRIKES-th such
+# refusal in one job excludes it like any other refusal (a node that keeps saying so costs a
+# re-plan at most every PROFILE_HOLD_S, and not for long).
+PROFILE_HOLD_S = 30.0
+PROFILE_STRIKES = 3
 LC_HOLD_MAX_S = 120.0
 
 
@@ -158,6 +169,13 @@ class MarkRecovering:
 
 @dataclass(frozen=True, slots=True)
 class Exclude:
+    job: str
+    node: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
     job: str
     node: str
     why: str
@@ -221,7 +239,20 @@ class Wait:
     recovering: bool  # the job moves to RECOVERING (it was running)
 
 
-Action = Replan | MarkRecovering | Exclude | Fail | Complete | SetCap | TryImprove | LostPeers | Publish | Wait | Reform
+Action = (
+    Replan
+    | MarkRecovering
+    | Exclude
+    | Hold
+    | Fail
+    | Complete
+    | SetCap
+    | TryImprove
+    | LostPeers
+    | Publish
+    | Wait
+    | Reform
+)
 
 
 @dataclass
@@ -237,6 +268,7 @@ class JobRuntime:
     left_out: tuple[str, ...] = ()  # feasible nodes the planner leaves out for their link or all-reduce cost
     lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
+    profiled: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (left out until, refusals)
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
     crowded: tuple[str, ...] = ()  # the nodes lc.no_room last named (no room in their LC apps for a start)
     crowded_said_at: float = float("-inf")  # when
@@ -293,15 +325,22 @@ def on_heartbeat(
     runtime: JobRuntime,
     now: float,
     beats: Mapping[str, Heartbeat] | None = None,
-    known_link: float | None = None,
+    link_drop: tuple[float, float] | None = None,
     expected_step_s: float | None = None,
 ) -> list[Action]:
     """A heartbeat of a participant of ``job``'s current plan (the service checked that).
     ``beats``: every participant's latest heartbeat of this generation (for a stalled
-    all-reduce); ``known_link``: the bytes/s believed of this node's link before this heartbeat;
+    all-reduce); ``link_drop``: (bytes/s now, bytes/s before) of this node's link when its
+    newest probe's drop was just confirmed (``LinkModel.confirmed_drop``);
     ``expected_step_s``: the plan's step time on what is known now (links probed since it was
     made included; default: its prediction)."""
     if hb.state == "failed":  # its worker gave up, or the node refused the plan
+        if hb.message.endswith(BEING_PROFILED):
+            until, strikes = runtime.profiled.get(hb.node, (0.0, 0))
+            if now < until:  # held already: the same refusal again (QoS 1, a plan replayed)
+                return []
+            if strikes < PROFILE_STRIKES - 1:
+                return [Hold(job.job, hb.node, "being profiled: it refused the plan")]
         return [Exclude(job.job, hb.node, hb.message or "its worker failed without a reason")]
     if hb.state == "recovering" and job.state == JobState.RUNNING and runtime.lost_peers is None:
         # A worker lost its peers. If a node died, its death notice re-plans the job; if only a
@@ -310,14 +349,9 @@ def on_heartbeat(
         return [LostPeers(job.job, job.generation, hb.node, now)]
     if job.state != JobState.RUNNING or job.plan is None:
         return []
-    if (
-        hb.link_bps > 0
-        and known_link is not None
-        and hb.link_bps < LINK_DROP * known_link
-        and job.spec.split == "planned"
-    ):
-        mbit = hb.link_bps * 8 / 1e6
-        return [Replan(job.job, f"link.changed {hb.node} ({mbit:.1f} Mb/s, was {known_link * 8 / 1e6:.1f})")]
+    if link_drop is not None and job.spec.split == "planned":
+        mbit, was = (x * 8 / 1e6 for x in link_drop)
+        return [Replan(job.job, f"link.changed {hb.node} ({mbit:.1f} Mb/s, was {was:.1f})")]
     if hb.pending_s > 0 and beats is not None and runtime.stalled != job.generation:
         expected = expected_step_s if expected_step_s is not None else job.plan.predicted_step_s
         limit = max(STALL_MIN_S, STALL_FACTOR * expected)
@@ -408,6 +442,9 @@ def on_tick(
                 out.append(MarkRecovering(job.job, f"the worker on {node} lost its peers (a worker crashed)"))
                 out.append(Replan(job.job, "worker.lost_peers"))
                 continue
+        if job.state == JobState.RECOVERING and any(rt.planned_at < until <= now for until, _ in rt.profiled.values()):
+            out.append(Replan(job.job, "profile hold over"))  # (a running job's improvements take it back)
+            continue
         if job.state == JobState.RECOVERING and now - rt.state_since > recovery_timeout_s:
             out.append(Replan(job.job, "recovery timeout"))
             continue
@@ -474,6 +511,16 @@ def lc_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]
     if previous is not None and now - previous[0] < LC_HOLD_MAX_S:
         strikes = previous[1] + 1
     return now + min(LC_HOLD_MAX_S, LC_HOLD_S * 2 ** (strikes - 1)), strikes
+
+
+def profile_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]:
+    """(left out until, refusals so far) of a node that refused a job because it is being profiled."""
+    return now + PROFILE_HOLD_S, (previous[1] if previous else 0) + 1
+
+
+def profiled_out(profiled: Mapping[str, tuple[float, int]], now: float) -> dict[str, str]:
+    """The nodes a job's plans leave out now because they refused it while being profiled."""
+    return {n: "being profiled (it refused this job a moment ago)" for n, (until, _) in profiled.items() if now < until}
 
 
 def held_back(

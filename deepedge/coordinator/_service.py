@@ -44,7 +44,13 @@ from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
 from deepedge.coordinator import _policy as policy
 from deepedge.coordinator._jobs import MAX_REASON, JobRecord
-from deepedge.coordinator._learning import CommModel, NodeLearning, ThroughputModel
+from deepedge.coordinator._learning import (
+    LINK_PENDING_CONFIRM_S,
+    CommModel,
+    NodeLearning,
+    ThroughputModel,
+    ring_floor_bps,
+)
 from deepedge.coordinator._planner_io import (
     DEFAULT_LATENCY_S,
     allreduce_efficiency,
@@ -358,8 +364,10 @@ class Coordinator:
             return
         self.view.on_heartbeat(hb, now)
         learn = self.learning_of(hb.node)
-        known_link = learn.link.bandwidth if learn.link.known(now) else None
         learn.observe(hb, now)
+        if hb.state == "training" and hb.allreduce_s > 0:  # its all-reduce shows its link at least this fast
+            nbytes = job.model_bytes // 2 if job.plan.grad_dtype == "float16" else job.model_bytes
+            learn.link.bound(ring_floor_bps(len(job.plan.assignments), nbytes, hb.allreduce_s), own=True)
         if hb.state == "training":
             if learn.training_since is None or learn.training_since[0] != hb.generation:
                 learn.training_since = (hb.generation, now)
@@ -370,6 +378,13 @@ class Coordinator:
             for a in job.plan.assignments
         ]
         current = [b for b in beats if b is not None and b.generation == job.generation]
+        # every participant waiting in the all-reduce (none still computing its share) this long:
+        # the links are what holds the step, so a drop a new probe found is confirmed
+        waiting = max(LINK_PENDING_CONFIRM_S, 2 * job.plan.predicted_step_s)
+        if len(current) == len(job.plan.assignments) and all(b.pending_s >= waiting for b in current):
+            for b in current:
+                self.learning_of(b.node).link.stalled()
+        was = learn.link.confirmed_drop()
         expected = None
         if hb.pending_s > 0:  # a long all-reduce: is it longer than the links known now explain?
             nodes = node_models(self.view, self.learning, job, None, self.comm, now, self.tables)
@@ -380,7 +395,7 @@ class Coordinator:
             self.runtime_of(job),
             now,
             beats={b.node: b for b in current},
-            known_link=known_link,
+            link_drop=(learn.link.believed or 0.0, was) if was is not None else None,
             expected_step_s=expected,
         )
         if actions:
@@ -464,6 +479,12 @@ class Coordinator:
                     self.move(job, JobState.RECOVERING, f"{node} left out: {why}")
                 await self.save(job)
                 self.dirty.add(job.job)
+            case policy.Hold(node=node, why=why):
+                await self.hold_profiled(job, node)
+                if job.state == JobState.RUNNING:
+                    self.move(job, JobState.RECOVERING, f"{node} left out: {why}")
+                await self.save(job)
+                self.dirty.add(job.job)
             case policy.Fail(reason=reason):
                 await self.fail(job, reason)
             case policy.Complete(why=why):
@@ -518,6 +539,14 @@ class Coordinator:
         it (node -> why), besides those left out of the job or busy with other jobs."""
         now = self.clock.monotonic()
         busy = busy_elsewhere(self.view, self.jobs.values(), job) | dict(keep_out or {})
+        # held for a refusal while being profiled; and past the hold while its reports say so
+        profiled = self.runtime_of(job).profiled
+        busy |= policy.profiled_out(profiled, now)
+        busy |= {
+            n: "being profiled (its LC reports say so)"
+            for n in profiled
+            if (state := self.view.nodes.get(n)) is not None and state.profiling
+        }
         nodes = node_models(self.view, self.learning, job, busy, self.comm, now, self.tables)
         # what each LC cap was planned from (the model, its live anchor and widening): said with
         # the plan, so that a run whose caps look low can be read afterwards
@@ -533,6 +562,17 @@ class Coordinator:
             return proportional_plan(nodes, job_model(job), net)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._planner_thread, self.planner.plan, nodes, job_model(job), net)
+
+    async def hold_profiled(self, job: JobRecord, node: str) -> None:
+        """Leave ``node`` out of ``job``'s plans for a while: it refused the job because it is
+        being profiled (``policy.Hold``; at submission, its pre-flight)."""
+        rt = self.runtime_of(job)
+        rt.profiled[node] = policy.profile_hold(rt.profiled.get(node), self.clock.monotonic())
+        why = (
+            f"being profiled: left out of this job for {policy.PROFILE_HOLD_S:g} s, then asked again "
+            f"(refusal {rt.profiled[node][1]} of {policy.PROFILE_STRIKES} before it is excluded for good)"
+        )
+        await self.emit("node.held", why, level="warning", node=node, job=job.job)
 
     def all_excluded(self, job: JobRecord) -> bool:
         """Every live node of the cluster is left out of this job."""
@@ -559,10 +599,11 @@ class Coordinator:
         # (another node may still join; shares move)
         holds = policy.held_back((a.node for a in plan.assignments), rt.holds, rt.holds, now)
         keep_out = {n: "its LC hold lasts" for n in holds}
-        # a board being profiled would refuse the plan, and a refusal keeps it out of the job for
-        # good: an improvement (which can wait) leaves it out while its reports say so. (Not the
-        # submit nor a forced re-plan: the flag outlasts the run by a latency window, and a job
-        # submitted right after a profile, as the demo's is, would lose that board.)
+        # a board being profiled would refuse the plan (held out of the job, policy.Hold, and
+        # excluded at its third refusal): an improvement (which can wait) leaves it out while its
+        # reports say so. (Not the submit nor a forced re-plan: the flag outlasts the run by a
+        # latency window, and a job submitted right after a profile, as the demo's is, would lose
+        # that board.)
         current_nodes = {a.node for a in plan.assignments}
         keep_out |= {s.node: "being profiled" for s in self.view.alive() if s.profiling and s.node not in current_nodes}
         decision = await self.decide(job, keep_out)
