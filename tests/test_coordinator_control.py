@@ -1168,3 +1168,24 @@ async def test_a_board_that_refuses_a_job_while_being_profiled_is_left_out_for_a
     await refuse(job.plan)
     assert job.excluded["n1"] == f"n1 refused: {BEING_PROFILED}" and "n1" not in cluster.participants("j1")
     assert [e.node for e in events if e.event == "node.held"] == ["n3", "n1", "n1"]
+
+
+async def test_a_job_waiting_for_its_only_board_plans_it_again_when_its_profile_hold_ends(cluster: Cluster) -> None:
+    """A job whose only board refused it while being profiled waits (recovering) with that board
+    held; when the hold ends the job is planned again at once, not after the recovery timeout."""
+    from deepedge.coordinator._policy import PROFILE_HOLD_S
+
+    c = await cluster.start()
+    await cluster.boards("n1")
+    await cluster.alive(4, "n1")
+    assert (await cluster.submit("j1", epochs=100)).ok
+    job = c.jobs["j1"]
+    first = job.plan
+    assert first is not None and cluster.participants("j1") == {"n1"}
+    hb = Heartbeat(node="n1", ts=1.0, job="j1", generation=first.generation, rank=0, world_size=1,
+                   state="failed", message=f"n1 refused: {BEING_PROFILED}")  # fmt: skip
+    await cluster.peer.publish(T.node_heartbeat("n1"), hb, qos=1)
+    await cluster.alive(2, "n1")
+    assert job.state == JobState.RECOVERING and job.generation == first.generation and "n1" not in job.excluded
+    await cluster.alive(PROFILE_HOLD_S, "n1")
+    assert job.generation > first.generation and cluster.participants("j1") == {"n1"}
