@@ -114,7 +114,9 @@ def test_a_demo_interrupted_or_killed_mid_run_leaves_nothing_running(tmp_path: P
             assert time.monotonic() < deadline and proc.poll() is None, "the demo did not get to profiling"
             time.sleep(0.2)
         proc.send_signal(sig)
-        proc.wait(30)
+        # 17-21 s alone on the 2-vCPU VM; over 30 s twice in the full CI suite (2026-12-05), cause
+        # not found: a stop that never ends still fails here (and at the test's 120 s timeout)
+        proc.wait(60)
         deadline = time.monotonic() + 15
         while _leftovers(workdir) and time.monotonic() < deadline:
             time.sleep(0.2)
