@@ -176,7 +176,7 @@ def test_a_probe_under_half_the_link_is_believed_once_the_all_reduces_confirm_it
     for _ in range(LINK_CONFIRM):
         assert link.believed == 6.25e6  # the old link until confirmed
         assert link.confirmed_drop() is None
-        link.bound(fast, own=True)
+        link.bound(fast)
     assert link.confirmed_drop() is None  # the all-reduces contradict the probe: no drop
     assert link.believed == pytest.approx(fast) and link.was is None
     link.observe(3.0e6, 0.001, 2.0)  # each heartbeat repeats the probe: not a new one
@@ -184,10 +184,9 @@ def test_a_probe_under_half_the_link_is_believed_once_the_all_reduces_confirm_it
     # a real drop: the all-reduces take as long as the new probe says
     link.observe(1.0e6, 0.001, 3.0)
     slow = ring_floor_bps(3, 40_000, 0.1)
-    link.bound(slow, own=False)  # another rank's measure does not confirm this node's probe
     for _ in range(LINK_CONFIRM):
         assert link.confirmed_drop() is None
-        link.bound(slow, own=True)
+        link.bound(slow)
     assert link.confirmed_drop() == pytest.approx(fast)  # said once
     assert link.confirmed_drop() is None and link.believed == 1.0e6
     link.observe(0.01e6, 0.001, 4.0)  # collapsed: an all-reduce pending too long confirms it at once

@@ -356,13 +356,13 @@ class LinkModel:
         self.latency = min(1.0, max(0.0, latency))
         self.at = now
 
-    def bound(self, floor_bps: float, own: bool) -> None:
-        """An all-reduce of a group this node trains in was measured: its link is at least
-        ``floor_bps`` (:func:`ring_floor_bps`); ``own``: measured by this node's heartbeat."""
+    def bound(self, floor_bps: float) -> None:
+        """This node's heartbeat measured its all-reduce: its link is at least ``floor_bps``
+        (:func:`ring_floor_bps`)."""
         if self.bandwidth is None or not floor_bps > 0:  # (one rank: nothing measured)
             return
         self.floor = max(self.floor, min(LINK_MAX_BPS, floor_bps))
-        self.measured += int(own)
+        self.measured += 1
 
     def stalled(self) -> None:
         """An all-reduce of this node has been pending too long for the link believed: a drop

@@ -367,7 +367,7 @@ class Coordinator:
         learn.observe(hb, now)
         if hb.state == "training" and hb.allreduce_s > 0:  # its all-reduce shows its link at least this fast
             nbytes = job.model_bytes // 2 if job.plan.grad_dtype == "float16" else job.model_bytes
-            learn.link.bound(ring_floor_bps(len(job.plan.assignments), nbytes, hb.allreduce_s), own=True)
+            learn.link.bound(ring_floor_bps(len(job.plan.assignments), nbytes, hb.allreduce_s))
         if hb.state == "training":
             if learn.training_since is None or learn.training_since[0] != hb.generation:
                 learn.training_since = (hb.generation, now)
