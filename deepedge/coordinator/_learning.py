@@ -317,6 +317,7 @@ LINK_MEMORY_S = 600.0  # a board's link is probed again (it is planned as unknow
 LINK_DROP = 0.5
 LINK_CONFIRM = 3
 LINK_PENDING_CONFIRM_S = 1.0
+LINK_SOURCES = 8  # jobs whose last probe a node's link remembers (node.max_workers is usually 1)
 
 
 def ring_floor_bps(world: int, nbytes: int, seconds: float) -> float:
@@ -335,34 +336,56 @@ class LinkModel:
     link changes when a radio degrades or a cable is moved) and when that was, raised by what
     the all-reduces measured since showed it to be at least (``floor``). A probe under
     LINK_DROP of what was believed is believed once LINK_CONFIRM of the node's heartbeats with
-    measured all-reduces do not contradict it (``was`` holds the old link until then)."""
+    measured all-reduces do not contradict it (``old`` holds the old probe and floor until then).
+
+    A probe is new when its job's worker has not sent it before: a node in two jobs
+    (``node.max_workers`` > 1) repeats two workers' probes in turn, and neither repeat is news.
+    The planner is given :meth:`planned`: the probe corrected by the all-reduces' measured
+    efficiency, never under the floor (which was measured, so needs no correction)."""
 
     bandwidth: float | None = None  # bytes/s, the newest probe
     latency: float | None = None  # s, one way
     at: float = -1e9  # monotonic time of the probe (each heartbeat repeats it)
     floor: float = 0.0  # bytes/s the all-reduces measured since the newest probe show at least
-    measured: int = 0  # the node's heartbeats with a measured all-reduce since the newest probe
-    was: float | None = None  # the link believed before a probe that says it dropped, until confirmed
+    measured: int = 0  # the node's heartbeats whose all-reduce could tell a drop, since the newest probe
+    old: tuple[float, float] | None = None  # (probe, floor) before a probe that says it dropped, until confirmed
+    # the last probe of each job's worker (each heartbeat repeats it), the oldest forgotten first
+    sources: dict[str, float] = field(default_factory=dict)
 
-    def observe(self, bandwidth: float, latency: float, now: float) -> None:
+    def observe(self, bandwidth: float, latency: float, now: float, job: str = "") -> None:
+        """A heartbeat's probe, sent by ``job``'s worker."""
         if not bandwidth > 0:
             return
         bandwidth = min(LINK_MAX_BPS, max(LINK_MIN_BPS, bandwidth))
-        if bandwidth != self.bandwidth:  # a new probe (a heartbeat repeats its worker's last one)
+        if self.sources.get(job) != bandwidth:  # a new probe, not a repeat
+            self.sources.pop(job, None)
+            self.sources[job] = bandwidth
+            while len(self.sources) > LINK_SOURCES:
+                del self.sources[next(iter(self.sources))]
             before = self.believed if self.known(now) else None
-            self.was = before if before is not None and bandwidth < LINK_DROP * before else None
+            if before is not None and bandwidth < LINK_DROP * before:  # (a drop still pending keeps its old link)
+                self.old = self.old if self.pending else (self.bandwidth or 0.0, self.floor)
+            else:
+                self.old = None
             self.floor, self.measured = 0.0, 0
-        self.bandwidth = bandwidth
-        self.latency = min(1.0, max(0.0, latency))
+            self.bandwidth = bandwidth
+            self.latency = min(1.0, max(0.0, latency))
         self.at = now
 
-    def bound(self, floor_bps: float) -> None:
+    def bound(self, floor_bps: float, others_bps: float | None = None) -> None:
         """This node's heartbeat measured its all-reduce: its link is at least ``floor_bps``
-        (:func:`ring_floor_bps`)."""
+        (:func:`ring_floor_bps`). ``others_bps``: the slowest link believed among its peers in
+        the group. It counts towards confirming a drop only when it can tell one: when the
+        peers' links are fast enough that a floor under LINK_DROP of the old link implicates
+        this one, or when the all-reduce was slower than even the peers' slowest link explains.
+        (The demo's xavier-nx, 1 Gb/s in a ring with a 50 Mb/s nano, probed low at a re-form and
+        its all-reduces, paced by nano's link, 'confirmed' it: a needless re-plan.)"""
         if self.bandwidth is None or not floor_bps > 0:  # (one rank: nothing measured)
             return
         self.floor = max(self.floor, min(LINK_MAX_BPS, floor_bps))
-        self.measured += 1
+        was = self.was
+        if was is None or others_bps is None or others_bps >= LINK_DROP * was or floor_bps < LINK_DROP * others_bps:
+            self.measured += 1
 
     def stalled(self) -> None:
         """An all-reduce of this node has been pending too long for the link believed: a drop
@@ -370,26 +393,64 @@ class LinkModel:
         self.measured = max(self.measured, LINK_CONFIRM)
 
     @property
+    def pending(self) -> bool:
+        """A probe said the link dropped, and that is not confirmed yet."""
+        return self.old is not None and self.measured < LINK_CONFIRM
+
+    @property
+    def was(self) -> float | None:
+        """The link believed before a probe that says it dropped (until that is settled)."""
+        return max(self.old) if self.old is not None else None
+
+    @property
+    def probed(self) -> float | None:
+        """The probe planned with: the old one while a drop is pending."""
+        return self.old[0] if self.pending and self.old is not None else self.bandwidth
+
+    @property
     def believed(self) -> float | None:
-        """The bytes/s planned with: the newest probe or what the all-reduces showed, whichever
-        is more; the old link while a drop is not confirmed yet."""
+        """The bytes/s the link is believed to carry: the newest probe or what the all-reduces
+        showed, whichever is more; the old link while a drop is not confirmed yet."""
         if self.bandwidth is None:
             return None
-        if self.was is not None and self.measured < LINK_CONFIRM:
+        if self.pending:
             return self.was
         return max(self.bandwidth, self.floor)
+
+    def planned(self, efficiency: float) -> float | None:
+        """The bytes/s the planner is given: the probe (the old one while a drop is pending)
+        divided by the all-reduces' measured efficiency against the probes (:class:`CommModel`),
+        but never under the floor the node's own all-reduces measured (likewise)."""
+        if self.bandwidth is None:
+            return None
+        probe, floor = self.old if self.pending and self.old is not None else (self.bandwidth, self.floor)
+        return max(probe / efficiency, floor)
 
     def confirmed_drop(self) -> float | None:
         """The link believed before the newest probe, once that probe's drop is confirmed (said
         once); None when there is no drop, it is not confirmed yet, or the all-reduces measured
-        since showed the probe wrong (the old link's ``was`` is then forgotten)."""
-        if self.was is None or self.measured < LINK_CONFIRM:
+        since showed the probe wrong (the old link is then forgotten)."""
+        was = self.was
+        if was is None or self.pending:
             return None
-        was, self.was = self.was, None
+        self.old = None
         return was if max(self.bandwidth or 0.0, self.floor) < LINK_DROP * was else None
 
     def known(self, now: float) -> bool:
         return self.bandwidth is not None and now - self.at <= LINK_MEMORY_S
+
+
+def confirm_stalled_drops(links: Sequence[LinkModel]) -> None:
+    """Every participant's all-reduce has been pending too long: the slowest link explains it, so
+    the drops probed within 1/LINK_DROP of the group's lowest probe are confirmed. Not the others:
+    a board that probed low while short of CPU is not made slow by another's collapse (nor later
+    in the same stall, once that collapse is confirmed: the lowest is every participant's)."""
+    probes = [lk.bandwidth for lk in links if lk.bandwidth is not None]
+    if probes:
+        lowest = min(probes)
+        for lk in links:
+            if lk.pending and (lk.bandwidth or 0.0) * LINK_DROP <= lowest:
+                lk.stalled()
 
 
 @dataclass
@@ -450,7 +511,7 @@ class NodeLearning:
         (each carries its worker's last probe: a node in a group keeps its link known), its
         per-step overhead, and, once per new value, its worker's start-up and forming times."""
         if hb.link_bps > 0:
-            self.link.observe(hb.link_bps, hb.link_latency_s, now)
+            self.link.observe(hb.link_bps, hb.link_latency_s, now, hb.job)
         if hb.state != "training":
             return
         self.throughput.observe(hb.samples_per_s, hb.intensity)

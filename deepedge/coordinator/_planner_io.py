@@ -205,14 +205,14 @@ def node_models(
             rate = min(max(profile.samples_per_s, MIN_RATE), MAX_RATE)  # a board's claim, clamped as its heartbeats are
         hb = state.heartbeats.get(job.job)
         in_group = state.node in running and hb is not None and hb.state in ("training", "starting")
-        link = (learn.link.believed if learn.link.known(now) else None) or UNKNOWN_LINK_BPS
+        link = (learn.link.planned(factor) if learn.link.known(now) else None) or UNKNOWN_LINK_BPS / factor
         out.append(
             NodeModel(
                 state.node,
                 rate=rate,
                 max_share=min(max_share, job.spec.global_batch),
                 overhead_s=learn.overhead.get(0.0),
-                bandwidth_bps=link / factor,
+                bandwidth_bps=link,
                 lc_apps=apps,
                 # an LC-unaware baseline ignores what LC feedback taught as well
                 cap_limit=learn.cap_limit if job.spec.lc_control != "unaware" else 1.0,
@@ -230,13 +230,18 @@ def node_models(
 def allreduce_efficiency(beats: Iterable[Heartbeat], learning: Mapping[str, NodeLearning]) -> float | None:
     """Measured / modelled all-reduce seconds for one generation's heartbeats (None when it
     cannot be told: one rank, links not probed, no timing). Measured: the least all-reduce time
-    among the ranks (the last to arrive waits for nobody: its time is the communication)."""
+    among the ranks (the last to arrive waits for nobody: its time is the communication).
+    Modelled on the links as probed (the old probe while a drop is pending; not the floors the
+    all-reduces raised them to: the efficiency corrects the probes, :meth:`LinkModel.planned`),
+    and not at all while a probe is under its floor (shown wrong)."""
     current = [b for b in beats if b.state == "training" and b.allreduce_s > 0 and b.comm_bytes > 0]
     k = len(current)
     links = [learning[b.node].link for b in current if b.node in learning]
-    if k < 2 or len(links) < k or any(lk.believed is None or lk.latency is None for lk in links):
+    if k < 2 or len(links) < k or any(lk.probed is None or lk.latency is None for lk in links):
         return None
-    slowest = min(lk.believed or 0.0 for lk in links)
+    if any(lk.floor > (lk.probed or 0.0) for lk in links):
+        return None  # a probe the all-reduces showed wrong says nothing of how gloo uses a link
+    slowest = min(lk.probed or 0.0 for lk in links)
     latency = max(lk.latency or 0.0 for lk in links)
     modelled = allreduce_s(k, statistics.median(b.comm_bytes for b in current), slowest, latency)
     measured = min(b.allreduce_s for b in current)

@@ -49,6 +49,7 @@ from deepedge.coordinator._learning import (
     CommModel,
     NodeLearning,
     ThroughputModel,
+    confirm_stalled_drops,
     ring_floor_bps,
 )
 from deepedge.coordinator._planner_io import (
@@ -367,7 +368,9 @@ class Coordinator:
         learn.observe(hb, now)
         if hb.state == "training" and hb.allreduce_s > 0:  # its all-reduce shows its link at least this fast
             nbytes = job.model_bytes // 2 if job.plan.grad_dtype == "float16" else job.model_bytes
-            learn.link.bound(ring_floor_bps(len(job.plan.assignments), nbytes, hb.allreduce_s))
+            peers = [self.learning_of(a.node).link.believed for a in job.plan.assignments if a.node != hb.node]
+            slowest = min((b for b in peers if b is not None), default=None)
+            learn.link.bound(ring_floor_bps(len(job.plan.assignments), nbytes, hb.allreduce_s), slowest)
         if hb.state == "training":
             if learn.training_since is None or learn.training_since[0] != hb.generation:
                 learn.training_since = (hb.generation, now)
@@ -382,8 +385,7 @@ class Coordinator:
         # the links are what holds the step, so a drop a new probe found is confirmed
         waiting = max(LINK_PENDING_CONFIRM_S, 2 * job.plan.predicted_step_s)
         if len(current) == len(job.plan.assignments) and all(b.pending_s >= waiting for b in current):
-            for b in current:
-                self.learning_of(b.node).link.stalled()
+            confirm_stalled_drops([self.learning_of(b.node).link for b in current])
         was = learn.link.confirmed_drop()
         expected = None
         if hb.pending_s > 0:  # a long all-reduce: is it longer than the links known now explain?
