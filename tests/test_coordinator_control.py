@@ -1189,3 +1189,32 @@ async def test_a_job_waiting_for_its_only_board_plans_it_again_when_its_profile_
     assert job.state == JobState.RECOVERING and job.generation == first.generation and "n1" not in job.excluded
     await cluster.alive(PROFILE_HOLD_S, "n1")
     assert job.generation > first.generation and cluster.participants("j1") == {"n1"}
+
+
+async def test_a_job_whose_held_board_is_still_profiling_plans_it_when_its_profile_ends(cluster: Cluster) -> None:
+    """The hold ends while the board's LC reports still say it is being profiled: no plan takes it
+    then; the first report after its profile plans the job again at once, not at the recovery
+    timeout (600 s by default)."""
+    from deepedge.coordinator._policy import PROFILE_HOLD_S
+
+    def report(profiling: bool) -> LatencyReport:
+        app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=9.0, p99_ms=9.0, deadline_ms=30.0)
+        return LatencyReport(node="n1", ts=1.0, window_s=2.0, apps=(app,), profiling=profiling)
+
+    c = await cluster.start()
+    await cluster.boards("n1")
+    await cluster.alive(4, "n1")
+    assert (await cluster.submit("j1", epochs=100)).ok
+    job = c.jobs["j1"]
+    first = job.plan
+    assert first is not None
+    await cluster.peer.publish(T.node_latency("n1"), report(True))
+    hb = Heartbeat(node="n1", ts=1.0, job="j1", generation=first.generation, rank=0, world_size=1,
+                   state="failed", message=f"n1 refused: {BEING_PROFILED}")  # fmt: skip
+    await cluster.peer.publish(T.node_heartbeat("n1"), hb, qos=1)
+    await cluster.alive(PROFILE_HOLD_S + 5, "n1")
+    assert job.state == JobState.RECOVERING and job.generation == first.generation  # still profiling
+    await cluster.peer.publish(T.node_latency("n1"), report(False))
+    await cluster.alive(1, "n1")
+    assert job.state == JobState.RUNNING and cluster.participants("j1") == {"n1"}
+    assert job.generation > first.generation

@@ -21,6 +21,7 @@ Actions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,7 @@ __all__ = [
     "on_tick",
     "paused_caps",
     "profile_hold",
+    "profile_over",
     "profiled_out",
     "should_improve",
     "without_progress",
@@ -516,6 +518,15 @@ def lc_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]
 def profile_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]:
     """(left out until, refusals so far) of a node that refused a job because it is being profiled."""
     return now + PROFILE_HOLD_S, (previous[1] if previous else 0) + 1
+
+
+def profile_over(runtime: JobRuntime, node: str, now: float) -> bool:
+    """``node`` refused the job while being profiled, its hold is over, and its reports just
+    stopped saying it is profiled: a recovering job may take it again. (A profile over before
+    the hold ends is on_tick's 'profile hold over'. A node flipping its flag re-plans at most
+    as often as its latency reports get through the per-node rate limit.)"""
+    until, _ = runtime.profiled.get(node, (math.inf, 0))
+    return now >= until
 
 
 def profiled_out(profiled: Mapping[str, tuple[float, int]], now: float) -> dict[str, str]:

@@ -307,10 +307,18 @@ class Coordinator:
         return max(live, default=0.0)
 
     async def on_latency(self, report: LatencyReport, now: float) -> None:
+        before = self.view.nodes.get(report.node)
+        was_profiling = before is not None and before.profiling
         self.view.on_latency(report, now)
         state = self.view.nodes.get(report.node)
         if state is None or not state.alive or report.profiling:
             return  # a profiled board's latency is the profile's stressors' and driven rate's
+        if was_profiling:  # its profile is over: a job waiting for it since it refused is planned again
+            await self.apply(
+                policy.Replan(j.job, f"profile over {report.node}")
+                for j in self.jobs.values()
+                if j.state == JobState.RECOVERING and policy.profile_over(self.runtime_of(j), report.node, now)
+            )
         using = self.jobs_using(report.node)
         learn = self.learning_of(report.node)
         # Before the node has trained a whole latency window in its current generation, its LC
@@ -474,15 +482,12 @@ class Coordinator:
                 self.dirty.add(job.job)
             case policy.LostPeers(generation=gen, node=node, since=since):
                 self.runtime_of(job).lost_peers = (gen, since, node)
-            case policy.Exclude(node=node, why=why):
-                job.excluded[node] = why[:MAX_REASON]
-                await self.emit("node.excluded", why, level="warning", node=node, job=job.job)
-                if job.state == JobState.RUNNING:
-                    self.move(job, JobState.RECOVERING, f"{node} left out: {why}")
-                await self.save(job)
-                self.dirty.add(job.job)
-            case policy.Hold(node=node, why=why):
-                await self.hold_profiled(job, node)
+            case policy.Exclude(node=node, why=why) | policy.Hold(node=node, why=why):
+                if isinstance(action, policy.Hold):
+                    await self.hold_profiled(job, node)
+                else:
+                    job.excluded[node] = why[:MAX_REASON]
+                    await self.emit("node.excluded", why, level="warning", node=node, job=job.job)
                 if job.state == JobState.RUNNING:
                     self.move(job, JobState.RECOVERING, f"{node} left out: {why}")
                 await self.save(job)
