@@ -495,3 +495,40 @@ async def test_a_board_that_probes_its_link_low_while_it_starts_stays_in_the_job
     plan = await _next_plan(sub)
     assert plan.generation > first.generation and nano.believed == 0.25e6
     assert ("link.changed", "(2.0 Mb/s, was 47.4)") in events, events
+
+
+async def test_a_link_that_collapsed_re_plans_from_the_probes_of_the_group_formed_after_the_stall() -> None:
+    """The links bench (2026-12-05): tx2's link degraded to 1 %, every all-reduce stalled, the
+    group re-formed to probe every link again, and tx2 probed 2.7 Mb/s of the 1 Gb/s believed.
+    The drop waited for an all-reduce across it to be pending (after an 8 s state sync over that
+    link): resumed 15 s after the fault. The group formed after a stall now believes its lowest
+    probe as soon as every rank's is in (sent before the sync), and re-plans."""
+    c, _, sub = await _cluster(model_bytes=8_000_000)
+    first = await _next_plan(sub)
+    links = {"orin": 125e6, "nano": 125e6, "tx2": 125e6}
+    for _ in range(2):
+        for n, link in links.items():
+            await _beat(c, first, n, step=2, samples_per_s=100.0, link_bps=link, link_latency_s=2e-4)
+    for n, link in links.items():  # every rank's all-reduce pending far past the predicted step
+        await _beat(c, first, n, step=3, samples_per_s=100.0, link_bps=link, link_latency_s=2e-4, pending_s=30.0)
+    await c.tick()
+    second = await _next_plan(sub)
+    assert not second.same_group and {a.node for a in second.assignments} == set(links)
+    assert c.runtime["j"].stall_probe == second.generation
+    for n, link in links.items():  # the new group's first heartbeats repeat the last group's probes
+        await _beat(c, second, n, state="starting", step=3, link_bps=link, link_latency_s=2e-4)
+    await _beat(c, second, "orin", state="starting", step=3, link_bps=50e6, link_latency_s=2e-4)
+    await _beat(c, second, "tx2", state="starting", step=3, link_bps=125e6, link_latency_s=2e-4)
+    assert c.learning["orin"].link.pending  # orin's new probe is the lowest so far, but tx2's is not in yet
+    probes = links | {"orin": 50e6, "tx2": 0.34e6, "nano": 40e6}  # tx2 collapsed; nano probed low, short of CPU
+    for n, link in probes.items():  # starting: probed, not yet synced, no all-reduce pending
+        await _beat(c, second, n, state="starting", step=3, link_bps=link, link_latency_s=2e-4)
+    await _beat(c, second, "tx2", state="starting", step=3, link_bps=0.34e6, link_latency_s=2e-4)
+    await c.tick()
+    third = await _next_plan(sub)
+    assert "tx2" not in {a.node for a in third.assignments}
+    assert c.learning["tx2"].link.believed == 0.34e6
+    assert c.learning["nano"].link.pending and c.learning["nano"].link.believed == 125e6  # not made slow by it
+    assert c.learning["orin"].link.pending
+    # an ordinary re-form (no stall) does not believe its probes at once
+    assert c.runtime["j"].stall_probe == -1

@@ -351,9 +351,12 @@ class LinkModel:
     old: tuple[float, float] | None = None  # (probe, floor) before a probe that says it dropped, until confirmed
     # the last probe of each job's worker (each heartbeat repeats it), the oldest forgotten first
     sources: dict[str, float] = field(default_factory=dict)
+    # (job, generation) of the heartbeat that first carried the newest probe: a re-formed group's
+    # first heartbeats repeat the last group's probe until the new one is made
+    fresh: tuple[str, int] = ("", -1)
 
-    def observe(self, bandwidth: float, latency: float, now: float, job: str = "") -> None:
-        """A heartbeat's probe, sent by ``job``'s worker."""
+    def observe(self, bandwidth: float, latency: float, now: float, job: str = "", generation: int = -1) -> None:
+        """A heartbeat's probe, sent by ``job``'s worker in ``generation``."""
         if not bandwidth > 0:
             return
         bandwidth = min(LINK_MAX_BPS, max(LINK_MIN_BPS, bandwidth))
@@ -370,6 +373,7 @@ class LinkModel:
             self.floor, self.measured = 0.0, 0
             self.bandwidth = bandwidth
             self.latency = min(1.0, max(0.0, latency))
+            self.fresh = (job, generation)
         self.at = now
 
     def bound(self, floor_bps: float, others_bps: float | None = None) -> None:
@@ -511,7 +515,7 @@ class NodeLearning:
         (each carries its worker's last probe: a node in a group keeps its link known), its
         per-step overhead, and, once per new value, its worker's start-up and forming times."""
         if hb.link_bps > 0:
-            self.link.observe(hb.link_bps, hb.link_latency_s, now, hb.job)
+            self.link.observe(hb.link_bps, hb.link_latency_s, now, hb.job, hb.generation)
         if hb.state != "training":
             return
         self.throughput.observe(hb.samples_per_s, hb.intensity)

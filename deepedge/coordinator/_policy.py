@@ -267,6 +267,7 @@ class JobRuntime:
     planned_step: int = -1  # the job's step when its latest re-forming plan was published
     plans_without_progress: int = 0  # re-forming plans in a row with no step completed between them
     stalled: int = -1  # the generation whose stalled all-reduce was acted on (once per generation)
+    stall_probe: int = -1  # the generation formed after a stall, to probe every link again
     left_out: tuple[str, ...] = ()  # feasible nodes the planner leaves out for their link or all-reduce cost
     lc_risk: dict[str, float] = field(default_factory=dict)  # node -> when its LC app last re-planned the job
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)

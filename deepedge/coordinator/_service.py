@@ -392,7 +392,14 @@ class Coordinator:
         # every participant waiting in the all-reduce (none still computing its share) this long:
         # the links are what holds the step, so a drop a new probe found is confirmed
         waiting = max(LINK_PENDING_CONFIRM_S, 2 * job.plan.predicted_step_s)
-        if len(current) == len(job.plan.assignments) and all(b.pending_s >= waiting for b in current):
+        stalled = all(b.pending_s >= waiting for b in current)
+        # or the group formed after a stall: every rank's probe is in (sent before the state sync),
+        # and the lowest names the link that stalled it (a collapsed link re-plans before the sync
+        # over it: the links bench's link at 1 % took 8 s to sync a 9 MB model)
+        probed = self.runtime_of(job).stall_probe == job.generation and all(
+            self.learning_of(b.node).link.fresh == (job.job, job.generation) for b in current
+        )
+        if len(current) == len(job.plan.assignments) and (stalled or probed):
             confirm_stalled_drops([self.learning_of(b.node).link for b in current])
         was = learn.link.confirmed_drop()
         expected = None
@@ -772,6 +779,7 @@ class Coordinator:
             rt.plans_without_progress = rt.plans_without_progress + 1 if rt.planned_step == job.step else 0
             rt.planned_step = job.step
         generation = job.generation + 1
+        rt.stall_probe = generation if job.job in self.reform else -1
         self.reform.discard(job.job)
         await self.hold_lc_drops(job, rt, decision)
         plan = to_plan(job, decision, self.view, generation, port, self.clock.time(), self.session, keeps)
