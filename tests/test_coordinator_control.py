@@ -1170,21 +1170,32 @@ async def test_a_board_that_refuses_a_job_while_being_profiled_is_left_out_for_a
     assert [e.node for e in events if e.event == "node.held"] == ["n3", "n1", "n1"]
 
 
-async def test_a_job_waiting_for_its_only_board_plans_it_again_when_its_profile_hold_ends(cluster: Cluster) -> None:
-    """A job whose only board refused it while being profiled waits (recovering) with that board
-    held; when the hold ends the job is planned again at once, not after the recovery timeout."""
-    from deepedge.coordinator._policy import PROFILE_HOLD_S
-
+async def _one_board_job(cluster: Cluster) -> tuple[JobRecord, Plan]:
+    """Job j1 planned on its only board, n1."""
     c = await cluster.start()
     await cluster.boards("n1")
     await cluster.alive(4, "n1")
     assert (await cluster.submit("j1", epochs=100)).ok
     job = c.jobs["j1"]
-    first = job.plan
-    assert first is not None and cluster.participants("j1") == {"n1"}
-    hb = Heartbeat(node="n1", ts=1.0, job="j1", generation=first.generation, rank=0, world_size=1,
+    assert job.plan is not None
+    return job, job.plan
+
+
+async def _refuse_while_profiled(cluster: Cluster, plan: Plan) -> None:
+    """n1 refuses ``plan`` because it is being profiled (the node's own wording)."""
+    hb = Heartbeat(node="n1", ts=1.0, job=plan.job, generation=plan.generation, rank=0, world_size=1,
                    state="failed", message=f"n1 refused: {BEING_PROFILED}")  # fmt: skip
     await cluster.peer.publish(T.node_heartbeat("n1"), hb, qos=1)
+
+
+async def test_a_job_waiting_for_its_only_board_plans_it_again_when_its_profile_hold_ends(cluster: Cluster) -> None:
+    """A job whose only board refused it while being profiled waits (recovering) with that board
+    held; when the hold ends the job is planned again at once, not after the recovery timeout."""
+    from deepedge.coordinator._policy import PROFILE_HOLD_S
+
+    job, first = await _one_board_job(cluster)
+    assert cluster.participants("j1") == {"n1"}
+    await _refuse_while_profiled(cluster, first)
     await cluster.alive(2, "n1")
     assert job.state == JobState.RECOVERING and job.generation == first.generation and "n1" not in job.excluded
     await cluster.alive(PROFILE_HOLD_S, "n1")
@@ -1201,17 +1212,9 @@ async def test_a_job_whose_held_board_is_still_profiling_plans_it_when_its_profi
         app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=9.0, p99_ms=9.0, deadline_ms=30.0)
         return LatencyReport(node="n1", ts=1.0, window_s=2.0, apps=(app,), profiling=profiling)
 
-    c = await cluster.start()
-    await cluster.boards("n1")
-    await cluster.alive(4, "n1")
-    assert (await cluster.submit("j1", epochs=100)).ok
-    job = c.jobs["j1"]
-    first = job.plan
-    assert first is not None
+    job, first = await _one_board_job(cluster)
     await cluster.peer.publish(T.node_latency("n1"), report(True))
-    hb = Heartbeat(node="n1", ts=1.0, job="j1", generation=first.generation, rank=0, world_size=1,
-                   state="failed", message=f"n1 refused: {BEING_PROFILED}")  # fmt: skip
-    await cluster.peer.publish(T.node_heartbeat("n1"), hb, qos=1)
+    await _refuse_while_profiled(cluster, first)
     await cluster.alive(PROFILE_HOLD_S + 5, "n1")
     assert job.state == JobState.RECOVERING and job.generation == first.generation  # still profiling
     await cluster.peer.publish(T.node_latency("n1"), report(False))
