@@ -406,29 +406,31 @@ class LinkModel:
         """The link believed before a probe that says it dropped (until that is settled)."""
         return max(self.old) if self.old is not None else None
 
+    def _base(self) -> tuple[float, float] | None:
+        """(probe, floor) planned with: the old ones while a drop is pending."""
+        if self.bandwidth is None:
+            return None
+        return self.old if self.pending and self.old is not None else (self.bandwidth, self.floor)
+
     @property
     def probed(self) -> float | None:
         """The probe planned with: the old one while a drop is pending."""
-        return self.old[0] if self.pending and self.old is not None else self.bandwidth
+        base = self._base()
+        return base[0] if base is not None else None
 
     @property
     def believed(self) -> float | None:
         """The bytes/s the link is believed to carry: the newest probe or what the all-reduces
         showed, whichever is more; the old link while a drop is not confirmed yet."""
-        if self.bandwidth is None:
-            return None
-        if self.pending:
-            return self.was
-        return max(self.bandwidth, self.floor)
+        base = self._base()
+        return max(base) if base is not None else None
 
     def planned(self, efficiency: float) -> float | None:
         """The bytes/s the planner is given: the probe (the old one while a drop is pending)
         divided by the all-reduces' measured efficiency against the probes (:class:`CommModel`),
         but never under the floor the node's own all-reduces measured (likewise)."""
-        if self.bandwidth is None:
-            return None
-        probe, floor = self.old if self.pending and self.old is not None else (self.bandwidth, self.floor)
-        return max(probe / efficiency, floor)
+        base = self._base()
+        return max(base[0] / efficiency, base[1]) if base is not None else None
 
     def confirmed_drop(self) -> float | None:
         """The link believed before the newest probe, once that probe's drop is confirmed (said
