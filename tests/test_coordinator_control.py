@@ -395,6 +395,27 @@ async def test_a_restart_judges_plans_a_detection_period_after_it_connected_not_
     assert now is not None and now.generation == 3
 
 
+async def test_a_restart_judges_nothing_before_its_first_connection(tmp_path: Path) -> None:
+    """The detection period counts from the first connection: a tick before it (the forecast
+    took 1.06 s to load, longer than the period, and the broker was not connected yet) judges no
+    plan. It re-planned a healthy job on 2026-12-05 (test_coordinator_restart_resumes_jobs_from_sqlite)."""
+    db = tmp_path / "jobs.db"
+    store = JobStore(db)
+    _store_running(store, ("b1", "b2"))
+    store.close()
+    clock = FakeClock()
+    config = Config(coordinator=CoordinatorConfig(db=str(db), node_interval_s=1.0))
+    c = Coordinator(config, FakeTransport(FakeBroker()), JobStore(db), clock=clock)
+    try:
+        clock.advance(10.0)
+        await c.tick()
+        job = c.jobs["running"]
+        assert job.state == JobState.RUNNING and job.generation == 3 and not c.dirty
+    finally:
+        c.close()
+        c.store.close()
+
+
 async def test_an_unreadable_row_is_skipped_not_fatal(cluster: Cluster) -> None:
     store = JobStore(cluster.db)
     store.save(JobRecord(job="good", spec=SPEC, dataset_size=320, model_bytes=0))

@@ -355,6 +355,7 @@ async def _cluster(model_bytes: int = 8_000_000) -> tuple[Coordinator, FakeClock
     c = Coordinator(config, t, JobStore(":memory:"), clock=clock)
     _tasks.append(asyncio.create_task(c.writer_loop()))
     _tasks.append(asyncio.create_task(answer_preflights(broker, Topics("default"))))
+    await c.reconcile()  # what its connection does: the failure-detection period starts
     sub = await t.subscribe(Topics("default").all_jobs("plan"))
     clock.advance(4)
     await c.tick()

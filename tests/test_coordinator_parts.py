@@ -103,6 +103,7 @@ async def _coordinator(broker: FakeBroker, clock: FakeClock) -> tuple[Coordinato
     c = Coordinator(config, t, JobStore(":memory:"), clock=clock)
     _tasks.append(asyncio.create_task(c.writer_loop()))
     _tasks.append(asyncio.create_task(answer_preflights(broker, Topics("default"))))
+    await c.reconcile()  # what its connection does: the failure-detection period starts
     return c, t
 
 

@@ -120,10 +120,11 @@ class Coordinator:
         self.dirty: set[str] = set()  # jobs to re-plan at the next tick
         self.started = self.clock.monotonic()
         self._warm = False  # after a restart, wait one failure-detection period before judging plans
-        # ... counted from the first connection's reconcile (None: not yet; until then from the
-        # start), not from the process's start: loading the forecast and connecting can take longer
-        # than the period itself (a loaded CI machine saw a restarted coordinator judge a running
-        # job before any heartbeat and re-plan it)
+        # ... counted from the first connection's reconcile (None: not yet, and nothing is judged
+        # before it), not from the process's start: loading the forecast and connecting can take
+        # longer than the period itself (a loaded CI machine saw a restarted coordinator judge a
+        # running job before any heartbeat and re-plan it; a first tick before the connection,
+        # after a forecast load of 1.06 s, did the same on 2026-12-05)
         self._warm_since: float | None = None
         self.inbox: asyncio.Queue[Work] = asyncio.Queue(INBOX)
         self.dropped = 0  # node messages dropped because the writer fell behind by INBOX units
@@ -841,8 +842,8 @@ class Coordinator:
             await self.node_lost(node, self.view.nodes[node].death_reason)
         warm_start = False
         if not self._warm:
-            since = self.started if self._warm_since is None else self._warm_since
-            if now - since < self.cfg.missed_heartbeats * self.cfg.node_interval_s:
+            since = self._warm_since
+            if since is None or now - since < self.cfg.missed_heartbeats * self.cfg.node_interval_s:
                 return
             self._warm = warm_start = True
         alive = {s.node for s in self.view.alive()}
