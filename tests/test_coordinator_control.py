@@ -760,6 +760,51 @@ async def test_a_node_left_out_for_its_lc_app_is_not_put_back_by_an_improvement_
         await cl.stop()
 
 
+async def test_a_restarted_coordinator_remembers_a_nodes_lc_hold_and_cap_limit(tmp_path: Path) -> None:
+    """What the LC feedback learned outlives the coordinator (deepedge.coordinator._memory): a
+    cap limit lowered for a miss and an LC hold are saved, and the next coordinator — a new
+    process, its monotonic clock started elsewhere — holds the node out of improvements for
+    what is left of the hold, then plans it at the lowered limit."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.boards("n1", "n2")
+        await cl.alive(4, "n1", "n2")
+        assert (await cl.submit("j1", epochs=100)).ok
+        miss = policy.SetCap("n1", 0.4, 0, cl.clock.monotonic(), "det p95 31 ms > 30 ms; cap lowered to 0.40")
+        await c.apply([miss, policy.Replan("j1", "lc.violation n1")])
+        await cl.drained("n1", True)  # the plan leaves n1 out: held
+        assert cl.participants("j1") == {"n2"}
+        until, strikes = c.runtime_of(c.jobs["j1"]).holds["n1"]
+        left = until - cl.clock.monotonic()
+        assert c.remember_soon  # saved at the next tick: here, now
+        await c.remember()
+    finally:
+        await cl.stop()  # nothing more is saved on the way out: as after a kill -9
+    clock = FakeClock(start=50.0, wall_offset=cl.clock.time() + 2.0 - 50.0)  # 2 s later
+    again = Cluster(tmp_path / "jobs.db", broker=cl.broker, clock=clock)
+    c = await again.start()
+    try:
+        assert c.learning["n1"].cap_limit == 0.4
+        until, strikes = c.runtime["j1"].holds["n1"]
+        assert strikes == 1 and until - clock.monotonic() == pytest.approx(left - 2.0, abs=0.2)
+        await again.alive(4, "n1", "n2")  # past the restart's detection period
+        job = c.jobs["j1"]
+        assert job.plan is not None
+        await again.training("n2", "j1", job.plan.generation, 1)
+        again.back_and_faster("n1", {"n1", "n2"})
+        await again.alive(int(left) - 8, "n1", "n2")  # improvements tried each second: held
+        assert again.participants("j1") == {"n2"}
+        await again.alive(4, "n1", "n2")
+        assert again.participants("j1") == {"n1", "n2"}
+        assert job.plan is not None
+        assert next(a.intensity_cap for a in job.plan.assignments if a.node == "n1") <= 0.4
+    finally:
+        await again.stop()
+
+
 async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_room_for_a_start(tmp_path: Path) -> None:
     """A plan that puts a node back into a running job starts a worker there, which raised the
     node's LC app a median 1.42x (90 % under START_RISE) in the stored LC-bench runs, 30 of 62

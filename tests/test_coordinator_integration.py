@@ -200,6 +200,38 @@ async def test_lc_latency_over_deadline_lowers_that_nodes_cap(
     assert next(a.intensity_cap for a in second.assignments if a.node == "d2") == d2_before
 
 
+async def test_a_cap_lowered_for_an_lc_miss_survives_a_kill_9_of_the_coordinator(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
+) -> None:
+    """The cap limit an LC miss set is saved at once (the next tick): the coordinator killed
+    right after it, the next one plans with the lowered limit, not the default 1.0 (before, a
+    restart forgot it, and the next improvement put the board back at the cap that missed)."""
+    t = Topics(cluster)
+    loaded = await cluster_up(
+        mosquitto, watcher, tmp_path, cluster, procs, ["k1", "k2"], lc_apps={"det": 50.0}, latency_window_s=1.0
+    )
+    events = await watcher.subscribe(t.all_events())
+    await coordinator_request(loaded.config, "submit", job_args("j1", tmp_path))
+    await asyncio.sleep(2.0)  # the coordinator acts on LC reports once k1 has trained for a whole window
+    k1 = next(p for p in procs if p.node == "k1")
+    with LatencyReporter("det", str(k1.socket)) as rep:
+        for _ in range(50):
+            rep.report(80.0)  # over the 50 ms deadline
+    violation = await wait_for(events, lambda m: isinstance(m, Event) and m.event == "lc.violation", 10)
+    lowered = violation.fields["cap"]
+    assert violation.node == "k1" and isinstance(lowered, float) and lowered < 1.0
+    await asyncio.sleep(1.0)  # saved at the next tick (0.1 s)
+    coord = procs[0]
+    coord.proc.send_signal(signal.SIGKILL)
+    coord.proc.wait(10)
+    status_sub = await watcher.subscribe(t.coordinator_status())
+    procs.append(start_coordinator(tmp_path, mosquitto.url, cluster, interval=0.2))
+    await wait_for(status_sub, lambda m: isinstance(m, CoordinatorStatus) and m.state == "online", 30)
+    status = (await coordinator_request(loaded.config, "status")).result
+    caps = {n["node"]: n["cap_limit"] for n in status["nodes"]}
+    assert caps["k1"] == pytest.approx(lowered)
+
+
 async def test_progress_and_completion(
     mosquitto: MosquittoBroker, watcher: MqttTransport, tmp_path: Path, cluster: str, procs: list[NodeProc]
 ) -> None:

@@ -349,7 +349,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
         for state in c.view.nodes.values():
             assert {(state.node, job) for job in state.heartbeats} <= live_pairs
         assert all(len(learn.interference) <= MAX_APPS for learn in c.learning.values())
-        assert set(c.learning) <= set(c.view.nodes)
+        # what was learned of the nodes in the view, and of those a restart recalled (bounded too)
+        assert len(c.learning) <= c.cfg.max_nodes
         assert sum(j.terminal for j in c.jobs.values()) <= MAX_FINISHED_IN_MEMORY
         assert set(c.runtime) <= {j.job for j in c.jobs.values() if not j.terminal} | set(c.jobs)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ from deepedge.broker_schemas import (
 )
 from deepedge.clock import Clock, RealClock
 from deepedge.config import Config
+from deepedge.coordinator import _memory as memory
 from deepedge.coordinator import _policy as policy
 from deepedge.coordinator._jobs import MAX_REASON, JobRecord
 from deepedge.coordinator._learning import (
@@ -91,6 +93,7 @@ MAX_FINISHED_IN_MEMORY = 1000  # finished jobs kept in memory for status (all st
 # lc.violation) was left out for that app: it is held (policy.lc_hold)
 LC_RISK_S = 5.0
 MAX_LC_MODELS = 2000  # characters of plan.published's lc_models (every LC app's model, in words)
+REMEMBER_EVERY_S = 5.0  # what was learned is saved this often when it changed (at once after a cap or hold)
 PER_NODE_PER_S = 50.0  # messages a second taken from one node's topics (a burst of 4 s of them)
 
 
@@ -136,6 +139,42 @@ class Coordinator:
         self._cleared_finished = False
         for job in self.jobs.values():
             self.runtime[job.job] = policy.JobRuntime(state_since=self.started)
+        self.remembered: dict[str, str] = {}  # key -> the memory row last saved (deepedge.coordinator._memory)
+        self.remember_soon = False  # a cap or a hold changed: save at the next tick
+        self.recall()
+
+    def recall(self) -> None:
+        """Restore what the last coordinator learned (its caps, LC observations, holds) from the
+        store's memory rows saved within MEMORY_TTL_S; an unreadable row is skipped and said."""
+        mono, wall = self.clock.monotonic(), self.clock.time()
+        try:
+            rows = self.store.recall(wall - memory.MEMORY_TTL_S)
+        except sqlite3.Error as exc:
+            log.error("store.memory_unreadable", error=str(exc)[:300])
+            return
+        unfinished = {name: rt for name, rt in self.runtime.items() if not self.jobs[name].terminal}
+        nodes, jobs, skipped = memory.recall(rows, self.learning_of, unfinished, self.cfg.max_nodes, mono, wall)
+        for key, error in skipped:
+            log.error("store.unreadable_memory", key=key, error=error)
+        self.remembered = dict(rows)
+        if rows:
+            log.info("coordinator.recalled", nodes=nodes, jobs=jobs)
+
+    async def remember(self) -> None:
+        """Save the memory rows that changed since the last save, and delete the ones gone (a
+        finished job, a node forgotten); a failed write is said and tried again next time."""
+        self.remember_soon = False
+        rows = memory.snapshot(self.learning, self.runtime, self.jobs, self.clock.monotonic(), self.clock.time())
+        changed = {k: v for k, v in rows.items() if self.remembered.get(k) != v}
+        gone = [k for k in self.remembered if k not in rows]
+        if not changed and not gone:
+            return
+        try:
+            await asyncio.to_thread(self.store.remember, changed, gone, self.clock.time())
+        except sqlite3.Error as exc:
+            self.log_error("store.remember_failed", exc)
+            return
+        self.remembered = rows
 
     # ---- the one writer -----------------------------------------------------------------------
 
@@ -270,7 +309,7 @@ class Coordinator:
                     self.log_error("node.refused", OverflowError(f"{self.view.max_nodes} live nodes"), node=birth.node)
                     return
                 self.learning_of(birth.node)
-                if what == "joined" and len(self.learning) > len(self.view.nodes):
+                if what == "joined" and len(self.learning) > self.view.max_nodes:
                     for gone in [n for n in self.learning if n not in self.view.nodes]:
                         del self.learning[gone]  # the view made room: what was learned of it goes too
                 if what == "joined":
@@ -466,6 +505,8 @@ class Coordinator:
         match action:
             case policy.SetCap(node=node, limit=limit, good_reports=good, last_decrease=at, why=why):
                 learn = self.learning_of(node)
+                if (learn.cap_limit, learn.last_decrease) != (limit, at):
+                    self.remember_soon = True
                 learn.cap_limit, learn.good_reports, learn.last_decrease = limit, good, at
                 if why:
                     await self.emit("lc.violation", why, level="warning", node=node, cap=limit)
@@ -583,6 +624,7 @@ class Coordinator:
         being profiled (``policy.Hold``; at submission, its pre-flight)."""
         rt = self.runtime_of(job)
         rt.profiled[node] = policy.profile_hold(rt.profiled.get(node), self.clock.monotonic())
+        self.remember_soon = True
         why = (
             f"being profiled: left out of this job for {policy.PROFILE_HOLD_S:g} s, then asked again "
             f"(refusal {rt.profiled[node][1]} of {policy.PROFILE_STRIKES} before it is excluded for good)"
@@ -821,6 +863,7 @@ class Coordinator:
             if node in decision.participants or now - rt.lc_risk.get(node, -1e9) > LC_RISK_S:
                 continue
             rt.holds[node] = policy.lc_hold(rt.holds.get(node), now)
+            self.remember_soon = True
             until, strikes = rt.holds[node]
             what = f"left out for its LC app: not put back by an improvement for {until - now:.0f} s"
             what += f" (drop {strikes} in a row)"
@@ -937,13 +980,16 @@ class Coordinator:
                     self.offer(lambda item=item: self.ingest(item))  # type: ignore[misc]
 
     async def tick_loop(self) -> None:
-        last_progress = 0.0
+        last_progress = last_remember = 0.0
         while True:
             await self.in_writer(self.tick)
             now = self.clock.monotonic()
             if now - last_progress >= 1.0:
                 last_progress = now
                 await self.in_writer(self._publish_all_progress)
+            if self.remember_soon or now - last_remember >= REMEMBER_EVERY_S:
+                last_remember = now
+                await self.in_writer(self.remember)
             await self.clock.sleep(min(0.25, self.cfg.node_interval_s / 2))
 
     async def _publish_all_progress(self) -> None:

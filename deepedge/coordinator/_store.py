@@ -33,6 +33,10 @@ class JobStore:
                 "CREATE TABLE IF NOT EXISTS jobs (job TEXT PRIMARY KEY, state TEXT NOT NULL, "
                 "record TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)"
             )
+            # what the coordinator learned, a row per node and per job (deepedge.coordinator._memory)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS memory (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL)"
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"job store {self.path}: {exc}") from None
 
@@ -73,6 +77,22 @@ class JobStore:
 
     def exists(self, job: str) -> bool:
         return self._db.execute("SELECT 1 FROM jobs WHERE job = ?", (job,)).fetchone() is not None
+
+    def remember(self, rows: dict[str, str], forget: list[str], now: float) -> None:
+        """Write the memory rows that changed (key -> JSON) and delete ``forget``, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO memory (key, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                [(k, v, now) for k, v in rows.items()],
+            )
+            self._db.executemany("DELETE FROM memory WHERE key = ?", [(k,) for k in forget])
+
+    def recall(self, since: float) -> list[tuple[str, str]]:
+        """(key, JSON) of every memory row updated at or after ``since`` (wall clock), newest first."""
+        rows = self._db.execute("SELECT key, value FROM memory WHERE updated >= ? ORDER BY updated DESC", (since,))
+        return [(str(k), str(v)) for k, v in rows.fetchall()]
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,103 @@
+"""What a restarted coordinator remembers (deepedge.coordinator._memory): the rows' round trip,
+their bounds, their age, and the store's table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from deepedge.coordinator import JobStore
+from deepedge.coordinator import _memory as memory
+from deepedge.coordinator._jobs import JobRecord, JobState
+from deepedge.coordinator._learning import ANCHOR_OBS, NodeLearning, ThroughputModel
+from deepedge.coordinator._policy import JobRuntime
+from tests.test_coordinator_control import SPEC
+
+
+def _learned() -> NodeLearning:
+    learn = NodeLearning(ThroughputModel(prior=10.0))
+    learn.cap_limit, learn.good_reports, learn.last_decrease = 0.64, 3, 90.0
+    det = learn.app("det")
+    for k in range(200):
+        det.observe(k / 200, 10.0 + k / 10)
+        det.observed.append((k / 200, 20.0, 0.3, 12.0 + k / 50))
+    det.widen, det.calibrated = 0.2, [40, 7]
+    learn.app("tracker").observe(0.5, float("nan"))  # a value no row may hold
+    return learn
+
+
+def test_a_nodes_caps_observations_and_calibration_round_trip_across_clocks() -> None:
+    """Saved at monotonic 100 (wall 1e9 + 100), restored by a process whose monotonic clock
+    reads 7 at wall 1e9 + 130: the cap lowered 10 s before the save was lowered 40 s before now."""
+    mem = memory.node_memory(_learned(), 100.0, 1e9 + 100.0)
+    text = msgspec.json.encode(mem)
+    back = NodeLearning(ThroughputModel(prior=10.0))
+    memory.restore_node(back, memory.decode_node(text), 7.0, 1e9 + 130.0)
+    assert (back.cap_limit, back.good_reports) == (0.64, 3)
+    assert back.last_decrease == pytest.approx(7.0 - 40.0)
+    det = back.interference["det"]
+    assert len(det.observed) == ANCHOR_OBS and det.observed[-1] == pytest.approx((0.995, 20.0, 0.3, 15.98))
+    assert len(det.points) == memory.KEEP_POINTS and det.points[-1] == pytest.approx((0.995, 29.9))
+    assert (det.widen, det.calibrated) == (0.2, [40, 7])
+    assert list(back.interference["tracker"].points) == []  # the NaN was not kept
+
+
+def test_a_node_that_learned_nothing_has_no_row_and_a_finished_job_none() -> None:
+    learning = {"quiet": NodeLearning(ThroughputModel(prior=10.0)), "busy": _learned()}
+    done = JobRecord(job="done", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.COMPLETED)
+    running = JobRecord(job="run", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.RUNNING)
+    held = JobRuntime(holds={"busy": (130.0, 2)}, lc_risk={"busy": 99.0})
+    runtime = {"done": held, "run": held, "idle": JobRuntime()}
+    rows = memory.snapshot(learning, runtime, {"done": done, "run": running}, 100.0, 1e9)
+    assert set(rows) == {"node:busy", "job:run"}
+    holds, profiled, risk = memory.restore_job(memory.decode_job(rows["job:run"]), 0.0, 1e9 - 100.0)
+    assert holds == {"busy": (pytest.approx(130.0), 2)} and profiled == {} and risk == {"busy": pytest.approx(99.0)}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        '{"cap_limit": 2.0}',  # above 1
+        '{"cap_limit": -0.1}',
+        '{"apps": {"det": {"widen": 5.0}}}',  # wider than WIDEN_MAX allows
+        '{"apps": {"det": {"observed": [[0.5, 20.0, 0.3, 1e300]]}}}',  # a p95 of 1e300 ms
+        '{"apps": {"det": {"points": [[0.5, null]]}}}',
+        '{"cap_limit": 0.5, "evil": "__import__"}',  # a field this build does not know
+        '{"apps": {"": {}}}',
+        "[1, 2",
+    ],
+)
+def test_a_row_out_of_its_bounds_is_refused(row: str) -> None:
+    with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
+        memory.decode_node(row)
+
+
+def test_recall_skips_bad_rows_and_keeps_the_good_ones_within_max_nodes() -> None:
+    learning: dict[str, NodeLearning] = {}
+
+    def learning_of(node: str) -> NodeLearning:
+        return learning.setdefault(node, NodeLearning(ThroughputModel(prior=10.0)))
+
+    rows = [
+        ("node:a", '{"cap_limit": 0.5}'),
+        ("node:b", '{"cap_limit": 9}'),
+        ("node:" + "x" * 300, '{"cap_limit": 0.5}'),
+        ("job:gone", '{"holds": {"a": [1e9, 1]}}'),  # a job this coordinator does not run
+        ("node:c", '{"cap_limit": 0.7}'),
+        ("node:d", '{"cap_limit": 0.9}'),  # over max_nodes: the oldest rows come last
+    ]
+    nodes, jobs, skipped = memory.recall(rows, learning_of, {}, 2, 0.0, 1e9)
+    assert (nodes, jobs) == (2, 0)
+    assert {n: learn.cap_limit for n, learn in learning.items()} == {"a": 0.5, "c": 0.7}
+    assert [k[:6] for k, _ in skipped] == ["node:b", "node:x"]
+
+
+def test_the_store_keeps_changed_rows_forgets_gone_ones_and_recalls_only_recent_ones(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.remember({"node:a": '{"cap_limit": 0.5}', "job:j": "{}"}, [], now=1000.0)
+    store.remember({"node:b": '{"cap_limit": 0.6}'}, ["job:j"], now=5000.0)
+    assert store.recall(since=0.0) == [("node:b", '{"cap_limit": 0.6}'), ("node:a", '{"cap_limit": 0.5}')]
+    assert store.recall(since=5000.0 - memory.MEMORY_TTL_S) == [("node:b", '{"cap_limit": 0.6}')]
+    store.close()
