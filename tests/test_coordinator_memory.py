@@ -45,15 +45,46 @@ def test_a_nodes_caps_observations_and_calibration_round_trip_across_clocks() ->
 
 
 def test_a_node_that_learned_nothing_has_no_row_and_a_finished_job_none() -> None:
-    learning = {"quiet": NodeLearning(ThroughputModel(prior=10.0)), "busy": _learned()}
+    assert memory.node_row(NodeLearning(ThroughputModel(prior=10.0)), 100.0, 1e9) is None
+    assert memory.node_row(_learned(), 100.0, 1e9) is not None
     done = JobRecord(job="done", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.COMPLETED)
     running = JobRecord(job="run", spec=SPEC, dataset_size=320, model_bytes=0, state=JobState.RUNNING)
     held = JobRuntime(holds={"busy": (130.0, 2)}, lc_risk={"busy": 99.0})
     runtime = {"done": held, "run": held, "idle": JobRuntime()}
-    rows = memory.snapshot(learning, runtime, {"done": done, "run": running}, 100.0, 1e9)
-    assert set(rows) == {"node:busy", "job:run"}
-    holds, profiled, risk = memory.restore_job(memory.decode_job(rows["job:run"]), 0.0, 1e9 - 100.0)
+    rows = memory.job_rows(runtime, {"done": done, "run": running}, 100.0, 1e9)
+    assert set(rows) == {"job:run"}
+    holds, profiled, risk = memory.restore_job(memory.decode_job(rows["job:run"]), 100.0, 1e9)
     assert holds == {"busy": (pytest.approx(130.0), 2)} and profiled == {} and risk == {"busy": pytest.approx(99.0)}
+
+
+def test_what_a_report_may_carry_and_a_row_may_not_is_left_out_so_every_row_loads() -> None:
+    """The wire admits a p95 of 1e300 ms and a rate of 1e19/s; a row does not. Such a point is
+    not kept, and the row still loads (before, the whole node's row failed to, its cap with it)."""
+    learn = _learned()
+    det = learn.interference["det"]
+    det.observe(0.5, 2e7)
+    det.observed.append((0.5, 1e19, 0.3, 12.0))
+    det.observed.append((0.5, 20.0, 0.3, 1e300))
+    back = memory.decode_node(memory.node_row(learn, 0.0, 1e9) or "")
+    assert back.cap_limit == 0.64
+    assert all(p <= memory.MAX_MS for _, p in back.apps["det"].points)
+    assert back.apps["det"].observed[-1] == pytest.approx((0.995, 20.0, 0.3, 15.98))
+
+
+def test_times_restored_after_the_wall_clock_went_back_are_not_in_the_future() -> None:
+    """A board without a real-time clock may start before NTP has set it: a cap lowered 'in the
+    future' would hold off the LC feedback's next decrease for as long; a hold would outlast
+    its longest."""
+    from deepedge.coordinator._policy import LC_HOLD_MAX_S, PROFILE_HOLD_S
+
+    learn = _learned()
+    row = memory.node_row(learn, 100.0, 2e9) or ""  # saved at wall 2e9 ...
+    back = NodeLearning(ThroughputModel(prior=10.0))
+    memory.restore_node(back, memory.decode_node(row), 5.0, 1e9)  # ... restored at wall 1e9
+    assert back.last_decrease <= 5.0
+    mem = memory.job_memory({"n": (130.0, 1)}, {"n": (110.0, 1)}, {"n": 99.0}, 100.0, 2e9)
+    holds, profiled, risk = memory.restore_job(mem, 5.0, 1e9)
+    assert holds["n"][0] <= 5.0 + LC_HOLD_MAX_S and profiled["n"][0] <= 5.0 + PROFILE_HOLD_S and risk["n"] <= 5.0
 
 
 @pytest.mark.parametrize(
@@ -94,10 +125,15 @@ def test_recall_skips_bad_rows_and_keeps_the_good_ones_within_max_nodes() -> Non
     assert [k[:6] for k, _ in skipped] == ["node:b", "node:x"]
 
 
-def test_the_store_keeps_changed_rows_forgets_gone_ones_and_recalls_only_recent_ones(tmp_path: Path) -> None:
+def test_the_store_keeps_changed_rows_forgets_gone_ones_and_nothing_after_a_long_stop(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.db")
     store.remember({"node:a": '{"cap_limit": 0.5}', "job:j": "{}"}, [], now=1000.0)
     store.remember({"node:b": '{"cap_limit": 0.6}'}, ["job:j"], now=5000.0)
-    assert store.recall(since=0.0) == [("node:b", '{"cap_limit": 0.6}'), ("node:a", '{"cap_limit": 0.5}')]
-    assert store.recall(since=5000.0 - memory.MEMORY_TTL_S) == [("node:b", '{"cap_limit": 0.6}')]
+    # the age counts from the last save, not from each row's: node:a is an hour old, still kept
+    assert store.recall(since=5000.0 - memory.MEMORY_TTL_S) == [
+        ("node:b", '{"cap_limit": 0.6}'),
+        ("node:a", '{"cap_limit": 0.5}'),
+    ]
+    assert store.recall(since=5001.0) == []  # stopped too long ago: nothing, and the table emptied
+    assert store.recall(since=0.0) == []
     store.close()

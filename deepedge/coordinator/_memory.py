@@ -23,6 +23,7 @@ import msgspec
 
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._learning import ANCHOR_OBS, NodeLearning
+from deepedge.coordinator._policy import LC_HOLD_MAX_S, PROFILE_HOLD_S
 
 if TYPE_CHECKING:
     from deepedge.coordinator._policy import JobRuntime
@@ -35,22 +36,26 @@ __all__ = [
     "decode_job",
     "decode_node",
     "job_memory",
+    "job_rows",
     "node_memory",
+    "node_row",
     "recall",
     "restore_job",
     "restore_node",
-    "snapshot",
 ]
 
-MEMORY_TTL_S = 3600.0  # a memory saved longer ago than this is not restored
+MEMORY_TTL_S = (
+    3600.0  # a coordinator stopped for longer than this restores nothing (its boards' LC apps may have changed)
+)
 KEEP_POINTS = 50  # (intensity, p95) pairs of the linear model kept per app
 MAX_APPS = 16
 MAX_NODES_HELD = 10_000
 
+MAX_MS, MAX_RATE, MAX_CORES = 1e7, 1e7, 1e4  # a kept p95, request rate (/s), background cores
 Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-Ms = Annotated[float, msgspec.Meta(ge=0.0, le=1e7)]
-Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1e7)]
-Cores = Annotated[float, msgspec.Meta(ge=0.0, le=1e4)]
+Ms = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_MS)]
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_RATE)]
+Cores = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_CORES)]
 Wall = Annotated[float, msgspec.Meta(ge=0.0, le=1e11)]  # seconds since the epoch
 Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -107,23 +112,33 @@ class _Clocks:
         return wall - self.offset
 
 
-def _finite(*values: float) -> bool:
-    return all(v == v and abs(v) != float("inf") for v in values)
+def _within(value: float, high: float) -> bool:
+    return 0.0 <= value <= high  # False for NaN
 
 
 def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMemory:
+    """What to keep of ``learn``: only what the row's bounds admit (a report may carry a p95 of
+    1e300 ms, which the models take and a row does not), so that every row saved loads again."""
     clocks = _Clocks(mono_now, wall_now)
     apps = {}
     for name, model in list(learn.interference.items())[-MAX_APPS:]:
+        points = [(u, p) for u, p in model.points if _within(u, 1.0) and _within(p, MAX_MS)]
+        observed = [
+            (u, r, c, p)
+            for u, r, c, p in model.observed
+            if _within(u, 1.0) and _within(r, MAX_RATE) and _within(c, MAX_CORES) and _within(p, MAX_MS)
+        ]
+        judged, over = (min(max(0, n), 1 << 40) for n in model.calibrated)
         apps[name] = AppMemory(
-            points=[(u, p) for u, p in list(model.points)[-KEEP_POINTS:] if _finite(u, p)],
-            observed=[o for o in list(model.observed)[-ANCHOR_OBS:] if _finite(*o)],
-            widen=model.widen,
-            judged=model.calibrated[0],
-            over=model.calibrated[1],
+            points=points[-KEEP_POINTS:],
+            observed=observed[-ANCHOR_OBS:],
+            widen=model.widen if _within(model.widen, 1.0) else 0.0,
+            judged=judged,
+            over=over,
         )
     decreased = clocks.wall(learn.last_decrease) if learn.last_decrease > -1e8 else None
-    return NodeMemory(learn.cap_limit, learn.good_reports, decreased, apps)
+    cap = learn.cap_limit if _within(learn.cap_limit, 1.0) else 1.0
+    return NodeMemory(cap, min(max(0, learn.good_reports), 1 << 40), decreased, apps)
 
 
 def restore_node(learn: NodeLearning, memory: NodeMemory, mono_now: float, wall_now: float) -> None:
@@ -131,8 +146,9 @@ def restore_node(learn: NodeLearning, memory: NodeMemory, mono_now: float, wall_
     clocks = _Clocks(mono_now, wall_now)
     learn.cap_limit = memory.cap_limit
     learn.good_reports = memory.good_reports
-    if memory.decreased is not None:
-        learn.last_decrease = clocks.mono(memory.decreased)
+    if memory.decreased is not None:  # not in the future: a wall clock set back since (no RTC
+        # before NTP) would hold off the LC feedback's next decrease (its cool-down) for that long
+        learn.last_decrease = min(mono_now, clocks.mono(memory.decreased))
     for name, app in memory.apps.items():
         model = learn.app(name)
         model.points = deque(app.points, maxlen=model.points.maxlen)
@@ -162,34 +178,34 @@ def job_memory(
 def restore_job(
     memory: JobMemory, mono_now: float, wall_now: float
 ) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]], dict[str, float]]:
-    """(holds, profiled, lc_risk) of a job, on this process's monotonic clock."""
+    """(holds, profiled, lc_risk) of a job, on this process's monotonic clock; none longer than a
+    hold can be (a wall clock set back since would stretch them) nor an LC re-plan in the future."""
     clocks = _Clocks(mono_now, wall_now)
-    holds = {n: (clocks.mono(until), count) for n, (until, count) in memory.holds.items()}
-    profiled = {n: (clocks.mono(until), count) for n, (until, count) in memory.profiled.items()}
-    return holds, profiled, {n: clocks.mono(at) for n, at in memory.lc_risk.items()}
+    lc_end, profile_end = mono_now + LC_HOLD_MAX_S, mono_now + PROFILE_HOLD_S
+    holds = {n: (min(lc_end, clocks.mono(until)), count) for n, (until, count) in memory.holds.items()}
+    profiled = {n: (min(profile_end, clocks.mono(until)), count) for n, (until, count) in memory.profiled.items()}
+    return holds, profiled, {n: min(mono_now, clocks.mono(at)) for n, at in memory.lc_risk.items()}
 
 
-def snapshot(
-    learning: Mapping[str, NodeLearning],
-    runtime: Mapping[str, JobRuntime],
-    jobs: Mapping[str, JobRecord],
-    mono_now: float,
-    wall_now: float,
+def node_row(learn: NodeLearning, mono_now: float, wall_now: float) -> str | None:
+    """The JSON row of a node's memory; None when it learned nothing to keep (no LC app, its cap
+    limit at 1.0, never lowered)."""
+    mem = node_memory(learn, mono_now, wall_now)
+    return None if mem == NodeMemory() else _ENC.encode(mem).decode()
+
+
+def job_rows(
+    runtime: Mapping[str, JobRuntime], jobs: Mapping[str, JobRecord], mono_now: float, wall_now: float
 ) -> dict[str, str]:
-    """key -> JSON of every node and unfinished job with something to remember ("node:NAME",
-    "job:NAME"); one with nothing (no LC app, no hold) has no row."""
+    """ "job:NAME" -> JSON of every unfinished job with a hold or an LC re-plan to remember."""
     rows: dict[str, str] = {}
-    for node, learn in learning.items():
-        mem = node_memory(learn, mono_now, wall_now)
-        if mem != NodeMemory():
-            rows[f"node:{node}"] = _ENC.encode(mem).decode()
     for name, rt in runtime.items():
         job = jobs.get(name)
         if job is None or job.terminal:
             continue
-        jmem = job_memory(rt.holds, rt.profiled, rt.lc_risk, mono_now, wall_now)
-        if jmem != JobMemory():
-            rows[f"job:{name}"] = _ENC.encode(jmem).decode()
+        mem = job_memory(rt.holds, rt.profiled, rt.lc_risk, mono_now, wall_now)
+        if mem != JobMemory():
+            rows[f"job:{name}"] = _ENC.encode(mem).decode()
     return rows
 
 

@@ -94,6 +94,7 @@ MAX_FINISHED_IN_MEMORY = 1000  # finished jobs kept in memory for status (all st
 LC_RISK_S = 5.0
 MAX_LC_MODELS = 2000  # characters of plan.published's lc_models (every LC app's model, in words)
 REMEMBER_EVERY_S = 5.0  # what was learned is saved this often when it changed (at once after a cap or hold)
+SAVED_EVERY_S = 60.0  # and the save's time marked at least this often (a restart's MEMORY_TTL_S counts from it)
 PER_NODE_PER_S = 50.0  # messages a second taken from one node's topics (a burst of 4 s of them)
 
 
@@ -141,11 +142,14 @@ class Coordinator:
             self.runtime[job.job] = policy.JobRuntime(state_since=self.started)
         self.remembered: dict[str, str] = {}  # key -> the memory row last saved (deepedge.coordinator._memory)
         self.remember_soon = False  # a cap or a hold changed: save at the next tick
+        self.memory_dirty: set[str] = set()  # nodes whose memory may have changed since the last save
+        self.saved_at = float("-inf")  # monotonic time of the last save
         self.recall()
 
     def recall(self) -> None:
         """Restore what the last coordinator learned (its caps, LC observations, holds) from the
-        store's memory rows saved within MEMORY_TTL_S; an unreadable row is skipped and said."""
+        store's memory rows, unless it stopped more than MEMORY_TTL_S ago; an unreadable row is
+        skipped and said (and deleted at the next save: it could never load)."""
         mono, wall = self.clock.monotonic(), self.clock.time()
         try:
             rows = self.store.recall(wall - memory.MEMORY_TTL_S)
@@ -161,20 +165,33 @@ class Coordinator:
             log.info("coordinator.recalled", nodes=nodes, jobs=jobs)
 
     async def remember(self) -> None:
-        """Save the memory rows that changed since the last save, and delete the ones gone (a
-        finished job, a node forgotten); a failed write is said and tried again next time."""
+        """Save the memory rows that changed since the last save (the nodes marked in
+        ``memory_dirty``, every unfinished job's), delete the ones gone (a finished job, a node
+        forgotten), and mark the save's time at least every SAVED_EVERY_S. A failed write is said
+        and tried again at the next one."""
         self.remember_soon = False
-        rows = memory.snapshot(self.learning, self.runtime, self.jobs, self.clock.monotonic(), self.clock.time())
+        mono, wall = self.clock.monotonic(), self.clock.time()
+        dirty, self.memory_dirty = self.memory_dirty, set()
+        rows = {k: v for k, v in self.remembered.items() if k.startswith("node:") and k[5:] in self.learning}
+        for node in dirty:
+            learn = self.learning.get(node)
+            text = memory.node_row(learn, mono, wall) if learn is not None else None
+            if text is None:
+                rows.pop(f"node:{node}", None)
+            else:
+                rows[f"node:{node}"] = text
+        rows |= memory.job_rows(self.runtime, self.jobs, mono, wall)
         changed = {k: v for k, v in rows.items() if self.remembered.get(k) != v}
         gone = [k for k in self.remembered if k not in rows]
-        if not changed and not gone:
+        if not changed and not gone and mono - self.saved_at < SAVED_EVERY_S:
             return
         try:
-            await asyncio.to_thread(self.store.remember, changed, gone, self.clock.time())
-        except sqlite3.Error as exc:
+            await asyncio.to_thread(self.store.remember, changed, gone, wall)
+        except Exception as exc:  # the disk, or a closed store at shutdown: never the writer
+            self.memory_dirty |= dirty
             self.log_error("store.remember_failed", exc)
             return
-        self.remembered = rows
+        self.remembered, self.saved_at = rows, mono
 
     # ---- the one writer -----------------------------------------------------------------------
 
@@ -361,6 +378,7 @@ class Coordinator:
             )
         using = self.jobs_using(report.node)
         learn = self.learning_of(report.node)
+        self.memory_dirty.add(report.node)  # its observations and calibration (saved by remember)
         # Before the node has trained a whole latency window in its current generation, its LC
         # window mixes the worker's start (imports, data loading, re-forming the group) with
         # training at an intensity it has not yet reported: neither an observation of p95(u) nor
@@ -507,6 +525,7 @@ class Coordinator:
                 learn = self.learning_of(node)
                 if (learn.cap_limit, learn.last_decrease) != (limit, at):
                     self.remember_soon = True
+                self.memory_dirty.add(node)
                 learn.cap_limit, learn.good_reports, learn.last_decrease = limit, good, at
                 if why:
                     await self.emit("lc.violation", why, level="warning", node=node, cap=limit)

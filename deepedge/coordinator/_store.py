@@ -11,7 +11,9 @@ import msgspec
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.errors import DeepEdgeError
 
-__all__ = ["JobStore", "StoreError"]
+__all__ = ["SAVED", "JobStore", "StoreError"]
+
+SAVED = "meta:saved"  # the memory row whose time is the last save's
 
 _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder(JobRecord)
@@ -79,19 +81,26 @@ class JobStore:
         return self._db.execute("SELECT 1 FROM jobs WHERE job = ?", (job,)).fetchone() is not None
 
     def remember(self, rows: dict[str, str], forget: list[str], now: float) -> None:
-        """Write the memory rows that changed (key -> JSON) and delete ``forget``, in one transaction."""
+        """Write the memory rows that changed (key -> JSON), delete ``forget``, and mark the time
+        of this save (``_memory.SAVED``), in one transaction."""
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO memory (key, value, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
-                [(k, v, now) for k, v in rows.items()],
+                [(k, v, now) for k, v in {**rows, SAVED: "{}"}.items()],
             )
             self._db.executemany("DELETE FROM memory WHERE key = ?", [(k,) for k in forget])
 
     def recall(self, since: float) -> list[tuple[str, str]]:
-        """(key, JSON) of every memory row updated at or after ``since`` (wall clock), newest first."""
-        rows = self._db.execute("SELECT key, value FROM memory WHERE updated >= ? ORDER BY updated DESC", (since,))
+        """(key, JSON) of every memory row, newest first, when the last save was at or after
+        ``since`` (wall clock); else none, and the table is emptied (what a coordinator stopped
+        that long ago learned is stale)."""
+        saved = self._db.execute("SELECT updated FROM memory WHERE key = ?", (SAVED,)).fetchone()
+        if saved is None or saved[0] < since:
+            self._db.execute("DELETE FROM memory")
+            return []
+        rows = self._db.execute("SELECT key, value FROM memory WHERE key != ? ORDER BY updated DESC", (SAVED,))
         return [(str(k), str(v)) for k, v in rows.fetchall()]
 
     def close(self) -> None:
