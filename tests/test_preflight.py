@@ -476,28 +476,42 @@ async def test_the_preflight_command_of_a_node(
 
 @pytest.mark.mosquitto
 @pytest.mark.slow
-async def test_four_boards_answer_a_preflight_at_once_within_5_s(
+async def test_four_boards_answer_a_preflight_at_once_within_5_s_or_3x_one_alone(
     mosquitto: MosquittoBroker, nodes: list[NodeProc], tmp_path: Path, cluster: str
 ) -> None:
     """Issue #14's goal: 4 emulated boards on this machine (2 cores here), each answering a
-    preflight at the same time, for a small and a bigger model, ~200 PNGs."""
+    preflight at the same time, for a small and a bigger model, ~200 PNGs, within 5 s. On a
+    slower machine, within 3x one board's check alone (measured first, with another seed: the
+    pre-flight cache keys on it): four checks sharing 2 cores take 2x one at best, and a daemon
+    that ran them one after another 4x. A fresh VM of 2026-12-05 imported torch in 2.6 s of CPU
+    (0.9 s where the goal was set) and took 6.5-7.1 s for four at once."""
     image_folder(tmp_path / "imgs", per_class=50, size=(64, 48))
     names = [f"b{i}" for i in range(4)]
     await boot(tmp_path, mosquitto, cluster, names, nodes)
     t = Topics(cluster)
-    async with MqttTransport(mosquitto.config()) as w, Requester(w, t, timeout_s=15) as rpc:
+    async with MqttTransport(mosquitto.config()) as w, Requester(w, t, timeout_s=30) as rpc:
         for name in names:
             await node_answers(w, t, name)
         for model in ("cnn-small", "resnet18"):
 
-            async def one(node: str, model: str = model) -> tuple[float, Any]:
+            async def one(node: str, model: str = model, **kw: Any) -> tuple[float, Any]:
                 t0 = time.monotonic()
-                args = job_args(tmp_path, job=f"j-{model}", model=model, output=str(tmp_path / f"out-{node}"))
+                args = job_args(tmp_path, job=f"j-{model}", model=model, output=str(tmp_path / f"out-{node}"), **kw)
                 reply = await rpc.request(t.node_command(node, "preflight"), args)
                 return time.monotonic() - t0, reply
 
+            alone, reply = await one(names[0], seed=4242)
+            assert reply.ok and reply.result["ok"] and reply.result.get("cache") != "hit", reply
             answers = await asyncio.gather(*(one(n) for n in names))
             took = [round(dt, 2) for dt, _ in answers]
-            print(model, "seconds:", took, "checker:", [r.result.get("seconds") for _, r in answers])
+            print(
+                model,
+                "alone:",
+                round(alone, 2),
+                "seconds:",
+                took,
+                "checker:",
+                [r.result.get("seconds") for _, r in answers],
+            )
             assert all(r.ok and r.result["ok"] and r.result["samples"] == 200 for _, r in answers), answers
-            assert max(took) < 5.0, f"{model}: {took}"
+            assert max(took) < max(5.0, 3 * alone), f"{model}: {took}, one alone {alone:.2f} s"
