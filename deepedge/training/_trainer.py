@@ -231,15 +231,25 @@ class Trainer:
             )
         if not self.startup_s:  # its own start: imports, data, model (not the wait for its peers)
             self.startup_s = time.time() - self._born
+        asked = time.monotonic()
         store = self.rendezvous.join(plan.rendezvous_host, plan.rendezvous_port, a.rank, world, self.group_label)
         self._met = time.monotonic()  # every rank is there: forming starts
         self.group.form(
             store, a.rank, world, self.group_label, self.pfw.comm_nice, before, backend=plan.backend, device=self.device
         )
+        formed = time.monotonic()
         self.state.add_generation(plan.generation)
         if world > 1:
             self.link = self.group.probe_links(a.rank, world)
             self.report(WorkerState.STARTING)  # the probed link, before the state sync: a collapsed one re-plans now
+        # where a re-form's time goes (the node's log keeps a worker's stderr)
+        print(
+            f"worker: generation {plan.generation} formed (rank {a.rank} of {world}): rendezvous "
+            f"{self._met - asked:.2f} s, process group {formed - self._met:.2f} s, link probe "
+            f"{time.monotonic() - formed:.2f} s ({self.link[0] * 8 / 1e6:.1f} Mb/s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def continues_group(self, pfw: PlanForWorker, label: int) -> bool:
         """Whether ``pfw`` may be taken at a step boundary within the group formed at ``label``:
