@@ -413,18 +413,35 @@ class Trainer:
     def run(self) -> None:
         while True:
             self.report(WorkerState.STARTING)
+            phase = "forming"
             try:
                 self.form_group()
+                phase = "state sync"
                 self.sync_state()
                 self.forming_s = time.monotonic() - self._met  # process group, probe, state sync
+                phase = "training"
                 self.run_generation()
             except NewPlan:
+                left_at, old = time.monotonic(), self.pfw.plan.generation
                 self.group.leave()
                 self.pfw = self.channel.latest() or self.pfw
+                print(
+                    f"worker: left generation {old} during its {phase} for generation {self.pfw.plan.generation} "
+                    f"(leaving the group took {time.monotonic() - left_at:.2f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             except (RuntimeError, dist.DistError) as exc:  # a peer died, the group broke, a bad state
+                left_at = time.monotonic()
                 self.group.leave(failed=True)
                 gen = self.pfw.plan.generation
+                print(
+                    f"worker: generation {gen}'s group broke during its {phase} ({type(exc).__name__}; "
+                    f"leaving it took {time.monotonic() - left_at:.2f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.report(WorkerState.RECOVERING, message=f"collective failed at step {self.step}: {str(exc)[:200]}")
                 newer = self.channel.wait_newer(gen, timeout=600)
                 if newer is None:
