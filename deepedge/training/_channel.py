@@ -31,9 +31,12 @@ class Channel:
                 print(f"worker: ignored a line that is not a plan: {line[:80]!r}", file=sys.stderr, flush=True)
                 continue
             with self._cond:
+                newer = self._latest is None or plan.plan.generation > self._latest.plan.generation
                 if self._latest is None or plan.plan.generation >= self._latest.plan.generation:
                     self._latest = plan
                 self._cond.notify_all()
+            if newer:  # when the worker learned of it (a failover's timeline, with the daemon's plan.accepted)
+                print(f"worker: plan of generation {plan.plan.generation} received", file=sys.stderr, flush=True)
         with self._cond:
             self.closed = True
             self._cond.notify_all()
