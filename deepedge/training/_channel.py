@@ -35,8 +35,11 @@ class Channel:
                 if self._latest is None or plan.plan.generation >= self._latest.plan.generation:
                     self._latest = plan
                 self._cond.notify_all()
-            if newer:  # when the worker learned of it (a failover's timeline, with the daemon's plan.accepted)
-                print(f"worker: plan of generation {plan.plan.generation} received", file=sys.stderr, flush=True)
+            # when the worker learned of it (a failover's timeline, beside the daemon's plan.accepted);
+            # not a "worker: " line: this thread may print after a TrainingError's reason, which the
+            # daemon takes from the last such line (node._supervisor.crash_reason)
+            if newer:
+                print(f"worker (plans): generation {plan.plan.generation} received", file=sys.stderr, flush=True)
         with self._cond:
             self.closed = True
             self._cond.notify_all()
