@@ -281,6 +281,10 @@ async def run_cluster_job(
     topics = Topics(cluster.cluster)
     watch = ClusterWatch(topics, job=job)
     run = JobRun(watch)
+    # before the MQTT clients connect: the first call imports torch in this process, which held
+    # the event loop past the clients' keepalive on a slow VM (2026-12-05: the broker dropped both,
+    # and the submit found the operator's connection gone)
+    model_bytes = gradient_bytes(opts.model) if submit else 0
 
     def tell(phase: str) -> None:
         run.phase = phase
@@ -322,7 +326,7 @@ async def run_cluster_job(
                     "learning_rate": opts.learning_rate,
                     "seed": 7,
                     "split": opts.split,
-                    "model_bytes": gradient_bytes(opts.model),
+                    "model_bytes": model_bytes,
                     "lc_control": opts.lc_control,
                 }
                 if opts.checked_before:
