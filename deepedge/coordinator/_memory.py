@@ -8,8 +8,9 @@ board back at the cap that had just missed.
 Saved in the job store's ``memory`` table (:class:`~deepedge.coordinator._store.JobStore`) as
 JSON, a row per node and per job, when it changed; times are kept as wall-clock time (the
 monotonic clock restarts with the process) and moved back to the monotonic clock on load. A
-row older than MEMORY_TTL_S is not restored (a board's LC apps may have changed since); a row
-that does not decode or is out of its bounds is skipped and said, never fatal. Not kept: the
+coordinator stopped for longer than MEMORY_TTL_S restores nothing (its boards' LC apps may have
+changed since); a row that does not decode or is out of its bounds is skipped and said, never
+fatal. Not kept: the
 links (re-probed when a group forms), the throughput and start-up estimates (re-learned from the
 first heartbeats), the request-rate history of the forecasts."""
 
@@ -44,9 +45,8 @@ __all__ = [
     "restore_node",
 ]
 
-MEMORY_TTL_S = (
-    3600.0  # a coordinator stopped for longer than this restores nothing (its boards' LC apps may have changed)
-)
+# a coordinator stopped for longer than this restores nothing (its boards' LC apps may have changed)
+MEMORY_TTL_S = 3600.0
 KEEP_POINTS = 50  # (intensity, p95) pairs of the linear model kept per app
 MAX_APPS = 16
 MAX_NODES_HELD = 10_000
@@ -57,7 +57,8 @@ Ms = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_MS)]
 Rate = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_RATE)]
 Cores = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_CORES)]
 Wall = Annotated[float, msgspec.Meta(ge=0.0, le=1e11)]  # seconds since the epoch
-Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+MAX_COUNT = 1 << 40
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
@@ -116,6 +117,10 @@ def _within(value: float, high: float) -> bool:
     return 0.0 <= value <= high  # False for NaN
 
 
+def _count(n: int) -> int:
+    return min(max(0, n), MAX_COUNT)
+
+
 def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMemory:
     """What to keep of ``learn``: only what the row's bounds admit (a report may carry a p95 of
     1e300 ms, which the models take and a row does not), so that every row saved loads again."""
@@ -128,7 +133,7 @@ def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMe
             for u, r, c, p in model.observed
             if _within(u, 1.0) and _within(r, MAX_RATE) and _within(c, MAX_CORES) and _within(p, MAX_MS)
         ]
-        judged, over = (min(max(0, n), 1 << 40) for n in model.calibrated)
+        judged, over = (_count(n) for n in model.calibrated)
         apps[name] = AppMemory(
             points=points[-KEEP_POINTS:],
             observed=observed[-ANCHOR_OBS:],
@@ -138,7 +143,7 @@ def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMe
         )
     decreased = clocks.wall(learn.last_decrease) if learn.last_decrease > -1e8 else None
     cap = learn.cap_limit if _within(learn.cap_limit, 1.0) else 1.0
-    return NodeMemory(cap, min(max(0, learn.good_reports), 1 << 40), decreased, apps)
+    return NodeMemory(cap, _count(learn.good_reports), decreased, apps)
 
 
 def restore_node(learn: NodeLearning, memory: NodeMemory, mono_now: float, wall_now: float) -> None:
