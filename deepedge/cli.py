@@ -557,7 +557,7 @@ def profile_cmd(
 
     loaded = ctx.obj.load(quiet=True)
     if node in PROFILE_VERBS or interference:
-        from deepedge.coordinator._planner_io import knowledge_base_path
+        from deepedge.profiling import knowledge_base_path  # not via the coordinator: cvxpy takes seconds
 
         kb_path = kb or Path(knowledge_base_path(loaded.config.coordinator.db))
         if node in PROFILE_VERBS:

@@ -19,6 +19,8 @@ import pytest
 from deepedge.demo import cluster_profiles
 from deepedge.demo._cluster import RUN_MARK
 from deepedge.embedded_broker import MOSQUITTO
+from deepedge.netem import why_not_usable
+from tests.helpers.demo_checks import check_reduced_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.skipif(MOSQUITTO is None, reason="no mosquitto")]
 
@@ -44,6 +46,9 @@ def _leftovers(workdir: Path) -> list[str]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    why_not_usable() is None, reason="as root the demo's boards are namespaced: test_demo_netns runs this demo"
+)
 def test_reduced_demo_completes_with_failover_exact_accounting_and_an_honest_lc_verdict(tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     workdir = tmp_path / "demo"
@@ -67,35 +72,25 @@ def test_reduced_demo_completes_with_failover_exact_accounting_and_an_honest_lc_
         timeout=280,
     )
     assert report_file.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(report_file.read_text())
-    assert r["state"] == "completed", r["problems"]
-    assert r["accounting"]["ok"] and r["accounting"]["samples"] == 10 * 1200
-    assert all(b["profiled_samples_per_s"] for b in r["boards"])  # profiled before the job
-    f = r["failover"]
-    assert f is not None and f["node"] == "tx2" and f["resumed_s"] is not None
-    killed = [b for b in r["boards"] if b["killed"]]
-    assert [b["node"] for b in killed] == ["tx2"]
-    replanned = [g["generation"] for g in r["generations"] if g["why"].startswith("node.dead tx2")]
-    assert replanned, r["generations"]
-    assert all("tx2" not in g["shares"] for g in r["generations"] if g["generation"] >= replanned[0])
-    assert {a["app"] for a in r["lc"]} == {"detector", "tracker"}
-    assert all(a["reports"] > 0 for a in r["lc"]), r["lc"]
-    assert r["model_path"] and Path(r["model_path"]).exists()
-    assert r["loss_last"] < r["loss_first"]
-    assert "every sample once" in proc.stdout
-    # Whether an LC app missed its deadline depends on this machine's timing at that moment (a
-    # shared CI machine's too): the demo measures it and `scripts/demo_runs.sh` counts it over many
-    # runs, a test does not assert it. The verdict must agree with what was counted.
-    missed = sum(a["violations"] for a in r["lc"])
-    assert r["ok"] == (missed == 0), (missed, r["problems"])
-    assert proc.returncode == (0 if missed == 0 else 1)
-    assert ("PASS" in proc.stdout) == (missed == 0)
+    check_reduced_demo(json.loads(report_file.read_text()), proc, 10 * 1200)
     time.sleep(0.5)
     assert _leftovers(workdir) == []  # nothing left running
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "sig",
+    [
+        signal.SIGINT,
+        pytest.param(
+            signal.SIGTERM,
+            marks=pytest.mark.skipif(
+                why_not_usable() is None,
+                reason="as root the demo's boards are namespaced: test_demo_netns stops that demo with SIGTERM",
+            ),
+        ),
+    ],
+)
 def test_a_demo_interrupted_or_killed_mid_run_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
     """Ctrl-C (SIGINT: the demo stops its cluster) and SIGTERM (the demo dies at once: its
     children get SIGTERM from PR_SET_PDEATHSIG) while the boards are being profiled, with the
@@ -162,12 +157,13 @@ def test_forget_decoded_empties_every_boards_decoded_dataset_cache(tmp_path: Pat
     assert other.read_text() == "keep" and (cluster.data_cache("orin-nx") / "notes.txt").exists()
 
 
-@pytest.mark.timeout(150)
-@pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
-def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: Path, model: str) -> None:
+@pytest.mark.timeout(240)
+def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: Path) -> None:
     """The demo's job with ``--model``: its cluster (broker, coordinator, four node daemons, real
-    workers; no LC apps and no profiling, to keep it short) trains the BatchNorm nets for four
-    steps of 64 images at 32x32, split by the planner, every sample once. (About 17 s each here.)"""
+    workers; no LC apps and no profiling, to keep it short) trains each BatchNorm net, one job
+    after the other, for four steps of 64 images at 32x32, split by the planner, every sample
+    once. (About 17 s a job on the 2-vCPU VMs of 2026-11; 73-91 s on the slowest, so both jobs
+    share one cluster.)"""
     import asyncio
 
     import torch
@@ -178,27 +174,30 @@ def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: 
 
     workdir = tmp_path / "demo"
     size = make_image_folder(workdir / "data", 256)
-    opts = DemoOptions(
-        model=model, epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=100
-    )
     with DemoCluster(workdir, cluster_profiles(4, with_lc=False)) as cluster:
-        run = asyncio.run(
-            run_cluster_job(
-                cluster,
-                opts,
-                job=f"demo-{model.replace('_', '-')}",
-                dataset=workdir / "data",
-                dataset_size=size,
-                output=workdir / "output",
-                calibrate=False,
+        for model in ("mobilenet_v2", "resnet18"):
+            opts = DemoOptions(
+                model=model, epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=100
             )
-        )
-    progress = run.watch.progress
-    assert progress is not None and progress.state == "completed", progress
-    assert verify_accounting(workdir / "output", size, 1) == {"ok": True, "missing": 0, "duplicated": 0, "samples": 256}
-    meta = torch.load(workdir / "output" / "model.pt", weights_only=True)["meta"]
-    assert meta["steps"] == 4 and meta["final"]
-    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in meta["loss_curve"])
+            output = workdir / f"output-{model}"
+            run = asyncio.run(
+                run_cluster_job(
+                    cluster,
+                    opts,
+                    job=f"demo-{model.replace('_', '-')}",
+                    dataset=workdir / "data",
+                    dataset_size=size,
+                    output=output,
+                    calibrate=False,
+                )
+            )
+            progress = run.watch.progress
+            assert progress is not None and progress.state == "completed", (model, progress)
+            accounting = verify_accounting(output, size, 1)
+            assert accounting == {"ok": True, "missing": 0, "duplicated": 0, "samples": 256}, model
+            meta = torch.load(output / "model.pt", weights_only=True)["meta"]
+            assert meta["steps"] == 4 and meta["final"], model
+            assert all(torch.isfinite(torch.tensor(loss)) for _, loss in meta["loss_curve"]), model
 
 
 @pytest.mark.timeout(180)

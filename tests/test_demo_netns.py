@@ -22,6 +22,7 @@ import pytest
 from deepedge.demo import DemoCluster, cluster_profiles
 from deepedge.embedded_broker import MOSQUITTO
 from deepedge.netem import STATE_DIR, Cgroups, detect_cgroups, why_not_usable
+from tests.helpers.demo_checks import check_reduced_demo
 
 EXE = str(Path(sys.executable).parent / "deepedge")
 F = TypeVar("F", bound=Callable[..., None])
@@ -66,8 +67,12 @@ def _tag(text: str) -> str:
 @namespaced
 @pytest.mark.timeout(420)
 def test_a_reduced_namespaced_demo_reports_each_board_link_and_leaves_nothing(tmp_path: Path) -> None:
+    """The reduced demo as CI runs it (as root ``--boards auto`` picks namespaces, so this is also
+    test_demo's reduced demo there): it completes with the failover, every sample once and an LC
+    verdict that agrees with what was counted, and each board's address, link and limits."""
     report_file, workdir = tmp_path / "report.json", tmp_path / "demo"
-    args = ["--epochs", "6", "--images", "900", "--kill-after", "3", "--workdir", str(workdir)]
+    epochs, images = 6, 900
+    args = ["--epochs", str(epochs), "--images", str(images), "--kill-after", "3", "--workdir", str(workdir)]
     proc = subprocess.run(
         [EXE, "demo", "--boards", "namespaces", *args, "--json-out", str(report_file)],
         capture_output=True,
@@ -82,9 +87,9 @@ def test_a_reduced_namespaced_demo_reports_each_board_link_and_leaves_nothing(tm
     assert {b["node"]: b["link"] for b in r["boards"]}["nano"].startswith("50 Mb/s")
     assert all(b["limits"] and "CPU" in b["limits"] for b in r["boards"])
     assert r["state"] == "completed" and r["accounting"]["ok"], r["problems"]
-    assert r["failover"] is not None and r["failover"]["resumed_s"] is not None
     assert r["prediction"]["predicted_s"] > 0 and r["prediction"]["actual_s"] > 0
     assert "link" in proc.stdout and "predicted by generation 1" in proc.stdout
+    check_reduced_demo(r, proc, epochs * images)
     time.sleep(0.5)
     assert _left_behind(_tag(proc.stdout), workdir) == []
 

@@ -326,8 +326,7 @@ def test_intensity_cap_holds_within_10_percent(tmp_path: Path) -> None:
             t0, c0 = time.monotonic(), sum(proc.cpu_times()[:2])
             w.wait_report(lambda r, s0=s0: r.state == "training" and r.step >= s0 + 24, 120)
             t1, c1 = time.monotonic(), sum(proc.cpu_times()[:2])
-            w.wait_report(lambda r: r.state == "done", 180)
-        finally:
+        finally:  # measured: the rest of the job is not waited for
             stop_all([w])
         reports = [(r, at) for r, at in zip(w.reports, w.arrived, strict=False) if r.state == "training"]
         training = [r for r, _ in reports]

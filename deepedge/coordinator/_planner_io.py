@@ -30,7 +30,7 @@ from deepedge.coordinator.planner import (
     allreduce_s,
 )
 from deepedge.devices import BackendChoice, DeviceError, Participant, choose_backend, job_backend_setting
-from deepedge.profiling import TableCache, versions_key
+from deepedge.profiling import TableCache, knowledge_base_path, versions_key
 from deepedge.transport import RateLimiter
 
 log = structlog.get_logger("deepedge.coordinator")
@@ -118,14 +118,6 @@ def busy_elsewhere(view: ClusterView, jobs: Iterable[JobRecord], job: JobRecord)
         for n, js in others.items()
         if n in view.nodes and len(js) >= view.nodes[n].birth.max_workers
     }
-
-
-def knowledge_base_path(db: str) -> str:
-    """The knowledge base the coordinator plans with: ``knowledge.db`` beside its job store
-    (``deepedge profile import --kb`` puts profiles there)."""
-    from pathlib import Path
-
-    return str(Path(db).with_name("knowledge.db"))
 
 
 def lc_models(

@@ -17,6 +17,7 @@ from deepedge.profiling._kb import (
     ProfileKey,
     ProfileSummary,
     TableCache,
+    knowledge_base_path,
     versions_key,
 )
 from deepedge.profiling._space import FEATURES, STRESSORS, Point, Run
@@ -92,6 +93,7 @@ __all__ = [
     "cross_validate",
     "fit",
     "forecast_upper",
+    "knowledge_base_path",
     "latin_hypercube",
     "rate_file_for",
     "select",

@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 
+def knowledge_base_path(db: str) -> str:
+    """The knowledge base the coordinator plans with: ``knowledge.db`` beside its job store
+    (``deepedge profile import --kb`` puts profiles there)."""
+    return str(Path(db).with_name("knowledge.db"))
+
+
 def versions_key(software: Mapping[str, str]) -> str:
     """``deepedge=0.1.0,python=3.11.7,torch=2.13.0`` from a birth's ``software``."""
     return ",".join(f"{k}={software[k]}" for k in VERSIONED if k in software)
