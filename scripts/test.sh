@@ -7,4 +7,4 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check deepedge tests
 .venv/bin/mypy deepedge
 .venv/bin/mypy --python-version 3.10 deepedge   # the package also runs on JetPack 6's Python 3.10
-.venv/bin/python -m pytest --durations=25 "$@"   # the slowest 25: where CI time goes
+.venv/bin/python -m pytest --durations=40 "$@"   # the slowest 40: where CI time goes

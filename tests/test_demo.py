@@ -159,11 +159,11 @@ def test_forget_decoded_empties_every_boards_decoded_dataset_cache(tmp_path: Pat
 
 @pytest.mark.timeout(240)
 def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: Path) -> None:
-    """The demo's job with ``--model``: its cluster (broker, coordinator, four node daemons, real
+    """The demo's job with ``--model``: its cluster (broker, coordinator, two node daemons, real
     workers; no LC apps and no profiling, to keep it short) trains each BatchNorm net, one job
     after the other, for four steps of 64 images at 32x32, split by the planner, every sample
-    once. (About 17 s a job on the 2-vCPU VMs of 2026-11; 73-91 s on the slowest, so both jobs
-    share one cluster.)"""
+    once. (About 17 s a job with four boards on the 2-vCPU VMs of 2026-11, 73-91 s on the
+    slowest, where a worker's start alone takes 4.5 s of CPU: two boards, one cluster.)"""
     import asyncio
 
     import torch
@@ -174,7 +174,7 @@ def test_the_demo_cluster_trains_mobilenet_v2_and_resnet18_on_the_cpu(tmp_path: 
 
     workdir = tmp_path / "demo"
     size = make_image_folder(workdir / "data", 256)
-    with DemoCluster(workdir, cluster_profiles(4, with_lc=False)) as cluster:
+    with DemoCluster(workdir, cluster_profiles(2, with_lc=False)) as cluster:
         for model in ("mobilenet_v2", "resnet18"):
             opts = DemoOptions(
                 model=model, epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=100
