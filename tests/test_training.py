@@ -247,6 +247,34 @@ def test_a_rendezvous_missing_a_rank_is_left_for_a_newer_plan_at_once(tmp_path: 
     assert verify_accounting(tmp_path / "out", 1200, 1)["ok"]
 
 
+def test_a_throttled_share_is_left_for_a_newer_plan_at_once(tmp_path: Path) -> None:
+    """A worker in the middle of a share that the slow start and its cap stretch over seconds
+    (an emulated slow board at cap 0.5: the first step's share takes about 24 s) leaves for a
+    newer plan it cannot continue into within a fraction of a second, not after the share:
+    in the degraded-link failover bench a survivor spent 2.6-9.2 s computing for a group its
+    peers had already left, then found it broken."""
+    data = make_tensor_dataset(tmp_path / "d.pt", 600, size=16)
+    s = spec(data, tmp_path / "out", global_batch=60, epochs=1, learning_rate=0.02)
+    w = start_worker("a")
+    try:
+        w.send(make_plan("j", 1, {"a": 60}, s, cap=0.5), emulated_sample_s=0.05)
+        deadline = time.monotonic() + 120
+        while not any("generation 1 formed" in line for line in w.stderr):
+            assert time.monotonic() < deadline and w.proc.poll() is None, w.stderr[-5:]
+            time.sleep(0.05)
+        time.sleep(1.0)  # into step 0's share: 3 s of emulated compute, 21 s of throttle
+        assert not any(r.state == "training" for r in w.reports)  # no step done yet
+        sent = time.monotonic()
+        w.send(make_plan("j", 2, {"a": 60}, s, cap=1.0))  # a new group (another port)
+        while not any("left generation 1 during its training" in line for line in w.stderr):
+            assert time.monotonic() - sent < 30 and w.proc.poll() is None, w.stderr[-5:]
+            time.sleep(0.02)
+        took = time.monotonic() - sent
+    finally:
+        stop_all([w])
+    assert took < 1.5, took
+
+
 def test_when_every_worker_dies_new_ones_resume_from_the_last_epoch_checkpoint(tmp_path: Path) -> None:
     """All workers SIGKILLed after the first epoch's checkpoint: fresh workers given a plan with
     the job's progress (``resume_step``) start from that checkpoint, not from scratch; the steps

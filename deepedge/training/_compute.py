@@ -33,6 +33,7 @@ from deepedge.training._data import TensorDataset
 from deepedge.training._precision import MAX_TRIES, Precision, too_many_tries
 
 __all__ = [
+    "CHECK_EVERY_S",
     "MICRO_BATCH",
     "RAMP_FLOOR",
     "RAMP_S",
@@ -55,6 +56,7 @@ _DIGIT = 2048  # float16 holds every integer up to 2048 exactly: a control slot 
 # RAMP_FLOOR x cap. A worker's start (data decoding, the first steps while its peers still
 # arrive) no longer hits its board's LC apps harder than its planned cap does.
 RAMP_S = 2.0
+CHECK_EVERY_S = 0.05  # how often a share's throttle sleeps look for a reason to stop (``interrupt``)
 RAMP_FLOOR = 0.25
 
 
@@ -119,12 +121,17 @@ def compute_share(
     *,
     device: torch.device | None = None,
     precision: Precision | None = None,
+    interrupt: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Accumulate the gradients of the summed loss over ``indices`` into ``.grad``; returns
     (summed loss, on the device; seconds busy). After each micro-batch that took ``t`` seconds
     (at least ``len x emulated_sample_s`` on an emulated slower board) it sleeps ``t (1/cap - 1)``,
     so the duty cycle stays at or under ``cap``. Under fp16 the gradients are scaled by the
-    precision's loss scale (``Precision.unscale`` undoes it)."""
+    precision's loss scale (``Precision.unscale`` undoes it).
+
+    ``interrupt`` is called after each micro-batch and every CHECK_EVERY_S of its sleeps; what
+    it raises ends the share (the worker leaves for a newer plan: a share throttled by the slow
+    start took up to 9 s, and the worker left its group only once it was computed)."""
     device = device or torch.device("cpu")
     on_gpu = device.type == "cuda"
     cap = max(0.01, min(1.0, cap))
@@ -148,15 +155,28 @@ def compute_share(
         if on_gpu:
             torch.cuda.synchronize(device)  # the micro-batch's kernels are done: its time is GPU time
         spent = time.perf_counter() - t0
+        if interrupt is not None:
+            interrupt()
         emulated = (end - start) * emulated_sample_s - spent  # an emulated slower board
         if emulated > 0:
-            time.sleep(emulated)
+            _sleep(emulated, interrupt)
             spent += emulated
         busy += spent
         pause = spent * (1.0 / cap - 1.0)
         if pause > 0:
-            time.sleep(pause)
+            _sleep(pause, interrupt)
     return loss_sum, busy
+
+
+def _sleep(seconds: float, interrupt: Callable[[], None] | None) -> None:
+    """Sleep ``seconds``, calling ``interrupt`` every CHECK_EVERY_S (it may raise)."""
+    if interrupt is None:
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        time.sleep(min(left, CHECK_EVERY_S))
+        interrupt()
 
 
 def encode_slots(values: Sequence[int], half: bool, device: torch.device | None = None) -> torch.Tensor:
@@ -212,6 +232,7 @@ def reduce_step(
     step: int = 0,
     control: Sequence[int] = (),
     half_over: int = 0,
+    interrupt: Callable[[], None] | None = None,
 ) -> Reduced:
     """This rank's share of one step, all-reduced (SUM). The buffer is ``[gradients..., loss,
     control..., overflows]``: ``control`` are integers every rank contributes to (each writes
@@ -222,7 +243,8 @@ def reduce_step(
     The last slot counts the ranks whose fp16 *training* (``training.precision``) gradients
     overflowed; all ranks see the same count, so when it is not 0 every rank computes the step
     again (its own scale lowered where it overflowed): no rank steps alone. Raises
-    ``TrainingError`` after ``MAX_TRIES``, and whatever ``all_reduce`` raises."""
+    ``TrainingError`` after ``MAX_TRIES``, and whatever ``all_reduce`` or ``interrupt`` (called
+    while the share is computed, ``compute_share``) raises."""
     device = device or torch.device("cpu")
     half = half_over > 0
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -233,7 +255,7 @@ def reduce_step(
         for p in params:
             p.grad = torch.zeros_like(p)
         loss_sum, spent = compute_share(
-            model, data, indices, cap, emulated_sample_s, device=device, precision=precision
+            model, data, indices, cap, emulated_sample_s, device=device, precision=precision, interrupt=interrupt
         )
         busy += spent
         if precision is not None:

@@ -270,6 +270,11 @@ class Trainer:
             return False
         return not self.continues_group(newer, label)
 
+    def leave_if_newer(self) -> None:
+        """Raise NewPlan if a newer plan arrived that this group cannot continue into."""
+        if self.must_leave(self.group_label):
+            raise NewPlan
+
     def sync_state(self) -> None:
         self.state.sync(self.has_state, self.total_steps, self.group.comm_device, self.group.wait)
         self.has_state = True
@@ -330,6 +335,7 @@ class Trainer:
                 step=self.step,
                 control=self._slots(),
                 half_over=n if half else 0,
+                interrupt=self.leave_if_newer,  # not after a throttled share: at once
             )
         finally:  # done, failed or given up: nothing is pending any more
             self.pending_s = 0.0
@@ -389,8 +395,7 @@ class Trainer:
         self._last_step_end = 0.0
         self.generation_started = time.monotonic()  # the slow start (``ramp``) counts from here
         while self.step < self.total_steps:
-            if self.must_leave(self.group_label):
-                raise NewPlan
+            self.leave_if_newer()
             gen = self.pfw.plan.generation
             t0 = time.perf_counter()
             loss, busy, trained = self.train_step()
