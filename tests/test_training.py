@@ -275,6 +275,28 @@ def test_a_throttled_share_is_left_for_a_newer_plan_at_once(tmp_path: Path) -> N
     assert took < 1.5, took
 
 
+def test_a_re_formed_worker_trains_on_at_its_cap_and_a_new_one_starts_slow(tmp_path: Path) -> None:
+    """A failover's re-form is not a start: the worker trained at its cap a moment ago, so its
+    first step in the new group runs at the cap (the slow start's floor made that step 4x as
+    long); the first step of a worker's first generation runs at the floor."""
+    from deepedge.training._compute import RAMP_FLOOR, RAMP_S
+
+    data = make_tensor_dataset(tmp_path / "d.pt", 6000, size=16)
+    s = spec(data, tmp_path / "out", global_batch=60, epochs=1, learning_rate=0.02)
+    w = start_worker("a")
+    try:
+        w.send(make_plan("j", 1, {"a": 60}, s, cap=0.8), emulated_sample_s=0.002)
+        first = w.wait_report(lambda r: r.state == "training", 120)
+        w.wait_report(lambda r: r.state == "training" and r.step >= 4, 60)
+        time.sleep(RAMP_S)  # at its cap now
+        w.send(make_plan("j", 2, {"a": 60}, s, cap=0.8), emulated_sample_s=0.002)  # a new group
+        again = w.wait_report(lambda r: r.state == "training" and r.generation == 2, 60)
+    finally:
+        stop_all([w])
+    assert first.intensity < 1.5 * RAMP_FLOOR * 0.8, first  # the floor: a start
+    assert again.intensity > 0.6, again  # at its cap (0.8) at once
+
+
 def test_when_every_worker_dies_new_ones_resume_from_the_last_epoch_checkpoint(tmp_path: Path) -> None:
     """All workers SIGKILLed after the first epoch's checkpoint: fresh workers given a plan with
     the job's progress (``resume_step``) start from that checkpoint, not from scratch; the steps

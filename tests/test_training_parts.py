@@ -139,6 +139,22 @@ def test_the_slow_start_ramps_to_the_cap_and_paces_loading() -> None:
     assert 0.15 <= duty <= 0.3, duty
 
 
+def test_a_re_form_goes_on_from_the_intensity_trained_at_and_a_start_from_the_floor() -> None:
+    """A worker that trained within RAMP_WARM_S (a failover's re-form) skips the part of the slow
+    start below the intensity it trained at (at most the new cap); a fresh worker, or one idle
+    longer, starts at the floor."""
+    from deepedge.training._compute import RAMP_FLOOR, RAMP_S, RAMP_WARM_S, ramp, ramp_head_start
+
+    assert ramp_head_start(0.8, None, 100.0) == 0.0  # a worker's first generation
+    assert ramp_head_start(0.8, (100.0 - RAMP_WARM_S - 1, 0.8), 100.0) == 0.0  # idle too long
+    full = ramp_head_start(0.8, (99.0, 0.8), 100.0)
+    assert full == RAMP_S and ramp(full, 0.8) == 0.8  # at its cap before: at its cap again
+    assert ramp_head_start(0.5, (99.0, 1.0), 100.0) == RAMP_S  # never above the new cap
+    half = ramp_head_start(0.8, (99.0, 0.4), 100.0)  # mid-ramp, or a cap raised: from where it was
+    assert 0 < half < RAMP_S and ramp(half, 0.8) == pytest.approx(0.4)
+    assert ramp_head_start(0.8, (99.0, 0.1), 100.0) == 0.0 and ramp(0.0, 0.8) == RAMP_FLOOR * 0.8
+
+
 def test_ranks_wait_for_a_late_peer_past_the_collective_timeout_until_the_arrival_limit() -> None:
     """A worker started at a low cap loads its data paced and reaches the rendezvous well after
     its peers: they wait for it past the store's (collective) timeout, up to the arrival limit,

@@ -37,6 +37,7 @@ __all__ = [
     "MICRO_BATCH",
     "RAMP_FLOOR",
     "RAMP_S",
+    "RAMP_WARM_S",
     "InconsistentStep",
     "Pacer",
     "Reduced",
@@ -46,6 +47,7 @@ __all__ = [
     "has_batchnorm",
     "micro_batches",
     "ramp",
+    "ramp_head_start",
     "reduce_step",
 ]
 
@@ -54,10 +56,14 @@ _DIGIT = 2048  # float16 holds every integer up to 2048 exactly: a control slot 
 # Slow start: a worker's first seconds of each plan generation run at a fraction of its cap,
 # rising linearly from RAMP_FLOOR x cap to the cap over RAMP_S, and its data loading is paced at
 # RAMP_FLOOR x cap. A worker's start (data decoding, the first steps while its peers still
-# arrive) no longer hits its board's LC apps harder than its planned cap does.
+# arrive) no longer hits its board's LC apps harder than its planned cap does. A worker that
+# trained within RAMP_WARM_S before the generation (a re-form: a failover, a new link) goes on
+# from the intensity it trained at instead of from the floor: its board saw no start, and the
+# floor's first step (4x as long) was a third of a degraded link's failover.
 RAMP_S = 2.0
-CHECK_EVERY_S = 0.05  # how often a share's throttle sleeps look for a reason to stop (``interrupt``)
 RAMP_FLOOR = 0.25
+RAMP_WARM_S = 10.0
+CHECK_EVERY_S = 0.05  # how often a share's throttle sleeps look for a reason to stop (``interrupt``)
 
 
 def ramp(elapsed_s: float, cap: float) -> float:
@@ -65,6 +71,16 @@ def ramp(elapsed_s: float, cap: float) -> float:
     if elapsed_s >= RAMP_S:
         return cap
     return cap * (RAMP_FLOOR + (1.0 - RAMP_FLOOR) * max(0.0, elapsed_s) / RAMP_S)
+
+
+def ramp_head_start(cap: float, last: tuple[float, float] | None, now: float) -> float:
+    """Seconds of the slow start a generation at ``cap`` skips: ``last`` is (when, intensity) of
+    this worker's last step in an earlier generation; trained within RAMP_WARM_S, the ramp goes on
+    from that intensity (at most the new cap), else it starts at the floor (0 s skipped)."""
+    if last is None or now - last[0] > RAMP_WARM_S or cap <= 0:
+        return 0.0
+    fraction = min(1.0, last[1] / cap)
+    return max(0.0, min(RAMP_S, RAMP_S * (fraction - RAMP_FLOOR) / (1.0 - RAMP_FLOOR)))
 
 
 class Pacer:

@@ -44,7 +44,7 @@ from deepedge.devices import DeviceError
 from deepedge.job_policy import JobRefused, check_job
 from deepedge.training._accounting import AccountingLog
 from deepedge.training._channel import Channel
-from deepedge.training._compute import RAMP_FLOOR, InconsistentStep, Pacer, ramp, reduce_step
+from deepedge.training._compute import RAMP_FLOOR, InconsistentStep, Pacer, ramp, ramp_head_start, reduce_step
 from deepedge.training._cuda import training_device
 from deepedge.training._data import TensorDataset, load_dataset
 from deepedge.training._data_cache import DataCache
@@ -153,6 +153,7 @@ class Trainer:
         self._pending_reported = 0.0
         self._born = psutil.Process().create_time()
         self.generation_started = time.monotonic()
+        self.last_trained: tuple[float, float] | None = None  # (when, intensity) of the last step
         if first.plan.resume_step > 0:
             self.resume_from_checkpoint()
 
@@ -321,13 +322,14 @@ class Trainer:
         mine = self.slice(batch, a.batch_offset, a.share)
         world = len(self.pfw.plan.assignments)
         self.pending_s = self._pending_reported = 0.0
+        used = ramp(time.monotonic() - self.generation_started, a.intensity_cap)
         try:
             r = reduce_step(
                 self.model,
                 self.state.opt,
                 self.data,
                 mine,
-                ramp(time.monotonic() - self.generation_started, a.intensity_cap),  # the slow start
+                used,  # the slow start
                 self.group.all_reduce_or_abandon,
                 emulated_sample_s=self.pfw.emulated_sample_s,
                 device=self.device,
@@ -355,6 +357,7 @@ class Trainer:
         by_node = {x.node: self.slice(batch, x.batch_offset, x.share).tolist() for x in self.pfw.plan.assignments}
         self.accounting.record(self.pfw.plan.generation, self.step, epoch, by_node, busy_s=busy, reduce_s=reduce_s)
         self.state.step += 1
+        self.last_trained = (time.monotonic(), used)
         now = time.perf_counter()
         if self._last_step_end:
             self._timing.append((busy, reduce_s, now - self._last_step_end))
@@ -393,7 +396,8 @@ class Trainer:
         last_report = 0.0
         self._timing.clear()
         self._last_step_end = 0.0
-        self.generation_started = time.monotonic()  # the slow start (``ramp``) counts from here
+        now = time.monotonic()  # the slow start (``ramp``) counts from here, or goes on after a re-form
+        self.generation_started = now - ramp_head_start(self.pfw.assignment.intensity_cap, self.last_trained, now)
         while self.step < self.total_steps:
             self.leave_if_newer()
             gen = self.pfw.plan.generation
