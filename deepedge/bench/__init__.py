@@ -6,9 +6,9 @@ Importing this package imports nothing heavy (PEP 562): the processes a bench st
 publishers) load only their own module. Before, the baseline agent imported torch and cvxpy
 through this file and weighed 335 MB instead of 35."""
 
-from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
+
+from deepedge._lazy import lazy_attributes as _lazy_attributes
 
 if _TYPE_CHECKING:
     from deepedge.bench._daemon import DaemonBenchResult, run_daemon_bench
@@ -56,17 +56,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -6,10 +6,9 @@ Importing this package imports nothing heavy: numpy, scipy, scikit-learn and sta
 only with the modules that need them (PEP 562), so the node daemon can run stressors and
 measurements (``_stressors``, ``_runner``) without them."""
 
-from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
 
+from deepedge._lazy import lazy_attributes as _lazy_attributes
 from deepedge.profiling._kb import (
     EXPORT_FORMAT,
     KnowledgeBase,
@@ -53,17 +52,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

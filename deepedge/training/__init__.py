@@ -5,9 +5,9 @@ its plan before torch loads, and the coordinator's and CLI's users of ``verify_a
 ``step_timing`` never load it."""
 
 import os as _os
-from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
+
+from deepedge._lazy import lazy_attributes as _lazy_attributes
 
 # Before torch loads its OpenMP runtime: its idle threads must sleep, not spin. Spinning, they
 # kept ~70 % of the CPU busy while the intensity throttle "slept" at cap 0.5, so the LC apps did
@@ -35,17 +35,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [
