@@ -64,7 +64,10 @@ if TYPE_CHECKING:
 __all__ = ["Trainer", "slice_of"]
 
 REPORT_EVERY_S = 0.2
-PENDING_REPORT_S = 1.0  # while an all-reduce waits longer than this, say so (every second)
+PENDING_REPORT_S = 1.0  # while an all-reduce waits longer than this, say so every PENDING_EVERY_S:
+# the coordinator's stall limit (2.5 expected steps, at least 2 s) is crossed by a report at most
+# this long after it is (at 1 s, a 2.2 s limit was seen at 3 s: a degraded link's failover)
+PENDING_EVERY_S = 0.5
 
 
 def _label(plan: Plan) -> int:
@@ -208,10 +211,10 @@ class Trainer:
         )
 
     def _waiting(self, seconds: float) -> None:
-        """An all-reduce has been pending ``seconds``: past PENDING_REPORT_S, say so once a
-        second (a link that degrades mid-step shows here before the step ends)."""
+        """An all-reduce has been pending ``seconds``: past PENDING_REPORT_S, say so every
+        PENDING_EVERY_S (a link that degrades mid-step shows here before the step ends)."""
         self.pending_s = seconds
-        if seconds >= PENDING_REPORT_S and seconds - self._pending_reported >= 1.0:
+        if seconds >= PENDING_REPORT_S and seconds - self._pending_reported >= PENDING_EVERY_S:
             self._pending_reported = seconds
             self.report(WorkerState.TRAINING, loss=None)
 
