@@ -22,6 +22,9 @@ from deepedge.embedded_broker import MOSQUITTO
 from deepedge.netem import why_not_usable
 from tests.helpers.demo_checks import check_reduced_demo
 
+# as root the demo's boards are namespaced (``--boards auto``): test_demo_netns runs those demos
+NAMESPACED = why_not_usable() is None
+
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.skipif(MOSQUITTO is None, reason="no mosquitto")]
 
 EXE = str(Path(sys.executable).parent / "deepedge")
@@ -46,9 +49,7 @@ def _leftovers(workdir: Path) -> list[str]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(
-    why_not_usable() is None, reason="as root the demo's boards are namespaced: test_demo_netns runs this demo"
-)
+@pytest.mark.skipif(NAMESPACED, reason="namespaced boards here: test_demo_netns runs this demo")
 def test_reduced_demo_completes_with_failover_exact_accounting_and_an_honest_lc_verdict(tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     workdir = tmp_path / "demo"
@@ -84,10 +85,7 @@ def test_reduced_demo_completes_with_failover_exact_accounting_and_an_honest_lc_
         signal.SIGINT,
         pytest.param(
             signal.SIGTERM,
-            marks=pytest.mark.skipif(
-                why_not_usable() is None,
-                reason="as root the demo's boards are namespaced: test_demo_netns stops that demo with SIGTERM",
-            ),
+            marks=pytest.mark.skipif(NAMESPACED, reason="namespaced boards here: test_demo_netns stops that demo"),
         ),
     ],
 )

@@ -10,9 +10,8 @@ JSON, a row per node and per job, when it changed; times are kept as wall-clock 
 monotonic clock restarts with the process) and moved back to the monotonic clock on load. A
 coordinator stopped for longer than MEMORY_TTL_S restores nothing (its boards' LC apps may have
 changed since); a row that does not decode or is out of its bounds is skipped and said, never
-fatal. Not kept: the
-links (re-probed when a group forms), the throughput and start-up estimates (re-learned from the
-first heartbeats), the request-rate history of the forecasts."""
+fatal. Not kept: the links (re-probed when a group forms), the throughput and start-up estimates
+(re-learned from the first heartbeats), the request-rate history of the forecasts."""
 
 from __future__ import annotations
 

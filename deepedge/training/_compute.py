@@ -31,9 +31,9 @@ from torch import nn
 
 from deepedge.training._data import TensorDataset
 from deepedge.training._precision import MAX_TRIES, Precision, too_many_tries
+from deepedge.training._rendezvous import ABANDON_POLL_S
 
 __all__ = [
-    "CHECK_EVERY_S",
     "MICRO_BATCH",
     "RAMP_FLOOR",
     "RAMP_S",
@@ -63,7 +63,6 @@ _DIGIT = 2048  # float16 holds every integer up to 2048 exactly: a control slot 
 RAMP_S = 2.0
 RAMP_FLOOR = 0.25
 RAMP_WARM_S = 10.0
-CHECK_EVERY_S = 0.05  # how often a share's throttle sleeps look for a reason to stop (``interrupt``)
 
 
 def ramp(elapsed_s: float, cap: float) -> float:
@@ -145,9 +144,10 @@ def compute_share(
     so the duty cycle stays at or under ``cap``. Under fp16 the gradients are scaled by the
     precision's loss scale (``Precision.unscale`` undoes it).
 
-    ``interrupt`` is called after each micro-batch and every CHECK_EVERY_S of its sleeps; what
-    it raises ends the share (the worker leaves for a newer plan: a share throttled by the slow
-    start took up to 9 s, and the worker left its group only once it was computed)."""
+    ``interrupt`` is called after each micro-batch and every ABANDON_POLL_S of its sleeps (as a
+    pending rendezvous or all-reduce looks for a newer plan); what it raises ends the share (the
+    worker leaves for a newer plan: a share throttled by the slow start took up to 9 s, and the
+    worker left its group only once it was computed)."""
     device = device or torch.device("cpu")
     on_gpu = device.type == "cuda"
     cap = max(0.01, min(1.0, cap))
@@ -185,13 +185,13 @@ def compute_share(
 
 
 def _sleep(seconds: float, interrupt: Callable[[], None] | None) -> None:
-    """Sleep ``seconds``, calling ``interrupt`` every CHECK_EVERY_S (it may raise)."""
+    """Sleep ``seconds``, calling ``interrupt`` every ABANDON_POLL_S (it may raise)."""
     if interrupt is None:
         time.sleep(seconds)
         return
     end = time.perf_counter() + seconds
     while (left := end - time.perf_counter()) > 0:
-        time.sleep(min(left, CHECK_EVERY_S))
+        time.sleep(min(left, ABANDON_POLL_S))
         interrupt()
 
 
