@@ -107,8 +107,9 @@ async def _submit(c: Coordinator, req: CommandRequest, args: SubmitArgs) -> Comm
     name = args.job or f"job-{uuid.uuid4().hex[:8]}"
     candidates = await c.in_writer(lambda: _reserve(c, name, spec))
     try:
-        refused = await _preflight(c, name, spec, candidates)
-        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=len(refused) == len(candidates)))
+        asked = _with_room(c, spec, candidates)
+        refused = await _preflight(c, name, spec, asked)
+        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=len(refused) == len(asked)))
     finally:
         c.reserved.discard(name)
     if job.state == JobState.FAILED:
@@ -128,6 +129,18 @@ async def _reserve(c: Coordinator, name: str, spec: JobSpec) -> list[str]:
     return [
         s.node for s in c.view.alive() if not s.drained and s.node not in busy and training_address(s.birth) is not None
     ]
+
+
+def _with_room(c: Coordinator, spec: JobSpec, candidates: list[str]) -> list[str]:
+    """The candidates to ask for a pre-flight: for a forecast job, not those whose LC apps have
+    no room for a worker's start (the check imports torch beside them, which raised the demo's
+    apps 1.7-2.0x, docs/benchmarks/lc-scenarios.md), since the first plan leaves them out too
+    (``Coordinator.with_room_to_start``); every candidate when none has room. One put into the
+    job later starts without it (its worker checks the same at start)."""
+    if spec.lc_control != "forecast":
+        return candidates
+    crowded = c.crowded((), candidates)
+    return [n for n in candidates if n not in crowded] or candidates
 
 
 async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str]) -> dict[str, str]:

@@ -686,7 +686,7 @@ class Coordinator:
         if job.terminal or job.plan is not plan or not decision.feasible:
             return  # changed while the planner ran, or nothing to improve to
         left = max(0, job.total_steps - job.step)
-        crowded = self.crowded(plan, decision) if job.spec.lc_control == "forecast" else {}
+        crowded = self.crowded(current_nodes, decision.participants) if job.spec.lc_control == "forecast" else {}
         if crowded:
             keeps = continues_group(plan, decision, self.view, job.job)
             if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
@@ -714,20 +714,40 @@ class Coordinator:
             await self.emit("plan.climbing", what, job=job.job)
             await self.replan(job, decision)
 
-    def crowded(self, plan: Plan, decision: PlanDecision) -> dict[str, list[tuple[str, float, float]]]:
-        """The nodes ``decision`` would put into the job without room in their LC apps for a
-        worker's start (:func:`policy.no_room_to_start`), with those apps."""
-        current = {a.node for a in plan.assignments}
+    def crowded(self, current: Iterable[str], proposed: Iterable[str]) -> dict[str, list[tuple[str, float, float]]]:
+        """The nodes of ``proposed`` not in ``current`` (a plan would start a worker there)
+        without room in their LC apps for that start (:func:`policy.no_room_to_start`), with
+        those apps."""
+        current, proposed = set(current), list(proposed)
         apps = {
             n: [(a.app, a.p95_ms, a.deadline_ms) for a in state.latency.values() if a.count > 0]
-            for n in decision.participants
+            for n in proposed
             if n not in current and (state := self.view.nodes.get(n)) is not None
         }
-        return policy.no_room_to_start(current, decision.participants, apps)
+        return policy.no_room_to_start(current, proposed, apps)
+
+    async def with_room_to_start(self, job: JobRecord, decision: PlanDecision) -> PlanDecision:
+        """A forecast job's plan that cannot wait (its first, a forced re-plan) does not start a
+        worker beside an LC app without room for the start either: it is planned again without
+        such nodes (``lc.no_room``), unless no plan without them is feasible (then ``decision``:
+        the job must train somewhere). An improvement waits instead (:meth:`improve`)."""
+        if job.spec.lc_control != "forecast" or not decision.feasible:
+            return decision
+        current = [a.node for a in job.plan.assignments] if job.plan is not None else []
+        crowded = self.crowded(current, decision.participants)
+        if not crowded:
+            return decision
+        generation = job.generation
+        alt = await self.decide(job, {n: "no room in its LC apps for a worker's start" for n in crowded})
+        if job.terminal or job.generation != generation or not alt.feasible:
+            return decision
+        await self.say_no_room(job, crowded, self.clock.monotonic())
+        return alt
 
     async def say_no_room(self, job: JobRecord, crowded: dict[str, list[tuple[str, float, float]]], now: float) -> None:
-        """``lc.no_room``: an improvement would put these nodes into the job but waits for room in
-        their LC apps. Said again only for another set of nodes, or NO_ROOM_REPEAT_S later."""
+        """``lc.no_room``: a plan would put these nodes into the job, and is made without them
+        (an improvement waits for their room). Said again only for another set of nodes, or
+        NO_ROOM_REPEAT_S later."""
         rt, nodes = self.runtime_of(job), tuple(crowded)
         if nodes == rt.crowded and now - rt.crowded_said_at < policy.NO_ROOM_REPEAT_S:
             return
@@ -763,7 +783,7 @@ class Coordinator:
         rt.planned_at = self.clock.monotonic()
         generation = job.generation
         if decision is None:
-            decision = await self.decide(job)
+            decision = await self.with_room_to_start(job, await self.decide(job))
         if job.terminal or job.generation != generation:
             return  # cancelled or re-planned while the planner ran
         feasible, reason = decision.feasible, decision.reason
