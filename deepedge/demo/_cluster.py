@@ -177,8 +177,10 @@ class DemoCluster:
             cfg,
             self._common("coordinator") + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
             f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
-            # a board held to its CPU quota takes its time to import torch for a pre-flight
-             + ("preflight_timeout_s = 45.0\n" if self.namespaced else "") + self.coordinator_extra,
+            # an emulated board shares this machine's CPUs (held to its CPU quota when namespaced):
+            # four boards' checks import torch at once, two to a vCPU on a 2-vCPU machine, at nice
+            # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05)
+            + "preflight_timeout_s = 45.0\n" + self.coordinator_extra,
         )
         # the operator's: the CLI as the operator ``demo`` (the coordinator's own login would take
         # over the coordinator's client id on the secure broker, whose last will would then fire),
@@ -210,7 +212,7 @@ class DemoCluster:
             cfg,
             self._common(b.node) + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
             f"heartbeat_interval_s = {self.interval_s}\nlatency_window_s = {self.latency_window_s}\n"
-            + ("preflight_timeout_s = 40.0\n" if self.namespaced else "")
+            + "preflight_timeout_s = 40.0\n"  # as the coordinator's, above
             + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\nemulate_cpus = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f'preflight_cache_path = "{self.workdir / b.node}-preflight-cache.json"\n'
