@@ -137,11 +137,12 @@ LC_HOLD_S = 15.0
 # now times START_RISE over its deadline (forecast jobs). The improvement is planned again without
 # it (lc.no_room, said again for another set of nodes or NO_ROOM_REPEAT_S later); so are a job's
 # first plan and a forced re-plan, unless no plan without such nodes is feasible, and the submit
-# does not ask them for a pre-flight (Coordinator.with_room_to_start, _commands._with_room). Measured over the 62 times a plan put a node back in the stored
-# LC-bench timelines (2026-12-02..04, docs/benchmarks/lc-scenarios.md): the re-added board's app
-# rose a median 1.42x, 90 % of them under 1.75x, in the 10 s after, and 30 of the 62 went over
-# their deadline. Where a deadline is under START_RISE x the app's p95 alone (the bench's `tight`,
-# 1.5x), no improvement puts that node back until its app runs faster than alone.
+# does not ask them for a pre-flight (Coordinator.with_room_to_start, _commands._with_room).
+# Measured over the 62 times a plan put a node back in the stored LC-bench timelines
+# (2026-12-02..04, docs/benchmarks/lc-scenarios.md): the re-added board's app rose a median 1.42x,
+# 90 % of them under 1.75x, in the 10 s after, and 30 of the 62 went over their deadline. Where a
+# deadline is under START_RISE x the app's p95 alone (the bench's `tight`, 1.5x), no plan puts that
+# node in (while another can train) until its app runs faster than alone.
 START_RISE = 1.75
 NO_ROOM_REPEAT_S = 60.0
 # When no plan is feasible because LC apps leave no room, the participants the planner left out

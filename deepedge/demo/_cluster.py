@@ -180,7 +180,7 @@ class DemoCluster:
             # an emulated board shares this machine's CPUs (held to its CPU quota when namespaced):
             # four boards' checks import torch at once, two to a vCPU on a 2-vCPU machine, at nice
             # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05)
-            + "preflight_timeout_s = 45.0\n" + self.coordinator_extra,
+             + "preflight_timeout_s = 45.0\n" + self.coordinator_extra,
         )
         # the operator's: the CLI as the operator ``demo`` (the coordinator's own login would take
         # over the coordinator's client id on the secure broker, whose last will would then fire),
