@@ -854,10 +854,11 @@ async def test_an_improvement_does_not_put_a_node_back_while_its_lc_app_has_no_r
         await cl.stop()
 
 
-async def lc_report(cl: Cluster, node: str, p95: float, deadline: float = 30.0) -> None:
+async def lc_report(cl: Cluster, node: str, p95: float, deadline: float = 30.0, profiling: bool = False) -> None:
     """One latency report of ``node``'s app ``det``."""
     app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=p95, p99_ms=p95, deadline_ms=deadline)
-    await cl.peer.publish(T.node_latency(node), LatencyReport(node=node, ts=1.0, window_s=2.0, apps=(app,)))
+    report = LatencyReport(node=node, ts=1.0, window_s=2.0, apps=(app,), profiling=profiling)
+    await cl.peer.publish(T.node_latency(node), report)
     await cl.settle()
 
 
@@ -893,6 +894,53 @@ async def test_a_forecast_job_starts_no_worker_beside_an_lc_app_without_room_for
         await lc_report(cl, "n1", 30.0 / policy.START_RISE - 0.5)  # room now: an improvement adds it
         await cl.alive(3, "n1", "n2")
         assert cl.participants("j1") == {"n1", "n2"}
+    finally:
+        await cl.stop()
+
+
+async def test_a_report_that_saw_a_check_or_a_profile_does_not_take_a_nodes_room(tmp_path: Path) -> None:
+    """The rule reads each node's last LC report; one whose window saw the node's own pre-flight
+    check (a submit's: the check raises the apps 1.5-2x) or its profiling (stressors) says what
+    those cost, not the app's room: otherwise the checks a submit asks for would leave the
+    checked boards out of the job's first plan (found by a review)."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.boards("n1", "n2")
+        await cl.alive(2, "n1", "n2")
+        crowded = 30.0 / policy.START_RISE + 0.5
+        learn = c.learning_of("n1")
+        learn.check_started(cl.clock.monotonic())
+        await lc_report(cl, "n1", crowded)
+        learn.check_done(cl.clock.monotonic())
+        assert c.crowded((), ["n1"]) == {}  # its window saw the check
+        cl.clock.advance(learn.window_s + 1.0)
+        await lc_report(cl, "n1", crowded)
+        assert set(c.crowded((), ["n1"])) == {"n1"}  # a window after it: the app's own
+        await lc_report(cl, "n2", crowded, profiling=True)
+        assert c.crowded((), ["n2"]) == {}
+        await lc_report(cl, "n2", crowded)
+        assert set(c.crowded((), ["n2"])) == {"n2"}
+    finally:
+        await cl.stop()
+
+
+async def test_a_submit_whose_nodes_with_room_all_refuse_asks_the_others(tmp_path: Path) -> None:
+    """The submit skips the pre-flight of nodes without room; if every node it asked refuses,
+    it asks those too rather than fail a job other nodes could run (found by a review)."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    await cl.start()
+    try:
+        await cl.boards("n1", "n2")
+        await cl.alive(2, "n1", "n2")
+        await lc_report(cl, "n1", 30.0 / policy.START_RISE + 0.5)
+        cl.refusals["n2"] = "model 'x' is not in training.models"
+        assert (await cl.submit("j1", epochs=100)).ok
+        assert cl.asked == ["n2", "n1"] and cl.participants("j1") == {"n1"}
     finally:
         await cl.stop()
 

@@ -109,7 +109,9 @@ async def _submit(c: Coordinator, req: CommandRequest, args: SubmitArgs) -> Comm
     try:
         asked = _with_room(c, spec, candidates)
         refused = await _preflight(c, name, spec, asked)
-        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=len(refused) == len(asked)))
+        if len(refused) == len(asked) < len(candidates):  # every node with room refused: ask the rest
+            refused |= await _preflight(c, name, spec, [n for n in candidates if n not in asked])
+        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=len(refused) == len(candidates)))
     finally:
         c.reserved.discard(name)
     if job.state == JobState.FAILED:
@@ -136,7 +138,8 @@ def _with_room(c: Coordinator, spec: JobSpec, candidates: list[str]) -> list[str
     no room for a worker's start (the check imports torch beside them, which raised the demo's
     apps 1.7-2.0x, docs/benchmarks/lc-scenarios.md), since the first plan leaves them out too
     (``Coordinator.with_room_to_start``); every candidate when none has room. One put into the
-    job later starts without it (its worker checks the same at start)."""
+    job later starts without it (its worker checks the same at start). Read on the event loop
+    between the writer's units, with no await: a consistent view."""
     if spec.lc_control != "forecast":
         return candidates
     crowded = c.crowded((), candidates)

@@ -717,32 +717,41 @@ class Coordinator:
     def crowded(self, current: Iterable[str], proposed: Iterable[str]) -> dict[str, list[tuple[str, float, float]]]:
         """The nodes of ``proposed`` not in ``current`` (a plan would start a worker there)
         without room in their LC apps for that start (:func:`policy.no_room_to_start`), with
-        those apps."""
-        current, proposed = set(current), list(proposed)
-        apps = {
-            n: [(a.app, a.p95_ms, a.deadline_ms) for a in state.latency.values() if a.count > 0]
-            for n in proposed
-            if n not in current and (state := self.view.nodes.get(n)) is not None
-        }
+        those apps. A node being profiled, or whose last report's window saw its pre-flight
+        check, counts as having room: such a report says what the profile's stressors or the
+        check cost its apps, not the room they have (a board checked at a submit would be left
+        out of the job's first plan by its own check)."""
+        current, proposed, now = set(current), list(proposed), self.clock.monotonic()
+        apps = {}
+        for n in proposed:
+            state, learn = self.view.nodes.get(n), self.learning.get(n)
+            if n in current or state is None or state.profiling:
+                continue
+            if learn is not None and learn.in_check(now, learn.window_s):
+                continue
+            apps[n] = [(a.app, a.p95_ms, a.deadline_ms) for a in state.latency.values() if a.count > 0]
         return policy.no_room_to_start(current, proposed, apps)
 
     async def with_room_to_start(self, job: JobRecord, decision: PlanDecision) -> PlanDecision:
         """A forecast job's plan that cannot wait (its first, a forced re-plan) does not start a
         worker beside an LC app without room for the start either: it is planned again without
-        such nodes (``lc.no_room``), unless no plan without them is feasible (then ``decision``:
-        the job must train somewhere). An improvement waits instead (:meth:`improve`)."""
+        such nodes (``lc.no_room``), and again while that plan brings in other such nodes (at
+        most once per node), unless no plan without them is feasible (then ``decision``: the
+        job must train somewhere). An improvement waits instead (:meth:`improve`)."""
         if job.spec.lc_control != "forecast" or not decision.feasible:
             return decision
         current = [a.node for a in job.plan.assignments] if job.plan is not None else []
-        crowded = self.crowded(current, decision.participants)
-        if not crowded:
-            return decision
-        generation = job.generation
-        alt = await self.decide(job, {n: "no room in its LC apps for a worker's start" for n in crowded})
-        if job.terminal or job.generation != generation or not alt.feasible:
-            return decision
-        await self.say_no_room(job, crowded, self.clock.monotonic())
-        return alt
+        generation, chosen = job.generation, decision
+        crowded: dict[str, list[tuple[str, float, float]]] = {}
+        while more := self.crowded(current, chosen.participants):
+            crowded |= more
+            alt = await self.decide(job, {n: "no room in its LC apps for a worker's start" for n in crowded})
+            if job.terminal or job.generation != generation or not alt.feasible:
+                return decision
+            chosen = alt
+        if crowded:
+            await self.say_no_room(job, dict(sorted(crowded.items())), self.clock.monotonic())
+        return chosen
 
     async def say_no_room(self, job: JobRecord, crowded: dict[str, list[tuple[str, float, float]]], now: float) -> None:
         """``lc.no_room``: a plan would put these nodes into the job, and is made without them

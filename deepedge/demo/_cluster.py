@@ -179,8 +179,9 @@ class DemoCluster:
             f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
             # an emulated board shares this machine's CPUs (held to its CPU quota when namespaced):
             # four boards' checks import torch at once, two to a vCPU on a 2-vCPU machine, at nice
-            # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05)
-             + "preflight_timeout_s = 45.0\n" + self.coordinator_extra,
+            # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05); under the
+            # CLI's 45 s wait for a submit's answer where not namespaced
+             + f"preflight_timeout_s = {45.0 if self.namespaced else 35.0}\n" + self.coordinator_extra,
         )
         # the operator's: the CLI as the operator ``demo`` (the coordinator's own login would take
         # over the coordinator's client id on the secure broker, whose last will would then fire),
@@ -212,7 +213,7 @@ class DemoCluster:
             cfg,
             self._common(b.node) + f'[node]\nid = "{b.node}"\ntelemetry_interval_s = {self.interval_s}\n'
             f"heartbeat_interval_s = {self.interval_s}\nlatency_window_s = {self.latency_window_s}\n"
-            + "preflight_timeout_s = 40.0\n"  # as the coordinator's, above
+            + f"preflight_timeout_s = {40.0 if self.namespaced else 30.0}\n"  # as the coordinator's, above
             + f'latency_socket = "{self.socket(b.node)}"\ncpu_affinity = [{b.cpu}]\nemulate_cpus = [{b.cpu}]\n'
             f'profile_path = "{self.workdir / b.node}-profile.json"\n'
             f'preflight_cache_path = "{self.workdir / b.node}-preflight-cache.json"\n'
