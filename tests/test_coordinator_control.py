@@ -1008,6 +1008,48 @@ async def test_a_node_without_room_for_a_start_does_not_keep_another_node_out(tm
         await cl.stop()
 
 
+async def test_an_improvement_planned_without_a_crowded_node_does_not_bring_in_another(tmp_path: Path) -> None:
+    """Planned again without one node whose LC app has no room for a start, the improvement may
+    choose another node it had passed over; that one's room is checked too (found by a review)."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.boards("n1", "n2", "n3")
+        await cl.alive(4, "n1", "n2", "n3")
+        await cl.drained("n1", True)
+        await cl.drained("n3", True)
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        assert cl.participants("j1") == {"n2"} and job.plan is not None
+        await cl.training("n2", "j1", job.plan.generation, 1)
+        for node in ("n1", "n3"):
+            c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
+        decide = c.decide
+
+        async def picky(j: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+            # the planner prefers n1; only without n1 does it take n3
+            out = dict(keep_out or {})
+            if "n1" not in out:
+                out["n3"] = "passed over"
+            d = await decide(j, out)
+            return dataclasses.replace(d, step_s=d.step_s / 10) if len(d.participants) > 1 else d
+
+        c.decide = picky  # type: ignore[method-assign]
+        for node in ("n1", "n3"):
+            await lc_report(cl, node, 30.0 / policy.START_RISE + 0.5)
+        events = cl.record_events()
+        await cl.alive(3, "n1", "n2", "n3")
+        assert cl.participants("j1") == {"n2"}
+        assert "plan.improving" not in named(events)
+        await lc_report(cl, "n3", 30.0 / policy.START_RISE - 0.5)  # n3 has room now: it joins
+        await cl.alive(2, "n1", "n2", "n3")
+        assert cl.participants("j1") == {"n2", "n3"}
+    finally:
+        await cl.stop()
+
+
 async def test_an_improvement_that_re_forms_the_group_waits_while_its_start_up_would_eat_the_gain(
     tmp_path: Path,
 ) -> None:

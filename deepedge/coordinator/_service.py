@@ -686,11 +686,12 @@ class Coordinator:
         if job.terminal or job.plan is not plan or not decision.feasible:
             return  # changed while the planner ran, or nothing to improve to
         left = max(0, job.total_steps - job.step)
-        crowded = self.crowded(current_nodes, decision.participants) if job.spec.lc_control == "forecast" else {}
-        if crowded:
+        said = False  # planned again while the plan brings in crowded nodes (each time one more is kept out)
+        while job.spec.lc_control == "forecast" and (crowded := self.crowded(current_nodes, decision.participants)):
             keeps = continues_group(plan, decision, self.view, job.job)
-            if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
+            if not said and policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
                 await self.say_no_room(job, crowded, now)  # an improvement waits for them
+                said = True
             keep_out |= {n: "no room in its LC apps for a worker's start" for n in crowded}
             decision = await self.decide(job, keep_out)
             if job.terminal or job.plan is not plan or not decision.feasible:
