@@ -971,6 +971,32 @@ async def test_a_job_with_no_room_anywhere_still_starts_and_an_unaware_one_ignor
         await cl.stop()
 
 
+async def n2_training_then_n1_n3_back(cl: Cluster, c: Coordinator, n3_only_without_n1: bool = False) -> None:
+    """Job j1 planned on n2 alone (n1 and n3 drained), n2 training, then n1 and n3 undrained in
+    the view without a re-plan, and every plan of more than one node 10x faster: an improvement
+    would put them in. ``n3_only_without_n1``: the planner passes n3 over unless n1 is kept out."""
+    await cl.boards("n1", "n2", "n3")
+    await cl.alive(4, "n1", "n2", "n3")
+    await cl.drained("n1", True)
+    await cl.drained("n3", True)
+    assert (await cl.submit("j1", epochs=100)).ok
+    job = c.jobs["j1"]
+    assert cl.participants("j1") == {"n2"} and job.plan is not None
+    await cl.training("n2", "j1", job.plan.generation, 1)
+    for node in ("n1", "n3"):
+        c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
+    decide = c.decide
+
+    async def faster(j: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
+        out = dict(keep_out or {})
+        if n3_only_without_n1 and "n1" not in out:
+            out["n3"] = "passed over"
+        d = await decide(j, out)  # more nodes: much shorter steps
+        return dataclasses.replace(d, step_s=d.step_s / 10) if len(d.participants) > 1 else d
+
+    c.decide = faster  # type: ignore[method-assign]
+
+
 async def test_a_node_without_room_for_a_start_does_not_keep_another_node_out(tmp_path: Path) -> None:
     """The improvement that would add a crowded node is planned again without it: another node
     that has room still joins (one node's LC reports, honest or not, must not hold every
@@ -980,23 +1006,7 @@ async def test_a_node_without_room_for_a_start_does_not_keep_another_node_out(tm
     cl = Cluster(tmp_path / "jobs.db")
     c = await cl.start()
     try:
-        await cl.boards("n1", "n2", "n3")
-        await cl.alive(4, "n1", "n2", "n3")
-        await cl.drained("n1", True)
-        await cl.drained("n3", True)
-        assert (await cl.submit("j1", epochs=100)).ok
-        job = c.jobs["j1"]
-        assert cl.participants("j1") == {"n2"} and job.plan is not None
-        await cl.training("n2", "j1", job.plan.generation, 1)
-        for node in ("n1", "n3"):
-            c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
-        decide = c.decide
-
-        async def faster(j: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
-            d = await decide(j, keep_out)  # more nodes: much shorter steps
-            return dataclasses.replace(d, step_s=d.step_s / 10) if len(d.participants) > 1 else d
-
-        c.decide = faster  # type: ignore[method-assign]
+        await n2_training_then_n1_n3_back(cl, c)
         events = cl.record_events()
         crowded = 30.0 / policy.START_RISE + 0.5  # a start would take it over 30 ms
         app = AppLatency(app="det", count=100, p50_ms=5.0, p95_ms=crowded, p99_ms=crowded, deadline_ms=30.0)
@@ -1016,27 +1026,7 @@ async def test_an_improvement_planned_without_a_crowded_node_does_not_bring_in_a
     cl = Cluster(tmp_path / "jobs.db")
     c = await cl.start()
     try:
-        await cl.boards("n1", "n2", "n3")
-        await cl.alive(4, "n1", "n2", "n3")
-        await cl.drained("n1", True)
-        await cl.drained("n3", True)
-        assert (await cl.submit("j1", epochs=100)).ok
-        job = c.jobs["j1"]
-        assert cl.participants("j1") == {"n2"} and job.plan is not None
-        await cl.training("n2", "j1", job.plan.generation, 1)
-        for node in ("n1", "n3"):
-            c.view.nodes[node].birth = msgspec.structs.replace(c.view.nodes[node].birth, drained=False)
-        decide = c.decide
-
-        async def picky(j: JobRecord, keep_out: Mapping[str, str] | None = None) -> PlanDecision:
-            # the planner prefers n1; only without n1 does it take n3
-            out = dict(keep_out or {})
-            if "n1" not in out:
-                out["n3"] = "passed over"
-            d = await decide(j, out)
-            return dataclasses.replace(d, step_s=d.step_s / 10) if len(d.participants) > 1 else d
-
-        c.decide = picky  # type: ignore[method-assign]
+        await n2_training_then_n1_n3_back(cl, c, n3_only_without_n1=True)
         for node in ("n1", "n3"):
             await lc_report(cl, node, 30.0 / policy.START_RISE + 0.5)
         events = cl.record_events()
