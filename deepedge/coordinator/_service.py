@@ -682,20 +682,17 @@ class Coordinator:
         # that board.)
         current_nodes = {a.node for a in plan.assignments}
         keep_out |= {s.node: "being profiled" for s in self.view.alive() if s.profiling and s.node not in current_nodes}
-        decision = await self.decide(job, keep_out)
-        if job.terminal or job.plan is not plan or not decision.feasible:
+        wanted = await self.decide(job, keep_out)
+        if job.terminal or job.plan is not plan or not wanted.feasible:
             return  # changed while the planner ran, or nothing to improve to
         left = max(0, job.total_steps - job.step)
-        said = False  # planned again while the plan brings in crowded nodes (each time one more is kept out)
-        while job.spec.lc_control == "forecast" and (crowded := self.crowded(current_nodes, decision.participants)):
-            keeps = continues_group(plan, decision, self.view, job.job)
-            if not said and policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
+        decision, crowded = await self.without_crowded(job, current_nodes, wanted, keep_out)
+        if crowded and not job.terminal and job.plan is plan:
+            keeps = continues_group(plan, wanted, self.view, job.job)
+            if policy.should_improve(left, current, wanted.step_s, keeps, reform_s=wanted.startup_s):
                 await self.say_no_room(job, crowded, now)  # an improvement waits for them
-                said = True
-            keep_out |= {n: "no room in its LC apps for a worker's start" for n in crowded}
-            decision = await self.decide(job, keep_out)
-            if job.terminal or job.plan is not plan or not decision.feasible:
-                return
+        if decision is None:
+            return
         keeps = continues_group(plan, decision, self.view, job.job)
         predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
         if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
@@ -742,17 +739,28 @@ class Coordinator:
         if job.spec.lc_control != "forecast" or not decision.feasible:
             return decision
         current = [a.node for a in job.plan.assignments] if job.plan is not None else []
-        generation, chosen = job.generation, decision
+        chosen, crowded = await self.without_crowded(job, current, decision, {})
+        if crowded and chosen is not None:
+            await self.say_no_room(job, crowded, self.clock.monotonic())
+        return decision if chosen is None else chosen
+
+    async def without_crowded(
+        self, job: JobRecord, current: Iterable[str], decision: PlanDecision, keep_out: Mapping[str, str]
+    ) -> tuple[PlanDecision | None, dict[str, list[tuple[str, float, float]]]]:
+        """``decision`` planned again, besides ``keep_out``, without the nodes it would bring in
+        whose LC apps have no room for a worker's start (:meth:`crowded`), and again while that
+        plan brings in others (at most once per node). Returns the last plan, None where one was
+        infeasible or the job changed while the planner ran, and the crowded nodes (sorted)."""
+        plan, generation = job.plan, job.generation
+        keep_out = dict(keep_out)
         crowded: dict[str, list[tuple[str, float, float]]] = {}
-        while more := self.crowded(current, chosen.participants):
+        while more := self.crowded(current, decision.participants):
             crowded |= more
-            alt = await self.decide(job, {n: "no room in its LC apps for a worker's start" for n in crowded})
-            if job.terminal or job.generation != generation or not alt.feasible:
-                return decision
-            chosen = alt
-        if crowded:
-            await self.say_no_room(job, dict(sorted(crowded.items())), self.clock.monotonic())
-        return chosen
+            keep_out |= {n: "no room in its LC apps for a worker's start" for n in more}
+            decision = await self.decide(job, keep_out)
+            if job.terminal or job.plan is not plan or job.generation != generation or not decision.feasible:
+                return None, dict(sorted(crowded.items()))
+        return decision, dict(sorted(crowded.items()))
 
     async def say_no_room(self, job: JobRecord, crowded: dict[str, list[tuple[str, float, float]]], now: float) -> None:
         """``lc.no_room``: a plan would put these nodes into the job, and is made without them
