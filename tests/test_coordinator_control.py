@@ -971,7 +971,9 @@ async def test_a_job_with_no_room_anywhere_still_starts_and_an_unaware_one_ignor
         await cl.stop()
 
 
-async def n2_training_then_n1_n3_back(cl: Cluster, c: Coordinator, n3_only_without_n1: bool = False) -> None:
+async def n2_training_then_n1_n3_back(
+    cl: Cluster, c: Coordinator, n3_only_without_n1: bool = False, lc_control: str = "forecast"
+) -> None:
     """Job j1 planned on n2 alone (n1 and n3 drained), n2 training, then n1 and n3 undrained in
     the view without a re-plan, and every plan of more than one node 10x faster: an improvement
     would put them in. ``n3_only_without_n1``: the planner passes n3 over unless n1 is kept out."""
@@ -979,7 +981,7 @@ async def n2_training_then_n1_n3_back(cl: Cluster, c: Coordinator, n3_only_witho
     await cl.alive(4, "n1", "n2", "n3")
     await cl.drained("n1", True)
     await cl.drained("n3", True)
-    assert (await cl.submit("j1", epochs=100)).ok
+    assert (await cl.submit("j1", epochs=100, lc_control=lc_control)).ok
     job = c.jobs["j1"]
     assert cl.participants("j1") == {"n2"} and job.plan is not None
     await cl.training("n2", "j1", job.plan.generation, 1)
@@ -1014,6 +1016,25 @@ async def test_a_node_without_room_for_a_start_does_not_keep_another_node_out(tm
         await cl.alive(2, "n1", "n2", "n3")
         assert "lc.no_room" in named(events)  # the first plan wanted n1
         assert cl.participants("j1") == {"n2", "n3"}
+    finally:
+        await cl.stop()
+
+
+async def test_the_improvement_of_a_reactive_job_ignores_room_for_a_start(tmp_path: Path) -> None:
+    """The room rule is the forecast controller's: a reactive job's improvement (the LC bench's
+    miss-then-back-off baseline) puts a crowded node in, and says no lc.no_room (found by a
+    review of the loops' merge, which had applied it to every job)."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await n2_training_then_n1_n3_back(cl, c, lc_control="reactive")
+        await lc_report(cl, "n1", 30.0 / policy.START_RISE + 0.5)
+        events = cl.record_events()
+        await cl.alive(2, "n1", "n2", "n3")
+        assert cl.participants("j1") == {"n1", "n2", "n3"}
+        assert "lc.no_room" not in named(events) and "plan.improving" in named(events)
     finally:
         await cl.stop()
 

@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -736,7 +736,7 @@ class Coordinator:
         such nodes (``lc.no_room``), and again while that plan brings in other such nodes (at
         most once per node), unless no plan without them is feasible (then ``decision``: the
         job must train somewhere). An improvement waits instead (:meth:`improve`)."""
-        if job.spec.lc_control != "forecast" or not decision.feasible:
+        if not decision.feasible:
             return decision
         current = [a.node for a in job.plan.assignments] if job.plan is not None else []
         chosen, crowded = await self.without_crowded(job, current, decision, {})
@@ -745,12 +745,15 @@ class Coordinator:
         return decision if chosen is None else chosen
 
     async def without_crowded(
-        self, job: JobRecord, current: Iterable[str], decision: PlanDecision, keep_out: Mapping[str, str]
+        self, job: JobRecord, current: Collection[str], decision: PlanDecision, keep_out: Mapping[str, str]
     ) -> tuple[PlanDecision | None, dict[str, list[tuple[str, float, float]]]]:
         """``decision`` planned again, besides ``keep_out``, without the nodes it would bring in
         whose LC apps have no room for a worker's start (:meth:`crowded`), and again while that
-        plan brings in others (at most once per node). Returns the last plan, None where one was
-        infeasible or the job changed while the planner ran, and the crowded nodes (sorted)."""
+        plan brings in others (at most once per node); a forecast job's rule only. Returns the
+        last plan, None where one was infeasible or the job changed while the planner ran, and
+        the crowded nodes (sorted)."""
+        if job.spec.lc_control != "forecast":  # the rule is the forecast controller's
+            return decision, {}
         plan, generation = job.plan, job.generation
         keep_out = dict(keep_out)
         crowded: dict[str, list[tuple[str, float, float]]] = {}
