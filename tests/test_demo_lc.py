@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -108,6 +109,51 @@ def test_a_miss_with_nothing_training_in_its_window_is_counted_apart() -> None:
     assert watch.trained_between(9.0, 10.0) and not watch.trained_between(11.1, 29.9)
 
 
+def test_a_miss_whose_board_was_in_no_plan_of_the_job_is_counted_apart() -> None:
+    """A report over the deadline whose app's own board was in none of the job's plans in
+    effect during its window (from each plan's ts to the next's, with the heartbeats' slack) is
+    counted apart: on separate boards the job could not have caused it."""
+    from deepedge.broker_schemas import Assignment, JobSpec, Plan
+
+    watch = ClusterWatch(Topics("c"), job="j", counting_lc=True)
+    spec = JobSpec(model="cnn-small", dataset="/d", output="/o", epochs=1, global_batch=16, learning_rate=0.1)
+
+    def deliver(message: object) -> None:
+        watch.on(SimpleNamespace(message=message))  # type: ignore[arg-type]
+
+    def plan(generation: int, ts: float, *nodes: str) -> Plan:
+        assignments = tuple(
+            Assignment(node=n, rank=r, share=8, batch_offset=8 * r, intensity_cap=0.5) for r, n in enumerate(nodes)
+        )
+        return Plan(
+            job="j",
+            generation=generation,
+            ts=ts,
+            spec=spec,
+            rendezvous_host="127.0.0.1",
+            rendezvous_port=29500,
+            backend="gloo",
+            assignments=assignments,
+            total_steps=10,
+        )
+
+    def report(ts: float, p95: float = 40.0) -> LatencyReport:
+        app = AppLatency(app="det", count=50, p50_ms=5, p95_ms=p95, p99_ms=p95, deadline_ms=30.0)
+        return LatencyReport(node="a", ts=ts, window_s=5.0, apps=(app,))
+
+    for message in (plan(1, 0.0, "b"), plan(2, 40.0, "a", "b"), plan(3, 60.0, "b")):
+        deliver(message)
+    deliver(report(20.0))  # plan 1 only: a out of the job
+    deliver(report(38.0))  # window (with the slack) 31..38 s: plan 2 not yet
+    deliver(report(42.0))  # plan 2: a in
+    deliver(report(66.0))  # 59..66 s: plan 2 lasted to 60 s
+    deliver(report(70.0))  # 63..70 s: plan 3 only
+    deliver(report(80.0, 10.0))  # under the deadline: no miss at all
+    rec = watch.apps["det"]
+    assert (rec.reports, rec.violations, rec.offboard_violations) == (6, 5, 3)
+    assert watch.planned_between(59.0, 66.0, "a") and not watch.planned_between(63.0, 70.0, "a")
+
+
 def test_the_timeline_puts_each_report_plan_and_worker_state_at_its_time_from_submission() -> None:
     from deepedge.bench._lc_scenarios import timeline
     from deepedge.broker_schemas import Assignment, Event, JobSpec, Plan
@@ -157,10 +203,10 @@ def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training()
     from deepedge.bench._lc_scenarios import LcRow, lc_markdown
 
     row = LcRow("tight", "deepedge", False, None, None, None, None, 40, 3, 1, 2.0, 2, ("lc.violation a",))
-    row.untrained_misses, row.alone_reports, row.alone_misses = 2, 80, 2
+    row.untrained_misses, row.offboard_misses, row.alone_reports, row.alone_misses = 2, 3, 80, 2
     text = lc_markdown([row], "deepedge bench makespan --scenarios tight", 1.5, 2.0)
-    assert "| misses (start-up; nothing training) | share missed | alone: missed |" in text
-    assert "| 40 | 3 (1; 2) | 7.5% | 2.5% of 80 |" in text and "| NO | - | - |" in text
+    assert "| misses (start-up; nothing training; board out of the job) | share missed | alone: missed |" in text
+    assert "| 40 | 3 (1; 2; 3) | 7.5% | 2.5% of 80 |" in text and "| NO | - | - |" in text
 
 
 def _set_deadline_rpc(rec: AppRecord, watch: ClusterWatch, sent: list[dict[str, object]]) -> Any:
@@ -333,3 +379,34 @@ def test_the_p95_alone_is_the_median_of_disjoint_windows(tmp_path: Path, monkeyp
     rpc = SimpleNamespace(request=request)
     asyncio.run(calibrate_lc(cluster, watch, rpc, _Topics("c"), opts, run))  # type: ignore[arg-type]
     assert run.calibration == {"det": 8.0} and sent == [{"app": "det", "deadline_ms": 16.0}]
+
+
+def test_a_watch_that_stops_on_an_error_fails_the_demos_wait_at_once() -> None:
+    """A bug in the watch's handling of one message (2026-12-05: the board-out-of-the-job count
+    raised on a report before any plan) stopped its pump, and the demo waited out its 90 s for
+    nodes it could no longer see; now the wait fails at once, naming the error."""
+    from deepedge.demo._run import _wait
+    from deepedge.errors import DeepEdgeError
+    from deepedge.transport._fake import FakeBroker, FakeTransport
+
+    async def scenario() -> None:
+        broker = FakeBroker()
+        watch = ClusterWatch(Topics("c"))
+
+        def broken(item: object) -> None:
+            raise RuntimeError("bug in on()")
+
+        watch.on = broken  # type: ignore[method-assign]
+        async with FakeTransport(broker) as watching, FakeTransport(broker) as node:
+            task = asyncio.create_task(watch.run(watching))
+            await asyncio.sleep(0.05)
+            report = LatencyReport(node="a", ts=1.0, window_s=5.0, apps=())
+            await node.publish(Topics("c").node_latency("a"), report)
+            started = time.monotonic()
+            with pytest.raises(DeepEdgeError, match="watch of the cluster stopped: RuntimeError"):
+                await _wait(lambda: False, watch, 90, "nothing")
+            assert time.monotonic() - started < 5
+            with pytest.raises(RuntimeError):
+                await task
+
+    asyncio.run(scenario())

@@ -67,6 +67,7 @@ class LcRow:
     rates: dict[str, float] | None = None  # node -> full-intensity samples/s seen in this run
     refused: str = ""  # why the coordinator refused the job at submit (it could not promise the deadlines)
     untrained_misses: int = 0  # misses whose window saw no worker of the job training anywhere
+    offboard_misses: int = 0  # misses whose app's board was in none of the job's plans during the window
     alone_reports: int = 0  # the LC apps alone just before, same trace and deadlines, no job
     alone_misses: int = 0
     timeline: dict[str, object] | None = None  # what happened when (:func:`timeline`), for --timeline
@@ -145,6 +146,7 @@ def _row(scenario: str, controller: str, run: JobRun, epochs: int, size: int, bo
         round(statistics.median(ratios), 3) if ratios else 0.0,
         rates,
         untrained_misses=sum(a.untrained_violations for a in w.apps.values()),
+        offboard_misses=sum(a.offboard_violations for a in w.apps.values()),
         alone_reports=sum(a.reports for a in run.alone.values()),
         alone_misses=sum(a.violations for a in run.alone.values()),
         timeline=timeline(run),
@@ -423,15 +425,17 @@ def lc_markdown(
         "A miss is any latency report (p95 over a 5 s window, every 0.5 s) over its deadline while the job runs, "
         "the workers' start included; in brackets, those during the workers' start, and those whose window "
         "saw no worker of the job training on any board (at start-up, the workers importing torch and loading "
-        "data; later, the job waiting for room, or the app's own noise: not a capped worker's training). "
+        "data; later, the job waiting for room, or the app's own noise: not a capped worker's training), and "
+        "those whose app's own board was in none of the job's plans during the window (on separate boards the "
+        "job could not cause those; here the boards share one machine's two vCPUs, and it may). "
         "Alone: the LC apps just before each job, with no job, under the same trace and deadlines for the "
         "`--alone-seconds` (every report counted the same way): the share this machine misses on its own. "
         "Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
         "constraint; the boards' rates pooled over the bench's runs).",
         "",
         "| scenario | controller | completed | training | makespan | vs ideal | vs LC-unaware | reports "
-        "| misses (start-up; nothing training) | share missed | alone: missed | p95 / deadline: median, worst "
-        "| plans |",
+        "| misses (start-up; nothing training; board out of the job) | share missed | alone: missed "
+        "| p95 / deadline: median, worst | plans |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -449,7 +453,7 @@ def lc_markdown(
             f"| {r.scenario} | {r.controller} | {'yes' if r.completed else 'NO'} "
             f"| {fmt(r.training_s)} | {fmt(r.makespan_s)} "
             f"| {vs_ideal} | {vs_unaware} | {r.reports} "
-            f"| {r.misses} ({r.startup_misses}; {r.untrained_misses}) | {share} | {alone} "
+            f"| {r.misses} ({r.startup_misses}; {r.untrained_misses}; {r.offboard_misses}) | {share} | {alone} "
             f"| {r.median_ratio:.2f}, {r.worst_ratio:.2f} "
             f"| {r.generations}{' (' + ', '.join(r.replans) + ')' if r.replans else ''} |"
         )

@@ -106,6 +106,7 @@ def kill_target(boards: list[BoardProfile]) -> str:
 async def _wait(predicate: Callable[[], bool], watch: ClusterWatch, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        watch.check()
         left = deadline - time.monotonic()
         if left <= 0:
             raise DeepEdgeError(f"demo: timed out after {timeout:g} s waiting for {what}")
@@ -352,7 +353,7 @@ async def run_cluster_job(
                     raise DeepEdgeError(f"demo: submit refused: {reply.error}")
                 deadline = time.monotonic() + opts.timeout_s
                 while watch.progress is None or watch.progress.state not in TERMINAL:
-                    if time.monotonic() > deadline:
+                    if time.monotonic() > deadline or watch.failed is not None:
                         break
                     first = watch.first_step_ts()
                     if (
@@ -372,7 +373,13 @@ async def run_cluster_job(
                 run.finished_ts = time.time() if watch.progress and watch.progress.state in TERMINAL else None
                 watch.counting_lc = False
                 if run.finished_ts is None:  # timed out: cancel it, or its workers hold the boards
-                    await _cancel(rpc, topics, job, f"demo: not finished after {opts.timeout_s:g} s", watch)
+                    why = (
+                        "its watch of the cluster stopped"
+                        if watch.failed
+                        else f"not finished after {opts.timeout_s:g} s"
+                    )
+                    await _cancel(rpc, topics, job, f"demo: {why}", watch)
+                    watch.check()
                 if trace is not None:
                     trace.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -20,6 +20,7 @@ from deepedge.broker_schemas import (
     Progress,
     Topics,
 )
+from deepedge.errors import DeepEdgeError
 from deepedge.transport import Received, Subscription, Transport
 
 __all__ = ["AppRecord", "ClusterWatch"]
@@ -39,7 +40,10 @@ class AppRecord:
     loading data) are also counted in ``startup_*``, to show where misses happen, and those whose
     window saw no worker of the job training anywhere in the cluster in ``untrained_violations``
     (before the first step: the workers starting, importing torch and loading data; later: the job
-    waiting for room, or the app's own noise; not a capped worker's training)."""
+    waiting for room, or the app's own noise; not a capped worker's training), and those whose
+    own board was in none of the job's plans during the window in ``offboard_violations`` (on
+    separate boards the job could not have caused those; on the emulated cluster, whose boards
+    share one machine, it may have)."""
 
     node: str
     app: str
@@ -50,6 +54,7 @@ class AppRecord:
     startup_reports: int = 0
     startup_violations: int = 0
     untrained_violations: int = 0
+    offboard_violations: int = 0
     worst_p95_ms: float = 0.0
     over: list[tuple[float, float]] = field(default_factory=list)  # (report ts, p95) of each violation
     series: list[tuple[float, float, bool]] = field(default_factory=list)  # (report ts, p95, trained) of each counted
@@ -59,9 +64,10 @@ class AppRecord:
         """The p95 of each counted report, in order."""
         return [p for _, p, _ in self.series]
 
-    def observe(self, a: AppLatency, phase: str, ts: float = 0.0, trained: bool = True) -> None:
+    def observe(self, a: AppLatency, phase: str, ts: float = 0.0, trained: bool = True, own: bool = True) -> None:
         """``phase``: "idle" (not counted), "startup" or "steady"; ``trained``: a worker of the
-        job trained somewhere during the report's window."""
+        job trained somewhere during the report's window; ``own``: this app's board was in a plan of
+        the job during it."""
         self.latest = a
         if a.deadline_ms is not None:
             self.deadline_ms = a.deadline_ms
@@ -77,6 +83,7 @@ class AppRecord:
         if over:
             self.violations += 1
             self.untrained_violations += not trained
+            self.offboard_violations += not own
             self.over.append((ts, a.p95_ms))
 
 
@@ -95,6 +102,7 @@ class ClusterWatch:
     progress: Progress | None = None
     coordinator_online: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: BaseException | None = None  # what stopped :meth:`run` (a bug in :meth:`on`): waits end at once
 
     def on(self, item: Received) -> None:
         match item.message:
@@ -114,9 +122,11 @@ class ClusterWatch:
                 phase = "idle" if not self.counting_lc else "startup"
                 if phase == "startup" and first is not None and r.ts >= first + r.window_s:
                     phase = "steady"
-                trained = self.trained_between(r.ts - r.window_s - HEARTBEAT_SLACK_S, r.ts)
+                since = r.ts - r.window_s - HEARTBEAT_SLACK_S
+                trained = self.trained_between(since, r.ts)
+                own = self.planned_between(since, r.ts, r.node)
                 for a in r.apps:
-                    self.apps.setdefault(a.app, AppRecord(r.node, a.app)).observe(a, phase, r.ts, trained)
+                    self.apps.setdefault(a.app, AppRecord(r.node, a.app)).observe(a, phase, r.ts, trained, own)
             case CoordinatorStatus(state=state):
                 self.coordinator_online = state == "online"
             case Event() as e:
@@ -138,11 +148,21 @@ class ClusterWatch:
             subs = [await stack.enter_async_context(await transport.subscribe(f, maxsize=100_000)) for f in filters]
 
             async def pump(sub: Subscription) -> None:
-                async for item in sub:
-                    if isinstance(item, Received):
-                        self.on(item)
+                try:
+                    async for item in sub:
+                        if isinstance(item, Received):
+                            self.on(item)
+                except Exception as exc:  # not a silent stop: whoever waits on the watch is told
+                    self.failed = exc
+                    self.changed.set()
+                    raise
 
             await asyncio.gather(*(pump(s) for s in subs))
+
+    def check(self) -> None:
+        """Raise if :meth:`run` stopped on an error (what the demo shows would be stale)."""
+        if self.failed is not None:
+            raise DeepEdgeError(f"demo: its watch of the cluster stopped: {self.failed!r}") from self.failed
 
     # ---- derived ------------------------------------------------------------------------------
 
@@ -154,6 +174,16 @@ class ClusterWatch:
         """A worker of the job reported training (intensity > 0) at a time in [t0, t1]."""
         i = bisect.bisect_left(self.training_ts, t0)
         return i < len(self.training_ts) and self.training_ts[i] <= t1
+
+    def planned_between(self, t0: float, t1: float, node: str) -> bool:
+        """``node`` was in a plan of the job in effect at a time in [t0, t1] (a plan from its
+        ``ts`` to the next one's): a worker of the job ran there, starting or training."""
+        plans = [self.plans[g] for g in sorted(self.plans)]
+        for i, p in enumerate(plans):
+            ends = plans[i + 1].ts if i + 1 < len(plans) else float("inf")
+            if p.ts <= t1 and ends >= t0 and any(a.node == node for a in p.assignments):
+                return True
+        return False
 
     def first_step_ts(self) -> float | None:
         return next((hb.ts for hb in self.beats if hb.state == "training" and hb.step >= 1), None)
