@@ -465,8 +465,12 @@ def demo_cmd(
         f"deepedge demo: {nodes} emulated boards, 2 LC apps, a retraining job of {model}, {epochs} epochs on "
         f"{images} generated images" + ("" if no_kill else f"; one board is killed {kill_after:g} s into training"),
     )
-    with LiveView(console, console.is_terminal) as view:
-        report = run_demo(opts, show=view)
+    try:
+        with LiveView(console, console.is_terminal) as view:
+            report = run_demo(opts, show=view)
+    except KeyboardInterrupt:
+        typer.echo("deepedge demo: stopped (interrupted, no report)", err=True)
+        raise typer.Exit(130) from None
     render_report(report, console)
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -126,6 +126,8 @@ class MosquittoProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent if self.with_parent else None,
+            # the demo's: a terminal's Ctrl-C reaches the demo, which stops its boards before it
+            start_new_session=self.with_parent,
         )
         if not wait_listening(self.port, 10.0):
             self.stop()

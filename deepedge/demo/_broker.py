@@ -46,6 +46,7 @@ class AmqttProcess:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
+                start_new_session=True,  # out of the terminal's Ctrl-C: the demo stops it last
             )
         if not wait_listening(self.port, 15.0):
             self.stop()

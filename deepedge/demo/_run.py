@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -401,6 +402,12 @@ async def _cancel(rpc: Requester, topics: Topics, job: str, reason: str, watch: 
         await _wait(lambda: watch.progress is not None and watch.progress.state in TERMINAL, watch, 15.0, "the cancel")
 
 
+def _stop_after(exc: BaseException, cluster: DemoCluster) -> None:
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (the CLI makes it one)
+        print("deepedge demo: interrupted; stopping the emulated cluster", file=sys.stderr, flush=True)
+    cluster.stop()
+
+
 def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | None = None) -> DemoReport:
     """The whole demo; the cluster is stopped before returning unless ``opts.keep``."""
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="deepedge-demo-"))
@@ -413,8 +420,8 @@ def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | No
     )
     try:
         cluster.start()
-    except BaseException:
-        cluster.stop()
+    except BaseException as exc:
+        _stop_after(exc, cluster)
         raise
     try:
         run = asyncio.run(
@@ -429,8 +436,8 @@ def run_demo(opts: DemoOptions, show: Callable[[JobRun, DemoCluster], None] | No
             )
         )
         report = build_report(run, cluster, opts, size, workdir / "output")
-    except BaseException:
-        cluster.stop()
+    except BaseException as exc:
+        _stop_after(exc, cluster)
         raise
     if not opts.keep:
         cluster.stop()

@@ -110,6 +110,7 @@ class SecureBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            start_new_session=True,  # out of the terminal's Ctrl-C: the demo stops it last
         )
         ports = [(self.host, self.spec.daemon_port), (self.host, self.spec.operator_port)]
         if not all(_listening(h, p, 10.0) for h, p in [*ports, ("127.0.0.1", self.watch_port)]):
