@@ -8,6 +8,7 @@ every message the broker accepted, so "the broker dropped it" is observable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import getpass
 import os
@@ -142,8 +143,10 @@ async def test_a_node_cannot_speak_for_another_node_cluster_or_requester(
         f"{C}/node/nano-2/status",
         f"{C}/events/node/nano-2",  # another node's events
         f"{C}/events/coordinator",
-        f"{C}/reply/deepedge-0123456789ab/node/nano-2/r1",  # a reply in another node's name
+        f"{C}/reply/node/nano-2",  # a reply in another node's name
         f"{C}/reply/deepedge-0123456789ab/coordinator/r1",  # ... or in the coordinator's
+        f"{C}/reply/deepedge-0123456789ab/node/orin-1/r1",  # the reply topics before 2026-12-06: a node
+        f"{C}/reply/x/node/orin-1/y",  # could retain on as many of them as it liked
         f"{C}/job/j1/plan",  # the coordinator's topics
         f"{C}/coordinator/status",
         f"{C}/cmd/node/nano-2/drain",  # commands
@@ -151,11 +154,36 @@ async def test_a_node_cannot_speak_for_another_node_cluster_or_requester(
         "deepedge/other/node/orin-1/telemetry",  # another cluster, even under its own id
         "deepedge/other/events/node/orin-1",
     ]
-    own = [f"{C}/events/node/orin-1", f"{C}/reply/deepedge-0123456789ab/node/orin-1/r1", f"{C}/node/orin-1/status"]
+    own = [f"{C}/events/node/orin-1", f"{C}/reply/node/orin-1", f"{C}/node/orin-1/status"]
     async with secure.daemon("orin-1") as node:
         for topic in forged + own:
             await node.publish_raw(topic, b"x", qos=1)
         assert await topics_until(watcher, own[-1]) == own
+
+
+async def test_a_node_can_retain_on_a_fixed_handful_of_topics_only(secure: SecureBroker) -> None:
+    """Mosquitto has no quota on retained messages: a node may retain on every topic it may
+    write. Its reply topics used to be ``reply/+/node/<node>/+`` (any requester, any request
+    id): 300 retained publishes of 64 KiB took a broker from 8.6 to 29 MB (attacker review).
+    Now a node writes exact topics only, so however many it tries, what it leaves retained is
+    at most one message on each of them."""
+    payload = b"x" * 1024
+    async with secure.daemon("nano-2") as node:
+        for i in range(50):
+            for topic in (f"{C}/reply/c{i}/node/nano-2/r{i}", f"{C}/reply/node/nano-2", f"{C}/events/node/nano-2"):
+                await node.publish_raw(topic, payload, qos=1, retain=True)
+        await node.publish_raw(f"{C}/node/nano-2/status", b"", qos=1, retain=True)  # a marker it may write
+    retained: set[str] = set()
+    async with secure.watcher() as w, await w.subscribe(f"{C}/#", include_refused=True) as sub:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                item = await sub.get(1.0)
+                retained.add(item.raw_topic)
+    theirs = {t for t in retained if "nano-2" in t}
+    assert theirs == {f"{C}/reply/node/nano-2", f"{C}/events/node/nano-2"}, sorted(theirs)[:10]
+    async with secure.daemon("nano-2") as node:  # (clean up for the module's other tests)
+        for topic in theirs:
+            await node.publish_raw(topic, b"", qos=1, retain=True)
 
 
 async def test_a_node_reads_its_own_commands_and_the_plans_only(secure: SecureBroker) -> None:
@@ -188,7 +216,7 @@ async def test_the_coordinator_owns_jobs_and_cannot_speak_for_a_node(
     forged = [
         f"{C}/node/orin-1/telemetry",
         f"{C}/events/node/orin-1",
-        f"{C}/reply/x/node/orin-1/r1",
+        f"{C}/reply/node/orin-1",
         "deepedge/o/job/j/plan",
     ]
     async with secure.daemon("coordinator") as coord:
@@ -267,7 +295,12 @@ def test_the_cli_says_so_in_one_line_and_exits_78(secure: SecureBroker) -> None:
         assert len(lines) == 1 and lines[0].startswith("deepedge: error: ") and needle in lines[0], proc.stderr
 
 
-async def test_an_operator_commands_and_reads_only_its_own_replies(secure: SecureBroker, watcher: Subscription) -> None:
+async def test_an_operator_commands_and_reads_the_coordinators_replies_to_it_only(
+    secure: SecureBroker, watcher: Subscription
+) -> None:
+    """An operator reads the coordinator's replies to its own session only, and every node's
+    replies (a node answers on one exact topic since 2026-12-06, so that it cannot retain on
+    any number of reply topics; operators are trusted, docs/security.md)."""
     async with (
         secure.daemon("orin-1") as node,
         await node.subscribe(f"{C}/cmd/node/orin-1/+", include_refused=True) as cmds,
@@ -275,6 +308,8 @@ async def test_an_operator_commands_and_reads_only_its_own_replies(secure: Secur
         MqttTransport(secure.broker("alice")) as alice,
         MqttTransport(secure.broker("bob")) as bob,
         await alice.subscribe(f"{C}/reply/{alice.client_id}/#", include_refused=True) as mine,
+        MqttTransport(secure.broker("alice")) as alice2,
+        await alice2.subscribe(f"{C}/reply/node/+", include_refused=True) as nodes,
         # (each of bob's subscriptions on its own client: a client hands what it receives to
         # every local subscription that matches, so the broker's filtering shows per client)
         MqttTransport(secure.broker("bob")) as bob2,
@@ -287,11 +322,12 @@ async def test_an_operator_commands_and_reads_only_its_own_replies(secure: Secur
         await asyncio.sleep(0.2)
         await alice.publish_raw(f"{C}/cmd/node/orin-1/status", b"x", qos=1)
         assert (await cmds.get(3)).raw_topic == f"{C}/cmd/node/orin-1/status"
-        await node.publish_raw(f"{C}/reply/{alice.client_id}/node/orin-1/r1", b"x", qos=1)
+        await node.publish_raw(f"{C}/reply/node/orin-1", b"x", qos=1)
         await coord.publish_raw(f"{C}/reply/{alice.client_id}/coordinator/r2", b"x", qos=1)
-        assert (await mine.get(3)).raw_topic == f"{C}/reply/{alice.client_id}/node/orin-1/r1"
+        assert (await nodes.get(3)).raw_topic == f"{C}/reply/node/orin-1"
         assert (await mine.get(3)).raw_topic == f"{C}/reply/{alice.client_id}/coordinator/r2"
-        for sub in (alices, everyone, commands):  # another operator sees none of it
+        assert (await everyone.get(3)).raw_topic == f"{C}/reply/node/orin-1"  # every operator reads the nodes'
+        for sub in (alices, everyone, commands):  # another operator sees nothing else of it
             with pytest.raises(TimeoutError):
                 await sub.get(0.2)
         # an operator cannot speak for a node, the coordinator or in another cluster

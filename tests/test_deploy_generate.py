@@ -173,6 +173,10 @@ def test_acls_pin_the_cluster_and_list_the_operators() -> None:
         assert rules and all(r[2].startswith("deepedge/lab/") for r in rules)
     assert "user alice" in operator_acl(s) and "user bob" in operator_acl(s)
     assert "pattern read deepedge/lab/reply/%c/#" in operator_acl(s)
+    # a node writes one reply topic (before 2026-12-06, reply/+/node/<node>/+: any number of them,
+    # each of which it could retain on)
+    assert "topic write deepedge/lab/reply/node/orin-1\n" in daemon_acl(s)
+    assert "topic read deepedge/lab/reply/node/+" in operator_acl(s)
     assert "user coordinator" in daemon_acl(s) and "user orin-1" in daemon_acl(s)
     assert "topic write deepedge/lab/events/node/orin-1" in daemon_acl(s)
     # no pattern on the daemon listener: a pattern applies to every user, the coordinator's too,
@@ -180,7 +184,8 @@ def test_acls_pin_the_cluster_and_list_the_operators() -> None:
     assert "pattern" not in "".join(line for line in daemon_acl(s).splitlines() if not line.startswith("#"))
     # a node's writes are its exact topics (nothing at any depth it could fill with retained data)
     assert not any(
-        line.startswith("topic") and "write" in line and line.endswith("#") for line in daemon_acl(s).splitlines()
+        line.startswith("topic") and "write" in line and line.endswith(("#", "+"))
+        for line in daemon_acl(s).splitlines()[daemon_acl(s).splitlines().index("user orin-1") :]
     )
     patterns = [
         line for text in (daemon_acl(s), operator_acl(s)) for line in text.splitlines() if line.startswith("pattern")

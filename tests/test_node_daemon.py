@@ -170,7 +170,7 @@ async def test_commands_answer_and_bad_commands_get_typed_errors(
             r = await rpc.request(t.node_command("n1", verb), args)
             assert not r.ok and r.error is not None and r.error.code == code, (verb, r)
 
-    replies = await watcher.subscribe(t.replies("hand"))
+    replies = await watcher.subscribe(t.node_replies())
     await watcher.publish_raw(
         t.node_command("n1", "status"), b'{"kind":"command","request_id":"r1","reply_to":"hand","args":[1]}'
     )

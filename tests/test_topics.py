@@ -33,7 +33,7 @@ def test_every_built_topic_parses_back(node: str, job: str, client: str, rid: st
         ),
         T.coordinator_command("submit"): ParsedTopic("lab", TopicKind.COORDINATOR_COMMAND, verb="submit"),
         T.reply(client, rid): ParsedTopic("lab", TopicKind.REPLY, client=client, request_id=rid, from_coordinator=True),
-        T.reply(client, rid, node): ParsedTopic("lab", TopicKind.REPLY, node=node, client=client, request_id=rid),
+        T.reply(client, rid, node): ParsedTopic("lab", TopicKind.REPLY, node=node),  # one topic per node
         T.events(): ParsedTopic("lab", TopicKind.EVENTS, from_coordinator=True),
         T.events(node): ParsedTopic("lab", TopicKind.EVENTS, node=node),
     }
@@ -47,8 +47,9 @@ def test_topic_layout_matches_the_design() -> None:
     assert T.node_command("n1", "drain") == "deepedge/lab/cmd/node/n1/drain"
     assert T.coordinator_command("submit") == "deepedge/lab/cmd/coordinator/submit"
     assert T.reply("cli-7", "r1") == "deepedge/lab/reply/cli-7/coordinator/r1"
-    assert T.reply("cli-7", "r1", "n1") == "deepedge/lab/reply/cli-7/node/n1/r1"
+    assert T.reply("cli-7", "r1", "n1") == "deepedge/lab/reply/node/n1"
     assert T.replies("cli-7") == "deepedge/lab/reply/cli-7/#"
+    assert T.node_replies() == "deepedge/lab/reply/node/+"
     assert T.events() == "deepedge/lab/events/coordinator"
     assert T.events("n1") == "deepedge/lab/events/node/n1"
     assert T.all_events() == "deepedge/lab/events/#"
@@ -81,6 +82,9 @@ def test_builder_refuses_bad_ids(bad: str) -> None:
         "deepedge/lab/reply/c1",
         "deepedge/lab/reply/c1/r1",
         "deepedge/lab/reply/c1/node/r1",
+        "deepedge/lab/reply/c1/node/n1/r1",  # the layout before 2026-12-06: refused now
+        "deepedge/lab/reply/node/n1/r1",
+        "deepedge/lab/reply/node",
         "deepedge/lab/events",
         "deepedge/lab/events/x",
         "deepedge/lab/events/node",

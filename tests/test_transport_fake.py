@@ -105,7 +105,7 @@ async def test_request_reply_and_typed_errors() -> None:
             assert "handler bug" in reply.error.message
             assert rpc.pending == 0
             # a malformed command whose reply address can be read gets a typed error
-            sub = await cli.subscribe(T.replies("cli-1"))
+            sub = await cli.subscribe(T.node_replies())
             await cli.publish_raw(
                 T.node_command("n1", "status"), b'{"kind":"command","request_id":"r9","reply_to":"cli-1","args":7}'
             )
@@ -123,7 +123,7 @@ async def test_a_flood_of_malformed_commands_gets_few_error_replies_and_real_one
     async with FakeTransport(broker, client_id="node-n1") as node, FakeTransport(broker, client_id="cli-2") as cli:
         server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), _handler, responder="n1"))
         await asyncio.sleep(0)
-        sub = await cli.subscribe(T.replies("cli-2"))
+        sub = await cli.subscribe(T.node_replies())
         bad = b'{"kind":"command","request_id":"r1","reply_to":"cli-2","args":7}'
         for _ in range(500):
             await cli.publish_raw(T.node_command("n1", "status"), bad)
@@ -178,7 +178,7 @@ async def test_a_retained_or_repeated_command_is_not_run_again() -> None:
         return ok_reply(req, n=len(runs))
 
     async with FakeTransport(broker, client_id="node") as node, FakeTransport(broker, client_id="cli-9") as cli:
-        replies = await cli.subscribe(T.replies("cli-9"))
+        replies = await cli.subscribe(T.node_replies())
         req = CommandRequest(request_id="r1", reply_to="cli-9")
         await cli.publish(T.node_command("n1", "drain"), req, qos=1, retain=True)  # planted before the node starts
         server = asyncio.create_task(serve_commands(node, T, T.node_commands("n1"), handler, responder="n1"))
@@ -194,3 +194,32 @@ async def test_a_retained_or_repeated_command_is_not_run_again() -> None:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
+
+
+async def test_a_requester_takes_its_reply_from_the_node_it_asked_only() -> None:
+    """Every node answers on its one topic (``reply/node/<node>``) and every requester reads them
+    all: a requester keeps the reply to its own request from the node it asked. A reply with its
+    request id on another node's topic, a stale retained reply, and replies to other requesters
+    change nothing (a node cannot read the commands of another node, so it cannot learn their ids;
+    here the test does, as an attacker would need to)."""
+    broker = FakeBroker()
+    async with (
+        FakeTransport(broker, client_id="n1") as n1,
+        FakeTransport(broker, client_id="n2") as n2,
+        FakeTransport(broker, client_id="cli-1") as cli,
+        FakeTransport(broker, client_id="cli-2") as other,
+    ):
+        await n1.publish(T.reply("x", "stale", "n1"), CommandReply(request_id="stale", ok=True), qos=1, retain=True)
+        commands = await n1.subscribe(T.node_commands("n1"))
+        async with Requester(cli, T, timeout_s=2) as rpc, Requester(other, T, timeout_s=2) as rpc2:
+            asking = asyncio.create_task(rpc.request(T.node_command("n1", "status")))
+            got = await commands.get(1)
+            assert isinstance(got, Received) and isinstance(got.message, CommandRequest)
+            rid = got.message.request_id
+            forged = CommandReply(request_id=rid, ok=True, result={"who": "n2"})
+            await n2.publish(T.reply("cli-1", rid, "n2"), forged, qos=1)
+            await asyncio.sleep(0.05)
+            assert not asking.done() and rpc2.pending == 0
+            honest = CommandReply(request_id=rid, ok=True, result={"who": "n1"})
+            await n1.publish(T.reply("cli-1", rid, "n1"), honest, qos=1)
+            assert (await asking).result == {"who": "n1"}

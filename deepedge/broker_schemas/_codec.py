@@ -158,7 +158,7 @@ def _check_ids(parsed: ParsedTopic, message: Message, topic: str | None) -> None
             claimed = ("node", parsed.node, n)
         case Plan(job=j) | Progress(job=j):
             claimed = ("job", parsed.job, j)
-        case CommandReply(request_id=r):
+        case CommandReply(request_id=r) if parsed.request_id is not None:  # a node's reply topic has none
             claimed = ("request id", parsed.request_id, r)
         case _:
             return

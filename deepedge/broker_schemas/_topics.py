@@ -6,12 +6,15 @@ Every topic lives under ``deepedge/<cluster>/``::
     coordinator/status
     job/<job>/plan|progress
     cmd/node/<node>/<verb>     cmd/coordinator/<verb>
-    reply/<client>/node/<node>/<request_id>     reply/<client>/coordinator/<request_id>
+    reply/node/<node>          reply/<client>/coordinator/<request_id>
     events/node/<node>         events/coordinator
 
 A reply and an event name who sent it in the topic, so the broker's ACL can let each party
-write only as itself (a node only ``reply/+/node/<itself>/+`` and ``events/node/<itself>``), and
-the codec checks that the payload says the same.
+write only as itself (a node only ``reply/node/<itself>`` and ``events/node/<itself>``), and
+the codec checks that the payload says the same. A node's replies all go to one exact topic
+(the request id and the requester are in the payload, and every requester reads them), so
+that the topics a node may write, and retain on, are a fixed handful: with the requester and
+the request id in the topic, a node could retain on as many topics as it liked.
 """
 
 from __future__ import annotations
@@ -130,9 +133,14 @@ class Topics:
         return f"{self.prefix}/cmd/coordinator/{_validate_verb(verb)}"
 
     def reply(self, client: str, request_id: str, responder: str | None = None) -> str:
-        """The reply to ``client``'s request, from node ``responder`` (None: the coordinator)."""
-        source = "coordinator" if responder is None else f"node/{validate_id(responder, 'node')}"
-        return f"{self.prefix}/reply/{validate_id(client, 'client')}/{source}/{validate_id(request_id, 'request id')}"
+        """The reply to ``client``'s request, from node ``responder`` (``reply/node/<responder>``,
+        whoever asked) or from the coordinator (None: ``reply/<client>/coordinator/<request_id>``)."""
+        if responder is not None:
+            validate_id(client, "client")  # in the payload: refused as they would be in a topic
+            validate_id(request_id, "request id")
+            return f"{self.prefix}/reply/node/{validate_id(responder, 'node')}"
+        rid = validate_id(request_id, "request id")
+        return f"{self.prefix}/reply/{validate_id(client, 'client')}/coordinator/{rid}"
 
     def events(self, node: str | None = None) -> str:
         """Where ``node`` (None: the coordinator) publishes its events."""
@@ -160,7 +168,12 @@ class Topics:
         return f"{self.prefix}/cmd/coordinator/+"
 
     def replies(self, client: str) -> str:
+        """The coordinator's replies to ``client`` (the nodes' replies: :meth:`node_replies`)."""
         return f"{self.prefix}/reply/{validate_id(client, 'client')}/#"
+
+    def node_replies(self) -> str:
+        """Every node's replies, to whoever asked (a requester keeps those of its own requests)."""
+        return f"{self.prefix}/reply/node/+"
 
 
 def _bad(topic: str, why: str) -> SchemaError:
@@ -196,14 +209,8 @@ def parse_topic(topic: str) -> ParsedTopic:
                     request_id=validate_id(request_id, "request id"),
                     from_coordinator=True,
                 )
-            case ["reply", client, "node", node, request_id]:
-                return ParsedTopic(
-                    cluster,
-                    TopicKind.REPLY,
-                    node=validate_id(node, "node"),
-                    client=validate_id(client, "client"),
-                    request_id=validate_id(request_id, "request id"),
-                )
+            case ["reply", "node", node]:
+                return ParsedTopic(cluster, TopicKind.REPLY, node=validate_id(node, "node"))
             case ["events", "coordinator"]:
                 return ParsedTopic(cluster, TopicKind.EVENTS, from_coordinator=True)
             case ["events", "node", node]:

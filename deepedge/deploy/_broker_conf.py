@@ -36,6 +36,7 @@ def daemon_acl(spec: DeploySpec) -> str:
         f"topic write {c}/cmd/node/+/+",
         f"topic write {c}/reply/+/coordinator/+",
         f"topic read {c}/reply/{coord}/#",
+        f"topic read {c}/reply/node/+",
         f"topic write {c}/events/coordinator",
     ]
     if spec.nodes:
@@ -54,7 +55,7 @@ def daemon_acl(spec: DeploySpec) -> str:
             f"topic write {c}/node/{node}/latency",
             f"topic write {c}/node/{node}/heartbeat",
             f"topic write {c}/events/node/{node}",
-            f"topic write {c}/reply/+/node/{node}/+",
+            f"topic write {c}/reply/node/{node}",
             f"topic read {c}/cmd/node/{node}/+",
             f"topic read {c}/job/+/plan",
             f"topic read {c}/coordinator/status",
@@ -80,6 +81,9 @@ def operator_acl(spec: DeploySpec) -> str:
             f"topic read {c}/coordinator/status",
             f"topic read {c}/job/+/progress",
             f"topic read {c}/node/+/status",
+            # every node's replies, to whoever asked: a node answers on one exact topic, so that
+            # what it can retain on the broker stays bounded (the coordinator's replies below)
+            f"topic read {c}/reply/node/+",
         ]
     lines += ["", "# Replies: only those to this session's own client id.", f"pattern read {c}/reply/%c/#"]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,7 @@
-"""Request/response over ``cmd/...`` and ``reply/<client>/<request_id>``.
+"""Request/response over ``cmd/...`` and ``reply/...``: the coordinator answers on
+``reply/<client>/coordinator/<request_id>``, a node on its one reply topic ``reply/node/<node>``
+(every requester reads every node's replies and keeps those of its own requests: a node's
+writable topics stay a fixed handful, see ``deepedge.broker_schemas._topics``).
 
 The requester keeps a table of pending futures keyed by request id, cleaned up in ``finally``;
 every wait has a timeout. The server answers every command, including malformed ones whose
@@ -78,8 +81,13 @@ class Requester:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        sub = await self._transport.subscribe(self._topics.replies(self._transport.client_id), qos=1)
-        self._task = asyncio.create_task(self._read(sub), name="rpc-replies")
+        mine = await self._transport.subscribe(self._topics.replies(self._transport.client_id), qos=1)
+        try:
+            nodes = await self._transport.subscribe(self._topics.node_replies(), qos=1)
+        except BaseException:
+            await mine.close()
+            raise
+        self._task = asyncio.create_task(self._read(mine, nodes), name="rpc-replies")
         return self
 
     async def __aexit__(
@@ -90,17 +98,24 @@ class Requester:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _read(self, sub: Any) -> None:
-        async with sub:
-            async for item in sub:
-                if isinstance(item, Received) and isinstance(item.message, CommandReply):
-                    fut, responder = self._pending.get(item.message.request_id, (None, None))
-                    if fut is None or fut.done():
-                        continue
-                    if not _from(item.topic, responder):  # an answer from someone not asked
-                        log.warning("command.reply_from_other", topic=item.raw_topic[:200], expected=responder)
-                        continue
-                    fut.set_result(item.message)
+    async def _read(self, *subs: Any) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for sub in subs:
+                await stack.enter_async_context(sub)
+            await asyncio.gather(*(self._read_one(sub) for sub in subs))
+
+    async def _read_one(self, sub: Any) -> None:
+        async for item in sub:
+            if isinstance(item, Received) and isinstance(item.message, CommandReply):
+                # another requester's (every node's replies reach every requester), one delivered
+                # twice, a retained one: not ours, or answered already
+                fut, responder = self._pending.get(item.message.request_id, (None, None))
+                if fut is None or fut.done():
+                    continue
+                if not _from(item.topic, responder):  # an answer from someone not asked
+                    log.warning("command.reply_from_other", topic=item.raw_topic[:200], expected=responder)
+                    continue
+                fut.set_result(item.message)
 
     @property
     def pending(self) -> int:
@@ -204,7 +219,7 @@ async def serve_commands(
     transport: Transport, topics: Topics, topic_filter: str, handler: Handler, *, responder: str | None = None
 ) -> None:
     """Answer commands on ``topic_filter`` until cancelled, as node ``responder`` (None: as the
-    coordinator): replies go to ``reply/<requester>/node/<responder>/<id>`` or
+    coordinator): replies go to ``reply/node/<responder>`` or
     ``reply/<requester>/coordinator/<id>``, the only reply topics the broker lets it write.
     Each request is handled in a task of its own (at most MAX_CONCURRENT_COMMANDS at once), so
     a slow one (a pre-flight, a submit waiting for it) does not hold up a quick ``status``."""
