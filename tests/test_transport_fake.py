@@ -197,8 +197,8 @@ async def test_a_retained_or_repeated_command_is_not_run_again() -> None:
 
 
 async def test_a_requester_takes_its_reply_from_the_node_it_asked_only() -> None:
-    """Every node answers on its one topic (``reply/node/<node>``) and every requester reads them
-    all: a requester keeps the reply to its own request from the node it asked. A reply with its
+    """Every node answers on its one topic (``reply/node/<node>``), read by every requester that
+    asked that node: a requester keeps the reply to its own request from the node it asked. A reply with its
     request id on another node's topic, a stale retained reply, and replies to other requesters
     change nothing (a node cannot read the commands of another node, so it cannot learn their ids;
     here the test does, as an attacker would need to)."""
@@ -223,3 +223,8 @@ async def test_a_requester_takes_its_reply_from_the_node_it_asked_only() -> None
             honest = CommandReply(request_id=rid, ok=True, result={"who": "n1"})
             await n1.publish(T.reply("cli-1", rid, "n1"), honest, qos=1)
             assert (await asking).result == {"who": "n1"}
+            # it reads the reply topics of the nodes it asked only: a node flooding its own does
+            # not reach a session that never asked it
+            assert sorted(cli._dispatcher.filters()) == [T.replies("cli-1"), T.node_reply("n1")]
+            assert sorted(other._dispatcher.filters()) == [T.replies("cli-2")]
+        assert cli._dispatcher.filters() == {}  # closed with the requester

@@ -382,7 +382,8 @@ class Progress(_Msg, tag="progress", frozen=True):
 
 
 class CommandRequest(_Msg, tag="command", frozen=True):
-    """A command; the verb is in the topic. The reply goes to ``reply/<reply_to>/<request_id>``:
+    """A command; the verb is in the topic. The coordinator's reply goes to
+    ``reply/<reply_to>/coordinator/<request_id>``, a node's to its own ``reply/node/<node>``:
     ``reply_to`` is the requester's client id, never a free topic, so a command cannot make a
     daemon publish anywhere else."""
 

@@ -12,7 +12,7 @@ Every topic lives under ``deepedge/<cluster>/``::
 A reply and an event name who sent it in the topic, so the broker's ACL can let each party
 write only as itself (a node only ``reply/node/<itself>`` and ``events/node/<itself>``), and
 the codec checks that the payload says the same. A node's replies all go to one exact topic
-(the request id and the requester are in the payload, and every requester reads them), so
+(the request id is in the payload; each requester reads the topics of the nodes it asked), so
 that the topics a node may write, and retain on, are a fixed handful: with the requester and
 the request id in the topic, a node could retain on as many topics as it liked.
 """
@@ -138,9 +138,13 @@ class Topics:
         if responder is not None:
             validate_id(client, "client")  # in the payload: refused as they would be in a topic
             validate_id(request_id, "request id")
-            return f"{self.prefix}/reply/node/{validate_id(responder, 'node')}"
+            return self.node_reply(responder)
         rid = validate_id(request_id, "request id")
         return f"{self.prefix}/reply/{validate_id(client, 'client')}/coordinator/{rid}"
+
+    def node_reply(self, node: str) -> str:
+        """Node ``node``'s one reply topic, whoever asked."""
+        return f"{self.prefix}/reply/node/{validate_id(node, 'node')}"
 
     def events(self, node: str | None = None) -> str:
         """Where ``node`` (None: the coordinator) publishes its events."""

@@ -65,7 +65,8 @@ def daemon_acl(spec: DeploySpec) -> str:
 
 def operator_acl(spec: DeploySpec) -> str:
     """The operator listener's ACL: each operator sends commands and reads what ``deepedge
-    status`` and ``logs`` show, and only the replies addressed to its own client id (``%c``)."""
+    status`` and ``logs`` show, the coordinator's replies addressed to its own client id
+    (``%c``) only, and the nodes' replies (each node's one reply topic)."""
     c = f"deepedge/{spec.cluster}"
     lines = [
         _HEADER.format(cluster=spec.cluster).rstrip("\n"),
@@ -85,7 +86,11 @@ def operator_acl(spec: DeploySpec) -> str:
             # what it can retain on the broker stays bounded (the coordinator's replies below)
             f"topic read {c}/reply/node/+",
         ]
-    lines += ["", "# Replies: only those to this session's own client id.", f"pattern read {c}/reply/%c/#"]
+    lines += [
+        "",
+        "# The coordinator's replies: only those to this session's own client id.",
+        f"pattern read {c}/reply/%c/#",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Request/response over ``cmd/...`` and ``reply/...``: the coordinator answers on
 ``reply/<client>/coordinator/<request_id>``, a node on its one reply topic ``reply/node/<node>``
-(every requester reads every node's replies and keeps those of its own requests: a node's
-writable topics stay a fixed handful, see ``deepedge.broker_schemas._topics``).
+(read by every requester that asked that node, each keeping the replies to its own requests:
+a node's writable topics stay a fixed handful, see ``deepedge.broker_schemas._topics``).
 
 The requester keeps a table of pending futures keyed by request id, cleaned up in ``finally``;
 every wait has a timeout. The server answers every command, including malformed ones whose
@@ -12,7 +12,6 @@ error reply, never a crash.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import OrderedDict
@@ -69,7 +68,11 @@ def error_reply(request_id: str, code: ErrorCode, message: str) -> CommandReply:
 
 
 class Requester:
-    """``async with Requester(transport, topics) as rpc: reply = await rpc.request(topic, args)``."""
+    """``async with Requester(transport, topics) as rpc: reply = await rpc.request(topic, args)``.
+
+    It reads the coordinator's replies to its client id from the start, and a node's reply
+    topic (``reply/node/<node>``, every requester's) from its first request to that node on:
+    a node flooding its reply topic reaches the requesters that asked it, not every session."""
 
     def __init__(self, transport: Transport, topics: Topics, *, timeout_s: float = 5.0, sender: str = "") -> None:
         self._transport = transport
@@ -78,44 +81,46 @@ class Requester:
         self._sender = sender or transport.client_id
         # request id -> (its future, who must answer: a node id, or None for the coordinator)
         self._pending: dict[str, tuple[asyncio.Future[CommandReply], str | None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._nodes: set[str] = set()  # the nodes whose reply topic it reads (those it asked: the fleet)
+        self._subscribing = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
-        mine = await self._transport.subscribe(self._topics.replies(self._transport.client_id), qos=1)
-        try:
-            nodes = await self._transport.subscribe(self._topics.node_replies(), qos=1)
-        except BaseException:
-            await mine.close()
-            raise
-        self._task = asyncio.create_task(self._read(mine, nodes), name="rpc-replies")
+        await self._listen(self._topics.replies(self._transport.client_id))
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers.clear()
 
-    async def _read(self, *subs: Any) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            for sub in subs:
-                await stack.enter_async_context(sub)
-            await asyncio.gather(*(self._read_one(sub) for sub in subs))
+    async def _listen(self, topic_filter: str) -> None:
+        sub = await self._transport.subscribe(topic_filter, qos=1)
+        self._readers.append(asyncio.create_task(self._read(sub), name=f"rpc-replies:{topic_filter[-80:]}"))
 
-    async def _read_one(self, sub: Any) -> None:
-        async for item in sub:
-            if isinstance(item, Received) and isinstance(item.message, CommandReply):
-                # another requester's (every node's replies reach every requester), one delivered
-                # twice, a retained one: not ours, or answered already
-                fut, responder = self._pending.get(item.message.request_id, (None, None))
-                if fut is None or fut.done():
-                    continue
-                if not _from(item.topic, responder):  # an answer from someone not asked
-                    log.warning("command.reply_from_other", topic=item.raw_topic[:200], expected=responder)
-                    continue
-                fut.set_result(item.message)
+    async def _listen_to(self, node: str) -> None:
+        """Read ``node``'s reply topic from now on (subscribed before the request is sent)."""
+        async with self._subscribing:
+            if node not in self._nodes:
+                await self._listen(self._topics.node_reply(node))
+                self._nodes.add(node)
+
+    async def _read(self, sub: Any) -> None:
+        async with sub:
+            async for item in sub:
+                if isinstance(item, Received) and isinstance(item.message, CommandReply):
+                    # another requester's (a node's replies reach every requester that asked it),
+                    # one delivered twice, a retained one: not ours, or answered already
+                    fut, responder = self._pending.get(item.message.request_id, (None, None))
+                    if fut is None or fut.done():
+                        continue
+                    if not _from(item.topic, responder):  # an answer from someone not asked
+                        log.warning("command.reply_from_other", topic=item.raw_topic[:200], expected=responder)
+                        continue
+                    fut.set_result(item.message)
 
     @property
     def pending(self) -> int:
@@ -128,7 +133,10 @@ class Requester:
         timeout = self._timeout if timeout_s is None else timeout_s
         request_id = uuid.uuid4().hex[:16]
         fut: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (fut, _target(topic))
+        target = _target(topic)
+        if target is not None:
+            await self._listen_to(target)
+        self._pending[request_id] = (fut, target)
         try:
             request = CommandRequest(
                 request_id=request_id,
