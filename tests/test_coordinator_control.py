@@ -949,7 +949,8 @@ async def test_a_job_with_no_room_anywhere_still_starts_and_an_unaware_one_ignor
     """Where every candidate's LC app lacks room for a start, a forecast job is planned on them
     as before (it must train somewhere; caps still bound each board), and asks them all for a
     pre-flight; the rule is the forecast controller's: a reactive or LC-unaware job asks and
-    plans every node whatever its room."""
+    plans every node whatever its room. The forecast job says it (lc.crowded_start, a warning:
+    their apps' reports may go over in the start; it was silent until 2026-12-06)."""
     from deepedge.coordinator import _policy as policy
 
     cl = Cluster(tmp_path / "jobs.db")
@@ -960,13 +961,50 @@ async def test_a_job_with_no_room_anywhere_still_starts_and_an_unaware_one_ignor
         for node in ("n1", "n2"):
             await lc_report(cl, node, 30.0 / policy.START_RISE + 0.5)
         await cl.drained("n3", True)
+        events = cl.record_events()
         assert (await cl.submit("j1", epochs=100)).ok
         assert cl.participants("j1") == {"n1", "n2"} and sorted(cl.asked) == ["n1", "n2"]
+        said = [e.message for e in events if e.event == "lc.crowded_start"]
+        assert len(said) == 1 and "n1: det at" in said[0] and "n2: det at" in said[0], said
+        assert "lc.no_room" not in named(events)  # nothing was left out
         await cl.command("cancel", job="j1")
         await cl.drained("n3", False)
         cl.asked.clear()
+        events.clear()
         assert (await cl.submit("j2", epochs=100, lc_control="reactive")).ok
         assert cl.participants("j2") == {"n1", "n2", "n3"} and sorted(cl.asked) == ["n1", "n2", "n3"]
+        assert "lc.crowded_start" not in named(events)
+    finally:
+        await cl.stop()
+
+
+async def test_a_forced_replan_with_no_plan_but_on_crowded_nodes_starts_on_them_and_says_so(tmp_path: Path) -> None:
+    """A forced re-plan (a death) whose only feasible plans bring in nodes whose LC apps lack room
+    for a worker's start goes ahead on them (the job must train somewhere) and says so
+    (lc.crowded_start, a warning), once for that set of nodes."""
+    from deepedge.coordinator import _policy as policy
+
+    cl = Cluster(tmp_path / "jobs.db")
+    c = await cl.start()
+    try:
+        await cl.boards("n1", "n2", "n3")
+        await cl.alive(4, "n1", "n2", "n3")
+        for node in ("n1", "n2"):
+            await cl.drained(node, True)
+        assert (await cl.submit("j1", epochs=100)).ok
+        job = c.jobs["j1"]
+        assert cl.participants("j1") == {"n3"} and job.plan is not None
+        await cl.training("n3", "j1", job.plan.generation, 1)
+        for node in ("n1", "n2"):
+            await lc_report(cl, node, 30.0 / policy.START_RISE + 0.5)
+            await cl.drained(node, False)
+        events = cl.record_events()
+        await cl.peer.publish(T.node_status("n3"), NodeDeath(node="n3", session="s1"), qos=1, retain=True)
+        await cl.alive(2, "n1", "n2")
+        assert cl.participants("j1") == {"n1", "n2"}
+        said = [e for e in events if e.event == "lc.crowded_start"]
+        assert len(said) == 1 and said[0].fields.get("level") == "warning", events
+        assert "n1: det at" in said[0].message and "n2: det at" in said[0].message
     finally:
         await cl.stop()
 

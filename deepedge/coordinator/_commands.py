@@ -107,11 +107,12 @@ async def _submit(c: Coordinator, req: CommandRequest, args: SubmitArgs) -> Comm
     name = args.job or f"job-{uuid.uuid4().hex[:8]}"
     candidates = await c.in_writer(lambda: _reserve(c, name, spec))
     try:
-        asked = _with_room(c, spec, candidates)
+        asked, crowded = _with_room(c, spec, candidates)
         refused = await _preflight(c, name, spec, asked)
         if len(refused) == len(asked) < len(candidates):  # every node with room refused: ask the rest
             refused |= await _preflight(c, name, spec, [n for n in candidates if n not in asked])
-        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=len(refused) == len(candidates)))
+        every = len(refused) == len(candidates)
+        job = await c.in_writer(lambda: _create(c, name, args, spec, refused, every=every, crowded=crowded))
     finally:
         c.reserved.discard(name)
     if job.state == JobState.FAILED:
@@ -133,17 +134,21 @@ async def _reserve(c: Coordinator, name: str, spec: JobSpec) -> list[str]:
     ]
 
 
-def _with_room(c: Coordinator, spec: JobSpec, candidates: list[str]) -> list[str]:
+def _with_room(
+    c: Coordinator, spec: JobSpec, candidates: list[str]
+) -> tuple[list[str], dict[str, list[tuple[str, float, float]]]]:
     """The candidates to ask for a pre-flight: for a forecast job, not those whose LC apps have
     no room for a worker's start (the check imports torch beside them, which raised the demo's
     apps 1.7-2.0x, docs/benchmarks/lc-scenarios.md), since the first plan leaves them out too
-    (``Coordinator.with_room_to_start``); every candidate when none has room. One put into the
-    job later starts without it (its worker checks the same at start). Read on the event loop
-    between the writer's units, with no await: a consistent view."""
+    (``Coordinator.with_room_to_start``); every candidate when none has room, and then those
+    crowded nodes (the submit says so if the first plan uses them: ``lc.crowded_start``). One
+    put into the job later starts without it (its worker checks the same at start). Read on the
+    event loop between the writer's units, with no await: a consistent view."""
     if spec.lc_control != "forecast":
-        return candidates
+        return candidates, {}
     crowded = c.crowded((), candidates)
-    return [n for n in candidates if n not in crowded] or candidates
+    with_room = [n for n in candidates if n not in crowded]
+    return (with_room, {}) if with_room else (candidates, crowded)
 
 
 async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str]) -> dict[str, str]:
@@ -177,11 +182,18 @@ async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str])
 
 
 async def _create(
-    c: Coordinator, name: str, args: SubmitArgs, spec: JobSpec, refused: dict[str, str], every: bool
+    c: Coordinator,
+    name: str,
+    args: SubmitArgs,
+    spec: JobSpec,
+    refused: dict[str, str],
+    every: bool,
+    crowded: dict[str, list[tuple[str, float, float]]],
 ) -> JobRecord:
     """Store the job and plan it without the nodes that refused it. When every candidate
     refused, it is stored as failed with every reason (``status`` and ``logs`` say why; ``rm``
-    frees the id)."""
+    frees the id). ``crowded``: the nodes asked although their LC apps had no room for a
+    worker's start (none had): said if the first plan starts workers on them."""
     now = c.clock.time()
     # a board being profiled is busy, not unfit: left out for a while, not for good
     profiled = [n for n, why in refused.items() if why.endswith(BEING_PROFILED)]
@@ -206,6 +218,8 @@ async def _create(
         await c.fail(job, f"refused by every node: {why}")
     else:
         await c.replan_or_fail(job)
+        if job.plan is not None and (chosen := {a.node for a in job.plan.assignments} & set(crowded)):
+            await c.say_crowded_start(job, {n: crowded[n] for n in sorted(chosen)})
     return job
 
 

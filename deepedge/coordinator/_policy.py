@@ -277,6 +277,8 @@ class JobRuntime:
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
     crowded: tuple[str, ...] = ()  # the nodes lc.no_room last named (no room in their LC apps for a start)
     crowded_said_at: float = float("-inf")  # when
+    crowded_start: tuple[str, ...] = ()  # the nodes lc.crowded_start last named, and when
+    crowded_start_at: float = float("-inf")
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:

@@ -739,10 +739,31 @@ class Coordinator:
         if not decision.feasible:
             return decision
         current = [a.node for a in job.plan.assignments] if job.plan is not None else []
+        plan, generation = job.plan, job.generation
         chosen, crowded = await self.without_crowded(job, current, decision, {})
         if crowded and chosen is not None:
             await self.say_no_room(job, crowded, self.clock.monotonic())
+        elif crowded and not job.terminal and job.plan is plan and job.generation == generation:
+            await self.say_crowded_start(job, crowded)
         return decision if chosen is None else chosen
+
+    async def say_crowded_start(self, job: JobRecord, crowded: dict[str, list[tuple[str, float, float]]]) -> None:
+        """``lc.crowded_start`` (a warning): no plan without these nodes was feasible, so the
+        job's workers start beside LC apps without room for the start (their reports may go
+        over in it; caps still bound the training). Was silent until 2026-12-06. Said again
+        only for another set of nodes, or NO_ROOM_REPEAT_S later."""
+        rt, nodes, now = self.runtime_of(job), tuple(crowded), self.clock.monotonic()
+        if nodes == rt.crowded_start and now - rt.crowded_start_at < policy.NO_ROOM_REPEAT_S:
+            return
+        rt.crowded_start, rt.crowded_start_at = nodes, now
+        await self.emit(
+            "lc.crowded_start",
+            "no plan without nodes whose LC apps lack room for a worker's start (x"
+            f"{policy.START_RISE:g}) is feasible: the job starts on them anyway, at their caps "
+            f"({_crowded_words(crowded)})",
+            level="warning",
+            job=job.job,
+        )
 
     async def without_crowded(
         self, job: JobRecord, current: Collection[str], decision: PlanDecision, keep_out: Mapping[str, str]
@@ -773,7 +794,7 @@ class Coordinator:
         if nodes == rt.crowded and now - rt.crowded_said_at < policy.NO_ROOM_REPEAT_S:
             return
         rt.crowded, rt.crowded_said_at = nodes, now
-        what = ", ".join(f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms" for n, a in crowded.items() for app, p95, dl in a)
+        what = _crowded_words(crowded)
         await self.emit(
             "lc.no_room",
             f"not put into the job while a worker's start (x{policy.START_RISE:g}) would take its LC app over: {what}",
@@ -1067,3 +1088,10 @@ class Coordinator:
             "uptime_s": round(self.clock.monotonic() - self.started, 1),
             "dropped": self.dropped,
         }
+
+
+def _crowded_words(crowded: Mapping[str, list[tuple[str, float, float]]]) -> str:
+    """``n1: detector at 30.1 ms of 34.2 ms, ...``: the crowded nodes' apps, their p95 and deadline."""
+    return ", ".join(
+        f"{n}: {app} at {p95:.1f} ms of {dl:.1f} ms" for n, apps in crowded.items() for app, p95, dl in apps
+    )

@@ -83,7 +83,7 @@ class Requester:
         self._pending: dict[str, tuple[asyncio.Future[CommandReply], str | None]] = {}
         self._readers: list[asyncio.Task[None]] = []
         self._nodes: set[str] = set()  # the nodes whose reply topic it reads (those it asked: the fleet)
-        self._subscribing = asyncio.Lock()
+        self._subscribing: dict[str, asyncio.Lock] = {}  # per node: a pre-flight asks many at once
 
     async def __aenter__(self) -> Self:
         await self._listen(self._topics.replies(self._transport.client_id))
@@ -103,7 +103,7 @@ class Requester:
 
     async def _listen_to(self, node: str) -> None:
         """Read ``node``'s reply topic from now on (subscribed before the request is sent)."""
-        async with self._subscribing:
+        async with self._subscribing.setdefault(node, asyncio.Lock()):
             if node not in self._nodes:
                 await self._listen(self._topics.node_reply(node))
                 self._nodes.add(node)
