@@ -85,6 +85,7 @@ __all__ = [
     "profile_hold",
     "profile_over",
     "profiled_out",
+    "say_again",
     "should_improve",
     "without_progress",
 ]
@@ -275,10 +276,8 @@ class JobRuntime:
     holds: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (held until, drops in a row)
     profiled: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (left out until, refusals)
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
-    crowded: tuple[str, ...] = ()  # the nodes lc.no_room last named (no room in their LC apps for a start)
-    crowded_said_at: float = float("-inf")  # when
-    crowded_start: tuple[str, ...] = ()  # the nodes lc.crowded_start last named, and when
-    crowded_start_at: float = float("-inf")
+    # event -> (the nodes it last named, when): lc.no_room and lc.crowded_start (:func:`say_again`)
+    said: dict[str, tuple[tuple[str, ...], float]] = field(default_factory=dict)
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -508,6 +507,16 @@ def cap_rises(
     ready = set(settled)
     rises = [(node, cap, caps.get(node, 0.0)) for node, cap in previous if caps.get(node, 0.0) >= cap + CLIMB_MIN]
     return rises if all(node in ready for node, _, _ in rises) else []
+
+
+def say_again(said: dict[str, tuple[tuple[str, ...], float]], event: str, nodes: tuple[str, ...], now: float) -> bool:
+    """Whether ``event`` naming ``nodes`` is said now: for another set of nodes than it last
+    named, or NO_ROOM_REPEAT_S later (then recorded in ``said``)."""
+    last, at = said.get(event, ((), float("-inf")))
+    if nodes == last and now - at < NO_ROOM_REPEAT_S:
+        return False
+    said[event] = (nodes, now)
+    return True
 
 
 def lc_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]:

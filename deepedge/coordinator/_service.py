@@ -752,10 +752,8 @@ class Coordinator:
         job's workers start beside LC apps without room for the start (their reports may go
         over in it; caps still bound the training). Was silent until 2026-12-06. Said again
         only for another set of nodes, or NO_ROOM_REPEAT_S later."""
-        rt, nodes, now = self.runtime_of(job), tuple(crowded), self.clock.monotonic()
-        if nodes == rt.crowded_start and now - rt.crowded_start_at < policy.NO_ROOM_REPEAT_S:
+        if not policy.say_again(self.runtime_of(job).said, "lc.crowded_start", tuple(crowded), self.clock.monotonic()):
             return
-        rt.crowded_start, rt.crowded_start_at = nodes, now
         await self.emit(
             "lc.crowded_start",
             "no plan without nodes whose LC apps lack room for a worker's start (x"
@@ -790,14 +788,12 @@ class Coordinator:
         """``lc.no_room``: a plan would put these nodes into the job, and is made without them
         (an improvement waits for their room). Said again only for another set of nodes, or
         NO_ROOM_REPEAT_S later."""
-        rt, nodes = self.runtime_of(job), tuple(crowded)
-        if nodes == rt.crowded and now - rt.crowded_said_at < policy.NO_ROOM_REPEAT_S:
+        if not policy.say_again(self.runtime_of(job).said, "lc.no_room", tuple(crowded), now):
             return
-        rt.crowded, rt.crowded_said_at = nodes, now
-        what = _crowded_words(crowded)
         await self.emit(
             "lc.no_room",
-            f"not put into the job while a worker's start (x{policy.START_RISE:g}) would take its LC app over: {what}",
+            f"not put into the job while a worker's start (x{policy.START_RISE:g}) would take its LC app over: "
+            f"{_crowded_words(crowded)}",
             job=job.job,
         )
 
