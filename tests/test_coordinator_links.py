@@ -430,12 +430,22 @@ async def test_a_link_learned_slow_is_left_out_a_share_change_keeps_the_group_an
     assert second.predicted_startup_s == pytest.approx(1.0)  # running workers re-form (the default)
     assert c.runtime["j"].left_out == ("nano",)
     assert abs(c.comm.factor() - 1.0) < 0.05  # the measured all-reduce matched the ring model
-    # rates move (background load on tx2): a share-only plan continues the group
-    for _ in range(4):
-        await _beat(c, second, "orin", step=5, samples_per_s=125.0, link_bps=125e6, link_latency_s=0.001)
-        await _beat(c, second, "tx2", step=5, samples_per_s=30.0, link_bps=125e6, link_latency_s=0.001)
+
+    # rates move (background load on tx2): a share-only plan continues the group, once every check
+    # has predicted its gain for SHARE_PERSIST_S (not at the first: a noisy rate's swing)
+    async def beats() -> None:
+        for _ in range(4):
+            await _beat(c, second, "orin", step=5, samples_per_s=125.0, link_bps=125e6, link_latency_s=0.001)
+            await _beat(c, second, "tx2", step=5, samples_per_s=30.0, link_bps=125e6, link_latency_s=0.001)
+
+    await beats()
     clock.advance(2)
     await c.tick()
+    assert c.jobs["j"].generation == second.generation and c.runtime["j"].improving is not None
+    for _ in range(2):
+        clock.advance(policy.SHARE_PERSIST_S / 2)
+        await beats()
+        await c.tick()
     third = await _next_plan(sub)
     assert third.same_group and third.group_generation == second.generation
     assert third.rendezvous_port == second.rendezvous_port and third.predicted_startup_s == 0.0
@@ -533,3 +543,37 @@ async def test_a_link_that_collapsed_re_plans_from_the_probes_of_the_group_forme
     assert c.learning["orin"].link.pending
     # an ordinary re-form (no stall) does not believe its probes at once
     assert c.runtime["j"].stall_probe == -1
+
+
+async def test_a_share_only_improvement_waits_until_every_check_for_share_persist_s_predicts_it() -> None:
+    """A plan that keeps the group is published once every check for SHARE_PERSIST_S has
+    predicted its gain: a rate that swings back and forth between checks (a contended CPU) moves
+    no shares; one that stays moves them, SHARE_PERSIST_S after the first check that saw it."""
+    c, clock, sub = await _cluster(model_bytes=80_000)
+    first = await _next_plan(sub)
+    plans = [first]
+
+    async def check(tx2: float) -> None:
+        """Heartbeats until the learned rates have settled (tx2's at ``tx2``), then a check."""
+        for _ in range(12):
+            for n, rate in (("orin", 120.0), ("nano", 60.0), ("tx2", tx2)):
+                await _beat(c, plans[-1], n, step=2, samples_per_s=rate, link_bps=125e6, link_latency_s=0.001)
+        clock.advance(policy.SHARE_PERSIST_S / 2)
+        await c.tick()
+        if c.jobs["j"].generation != plans[-1].generation:
+            plans.append(await _next_plan(sub))
+
+    for _ in range(3):  # learned rates far from the first plan's priors, every check: published at the third
+        await check(60.0)
+    assert len(plans) == 2 and plans[1].same_group and c.runtime["j"].improving is None
+    before = {a.node: a.share for a in plans[1].assignments}
+    for tx2 in (30.0, 60.0, 30.0, 60.0, 30.0, 60.0):  # tx2's rate swings: each gain is gone at the next check
+        await check(tx2)
+    assert len(plans) == 2
+    for _ in range(2):  # it stays slow: not yet at the check that first saw it, nor one second later
+        await check(30.0)
+        assert len(plans) == 2 and c.runtime["j"].improving is not None
+    await check(30.0)
+    assert len(plans) == 3 and plans[2].same_group
+    after = {a.node: a.share for a in plans[2].assignments}
+    assert after["tx2"] < before["tx2"] and after["orin"] > before["orin"]

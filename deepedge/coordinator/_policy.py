@@ -50,6 +50,7 @@ __all__ = [
     "REPLAN_MIN_GAIN_S",
     "REPLAN_RATIO",
     "SHARE_MIN_GAIN_S",
+    "SHARE_PERSIST_S",
     "SHARE_RATIO",
     "STALL_FACTOR",
     "STALL_MIN_S",
@@ -73,6 +74,7 @@ __all__ = [
     "finished_earlier",
     "forecast_risk",
     "held_back",
+    "held_gain",
     "lc_hold",
     "no_room_to_start",
     "on_heartbeat",
@@ -107,6 +109,14 @@ REPLAN_MIN_GAIN_S = 5.0
 SHARE_RATIO = 0.92
 SHARE_MIN_GAIN_S = 0.5
 REPLAN_COOLDOWN_S = 1.0
+# A plan that keeps the group is published once every check for SHARE_PERSIST_S has predicted its
+# gain, not at the first: on a board whose CPU is contended the rate of one step moves 10-37 %
+# (log sd; 2-4 % on a calm one), the learned rate moves more than the 8 % asked, and shares swung
+# back and forth (13 improvements in 107 s, run 6 of the demo series of 2026-12-06). Replayed on
+# the steps of 43 stored demo runs (scripts/replay_share_churn.py), 2 s cut such plans by two
+# thirds (194 -> 65) for steps 0.5 % longer in all (docs/coordinator.md). A re-forming
+# improvement (its own 20 % and start-up cost), a forced re-plan and an LC risk do not wait.
+SHARE_PERSIST_S = 2.0
 # What re-forming may count against an improvement at most: the start-up estimate comes from the
 # participants' own heartbeats (up to an hour), and one that reported an absurd one must not
 # switch improvements off for the job.
@@ -278,6 +288,8 @@ class JobRuntime:
     lc_models: str = ""  # the LC models the latest decision planned with, in words (plan.published)
     # event -> (the nodes it last named, when): lc.no_room and lc.crowded_start (:func:`say_again`)
     said: dict[str, tuple[tuple[str, ...], float]] = field(default_factory=dict)
+    # (generation, since) of the same-group improvement every check has predicted since (:func:`held_gain`)
+    improving: tuple[int, float] | None = None
 
 
 def _using(jobs: Iterable[JobRecord], node: str) -> list[JobRecord]:
@@ -496,6 +508,16 @@ def should_improve(
     ratio, gain = (SHARE_RATIO, SHARE_MIN_GAIN_S) if same_group else (REPLAN_RATIO, REPLAN_MIN_GAIN_S)
     cost = 0.0 if same_group else min(REFORM_MAX_S, max(0.0, reform_s))
     return new_s < ratio * current_s and remaining_steps * (current_s - new_s) - cost >= gain
+
+
+def held_gain(
+    since: tuple[int, float] | None, generation: int, now: float, persist_s: float = SHARE_PERSIST_S
+) -> tuple[tuple[int, float], bool]:
+    """A check at ``now`` predicts a same-group improvement of the plan of ``generation``:
+    (what the runtime keeps, whether every check has predicted it for ``persist_s``).
+    ``since``: what it kept from the check before, None when that check predicted none."""
+    kept = since if since is not None and since[0] == generation else (generation, now)
+    return kept, now - kept[1] >= persist_s
 
 
 def cap_rises(

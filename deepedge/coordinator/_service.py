@@ -664,6 +664,7 @@ class Coordinator:
             return
         now = self.clock.monotonic()
         rt.planned_at = now  # checked: look again after the cool-down
+        since, rt.improving = rt.improving, None  # kept below only while this check predicts it too
         learned = [self.learning.get(a.node) for a in plan.assignments]
         if any(n is None or n.throughput.observations < 2 for n in learned):
             return
@@ -696,7 +697,14 @@ class Coordinator:
         keeps = continues_group(plan, decision, self.view, job.job)
         predicts = f"{decision.step_s * 1000:.0f} ms per step instead of {current * 1000:.0f} ms"
         if policy.should_improve(left, current, decision.step_s, keeps, reform_s=decision.startup_s):
-            what = "learned rates and links predict " + predicts + (" (same group: no re-form)" if keeps else "")
+            kept_s = ""
+            if keeps:  # published once every check for SHARE_PERSIST_S predicts it (a noisy rate's swing does not)
+                kept, held = policy.held_gain(since, plan.generation, now)
+                if not held:
+                    rt.improving = kept
+                    return
+                kept_s = f" (same group: no re-form; predicted at every check for {now - kept[1]:.1f} s)"
+            what = f"learned rates and links predict {predicts}{kept_s}"
             await self.emit("plan.improving", what, job=job.job)
             await self.replan(job, decision)
             return
