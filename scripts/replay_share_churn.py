@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -106,6 +107,14 @@ def replay(steps: Steps, persist_s: float, total_steps: int = 288) -> tuple[int,
     return published, realized, oracle
 
 
+def step_noise(rows: list[tuple[float, int, int, float]]) -> float:
+    """The standard deviation of a node's log rate per step against the median of the 9 steps
+    around it: how much one step's rate (what a heartbeat carries) moves."""
+    logs = [math.log(share / busy) for _, _, share, busy in rows]
+    devs = [x - statistics.median(logs[max(0, i - 4) : i + 5]) for i, x in enumerate(logs)]
+    return statistics.pstdev(devs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", type=Path, help="demo_runs.sh output directories, or a --save file")
@@ -138,6 +147,14 @@ def main() -> None:
         f"{policy.SHARE_PERSIST_S:g} s those runs: median "
         f"{statistics.median(results[policy.SHARE_PERSIST_S][3][i] for i in churn) if churn else 0}"
     )
+    noise = [[step_noise(rows) for rows in r["steps"].values() if len(rows) >= 100] for r in runs.values()]
+    for label, pick in (("5 or more", lambda n: n >= 5), ("none", lambda n: n == 0)):
+        sds = [sd for sds_, n in zip(noise, zero, strict=True) if pick(n) for sd in sds_]
+        if sds:
+            print(
+                f"one step's rate, runs with {label} share-only plans at 0 s: log sd "
+                f"{min(sds):.3f}-{max(sds):.3f} (median {statistics.median(sds):.3f}) over {len(sds)} training boards"
+            )
     if args.out:
         args.out.write_text(
             json.dumps(

@@ -110,8 +110,8 @@ SHARE_RATIO = 0.92
 SHARE_MIN_GAIN_S = 0.5
 REPLAN_COOLDOWN_S = 1.0
 # A plan that keeps the group is published once every check for SHARE_PERSIST_S has predicted its
-# gain, not at the first: on a board whose CPU is contended the rate of one step moves 10-37 %
-# (log sd; 2-4 % on a calm one), the learned rate moves more than the 8 % asked, and shares swung
+# gain, not at the first: on a board whose CPU is contended the rate of one step moves by 12 %
+# (log sd, median; up to 37 %; 2 % on a calm one), the learned rate more than the 8 % asked, and shares swung
 # back and forth (13 improvements in 107 s, run 6 of the demo series of 2026-12-06). Replayed on
 # the steps of 43 stored demo runs (scripts/replay_share_churn.py), 2 s cut such plans by two
 # thirds (194 -> 65) for steps 0.5 % longer in all (docs/coordinator.md). A re-forming
