@@ -3,6 +3,7 @@
 # at random) so that the boards' rates swing; alternating, PAIRS of each. Made for the share-only
 # persistence (SHARE_PERSIST_S): before bd1a59b, after 0150627. Not a CI test (~2.5 min a run).
 #   bash scripts/ab_share_persist.sh [PAIRS] [BEFORE] [AFTER]
+# LOAD_WORKERS=2 runs two stress-ng workers (both vCPUs here) instead of one.
 # Each arm runs from its own clone (python -m imports the clone's code: run it from there).
 set -uo pipefail
 pairs="${1:-6}"
@@ -15,13 +16,14 @@ for arm in before after; do
   git clone -q "$repo" "$work/$arm" && git -C "$work/$arm" checkout -q "${!arm}" || exit 1
 done
 out="$work/out"; mkdir -p "$out"
-load() { while true; do stress-ng --cpu 1 --timeout $((RANDOM % 4 + 1))s >/dev/null 2>&1; sleep $((RANDOM % 4 + 1)); done; }
+workers="${LOAD_WORKERS:-1}"
+load() { while true; do stress-ng --cpu "$workers" --timeout $((RANDOM % 4 + 1))s >/dev/null 2>&1; sleep $((RANDOM % 4 + 1)); done; }
 for i in $(seq 1 "$pairs"); do
   for arm in before after; do
     load & lp=$!
     (cd "$work/$arm" && "$py" -m deepedge.cli demo --workdir "$out/$arm$i" --json-out "$out/$arm$i.json" > "$out/$arm$i.log" 2>&1)
     rc=$?
-    kill "$lp"; pkill -f "stress-ng --cpu 1 --timeout"; wait "$lp" 2>/dev/null
+    kill "$lp"; pkill -f "stress-ng --cpu $workers --timeout"; wait "$lp" 2>/dev/null
     same=$(grep '"plan.improving"' "$out/$arm$i/logs/coordinator.log" 2>/dev/null | grep -c "same group")
     "$py" - "$out/$arm$i.json" "$arm$i" "$rc" "$same" <<'PY'
 import json, sys
