@@ -21,6 +21,7 @@ apps (a feedback the replay cannot see); caps and the all-reduce.
 from __future__ import annotations
 
 import argparse
+import bisect
 import gzip
 import json
 import math
@@ -60,7 +61,13 @@ def load_runs(paths: list[Path]) -> dict[str, dict]:
     return runs
 
 
-def replay(steps: Steps, persist_s: float, total_steps: int = 288) -> tuple[int, float, float]:
+def proportional(rates: dict[str, float]) -> dict[str, float]:
+    """Shares in proportion to the rates (the planner's optimum for compute alone)."""
+    total = sum(rates.values())
+    return {n: r / total for n, r in rates.items()}
+
+
+def replay(steps: Steps, persist_s: float) -> tuple[int, float, float]:
     """(share-only plans published, the plan in effect's step seconds summed over the heartbeats,
     the oracle's)."""
     steps = {n: rows for n, rows in steps.items() if len(rows) >= 20}
@@ -71,7 +78,8 @@ def replay(steps: Steps, persist_s: float, total_steps: int = 288) -> tuple[int,
     for rows in steps.values():
         for _, k, share, _ in rows:
             by_step[k] = by_step.get(k, 0) + share
-    batch = statistics.median(by_step.values())  # the global batch
+    batch, total_steps = statistics.median(by_step.values()), max(by_step) + 1  # the global batch, the job's steps
+    times = {n: [r[0] for r in rows] for n, rows in steps.items()}
     models: dict[str, ThroughputModel] = {}
     shares: dict[str, float] | None = None
     checked, improving, published, realized, oracle = -1e9, None, 0, 0.0, 0.0
@@ -79,11 +87,11 @@ def replay(steps: Steps, persist_s: float, total_steps: int = 288) -> tuple[int,
     while t < t1 - TRUE_WINDOW_S:
         step = 0
         for node, rows in steps.items():
-            past = [r for r in rows if r[0] <= t]
-            if not past or t - past[-1][0] > 1.0:  # not training now
+            last = bisect.bisect_right(times[node], t) - 1  # its last step by t
+            if last < 0 or t - rows[last][0] > 1.0:  # not training now
                 models.pop(node, None)
                 continue
-            _, step_now, share, busy = past[-1]
+            _, step_now, share, busy = rows[last]
             step = max(step, step_now)
             models.setdefault(node, ThroughputModel(prior=share / busy)).observe(share / busy, 1.0)
         rates = {n: m.rate for n, m in models.items() if m.observations >= 2}
@@ -99,10 +107,10 @@ def replay(steps: Steps, persist_s: float, total_steps: int = 288) -> tuple[int,
                 if policy.should_improve(total_steps - step, current * batch, new * batch, same_group=True):
                     improving, held = policy.held_gain(since, 0, t, persist_s)
                     if held:
-                        shares, improving = {n: r / sum(rates.values()) for n, r in rates.items()}, None
+                        shares, improving = proportional(rates), None
                         published += 1
         elif len(rates) >= 2:  # a new group: planned on what is known
-            shares, improving = {n: r / sum(rates.values()) for n, r in rates.items()}, None
+            shares, improving = proportional(rates), None
         t += HEARTBEAT_S
     return published, realized, oracle
 
