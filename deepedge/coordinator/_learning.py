@@ -210,7 +210,9 @@ class InterferenceModel:
         if anchor.widen > 0:
             judged, over = self.calibrated
             live += f", interval x{math.exp(anchor.widen):.2f} wider ({over} of {judged} reports were over it)"
-        basis = f"{table.kind} model at {rate:.1f} req/s, {cpu:.2f} background cores, {live}"
+        season = self.rates.season
+        seasonal = f" (read from its last periods of {season * self.rates.step_s:g} s)" if season else ""
+        basis = f"{table.kind} model at {rate:.1f} req/s{seasonal}, {cpu:.2f} background cores, {live}"
         span = curve[-1] - curve[0]
         return LcAppModel(app, deadline_ms, curve[0], span, curve=tuple(curve), margin=PLAN_HEADROOM, basis=basis)
 

@@ -1,39 +1,56 @@
 """Barista-style forecast of an LC app's request rate: from its reported history, the rate an
-upper quantile of the coming horizon may reach, with statsmodels' exponential smoothing (Holt's
-damped additive trend; a seasonal term once two seasons of history exist). Caps are set for
-that rate, and the coordinator re-plans before the forecast crosses the rate at which the
-current cap stops being safe. statsmodels loads on the first forecast, not with the module; the
-coordinator service loads it at its start (:func:`warm_up`), so that its first forecast job does
-not spend a second of CPU importing it on the event loop while the job's workers start.
+upper quantile of the coming horizon may reach. Caps are set for that rate, and the coordinator
+re-plans before the forecast crosses the rate at which the current cap stops being safe.
 
-What the planner is given (:meth:`RateForecast.planning`) is that forecast made steady, as
-measured on request-rate traces (``deepedge bench forecast``, docs/benchmarks/forecast.md): a
-trend's extrapolation is believed at most ENVELOPE_FACTOR above the highest rate of the last
-ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak) and at most TREND_MARGIN
-above the higher of that highest rate and the point forecast's peak over the horizon, the point
-forecast counting only while the rate rises to new highs (RISING_BUCKETS rises in a row, the last
-the highest; a steady load's report noise alone held the upper quantile at the envelope, 1.25x),
-and the rate falls only
-after STABILIZE_S below what was planned (Kubernetes' HPA scale-down stabilization window): the
-raw forecast moved by 10 % or more from one second to the next 74 times in 150 s of a 30 s
-diurnal cycle, and every such move was a re-plan that took capacity from the LC app or gave it
-back."""
+Two forecasts, chosen per refit (:meth:`RateForecast.planning`):
+
+- **seasonal**, where the history repeats: its period is found by autocorrelation
+  (:func:`detect_season`: the first local maximum of at least SEASON_ACF, with two periods of
+  history), and the coming horizon's peak is read from the same stretch of the last
+  SEASONS_KEPT periods, times the q-quantile of how far that reading fell short over the last two
+  periods (a conformal margin, :func:`seasonal_upper`). It falls back to the trend when the last
+  horizon broke that margin (the load left its pattern). Until 2026-12-06 the history's season
+  was never given to the model: a diurnal load was planned for as a trend, held at its peak
+  through its troughs (docs/benchmarks/forecast.md).
+- **trend** otherwise, with statsmodels' exponential smoothing (Holt's damped additive trend),
+  made steady (:meth:`RateForecast.steady`), as measured on request-rate traces (``deepedge
+  bench forecast``): its extrapolation is believed at most ENVELOPE_FACTOR above the highest rate
+  of the last ENVELOPE_S (a ramp on a 30 s cycle was extrapolated to 1.75x its peak) and at most
+  TREND_MARGIN above the higher of that highest rate and the point forecast's peak over the
+  horizon, the point forecast counting only while the rate rises to new highs (RISING_BUCKETS
+  rises in a row, the last the highest; a steady load's report noise alone held the upper
+  quantile at the envelope, 1.25x), and the rate falls only after STABILIZE_S below what was
+  planned (Kubernetes' HPA scale-down stabilization window): the raw forecast moved by 10 % or
+  more from one second to the next 74 times in 150 s of a 30 s diurnal cycle, and every such
+  move was a re-plan that took capacity from the LC app or gave it back.
+
+statsmodels loads on the first trend forecast, not with the module; the coordinator service loads
+it at its start (:func:`warm_up`), so that its first forecast job does not spend a second of CPU
+importing it on the event loop while the job's workers start."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from deepedge.profiling._table import conformal_quantile
 
 __all__ = [
     "ENVELOPE_FACTOR",
     "ENVELOPE_S",
+    "SEASONS_KEPT",
+    "SEASON_ACF",
+    "SEASON_MIN_S",
     "STABILIZE_S",
     "TREND_MARGIN",
     "RateForecast",
+    "detect_season",
     "forecast_bounds",
     "forecast_upper",
+    "seasonal_upper",
     "warm_up",
 ]
 
@@ -46,6 +63,13 @@ TREND_MARGIN = 1.05
 RISING_BUCKETS = 3  # "rising to new highs": the last rate is the highest, after this many rises in a row
 STABILIZE_S = 30.0  # the planning rate falls only after this long below what was planned
 MAX_RATE = 1e6  # requests/s: a higher reported rate is clamped (a report is a node's word)
+# Seasons (docs/benchmarks/forecast.md): a period is looked for from SEASON_MIN_S up to half the
+# history (two periods of it), as the first lag whose autocorrelation is a local maximum of at
+# least SEASON_ACF (a step or a steady rate has none: its autocorrelation only falls, or is noise)
+SEASON_MIN_S = 8.0
+SEASON_ACF = 0.5
+SEASONS_KEPT = 2  # the coming horizon is read from the same stretch of this many past periods
+SEASON_MIN_RESIDUALS = 5  # past readings its margin is the quantile of (fewer: the trend is used)
 
 
 def forecast_upper(
@@ -92,6 +116,66 @@ def forecast_bounds(
     return upper, (min(point, upper) if math.isfinite(point) else upper)
 
 
+def detect_season(history: Sequence[float], min_lag: int) -> int | None:
+    """The history's period in steps: the first lag from ``min_lag`` up to half the history at
+    which its autocorrelation is a local maximum of at least SEASON_ACF; None where there is
+    none (a step, a steady rate, noise) or the history is too short for two periods."""
+    import numpy as np
+
+    y = np.asarray(history, dtype=float)
+    n = len(y)
+    min_lag = max(1, min_lag)
+    if n < 2 * (min_lag + 1):
+        return None
+    y = y - y.mean()
+    energy = float(y @ y)
+    if not (math.isfinite(energy) and energy > 1e-9 * n):
+        return None
+    acf = [1.0] + [float(y[:-k] @ y[k:]) / energy for k in range(1, n // 2 + 1)]  # acf[k]: lag k
+    for k in range(min_lag, n // 2):
+        if acf[k] >= SEASON_ACF and acf[k] >= acf[k - 1] and acf[k] >= acf[k + 1]:
+            return k
+    return None
+
+
+def _seasonal_reading(history: Sequence[float], at: int, period: int, horizon: int) -> float | None:
+    """The highest rate of the ``horizon`` steps from step ``at`` as the last SEASONS_KEPT
+    periods had them (only steps before ``at``); None without one period of history before it."""
+    seen = []
+    for j in range(1, SEASONS_KEPT + 1):
+        start = at - j * period
+        if start < 0:
+            break
+        window = history[start : min(start + horizon, at)]
+        if window:
+            seen.append(max(window))
+    return max(seen) if seen else None
+
+
+def seasonal_upper(history: Sequence[float], period: int, horizon: int, q: float = 0.95) -> float | None:
+    """The q-upper bound of the highest rate over the next ``horizon`` steps of a history with
+    this ``period``: :func:`_seasonal_reading` times the q-quantile (conformal, at least 1) of
+    actual / read over the last two periods' horizons. None with fewer than
+    SEASON_MIN_RESIDUALS such readings, or when the last whole horizon broke the margin (the
+    load left its pattern: the trend's forecast is then the safer one)."""
+    n = len(history)
+    reading = _seasonal_reading(history, n, period, horizon)
+    if reading is None or not reading > 0:
+        return None
+    ratios = []
+    for m in range(max(period, n - 2 * period), n - horizon + 1):
+        past = _seasonal_reading(history, m, period, horizon)
+        if past is not None and past > 0:
+            ratios.append(max(history[m : m + horizon]) / past)
+    if len(ratios) < SEASON_MIN_RESIDUALS:
+        return None
+    margin = max(1.0, conformal_quantile(ratios, q))
+    if ratios[-1] > margin:  # (never true while the quantile is the sample's maximum)
+        return None
+    upper = reading * margin
+    return upper if math.isfinite(upper) else None
+
+
 def warm_up() -> float:
     """Import statsmodels and fit once (a short synthetic series), so that the first real
     forecast costs what every later one does (~15 ms, against ~1 s of CPU for the first, measured
@@ -108,10 +192,11 @@ class RateForecast:
     """One app's request-rate history in ``step_s`` buckets (a bounded deque)."""
 
     step_s: float = 1.0
-    season_s: float | None = None
+    season_s: float | None = None  # the load's period where it is known; None: found in the history
     maxlen: int = 600
     buckets: deque[tuple[int, float, int]] = field(default_factory=deque)  # (bucket, sum, n)
     planned: deque[tuple[float, float]] = field(default_factory=deque)  # (time, bounded forecast)
+    season: int | None = None  # the period (steps) the last planning rate was read with; None: the trend
 
     def observe(self, t: float, rate: float) -> None:
         if not (math.isfinite(rate) and rate >= 0 and math.isfinite(t)):
@@ -143,12 +228,29 @@ class RateForecast:
         h = self.history()
         if not h:
             return None
-        season = round(self.season_s / self.step_s) if self.season_s else None
-        return forecast_bounds(h, max(1, round(horizon_s / self.step_s)), q, season)
+        return forecast_bounds(h, max(1, round(horizon_s / self.step_s)), q)
+
+    def period(self) -> int | None:
+        """The history's period in steps: ``season_s`` where given, else :func:`detect_season`."""
+        if self.season_s:
+            return max(1, round(self.season_s / self.step_s))
+        return detect_season(self.history(), math.ceil(SEASON_MIN_S / self.step_s))
 
     def planning(self, now: float, horizon_s: float, q: float = 0.95) -> float | None:
-        """The rate caps are planned for: :meth:`upper` made steady (:meth:`steady`), its
-        point forecast's peak bounding it. None without history."""
+        """The rate caps are planned for, at least the last rate: where the history repeats, its
+        :func:`seasonal_upper` (``season`` says the period); otherwise :meth:`upper` made steady
+        (:meth:`steady`), its point forecast's peak bounding it. None without history."""
+        h = self.history()
+        if not h:
+            return None
+        horizon = max(1, round(horizon_s / self.step_s))
+        period = self.period()
+        upper = seasonal_upper(h, period, horizon, q) if period else None
+        if upper is not None:
+            self.season = period
+            self.planned.clear()  # the trend's hold starts again if the season is lost
+            return max(h[-1], upper)
+        self.season = None
         bounds = self.bounds(horizon_s, q)
         return None if bounds is None else self.steady(now, *bounds)
 

@@ -1,0 +1,97 @@
+"""The request-rate forecast's seasons (deepedge.profiling._forecast): a period is found only
+where the load repeats, the coming horizon is read from the last periods with a conformal
+margin, and a load that leaves its pattern goes back to the trend's forecast."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from deepedge.bench._forecast import ON_SEASON, PLANNED, TREND_ONLY, arrivals, reports, run_forecast_bench
+from deepedge.coordinator._learning import InterferenceModel
+from deepedge.demo.lc_app import Trace
+from deepedge.profiling import CapTable
+from deepedge.profiling._forecast import SEASON_MIN_S, RateForecast, detect_season, seasonal_upper
+
+
+def _noisy(values: list[float], seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [v * (1 + rng.gauss(0, 0.05)) for v in values]
+
+
+def test_a_season_is_found_where_the_load_repeats_and_nowhere_else() -> None:
+    lag = math.ceil(SEASON_MIN_S)
+    for period in (12, 30, 120):
+        cycle = _noisy([25 + 15 * math.sin(2 * math.pi * t / period) for t in range(max(300, 3 * period))])
+        found = detect_season(cycle, lag)
+        assert found is not None and abs(found - period) <= max(1, period // 20), (period, found)
+        assert detect_season(cycle[: 2 * period - 2], lag) is None  # under two periods of history
+    step = _noisy([20.0] * 60 + [40.0] * 240)
+    steady = _noisy([25.0] * 300)
+    assert detect_season(step, lag) is None  # its autocorrelation only falls
+    assert detect_season(steady, lag) is None  # noise
+    assert detect_season([25.0] * 300, lag) is None  # flat
+    assert detect_season([], lag) is None
+
+
+def test_the_seasonal_reading_covers_the_coming_peak_with_its_margin() -> None:
+    period, horizon = 30, 10
+    history = _noisy([25 + 15 * math.sin(2 * math.pi * t / period) for t in range(150)], seed=1)
+    upper = seasonal_upper(history, period, horizon, 0.95)
+    assert upper is not None
+    coming = [25 + 15 * math.sin(2 * math.pi * t / period) for t in range(150, 150 + horizon)]
+    assert max(coming) <= upper <= 1.25 * max(coming)  # the coming peak, by the noise's margin
+    assert seasonal_upper(history[:35], period, horizon, 0.95) is None  # too few past readings
+
+
+def test_the_planned_rate_reads_a_season_for_less_over_the_peak_than_the_held_trend() -> None:
+    """``deepedge bench forecast`` on the 30 s diurnal cycle: after two periods the rate is read
+    from the season (the planned rate moves with the load instead of holding its peak through
+    the troughs), for less over the coming peak at about the same coverage; a step is no season."""
+    rows = run_forecast_bench(traces=(("diurnal:10,40,30", 180.0), ("step:20,40,12", 90.0)))
+    by = {(r.trace, r.choice): r for r in rows}
+    assert (by[("diurnal:10,40,30", PLANNED)].seasonal or 0) >= 90  # all but the first two periods
+    new, old = by[("diurnal:10,40,30", PLANNED + ON_SEASON)], by[("diurnal:10,40,30", TREND_ONLY + ON_SEASON)]
+    assert new.points >= 90 and new.points == old.points
+    assert new.mean_ratio < 0.85 * old.mean_ratio  # the trend held the peak through the troughs
+    assert new.covered >= old.covered - 0.06
+    assert new.max_ratio < old.max_ratio
+    step_new, step_old = by[("step:20,40,12", PLANNED)], by[("step:20,40,12", TREND_ONLY)]
+    assert step_new.seasonal == 0 and step_new.mean_ratio == pytest.approx(step_old.mean_ratio)
+    assert ("step:20,40,12", PLANNED + ON_SEASON) not in by
+
+
+def test_a_load_that_leaves_its_season_goes_back_to_the_trend() -> None:
+    """The season is still found, but the last horizon was the worst surprise of two periods:
+    the trend's forecast plans (held, at least the last rate), and the season comes back."""
+    period, horizon = 30, 10
+    cycle = _noisy([25 + 15 * math.sin(2 * math.pi * t / period) for t in range(150)], seed=4)
+    assert seasonal_upper([*cycle, 25.0], period, horizon) is not None  # the next step, as the pattern has it
+    spiked = [*cycle, 80.0]  # twice the season's peak, one step
+    assert detect_season(spiked, math.ceil(SEASON_MIN_S)) == detect_season(cycle, math.ceil(SEASON_MIN_S))
+    assert seasonal_upper(spiked, period, horizon) is None
+    f = RateForecast(step_s=1.0)
+    for t, rate in enumerate(cycle):
+        f.observe(float(t), rate)
+    before = f.planning(149.0, 10.0)
+    assert f.season is not None and abs(f.season - period) <= 1 and before is not None and before < 50.0
+    f.observe(150.0, 80.0)
+    after = f.planning(150.0, 10.0)
+    assert f.season is None and after is not None and after >= 80.0
+    for t in range(151, 151 + 2 * period):  # the pattern again: the season returns
+        f.observe(float(t), 25 + 15 * math.sin(2 * math.pi * t / period))
+    f.planning(151.0 + 2 * period, 10.0)
+    assert f.season is not None
+
+
+def test_the_planners_basis_says_the_rate_was_read_from_a_season() -> None:
+    table = CapTable("det", "test", 0.95, (0.0, 1.0), (10.0, 40.0), (0.0, 1.0), (14.0,) * 8, (10.0,) * 8)
+    im = InterferenceModel()
+    for t, rate in reports(arrivals(Trace.parse("diurnal:10,40,30"), 120.0, random.Random(3)), 120.0):
+        im.observe_load(t, rate)
+    rate = im.planning_rate(im.rates.last or 0.0, 120.0)
+    model = im.surrogate_model("det", 30.0, table, rate, 0.0)
+    assert im.rates.season is not None
+    assert f"read from its last periods of {im.rates.season:g} s" in model.basis
