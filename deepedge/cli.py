@@ -878,6 +878,16 @@ def bench_makespan(
             "(the share missed with no job; 0: not measured).",
         ),
     ] = 40.0,
+    trace_lead: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=600.0,
+            help="--scenarios: the step and diurnal traces start this long before each submission, so the "
+            "coordinator's request-rate history already holds them (two periods: a season it can find; 0: the "
+            "traces start at the submission).",
+        ),
+    ] = 0.0,
     cold_preflight: Annotated[
         bool,
         typer.Option(
@@ -919,19 +929,27 @@ def bench_makespan(
             profile_seconds,
             alone_seconds,
             checked_before=not cold_preflight,
+            trace_lead_s=trace_lead,
         )
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
             f"--tight-factor {tight_factor:g} --trace-factor {trace_factor:g} --nodes {nodes} "
             f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g} --alone-seconds {alone_seconds:g}"
             + (" --cold-preflight" if cold_preflight else "")
+            + (f" --trace-lead {trace_lead:g}" if trace_lead > 0 else "")
         )
         _write_bench(
             out,
             "lc-scenarios",
             "LC deadlines: deepedge vs naive splits and today's controller",
             lc_markdown(
-                lc_rows, command, tight_factor, trace_factor, (profile_runs, profile_seconds), not cold_preflight
+                lc_rows,
+                command,
+                tight_factor,
+                trace_factor,
+                (profile_runs, profile_seconds),
+                not cold_preflight,
+                trace_lead,
             ),
         )
         if timeline is not None:

@@ -274,6 +274,7 @@ def run_lc_scenarios(
     progress: bool = True,
     workdir: Path | None = None,
     checked_before: bool = True,
+    trace_lead_s: float = 0.0,
 ) -> list[LcRow]:
     """Each scenario on a fresh cluster (what the LC feedback taught in one run must not carry
     into the next), deepedge first; the knowledge base profiled once, on the first cluster, and
@@ -282,9 +283,11 @@ def run_lc_scenarios(
     ``checked_before``: every board checks each job once before its alone period, so that every
     controller's job meets the boards' pre-flight cache alike (a retraining these boards ran
     before); without it the first job of each cluster pays the check's torch part and the next
-    ones do not. Every job decodes its images: the boards' decoded-dataset caches are emptied
-    before each (until 2026-12-04 the first job of a cluster, deepedge's, decoded them and the
-    next ones loaded what it kept: a start that cost only the first controller)."""
+    ones do not. ``trace_lead_s``: the traces start this long before each submission (the apps'
+    request-rate history holds them when the job is planned). Every job decodes its images: the
+    boards' decoded-dataset caches are emptied before each (until 2026-12-04 the first job of a
+    cluster, deepedge's, decoded them and the next ones loaded what it kept: a start that cost
+    only the first controller)."""
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []
@@ -305,6 +308,7 @@ def run_lc_scenarios(
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, lc_control=control)
                 opts.deadline_factor, opts.lc_trace, opts.alone_s = trace_factor, trace, alone_s
                 opts.checked_before, opts.calibrate_windows = checked_before, CALIBRATE_WINDOWS
+                opts.trace_lead_s = trace_lead_s
                 runs.setdefault(scenario, []).append((name, opts))
     t0 = time.monotonic()
     kb: Path | None = None
@@ -400,7 +404,9 @@ def lc_markdown(
     trace_factor: float,
     profile: tuple[int, float] = (40, 2.5),
     checked_before: bool = True,
+    trace_lead_s: float = 0.0,
 ) -> str:
+    since = f"from {trace_lead_s:g} s before the submission" if trace_lead_s > 0 else "from submission"
     rate_max = profile_rate_max(tuple(TRACES[s] for s in {r.scenario for r in rows} if s in TRACES))
     lines = [
         f"Command: `{command}`. Machine: {platform.machine()}, Python {platform.python_version()}; the demo's "
@@ -409,7 +415,7 @@ def lc_markdown(
         f"Deadlines (from each app's p95 alone, the median of {CALIBRATE_WINDOWS} disjoint 5 s windows): "
         f"{tight_factor:g}x that in "
         f"`tight`, {trace_factor:g}x under the traces, alone at the trace's peak rate (`step` = `{STEP}`, "
-        f"`diurnal` = `{DIURNAL}`: req/s, from submission). The LC boards were profiled for interference into "
+        f"`diurnal` = `{DIURNAL}`: req/s, {since}). The LC boards were profiled for interference into "
         "the coordinator's knowledge base first "
         f"({profile[0]} runs of {profile[1]:g} s per app at 10-{rate_max:g} req/s, through their daemons). "
         + (

@@ -66,6 +66,9 @@ class DemoOptions:
     learning_rate: float = 0.05
     lc_control: str = "forecast"  # the job's lc_control: forecast | reactive | unaware
     lc_trace: str | None = None  # the LC apps' request rate from submission: constant:R | step:.. | diurnal:..
+    # the job's trace starts this long before the submission, so the apps' request-rate history
+    # already holds it when the job is planned (a season the forecast can find: two periods)
+    trace_lead_s: float = 0.0
     # before submitting, the LC apps alone this long under the same trace and deadlines, their
     # reports counted apart (JobRun.alone): the share missed with no job at all (benches)
     alone_s: float = 0.0
@@ -342,10 +345,13 @@ async def run_cluster_job(
                         await asyncio.sleep(cluster.latency_window_s)
                     tell(f"the LC apps alone ({opts.alone_s:g} s, the job's trace and deadlines): the floor of misses")
                     run.alone = await apps_alone(cluster, watch, opts)
+                trace = asyncio.create_task(follow_trace(cluster, opts.lc_trace)) if opts.lc_trace else None
+                if trace is not None and opts.trace_lead_s > 0:
+                    tell(f"the LC apps follow the job's trace for {opts.trace_lead_s:g} s before its submission")
+                    await asyncio.sleep(opts.trace_lead_s)
                 tell("submitting the job")
                 watch.counting_lc = True
                 run.submitted_ts = time.time()
-                trace = asyncio.create_task(follow_trace(cluster, opts.lc_trace)) if opts.lc_trace else None
                 # (the coordinator asks every board for its pre-flight first)
                 reply = await rpc.request(topics.coordinator_command("submit"), spec, timeout_s=60)
                 if not reply.ok:
