@@ -95,3 +95,13 @@ def test_the_planners_basis_says_the_rate_was_read_from_a_season() -> None:
     model = im.surrogate_model("det", 30.0, table, rate, 0.0)
     assert im.rates.season is not None
     assert f"read from its last periods of {im.rates.season:g} s" in model.basis
+
+
+def test_a_load_that_begins_to_repeat_lately_is_found_after_two_periods() -> None:
+    """Ten minutes of a steady rate with noise, then a 30 s cycle: the season is found from the
+    recent history once two periods of it are there, not when they outweigh the steady past."""
+    lag = math.ceil(SEASON_MIN_S)
+    steady = _noisy([30.0] * 540, seed=5)
+    cycle = _noisy([25 + 15 * math.sin(2 * math.pi * t / 30) for t in range(70)], seed=6)
+    assert detect_season((steady + cycle)[-600:], lag) == pytest.approx(30, abs=1)
+    assert detect_season((steady + cycle[:50])[-600:], lag) is None  # under two periods

@@ -44,6 +44,7 @@ __all__ = [
     "SEASONS_KEPT",
     "SEASON_ACF",
     "SEASON_MIN_S",
+    "SEASON_WINDOWS",
     "STABILIZE_S",
     "TREND_MARGIN",
     "RateForecast",
@@ -68,6 +69,8 @@ MAX_RATE = 1e6  # requests/s: a higher reported rate is clamped (a report is a n
 # least SEASON_ACF (a step or a steady rate has none: its autocorrelation only falls, or is noise)
 SEASON_MIN_S = 8.0
 SEASON_ACF = 0.5
+# the recent windows a period is looked for in first, in SEASON_MIN_S steps (8 s: 64, 128, 256 s)
+SEASON_WINDOWS = (8, 16, 32)
 SEASONS_KEPT = 2  # the coming horizon is read from the same stretch of this many past periods
 SEASON_MIN_RESIDUALS = 5  # past readings its margin is the quantile of (fewer: the trend is used)
 
@@ -117,25 +120,65 @@ def forecast_bounds(
 
 
 def detect_season(history: Sequence[float], min_lag: int) -> int | None:
-    """The history's period in steps: the first lag from ``min_lag`` up to half the history at
-    which its autocorrelation is a local maximum of at least SEASON_ACF; None where there is
-    none (a step, a steady rate, noise) or the history is too short for two periods."""
+    """The recent history's period in steps: the first found by :func:`_season_in` in its last
+    SEASON_WINDOWS x ``min_lag`` steps (each window twice the last, the whole history last), then
+    made exact over the wider windows as far back as the pattern holds (:func:`_lag_near`). The
+    shortest window that holds two periods finds them: over the whole history a load that began
+    to repeat only lately (after a steady rate, a step or profiling) was found a minute or more
+    after its second period (the LC scenarios bench, 2026-12-06); a short window alone put a 30 s
+    period at 29 s."""
+    n = len(history)
+    windows = [f * max(1, min_lag) for f in SEASON_WINDOWS if f * max(1, min_lag) < n] + [n]
+    for i, window in enumerate(windows):
+        found = _season_in(history[-window:], min_lag)
+        if found is None:
+            continue
+        for wider in windows[i + 1 :]:
+            exact = _lag_near(history[-wider:], found)
+            if exact is None:
+                break
+            found = exact
+        return found
+    return None
+
+
+def _acf(history: Sequence[float], lags: range) -> dict[int, float] | None:
+    """The autocorrelation of ``history`` at ``lags`` (each under its length); None for a flat one."""
     import numpy as np
 
     y = np.asarray(history, dtype=float)
-    n = len(y)
+    y = y - y.mean()
+    energy = float(y @ y)
+    if not (math.isfinite(energy) and energy > 1e-9 * max(1, len(y))):
+        return None
+    return {k: (1.0 if k == 0 else float(y[:-k] @ y[k:]) / energy) for k in lags if 0 <= k < len(y)}
+
+
+def _season_in(history: Sequence[float], min_lag: int) -> int | None:
+    """The first lag from ``min_lag`` up to half the history at which its autocorrelation is a
+    local maximum of at least SEASON_ACF; None where there is none (a step, a steady rate, noise)
+    or the history is too short for two periods."""
+    n = len(history)
     min_lag = max(1, min_lag)
     if n < 2 * (min_lag + 1):
         return None
-    y = y - y.mean()
-    energy = float(y @ y)
-    if not (math.isfinite(energy) and energy > 1e-9 * n):
+    acf = _acf(history, range(min_lag - 1, n // 2 + 1))
+    if acf is None:
         return None
-    acf = [1.0] + [float(y[:-k] @ y[k:]) / energy for k in range(1, n // 2 + 1)]  # acf[k]: lag k
     for k in range(min_lag, n // 2):
         if acf[k] >= SEASON_ACF and acf[k] >= acf[k - 1] and acf[k] >= acf[k + 1]:
             return k
     return None
+
+
+def _lag_near(history: Sequence[float], lag: int, reach: int = 2) -> int | None:
+    """The lag within ``reach`` of ``lag`` with the highest autocorrelation over ``history``,
+    where that is at least SEASON_ACF (the pattern holds that far back); None otherwise."""
+    acf = _acf(history, range(max(1, lag - reach), min(len(history) // 2, lag + reach) + 1))
+    if not acf:
+        return None
+    best = max(acf, key=lambda k: acf[k])
+    return best if acf[best] >= SEASON_ACF else None
 
 
 def _seasonal_reading(history: Sequence[float], at: int, period: int, horizon: int) -> float | None:
