@@ -13,7 +13,7 @@ from deepedge.bench._forecast import ON_SEASON, PLANNED, TREND_ONLY, arrivals, r
 from deepedge.coordinator._learning import InterferenceModel
 from deepedge.demo.lc_app import Trace
 from deepedge.profiling import CapTable
-from deepedge.profiling._forecast import SEASON_MIN_S, RateForecast, detect_season, seasonal_upper
+from deepedge.profiling._forecast import ENVELOPE_FACTOR, SEASON_MIN_S, RateForecast, detect_season, seasonal_upper
 
 
 def _noisy(values: list[float], seed: int = 0) -> list[float]:
@@ -105,3 +105,20 @@ def test_a_load_that_begins_to_repeat_lately_is_found_after_two_periods() -> Non
     cycle = _noisy([25 + 15 * math.sin(2 * math.pi * t / 30) for t in range(70)], seed=6)
     assert detect_season((steady + cycle)[-600:], lag) == pytest.approx(30, abs=1)
     assert detect_season((steady + cycle[:50])[-600:], lag) is None  # under two periods
+
+
+def test_a_season_just_begun_is_planned_for_at_most_the_envelope() -> None:
+    """Five minutes of a steady 20 req/s, then 70 s of the 30 s cycle (the LC bench's lead):
+    the readings from the steady past are far under what came, which widened the margin to
+    plan for 75.7 req/s for a cycle of 10-40 (the LC bench, 2026-12-06); the seasonal forecast
+    is believed at most ENVELOPE_FACTOR x the highest rate of its last two periods, as the
+    trend's is."""
+    f = RateForecast(step_s=1.0)
+    steady = reports(arrivals(Trace.parse("constant:20"), 300.0, random.Random(7)), 300.0)
+    cycle = reports(arrivals(Trace.parse("diurnal:10,40,30"), 70.0, random.Random(8)), 70.0)
+    for t, rate in steady + [(300.0 + t, rate) for t, rate in cycle]:
+        f.observe(t, rate)
+    planned = f.planning(370.0, 10.0)
+    assert f.season is not None and abs(f.season - 30) <= 1
+    highest = max(f.history()[-2 * f.season :])
+    assert planned is not None and highest <= planned <= ENVELOPE_FACTOR * highest + 1e-9

@@ -49,6 +49,7 @@ __all__ = [
     "TREND_MARGIN",
     "RateForecast",
     "detect_season",
+    "find_season",
     "forecast_bounds",
     "forecast_upper",
     "seasonal_upper",
@@ -120,25 +121,33 @@ def forecast_bounds(
 
 
 def detect_season(history: Sequence[float], min_lag: int) -> int | None:
-    """The recent history's period in steps: the first found by :func:`_season_in` in its last
-    SEASON_WINDOWS x ``min_lag`` steps (each window twice the last, the whole history last), then
-    made exact over the wider windows as far back as the pattern holds (:func:`_lag_near`). The
+    """The recent history's period in steps (:func:`find_season`); None where it has none."""
+    found = find_season(history, min_lag)
+    return None if found is None else found[0]
+
+
+def find_season(history: Sequence[float], min_lag: int) -> tuple[int, int] | None:
+    """(period, extent) of the recent history: the period the first found by :func:`_season_in`
+    in its last SEASON_WINDOWS x ``min_lag`` steps (each window twice the last, the whole history
+    last), made exact over the wider windows as far back as the pattern holds
+    (:func:`_lag_near`); the extent the widest such window (steps back from the last). The
     shortest window that holds two periods finds them: over the whole history a load that began
     to repeat only lately (after a steady rate, a step or profiling) was found a minute or more
     after its second period (the LC scenarios bench, 2026-12-06); a short window alone put a 30 s
-    period at 29 s."""
+    period at 29 s. None where there is none."""
     n = len(history)
     windows = [f * max(1, min_lag) for f in SEASON_WINDOWS if f * max(1, min_lag) < n] + [n]
     for i, window in enumerate(windows):
         found = _season_in(history[-window:], min_lag)
         if found is None:
             continue
+        extent = window
         for wider in windows[i + 1 :]:
             exact = _lag_near(history[-wider:], found)
             if exact is None:
                 break
-            found = exact
-        return found
+            found, extent = exact, wider
+        return found, extent
     return None
 
 
@@ -215,7 +224,8 @@ def seasonal_upper(history: Sequence[float], period: int, horizon: int, q: float
     margin = max(1.0, conformal_quantile(ratios, q))
     if ratios[-1] > margin:  # (never true while the quantile is the sample's maximum)
         return None
-    upper = reading * margin
+    # believed at most ENVELOPE_FACTOR x the highest rate of the last two periods, as the trend is
+    upper = min(reading * margin, ENVELOPE_FACTOR * max(history[-2 * period :]))
     return upper if math.isfinite(upper) else None
 
 
@@ -273,11 +283,13 @@ class RateForecast:
             return None
         return forecast_bounds(h, max(1, round(horizon_s / self.step_s)), q)
 
-    def period(self) -> int | None:
-        """The history's period in steps: ``season_s`` where given, else :func:`detect_season`."""
+    def period(self) -> tuple[int, int] | None:
+        """(period, extent) in steps: ``season_s`` over the whole history where given, else
+        :func:`find_season`."""
+        h = self.history()
         if self.season_s:
-            return max(1, round(self.season_s / self.step_s))
-        return detect_season(self.history(), math.ceil(SEASON_MIN_S / self.step_s))
+            return max(1, round(self.season_s / self.step_s)), len(h)
+        return find_season(h, math.ceil(SEASON_MIN_S / self.step_s))
 
     def planning(self, now: float, horizon_s: float, q: float = 0.95) -> float | None:
         """The rate caps are planned for, at least the last rate: where the history repeats, its
@@ -287,10 +299,12 @@ class RateForecast:
         if not h:
             return None
         horizon = max(1, round(horizon_s / self.step_s))
-        period = self.period()
-        upper = seasonal_upper(h, period, horizon, q) if period else None
-        if upper is not None:
-            self.season = period
+        found = self.period()
+        # read only from the stretch where the pattern holds: readings of the steady rate before
+        # it began widened the margin (75.7 req/s planned for a cycle of 10-40: the LC bench)
+        upper = seasonal_upper(h[-found[1] :], found[0], horizon, q) if found else None
+        if found and upper is not None:
+            self.season = found[0]
             self.planned.clear()  # the trend's hold starts again if the season is lost
             return max(h[-1], upper)
         self.season = None
