@@ -122,3 +122,15 @@ def test_a_season_just_begun_is_planned_for_at_most_the_envelope() -> None:
     assert f.season is not None and abs(f.season - 30) <= 1
     highest = max(f.history()[-2 * f.season :])
     assert planned is not None and highest <= planned <= ENVELOPE_FACTOR * highest + 1e-9
+
+
+def test_a_cycle_reported_every_two_seconds_is_counted_in_seconds() -> None:
+    """Steps without a report carry the rate before them: a 30 s cycle reported every 2 s (a
+    node's longer report interval) is a period of 30 steps of 1 s, not of 15 reports."""
+    f = RateForecast(step_s=1.0, maxlen=100)
+    for t in range(0, 240, 2):
+        f.observe(float(t), 25 + 15 * math.sin(2 * math.pi * t / 30))
+    h = f.history()
+    assert len(h) == 100 and h[-1] == f.last and h[-2] == h[-3]  # the last 100 s; step 237 carries 236's rate
+    planned = f.planning(239.0, 10.0)
+    assert f.season is not None and abs(f.season - 30) <= 1 and planned is not None

@@ -5,13 +5,15 @@ re-plans before the forecast crosses the rate at which the current cap stops bei
 Two forecasts, chosen per refit (:meth:`RateForecast.planning`):
 
 - **seasonal**, where the history repeats: its period is found by autocorrelation
-  (:func:`detect_season`: the first local maximum of at least SEASON_ACF, with two periods of
-  history), and the coming horizon's peak is read from the same stretch of the last
-  SEASONS_KEPT periods, times the q-quantile of how far that reading fell short over the last two
-  periods (a conformal margin, :func:`seasonal_upper`). It falls back to the trend when the last
-  horizon broke that margin (the load left its pattern). Until 2026-12-06 the history's season
-  was never given to the model: a diurnal load was planned for as a trend, held at its peak
-  through its troughs (docs/benchmarks/forecast.md).
+  (:func:`find_season`: a local maximum of at least SEASON_ACF in the recent history, with two
+  periods of it, made exact over the wider stretch where it holds), and the coming horizon's
+  peak is read from the same stretch of the last SEASONS_KEPT periods, times the q-quantile of
+  how far that reading fell short over the last two periods (a conformal margin,
+  :func:`seasonal_upper`), at most ENVELOPE_FACTOR x the highest rate of the last two periods.
+  It falls back to the trend when the last horizon broke that margin (the load left its
+  pattern; with enough readings to tell, see :func:`seasonal_upper`). Until 2026-12-06 the
+  history's season was never given to the model: a diurnal load was planned for as a trend,
+  held at its peak through its troughs (docs/benchmarks/forecast.md).
 - **trend** otherwise, with statsmodels' exponential smoothing (Holt's damped additive trend),
   made steady (:meth:`RateForecast.steady`), as measured on request-rate traces (``deepedge
   bench forecast``): its extrapolation is believed at most ENVELOPE_FACTOR above the highest rate
@@ -209,7 +211,11 @@ def seasonal_upper(history: Sequence[float], period: int, horizon: int, q: float
     this ``period``: :func:`_seasonal_reading` times the q-quantile (conformal, at least 1) of
     actual / read over the last two periods' horizons. None with fewer than
     SEASON_MIN_RESIDUALS such readings, or when the last whole horizon broke the margin (the
-    load left its pattern: the trend's forecast is then the safer one)."""
+    load left its pattern: the trend's forecast is then the safer one). That break is seen only
+    with 39 readings or more at q 0.95 (a period of 24 steps or more at a 10-step horizon, with
+    three periods of pattern): with fewer, rank ceil((n + 1) q) is the highest ratio, the last
+    one's included, and the margin covers it instead. At most ENVELOPE_FACTOR x the highest rate
+    of the last two periods."""
     n = len(history)
     reading = _seasonal_reading(history, n, period, horizon)
     if reading is None or not reading > 0:
@@ -265,11 +271,36 @@ class RateForecast:
                 self.buckets.popleft()
 
     def history(self) -> list[float]:
-        return [s / n for _, s, n in self.buckets]
+        """The rate of each step (``step_s``) up to the last one reported, at most ``maxlen`` of
+        them; a step without a report carries the rate before it (reports further apart than a
+        step, or missed), so that a period and a horizon are counted in steps of time, not in
+        reports: a 30 s cycle reported every 2 s was found as a period of 15 (review)."""
+        if not self.buckets:
+            return []
+        first = max(self.buckets[0][0], self.buckets[-1][0] - self.maxlen + 1)
+        out: list[float] = []
+        prev: float | None = None
+        at: int | None = None  # the step the next rate is for
+        for b, s, n in self.buckets:
+            if b < first:
+                prev = s / n
+                continue
+            if at is None:
+                at = first if prev is not None else b
+            while at < b and prev is not None:
+                out.append(prev)
+                at += 1
+            prev = s / n
+            out.append(prev)
+            at = b + 1
+        return out
 
     @property
     def last(self) -> float | None:
-        return self.history()[-1] if self.buckets else None
+        if not self.buckets:
+            return None
+        _, s, n = self.buckets[-1]
+        return s / n
 
     def upper(self, horizon_s: float, q: float = 0.95) -> float | None:
         """The rate to plan for over the next ``horizon_s``; None without history."""
