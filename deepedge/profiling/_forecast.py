@@ -314,10 +314,10 @@ class RateForecast:
             return None
         return forecast_bounds(h, max(1, round(horizon_s / self.step_s)), q)
 
-    def period(self) -> tuple[int, int] | None:
-        """(period, extent) in steps: ``season_s`` over the whole history where given, else
-        :func:`find_season`."""
-        h = self.history()
+    def period(self, history: Sequence[float] | None = None) -> tuple[int, int] | None:
+        """(period, extent) in steps of ``history`` (this forecast's when not given):
+        ``season_s`` over the whole history where given, else :func:`find_season`."""
+        h = self.history() if history is None else history
         if self.season_s:
             return max(1, round(self.season_s / self.step_s)), len(h)
         return find_season(h, math.ceil(SEASON_MIN_S / self.step_s))
@@ -325,12 +325,13 @@ class RateForecast:
     def planning(self, now: float, horizon_s: float, q: float = 0.95) -> float | None:
         """The rate caps are planned for, at least the last rate: where the history repeats, its
         :func:`seasonal_upper` (``season`` says the period); otherwise :meth:`upper` made steady
-        (:meth:`steady`), its point forecast's peak bounding it. None without history."""
+        (:meth:`steady`), its point forecast's peak bounding it. None without history. The
+        history is built once per call (it fills the steps without a report)."""
         h = self.history()
         if not h:
             return None
         horizon = max(1, round(horizon_s / self.step_s))
-        found = self.period()
+        found = self.period(h)
         # read only from the stretch where the pattern holds: readings of the steady rate before
         # it began widened the margin (75.7 req/s planned for a cycle of 10-40: the LC bench)
         upper = seasonal_upper(h[-found[1] :], found[0], horizon, q) if found else None
@@ -339,8 +340,7 @@ class RateForecast:
             self.planned.clear()  # the trend's hold starts again if the season is lost
             return max(h[-1], upper)
         self.season = None
-        bounds = self.bounds(horizon_s, q)
-        return None if bounds is None else self.steady(now, *bounds)
+        return self.steady(now, *forecast_bounds(h, horizon, q))
 
     def steady(self, now: float, up: float, point: float | None = None) -> float:
         """A forecast ``up`` bounded to ENVELOPE_FACTOR x the highest rate of the last
