@@ -3,6 +3,7 @@ their bounds, their age, and the store's table."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import msgspec
@@ -13,6 +14,7 @@ from deepedge.coordinator import _memory as memory
 from deepedge.coordinator._jobs import JobRecord, JobState
 from deepedge.coordinator._learning import ANCHOR_OBS, NodeLearning, ThroughputModel
 from deepedge.coordinator._policy import JobRuntime
+from deepedge.profiling._forecast import HISTORY_STEPS
 from tests.test_coordinator_control import SPEC
 
 
@@ -137,3 +139,55 @@ def test_the_store_keeps_changed_rows_forgets_gone_ones_and_nothing_after_a_long
     assert store.recall(since=5001.0) == []  # stopped too long ago: nothing, and the table emptied
     assert store.recall(since=0.0) == []
     store.close()
+
+
+def _cycle(t: float) -> float:
+    """A 30 s cycle of 10-40 req/s."""
+    return 25.0 + 15.0 * math.sin(2 * math.pi * t / 30.0)
+
+
+def test_a_restarted_coordinator_forecasts_a_repeating_load_from_its_season_at_once() -> None:
+    """Each LC app's request-rate history is kept (since 2026-12-06): a coordinator restarted 5 s
+    after the save, its monotonic clock started elsewhere, reads the 30 s season from the first
+    report on; a fresh history (before: the memory kept none) has no season for two periods."""
+    learn = NodeLearning(ThroughputModel(prior=10.0))
+    det = learn.app("det")
+    for k in range(2 * 120):  # 120 s of reports every 0.5 s, monotonic 1000-1120
+        det.observe_load(1000.0 + k / 2, _cycle(k / 2))
+    before = det.rates.history()
+    row = memory.node_row(learn, 1120.0, 1e9 + 1120.0) or ""
+    back = NodeLearning(ThroughputModel(prior=10.0))
+    memory.restore_node(back, memory.decode_node(row), 7.0, 1e9 + 1125.0)  # 5 s later
+    again = back.interference["det"]
+    assert again.rates.history() == pytest.approx(before, abs=1e-3)
+    again.observe_load(7.0, _cycle(125.0))  # the first report after the restart
+    h = again.rates.history()
+    # the last step saved began at 1119: the 5 s from 1120 carry its rate, then the new report's
+    assert len(h) == len(before) + 6 and h[-6:-1] == pytest.approx([before[-1]] * 5, abs=1e-3)
+    assert h[: len(before)] == pytest.approx(before, abs=1e-3)
+    assert again.planning_rate(_cycle(125.0), 7.0) > 0 and again.rates.season == 30
+    fresh = NodeLearning(ThroughputModel(prior=10.0)).app("det")
+    fresh.observe_load(7.0, _cycle(125.0))
+    fresh.planning_rate(_cycle(125.0), 7.0)
+    assert fresh.rates.season is None
+
+
+def test_a_rate_history_too_old_or_out_of_bounds_is_not_restored() -> None:
+    learn = NodeLearning(ThroughputModel(prior=10.0))
+    det = learn.app("det")
+    for k in range(60):
+        det.observe_load(float(k), 20.0)
+    row = memory.node_row(learn, 60.0, 1e9 + 60.0) or ""
+    later = NodeLearning(ThroughputModel(prior=10.0))  # down for longer than the history spans
+    memory.restore_node(later, memory.decode_node(row), 0.0, 1e9 + 60.0 + HISTORY_STEPS + 5)
+    assert later.interference["det"].rates.history() == []
+    future = NodeLearning(ThroughputModel(prior=10.0))  # saved 'in the future' (a clock set back)
+    memory.restore_node(future, memory.decode_node(row), 5.0, 1e9)
+    assert future.interference["det"].rates.buckets[-1][0] <= 5  # not after now
+    assert len(future.interference["det"].rates.history()) == 60
+    for bad in ('{"apps": {"det": {"rates": [1.0, -2.0], "rates_at": 1e9}}}', '{"apps": {"det": {"rates": [1e300]}}}'):
+        with pytest.raises(msgspec.ValidationError):
+            memory.decode_node(bad)
+    too_long = msgspec.json.encode({"apps": {"det": {"rates": [1.0] * (HISTORY_STEPS + 1), "rates_at": 1e9}}})
+    with pytest.raises(msgspec.ValidationError):
+        memory.decode_node(too_long)

@@ -11,7 +11,11 @@ monotonic clock restarts with the process) and moved back to the monotonic clock
 coordinator stopped for longer than MEMORY_TTL_S restores nothing (its boards' LC apps may have
 changed since); a row that does not decode or is out of its bounds is skipped and said, never
 fatal. Not kept: the links (re-probed when a group forms), the throughput and start-up estimates
-(re-learned from the first heartbeats), the request-rate history of the forecasts."""
+(re-learned from the first heartbeats), the forecasts' hold (:meth:`RateForecast.steady`: the
+first plan after a restart is not held at the last one's rate). Kept since 2026-12-06: each LC
+app's request-rate history (the last HISTORY_STEPS seconds), so a restarted coordinator
+forecasts a repeating load from its season at once instead of after two more periods; the
+seconds it was down carry the last rate before them."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import msgspec
 from deepedge.coordinator._jobs import JobRecord
 from deepedge.coordinator._learning import ANCHOR_OBS, NodeLearning
 from deepedge.coordinator._policy import LC_HOLD_MAX_S, PROFILE_HOLD_S
+from deepedge.profiling._forecast import HISTORY_STEPS
 
 if TYPE_CHECKING:
     from deepedge.coordinator._policy import JobRuntime
@@ -67,6 +72,9 @@ class AppMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     widen: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     judged: Count = 0
     over: Count = 0
+    # the request-rate history, one rate per step of the forecast, the last starting at rates_at
+    rates: Annotated[list[Rate], msgspec.Meta(max_length=HISTORY_STEPS)] = []
+    rates_at: Wall | None = None
 
 
 class NodeMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -133,12 +141,19 @@ def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMe
             if _within(u, 1.0) and _within(r, MAX_RATE) and _within(c, MAX_CORES) and _within(p, MAX_MS)
         ]
         judged, over = (_count(n) for n in model.calibrated)
+        snap = model.rates.snapshot()
+        rates: list[float] = []
+        rates_at = None
+        if snap is not None and all(_within(r, MAX_RATE) for r in snap[1]):
+            rates_at, rates = clocks.wall(snap[0]), [round(r, 3) for r in snap[1][-HISTORY_STEPS:]]
         apps[name] = AppMemory(
             points=points[-KEEP_POINTS:],
             observed=observed[-ANCHOR_OBS:],
             widen=model.widen if _within(model.widen, 1.0) else 0.0,
             judged=judged,
             over=over,
+            rates=rates,
+            rates_at=rates_at,
         )
     decreased = clocks.wall(learn.last_decrease) if learn.last_decrease > -1e8 else None
     cap = learn.cap_limit if _within(learn.cap_limit, 1.0) else 1.0
@@ -159,6 +174,8 @@ def restore_node(learn: NodeLearning, memory: NodeMemory, mono_now: float, wall_
         model.observed = deque(app.observed, maxlen=model.observed.maxlen)
         model.widen = app.widen
         model.calibrated = [app.judged, min(app.over, app.judged)]
+        if app.rates and app.rates_at is not None:
+            model.rates.restore(clocks.mono(app.rates_at), app.rates, mono_now)
 
 
 def job_memory(

@@ -43,6 +43,7 @@ from deepedge.profiling._table import conformal_quantile
 __all__ = [
     "ENVELOPE_FACTOR",
     "ENVELOPE_S",
+    "HISTORY_STEPS",
     "SEASONS_KEPT",
     "SEASON_ACF",
     "SEASON_MIN_S",
@@ -76,6 +77,7 @@ SEASON_ACF = 0.5
 SEASON_WINDOWS = (8, 16, 32)
 SEASONS_KEPT = 2  # the coming horizon is read from the same stretch of this many past periods
 SEASON_MIN_RESIDUALS = 5  # past readings its margin is the quantile of (fewer: the trend is used)
+HISTORY_STEPS = 600  # steps of history a forecast keeps (10 minutes of 1 s)
 
 
 def forecast_upper(
@@ -252,7 +254,7 @@ class RateForecast:
 
     step_s: float = 1.0
     season_s: float | None = None  # the load's period where it is known; None: found in the history
-    maxlen: int = 600
+    maxlen: int = HISTORY_STEPS
     buckets: deque[tuple[int, float, int]] = field(default_factory=deque)  # (bucket, sum, n)
     planned: deque[tuple[float, float]] = field(default_factory=deque)  # (time, bounded forecast)
     season: int | None = None  # the period (steps) the last planning rate was read with; None: the trend
@@ -294,6 +296,32 @@ class RateForecast:
             out.append(prev)
             at = b + 1
         return out
+
+    def snapshot(self) -> tuple[float, list[float]] | None:
+        """(the start time of the last step reported, :meth:`history`): what a restarted
+        coordinator needs to forecast from where this one left off (deepedge.coordinator._memory);
+        None without history."""
+        if not self.buckets:
+            return None
+        return self.buckets[-1][0] * self.step_s, self.history()
+
+    def restore(self, last_at: float, rates: Sequence[float], now: float) -> bool:
+        """Put a :meth:`snapshot` back into an empty forecast: ``rates`` one per step, the last
+        starting at ``last_at`` (on this process's clock; a time after ``now``, from a wall
+        clock set back since, counts as ``now``). Nothing is restored when the last step is more
+        than ``maxlen`` steps before ``now`` (the history would have left the window by now), or
+        when a rate is out of bounds (not finite, negative: a row is not trusted). True when
+        restored."""
+        last_at = min(last_at, now)
+        if self.buckets or not rates or not math.isfinite(last_at) or now - last_at > self.maxlen * self.step_s:
+            return False
+        if not all(math.isfinite(r) and r >= 0 for r in rates):
+            return False
+        kept = list(rates)[-self.maxlen :]
+        last = int(last_at // self.step_s)
+        first = last - len(kept) + 1
+        self.buckets.extend((first + i, min(float(r), MAX_RATE), 1) for i, r in enumerate(kept))
+        return True
 
     @property
     def last(self) -> float | None:
