@@ -62,9 +62,7 @@ def _for(t: mi.Type) -> st.SearchStrategy[Any]:
         case mi.DictType(key_type=kt, value_type=vt):
             return st.dictionaries(_for(kt), _for(vt), max_size=3)
         case mi.AnyType():
-            return st.dictionaries(
-                st.text(max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8), max_size=3
-            )
+            return st.dictionaries(st.text(max_size=8), st.integers(-(2**53), 2**53) | st.text(max_size=8), max_size=3)
         case mi.StructType(cls=cls, fields=fields):
             kwargs = {f.encode_name: _for(f.type) for f in fields if f.name != "v"}
             return st.fixed_dictionaries(kwargs).map(lambda kw: _consistent(cls(**kw)))

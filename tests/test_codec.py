@@ -85,10 +85,33 @@ def test_encode_refuses_oversized_message() -> None:
 
 
 def test_encode_refuses_values_msgpack_cannot_carry() -> None:
-    reply = CommandReply(request_id="r", ok=True, result={"n": 2**70})
+    event = Event(ts=1.0, source="x", event="e", fields={"n": object()})  # type: ignore[dict-item]
     with pytest.raises(SchemaError) as err:
-        encode(reply)
+        encode(event)
     assert err.value.reason is SchemaErrorReason.WRONG_TYPE
+
+
+DEEP: list[object] = [1]
+for _ in range(16):
+    DEEP = [DEEP]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"ok": float("nan")}, {"x": [float("inf")]}, {"reason": 2**64 - 1}, {"n": -(2**53) - 1}, {"deep": DEEP}],
+)
+def test_a_replys_free_form_result_is_bounded_like_every_typed_field(result: dict[str, object]) -> None:
+    """(attacker review, 2026-12-06) A node's reply carrying NaN, inf or 2**64 - 1 in its
+    free-form result decoded, and the coordinator's pre-flight took an ``ok`` of NaN for true.
+    Now it is refused on decode, and a reply with such a value cannot be built."""
+    payload = msgspec.msgpack.encode({"kind": "reply", "request_id": "r", "ok": True, "result": result})
+    with pytest.raises(SchemaError) as err:
+        decode(T.reply("cli-1", "r"), payload)
+    assert err.value.reason is SchemaErrorReason.WRONG_TYPE
+    with pytest.raises(ValueError):
+        CommandReply(request_id="r", ok=True, result=result)
+    fine = CommandReply(request_id="r", ok=True, result={"ok": True, "x": [1.5, -(2**53), None, {"s": "t"}]})
+    assert decode(T.reply("cli-1", "r"), encode(fine)).message == fine
 
 
 def test_unknown_version_refused() -> None:

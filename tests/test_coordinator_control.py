@@ -38,7 +38,7 @@ from deepedge.broker_schemas import (
 from deepedge.config import Config, CoordinatorConfig
 from deepedge.coordinator import Coordinator, JobRecord, JobStore
 from deepedge.coordinator._commands import handle_command
-from deepedge.coordinator.planner import PlanDecision
+from deepedge.coordinator.planner import MIN_RATE, PlanDecision
 from deepedge.testing import FakeClock, answer_preflights
 from deepedge.transport import CommandFailed, FakeBroker, FakeTransport, Received
 
@@ -711,6 +711,10 @@ def test_an_lc_hold_doubles_with_each_drop_in_a_row_and_stops_only_improvements(
     assert second == (130.0 + 2 * policy.LC_HOLD_S, 2)
     long = (0.0, 6)
     assert policy.lc_hold(long, 1.0)[0] == 1.0 + policy.LC_HOLD_MAX_S  # at most the maximum
+    # (attacker review, 2026-12-06) 1,024 drops in a row, or a remembered count of 2**40, overflowed
+    for strikes in (1023, 1024, 2**40):
+        until, count = policy.lc_hold((0.0, strikes), 1.0)
+        assert until == 1.0 + policy.LC_HOLD_MAX_S and count == policy.MAX_STRIKES
     later = policy.lc_hold(second, second[0] + policy.LC_HOLD_MAX_S + 1.0)  # it stayed in: back to the start
     assert later[1] == 1
     holds = {"n1": (120.0, 1), "n3": (50.0, 1)}
@@ -1348,6 +1352,33 @@ async def test_a_jobs_progress_counts_the_lc_misses_of_its_own_boards_within_the
     await cluster.settle()
     progress = decode(T.job_progress("j"), cluster.broker.retained[T.job_progress("j")]).message
     assert isinstance(progress, Progress) and progress.deadline_violations == MAX_INT
+
+
+async def test_a_jobs_progress_stays_within_the_wire_bounds_whatever_its_participants_report(cluster: Cluster) -> None:
+    """(attacker review, 2026-12-06) A participant's 1e-300 samples/s, the only rate reported,
+    made the eta 3e304 s and ten losses of 1e300 a mean over 1e300: the coordinator published a
+    retained progress no reader could decode. A rate under MIN_RATE is none now, the eta and
+    the loss are bounded."""
+    from deepedge.broker_schemas import MAX_FLOAT, Progress
+
+    c = await cluster.start()
+    await cluster.boards("n1")
+    await cluster.submit("j")
+    job = c.jobs["j"]
+    assert job.plan is not None
+    hb = Heartbeat(node="n1", ts=1.0, job="j", generation=job.plan.generation, rank=0, world_size=1, step=1,
+                   samples_per_s=1e-300, loss=1e300, intensity=1.0)  # fmt: skip
+    await cluster.peer.publish(T.node_heartbeat("n1"), hb)
+    await cluster.settle()
+    await c.in_writer(lambda: c.publish_progress(job))
+    await cluster.settle()
+    progress = decode(T.job_progress("j"), cluster.broker.retained[T.job_progress("j")]).message
+    assert isinstance(progress, Progress) and progress.eta_s is None
+    c.view.nodes["n1"].heartbeats["j"] = msgspec.structs.replace(hb, samples_per_s=MIN_RATE * 1.0001)
+    await c.in_writer(lambda: c.publish_progress(job))
+    await cluster.settle()
+    progress = decode(T.job_progress("j"), cluster.broker.retained[T.job_progress("j")]).message
+    assert isinstance(progress, Progress) and progress.eta_s is not None and progress.eta_s <= MAX_FLOAT
 
 
 async def test_submit_and_status_predict_the_makespan_with_the_workers_start(cluster: Cluster) -> None:

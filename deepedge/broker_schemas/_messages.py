@@ -399,12 +399,43 @@ class ErrorInfo(_Part, frozen=True):
     message: Text
 
 
+MAX_RESULT_DEPTH = 16
+
+
+def check_free_form(value: Any, depth: int = 0) -> None:
+    """Raise ValueError unless ``value`` is bounded as every typed field is: floats finite within
+    MAX_FLOAT, integers within MAX_INT, nesting at most MAX_RESULT_DEPTH (its size is the
+    payload's). For the free-form ``CommandReply.result``: a node's reply carried NaN, inf and
+    2**64 - 1, which decoded and reached its readers (the coordinator's pre-flight took an ``ok``
+    of NaN for true; attacker review, 2026-12-06)."""
+    if depth > MAX_RESULT_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_RESULT_DEPTH}")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:
+            raise ValueError(f"integer {value} out of [-2**53, 2**53]")
+    elif isinstance(value, float):
+        if not -MAX_FLOAT <= value <= MAX_FLOAT:  # False for NaN
+            raise ValueError(f"float {value} not finite within 1e300")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_free_form(k, depth + 1)
+            check_free_form(v, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_free_form(v, depth + 1)
+
+
 class CommandReply(_Msg, tag="reply", frozen=True):
     request_id: Id
     ok: bool
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {}  # free-form, bounded by check_free_form (on decode and when built)
     error: ErrorInfo | None = None
     ts: NonNeg = 0.0
+
+    def __post_init__(self) -> None:
+        check_free_form(self.result)  # a ValueError here is a ValidationError when decoding
 
 
 # ---- events ------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ async def _preflight(c: Coordinator, name: str, spec: JobSpec, nodes: list[str])
             if not reply.ok:
                 if reply.error is None or reply.error.code != "unknown_verb":
                     refused[node] = reply.error.message if reply.error else "refused"
-            elif not reply.result.get("ok", False):
+            elif reply.result.get("ok") is not True:  # its word, but a bool: not a truthy 1 or string
                 refused[node] = str(reply.result.get("reason") or "pre-flight failed")
 
         await asyncio.gather(*(ask(n) for n in nodes))

@@ -168,6 +168,7 @@ PAUSE_CAP = 0.05
 PROFILE_HOLD_S = 30.0
 PROFILE_STRIKES = 3
 LC_HOLD_MAX_S = 120.0
+MAX_STRIKES = 1000  # an LC hold's drops in a row are counted up to this (the hold is at its longest from 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,7 +549,10 @@ def lc_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]
     strikes = 1
     if previous is not None and now - previous[0] < LC_HOLD_MAX_S:
         strikes = previous[1] + 1
-    return now + min(LC_HOLD_MAX_S, LC_HOLD_S * 2 ** (strikes - 1)), strikes
+    # the exponent bounded: 2.0 ** 1024 overflowed (a node dropped 1,024 times in a row, about
+    # 35 h at the longest hold, failed its job; attacker review, 2026-12-06), and so are the strikes
+    strikes = min(strikes, MAX_STRIKES)
+    return now + min(LC_HOLD_MAX_S, LC_HOLD_S * 2.0 ** min(strikes - 1, 16)), strikes
 
 
 def profile_hold(previous: tuple[float, int] | None, now: float) -> tuple[float, int]:

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
+import statistics
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
@@ -70,6 +71,7 @@ from deepedge.coordinator._planner_io import (
 from deepedge.coordinator._store import JobStore
 from deepedge.coordinator._view import ClusterView
 from deepedge.coordinator.planner import (
+    MIN_RATE,
     NetworkModel,
     PlanDecision,
     Planner,
@@ -484,7 +486,8 @@ class Coordinator:
             job.step = max(job.step, min(b.step for b in current))
             job.samples_done = job.samples_after(job.step)
             losses = [b.loss for b in current if b.loss is not None]
-            job.loss = sum(losses) / len(losses) if losses else job.loss
+            # each loss is within MAX_FLOAT, their mean may round past it (ten of 1e300)
+            job.loss = max(-MAX_FLOAT, min(MAX_FLOAT, statistics.fmean(losses))) if losses else job.loss
             # complete once the model is saved: rank 0 writes model.pt before it reports done
             saved = any(b.rank == 0 and b.state == "done" for b in current)
             if all(b.state == "done" for b in current) or (job.step >= job.total_steps and saved):
@@ -1003,7 +1006,10 @@ class Coordinator:
                 if hb is not None and hb.generation == job.generation:
                     rate = min(MAX_FLOAT, rate + hb.samples_per_s)  # each bounded, the sum too
         remaining = max(0, job.total_steps - job.step) * job.spec.global_batch
-        eta = remaining / rate if rate > 0 and not job.terminal else None
+        # a rate under MIN_RATE is no rate (a participant's 1e-300 samples/s, while the others
+        # reported none yet, gave an eta of 3e304 s, over the schema: a retained progress that
+        # every reader refused; attacker review, 2026-12-06)
+        eta = min(MAX_FLOAT, remaining / rate) if rate >= MIN_RATE and not job.terminal else None
         # the LC misses on this job's own boards (each node's own count: bounded by the wire, a
         # sum of many is capped: 2**53 from two apps made every job's progress undecodable)
         mine = {a.node for a in job.plan.assignments} if job.plan is not None else set()
