@@ -255,7 +255,10 @@ def submit_cmd(
     if "dataset_size" not in spec:
         counted = _count_samples(str(spec["dataset"]))
         if counted is None:
-            raise typer.BadParameter("--dataset-size is needed when --dataset is not a local folder")
+            raise typer.BadParameter(
+                f"{spec['dataset']} is not a folder on this machine: check the path, or, where it is"
+                " on the boards only, give its sample count with --dataset-size"
+            )
         spec["dataset_size"] = counted
     if "model_bytes" not in spec:  # the planner weighs each all-reduce by it: 4 MB left 3 of 4 boards out
         counted_bytes = builtin_gradient_bytes(str(spec["model"]), _count_classes(str(spec["dataset"])))
@@ -368,7 +371,11 @@ def logs_cmd(
         typer.echo(encode_json(e).decode() if as_json else format_event(e))
 
     try:
-        asyncio.run(tail_events(loaded.config, emit, node=node, job=job, limit=limit))
+
+        def notice(text: str) -> None:  # on stderr: stdout stays events only (--json too)
+            typer.echo(f"deepedge: {text}", err=True)
+
+        asyncio.run(tail_events(loaded.config, emit, node=node, job=job, limit=limit, notice=notice))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
@@ -1091,7 +1098,10 @@ _DEPLOY_HELP = {
 def deploy_cmd(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Output folder (ca/, mosquitto/, clients/<user>/).")],
-    cluster: Annotated[str, typer.Option(help="Cluster name: every ACL line is pinned to it.")],
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Cluster name: every ACL line is pinned to it (default: a --cluster before `deploy`)."),
+    ] = None,
     node: Annotated[list[str] | None, typer.Option("--node", help="A node id (= its username); repeat.")] = None,
     operator: Annotated[list[str] | None, typer.Option("--operator", help="An operator's username; repeat.")] = None,
     coordinator_user: Annotated[str, typer.Option("--coordinator-user", help="The coordinator's username.")] = (
@@ -1125,6 +1135,10 @@ def deploy_cmd(
         write_users,
     )
 
+    if cluster is None:  # `deepedge --cluster lab deploy certs` said "Missing option '--cluster'"
+        cluster = ctx.obj.overrides.get("cluster.name") if isinstance(ctx.obj, CliState) else None
+        if not cluster:
+            raise typer.BadParameter("the cluster the ACLs are for is needed: --cluster NAME", param_hint="'--cluster'")
     spec = DeploySpec(
         cluster=cluster,
         nodes=tuple(node or ()),

@@ -209,6 +209,20 @@ def test_cli_prints_what_it_wrote_and_refuses_bad_input_with_78(
     assert "--broker-host" in capsys.readouterr().err
 
 
+
+def test_deploy_takes_the_cluster_given_before_it_and_asks_for_one_without(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a new operator's review, 2026-12-06) `deepedge --cluster lab deploy certs ...` said
+    "Missing option '--cluster'"."""
+    out = tmp_path / "dep"
+    assert main(["--cluster", "lab", "deploy", "certs", "--out", str(out), "--broker-host", "mqtt.lab"]) == 0
+    capsys.readouterr()
+    assert main(["deploy", "certs", "--out", str(tmp_path / "none"), "--broker-host", "mqtt.lab"]) == 2
+    assert "the cluster the ACLs are for is needed: --cluster NAME" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 @needs_passwd
 def test_a_cluster_without_operators_gets_an_empty_operator_password_file(tmp_path: Path) -> None:
     deploy_all(spec(operators=()), tmp_path)

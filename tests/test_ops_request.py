@@ -167,3 +167,40 @@ async def test_the_cli_says_it_in_one_line_with_exit_69(
     r = await asyncio.to_thread(cli, "profile", "nope", "--broker", mosquitto.url, "--cluster", cluster)
     assert r.returncode == ExitCode.UNAVAILABLE and r.stderr.count("\n") == 1
     assert "no node 'nope' has ever been seen" in r.stderr
+
+
+async def test_logs_of_a_cluster_without_a_coordinator_says_so_and_follows_its_events(
+    mosquitto: MosquittoBroker, watcher: MqttTransport, cluster: str
+) -> None:
+    """(a new operator's review, 2026-12-06) `deepedge logs --cluster <typo>` waited in silence
+    for ever. Now it says within about a second that no coordinator was ever seen there, and
+    follows the cluster's events anyway (a node's come without one); with one, nothing is said."""
+    from deepedge.broker_schemas import Event
+    from deepedge.ops import tail_events
+
+    for with_coordinator in (False, True):
+        name = f"{cluster}{int(with_coordinator)}"
+        if with_coordinator:
+            await coordinator_says(watcher, name, "online", time.time())
+        notices: list[tuple[str, float]] = []
+        events: list[Event] = []
+        t0 = time.monotonic()
+        tail = asyncio.create_task(
+            tail_events(
+                config(mosquitto, name),
+                events.append,
+                limit=1,
+                notice=lambda text, said=notices, t0=t0: said.append((text, time.monotonic() - t0)),
+            )
+        )
+        await asyncio.sleep(1.5)
+        await watcher.publish(
+            Topics(name).events("n1"), Event(ts=1.0, source="node/n1", event="worker.started", node="n1")
+        )
+        assert await asyncio.wait_for(tail, 5.0) == 1
+        assert [e.event for e in events] == ["worker.started"]
+        if with_coordinator:
+            assert notices == []
+        else:
+            assert len(notices) == 1 and notices[0][1] < 2.5
+            assert notices[0][0].startswith(f"no coordinator has ever been seen in cluster '{name}'")

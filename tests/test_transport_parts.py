@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -102,3 +103,20 @@ def test_rate_limiter_per_key_global_and_bounded() -> None:
     for k in "bcde":
         lim.allow(k, 1.0)
     assert len(lim) == 3  # least recently used forgotten
+
+
+def test_a_missing_or_bad_tls_file_is_a_config_error_that_names_its_setting(tmp_path: Path) -> None:
+    """(a new operator's review, 2026-12-06) The operator config `deploy all` writes, before its
+    ca.crt was installed, said only "broker TLS files: [Errno 2] No such file or directory"."""
+    from deepedge.config import BrokerConfig, ConfigError
+    from deepedge.transport._mqtt import _tls_context
+
+    missing = tmp_path / "ca.crt"
+    with pytest.raises(ConfigError, match=f"^broker.ca_file {missing}: does not exist$"):
+        _tls_context(BrokerConfig(url="mqtts://broker.lab:8883", ca_file=str(missing)))
+    with pytest.raises(ConfigError, match=f"^broker.cert_file {tmp_path}: not a file$"):
+        _tls_context(BrokerConfig(url="mqtts://broker.lab:8883", cert_file=str(tmp_path)))
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=f"^broker TLS files \\(broker.ca_file {junk}\\): "):
+        _tls_context(BrokerConfig(url="mqtts://broker.lab:8883", ca_file=str(junk)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from deepedge.broker_schemas import Event, Topics
+from deepedge.broker_schemas import CoordinatorStatus, Event, Topics
 from deepedge.config import Config
 from deepedge.ops._console import printable
+from deepedge.ops._request import STATUS_WAIT_S, _retained
 from deepedge.transport import MqttTransport, Received
 
 __all__ = ["format_event", "tail_events"]
@@ -28,11 +29,22 @@ async def tail_events(
     node: str | None = None,
     job: str | None = None,
     limit: int | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> int:
-    """Call ``emit`` for each matching event until cancelled (or ``limit`` events)."""
+    """Call ``emit`` for each matching event until cancelled (or ``limit`` events). ``notice``
+    is told once when the cluster has no coordinator's status on the broker (a mistyped
+    ``--cluster`` waited in silence for ever: a new operator's review); it follows anyway, a
+    node's events come without one."""
     topics = Topics(config.cluster.name)
     seen = 0
     async with MqttTransport(config.broker) as t, await t.subscribe(topics.all_events(), qos=0) as sub:
+        if notice is not None:
+            status = await _retained(t, topics.coordinator_status(), STATUS_WAIT_S)
+            if not isinstance(status, CoordinatorStatus):
+                notice(
+                    f"no coordinator has ever been seen in cluster {config.cluster.name!r} on"
+                    f" {config.broker.url} (check --cluster); following its events anyway"
+                )
         async for item in sub:
             if not isinstance(item, Received) or not isinstance(item.message, Event):
                 continue

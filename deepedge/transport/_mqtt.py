@@ -9,6 +9,7 @@ import contextlib
 import logging
 import ssl
 import uuid
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -67,13 +68,18 @@ def _tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
     """The TLS context for ``mqtts://``; a missing or bad certificate file is a ConfigError."""
     if not broker.tls:
         return None
+    files = {"ca_file": broker.ca_file, "cert_file": broker.cert_file, "key_file": broker.key_file}
+    for key, path in files.items():  # each named (a new operator's review: "[Errno 2] No such file")
+        if path and not Path(path).is_file():
+            raise ConfigError(f"broker.{key} {path}: {'not a file' if Path(path).exists() else 'does not exist'}")
     try:
         ctx = ssl.create_default_context(cafile=broker.ca_file or None)
         ctx.sslsocket_class = _ClosingSSLSocket
         if broker.cert_file:
             ctx.load_cert_chain(broker.cert_file, broker.key_file or None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"broker TLS files: {exc}") from None
+        named = ", ".join(f"broker.{k} {v}" for k, v in files.items() if v)
+        raise ConfigError(f"broker TLS files ({named or 'the system CA store'}): {exc}") from None
     return ctx
 
 
