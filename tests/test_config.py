@@ -189,3 +189,12 @@ def test_the_doc_check_names_what_is_missing() -> None:
 
     text = (ROOT / "docs" / "configuration.md").read_text()
     assert undocumented(text.replace("`node.max_workers`", "max_workers")) - undocumented(text) == {"node.max_workers"}
+
+
+def test_a_setting_of_fixed_values_names_them_when_given_another() -> None:
+    """(a new operator's review, 2026-12-06) `--log-level verbose` said only "Invalid enum value"."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={}, overrides={"log.level": "verbose"})
+    assert str(err.value) == (
+        "bad configuration (flag): Invalid enum value 'verbose' (one of: debug, error, info, warning) - at log.level"
+    )

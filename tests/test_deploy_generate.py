@@ -209,7 +209,6 @@ def test_cli_prints_what_it_wrote_and_refuses_bad_input_with_78(
     assert "--broker-host" in capsys.readouterr().err
 
 
-
 def test_deploy_takes_the_cluster_given_before_it_and_asks_for_one_without(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -208,3 +208,12 @@ def test_what_comes_from_the_network_cannot_drive_the_operators_terminal() -> No
     assert "\x1b" not in line and "\x07" not in line and "\r" not in line
     assert "\\x1b]0;PWNED-TITLE\\x07" in line  # shown, not sent
     assert "\x1b" not in esc(evil) and "\\x1b" in esc(evil)
+
+
+def test_a_job_refused_at_submit_says_each_nodes_reason_once() -> None:
+    """(a new operator's review, 2026-12-06) the note repeated the refusal's reasons twice."""
+    from deepedge.ops._tables import _note
+
+    why = "dataset /x is not under training.data_roots"
+    job = {"reason": f"no node accepted the job: n1: {why}", "excluded": {"n1": why, "n2": "dead"}}
+    assert _note(job) == f"no node accepted the job: n1: {why}; n2 left out: dead"

@@ -154,4 +154,22 @@ def _explain(message: str, layers: Mapping[str, tuple[Any, str]]) -> str:
     if source is None:  # an unknown key: name its section's source
         section = key.split(".")[0]
         source = next((src for k, (_v, src) in layers.items() if k.startswith(section + ".")), "default")
+    if text.startswith("Invalid enum value"):  # name the values it takes (a new operator's review)
+        choices = _choices(key)
+        if choices:
+            text = f"{text.split(' - ')[0]} (one of: {', '.join(choices)}) - {text.split(' - ', 1)[-1]}"
     return f"bad configuration ({source}): {_PATH_IN_ERROR.sub(f'at {key}', text)}"
+
+
+def _choices(key: str) -> list[str]:
+    """The values a Literal setting ``key`` ("log.level") takes; [] where it is not one."""
+    import msgspec.inspect as mi
+
+    t: Any = mi.type_info(Config)
+    for name in key.split("."):
+        while isinstance(t, mi.UnionType):  # (an optional section)
+            t = next((x for x in t.types if not isinstance(x, mi.NoneType)), None)
+        if not isinstance(t, mi.StructType):
+            return []
+        t = next((f.type for f in t.fields if f.encode_name == name), None)
+    return [str(v) for v in t.values] if isinstance(t, mi.LiteralType) else []

@@ -46,12 +46,16 @@ class LiveView:
         if not run.submitted_ts:
             return run.phase or "starting"
         elapsed = time.time() - run.submitted_ts
-        if p is None:
-            return f"job submitted {elapsed:.0f} s ago, waiting for its first plan"
+        if p is None:  # (a new operator read "waiting for its first plan" after plan.published)
+            waiting = "its workers starting" if w.plan is not None else "waiting for its first plan"
+            return f"job submitted {elapsed:.0f} s ago, {waiting}"
+        if p.step == 0 and p.samples_per_s == 0:
+            return f"job {p.state} | gen {p.generation} | workers starting: no step yet | {elapsed:.0f} s"
         eta = f"{p.eta_s:.0f} s" if p.eta_s is not None else "-"
+        loss = f"{p.loss:.3f}" if p.loss is not None else "-"  # "nan" read as a diverged job
         return (
             f"job {p.state} | gen {p.generation} | step {p.step}/{p.total_steps} | {p.samples_done} samples | "
-            f"{p.samples_per_s:.0f} samples/s | loss {p.loss if p.loss is not None else float('nan'):.3f} | "
+            f"{p.samples_per_s:.0f} samples/s | loss {loss} | "
             f"ETA {eta} | {elapsed:.0f} s" + (f" | plan gens {len(w.plans)}" if w.plans else "")
         )
 

@@ -98,11 +98,22 @@ def _client_toml(spec: DeploySpec, user: str, host: str, password: str) -> str:
     where = "this board" if role == "node" else "the coordinator's host" if role == "coordinator" else "your machine"
     port = spec.port_of(user)
     url_host = f"[{host}]" if ":" in host else host
+    if role == "operator":  # (a new operator's review: the header and install.md named two places)
+        install = [
+            f"# Install on {where}, its ca.crt as {spec.client_path(user, 'ca.crt')} (the path below), and",
+            "# this file as ~/.config/deepedge/deepedge.toml (mode 0600) with",
+            "# DEEPEDGE_CONFIG=~/.config/deepedge/deepedge.toml (docs/install.md, step 6).",
+        ]
+    else:
+        install = [
+            f"# Install on {where} as {spec.client_path(user, 'deepedge.toml')} (mode 0640, group deepedge)",
+            "# with the ca.crt beside it.",
+        ]
     lines = [
         f"# deepedge: the {spec.label(user)} of cluster {spec.cluster!r} (written by `deepedge deploy users`).",
-        f"# Install on {where} as {spec.client_path(user, 'deepedge.toml')} (mode 0640, group deepedge for",
-        "# a daemon; 0600 for an operator) with the ca.crt beside it; add the other sections you need",
-        "# (deploy/deepedge.toml.example). Secret: it holds this user's password.",
+        *install,
+        "# Add the other sections you need (deploy/deepedge.toml.example). Secret: it holds this",
+        "# user's password.",
         "",
         "[cluster]",
         f"name = {json.dumps(spec.cluster)}",

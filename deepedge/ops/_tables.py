@@ -33,8 +33,11 @@ def _makespan(job: dict[str, Any]) -> str:
 
 
 def _note(job: dict[str, Any]) -> str:
-    out = [esc(job["reason"] or "")] if job.get("reason") else []
-    out += [f"{esc(node)} left out: {esc(why)}" for node, why in (job.get("excluded") or {}).items()]
+    reason = job.get("reason") or ""
+    out = [esc(reason)] if reason else []
+    # a refusal's reason already names each node's (a job refused at submit said it all twice)
+    excluded = (job.get("excluded") or {}).items()
+    out += [f"{esc(node)} left out: {esc(why)}" for node, why in excluded if not (why and str(why) in reason)]
     return "; ".join(out)
 
 
