@@ -577,3 +577,23 @@ async def test_a_share_only_improvement_waits_until_every_check_for_share_persis
     assert len(plans) == 3 and plans[2].same_group
     after = {a.node: a.share for a in plans[2].assignments}
     assert after["tx2"] < before["tx2"] and after["orin"] > before["orin"]
+
+
+def test_one_jobs_all_reduce_claims_move_its_own_efficiency_not_another_jobs() -> None:
+    """(attacker review, 2026-12-06) The all-reduce efficiency takes the fastest rank's time, each
+    rank's own claim: a participant reporting 1e-300 s drove the cluster's to its floor and every
+    job planned its links 5x faster than probed. A job measured COMM_OWN_AFTER times is now
+    planned with its own; a new job's first plans take the cluster's until it has measured."""
+    from deepedge.coordinator._learning import COMM_OWN_AFTER, CommModel
+
+    comm = CommModel()
+    for _ in range(COMM_OWN_AFTER):
+        comm.observe("honest", 1.85)
+    for _ in range(8):
+        comm.observe("evil", 1e-300)
+    assert comm.factor("evil") == pytest.approx(0.2, abs=0.01)
+    assert comm.factor("honest") == pytest.approx(1.85)  # before: the cluster's, about 0.2 by now
+    assert comm.factor("new") == comm.factor() < 0.3
+    for _ in range(COMM_OWN_AFTER):
+        comm.observe("new", 1.85)
+    assert comm.factor("new") == pytest.approx(1.85)

@@ -465,12 +465,33 @@ def confirm_stalled_drops(links: Sequence[LinkModel]) -> None:
 class CommModel:
     """How the all-reduces measured compare with the ring model on the probed links:
     ``efficiency`` = measured / modelled seconds (EWMA; above 1 when gloo does not reach the
-    links' rate). The planner divides every link's bandwidth by it."""
+    links' rate). The planner divides every link's bandwidth by it: a job's own once its
+    all-reduces measured it COMM_OWN_AFTER times, else the cluster's (all jobs'). Until
+    2026-12-06 only the cluster's: the fastest rank's time is each rank's own claim, and one
+    participant reporting 1e-300 s drove it to its floor (0.2) within a few heartbeats, every
+    job's links then planned 5x faster than probed (attacker review); now such a node moves its
+    own jobs' and, through the cluster's, a new job's first plans, until that job measured its own."""
 
     efficiency: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, low=0.2, high=20.0))
+    jobs: dict[str, Ewma] = field(default_factory=dict)  # per job, the most recent last
 
-    def factor(self) -> float:
+    def observe(self, job: str, ratio: float) -> None:
+        self.efficiency.observe(ratio)
+        own = self.jobs.pop(job, None) or Ewma(alpha=0.3, low=0.2, high=20.0)
+        own.observe(ratio)
+        self.jobs[job] = own
+        while len(self.jobs) > MAX_COMM_JOBS:
+            del self.jobs[next(iter(self.jobs))]
+
+    def factor(self, job: str | None = None) -> float:
+        own = self.jobs.get(job) if job is not None else None
+        if own is not None and own.observations >= COMM_OWN_AFTER:
+            return own.get(1.0)
         return self.efficiency.get(1.0)
+
+
+COMM_OWN_AFTER = 3  # a job's all-reduces measured this often: its own efficiency is planned with
+MAX_COMM_JOBS = 256  # jobs whose efficiency is kept (the least recently measured forgotten first)
 
 
 MAX_WINDOW_S = 600.0  # a report's window is believed at most this long

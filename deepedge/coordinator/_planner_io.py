@@ -163,7 +163,7 @@ def node_models(
     ``unavailable``. ``now``: the coordinator's monotonic time (a link probed too long ago is
     unknown again). ``tables``: the knowledge base's cap tables (see :func:`lc_models`)."""
     out = []
-    factor = comm.factor() if comm is not None else 1.0
+    factor = comm.factor(job.job) if comm is not None else 1.0
     running = {a.node for a in job.plan.assignments} if job.plan is not None and not job.terminal else set()
     for state in view.alive():
         if state.drained or state.node not in learning:

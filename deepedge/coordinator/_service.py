@@ -481,7 +481,7 @@ class Coordinator:
         if len(current) == len(job.plan.assignments) and hb.pending_s == 0:
             ratio = allreduce_efficiency(current, self.learning)
             if ratio is not None:
-                self.comm.efficiency.observe(ratio)
+                self.comm.observe(job.job, ratio)
         if len(current) == len(job.plan.assignments):
             job.step = max(job.step, min(b.step for b in current))
             job.samples_done = job.samples_after(job.step)
