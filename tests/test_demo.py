@@ -255,8 +255,19 @@ def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) ->
         assert run.finished_ts is None
         progress = run.watch.progress
         assert progress is not None and progress.state == "cancelled", progress
-        # the LC bench restarts the coordinator between controllers: the next job runs on it
-        cluster.restart_coordinator()
+        # the LC bench restarts the coordinator between controllers: the next job runs on it, and
+        # what the last one learned of the boards is forgotten (the coordinator's memory restored
+        # it, and the second controller inherited the first one's cap limits until 2026-12-06)
+        from deepedge.coordinator import JobStore
+
+        db = workdir / "state" / "coordinator.db"
+        store = JobStore(db)
+        store.remember({"node:ghost": '{"cap_limit": 0.5}'}, [], now=time.time())
+        store.close()
+        assert cluster.restart_coordinator() >= 1
+        store = JobStore(db)
+        assert store.recall(since=0.0) == []
+        store.close()
         short = DemoOptions(epochs=1, images=size, global_batch=64, kill_after_s=None, profile_s=None, timeout_s=60)
         again = job("demo-after-restart", short)
     assert again.watch.progress is not None and again.watch.progress.state == "completed", again.watch.progress

@@ -92,6 +92,11 @@ class JobStore:
             )
             self._db.executemany("DELETE FROM memory WHERE key = ?", [(k,) for k in forget])
 
+    def forget_memory(self) -> int:
+        """Delete every memory row (what a coordinator learned of the boards); how many there were."""
+        with self._db:
+            return self._db.execute("DELETE FROM memory").rowcount
+
     def recall(self, since: float) -> list[tuple[str, str]]:
         """(key, JSON) of every memory row, newest first, when the last save was at or after
         ``since`` (wall clock); else none, and the table is emptied (what a coordinator stopped

@@ -194,13 +194,24 @@ class DemoCluster:
         for b in self.boards:
             self.start_node(b)
 
-    def restart_coordinator(self, grace_s: float = 10.0) -> None:
+    def restart_coordinator(self, grace_s: float = 10.0) -> int:
         """Stop the coordinator (SIGTERM: it publishes its status offline; SIGKILL after
         ``grace_s``) and start it again on the same state: its jobs and the knowledge base stay,
-        what it learned of the boards (rates, latency models, forecasts) starts afresh. The LC
-        bench does this between controllers, so each starts from the same knowledge."""
+        what it learned of the boards (rates, latency models, cap limits, calibration, forecasts)
+        starts afresh: its memory rows are deleted (the coordinator's memory, since 2026-12-05,
+        restored them, so the LC bench's second controller inherited the first one's cap limits
+        and widened intervals until 2026-12-06). The LC bench does this between controllers, so
+        each starts from the same knowledge. Returns the memory rows deleted."""
+        from deepedge.coordinator import JobStore
+
         self.stop_process("coordinator", grace_s)
+        store = JobStore(self.workdir / "state" / "coordinator.db")
+        try:
+            forgotten = store.forget_memory()
+        finally:
+            store.close()
         self._spawn_coordinator()
+        return forgotten
 
     def _spawn_coordinator(self) -> None:
         cfg = self.config_path("coordinator")
