@@ -264,6 +264,12 @@ def submit_cmd(
         counted_bytes = builtin_gradient_bytes(str(spec["model"]), _count_classes(str(spec["dataset"])))
         if counted_bytes is not None:
             spec["model_bytes"] = counted_bytes
+    from deepedge.broker_schemas import ArgsError, SubmitArgs, args_of
+
+    try:  # checked here as the coordinator checks it: a usage error (exit 2), not a refusal (69)
+        args_of(spec, SubmitArgs)
+    except ArgsError as exc:
+        raise typer.BadParameter(f"job spec: {exc}") from None
     # the coordinator asks every candidate node for its pre-flight first (up to its
     # coordinator.preflight_timeout_s), then plans
     result = _request(ctx, "submit", spec, timeout_s=45.0)
@@ -303,7 +309,7 @@ def status_cmd(
 def cancel_cmd(
     ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="Job id.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output (errors too).")] = False,
 ) -> None:
     """Cancel a job: its workers stop; the state is kept."""
     result = _request(ctx, "cancel", {"job": job})
@@ -318,7 +324,7 @@ def rm_cmd(
         str | None,
         typer.Option("--older-than", help="Every job that finished this long ago: e.g. 90s, 30m, 12h, 7d."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output (errors too).")] = False,
 ) -> None:
     """Remove finished jobs from the coordinator (its store, status, retained progress); a
     removed job's id can be used again."""
@@ -341,7 +347,7 @@ def drain_cmd(
     node: Annotated[str, typer.Argument(help="Node id.")],
     undo: Annotated[bool, typer.Option("--undo", help="Undrain.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why (shown in events).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output (errors too).")] = False,
 ) -> None:
     """Stop giving a node training work (the coordinator re-plans without it)."""
     result = _request(ctx, "undrain" if undo else "drain", {"node": node, "reason": reason})
@@ -554,7 +560,7 @@ def profile_cmd(
     kb: Annotated[
         Path | None, typer.Option(help="Knowledge base (default: knowledge.db beside coordinator.db).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output (errors too).")] = False,
 ) -> None:
     """Profile a board: its training rate alone and its LC apps' p95 per intensity; with
     --interference, designed runs under stressors fitted into the knowledge base.

@@ -205,6 +205,15 @@ def test_the_cli_counts_a_built_in_models_gradient_bytes_as_the_model_has_them(t
     assert _count_classes(str(tmp_path / "data")) == 2 and _count_classes("/no/such/folder") == 0
 
 
+def test_a_job_spec_out_of_its_bounds_is_a_usage_error_before_any_broker() -> None:
+    """(a new operator's review, 2026-12-06) `--epochs 0` went to the coordinator and came back
+    as a refusal (exit 69); the CLI checks the spec as the coordinator does (exit 2)."""
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**JOB, "epochs": 0}.items()]
+    r = run("submit", *flags, "--lr", "0.1", env=UNREACHABLE)
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert "job spec: Expected `int` >= 1 (epochs)" in r.stderr
+
+
 def test_a_job_file_missing_a_field_names_the_flag_and_the_key(tmp_path: Path) -> None:
     f = job_file(tmp_path, **JOB)
     r = run("submit", "--file", str(f))
