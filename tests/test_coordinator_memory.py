@@ -191,3 +191,22 @@ def test_a_rate_history_too_old_or_out_of_bounds_is_not_restored() -> None:
     too_long = msgspec.json.encode({"apps": {"det": {"rates": [1.0] * (HISTORY_STEPS + 1), "rates_at": 1e9}}})
     with pytest.raises(msgspec.ValidationError):
         memory.decode_node(too_long)
+
+
+def test_a_nodes_throughput_and_start_up_are_remembered_within_their_bounds() -> None:
+    """(since 2026-12-06) A re-plan soon after a restart split the batch by the default_rate
+    prior until two heartbeats of each board came; now by what was learned."""
+    learn = NodeLearning(ThroughputModel(prior=10.0))
+    learn.throughput.observe(120.0, 0.5)  # 240 samples/s at full intensity
+    learn.startup.observe(12.0)
+    learn.forming.observe(1.5)
+    learn.overhead.observe(0.02)
+    row = memory.node_row(learn, 100.0, 1e9) or ""
+    back = NodeLearning(ThroughputModel(prior=10.0))
+    memory.restore_node(back, memory.decode_node(row), 5.0, 1e9 + 3.0)
+    assert back.throughput.rate == pytest.approx(240.0) and back.throughput.observations == 1
+    assert (back.startup.get(0.0), back.forming.get(0.0), back.overhead.get(0.0)) == pytest.approx((12.0, 1.5, 0.02))
+    assert memory.node_row(NodeLearning(ThroughputModel(prior=10.0)), 100.0, 1e9) is None  # nothing learned
+    for bad in ('{"rate": 0.0}', '{"rate": 1e300}', '{"startup": -1.0}', '{"overhead": 61.0}'):
+        with pytest.raises(msgspec.ValidationError):
+            memory.decode_node(bad)

@@ -10,12 +10,13 @@ JSON, a row per node and per job, when it changed; times are kept as wall-clock 
 monotonic clock restarts with the process) and moved back to the monotonic clock on load. A
 coordinator stopped for longer than MEMORY_TTL_S restores nothing (its boards' LC apps may have
 changed since); a row that does not decode or is out of its bounds is skipped and said, never
-fatal. Not kept: the links (re-probed when a group forms), the throughput and start-up estimates
-(re-learned from the first heartbeats), the forecasts' hold (:meth:`RateForecast.steady`: the
-first plan after a restart is not held at the last one's rate). Kept since 2026-12-06: each LC
-app's request-rate history (the last HISTORY_STEPS seconds), so a restarted coordinator
-forecasts a repeating load from its season at once instead of after two more periods; the
-seconds it was down carry the last rate before them."""
+fatal. Not kept: the links (re-probed when a group forms), the forecasts' hold
+(:meth:`RateForecast.steady`: the first plan after a restart is not held at the last one's
+rate). Kept since 2026-12-06: each LC app's request-rate history (the last HISTORY_STEPS
+seconds), so a restarted coordinator forecasts a repeating load from its season at once instead
+of after two more periods (the seconds it was down carry the last rate before them); each
+node's throughput, start-up, forming and per-step overhead estimates, so a re-plan soon after a
+restart (a board's death) splits by what was learned, not by the ``default_rate`` prior."""
 
 from __future__ import annotations
 
@@ -82,6 +83,13 @@ class NodeMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     good_reports: Count = 0
     decreased: Wall | None = None  # when the cap limit was last lowered
     apps: Annotated[dict[Name, AppMemory], msgspec.Meta(max_length=MAX_APPS)] = {}
+    # since 2026-12-06: its throughput at full intensity (samples/s) and heartbeats it is
+    # learned from, its worker's start-up and group forming (s), its per-step overhead (s)
+    rate: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_RATE)] | None = None
+    rate_n: Count = 0
+    startup: Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)] | None = None
+    forming: Annotated[float, msgspec.Meta(ge=0.0, le=600.0)] | None = None
+    overhead: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] | None = None
 
 
 Held = tuple[Wall, Count]  # (until, strikes or refusals)
@@ -157,7 +165,22 @@ def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMe
         )
     decreased = clocks.wall(learn.last_decrease) if learn.last_decrease > -1e8 else None
     cap = learn.cap_limit if _within(learn.cap_limit, 1.0) else 1.0
-    return NodeMemory(cap, _count(learn.good_reports), decreased, apps)
+    rate = learn.throughput.estimate
+    return NodeMemory(
+        cap,
+        _count(learn.good_reports),
+        decreased,
+        apps,
+        rate=rate if rate is not None and 0.0 < rate <= MAX_RATE else None,
+        rate_n=_count(learn.throughput.observations) if rate is not None else 0,
+        startup=_ewma(learn.startup.value, 3600.0),
+        forming=_ewma(learn.forming.value, 600.0),
+        overhead=_ewma(learn.overhead.value, 60.0),
+    )
+
+
+def _ewma(value: float | None, high: float) -> float | None:
+    return value if value is not None and _within(value, high) else None
 
 
 def restore_node(learn: NodeLearning, memory: NodeMemory, mono_now: float, wall_now: float) -> None:
@@ -165,6 +188,15 @@ def restore_node(learn: NodeLearning, memory: NodeMemory, mono_now: float, wall_
     clocks = _Clocks(mono_now, wall_now)
     learn.cap_limit = memory.cap_limit
     learn.good_reports = memory.good_reports
+    if memory.rate is not None:  # the first plans after a restart at the learned rate, not the prior
+        learn.throughput.estimate, learn.throughput.observations = memory.rate, memory.rate_n
+    for ewma, value in (
+        (learn.startup, memory.startup),
+        (learn.forming, memory.forming),
+        (learn.overhead, memory.overhead),
+    ):
+        if value is not None:
+            ewma.value, ewma.observations = value, max(1, ewma.observations)
     if memory.decreased is not None:  # not in the future: a wall clock set back since (no RTC
         # before NTP) would hold off the LC feedback's next decrease (its cool-down) for that long
         learn.last_decrease = min(mono_now, clocks.mono(memory.decreased))

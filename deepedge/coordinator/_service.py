@@ -434,6 +434,7 @@ class Coordinator:
         self.view.on_heartbeat(hb, now)
         learn = self.learning_of(hb.node)
         learn.observe(hb, now)
+        self.memory_dirty.add(hb.node)  # its throughput and start-up (saved by remember)
         if hb.state == "training" and hb.allreduce_s > 0:  # its all-reduce shows its link at least this fast
             nbytes = job.model_bytes // 2 if job.plan.grad_dtype == "float16" else job.model_bytes
             peers = [self.learning_of(a.node).link.believed for a in job.plan.assignments if a.node != hb.node]
