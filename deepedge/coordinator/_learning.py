@@ -472,12 +472,12 @@ class CommModel:
     job's links then planned 5x faster than probed (attacker review); now such a node moves its
     own jobs' and, through the cluster's, a new job's first plans, until that job measured its own."""
 
-    efficiency: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, low=0.2, high=20.0))
+    efficiency: Ewma = field(default_factory=lambda: _efficiency())
     jobs: dict[str, Ewma] = field(default_factory=dict)  # per job, the most recent last
 
     def observe(self, job: str, ratio: float) -> None:
         self.efficiency.observe(ratio)
-        own = self.jobs.pop(job, None) or Ewma(alpha=0.3, low=0.2, high=20.0)
+        own = self.jobs.pop(job, None) or _efficiency()
         own.observe(ratio)
         self.jobs[job] = own
         while len(self.jobs) > MAX_COMM_JOBS:
@@ -494,7 +494,15 @@ COMM_OWN_AFTER = 3  # a job's all-reduces measured this often: its own efficienc
 MAX_COMM_JOBS = 256  # jobs whose efficiency is kept (the least recently measured forgotten first)
 
 
+def _efficiency() -> Ewma:
+    """An all-reduce efficiency (the cluster's or a job's): measured / modelled, within [0.2, 20]."""
+    return Ewma(alpha=0.3, low=0.2, high=20.0)
+
+
 MAX_WINDOW_S = 600.0  # a report's window is believed at most this long
+# a node's per-step overhead, its worker's start-up and its group's forming are believed at most
+# this long (s; the coordinator's memory keeps them within the same bounds)
+OVERHEAD_MAX_S, STARTUP_MAX_S, FORMING_MAX_S = 60.0, 3600.0, 600.0
 MAX_APPS = 64  # LC apps remembered per node (the least recently reported forgotten first)
 
 
@@ -509,9 +517,9 @@ class NodeLearning:
     link: LinkModel = field(default_factory=LinkModel)
     # seconds of a step outside its compute and all-reduce; from a worker's start to its first
     # rendezvous; to form a group once every rank is there (process group, probe, state sync)
-    overhead: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, high=60.0))
-    startup: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=3600.0))
-    forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=600.0))
+    overhead: Ewma = field(default_factory=lambda: Ewma(alpha=0.3, high=OVERHEAD_MAX_S))
+    startup: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=STARTUP_MAX_S))
+    forming: Ewma = field(default_factory=lambda: Ewma(alpha=0.5, high=FORMING_MAX_S))
     seen: tuple[float, float] = (0.0, 0.0)  # the (startup_s, forming_s) last learned from, to learn each once
     checking: tuple[float, float | None] | None = None  # (since, until: None while it runs) of its last pre-flight
     window_s: float = 10.0  # the latency window of its LC reports (the last one's; the config's default before)

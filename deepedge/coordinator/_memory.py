@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 from deepedge.coordinator._jobs import JobRecord
-from deepedge.coordinator._learning import ANCHOR_OBS, NodeLearning
+from deepedge.coordinator._learning import ANCHOR_OBS, FORMING_MAX_S, OVERHEAD_MAX_S, STARTUP_MAX_S, NodeLearning
 from deepedge.coordinator._policy import LC_HOLD_MAX_S, PROFILE_HOLD_S
 from deepedge.profiling._forecast import HISTORY_STEPS
 
@@ -87,9 +87,9 @@ class NodeMemory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # learned from, its worker's start-up and group forming (s), its per-step overhead (s)
     rate: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_RATE)] | None = None
     rate_n: Count = 0
-    startup: Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)] | None = None
-    forming: Annotated[float, msgspec.Meta(ge=0.0, le=600.0)] | None = None
-    overhead: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] | None = None
+    startup: Annotated[float, msgspec.Meta(ge=0.0, le=STARTUP_MAX_S)] | None = None
+    forming: Annotated[float, msgspec.Meta(ge=0.0, le=FORMING_MAX_S)] | None = None
+    overhead: Annotated[float, msgspec.Meta(ge=0.0, le=OVERHEAD_MAX_S)] | None = None
 
 
 Held = tuple[Wall, Count]  # (until, strikes or refusals)
@@ -173,9 +173,9 @@ def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMe
         apps,
         rate=rate if rate is not None and 0.0 < rate <= MAX_RATE else None,
         rate_n=_count(learn.throughput.observations) if rate is not None else 0,
-        startup=_ewma(learn.startup.value, 3600.0),
-        forming=_ewma(learn.forming.value, 600.0),
-        overhead=_ewma(learn.overhead.value, 60.0),
+        startup=_ewma(learn.startup.value, STARTUP_MAX_S),
+        forming=_ewma(learn.forming.value, FORMING_MAX_S),
+        overhead=_ewma(learn.overhead.value, OVERHEAD_MAX_S),
     )
 
 

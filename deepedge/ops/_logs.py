@@ -8,7 +8,7 @@ from collections.abc import Callable
 from deepedge.broker_schemas import CoordinatorStatus, Event, Topics
 from deepedge.config import Config
 from deepedge.ops._console import printable
-from deepedge.ops._request import STATUS_WAIT_S, _retained
+from deepedge.ops._request import STATUS_WAIT_S, _retained, never_seen
 from deepedge.transport import MqttTransport, Received
 
 __all__ = ["format_event", "tail_events"]
@@ -41,10 +41,7 @@ async def tail_events(
         if notice is not None:
             status = await _retained(t, topics.coordinator_status(), STATUS_WAIT_S)
             if not isinstance(status, CoordinatorStatus):
-                notice(
-                    f"no coordinator has ever been seen in cluster {config.cluster.name!r} on"
-                    f" {config.broker.url} (check --cluster); following its events anyway"
-                )
+                notice(f"{never_seen(config)}; following its events anyway")
         async for item in sub:
             if not isinstance(item, Received) or not isinstance(item.message, Event):
                 continue

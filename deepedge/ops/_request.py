@@ -86,6 +86,13 @@ async def _retained(t: Transport, topic: str, wait_s: float) -> Message | Cleare
     return item.message if isinstance(item, Received) else item
 
 
+def never_seen(config: Config) -> str:
+    """What is said of a cluster whose broker holds no coordinator's status."""
+    return (
+        f"no coordinator has ever been seen in cluster {config.cluster.name!r} on {config.broker.url} (check --cluster)"
+    )
+
+
 async def coordinator_status(t: Transport, config: Config, wait_s: float = STATUS_WAIT_S) -> CoordinatorStatus | None:
     """The online coordinator's retained status; Unavailable if it was never seen or is offline.
     None if its status could not be decoded (the request is sent anyway)."""
@@ -93,7 +100,7 @@ async def coordinator_status(t: Transport, config: Config, wait_s: float = STATU
     name, url = config.cluster.name, config.broker.url
     match status:
         case None | Cleared():
-            raise Unavailable(f"no coordinator has ever been seen in cluster {name!r} on {url} (check --cluster)")
+            raise Unavailable(never_seen(config))
         case CoordinatorStatus(state="offline"):
             who = f"the coordinator of cluster {name!r} on {url}"
             session = f"its session {status.session}, deepedge {status.version or '?'}"
