@@ -901,6 +901,15 @@ def bench_makespan(
             "traces start at the submission).",
         ),
     ] = 0.0,
+    trend_arm: Annotated[
+        bool,
+        typer.Option(
+            "--trend-arm",
+            help="--scenarios: under the step and diurnal traces, also run deepedge with its coordinator's "
+            "seasonal forecast off (coordinator.forecast_seasons = false: the held trend only), between "
+            "deepedge and today's controller: the seasonal forecast's A/B.",
+        ),
+    ] = False,
     cold_preflight: Annotated[
         bool,
         typer.Option(
@@ -943,6 +952,7 @@ def bench_makespan(
             alone_seconds,
             checked_before=not cold_preflight,
             trace_lead_s=trace_lead,
+            trend_arm=trend_arm,
         )
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
@@ -950,6 +960,7 @@ def bench_makespan(
             f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g} --alone-seconds {alone_seconds:g}"
             + (" --cold-preflight" if cold_preflight else "")
             + (f" --trace-lead {trace_lead:g}" if trace_lead > 0 else "")
+            + (" --trend-arm" if trend_arm else "")
         )
         _write_bench(
             out,

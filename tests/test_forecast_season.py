@@ -134,3 +134,32 @@ def test_a_cycle_reported_every_two_seconds_is_counted_in_seconds() -> None:
     assert len(h) == 100 and h[-1] == f.last and h[-2] == h[-3]  # the last 100 s; step 237 carries 236's rate
     planned = f.planning(239.0, 10.0)
     assert f.season is not None and abs(f.season - 30) <= 1 and planned is not None
+
+
+def test_with_seasons_off_the_coordinator_plans_a_repeating_load_as_the_held_trend() -> None:
+    """``coordinator.forecast_seasons = false`` (the LC bench's --trend-arm): the same diurnal
+    history that the default reads a season from is planned for by the held trend, at its peak
+    through the trough; every app model a node's learning makes carries the setting."""
+    from deepedge.config import Config, load_config
+    from deepedge.coordinator._learning import NodeLearning, ThroughputModel
+
+    assert Config().coordinator.forecast_seasons is True
+    off = load_config(environ={}, overrides={"coordinator.forecast_seasons": False}).config
+    assert off.coordinator.forecast_seasons is False
+    planned: dict[bool, list[float]] = {}
+    for seasons in (True, False):
+        node = NodeLearning(ThroughputModel(prior=10.0), seasons=seasons)
+        im = node.app("det")
+        assert im.rates.seasons is seasons
+        rates = []
+        for t, rate in reports(arrivals(Trace.parse("diurnal:10,40,30"), 150.0, random.Random(3)), 150.0):
+            node.app("det").observe_load(t, rate)
+            im.forecast_at = -1e9  # refit at every report, as a plan would every FORECAST_EVERY_S
+            planning = im.planning_rate(im.rates.last or 0.0, t)
+            if t >= 120.0:  # the last period: from a trough to the peak and back
+                rates.append(planning)
+        assert (im.rates.season is not None) is seasons
+        planned[seasons] = rates
+    # the held trend stays near the peak (40 req/s) through the trough; the season follows the load
+    assert min(planned[False]) >= 35.0
+    assert min(planned[True]) < 0.8 * min(planned[False])

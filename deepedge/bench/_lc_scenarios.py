@@ -45,6 +45,7 @@ __all__ = ["LcRow", "lc_markdown", "run_lc_scenarios"]
 STEP = "step:20,40,12"
 DIURNAL = "diurnal:10,40,30"
 TRACES = {"step": STEP, "diurnal": DIURNAL}  # the scenarios that follow a request-rate trace
+TREND_ARM = "deepedge (trend only)"  # --trend-arm: deepedge with coordinator.forecast_seasons = false
 
 
 @dataclass
@@ -275,6 +276,7 @@ def run_lc_scenarios(
     workdir: Path | None = None,
     checked_before: bool = True,
     trace_lead_s: float = 0.0,
+    trend_arm: bool = False,
 ) -> list[LcRow]:
     """Each scenario on a fresh cluster (what the LC feedback taught in one run must not carry
     into the next), deepedge first; the knowledge base profiled once, on the first cluster, and
@@ -287,11 +289,13 @@ def run_lc_scenarios(
     request-rate history holds them when the job is planned). Every job decodes its images: the
     boards' decoded-dataset caches are emptied before each (until 2026-12-04 the first job of a
     cluster, deepedge's, decoded them and the next ones loaded what it kept: a start that cost
-    only the first controller)."""
+    only the first controller). ``trend_arm``: under the traces, a third controller, deepedge with
+    its coordinator's seasonal forecast off (``coordinator.forecast_seasons = false``: the held
+    trend only), the seasonal forecast's A/B."""
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []
-    runs: dict[str, list[tuple[str, DemoOptions]]] = {}
+    runs: dict[str, list[tuple[str, DemoOptions, str]]] = {}  # (controller, options, coordinator settings)
     if "tight" in scenarios:
         for name, split, control in (
             ("deepedge", "planned", "forecast"),
@@ -301,15 +305,19 @@ def run_lc_scenarios(
             opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, split=split, lc_control=control)
             opts.deadline_factor, opts.alone_s, opts.checked_before = tight_factor, alone_s, checked_before
             opts.calibrate_windows = CALIBRATE_WINDOWS
-            runs.setdefault("tight", []).append((name, opts))
+            runs.setdefault("tight", []).append((name, opts, ""))
     for scenario, trace in TRACES.items():
         if scenario in scenarios:
-            for name, control in (("deepedge (forecast)", "forecast"), ("miss-then-back-off (today)", "reactive")):
+            arms = [("deepedge (forecast)", "forecast", "")]
+            if trend_arm:
+                arms.append((TREND_ARM, "forecast", "forecast_seasons = false\n"))
+            arms.append(("miss-then-back-off (today)", "reactive", ""))
+            for name, control, settings in arms:
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, lc_control=control)
                 opts.deadline_factor, opts.lc_trace, opts.alone_s = trace_factor, trace, alone_s
                 opts.checked_before, opts.calibrate_windows = checked_before, CALIBRATE_WINDOWS
                 opts.trace_lead_s = trace_lead_s
-                runs.setdefault(scenario, []).append((name, opts))
+                runs.setdefault(scenario, []).append((name, opts, settings))
     t0 = time.monotonic()
     kb: Path | None = None
     for scenario, jobs in runs.items():
@@ -344,9 +352,11 @@ def run_lc_scenarios(
                 time.sleep(AFTER_PROFILE_S)
             elif kb is not None:
                 shutil.copyfile(kb, target)
-            for k, (name, opts) in enumerate(jobs):
+            for k, (name, opts, settings) in enumerate(jobs):
                 if k:  # each controller starts from the same knowledge: not from the last one's learning
-                    cluster.restart_coordinator()
+                    cluster.restart_coordinator(extra=settings)
+                elif settings:
+                    raise ValueError("the first controller of a cluster runs with the coordinator's own settings")
                 cluster.forget_decoded()  # and decodes its images, as the first job did
                 deadlines = {a: opts.deadline_factor * p for a, p in calibration.items()}
                 asyncio.run(_set_deadlines(cluster, deadlines))

@@ -236,6 +236,9 @@ class CoordinatorConfig(_Section, frozen=True):
     node_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0  # the nodes' telemetry interval
     default_rate: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # samples/s prior before heartbeats
     lc_margin: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    # LC request-rate forecasts look for a repeating load (a season) in each app's history; false:
+    # the held trend only (the seasonal forecast's A/B, docs/benchmarks/lc-scenarios.md)
+    forecast_seasons: bool = True
     # Rendezvous ports: each plan's rank 0 listens on one of [rendezvous_port, rendezvous_port +
     # rendezvous_ports); no two running jobs get the same one, and a job's next generation the next.
     rendezvous_port: Annotated[int, msgspec.Meta(ge=1024, le=64000)] = 29500

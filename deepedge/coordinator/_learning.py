@@ -524,6 +524,7 @@ class NodeLearning:
     checking: tuple[float, float | None] | None = None  # (since, until: None while it runs) of its last pre-flight
     window_s: float = 10.0  # the latency window of its LC reports (the last one's; the config's default before)
     steady_at: float = -1e9  # monotonic time of its last steady latency report while it trained
+    seasons: bool = True  # its apps' forecasts look for a season (``coordinator.forecast_seasons``)
 
     def check_started(self, now: float) -> None:
         self.checking = (now, None)
@@ -598,6 +599,7 @@ class NodeLearning:
     def app(self, name: str) -> InterferenceModel:
         """The interference model of LC app ``name`` (bounded: MAX_APPS per node)."""
         model = self.interference.pop(name, None) or InterferenceModel()
+        model.rates.seasons = self.seasons
         self.interference[name] = model  # most recent last
         while len(self.interference) > MAX_APPS:
             del self.interference[next(iter(self.interference))]

@@ -293,7 +293,9 @@ class Coordinator:
 
     def learning_of(self, node: str) -> NodeLearning:
         if node not in self.learning:
-            self.learning[node] = NodeLearning(ThroughputModel(prior=self.cfg.default_rate))
+            self.learning[node] = NodeLearning(
+                ThroughputModel(prior=self.cfg.default_rate), seasons=self.cfg.forecast_seasons
+            )
         return self.learning[node]
 
     def runtime_of(self, job: JobRecord) -> policy.JobRuntime:

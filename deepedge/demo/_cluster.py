@@ -172,17 +172,7 @@ class DemoCluster:
             )
         else:
             self.broker = start_broker(self.workdir / "broker", self.broker_kind)
-        cfg = self.config_path("coordinator")
-        self._write(
-            cfg,
-            self._common("coordinator") + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
-            f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
-            # an emulated board shares this machine's CPUs (held to its CPU quota when namespaced):
-            # four boards' checks import torch at once, two to a vCPU on a 2-vCPU machine, at nice
-            # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05); under the
-            # CLI's 45 s wait for a submit's answer where not namespaced
-             + f"preflight_timeout_s = {45.0 if self.namespaced else 35.0}\n" + self.coordinator_extra,
-        )
+        self._write_coordinator_config()
         # the operator's: the CLI as the operator ``demo`` (the coordinator's own login would take
         # over the coordinator's client id on the secure broker, whose last will would then fire),
         # the coordinator's db named so that `profile --kb` defaults to the demo's knowledge base
@@ -194,17 +184,33 @@ class DemoCluster:
         for b in self.boards:
             self.start_node(b)
 
-    def restart_coordinator(self, grace_s: float = 10.0) -> int:
+    def _write_coordinator_config(self, extra: str = "") -> None:
+        """The coordinator's config: the demo's settings, ``coordinator_extra``, then ``extra``."""
+        self._write(
+            self.config_path("coordinator"),
+            self._common("coordinator") + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
+            f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
+            # an emulated board shares this machine's CPUs (held to its CPU quota when namespaced):
+            # four boards' checks import torch at once, two to a vCPU on a 2-vCPU machine, at nice
+            # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05); under the
+            # CLI's 45 s wait for a submit's answer where not namespaced
+             + f"preflight_timeout_s = {45.0 if self.namespaced else 35.0}\n" + self.coordinator_extra + extra,
+        )
+
+    def restart_coordinator(self, grace_s: float = 10.0, extra: str = "") -> int:
         """Stop the coordinator (SIGTERM: it publishes its status offline; SIGKILL after
         ``grace_s``) and start it again on the same state: its jobs and the knowledge base stay,
         what it learned of the boards (rates, latency models, cap limits, calibration, forecasts)
         starts afresh: its memory rows are deleted (the coordinator's memory, since 2026-12-05,
         restored them, so the LC bench's second controller inherited the first one's cap limits
         and widened intervals until 2026-12-06). The LC bench does this between controllers, so
-        each starts from the same knowledge. Returns the memory rows deleted."""
+        each starts from the same knowledge. ``extra``: coordinator settings (TOML lines under
+        ``[coordinator]``) this start runs with, none of the last start's extra kept. Returns the
+        memory rows deleted."""
         from deepedge.coordinator import JobStore
 
         self.stop_process("coordinator", grace_s)
+        self._write_coordinator_config(extra)
         store = JobStore(self.workdir / "state" / "coordinator.db")
         try:
             forgotten = store.forget_memory()

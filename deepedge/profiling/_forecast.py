@@ -258,6 +258,9 @@ class RateForecast:
     buckets: deque[tuple[int, float, int]] = field(default_factory=deque)  # (bucket, sum, n)
     planned: deque[tuple[float, float]] = field(default_factory=deque)  # (time, bounded forecast)
     season: int | None = None  # the period (steps) the last planning rate was read with; None: the trend
+    # False: no season is looked for, every forecast is the trend's (``coordinator.forecast_seasons``;
+    # the LC bench's A/B of the seasonal forecast against the held trend)
+    seasons: bool = True
 
     def observe(self, t: float, rate: float) -> None:
         if not (math.isfinite(rate) and rate >= 0 and math.isfinite(t)):
@@ -344,7 +347,10 @@ class RateForecast:
 
     def period(self, history: Sequence[float] | None = None) -> tuple[int, int] | None:
         """(period, extent) in steps of ``history`` (this forecast's when not given):
-        ``season_s`` over the whole history where given, else :func:`find_season`."""
+        ``season_s`` over the whole history where given, else :func:`find_season`; None when
+        ``seasons`` is off."""
+        if not self.seasons:
+            return None
         h = self.history() if history is None else history
         if self.season_s:
             return max(1, round(self.season_s / self.step_s)), len(h)
