@@ -901,15 +901,15 @@ def bench_makespan(
             "traces start at the submission).",
         ),
     ] = 0.0,
-    trend_arm: Annotated[
-        bool,
+    controllers: Annotated[
+        str,
         typer.Option(
-            "--trend-arm",
-            help="--scenarios: under the step and diurnal traces, also run deepedge with its coordinator's "
-            "seasonal forecast off (coordinator.forecast_seasons = false: the held trend only), between "
-            "deepedge and today's controller: the seasonal forecast's A/B.",
+            help="--scenarios: the controllers run under the step and diurnal traces, in this order, "
+            "comma-separated: forecast (deepedge), trend (deepedge with its coordinator's seasonal forecast "
+            "off, coordinator.forecast_seasons = false: the seasonal forecast's A/B), reactive (today's "
+            "miss-then-back-off).",
         ),
-    ] = False,
+    ] = "forecast,reactive",
     cold_preflight: Annotated[
         bool,
         typer.Option(
@@ -932,11 +932,14 @@ def bench_makespan(
     from deepedge.bench import makespan_markdown, run_makespan_bench
 
     if scenarios is not None:
-        from deepedge.bench._lc_scenarios import lc_markdown, run_lc_scenarios
+        from deepedge.bench._lc_scenarios import CONTROLLERS, DEFAULT_CONTROLLERS, lc_markdown, run_lc_scenarios
 
         chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
         if not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen):
             raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
+        arms = tuple(c.strip() for c in controllers.split(",") if c.strip())
+        if not arms or any(c not in CONTROLLERS for c in arms) or len(set(arms)) != len(arms):
+            raise typer.BadParameter(f"--controllers: each of {', '.join(CONTROLLERS)} at most once (comma-separated)")
         ctx.obj.load()
         epochs, images = epochs or 6, images or 3000
         typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)
@@ -952,7 +955,7 @@ def bench_makespan(
             alone_seconds,
             checked_before=not cold_preflight,
             trace_lead_s=trace_lead,
-            trend_arm=trend_arm,
+            controllers=arms,
         )
         command = (
             f"deepedge bench makespan --scenarios {','.join(chosen)} --epochs {epochs} --images {images} "
@@ -960,7 +963,7 @@ def bench_makespan(
             f"--profile-runs {profile_runs} --profile-seconds {profile_seconds:g} --alone-seconds {alone_seconds:g}"
             + (" --cold-preflight" if cold_preflight else "")
             + (f" --trace-lead {trace_lead:g}" if trace_lead > 0 else "")
-            + (" --trend-arm" if trend_arm else "")
+            + (f" --controllers {','.join(arms)}" if arms != DEFAULT_CONTROLLERS else "")
         )
         _write_bench(
             out,

@@ -264,7 +264,7 @@ def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) ->
         store = JobStore(db)
         store.remember({"node:ghost": '{"cap_limit": 0.5}'}, [], now=time.time())
         store.close()
-        # ... and the bench's --trend-arm restarts it with its seasonal forecast off
+        # ... and the bench's --controllers trend restarts it with its seasonal forecast off
         assert cluster.restart_coordinator(extra="forecast_seasons = false\n") >= 1
         assert "forecast_seasons = false" in cluster.config_path("coordinator").read_text()
         store = JobStore(db)

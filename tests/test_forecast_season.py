@@ -137,7 +137,7 @@ def test_a_cycle_reported_every_two_seconds_is_counted_in_seconds() -> None:
 
 
 def test_with_seasons_off_the_coordinator_plans_a_repeating_load_as_the_held_trend() -> None:
-    """``coordinator.forecast_seasons = false`` (the LC bench's --trend-arm): the same diurnal
+    """``coordinator.forecast_seasons = false`` (the LC bench's --controllers trend): the same diurnal
     history that the default reads a season from is planned for by the held trend, at its peak
     through the trough; every app model a node's learning makes carries the setting."""
     from deepedge.config import Config, load_config

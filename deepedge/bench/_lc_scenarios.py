@@ -45,7 +45,14 @@ __all__ = ["LcRow", "lc_markdown", "run_lc_scenarios"]
 STEP = "step:20,40,12"
 DIURNAL = "diurnal:10,40,30"
 TRACES = {"step": STEP, "diurnal": DIURNAL}  # the scenarios that follow a request-rate trace
-TREND_ARM = "deepedge (trend only)"  # --trend-arm: deepedge with coordinator.forecast_seasons = false
+# the controllers a trace scenario may run (--controllers), by key: (row name, lc_control, the
+# coordinator's settings); "trend" is deepedge with its seasonal forecast off, the season's A/B
+CONTROLLERS = {
+    "forecast": ("deepedge (forecast)", "forecast", ""),
+    "trend": ("deepedge (trend only)", "forecast", "forecast_seasons = false\n"),
+    "reactive": ("miss-then-back-off (today)", "reactive", ""),
+}
+DEFAULT_CONTROLLERS = ("forecast", "reactive")
 
 
 @dataclass
@@ -276,7 +283,7 @@ def run_lc_scenarios(
     workdir: Path | None = None,
     checked_before: bool = True,
     trace_lead_s: float = 0.0,
-    trend_arm: bool = False,
+    controllers: tuple[str, ...] = DEFAULT_CONTROLLERS,
 ) -> list[LcRow]:
     """Each scenario on a fresh cluster (what the LC feedback taught in one run must not carry
     into the next), deepedge first; the knowledge base profiled once, on the first cluster, and
@@ -289,9 +296,13 @@ def run_lc_scenarios(
     request-rate history holds them when the job is planned). Every job decodes its images: the
     boards' decoded-dataset caches are emptied before each (until 2026-12-04 the first job of a
     cluster, deepedge's, decoded them and the next ones loaded what it kept: a start that cost
-    only the first controller). ``trend_arm``: under the traces, a third controller, deepedge with
-    its coordinator's seasonal forecast off (``coordinator.forecast_seasons = false``: the held
-    trend only), the seasonal forecast's A/B."""
+    only the first controller). ``controllers``: under the traces, the controllers run, in this
+    order (keys of CONTROLLERS; "trend": deepedge with its coordinator's seasonal forecast off,
+    ``coordinator.forecast_seasons = false``, the seasonal forecast's A/B; the order is the
+    caller's, so that a series of runs can swap it)."""
+    unknown = [c for c in controllers if c not in CONTROLLERS]
+    if unknown or not controllers or len(set(controllers)) != len(controllers):
+        raise ValueError(f"controllers: each of {', '.join(CONTROLLERS)} at most once, not {controllers}")
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []
@@ -308,11 +319,7 @@ def run_lc_scenarios(
             runs.setdefault("tight", []).append((name, opts, ""))
     for scenario, trace in TRACES.items():
         if scenario in scenarios:
-            arms = [("deepedge (forecast)", "forecast", "")]
-            if trend_arm:
-                arms.append((TREND_ARM, "forecast", "forecast_seasons = false\n"))
-            arms.append(("miss-then-back-off (today)", "reactive", ""))
-            for name, control, settings in arms:
+            for name, control, settings in (CONTROLLERS[c] for c in controllers):
                 opts = DemoOptions(epochs=epochs, images=images, kill_after_s=None, lc_control=control)
                 opts.deadline_factor, opts.lc_trace, opts.alone_s = trace_factor, trace, alone_s
                 opts.checked_before, opts.calibrate_windows = checked_before, CALIBRATE_WINDOWS
@@ -353,10 +360,10 @@ def run_lc_scenarios(
             elif kb is not None:
                 shutil.copyfile(kb, target)
             for k, (name, opts, settings) in enumerate(jobs):
-                if k:  # each controller starts from the same knowledge: not from the last one's learning
+                # each controller starts from the same knowledge, not from the last one's
+                # learning, and on its own coordinator settings
+                if k or settings:
                     cluster.restart_coordinator(extra=settings)
-                elif settings:
-                    raise ValueError("the first controller of a cluster runs with the coordinator's own settings")
                 cluster.forget_decoded()  # and decodes its images, as the first job did
                 deadlines = {a: opts.deadline_factor * p for a, p in calibration.items()}
                 asyncio.run(_set_deadlines(cluster, deadlines))
