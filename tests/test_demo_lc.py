@@ -207,6 +207,25 @@ def test_the_lc_bench_table_shows_misses_at_start_up_and_with_nothing_training()
     text = lc_markdown([row], "deepedge bench makespan --scenarios tight", 1.5, 2.0)
     assert "| misses (start-up; nothing training; board out of the job) | share missed | alone: missed |" in text
     assert "| 40 | 3 (1; 2; 3) | 7.5% | 2.5% of 80 |" in text and "| NO | - | - |" in text
+    row.training_s, row.ideal_s = 25.94, 22.57  # the ratio's figures, so that a goal's edge can be read
+    text = lc_markdown([row], "deepedge bench makespan --scenarios tight", 1.5, 2.0)
+    assert "boards' rates pooled over the bench's runs): 22.57 s." in text and "| 1.15x |" in text
+
+
+def test_the_lc_bench_runs_the_controllers_asked_for_in_their_order() -> None:
+    """--controllers: known keys, each once (checked before any cluster starts); "trend" is
+    deepedge with the coordinator's seasonal forecast off."""
+    from typer.testing import CliRunner
+
+    from deepedge.bench._lc_scenarios import CONTROLLERS, run_lc_scenarios
+    from deepedge.cli import app
+
+    assert CONTROLLERS["trend"][1:] == ("forecast", "forecast_seasons = false\n")
+    for bad in (("forecast", "forecast"), ("bogus",), ()):
+        with pytest.raises(ValueError, match="controllers"):
+            run_lc_scenarios(("diurnal",), controllers=bad)
+    got = CliRunner().invoke(app, ["bench", "makespan", "--scenarios", "diurnal", "--controllers", "trend,trend"])
+    assert got.exit_code == 2 and "--controllers" in got.output
 
 
 def _set_deadline_rpc(rec: AppRecord, watch: ClusterWatch, sent: list[dict[str, object]]) -> Any:

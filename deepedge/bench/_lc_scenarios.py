@@ -408,7 +408,7 @@ def run_lc_scenarios(
         for n, v in (r.rates or {}).items():
             pooled.setdefault(n, []).append(v)
     if len(pooled) == len(boards):
-        ideal = round(epochs * size / sum(statistics.median(v) for v in pooled.values()), 1)
+        ideal = round(epochs * size / sum(statistics.median(v) for v in pooled.values()), 2)
         for r in rows:
             r.ideal_s = ideal
     return rows
@@ -424,6 +424,7 @@ def lc_markdown(
     trace_lead_s: float = 0.0,
 ) -> str:
     since = f"from {trace_lead_s:g} s before the submission" if trace_lead_s > 0 else "from submission"
+    ideal = next((r.ideal_s for r in rows if r.ideal_s), None)
     rate_max = profile_rate_max(tuple(TRACES[s] for s in {r.scenario for r in rows} if s in TRACES))
     lines = [
         f"Command: `{command}`. Machine: {platform.machine()}, Python {platform.python_version()}; the demo's "
@@ -454,7 +455,7 @@ def lc_markdown(
         "Alone: the LC apps just before each job, with no job, under the same trace and deadlines for the "
         "`--alone-seconds` (every report counted the same way): the share this machine misses on its own. "
         "Ideal: epochs x N / sum of the boards' full-intensity rates (no LC "
-        "constraint; the boards' rates pooled over the bench's runs).",
+        "constraint; the boards' rates pooled over the bench's runs)" + (f": {ideal:.2f} s." if ideal else "."),
         "",
         "| scenario | controller | completed | training | makespan | vs ideal | vs LC-unaware | reports "
         "| misses (start-up; nothing training; board out of the job) | share missed | alone: missed "
