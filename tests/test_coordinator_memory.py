@@ -210,3 +210,27 @@ def test_a_nodes_throughput_and_start_up_are_remembered_within_their_bounds() ->
     for bad in ('{"rate": 0.0}', '{"rate": 1e300}', '{"startup": -1.0}', '{"overhead": 61.0}'):
         with pytest.raises(msgspec.ValidationError):
             memory.decode_node(bad)
+
+
+def test_a_rows_points_are_the_last_in_bounds_and_its_rates_rounded_or_dropped_whole() -> None:
+    """The row keeps the last KEEP_POINTS in-bound points and ANCHOR_OBS in-bound observations, in
+    order, with out-of-bound ones skipped (read from the end since 2026-12-06, for speed); its
+    rate history rounded to 0.001 req/s, or none when one rate is out of bounds."""
+    import math
+
+    from deepedge.coordinator._learning import ANCHOR_OBS, NodeLearning, ThroughputModel
+    from deepedge.coordinator._memory import KEEP_POINTS, node_memory
+
+    node = NodeLearning(ThroughputModel(prior=10.0))
+    model = node.app("det")
+    for i in range(200):
+        model.observe(0.5, 1e300 if i % 3 == 0 else float(i))  # every third out of bounds
+        model.observed.append((0.5, 20.0, 0.1, math.nan if i % 4 == 0 else float(i)))
+    for t in range(20):
+        model.rates.observe(float(t), 10.0 + 1 / 3)
+    app = node_memory(node, 100.0, 1.8e9).apps["det"]
+    assert [p for _, p in app.points] == [float(i) for i in range(200) if i % 3][-KEEP_POINTS:]
+    assert [o[3] for o in app.observed] == [float(i) for i in range(200) if i % 4][-ANCHOR_OBS:]
+    assert app.rates == [10.333] * 20
+    model.rates.buckets[5] = (model.rates.buckets[5][0], math.inf, 1)  # not through observe: bounds hold anyway
+    assert node_memory(node, 100.0, 1.8e9).apps["det"].rates == []
