@@ -930,16 +930,19 @@ def bench_makespan(
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
+    from deepedge.bench._lc_scenarios import CONTROLLERS, DEFAULT_CONTROLLERS
 
+    arms = tuple(c.strip() for c in controllers.split(",") if c.strip())
+    if not arms or any(c not in CONTROLLERS for c in arms) or len(set(arms)) != len(arms):
+        raise typer.BadParameter(f"--controllers: each of {', '.join(CONTROLLERS)} at most once (comma-separated)")
+    chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip()) if scenarios is not None else ()
+    if scenarios is not None and (not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen)):
+        raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
+    if arms != DEFAULT_CONTROLLERS and not any(s in ("step", "diurnal") for s in chosen):
+        raise typer.BadParameter("--controllers: for --scenarios step or diurnal (tight runs its own three)")
     if scenarios is not None:
-        from deepedge.bench._lc_scenarios import CONTROLLERS, DEFAULT_CONTROLLERS, lc_markdown, run_lc_scenarios
+        from deepedge.bench._lc_scenarios import lc_markdown, run_lc_scenarios
 
-        chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
-        if not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen):
-            raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")
-        arms = tuple(c.strip() for c in controllers.split(",") if c.strip())
-        if not arms or any(c not in CONTROLLERS for c in arms) or len(set(arms)) != len(arms):
-            raise typer.BadParameter(f"--controllers: each of {', '.join(CONTROLLERS)} at most once (comma-separated)")
         ctx.obj.load()
         epochs, images = epochs or 6, images or 3000
         typer.echo(f"emulated {nodes}-board cluster, LC scenarios {', '.join(chosen)} ...", err=True)

@@ -259,12 +259,17 @@ def test_a_demo_job_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) ->
         # what the last one learned of the boards is forgotten (the coordinator's memory restored
         # it, and the second controller inherited the first one's cap limits until 2026-12-06)
         from deepedge.coordinator import JobStore
+        from deepedge.errors import DeepEdgeError
 
         db = workdir / "state" / "coordinator.db"
         store = JobStore(db)
         store.remember({"node:ghost": '{"cap_limit": 0.5}'}, [], now=time.time())
         store.close()
-        # ... and the bench's --controllers trend restarts it with its seasonal forecast off
+        # ... and the bench's --controllers trend restarts it with its seasonal forecast off;
+        # settings the config refuses fail before the coordinator is stopped
+        with pytest.raises(DeepEdgeError, match="forecast_season"):
+            cluster.restart_coordinator(extra="forecast_season = false\n")
+        assert "forecast_season" not in cluster.config_path("coordinator").read_text()
         assert cluster.restart_coordinator(extra="forecast_seasons = false\n") >= 1
         assert "forecast_seasons = false" in cluster.config_path("coordinator").read_text()
         store = JobStore(db)

@@ -224,8 +224,13 @@ def test_the_lc_bench_runs_the_controllers_asked_for_in_their_order() -> None:
     for bad in (("forecast", "forecast"), ("bogus",), ()):
         with pytest.raises(ValueError, match="controllers"):
             run_lc_scenarios(("diurnal",), controllers=bad)
-    got = CliRunner().invoke(app, ["bench", "makespan", "--scenarios", "diurnal", "--controllers", "trend,trend"])
-    assert got.exit_code == 2 and "--controllers" in got.output
+    for args in (
+        ["--scenarios", "diurnal", "--controllers", "trend,trend"],
+        ["--scenarios", "tight", "--controllers", "trend,forecast"],  # tight runs its own three
+        ["--controllers", "trend"],  # no LC scenario at all
+    ):
+        got = CliRunner().invoke(app, ["bench", "makespan", *args])
+        assert got.exit_code == 2 and "--controllers" in got.output, (args, got.output)
 
 
 def _set_deadline_rpc(rec: AppRecord, watch: ClusterWatch, sent: list[dict[str, object]]) -> Any:

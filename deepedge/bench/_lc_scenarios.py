@@ -360,10 +360,11 @@ def run_lc_scenarios(
             elif kb is not None:
                 shutil.copyfile(kb, target)
             for k, (name, opts, settings) in enumerate(jobs):
-                # each controller starts from the same knowledge, not from the last one's
-                # learning, and on its own coordinator settings
-                if k or settings:
-                    cluster.restart_coordinator(extra=settings)
+                # each controller starts from the same knowledge, on a coordinator restarted
+                # with its own settings and its memory deleted: the first one too, whose
+                # coordinator had otherwise run through the calibration and the profile
+                # (until 2026-12-06 16:50 only the controllers after the first were restarted)
+                cluster.restart_coordinator(extra=settings)
                 cluster.forget_decoded()  # and decodes its images, as the first job did
                 deadlines = {a: opts.deadline_factor * p for a, p in calibration.items()}
                 asyncio.run(_set_deadlines(cluster, deadlines))

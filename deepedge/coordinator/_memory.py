@@ -168,6 +168,7 @@ def _rates_kept(rates: Sequence[float]) -> list[float] | None:
     a = np.asarray(rates[-HISTORY_STEPS:], dtype=float)
     if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= MAX_RATE):
         return None
+    # (numpy rounds a value exactly halfway, 4.1025, down where round() takes it up: 0.001 req/s)
     return np.round(a, 3).tolist()  # type: ignore[no-any-return]
 
 

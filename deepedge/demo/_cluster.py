@@ -185,16 +185,31 @@ class DemoCluster:
             self.start_node(b)
 
     def _write_coordinator_config(self, extra: str = "") -> None:
-        """The coordinator's config: the demo's settings, ``coordinator_extra``, then ``extra``."""
-        self._write(
-            self.config_path("coordinator"),
+        """The coordinator's config: the demo's settings, ``coordinator_extra``, then ``extra``;
+        checked first (a key given twice, a typo, a value out of bounds: a DeepEdgeError, and the
+        file as it was), so that a bad ``extra`` fails before a restart stops the coordinator."""
+        from deepedge.config import ConfigError, load_config
+
+        text = self._coordinator_config_text(extra)
+        trial = self.config_path("coordinator").with_suffix(".trial")
+        self._write(trial, text)
+        try:
+            load_config(trial, environ={})
+        except ConfigError as exc:
+            raise DeepEdgeError(f"coordinator settings {extra!r}: {exc}") from None
+        finally:
+            trial.unlink(missing_ok=True)
+        self._write(self.config_path("coordinator"), text)
+
+    def _coordinator_config_text(self, extra: str) -> str:
+        return (
             self._common("coordinator") + f'[coordinator]\ndb = "{self.workdir / "state" / "coordinator.db"}"\n'
             f"node_interval_s = {self.interval_s}\ndefault_rate = 200.0\nlc_margin = 0.25\n"
             # an emulated board shares this machine's CPUs (held to its CPU quota when namespaced):
             # four boards' checks import torch at once, two to a vCPU on a 2-vCPU machine, at nice
             # 10 behind the LC apps (the node's 8 s default timed out there, 2026-12-05); under the
             # CLI's 45 s wait for a submit's answer where not namespaced
-             + f"preflight_timeout_s = {45.0 if self.namespaced else 35.0}\n" + self.coordinator_extra + extra,
+             + f"preflight_timeout_s = {45.0 if self.namespaced else 35.0}\n" + self.coordinator_extra + extra
         )
 
     def restart_coordinator(self, grace_s: float = 10.0, extra: str = "") -> int:
@@ -205,12 +220,12 @@ class DemoCluster:
         restored them, so the LC bench's second controller inherited the first one's cap limits
         and widened intervals until 2026-12-06). The LC bench does this between controllers, so
         each starts from the same knowledge. ``extra``: coordinator settings (TOML lines under
-        ``[coordinator]``) this start runs with, none of the last start's extra kept. Returns the
-        memory rows deleted."""
+        ``[coordinator]``) this start runs with, none of the last start's extra kept; checked
+        before the coordinator is stopped. Returns the memory rows deleted."""
         from deepedge.coordinator import JobStore
 
-        self.stop_process("coordinator", grace_s)
         self._write_coordinator_config(extra)
+        self.stop_process("coordinator", grace_s)
         store = JobStore(self.workdir / "state" / "coordinator.db")
         try:
             forgotten = store.forget_memory()
