@@ -930,11 +930,13 @@ def bench_makespan(
     """The same job under a uniform split, the deepedge plan and the ideal bound, with and without LC apps
     (--boards namespaces: with shaped links, background load and link failures)."""
     from deepedge.bench import makespan_markdown, run_makespan_bench
-    from deepedge.bench._lc_scenarios import CONTROLLERS, DEFAULT_CONTROLLERS
+    from deepedge.bench._lc_scenarios import DEFAULT_CONTROLLERS, check_controllers
 
     arms = tuple(c.strip() for c in controllers.split(",") if c.strip())
-    if not arms or any(c not in CONTROLLERS for c in arms) or len(set(arms)) != len(arms):
-        raise typer.BadParameter(f"--controllers: each of {', '.join(CONTROLLERS)} at most once (comma-separated)")
+    try:
+        check_controllers(arms)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--{exc} (comma-separated)") from None
     chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip()) if scenarios is not None else ()
     if scenarios is not None and (not chosen or any(s not in ("tight", "step", "diurnal") for s in chosen)):
         raise typer.BadParameter("--scenarios: tight, step, diurnal (comma-separated)")

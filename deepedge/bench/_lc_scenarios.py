@@ -55,6 +55,12 @@ CONTROLLERS = {
 DEFAULT_CONTROLLERS = ("forecast", "reactive")
 
 
+def check_controllers(controllers: tuple[str, ...]) -> None:
+    """A ValueError unless ``controllers`` are keys of CONTROLLERS, at least one, each once."""
+    if not controllers or any(c not in CONTROLLERS for c in controllers) or len(set(controllers)) != len(controllers):
+        raise ValueError(f"controllers: each of {', '.join(CONTROLLERS)} at most once, not {controllers}")
+
+
 @dataclass
 class LcRow:
     scenario: str
@@ -300,9 +306,7 @@ def run_lc_scenarios(
     order (keys of CONTROLLERS; "trend": deepedge with its coordinator's seasonal forecast off,
     ``coordinator.forecast_seasons = false``, the seasonal forecast's A/B; the order is the
     caller's, so that a series of runs can swap it)."""
-    unknown = [c for c in controllers if c not in CONTROLLERS]
-    if unknown or not controllers or len(set(controllers)) != len(controllers):
-        raise ValueError(f"controllers: each of {', '.join(CONTROLLERS)} at most once, not {controllers}")
+    check_controllers(controllers)
     root = workdir or Path(tempfile.mkdtemp(prefix="deepedge-bench-lc-"))
     boards = cluster_profiles(nodes, with_lc=True)
     rows: list[LcRow] = []

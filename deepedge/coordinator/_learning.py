@@ -598,8 +598,10 @@ class NodeLearning:
 
     def app(self, name: str) -> InterferenceModel:
         """The interference model of LC app ``name`` (bounded: MAX_APPS per node)."""
-        model = self.interference.pop(name, None) or InterferenceModel()
-        model.rates.seasons = self.seasons
+        model = self.interference.pop(name, None)
+        if model is None:
+            model = InterferenceModel()
+            model.rates.seasons = self.seasons
         self.interference[name] = model  # most recent last
         while len(self.interference) > MAX_APPS:
             del self.interference[next(iter(self.interference))]

@@ -184,8 +184,7 @@ def node_memory(learn: NodeLearning, mono_now: float, wall_now: float) -> NodeMe
         snap = model.rates.snapshot()
         rates: list[float] = []
         rates_at = None
-        kept = _rates_kept(snap[1]) if snap is not None else None
-        if snap is not None and kept is not None:
+        if snap is not None and (kept := _rates_kept(snap[1])) is not None:
             rates_at, rates = clocks.wall(snap[0]), kept
         apps[name] = AppMemory(
             points=points,
