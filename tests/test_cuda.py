@@ -2,9 +2,9 @@
 fraction binds torch's allocator, the probe sees the device; and the training worker on the GPU:
 equivalence of 1 and 2 workers (fp32, bf16, fp16) within stated tolerances, the throttle's duty
 cycle in GPU time, the memory cap, a SIGKILLed worker's recovery, ``deepedge profile``'s GPU
-rate, and NCCL (two GPUs). Marked ``cuda`` and skipped, each with what it needs, where torch sees
-no CUDA device (this project's CI and development VM have none). ``scripts/gpu_checks.sh`` runs
-them on a GPU machine.
+rate, the interference profile's GPU stressor against NVML's utilisation, and NCCL (two GPUs).
+Marked ``cuda`` and skipped, each with what it needs, where torch sees no CUDA device (this
+project's CI and development VM have none). ``scripts/gpu_checks.sh`` runs them on a GPU machine.
 
 **None of these has run yet** (no GPU was lent to the task that wrote them): the tolerances below
 are reasoned, not measured; the first run on a GPU prints the differences it found (``-s``)."""
@@ -371,3 +371,35 @@ def test_a_pending_nccl_all_reduce_is_given_up_for_a_newer_plan_without_waiting_
     print(f"\nNCCL: generation 2 trained {took:.2f} s after its plan")
     assert took < 4.0, took
     assert verify_accounting(tmp_path / "out", 2400, 1)["ok"]
+
+
+def test_the_gpu_stressor_holds_its_level_as_nvml_sees_it(tmp_path: Path) -> None:
+    """The interference profile's GPU stressor (deepedge.training.gpu_stress) at 0.5 and 1.0:
+    what it says it achieved (its kernels' time) is close to the level asked, and NVML's GPU
+    utilisation, sampled every 0.1 s while it runs, agrees with it (NVML's "utilization" is the
+    share of time a kernel ran). Where another process uses the GPU the figures are off: run it
+    on an idle GPU."""
+    import pynvml
+
+    from deepedge.profiling._stressors import Stressors
+
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        for level in (0.5, 1.0):
+            with Stressors({"gpu": level}, tmp_path / f"s{level}", device="cuda:0", timeout_s=60) as stress:
+                time.sleep(1.0)  # NVML's window (up to 1 s) sees only the stressor from here
+                stress.mark()
+                seen = []
+                until = time.monotonic() + 4.0
+                while time.monotonic() < until:
+                    seen.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+                    time.sleep(0.1)
+                achieved, _disk, notes = stress.achieved()
+            nvml = sum(seen) / len(seen)
+            print(f"\ngpu stressor at {level}: achieved {achieved['gpu']:.3f}, NVML {nvml:.3f} ({len(seen)} reads)")
+            assert abs(achieved["gpu"] - level) < 0.15, achieved
+            assert abs(nvml - achieved["gpu"]) < 0.25, (nvml, achieved)
+            assert not notes
+    finally:
+        pynvml.nvmlShutdown()

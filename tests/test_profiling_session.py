@@ -77,6 +77,10 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
             for bad in ({"interference": True, "app": "nope"}, {"interference": True, "cpu": 2}):
                 reply = await rpc.request(t.node_command("p1", "profile"), bad)
                 assert not reply.ok and reply.error is not None and reply.error.code in ("not_found", "bad_args")
+            # the GPU stressor only where the board trains on a GPU (this one trains on its CPU)
+            reply = await rpc.request(t.node_command("p1", "profile"), {"interference": True, "gpu": 0.5})
+            assert not reply.ok and reply.error is not None and reply.error.code == "bad_args", reply
+            assert "no GPU to stress" in reply.error.message, reply
         # an app the board does not have: said before anything is designed, run or stored
         with pytest.raises(CommandError, match="no LC app 'nope'") as refused:
             await profile_interference(config, "p1", kb_path, app="nope", budget=7, adaptive=1, seconds=1.0)
@@ -136,6 +140,7 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
     # the machine's CPU pressure over each run: at least the LC app, and the training where it ran
     assert all(r.runnable > 0 for r in runs) and all(0 <= r.psi <= 1 for r in runs), runs
     assert any("Latin-hypercube runs of a 1215-run grid" in line for line in lines), lines
+    assert any(line.endswith("; stressors cpu, cache, mem, io") for line in lines), lines  # no GPU here
     # the knowledge base holds the design, the runs and the model, under the board's key
     kb = KnowledgeBase(kb_path)
     [summary] = kb.profiles()

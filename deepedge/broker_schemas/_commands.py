@@ -261,7 +261,8 @@ class ProfileArgs(_Args, frozen=True, kw_only=True):
     seconds: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] | None = None
     # One interference run (``deepedge profile NODE --interference`` sends one per design point):
     # the LC app measured (default: the board's only app with a deadline), the training
-    # intensity, the LC request rate asked of the app, stressor levels, stress-ng workers each.
+    # intensity, the LC request rate asked of the app, stressor levels (gpu: only on a board that
+    # trains on a GPU), stress-ng workers each.
     interference: bool = False
     app: Id | None = None
     intensity: Fraction = 0.0
@@ -270,6 +271,7 @@ class ProfileArgs(_Args, frozen=True, kw_only=True):
     cache: Fraction = 0.0
     mem: Fraction = 0.0
     io: Fraction = 0.0
+    gpu: Fraction = 0.0
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 

@@ -82,7 +82,12 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
     seconds = min(3.0, window) if prof.seconds is None else prof.seconds
     if seconds > window:
         raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
-    point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io)
+    info = daemon.torch_probe.info
+    gpu_device = info.device if info is not None and info.device.startswith("cuda") else None
+    if prof.gpu > 0 and gpu_device is None:
+        trains_on = "an unknown device (its torch probe has not answered)" if info is None else info.device
+        raise CommandFailed("bad_args", f"gpu: this node trains on {trains_on}, it has no GPU to stress")
+    point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io, prof.gpu)
     for standby in daemon.standbys():
         await standby.yield_to_measurement()
     # checked after the awaits above (a plan that came meanwhile started a worker) and with no
@@ -91,13 +96,13 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
     if busy:
         raise CommandFailed("conflict", f"training is running here (job {', '.join(busy)}): profile an idle board")
     try:
-        run = await daemon.profiler.run_point(app, point, seconds, prof.workers, prof.model)
+        run = await daemon.profiler.run_point(app, point, seconds, prof.workers, prof.model, gpu_device or "cuda")
     except ProfileError as exc:
         if "already running" in str(exc):
             raise CommandFailed("conflict", str(exc)) from None
         raise CommandFailed("internal", str(exc)) from None
     # what `deepedge logs -f` shows of a session (one event a run; a session has a few dozen)
-    load = ", ".join(f"{s} {getattr(run, s):.2f}" for s in ("cache", "mem", "io") if getattr(run, s) > 0)
+    load = ", ".join(f"{s} {getattr(run, s):.2f}" for s in ("cache", "mem", "io", "gpu") if getattr(run, s) > 0)
     await daemon.emit(
         "profile.run",
         f"{app}: u {run.intensity:.2f}, {run.rate:.0f} req/s, background {run.cpu:.2f} cores"

@@ -83,10 +83,17 @@ class BoardProfiler:
         return [ms for t, ms in list(window) if start <= t <= end]  # list(): a copy, taken at once
 
     async def run_point(
-        self, app: str, point: Point, seconds: float, workers: int = 1, model: str = "cnn-small"
+        self,
+        app: str,
+        point: Point,
+        seconds: float,
+        workers: int = 1,
+        model: str = "cnn-small",
+        gpu_device: str = "cuda",
     ) -> Run:
-        """One interference run (see the module's doc). Raises ProfileError when one is already
-        running, or when the run fails."""
+        """One interference run (see the module's doc); ``gpu_device``: where the GPU stressor
+        runs (the board's training device). Raises ProfileError when one is already running, or
+        when the run fails."""
         if self._point_lock.locked() or self.running:
             raise ProfileError("a profile is already running on this node")
         async with self._point_lock:
@@ -109,6 +116,7 @@ class BoardProfiler:
                 training=self.training,
                 stressor_workers=min(workers, len(cpus)),  # at most one per CPU of the board
                 rate_file=rate_file_for(self.cfg.latency_socket, app),
+                gpu_device=gpu_device,
             )
             if self._runner is None or self._runner.cfg != cfg:
                 if self._runner is not None:

@@ -8,7 +8,9 @@ designs of at most two left the models extrapolating to a machine with three or 
 once, and they erred most there (the chosen model's worst held-out scenario 12.9-22.0 % in three
 bench runs with three, 17.1-29.7 % in four with two: a trend, docs/benchmarks/interference.md);
 all four stressors together stay out of the design, so
-``deepedge bench interference`` still tests a mix the model never saw."""
+``deepedge bench interference`` still tests a mix the model never saw. A board that trains on a
+GPU has a fifth stressor, the GPU's (``Space.stressors``; ``deepedge.profiling._remote`` adds it
+from the board's birth)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepedge.profiling._space import STRESSORS, Point
+from deepedge.profiling._space import ALL_STRESSORS, STRESSORS, Point
 
 __all__ = ["Space", "adaptive_points", "latin_hypercube"]
 
@@ -33,29 +35,36 @@ class Space:
     rate_levels: int = 3
     stressor_levels: int = 3  # 0, 0.5, 1
     max_mix: int = 3  # stressors on at once in a design point
+    stressors: tuple[str, ...] = STRESSORS  # the board's: STRESSORS, and "gpu" where it trains on a GPU
+
+    def __post_init__(self) -> None:
+        kept = tuple(self.stressors)  # (a list, from a stored space's JSON)
+        if not kept or len(set(kept)) != len(kept) or not set(kept) <= set(ALL_STRESSORS):
+            raise ValueError(f"stressors {kept!r}: distinct names among {', '.join(ALL_STRESSORS)}")
+        object.__setattr__(self, "stressors", kept)
 
     @property
     def full_grid(self) -> int:
         """Runs of the full factorial grid (what a design's budget is reported against)."""
-        return int(self.intensity_levels * self.rate_levels * self.stressor_levels ** len(STRESSORS))
+        return int(self.intensity_levels * self.rate_levels * self.stressor_levels ** len(self.stressors))
 
     def point(self, unit: Sequence[float], mask: Sequence[bool]) -> Point:
-        """A point from a vector in [0, 1]^6 (intensity, rate, 4 stressors); stressors off where
-        ``mask`` is False. Intensities and levels are rounded to 0.05 (what a throttle can hold)."""
+        """A point from a vector in [0, 1]^(2 + stressors) (intensity, rate, each stressor's
+        level); stressors off where ``mask`` is False. Intensities and levels are rounded to 0.05
+        (what a throttle can hold)."""
         u, r, *levels = unit
 
         def q(x: float) -> float:
             return round(round(float(x) / 0.05) * 0.05, 2)
 
         rate = round(self.rate_min + float(r) * (self.rate_max - self.rate_min), 1)
-        stress = {s: (q(v) if on else 0.0) for s, v, on in zip(STRESSORS, levels, mask, strict=True)}
+        stress = {s: (q(v) if on else 0.0) for s, v, on in zip(self.stressors, levels, mask, strict=True)}
         return Point(intensity=q(u), rate=rate, **stress)
 
 
-def _masks(n: int, max_mix: int, rng: np.random.Generator) -> list[tuple[bool, ...]]:
-    """n stressor masks cycling through every mix of 0..max_mix stressors, in a shuffled order
-    (so small designs still see each stressor alone and in pairs)."""
-    k = len(STRESSORS)
+def _masks(n: int, k: int, max_mix: int, rng: np.random.Generator) -> list[tuple[bool, ...]]:
+    """n masks of ``k`` stressors cycling through every mix of 0..max_mix of them, in a shuffled
+    order (so small designs still see each stressor alone and in pairs)."""
     mixes: list[tuple[bool, ...]] = []
     for size in range(max_mix + 1):
         for combo in _combinations(range(k), size):
@@ -82,10 +91,11 @@ def latin_hypercube(space: Space, n: int, seed: int = 0) -> list[Point]:
 
     if n < 1:
         return []
-    sampler = qmc.LatinHypercube(d=2 + len(STRESSORS), seed=seed, optimization="random-cd" if n > 1 else None)
+    k = len(space.stressors)
+    sampler = qmc.LatinHypercube(d=2 + k, seed=seed, optimization="random-cd" if n > 1 else None)
     unit = sampler.random(n)
     rng = np.random.default_rng(seed)
-    return [space.point(row, mask) for row, mask in zip(unit, _masks(n, space.max_mix, rng), strict=True)]
+    return [space.point(row, mask) for row, mask in zip(unit, _masks(n, k, space.max_mix, rng), strict=True)]
 
 
 def adaptive_points(

@@ -2,30 +2,42 @@
 measures, one ``profile`` command (``interference: true``) per design point over MQTT; the
 design, the fit and the knowledge base are here, on the operator's machine, never on the board.
 The key is the board's device model and software versions from its retained birth message, and
-the LC app's name: every board of that model reuses the result."""
+the LC app's name: every board of that model reuses the result. A board whose birth says it
+trains on a CUDA GPU (its torch probe) is also profiled under the GPU stressor
+(:func:`board_space`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from deepedge.broker_schemas import ArgValue, Topics
+from deepedge.broker_schemas import ArgValue, NodeBirth, Topics
 from deepedge.config import Config
 from deepedge.errors import DeepEdgeError, ExitCode
 from deepedge.profiling._design import Space
 from deepedge.profiling._kb import KnowledgeBase, ProfileKey, versions_key
 from deepedge.profiling._session import ProfileSession, SessionResult
-from deepedge.profiling._space import Point, Run
+from deepedge.profiling._space import GPU, Point, Run
 from deepedge.transport import MqttTransport, Requester
 
-__all__ = ["NameTheApp", "profile_interference"]
+__all__ = ["NameTheApp", "board_space", "profile_interference"]
 
 
 class NameTheApp(DeepEdgeError):
     """The node has no LC app with a deadline, or several: --app must name one (a usage error)."""
 
     exit_code = ExitCode.USAGE
+
+
+def board_space(space: Space, birth: NodeBirth) -> Space:
+    """``space`` with the GPU stressor added where the board trains on a CUDA GPU (its birth's
+    torch probe: a discrete GPU or a Jetson's), as it is."""
+    torch = birth.torch
+    if torch is None or not torch.device.startswith("cuda") or GPU in space.stressors:
+        return space
+    return replace(space, stressors=(*space.stressors, GPU))
 
 
 async def profile_interference(
@@ -72,7 +84,8 @@ async def profile_interference(
                     raise NameTheApp(f"node {node}: name the LC app with --app (apps with a deadline: {apps[:20]})")
                 app = apps[0]
             key = ProfileKey(birth.device_model or "unknown", app, versions_key(birth.software))
-            say(f"profiling {app} on {node} ({key})")
+            space = board_space(space or Space(), birth)
+            say(f"profiling {app} on {node} ({key}); stressors {', '.join(space.stressors)}")
             loop = asyncio.get_running_loop()
 
             async def one(p: Point) -> Run:
@@ -89,6 +102,8 @@ async def profile_interference(
                     "io": p.io,
                     "workers": workers,
                 }
+                if p.gpu > 0:  # (a node of before the GPU stressor refuses an unknown argument)
+                    args["gpu"] = p.gpu
                 reply = await rpc.request(topics.node_command(node, "profile"), args)
                 if not reply.ok:
                     err = reply.error
@@ -114,6 +129,6 @@ async def profile_interference(
                 return out
 
             session = ProfileSession(
-                key, space or Space(), KnowledgeBase(kb_path), q=q, training_model=model, source=f"node {node}"
+                key, space, KnowledgeBase(kb_path), q=q, training_model=model, source=f"node {node}"
             )
             return await asyncio.to_thread(session.run, measure, budget, adaptive, say)

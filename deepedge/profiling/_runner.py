@@ -116,6 +116,7 @@ class RunnerConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)  # the board's: where and how its worker trains
     stressor_workers: int = 1
     rate_file: Path | None = None
+    gpu_device: str = "cuda"  # the GPU stressor's device: the board's training device (its torch probe's)
 
 
 class PointRunner:
@@ -218,7 +219,9 @@ class PointRunner:
         if cfg.rate_file is not None and point.rate > 0:
             write_rate(cfg.rate_file, point.rate)
         timeout = cfg.settle_s + cfg.seconds + 60.0
-        with Stressors(point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout) as stress:
+        with Stressors(
+            point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout, device=cfg.gpu_device
+        ) as stress:
             time.sleep(cfg.settle_s)
             quiet = Pressure()  # before training
             if cfg.background_s > 0:
@@ -260,6 +263,7 @@ class PointRunner:
             cache=achieved.get("cache", 0.0),
             mem=achieved.get("mem", 0.0),
             io=achieved.get("io", 0.0),
+            gpu=achieved.get("gpu", 0.0),
             p95_ms=round(percentile(lat, 95), 4),
             p50_ms=round(percentile(lat, 50), 4),
             count=len(lat),

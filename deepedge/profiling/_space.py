@@ -1,10 +1,11 @@
 """The profiling space: what a design point asks for and what a run measured.
 
 A design point names a training intensity, an LC request rate and a level in [0, 1] for each
-stressor (CPU, cache, memory bandwidth, disk I/O). A run is the raw measurement of one point on
-a board: the levels *achieved* (verified from the processes' CPU time and the machine's
-telemetry, not assumed from what was asked), the LC app's request rate as it arrived, and its
-latency percentiles. Models are fitted on what was achieved."""
+stressor (CPU, cache, memory bandwidth, disk I/O, and the GPU where the board trains on one). A
+run is the raw measurement of one point on a board: the levels *achieved* (verified from the
+processes' CPU time, the machine's telemetry and the GPU stressor's own kernel times, not assumed
+from what was asked), the LC app's request rate as it arrived, and its latency percentiles.
+Models are fitted on what was achieved."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["FEATURES", "STRESSORS", "Point", "Run"]
+__all__ = ["ALL_STRESSORS", "FEATURES", "GPU", "STRESSORS", "Point", "Run"]
 
-STRESSORS = ("cpu", "cache", "mem", "io")
+STRESSORS = ("cpu", "cache", "mem", "io")  # every board's
+GPU = "gpu"  # a board that trains on a GPU also has this one (deepedge.training.gpu_stress)
+ALL_STRESSORS = (*STRESSORS, GPU)
 # What a model predicts from: training intensity, LC request rate (req/s), the stressors'
-# achieved levels, GPU utilisation (0 where there is no GPU).
+# achieved levels, the GPU stressor's achieved level (0 where there is no GPU).
 FEATURES = ("intensity", "rate", "cpu", "cache", "mem", "io", "gpu")
 
 
@@ -30,13 +33,14 @@ class Point:
     cache: float = 0.0
     mem: float = 0.0
     io: float = 0.0
+    gpu: float = 0.0
 
     def stressors(self) -> dict[str, float]:
-        return {s: getattr(self, s) for s in STRESSORS}
+        return {s: getattr(self, s) for s in ALL_STRESSORS}
 
     def mix(self) -> str:
         """Which stressors are on, e.g. ``cpu+mem`` (``none``)."""
-        return "+".join(s for s in STRESSORS if getattr(self, s) > 0) or "none"
+        return "+".join(s for s in ALL_STRESSORS if getattr(self, s) > 0) or "none"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ time and the machine's counters that each reached the level it was asked for.
   W`` (STREAM copy/scale/add/triad: memory bandwidth), ``io``: ``stress-ng --hdd W`` (writes and
   reads a file under ``workdir``): these run at full strength, so their level is a duty cycle
   that this module holds by stopping and continuing their process group (SIGSTOP / SIGCONT,
-  100 ms period).
+  100 ms period);
+- ``gpu``: matrix multiplications on the board's training GPU (``python -m
+  deepedge.training.gpu_stress``, a process of its own as the training profiler is: torch
+  never loads in the daemon), which holds its duty cycle itself and says what its kernels achieved; only where the
+  board trains on CUDA. Built, not measured on a GPU yet (docs/planner.md).
 
 Standard library and psutil only: the node daemon runs them (it never imports scikit-learn)."""
 
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,14 +35,33 @@ __all__ = ["STRESS_NG", "StressorError", "Stressors", "stressor_argv"]
 
 STRESS_NG = "stress-ng"
 PERIOD_S = 0.1  # duty-cycle period of the throttled stressors
+GPU_MODULE = "deepedge.training.gpu_stress"
+GPU_READY_S = 120.0  # importing torch and initialising CUDA on a small board takes a while
 
 
 class StressorError(Exception):
     pass
 
 
-def stressor_argv(kind: str, level: float, workers: int, workdir: Path, timeout_s: float = 120.0) -> list[str]:
-    """stress-ng's command line; it stops by itself after ``timeout_s`` whatever happens to us."""
+def stressor_argv(
+    kind: str, level: float, workers: int, workdir: Path, timeout_s: float = 120.0, device: str = "cuda"
+) -> list[str]:
+    """The stressor's command line; it stops by itself after ``timeout_s`` whatever happens to us.
+    ``gpu``: the GPU stressor on ``device`` (the board's training device), the others stress-ng."""
+    if kind == "gpu":
+        return [
+            sys.executable,
+            "-m",
+            GPU_MODULE,
+            "--level",
+            f"{level:g}",
+            "--seconds",
+            str(max(1, round(timeout_s))),
+            "--status",
+            str(workdir / "gpu-stress.status"),
+            "--device",
+            device,
+        ]
     exe = shutil.which(STRESS_NG)
     if exe is None:
         raise StressorError("stress-ng is not installed (apt-get install stress-ng)")
@@ -58,7 +83,7 @@ def stressor_argv(kind: str, level: float, workers: int, workdir: Path, timeout_
             return [*base, "--stream", str(workers)]
         case "io":
             return [*base, "--hdd", str(workers), "--hdd-bytes", "32M", "--temp-path", str(workdir)]
-    raise StressorError(f"unknown stressor {kind!r} (cpu, cache, mem, io)")
+    raise StressorError(f"unknown stressor {kind!r} (cpu, cache, mem, io, gpu)")
 
 
 @dataclass
@@ -69,6 +94,7 @@ class _Stressor:
     throttled: bool
     cpu0: float = 0.0
     running_s: float = 0.0  # time the throttle let it run
+    gpu0: tuple[float, float] = (0.0, 0.0)  # the GPU stressor's (busy, wall) at the mark
 
     def tree(self) -> list[psutil.Process]:
         try:
@@ -97,6 +123,7 @@ class Stressors:
     workers: int = 1
     nice: int = 0
     timeout_s: float = 120.0  # stress-ng ends by itself then, even if this process is killed
+    device: str = "cuda"  # the GPU stressor's device: the board's training device
     _running: list[_Stressor] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -108,22 +135,30 @@ class Stressors:
         for kind, level in self.levels.items():
             if level <= 0:
                 continue
-            argv = stressor_argv(kind, min(1.0, level), self.workers, self.workdir, self.timeout_s)
+            argv = stressor_argv(kind, min(1.0, level), self.workers, self.workdir, self.timeout_s, self.device)
             nice = self.nice
 
             def setup(nice: int = nice) -> None:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, 0, nice)
 
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: stopped, continued, killed as one
-                preexec_fn=setup,
+            gpu = kind == "gpu"
+            with contextlib.ExitStack() as files:
+                err = files.enter_context(open(self._gpu_err, "wb")) if gpu else subprocess.DEVNULL
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if gpu else subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,  # its own process group: stopped, continued, killed as one
+                    preexec_fn=setup,
+                )
+            # the CPU and GPU stressors hold their level themselves; the others are throttled here
+            self._running.append(
+                _Stressor(kind, min(1.0, level), proc, throttled=kind not in ("cpu", "gpu") and level < 1.0)
             )
-            self._running.append(_Stressor(kind, min(1.0, level), proc, throttled=kind != "cpu" and level < 1.0))
+            if gpu:
+                self._wait_ready(proc)
         time.sleep(0.2)  # stress-ng forks its workers
         for s in self._running:
             if s.proc.poll() is not None:
@@ -134,12 +169,50 @@ class Stressors:
             self._thread = threading.Thread(target=self._throttle, name="stressor-throttle", daemon=True)
             self._thread.start()
 
+    @property
+    def _gpu_err(self) -> Path:
+        return self.workdir / "gpu-stress.err"
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for the GPU stressor's ``ready`` (torch imported, the device answered); raises
+        StressorError with its reason when it exits or does not answer within GPU_READY_S."""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + GPU_READY_S
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if ready:
+                line = proc.stdout.readline()
+                break
+        proc.stdout.close()
+        if line.strip() == b"ready":
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1)
+        try:
+            why = self._gpu_err.read_text(errors="replace").strip().splitlines()[-1][:300]
+        except (OSError, IndexError):
+            why = ""
+        code = proc.returncode
+        said = why or (f"exited {code}" if code is not None else f"not ready in {GPU_READY_S:g} s")
+        raise StressorError(f"the gpu stressor did not start: {said}")
+
+    def _gpu_status(self) -> tuple[float, float]:
+        """The GPU stressor's (busy_s, wall_s) as it last wrote them; (0, 0) if unreadable."""
+        try:
+            busy, wall = (float(x) for x in (self.workdir / "gpu-stress.status").read_text().split()[:2])
+        except (OSError, ValueError):
+            return 0.0, 0.0
+        return busy, wall
+
     def mark(self) -> None:
         """Start measuring what the stressors achieve from now on."""
         self._t0 = time.monotonic()
         for s in self._running:
             s.cpu0 = s.cpu_s()
             s.running_s = 0.0
+            if s.kind == "gpu":
+                s.gpu0 = self._gpu_status()
         io = psutil.disk_io_counters()
         self._io0 = (io.read_bytes, io.write_bytes) if io else (0, 0)
 
@@ -180,6 +253,9 @@ class Stressors:
                 level = (s.running_s / wall) if s.throttled else 1.0
                 if disk <= 0:
                     notes.append("io stressor: the disk counters did not move")
+            elif s.kind == "gpu":  # its kernels' time over the wall time since the mark, as it measured them
+                busy, at = self._gpu_status()
+                level = (busy - s.gpu0[0]) / (at - s.gpu0[1]) if at > s.gpu0[1] else 0.0
             else:
                 level = (s.cpu_s() - s.cpu0) / wall / self.workers
             level = round(min(1.0, max(0.0, level)), 4)
@@ -207,6 +283,8 @@ class Stressors:
         with contextlib.suppress(OSError):
             for p in self.workdir.glob("stress-ng-*"):
                 shutil.rmtree(p, ignore_errors=True)
+            for p in self.workdir.glob("gpu-stress.*"):
+                p.unlink()
 
     def __enter__(self) -> Stressors:
         try:

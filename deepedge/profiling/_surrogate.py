@@ -57,9 +57,9 @@ KINDS = ("linear", "loglinear", "gbm", "gp")
 _U = FEATURES.index("intensity")
 
 
-def point_features(p: Point, gpu: float = 0.0) -> list[float]:
+def point_features(p: Point) -> list[float]:
     """The features of a design point as asked (for candidates not yet measured)."""
-    return [p.intensity, p.rate, p.cpu, p.cache, p.mem, p.io, gpu]
+    return [p.intensity, p.rate, p.cpu, p.cache, p.mem, p.io, p.gpu]
 
 
 def _xy(runs: Sequence[Run], columns: tuple[str, ...] = FEATURES) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,77 @@
+"""The GPU stressor (issue #15: "GPU load where a GPU exists") where there is no GPU: its duty
+cycle loop, run on the CPU (``--device cpu``: the same code, one thread), holds its level and says
+what it achieved as the operating system counts it; asked for CUDA here it fails at its start
+with the reason; a board that trains on a GPU is designed for with it, any other board without
+it. Its level against NVML's utilisation on a real GPU is tests/test_cuda.py's."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from deepedge.broker_schemas import NodeBirth, TorchInfo
+from deepedge.profiling._design import Space, latin_hypercube
+from deepedge.profiling._remote import board_space
+from deepedge.profiling._space import FEATURES, Point
+from deepedge.profiling._stressors import GPU_MODULE, StressorError, Stressors
+from deepedge.profiling._surrogate import point_features
+
+pytestmark = pytest.mark.slow  # each starts a process that imports torch
+
+
+def _gpu_stressors() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if GPU_MODULE in " ".join(p.info["cmdline"] or ())]
+
+
+def test_the_gpu_stressors_loop_holds_its_level_and_says_what_it_achieved(tmp_path: Path) -> None:
+    with Stressors({"gpu": 0.4}, tmp_path, device="cpu", timeout_s=30) as stress:
+        (proc,) = _gpu_stressors()
+        stress.mark()
+        cpu0 = sum(proc.cpu_times()[:2])
+        time.sleep(2.5)
+        achieved, _disk, notes = stress.achieved()
+        cpu1 = sum(proc.cpu_times()[:2])
+        wall = time.monotonic() - stress._t0
+    # what it says it achieved is its kernels' share of the time, and the OS counts about that
+    # much CPU for it (on the CPU its "kernels" are the process's only work)
+    assert 0.3 <= achieved["gpu"] <= 0.5, achieved
+    assert abs((cpu1 - cpu0) / wall - achieved["gpu"]) < 0.12, (cpu1 - cpu0, wall, achieved)
+    assert not notes
+    assert not _gpu_stressors(), "the gpu stressor was left running"
+    assert not list(tmp_path.glob("gpu-stress.*")), "its status files were left behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_without_a_gpu_the_gpu_stressor_fails_at_its_start_with_the_reason(tmp_path: Path) -> None:
+    with (
+        pytest.raises(StressorError, match=r"the gpu stressor did not start: .*sees no CUDA device"),
+        Stressors({"gpu": 0.5}, tmp_path, timeout_s=30),
+    ):
+        pass
+    assert not _gpu_stressors()
+
+
+def test_a_board_that_trains_on_a_gpu_is_designed_for_with_the_gpu_stressor() -> None:
+    cpu_board = NodeBirth(node="n1", session="s", ts=1.0, torch=TorchInfo(device="cpu"))
+    unprobed = NodeBirth(node="n2", session="s", ts=1.0)
+    gpu_board = NodeBirth(node="n3", session="s", ts=1.0, torch=TorchInfo(device="cuda:0", cuda=True, kind="jetson"))
+    space = Space(rate_min=10, rate_max=40)
+    assert board_space(space, cpu_board) == space and board_space(space, unprobed) == space
+    gpu = board_space(space, gpu_board)
+    assert gpu.stressors == ("cpu", "cache", "mem", "io", "gpu") and board_space(gpu, gpu_board) == gpu
+    assert space.full_grid == 5 * 3 * 3**4 and gpu.full_grid == 5 * 3 * 3**5
+    plain, with_gpu = latin_hypercube(space, 40, seed=1), latin_hypercube(gpu, 40, seed=1)
+    assert all(p.gpu == 0 for p in plain)
+    assert sum(p.gpu > 0 for p in with_gpu) >= 10, with_gpu
+    assert all(sum(v > 0 for v in p.stressors().values()) <= gpu.max_mix for p in with_gpu)
+    assert {"gpu", "cpu+gpu"} <= {p.mix() for p in with_gpu}
+    # the adaptive step's candidates carry their GPU level into the model's features
+    assert point_features(Point(intensity=0.5, gpu=0.3))[FEATURES.index("gpu")] == 0.3
+    # a stored space (JSON) comes back the same; a stressor the code does not know is refused
+    assert Space(**{"rate_min": 10, "rate_max": 40, "stressors": ["cpu", "cache", "mem", "io", "gpu"]}) == gpu
+    with pytest.raises(ValueError, match="distinct names"):
+        Space(stressors=("cpu", "fan"))
