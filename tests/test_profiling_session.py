@@ -77,7 +77,9 @@ async def test_a_short_profiling_session_measures_fits_and_stores_honestly(
             for bad in ({"interference": True, "app": "nope"}, {"interference": True, "cpu": 2}):
                 reply = await rpc.request(t.node_command("p1", "profile"), bad)
                 assert not reply.ok and reply.error is not None and reply.error.code in ("not_found", "bad_args")
-            # the GPU stressor only where the board trains on a GPU (this one trains on its CPU)
+            # the GPU stressor only where the board trains on a GPU (this one trains on its CPU,
+            # or has not said yet where: its torch probe may still run), and its status says so
+            assert st["profile"]["stressors"] == ["cpu", "cache", "mem", "io"], st["profile"]
             reply = await rpc.request(t.node_command("p1", "profile"), {"interference": True, "gpu": 0.5})
             assert not reply.ok and reply.error is not None and reply.error.code == "bad_args", reply
             assert "no GPU to stress" in reply.error.message, reply

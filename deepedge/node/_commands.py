@@ -82,9 +82,9 @@ async def _interference_run(daemon: NodeDaemon, req: CommandRequest, prof: Profi
     seconds = min(3.0, window) if prof.seconds is None else prof.seconds
     if seconds > window:
         raise CommandFailed("bad_args", f"seconds must be a number from 0.5 to the latency window ({window:g} s)")
-    info = daemon.torch_probe.info
-    gpu_device = info.device if info is not None and info.device.startswith("cuda") else None
+    gpu_device = daemon.gpu_device()
     if prof.gpu > 0 and gpu_device is None:
+        info = daemon.torch_probe.info
         trains_on = "an unknown device (its torch probe has not answered)" if info is None else info.device
         raise CommandFailed("bad_args", f"gpu: this node trains on {trains_on}, it has no GPU to stress")
     point = Point(prof.intensity, prof.rate or 0.0, prof.cpu, prof.cache, prof.mem, prof.io, prof.gpu)

@@ -51,6 +51,7 @@ from deepedge.node._standby import IDLE_BEFORE_S, STANDBY_BIRTH_WAIT_S, StandbyW
 from deepedge.node._supervisor import SupervisorState, WorkerExit, WorkerSupervisor
 from deepedge.node._torch_probe import PROBE_TIMEOUT_S, WORKER_MODULE, TorchProbe, probe_command
 from deepedge.node.collectors import Collector, NvmlCollector, TelemetryDraft, probe_collectors
+from deepedge.profiling._space import GPU, STRESSORS
 from deepedge.sdnotify import SystemdNotifier
 from deepedge.tasks import cancel_and_wait
 from deepedge.transport import DropLog, MqttTransport, Received, Transport, TransportError, Will, serve_commands
@@ -295,8 +296,16 @@ class NodeDaemon:
                 "running": self.profiler.running,
                 "last_error": self.profiler.last_error,
                 "models": {m: msgspec.to_builtins(p) for m, p in self.profiler.profiles.items()},
+                # what an interference run here can load the board with (the operator's design asks this)
+                "stressors": [*STRESSORS, GPU] if self.gpu_device() else list(STRESSORS),
             },
         }
+
+    def gpu_device(self) -> str | None:
+        """The CUDA device this board trains on (its torch probe's answer), where the GPU
+        stressor of an interference run goes; None on a CPU board or before the probe answered."""
+        info = self.torch_probe.info
+        return info.device if info is not None and info.device.startswith("cuda") else None
 
     # ---- commands' effects --------------------------------------------------------------------
 

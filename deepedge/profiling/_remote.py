@@ -2,8 +2,8 @@
 measures, one ``profile`` command (``interference: true``) per design point over MQTT; the
 design, the fit and the knowledge base are here, on the operator's machine, never on the board.
 The key is the board's device model and software versions from its retained birth message, and
-the LC app's name: every board of that model reuses the result. A board whose birth says it
-trains on a CUDA GPU (its torch probe) is also profiled under the GPU stressor
+the LC app's name: every board of that model reuses the result. A board whose status says it
+can run the GPU stressor (it trains on a CUDA GPU) is also profiled under it
 (:func:`board_space`)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from deepedge.broker_schemas import ArgValue, NodeBirth, Topics
+from deepedge.broker_schemas import ArgValue, Topics
 from deepedge.config import Config
 from deepedge.errors import DeepEdgeError, ExitCode
 from deepedge.profiling._design import Space
@@ -31,11 +31,14 @@ class NameTheApp(DeepEdgeError):
     exit_code = ExitCode.USAGE
 
 
-def board_space(space: Space, birth: NodeBirth) -> Space:
-    """``space`` with the GPU stressor added where the board trains on a CUDA GPU (its birth's
-    torch probe: a discrete GPU or a Jetson's), as it is."""
-    torch = birth.torch
-    if torch is None or not torch.device.startswith("cuda") or GPU in space.stressors:
+def board_space(space: Space, status: object) -> Space:
+    """``space`` with the GPU stressor added where the board's ``status`` reply lists it among
+    the stressors its interference runs can start (it trains on a CUDA GPU: a discrete GPU or a
+    Jetson's); as it is otherwise, and for a node of before the GPU stressor (no such list: it
+    would refuse the ``gpu`` argument). A peer's reply: its shape is not trusted."""
+    profile = status.get("profile") if isinstance(status, dict) else None
+    listed = profile.get("stressors") if isinstance(profile, dict) else None
+    if not isinstance(listed, list) or GPU not in listed or GPU in space.stressors:
         return space
     return replace(space, stressors=(*space.stressors, GPU))
 
@@ -84,7 +87,7 @@ async def profile_interference(
                     raise NameTheApp(f"node {node}: name the LC app with --app (apps with a deadline: {apps[:20]})")
                 app = apps[0]
             key = ProfileKey(birth.device_model or "unknown", app, versions_key(birth.software))
-            space = board_space(space or Space(), birth)
+            space = board_space(space or Space(), status.result)
             say(f"profiling {app} on {node} ({key}); stressors {', '.join(space.stressors)}")
             loop = asyncio.get_running_loop()
 
@@ -102,7 +105,7 @@ async def profile_interference(
                     "io": p.io,
                     "workers": workers,
                 }
-                if p.gpu > 0:  # (a node of before the GPU stressor refuses an unknown argument)
+                if p.gpu > 0:  # (only in a design the node's status allowed: see board_space)
                     args["gpu"] = p.gpu
                 reply = await rpc.request(topics.node_command(node, "profile"), args)
                 if not reply.ok:

@@ -94,7 +94,7 @@ class _Stressor:
     throttled: bool
     cpu0: float = 0.0
     running_s: float = 0.0  # time the throttle let it run
-    gpu0: tuple[float, float] = (0.0, 0.0)  # the GPU stressor's (busy, wall) at the mark
+    gpu0: float = 0.0  # the GPU stressor's kernel seconds at the mark
 
     def tree(self) -> list[psutil.Process]:
         try:
@@ -132,7 +132,9 @@ class Stressors:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for kind, level in self.levels.items():
+        # the GPU stressor first: stress-ng's own timeout runs from its start, and the GPU
+        # stressor's may take a while (torch imported, CUDA initialised) before it is ready
+        for kind, level in sorted(self.levels.items(), key=lambda kv: kv[0] != "gpu"):
             if level <= 0:
                 continue
             argv = stressor_argv(kind, min(1.0, level), self.workers, self.workdir, self.timeout_s, self.device)
@@ -163,7 +165,8 @@ class Stressors:
         for s in self._running:
             if s.proc.poll() is not None:
                 self.stop()
-                raise StressorError(f"stress-ng ({s.kind}) exited {s.proc.returncode} at start")
+                what = "the gpu stressor" if s.kind == "gpu" else f"stress-ng ({s.kind})"
+                raise StressorError(f"{what} exited {s.proc.returncode} at start")
         self.mark()
         if any(s.throttled for s in self._running):
             self._thread = threading.Thread(target=self._throttle, name="stressor-throttle", daemon=True)
@@ -177,16 +180,24 @@ class Stressors:
         """Wait for the GPU stressor's ``ready`` (torch imported, the device answered); raises
         StressorError with its reason when it exits or does not answer within GPU_READY_S."""
         assert proc.stdout is not None
+        out = proc.stdout
         deadline = time.monotonic() + GPU_READY_S
         line = b""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if ready:
-                line = proc.stdout.readline()
-                break
-        proc.stdout.close()
-        if line.strip() == b"ready":
-            return
+        try:
+            while time.monotonic() < deadline:
+                if not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    break
+                chunk = os.read(out.fileno(), 1)  # byte by byte: a partial line never blocks
+                if not chunk:
+                    break  # it exited
+                if chunk != b"\n":
+                    line = (line + chunk)[-64:]
+                elif line.strip() == b"ready":
+                    return
+                else:
+                    line = b""  # another line (a library's warning): not the answer
+        finally:
+            out.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(1)
         try:
@@ -197,13 +208,12 @@ class Stressors:
         said = why or (f"exited {code}" if code is not None else f"not ready in {GPU_READY_S:g} s")
         raise StressorError(f"the gpu stressor did not start: {said}")
 
-    def _gpu_status(self) -> tuple[float, float]:
-        """The GPU stressor's (busy_s, wall_s) as it last wrote them; (0, 0) if unreadable."""
+    def _gpu_busy(self) -> float:
+        """The GPU stressor's kernel seconds as it last wrote them (each period); 0 if unreadable."""
         try:
-            busy, wall = (float(x) for x in (self.workdir / "gpu-stress.status").read_text().split()[:2])
-        except (OSError, ValueError):
-            return 0.0, 0.0
-        return busy, wall
+            return float((self.workdir / "gpu-stress.status").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
     def mark(self) -> None:
         """Start measuring what the stressors achieve from now on."""
@@ -212,7 +222,7 @@ class Stressors:
             s.cpu0 = s.cpu_s()
             s.running_s = 0.0
             if s.kind == "gpu":
-                s.gpu0 = self._gpu_status()
+                s.gpu0 = self._gpu_busy()
         io = psutil.disk_io_counters()
         self._io0 = (io.read_bytes, io.write_bytes) if io else (0, 0)
 
@@ -253,9 +263,10 @@ class Stressors:
                 level = (s.running_s / wall) if s.throttled else 1.0
                 if disk <= 0:
                     notes.append("io stressor: the disk counters did not move")
-            elif s.kind == "gpu":  # its kernels' time over the wall time since the mark, as it measured them
-                busy, at = self._gpu_status()
-                level = (busy - s.gpu0[0]) / (at - s.gpu0[1]) if at > s.gpu0[1] else 0.0
+            elif s.kind == "gpu":  # its kernels' time since the mark (as it measured them) over the wall time
+                level = (self._gpu_busy() - s.gpu0) / wall
+                if s.proc.poll() is not None:  # its status file stopped when it did: the level says how long it ran
+                    notes.append(f"gpu stressor exited {s.proc.returncode} during the run")
             else:
                 level = (s.cpu_s() - s.cpu0) / wall / self.workers
             level = round(min(1.0, max(0.0, level)), 4)
@@ -284,7 +295,7 @@ class Stressors:
             for p in self.workdir.glob("stress-ng-*"):
                 shutil.rmtree(p, ignore_errors=True)
             for p in self.workdir.glob("gpu-stress.*"):
-                p.unlink()
+                p.unlink(missing_ok=True)
 
     def __enter__(self) -> Stressors:
         try:

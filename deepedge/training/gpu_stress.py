@@ -9,8 +9,9 @@ kernels for ``level`` x PERIOD_S, each one timed to its end (``torch.cuda.synchr
 sleeps the rest of the period. The matrices are sized at the start so that one kernel takes at
 most about KERNEL_S (a small board's GPU is 100x slower than a data-centre one). What it achieved
 is its kernels' time: at the end of each period's kernels it replaces FILE with ``busy_s wall_s``
-since it became ready (both read at the same point of a period, so their differences over whole
-periods are exact), which the stressors' ``achieved()`` reads as the level the run had. NVML's or tegrastats'
+since it became ready, and the stressors' ``achieved()`` takes the kernel seconds since its mark
+over the wall time since it (at most a period stale) as the level the run had; a stressor that
+died during the run has a lower level and a note. NVML's or tegrastats'
 GPU utilisation is the same quantity seen from outside (the share of time a kernel ran).
 
 It prints ``ready`` once the device answered and the matrices are sized, and exits after S
@@ -84,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         if n >= MAX_N or took * 8 > KERNEL_S:  # the next size up would be about 8x as long
             break
         n *= 2
+    _write_status(a.status, 0.0, 0.0)  # before "ready": whoever reads it from then on finds it
     print("ready", flush=True)
     start = time.monotonic()
     end = start + max(0.0, a.seconds)
     busy = 0.0
-    _write_status(a.status, 0.0, 0.0)
     while True:
         period = time.monotonic()
         if period >= end:
