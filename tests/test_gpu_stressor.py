@@ -6,6 +6,8 @@ it. Its level against NVML's utilisation on a real GPU is tests/test_cuda.py's."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from deepedge.profiling._design import Space, latin_hypercube
+from deepedge.profiling._gpu_stressor import GpuStressor
 from deepedge.profiling._remote import board_space
 from deepedge.profiling._space import FEATURES, Point
 from deepedge.profiling._stressors import GPU_MODULE, StressorError, Stressors
@@ -28,7 +31,8 @@ def _gpu_stressors() -> list[psutil.Process]:
 
 def test_the_gpu_stressors_loop_holds_its_level_and_says_what_it_achieved(tmp_path: Path) -> None:
     with Stressors({"gpu": 0.4}, tmp_path, device="cpu", timeout_s=30) as stress:
-        proc = psutil.Process(stress._running[0].proc.pid)
+        assert stress._gpu is not None and stress._gpu.proc is not None
+        proc = psutil.Process(stress._gpu.proc.pid)
         assert GPU_MODULE in " ".join(proc.cmdline())
         stress.mark()
         cpu0 = sum(proc.cpu_times()[:2])
@@ -48,7 +52,55 @@ def test_the_gpu_stressors_loop_holds_its_level_and_says_what_it_achieved(tmp_pa
     assert abs((cpu1 - cpu0) / wall - achieved["gpu"]) < 0.15, (cpu1 - cpu0, wall, achieved)
     assert after["gpu"] < achieved["gpu"] and any("gpu stressor exited" in n for n in died), (after, died)
     assert not _gpu_stressors(), "the gpu stressor was left running"
-    assert not list(tmp_path.glob("gpu-stress.*")), "its status files were left behind"
+    assert not list(tmp_path.rglob("gpu-stress.*")), "its status files were left behind"
+
+
+def test_a_kept_gpu_stressor_serves_run_after_run_idles_between_and_leaves_with_its_owner(tmp_path: Path) -> None:
+    gpu = GpuStressor(tmp_path / "gpu", "cpu", idle_s=1.5)
+    try:
+        pids, levels = [], []
+        for level in (0.5, 0.2):  # two runs: one process, its torch import paid once
+            with Stressors({"gpu": level}, tmp_path / "stress", gpu=gpu) as stress:
+                assert gpu.proc is not None
+                pids.append(gpu.proc.pid)
+                time.sleep(1.5)
+                levels.append(stress.achieved()[0]["gpu"])
+            between = gpu.busy()
+            time.sleep(0.5)  # set to 0 at the run's end: no kernels until the next run
+            assert gpu.busy() - between < 0.03 and gpu.alive
+        assert pids[0] == pids[1], pids
+        assert 0.35 <= levels[0] <= 0.65 and 0.1 <= levels[1] <= 0.35, levels
+        # idle longer than its idle time: it leaves, and the next run starts it again
+        first = gpu.proc
+        assert first is not None
+        first.wait(10)
+        with Stressors({"gpu": 0.3}, tmp_path / "stress", gpu=gpu):
+            assert gpu.alive and gpu.proc is not None and gpu.proc.pid != pids[0]
+    finally:
+        gpu.close()
+    assert not _gpu_stressors()
+    # its owner killed (SIGKILL: nothing closes it on purpose): its stdin closes and it leaves
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from deepedge.profiling._gpu_stressor import GpuStressor\n"
+            "g = GpuStressor(Path(sys.argv[1]), 'cpu'); g.set_level(0.3)\n"
+            "print(g.proc.pid, flush=True); time.sleep(120)",
+            str(tmp_path / "owned"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert owner.stdout is not None
+    pid = int(owner.stdout.readline())
+    owner.stdout.close()
+    owner.kill()
+    owner.wait(10)
+    assert psutil.pid_exists(pid)
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the gpu stressor outlived its owner"
+        time.sleep(0.1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

@@ -31,6 +31,7 @@ import psutil
 
 from deepedge.config import TrainingConfig
 from deepedge.devices import board_cpus
+from deepedge.profiling._gpu_stressor import GpuStressor
 from deepedge.profiling._pressure import Pressure, PressureSampler
 from deepedge.profiling._space import Point, Run
 from deepedge.profiling._stressors import Stressors
@@ -124,6 +125,8 @@ class PointRunner:
         self.cfg = cfg
         self.latency = latency
         self.trainer: subprocess.Popen[bytes] | None = None
+        # the GPU stressor, kept across runs as the trainer is (its torch import paid once)
+        self.gpu: GpuStressor | None = None
 
     # ---- the training process -----------------------------------------------------------------
 
@@ -157,7 +160,7 @@ class PointRunner:
         self.trainer = proc
         line = self._read(120.0)
         if not line.get("ready"):
-            self.close()
+            self._close_trainer()
             raise RuntimeError(f"the training profiler did not start: {line.get('error', line)}")
         return proc
 
@@ -189,7 +192,7 @@ class PointRunner:
     def _train(self, intensity: float, seconds: float) -> tuple[float, float, float]:
         """Train at ``intensity`` for ``seconds``: (start, end) in time.monotonic(), achieved duty."""
         if self.trainer is not None and self.trainer.poll() is not None:  # it left after idling
-            self.close()
+            self._close_trainer()
         proc = self.trainer or self._start_trainer()
         assert proc.stdin is not None
         proc.stdin.write(json.dumps({"level": intensity, "seconds": seconds}).encode() + b"\n")
@@ -214,13 +217,15 @@ class PointRunner:
     def run(self, point: Point, phase: str = "design", scenario: str = "") -> Run:
         cfg = self.cfg
         if point.intensity > 0 and (self.trainer is None or self.trainer.poll() is not None):
-            self.close()
+            self._close_trainer()
             self._start_trainer()
         if cfg.rate_file is not None and point.rate > 0:
             write_rate(cfg.rate_file, point.rate)
         timeout = cfg.settle_s + cfg.seconds + 60.0
+        if point.gpu > 0 and self.gpu is None:
+            self.gpu = GpuStressor(cfg.workdir / "gpu", cfg.gpu_device)
         with Stressors(
-            point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout, device=cfg.gpu_device
+            point.stressors(), cfg.workdir / "stress", cfg.stressor_workers, timeout_s=timeout, gpu=self.gpu
         ) as stress:
             time.sleep(cfg.settle_s)
             quiet = Pressure()  # before training
@@ -281,6 +286,13 @@ class PointRunner:
         )
 
     def close(self) -> None:
+        """Stop the GPU stressor and the training profiler."""
+        gpu, self.gpu = self.gpu, None
+        if gpu is not None:
+            gpu.close()
+        self._close_trainer()
+
+    def _close_trainer(self) -> None:
         proc, self.trainer = self.trainer, None
         if proc is None:
             return

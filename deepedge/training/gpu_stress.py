@@ -1,23 +1,28 @@
 """The GPU stressor (issue #15: "GPU load where a GPU exists"): matrix multiplications on the
-board's training GPU at a level in [0, 1], run by ``deepedge.profiling._stressors`` as the other
-stressors are, where the board trains on CUDA (discrete or a Jetson's integrated GPU).
+board's training GPU at a level in [0, 1], run by ``deepedge.profiling._gpu_stressor`` for the
+interference runs where the board trains on CUDA (discrete or a Jetson's integrated GPU).
 
-    python -m deepedge.training.gpu_stress --level L --seconds S --status FILE [--device cuda:0]
+    python -m deepedge.training.gpu_stress --status FILE [--device cuda:0] [--level L]
+        [--seconds S] [--serve --idle I]
 
 It holds its own duty cycle, as stress-ng's ``--cpu-load`` does: in each PERIOD_S it runs
 kernels for ``level`` x PERIOD_S, each one timed to its end (``torch.cuda.synchronize``), then
 sleeps the rest of the period. The matrices are sized at the start so that one kernel takes at
 most about KERNEL_S (a small board's GPU is 100x slower than a data-centre one). What it achieved
 is its kernels' time: at the end of each period's kernels it replaces FILE with ``busy_s wall_s``
-since it became ready, and the stressors' ``achieved()`` takes the kernel seconds since its mark
-over the wall time since it (at most a period stale) as the level the run had; a stressor that
-died during the run has a lower level and a note. NVML's or tegrastats'
-GPU utilisation is the same quantity seen from outside (the share of time a kernel ran).
+since it became ready, and its owner takes the kernel seconds since a run's mark over the wall
+time since it (at most a period stale) as the level the run had.
 
-It prints ``ready`` once the device answered and the matrices are sized, and exits after S
-seconds, or at SIGTERM. Without a CUDA device (``--device cuda``) it exits 3 at once with the
-reason on stderr. ``--device cpu`` runs the same loop on the CPU, one thread: the tests' way to
-check the loop on a machine without a GPU; it is not a GPU measurement.
+``--serve``: it stays for a whole profiling session, as the training profiler does, so that its
+torch import and CUDA start are paid once, not at every run: each line on stdin is a new level
+(a number; anything else is ignored), 0 between runs; it exits when stdin closes (its owner is
+gone, even killed) or after ``--idle`` seconds at level 0. Otherwise it runs at ``--level`` for
+``--seconds``. Either way it exits after ``--seconds`` at most, and at SIGTERM.
+
+It prints ``ready`` once the device answered and the matrices are sized (the status file is
+written before). Without a CUDA device (``--device cuda``) it exits 3 at once with the reason on
+stderr. ``--device cpu`` runs the same loop on the CPU, one thread: the tests' way to check the
+loop on a machine without a GPU; it is not a GPU measurement.
 
 Built, not measured on a GPU here (no GPU was lent when it was written): tests/test_cuda.py has
 the check of its level against NVML's utilisation, for ``scripts/gpu_checks.sh``."""
@@ -25,7 +30,9 @@ the check of its level against NVML's utilisation, for ``scripts/gpu_checks.sh``
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import select
 import sys
 import time
 
@@ -43,14 +50,38 @@ def _write_status(path: str, busy_s: float, wall_s: float) -> None:
     os.replace(tmp, path)
 
 
+def _level(text: object) -> float | None:
+    """A level from a number or a line; None if it is not a finite number (clamped to [0, 1])."""
+    try:
+        x = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return min(1.0, max(0.0, x)) if math.isfinite(x) else None
+
+
+def _read_levels(pending: bytes) -> tuple[bytes, list[float]] | None:
+    """The levels of the whole lines stdin has now (without waiting), and what is left of a
+    partial line; None when stdin is closed."""
+    fd = sys.stdin.fileno()
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        pending = (pending + chunk)[-4096:]
+    *lines, rest = pending.split(b"\n")
+    return rest, [x for x in (_level(line.strip().decode(errors="replace")) for line in lines) if x is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deepedge.training.gpu_stress")
-    p.add_argument("--level", type=float, required=True)
-    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--level", type=float, default=0.0)
+    p.add_argument("--seconds", type=float, default=3600.0)
     p.add_argument("--status", required=True)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--serve", action="store_true")
+    p.add_argument("--idle", type=float, default=60.0)
     a = p.parse_args(argv)
-    level = min(1.0, max(0.0, a.level))
+    level = _level(a.level) or 0.0
     import torch
 
     if a.device.startswith("cuda"):
@@ -90,10 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     end = start + max(0.0, a.seconds)
     busy = 0.0
+    pending = b""
+    told = start  # when the level was last set (--serve: idle since then at level 0)
     while True:
         period = time.monotonic()
-        if period >= end:
+        if period >= end or (a.serve and level == 0 and period - told > a.idle):
             break
+        if a.serve:
+            got = _read_levels(pending)
+            if got is None:  # stdin closed: the owner is gone
+                break
+            pending, levels = got
+            if levels:
+                level, told = levels[-1], period
         while time.monotonic() - period < level * PERIOD_S:
             t0 = time.perf_counter()
             torch.mm(x, y, out=out)
