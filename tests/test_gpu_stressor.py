@@ -56,18 +56,19 @@ def test_the_gpu_stressors_loop_holds_its_level_and_says_what_it_achieved(tmp_pa
 
 
 def test_a_kept_gpu_stressor_serves_run_after_run_idles_between_and_leaves_with_its_owner(tmp_path: Path) -> None:
-    gpu = GpuStressor(tmp_path / "gpu", "cpu", idle_s=1.5)
+    gpu = GpuStressor(tmp_path / "gpu", "cpu", idle_s=4.0)
     try:
         pids, levels = [], []
         for level in (0.5, 0.2):  # two runs: one process, its torch import paid once
             with Stressors({"gpu": level}, tmp_path / "stress", gpu=gpu) as stress:
                 assert gpu.proc is not None
                 pids.append(gpu.proc.pid)
-                time.sleep(1.5)
+                time.sleep(2.5)
                 levels.append(stress.achieved()[0]["gpu"])
+            time.sleep(0.15)  # (the period under way when the 0 came ends its kernels)
             between = gpu.busy()
             time.sleep(0.5)  # set to 0 at the run's end: no kernels until the next run
-            assert gpu.busy() - between < 0.03 and gpu.alive
+            assert gpu.busy() - between < 0.05 and gpu.alive
         assert pids[0] == pids[1], pids
         assert 0.35 <= levels[0] <= 0.65 and 0.1 <= levels[1] <= 0.35, levels
         # idle longer than its idle time: it leaves, and the next run starts it again
@@ -96,9 +97,13 @@ def test_a_kept_gpu_stressor_serves_run_after_run_idles_between_and_leaves_with_
     owner.stdout.close()
     owner.kill()
     owner.wait(10)
-    assert psutil.pid_exists(pid)
     deadline = time.monotonic() + 5
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
         assert time.monotonic() < deadline, "the gpu stressor outlived its owner"
         time.sleep(0.1)
 

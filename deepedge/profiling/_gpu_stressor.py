@@ -22,7 +22,7 @@ __all__ = ["GPU_MODULE", "GPU_READY_S", "IDLE_S", "GpuStressor", "GpuStressorErr
 GPU_MODULE = "deepedge.training.gpu_stress"
 GPU_READY_S = 120.0  # importing torch and initialising CUDA on a small board takes a while
 IDLE_S = 60.0  # it exits after this long at level 0 (as the training profiler after idling)
-LIFE_S = 6 * 3600.0  # and after this long whatever happens
+LIFE_S = 6 * 3600.0  # and after this long at level 0 (a run is never cut short by it)
 
 
 class GpuStressorError(Exception):
@@ -36,6 +36,7 @@ class GpuStressor:
         self.nice = nice
         self.idle_s = idle_s
         self.proc: subprocess.Popen[bytes] | None = None
+        self._idle_since: float | None = None  # when it was last set to level 0 (None: since started)
 
     @property
     def _status(self) -> Path:
@@ -49,20 +50,29 @@ class GpuStressor:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def set_level(self, level: float) -> None:
-        """Run at ``level`` from now on, started (and waited for) first if it is not running.
+    def set_level(self, level: float, start: bool = True) -> None:
+        """Run at ``level`` from now on, started (and waited for) first if it is not running or
+        may be leaving (idle for more than half its idle time: a level written as it decides to
+        leave would be lost). ``start=False``: only tell a running one (nothing is started).
         Raises GpuStressorError with its reason when it cannot start."""
+        level = min(1.0, max(0.0, level))
+        now = time.monotonic()
+        if start and self.alive and self._idle_since is not None and now - self._idle_since > self.idle_s / 2:
+            self.close()
         for attempt in (1, 2):
             if not self.alive:
+                if not start:
+                    return
                 self._start()
             assert self.proc is not None and self.proc.stdin is not None
             try:
-                self.proc.stdin.write(f"{min(1.0, max(0.0, level)):g}\n".encode())
+                self.proc.stdin.write(f"{level:g}\n".encode())
                 self.proc.stdin.flush()
+                self._idle_since = time.monotonic() if level == 0 else None
                 return
-            except OSError:  # it left meanwhile (its idle time ran out): once more, started again
+            except OSError:  # it left meanwhile: once more, started again
                 self.close()
-                if attempt == 2:
+                if attempt == 2 or not start:
                     raise GpuStressorError("the gpu stressor exited as it was given its level") from None
 
     def busy(self) -> float:
@@ -74,6 +84,7 @@ class GpuStressor:
 
     def _start(self) -> None:
         self.close()
+        self._idle_since = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable,

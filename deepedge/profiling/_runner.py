@@ -288,9 +288,11 @@ class PointRunner:
     def close(self) -> None:
         """Stop the GPU stressor and the training profiler."""
         gpu, self.gpu = self.gpu, None
-        if gpu is not None:
-            gpu.close()
-        self._close_trainer()
+        try:
+            if gpu is not None:
+                gpu.close()
+        finally:
+            self._close_trainer()
 
     def _close_trainer(self) -> None:
         proc, self.trainer = self.trainer, None

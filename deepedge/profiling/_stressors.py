@@ -226,9 +226,8 @@ class Stressors:
     def stop(self) -> None:
         gpu, self._gpu = self._gpu, None
         if gpu is not None and gpu is self.gpu:  # kept for the next run: idle until then
-            if gpu.alive:
-                with contextlib.suppress(GpuStressorError):
-                    gpu.set_level(0.0)
+            with contextlib.suppress(GpuStressorError):
+                gpu.set_level(0.0, start=False)
         elif gpu is not None:
             gpu.close()
         self._stop.set()

@@ -16,8 +16,8 @@ time since it (at most a period stale) as the level the run had.
 ``--serve``: it stays for a whole profiling session, as the training profiler does, so that its
 torch import and CUDA start are paid once, not at every run: each line on stdin is a new level
 (a number; anything else is ignored), 0 between runs; it exits when stdin closes (its owner is
-gone, even killed) or after ``--idle`` seconds at level 0. Otherwise it runs at ``--level`` for
-``--seconds``. Either way it exits after ``--seconds`` at most, and at SIGTERM.
+gone, even killed), after ``--idle`` seconds at level 0, or at level 0 after ``--seconds`` (twice
+that at most). Otherwise it runs at ``--level`` for ``--seconds``. It exits at SIGTERM.
 
 It prints ``ready`` once the device answered and the matrices are sized (the status file is
 written before). Without a CUDA device (``--device cuda``) it exits 3 at once with the reason on
@@ -125,15 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     told = start  # when the level was last set (--serve: idle since then at level 0)
     while True:
         period = time.monotonic()
-        if period >= end or (a.serve and level == 0 and period - told > a.idle):
-            break
-        if a.serve:
+        if a.serve:  # (read before the idle check: a level that came in time is not lost)
             got = _read_levels(pending)
             if got is None:  # stdin closed: the owner is gone
                 break
             pending, levels = got
             if levels:
                 level, told = levels[-1], period
+        # --serve: its life ends only at level 0 (a run is never cut short), and at twice it anyway
+        if (period >= end and (level == 0 or not a.serve)) or period >= end + max(0.0, a.seconds):
+            break
+        if a.serve and level == 0 and period - told > a.idle:
+            break
         while time.monotonic() - period < level * PERIOD_S:
             t0 = time.perf_counter()
             torch.mm(x, y, out=out)
