@@ -10,7 +10,7 @@ bench runs with three, 17.1-29.7 % in four with two: a trend, docs/benchmarks/in
 all four stressors together stay out of the design, so
 ``deepedge bench interference`` still tests a mix the model never saw. A board that trains on a
 GPU has a fifth stressor, the GPU's (``Space.stressors``; ``deepedge.profiling._remote`` adds it
-from the board's birth)."""
+where the board's status lists it)."""
 
 from __future__ import annotations
 

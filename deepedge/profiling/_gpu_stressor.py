@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from deepedge.profiling._pipes import first_line
 
 __all__ = ["GPU_MODULE", "GPU_READY_S", "IDLE_S", "GpuStressor", "GpuStressorError"]
 
@@ -126,27 +127,12 @@ class GpuStressor:
             raise GpuStressorError(f"the gpu stressor did not start: {said}")
 
     def _wait_ready(self) -> bool:
-        """Whether it printed ``ready`` within GPU_READY_S (read byte by byte, other lines skipped)."""
+        """Whether it printed ``ready`` within GPU_READY_S (other lines skipped)."""
         assert self.proc is not None and self.proc.stdout is not None
-        out = self.proc.stdout
-        deadline = time.monotonic() + GPU_READY_S
-        line = b""
         try:
-            while time.monotonic() < deadline:
-                if not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                    return False
-                chunk = os.read(out.fileno(), 1)  # byte by byte: a partial line never blocks
-                if not chunk:
-                    return False  # it exited
-                if chunk != b"\n":
-                    line = (line + chunk)[-64:]
-                elif line.strip() == b"ready":
-                    return True
-                else:
-                    line = b""  # another line (a library's warning): not the answer
-            return False
+            return first_line(self.proc.stdout, GPU_READY_S, lambda line: line.strip() == b"ready" or None) is not None
         finally:
-            out.close()
+            self.proc.stdout.close()
 
     def close(self) -> None:
         """Stop it (stdin closed, then SIGTERM and SIGKILL to its group) and remove its files."""

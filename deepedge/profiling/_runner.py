@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ import psutil
 from deepedge.config import TrainingConfig
 from deepedge.devices import board_cpus
 from deepedge.profiling._gpu_stressor import GpuStressor
+from deepedge.profiling._pipes import first_line
 from deepedge.profiling._pressure import Pressure, PressureSampler
 from deepedge.profiling._space import Point, Run
 from deepedge.profiling._stressors import Stressors
@@ -94,6 +94,14 @@ def trainer_settings(training: TrainingConfig) -> dict[str, object]:
         "precision": training.precision,
         "lc_memory_reserve_mb": training.lc_memory_reserve_mb,
     }
+
+
+def _json_object(line: bytes) -> dict[str, object] | None:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
 @dataclass
@@ -165,29 +173,12 @@ class PointRunner:
         return proc
 
     def _read(self, timeout: float) -> dict[str, object]:
+        """The training profiler's next JSON object line (other lines skipped)."""
         assert self.trainer is not None and self.trainer.stdout is not None
-        out = self.trainer.stdout
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(out.fileno(), 1)  # byte by byte up to the newline: nothing is buffered past it
-            if not chunk:
-                break
-            if chunk == b"\n":
-                try:
-                    msg = json.loads(buf)
-                except ValueError:
-                    buf = b""
-                    continue
-                if isinstance(msg, dict):
-                    return msg
-                buf = b""
-                continue
-            buf += chunk
-        raise RuntimeError(f"the training profiler gave no result within {timeout:g} s")
+        msg = first_line(self.trainer.stdout, timeout, _json_object)
+        if msg is None:
+            raise RuntimeError(f"the training profiler gave no result within {timeout:g} s")
+        return msg
 
     def _train(self, intensity: float, seconds: float) -> tuple[float, float, float]:
         """Train at ``intensity`` for ``seconds``: (start, end) in time.monotonic(), achieved duty."""
